@@ -1,0 +1,171 @@
+"""The `seq2seq-jax` command: train | translate | evaluate."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+
+from seq2seq_jax.errors import UserError
+
+DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                              "configs", "default.py")
+log = logging.getLogger("seq2seq_jax")
+
+
+def _load_config(args):
+  from seq2seq_jax import config as config_lib
+  if args.config:
+    config = config_lib.load_config_file(args.config)
+  elif os.path.exists(DEFAULT_CONFIG):
+    config = config_lib.load_config_file(DEFAULT_CONFIG)
+  else:  # an installed package without the repository's configs/
+    config = config_lib.Config()
+  overrides = list(args.set or [])
+  if args.data:
+    overrides.append(f"data={args.data}")
+  return config_lib.apply_overrides(config, overrides)
+
+
+def cmd_train(args) -> int:
+  from seq2seq_jax import config as config_lib
+  if args.help_config:
+    print(config_lib.describe_fields())
+    return 0
+  config = _load_config(args)
+  from seq2seq_jax.train import train_and_evaluate
+  train_and_evaluate(config, args.workdir, argv=sys.argv)
+  return 0
+
+
+def _read_inputs(texts: list[str]) -> list[str]:
+  if texts:
+    return texts
+  return [line.rstrip("\r\n") for line in sys.stdin]
+
+
+def cmd_translate(args) -> int:
+  from seq2seq_jax.train import load_trained, setup_logging
+  setup_logging(stream=sys.stderr)  # stdout holds the translations only
+  task, params, step = load_trained(args.workdir, args.checkpoint)
+  sources = _read_inputs(args.text)
+  unknown = sorted({ch for s in sources for ch in task.src_vocab.unknown_chars(s)})
+  if unknown:
+    log.warning("warning: characters never seen in training (read as unknown): %s",
+                " ".join(repr(ch) for ch in unknown))
+  too_long = sum(len(s) > task.config.max_source_len for s in sources)
+  if too_long:
+    log.warning("warning: %d input(s) longer than max_source_len=%d were truncated",
+                too_long, task.config.max_source_len)
+  outputs = task.translate(params, sources, args.batch_size)
+  for source, output in zip(sources, outputs):
+    # an empty input gives an empty line: one output line per input line, always
+    sys.stdout.write((output if source else "") + "\n")
+  sys.stdout.flush()
+  return 0
+
+
+def cmd_evaluate(args) -> int:
+  from seq2seq_jax import data as data_lib
+  from seq2seq_jax.train import evaluate_pairs, load_trained, setup_logging
+  setup_logging(stream=sys.stderr)
+  task, params, step = load_trained(args.workdir, args.checkpoint)
+  splits = data_lib.load_splits(task.config, args.data)
+  pairs = data_lib.drop_long(splits.get(args.split), task.config, args.split)
+  if not pairs:
+    raise UserError(f"split '{args.split}' of {args.data or task.config.data} is empty.")
+  metrics, _ = evaluate_pairs(task, params, pairs)
+  if args.json:
+    print(json.dumps(metrics))
+  else:
+    print(f"checkpoint {step}, {args.split} split of {args.data or task.config.data} "
+          f"({len(pairs)} pairs)")
+    for key, value in metrics.items():
+      print(f"  {key:15s} {value:.4f}")
+  return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+  parser = argparse.ArgumentParser(
+      prog="seq2seq-jax",
+      description="LSTM encoder-decoder sequence-to-sequence learning in JAX/Flax.")
+  sub = parser.add_subparsers(dest="command", required=True)
+
+  train = sub.add_parser("train", help="train (or resume) a model in a workdir")
+  train.add_argument("--config", help="Python config file with get_config() "
+                     "(default: configs/default.py)")
+  train.add_argument("--workdir", default="runs/default",
+                     help="where checkpoints, metrics and logs go (default: runs/default)")
+  train.add_argument("--data", help="data spec: numbers:LANG, anki:PATH or tsv:PATH")
+  train.add_argument("--set", action="append", metavar="KEY=VALUE",
+                     help="override a config value; repeatable")
+  train.add_argument("--help-config", action="store_true", help="list every config key")
+  train.set_defaults(func=cmd_train)
+
+  translate = sub.add_parser("translate", help="translate text with a trained workdir")
+  translate.add_argument("--workdir", required=True)
+  translate.add_argument("text", nargs="*", help="sentences (default: one per line on stdin)")
+  translate.add_argument("--batch-size", type=int, default=256)
+  translate.add_argument("--checkpoint", default="best",
+                         help="best (default), latest, or a step number")
+  translate.set_defaults(func=cmd_translate)
+
+  evaluate = sub.add_parser("evaluate", help="metrics of a trained workdir on a data split")
+  evaluate.add_argument("--workdir", required=True)
+  evaluate.add_argument("--data", help="data spec (default: the one trained on)")
+  evaluate.add_argument("--split", default="test", choices=("train", "val", "test"))
+  evaluate.add_argument("--json", action="store_true",
+                        help="print one JSON object: loss, token_accuracy, exact_match, cer, chrf, bleu")
+  evaluate.add_argument("--checkpoint", default="best",
+                        help="best (default), latest, or a step number")
+  evaluate.set_defaults(func=cmd_evaluate)
+  return parser
+
+
+def _find_mimalloc() -> str | None:
+  """libmimalloc.so from the cmeel-mimalloc package, when installed."""
+  import glob
+  import sysconfig
+  for root in {sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]}:
+    found = sorted(glob.glob(os.path.join(root, "cmeel.prefix", "lib", "libmimalloc.so*")))
+    if found:
+      return found[0]
+  return None
+
+
+def maybe_reexec_with_mimalloc(argv: list[str] | None) -> None:
+  """Re-runs this command with mimalloc preloaded (XLA on CPU spends much of a step
+  in page faults under glibc malloc). SEQ2SEQ_JAX_MIMALLOC=0 turns it off."""
+  if argv is not None or sys.platform != "linux":
+    return
+  if os.environ.get("SEQ2SEQ_JAX_MIMALLOC", "1") == "0" or "mimalloc" in os.environ.get("LD_PRELOAD", ""):
+    return
+  library = _find_mimalloc()
+  if library is None:
+    return
+  env = dict(os.environ, SEQ2SEQ_JAX_MIMALLOC="0", MIMALLOC_PURGE_DELAY="-1",
+             LD_PRELOAD=":".join(filter(None, [library, os.environ.get("LD_PRELOAD")])))
+  sys.stdout.flush()
+  os.execve(sys.executable, [sys.executable, "-m", "seq2seq_jax", *sys.argv[1:]], env)
+
+
+def main(argv: list[str] | None = None) -> int:
+  args = build_parser().parse_args(argv)
+  if args.command == "train":
+    maybe_reexec_with_mimalloc(argv)
+  try:
+    return args.func(args)
+  except UserError as error:
+    print(f"seq2seq-jax {args.command}: error: {error}", file=sys.stderr)
+    return 2
+  except KeyboardInterrupt:
+    print(f"seq2seq-jax {args.command}: interrupted", file=sys.stderr)
+    return 130
+  except Exception as error:
+    from seq2seq_jax.train import TrainingInterrupted
+    if isinstance(error, TrainingInterrupted):
+      print(f"seq2seq-jax {args.command}: {error}", file=sys.stderr)
+      return 130
+    raise

@@ -1,0 +1,278 @@
+"""Experiment configuration: one typed dataclass, loaded from Python files.
+
+A config file is a Python module with `get_config()` returning a `Config`.
+Command-line `--set key=value` overrides are parsed by each field's type and
+validated; a wrong key names close matches.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import importlib.util
+import json
+import os
+import typing
+from typing import Any
+
+from seq2seq_jax.errors import UserError
+
+# Fields whose change makes an existing checkpoint unusable for resuming.
+ARCHITECTURE_FIELDS = (
+    "input_mode", "embed_dim", "latent_dim", "num_layers", "cell",
+    "attention", "input_feeding", "reverse_source", "data", "seed", "source_lowercase",
+)
+
+
+@dataclasses.dataclass
+class Config:
+  """Every setting of a run. Defaults are the project's recommended ones."""
+
+  # --- data -----------------------------------------------------------------
+  # Data source: numbers:LANG (embedded), anki:PATH or tsv:PATH.
+  data: str = "numbers:fr"
+  # Seed for data generation, splits, shuffling, initialisation and dropout.
+  seed: int = 0
+  # anki/tsv: use the first N pairs of the file (0 = all).
+  num_samples: int = 0
+  # anki/tsv: held-out fraction for validation.
+  val_fraction: float = 0.1
+  # anki/tsv: held-out fraction for test.
+  test_fraction: float = 0.1
+  # anki/tsv: "random" (seeded) or "last" (Keras validation_split: tail of file).
+  split_mode: str = "random"
+  # anki/tsv: skip malformed lines (and count them) instead of stopping.
+  skip_bad_lines: bool = False
+  # Lower-case the source side before building the vocabulary.
+  source_lowercase: bool = False
+  # numbers: largest number generated (inclusive).
+  numbers_max: int = 999_999
+  # numbers: training pairs.
+  numbers_train: int = 50_000
+  # numbers: validation pairs.
+  numbers_val: int = 1_000
+  # numbers: test pairs.
+  numbers_test: int = 2_000
+  # numbers: "digits" draws the digit count uniformly, "uniform" draws numbers uniformly.
+  numbers_sampling: str = "digits"
+  # Pairs with a longer source (characters) are dropped and counted.
+  max_source_len: int = 100
+  # Pairs with a longer target (characters, without start/end) are dropped and counted.
+  max_target_len: int = 100
+  # Length-bucket width in characters (0 = pad every batch to the split maximum).
+  bucket_width: int = 16
+
+  # --- model ----------------------------------------------------------------
+  # "embed" (learned embedding) or "onehot" (one-hot inputs, as Keras).
+  input_mode: str = "embed"
+  # Embedding size when input_mode is "embed".
+  embed_dim: int = 64
+  # LSTM hidden size (Keras' latent_dim).
+  latent_dim: int = 256
+  # Stacked LSTM layers; encoder layer k seeds decoder layer k.
+  num_layers: int = 1
+  # Recurrent cell: "lstm".
+  cell: str = "lstm"
+  # Dropout rate between layers and before the output layer.
+  dropout: float = 0.0
+  # Feed the source reversed (Sutskever et al. 2014).
+  reverse_source: bool = False
+  # Attention over encoder outputs: "none" (as Keras), "dot" or "general" (Luong).
+  attention: str = "none"
+  # With attention: feed the previous attentional vector into the decoder (Luong et al.).
+  input_feeding: bool = True
+
+  # --- optimisation -----------------------------------------------------------
+  # Sentence pairs per batch (global).
+  batch_size: int = 128
+  # Passes over the training split.
+  num_epochs: int = 10
+  # Peak learning rate.
+  learning_rate: float = 2e-3
+  # "constant", "cosine" (warmup then cosine decay) or "linear" (warmup then linear decay).
+  lr_schedule: str = "cosine"
+  # Linear warmup steps for "cosine"/"linear".
+  warmup_steps: int = 200
+  # Final learning rate as a fraction of the peak for decaying schedules.
+  lr_end_fraction: float = 0.02
+  # RMSprop decay of the squared-gradient average (Keras rho).
+  rmsprop_decay: float = 0.9
+  # RMSprop epsilon.
+  rmsprop_eps: float = 1e-7
+  # Epsilon inside the square root (Keras 3) rather than outside.
+  rmsprop_eps_in_sqrt: bool = True
+  # RMSprop momentum (0 = none, Keras default).
+  rmsprop_momentum: float = 0.0
+  # Centered RMSprop.
+  rmsprop_centered: bool = False
+  # Clip gradients to this global norm (0 = no clipping).
+  clip_norm: float = 1.0
+  # Include padded target positions in the loss (Keras example behaviour).
+  loss_on_padding: bool = False
+
+  # --- evaluation, checkpoints, logging ----------------------------------------
+  # Validate (loss, token accuracy, greedy exact match) every N epochs.
+  eval_every_epochs: int = 1
+  # Validation sentences decoded greedily for exact match at each evaluation (0 = all).
+  eval_decode_samples: int = 1000
+  # Longest greedy output in characters (0 = max_target_len + 1).
+  decode_max_len: int = 0
+  # Save a checkpoint every N epochs (the last epoch is always saved).
+  checkpoint_every_epochs: int = 1
+  # Number of most recent checkpoints kept.
+  keep_checkpoints: int = 2
+  # Validation metric used to keep the best checkpoint.
+  best_metric: str = "val/exact_match"
+  # Also write a checkpoint every N steps inside an epoch (0 = only at epoch ends).
+  checkpoint_every_steps: int = 0
+  # Log training loss every N steps.
+  log_every_steps: int = 50
+  # Sample translations printed in the final summary.
+  num_summary_samples: int = 8
+
+  def to_dict(self) -> dict[str, Any]:
+    return dataclasses.asdict(self)
+
+  def to_json(self) -> str:
+    return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+
+_CHOICES = {
+    "input_mode": ("embed", "onehot"),
+    "cell": ("lstm",),
+    "attention": ("none", "dot", "general"),
+    "lr_schedule": ("constant", "cosine", "linear"),
+    "split_mode": ("random", "last"),
+    "numbers_sampling": ("digits", "uniform"),
+    "best_metric": ("val/exact_match", "val/token_accuracy", "val/loss"),
+}
+_POSITIVE = ("latent_dim", "num_layers", "batch_size", "num_epochs", "embed_dim",
+             "max_source_len", "max_target_len", "eval_every_epochs",
+             "checkpoint_every_epochs", "keep_checkpoints", "log_every_steps",
+             "numbers_train", "numbers_max")
+_NON_NEGATIVE = ("num_samples", "numbers_val", "numbers_test", "warmup_steps",
+                 "clip_norm", "rmsprop_momentum", "bucket_width",
+                 "eval_decode_samples", "decode_max_len", "checkpoint_every_steps",
+                 "num_summary_samples", "learning_rate", "rmsprop_eps")
+
+
+def field_names() -> list[str]:
+  return [f.name for f in dataclasses.fields(Config)]
+
+
+def _unknown_key_error(key: str, where: str) -> UserError:
+  close = difflib.get_close_matches(key, field_names(), n=3, cutoff=0.5)
+  hint = f" Did you mean {', '.join(close)}?" if close else ""
+  return UserError(f"unknown config key '{key}' in {where}.{hint} "
+                   "Run `seq2seq-jax train --help-config` for every key.")
+
+
+def validate(config: Config) -> Config:
+  """Checks types and values; raises UserError naming the bad field."""
+  hints = typing.get_type_hints(Config)
+  for name in field_names():
+    value = getattr(config, name)
+    want = hints[name]
+    ok = (isinstance(value, bool) if want is bool else
+          isinstance(value, int) and not isinstance(value, bool) if want is int else
+          isinstance(value, (int, float)) and not isinstance(value, bool)
+          if want is float else isinstance(value, want))
+    if not ok:
+      raise UserError(f"config key '{name}' must be {want.__name__}, "
+                      f"got {value!r} ({type(value).__name__}).")
+    if want is float:
+      setattr(config, name, float(value))
+  for name, choices in _CHOICES.items():
+    if getattr(config, name) not in choices:
+      raise UserError(f"config key '{name}' must be one of {', '.join(choices)}; "
+                      f"got {getattr(config, name)!r}.")
+  for name in _POSITIVE:
+    if getattr(config, name) <= 0:
+      raise UserError(f"config key '{name}' must be positive; got {getattr(config, name)!r}.")
+  for name in _NON_NEGATIVE:
+    if getattr(config, name) < 0:
+      raise UserError(f"config key '{name}' must not be negative; got {getattr(config, name)!r}.")
+  for name in ("dropout", "val_fraction", "test_fraction", "lr_end_fraction"):
+    if not 0.0 <= getattr(config, name) < 1.0 and not (
+        name == "lr_end_fraction" and getattr(config, name) == 1.0):
+      raise UserError(f"config key '{name}' must be in [0, 1); got {getattr(config, name)!r}.")
+  if not 0.0 < config.rmsprop_decay < 1.0:
+    raise UserError(f"config key 'rmsprop_decay' must be in (0, 1); got {config.rmsprop_decay!r}.")
+  if config.val_fraction + config.test_fraction >= 1.0:
+    raise UserError("val_fraction + test_fraction must leave some training data (sum < 1).")
+  return config
+
+
+def _parse_value(name: str, text: str) -> Any:
+  want = typing.get_type_hints(Config)[name]
+  try:
+    if want is bool:
+      lowered = text.strip().lower()
+      if lowered in ("1", "true", "yes", "on"):
+        return True
+      if lowered in ("0", "false", "no", "off"):
+        return False
+      raise ValueError
+    if want is int:
+      return int(text.replace("_", ""))
+    if want is float:
+      return float(text)
+    return text
+  except ValueError:
+    raise UserError(f"--set {name}={text}: '{text}' is not a valid {want.__name__}.") from None
+
+
+def apply_overrides(config: Config, overrides: list[str]) -> Config:
+  """Applies `key=value` strings to a copy of config."""
+  config = dataclasses.replace(config)
+  for item in overrides:
+    if "=" not in item:
+      raise UserError(f"--set expects key=value, got '{item}'.")
+    key, value = item.split("=", 1)
+    key = key.strip()
+    if key not in field_names():
+      raise _unknown_key_error(key, "--set")
+    setattr(config, key, _parse_value(key, value))
+  return validate(config)
+
+
+def from_dict(values: dict[str, Any], where: str) -> Config:
+  """Builds a Config from a dict (e.g. a saved config.json)."""
+  for key in values:
+    if key not in field_names():
+      raise _unknown_key_error(key, where)
+  return validate(Config(**values))
+
+
+def load_config_file(path: str | os.PathLike) -> Config:
+  """Imports a config file and calls its get_config()."""
+  path = os.fspath(path)
+  if not os.path.isfile(path):
+    raise UserError(f"config file '{path}' does not exist.")
+  spec = importlib.util.spec_from_file_location("_seq2seq_jax_user_config", path)
+  module = importlib.util.module_from_spec(spec)
+  try:
+    spec.loader.exec_module(module)
+  except Exception as error:  # a user's file: report, do not crash
+    raise UserError(f"config file '{path}' failed to load: {error!r}") from error
+  if not hasattr(module, "get_config"):
+    raise UserError(f"config file '{path}' has no get_config() function.")
+  try:
+    config = module.get_config()
+  except TypeError as error:
+    message = str(error)
+    if "unexpected keyword argument" in message:
+      key = message.split("'")[-2]
+      raise _unknown_key_error(key, path) from None
+    raise UserError(f"config file '{path}': {message}") from error
+  if not isinstance(config, Config):
+    raise UserError(f"config file '{path}': get_config() must return seq2seq_jax.config.Config.")
+  return validate(config)
+
+
+def describe_fields() -> str:
+  """Every key with its default, for --help-config."""
+  lines = []
+  for f in dataclasses.fields(Config):
+    lines.append(f"{f.name} = {f.default!r}")
+  return "\n".join(lines)

@@ -1,0 +1,288 @@
+"""Data: every source is parsed here, split, encoded to int32 ids and batched.
+
+Sources (`--data SPEC`):
+  numbers:LANG  English number words -> LANG number words (num2words), embedded.
+  anki:PATH     manythings.org/Tatoeba `English<TAB>Other[<TAB>attribution]` files.
+  tsv:PATH      any `source<TAB>target` UTF-8 file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import os
+from collections.abc import Iterator
+
+import numpy as np
+
+from seq2seq_jax.config import Config
+from seq2seq_jax.errors import DataError
+from seq2seq_jax.vocab import END_ID, PAD_ID, START_ID, Vocab
+
+Pair = tuple[str, str]
+log = logging.getLogger(__name__)
+
+
+# ---------------------------------------------------------------------------
+# Sources
+# ---------------------------------------------------------------------------
+
+def parse_spec(spec: str) -> tuple[str, str]:
+  """'numbers:fr' -> ('numbers', 'fr'); checks the kind."""
+  kind, sep, arg = spec.partition(":")
+  if not sep or not arg or kind not in ("numbers", "anki", "tsv"):
+    raise DataError(f"data spec '{spec}' is not understood: use numbers:LANG "
+                    "(e.g. numbers:fr), anki:PATH (e.g. anki:fra.txt) or tsv:PATH.")
+  return kind, arg
+
+
+def _num2words_language(lang: str):
+  from num2words import CONVERTER_CLASSES, num2words  # a data dependency only
+  if lang not in CONVERTER_CLASSES:
+    raise DataError(f"numbers:{lang}: num2words has no language '{lang}'. "
+                    f"Available: {', '.join(sorted(CONVERTER_CLASSES))}.")
+  return lambda n: num2words(n, lang=lang)
+
+
+def sample_numbers(config: Config) -> np.ndarray:
+  """Distinct numbers in a seeded order; the splits are consecutive slices."""
+  total = config.numbers_train + config.numbers_val + config.numbers_test
+  if total > config.numbers_max + 1:
+    raise DataError(f"numbers: {total} distinct pairs asked for but only "
+                    f"{config.numbers_max + 1} numbers in 0..{config.numbers_max}; "
+                    "lower numbers_train/val/test or raise numbers_max.")
+  rng = np.random.default_rng([config.seed, 17])
+  if config.numbers_sampling == "uniform":
+    return rng.choice(config.numbers_max + 1, size=total, replace=False)
+  # "digits": the digit count is uniform, so short numbers are not drowned out.
+  max_digits = len(str(config.numbers_max))
+  chosen: dict[int, None] = {}
+  while len(chosen) < total:
+    digits = rng.integers(1, max_digits + 1, size=4 * total)
+    low = np.where(digits == 1, 0, 10 ** (digits - 1))
+    high = np.minimum(10 ** digits - 1, config.numbers_max)
+    draws = low + (rng.random(size=digits.shape) * (high - low + 1)).astype(np.int64)
+    for n in draws.tolist():
+      chosen.setdefault(n)
+      if len(chosen) == total:
+        break
+  return np.fromiter(chosen, dtype=np.int64, count=total)
+
+
+def number_pairs(lang: str, config: Config) -> tuple[list[Pair], list[Pair], list[Pair]]:
+  to_target = _num2words_language(lang)
+  to_english = _num2words_language("en")
+  numbers = sample_numbers(config).tolist()
+  pairs = [(to_english(n), to_target(n)) for n in numbers]
+  a = config.numbers_train
+  b = a + config.numbers_val
+  return pairs[:a], pairs[a:b], pairs[b:]
+
+
+def read_text(path: str) -> str:
+  """A UTF-8 file's text; BOM and CRLF accepted; clear errors otherwise."""
+  if not os.path.exists(path):
+    raise DataError(f"data file '{path}' does not exist. Download e.g. fra-eng.zip "
+                    "from manythings.org/anki and pass anki:PATH/fra.txt.")
+  if os.path.isdir(path):
+    raise DataError(f"data file '{path}' is a directory, not a file.")
+  with open(path, "rb") as f:
+    raw = f.read()
+  try:
+    text = raw.decode("utf-8-sig")
+  except UnicodeDecodeError as error:
+    line = raw.count(b"\n", 0, error.start) + 1
+    raise DataError(f"{path}:{line}: not UTF-8 (byte {error.start}: "
+                    f"{raw[error.start:error.start + 1]!r}); re-encode the file as UTF-8.") from None
+  return text.replace("\r\n", "\n").replace("\r", "\n")
+
+
+def tab_pairs(path: str, kind: str, num_samples: int = 0,
+              skip_bad_lines: bool = False) -> list[Pair]:
+  """Pairs from a tab-separated file (`anki` allows a third, attribution column)."""
+  text = read_text(path)
+  pairs: list[Pair] = []
+  bad = 0
+  max_columns = 3 if kind == "anki" else 2
+  for number, line in enumerate(text.split("\n"), start=1):
+    if not line.strip():
+      continue
+    columns = line.split("\t")
+    if len(columns) < 2 or len(columns) > max_columns or not columns[0] or not columns[1]:
+      if not skip_bad_lines:
+        want = "source<TAB>target" + ("[<TAB>attribution]" if kind == "anki" else "")
+        raise DataError(f"{path}:{number}: expected {want}, found {len(columns)} "
+                        f"column(s): {line[:60]!r}. Fix the line or set skip_bad_lines=true.")
+      bad += 1
+      continue
+    pairs.append((columns[0], columns[1]))
+    if num_samples and len(pairs) >= num_samples:
+      break
+  if bad:
+    log.warning("%s: skipped %d malformed line(s)", path, bad)
+  if not pairs:
+    raise DataError(f"{path}: no usable source<TAB>target pair found.")
+  return pairs
+
+
+def split_pairs(pairs: list[Pair], config: Config) -> tuple[list[Pair], list[Pair], list[Pair]]:
+  n = len(pairs)
+  n_val = int(round(n * config.val_fraction))
+  n_test = int(round(n * config.test_fraction))
+  if config.split_mode == "random":
+    order = np.random.default_rng([config.seed, 23]).permutation(n)
+    pairs = [pairs[i] for i in order]
+  n_train = n - n_val - n_test
+  if n_train <= 0:
+    raise DataError(f"only {n} pairs: nothing left for training after the held-out splits.")
+  # "last" keeps file order: validation is the tail, as Keras' validation_split.
+  return pairs[:n_train], pairs[n_train + n_test:], pairs[n_train:n_train + n_test]
+
+
+@dataclasses.dataclass
+class Splits:
+  train: list[Pair]
+  val: list[Pair]
+  test: list[Pair]
+
+  def get(self, name: str) -> list[Pair]:
+    if name not in ("train", "val", "test"):
+      raise DataError(f"unknown split '{name}': use train, val or test.")
+    return getattr(self, name)
+
+
+def load_splits(config: Config, spec: str | None = None) -> Splits:
+  """Reads the source named by spec (default config.data) into raw text splits."""
+  kind, arg = parse_spec(spec or config.data)
+  if kind == "numbers":
+    train, val, test = number_pairs(arg, config)
+  else:
+    pairs = tab_pairs(arg, kind, config.num_samples, config.skip_bad_lines)
+    train, val, test = split_pairs(pairs, config)
+  if config.source_lowercase:
+    train, val, test = ([(s.lower(), t) for s, t in part] for part in (train, val, test))
+  return Splits(train, val, test)
+
+
+def drop_long(pairs: list[Pair], config: Config, name: str) -> list[Pair]:
+  kept = [(s, t) for s, t in pairs
+          if len(s) <= config.max_source_len and len(t) <= config.max_target_len]
+  if len(kept) < len(pairs):
+    log.info("%s: dropped %d of %d pairs longer than max_source_len=%d / "
+             "max_target_len=%d", name, len(pairs) - len(kept), len(pairs),
+             config.max_source_len, config.max_target_len)
+  return kept
+
+
+def build_vocabs(train: list[Pair]) -> tuple[Vocab, Vocab]:
+  """Source and target vocabularies from the training split only."""
+  return Vocab.build(s for s, _ in train), Vocab.build(t for _, t in train)
+
+
+# ---------------------------------------------------------------------------
+# Encoding: int32 ids, never one-hot
+# ---------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class Encoded:
+  """A split as padded int32 arrays.
+
+  src_NxS: source ids, PAD after the end.  tgt_NxT: START, target ids, END, PAD.
+  """
+  src_NxS: np.ndarray
+  src_len_N: np.ndarray
+  tgt_NxT: np.ndarray
+  tgt_len_N: np.ndarray  # target ids + END (the decoder's output steps)
+
+  def __len__(self) -> int:
+    return len(self.src_len_N)
+
+
+def encode_sources(texts: list[str], vocab: Vocab, max_len: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+  ids = [vocab.encode(t)[:max_len] if max_len else vocab.encode(t) for t in texts]
+  lengths = np.array([len(x) for x in ids], dtype=np.int32)
+  out = np.full((len(ids), max(1, int(lengths.max(initial=0)))), PAD_ID, dtype=np.int32)
+  for row, x in enumerate(ids):
+    out[row, :len(x)] = x
+  return out, lengths
+
+
+def encode_pairs(pairs: list[Pair], src_vocab: Vocab, tgt_vocab: Vocab) -> Encoded:
+  src, src_len = encode_sources([s for s, _ in pairs], src_vocab)
+  tgt_ids = [[START_ID] + tgt_vocab.encode(t) + [END_ID] for _, t in pairs]
+  tgt_len = np.array([len(x) - 1 for x in tgt_ids], dtype=np.int32)
+  tgt = np.full((len(pairs), max(2, int(tgt_len.max(initial=0)) + 1)), PAD_ID, dtype=np.int32)
+  for row, x in enumerate(tgt_ids):
+    tgt[row, :len(x)] = x
+  return Encoded(src, src_len, tgt, tgt_len)
+
+
+# ---------------------------------------------------------------------------
+# Batching: seeded per-epoch shuffle, length buckets, fixed batch size
+# ---------------------------------------------------------------------------
+
+def _round_up(n: int, width: int) -> int:
+  return int(math.ceil(n / width) * width) if width else n
+
+
+def make_batch(data: Encoded, rows: np.ndarray, batch_size: int, bucket_width: int) -> dict[str, np.ndarray]:
+  """Rows of data padded to batch_size rows; lengths rounded up to bucket_width.
+
+  Padding rows have zero length and zero weight, so every batch has the same
+  number of rows and few distinct shapes (one compiled program each).
+  """
+  src_len = int(data.src_len_N[rows].max(initial=1))
+  tgt_len = int(data.tgt_len_N[rows].max(initial=1))
+  if not bucket_width:  # one shape for the whole split
+    src_len, tgt_len = data.src_NxS.shape[1], data.tgt_NxT.shape[1] - 1
+  else:
+    src_len = min(_round_up(src_len, bucket_width), data.src_NxS.shape[1])
+    tgt_len = min(_round_up(tgt_len, bucket_width), data.tgt_NxT.shape[1] - 1)
+  src = np.zeros((batch_size, src_len), np.int32)
+  tgt = np.zeros((batch_size, tgt_len + 1), np.int32)
+  n = len(rows)
+  src[:n] = data.src_NxS[rows, :src_len]
+  tgt[:n] = data.tgt_NxT[rows, :tgt_len + 1]
+  return {
+      "src": src,
+      "tgt_in": tgt[:, :-1],
+      "tgt_out": tgt[:, 1:],
+      "index": np.concatenate([rows, np.full(batch_size - n, -1)]).astype(np.int32),
+  }
+
+
+def epoch_batches(data: Encoded, batch_size: int, seed: int, epoch: int,
+                  bucket_width: int) -> list[np.ndarray]:
+  """Row indices of every training batch of an epoch, deterministic in (seed, epoch).
+
+  Examples are shuffled, grouped by length bucket, cut into batches and the
+  batches shuffled again, so each batch holds similar lengths.
+  """
+  rng = np.random.default_rng([seed, 101, epoch])
+  order = rng.permutation(len(data))
+  if bucket_width:
+    key = np.maximum(data.src_len_N, data.tgt_len_N)[order] // bucket_width
+    order = order[np.argsort(key, kind="stable")]
+    key = np.sort(key, kind="stable")
+    groups = np.split(order, np.flatnonzero(np.diff(key)) + 1)
+  else:
+    groups = [order]
+  batches = [g[i:i + batch_size] for g in groups for i in range(0, len(g), batch_size)]
+  return [batches[i] for i in rng.permutation(len(batches))]
+
+
+def eval_batches(data: Encoded, batch_size: int, bucket_width: int) -> Iterator[dict[str, np.ndarray]]:
+  """Every example once, length-sorted for little padding; `index` maps back."""
+  order = np.argsort(np.maximum(data.src_len_N, data.tgt_len_N), kind="stable")
+  for i in range(0, len(order), batch_size):
+    yield make_batch(data, order[i:i + batch_size], batch_size, bucket_width)
+
+
+def steps_per_epoch(data: Encoded, batch_size: int, bucket_width: int) -> int:
+  """Exact batch count of an epoch (the same for every epoch)."""
+  if not bucket_width:
+    return int(math.ceil(len(data) / batch_size))
+  key = np.maximum(data.src_len_N, data.tgt_len_N) // bucket_width
+  _, counts = np.unique(key, return_counts=True)
+  return int(np.sum(np.ceil(counts / batch_size)))

@@ -1,0 +1,489 @@
+"""Training and evaluation: pure jitted steps and the loop around them."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import logging
+import os
+import platform
+import signal
+import sys
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from seq2seq_jax import config as config_lib
+from seq2seq_jax import data as data_lib
+from seq2seq_jax.checkpoint import Checkpointer
+from seq2seq_jax.config import Config
+from seq2seq_jax.decode import decode_texts, make_greedy_decoder
+from seq2seq_jax.errors import CheckpointError, UserError
+from seq2seq_jax.metrics import exact_match, text_metrics
+from seq2seq_jax.model import Seq2Seq, build_model, count_params, init_params
+from seq2seq_jax.optim import build_optimizer, learning_rate_schedule
+from seq2seq_jax.vocab import PAD_ID, Vocab
+
+log = logging.getLogger(__name__)
+
+# Settings that may differ when a run is resumed: they change no trained number.
+RESUMABLE_CHANGES = ("log_every_steps", "num_summary_samples", "eval_decode_samples",
+                     "keep_checkpoints", "checkpoint_every_steps")
+
+
+class TrainingInterrupted(Exception):
+  """SIGINT/SIGTERM arrived; a checkpoint was saved."""
+
+
+class NonFiniteLoss(UserError):
+  """The loss became NaN or infinite."""
+
+
+# ---------------------------------------------------------------------------
+# Pure steps
+# ---------------------------------------------------------------------------
+
+def loss_and_counts(params, batch, *, model: Seq2Seq, config: Config, train: bool,
+                    dropout_rng=None) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """Mean cross-entropy over target tokens (padding excluded unless loss_on_padding)."""
+  rngs = {"dropout": dropout_rng} if train and dropout_rng is not None else None
+  logits_BxTxV = model.apply({"params": params}, batch["src"], batch["tgt_in"],
+                             train=train, rngs=rngs)
+  targets_BxT = batch["tgt_out"]
+  losses_BxT = optax.softmax_cross_entropy_with_integer_labels(logits_BxTxV, targets_BxT)
+  token_mask_BxT = targets_BxT != PAD_ID
+  if config.loss_on_padding:  # Keras example: every position of a real row counts
+    weight_BxT = jnp.broadcast_to((batch["index"] >= 0)[:, None], targets_BxT.shape)
+  else:
+    weight_BxT = token_mask_BxT
+  weight_BxT = weight_BxT.astype(jnp.float32)
+  loss_sum = jnp.sum(losses_BxT * weight_BxT)
+  weight = jnp.sum(weight_BxT)
+  correct_BxT = (jnp.argmax(logits_BxTxV, -1) == targets_BxT) & token_mask_BxT
+  counts = {
+      "loss_sum": loss_sum,
+      "weight": weight,
+      "correct": jnp.sum(correct_BxT.astype(jnp.float32)),
+      "tokens": jnp.sum(token_mask_BxT.astype(jnp.float32)),
+  }
+  return loss_sum / jnp.maximum(weight, 1.0), counts
+
+
+def train_step(state: dict[str, Any], batch: dict[str, jax.Array], base_rng: jax.Array, *,
+               model: Seq2Seq, tx: optax.GradientTransformation, config: Config,
+               ) -> tuple[dict[str, Any], dict[str, jax.Array]]:
+  """One teacher-forced RMSprop step. state: {"step", "params", "opt_state"}."""
+  dropout_rng = jax.random.fold_in(base_rng, state["step"])
+  grad_fn = jax.value_and_grad(
+      functools.partial(loss_and_counts, model=model, config=config, train=True,
+                        dropout_rng=dropout_rng), has_aux=True)
+  (loss, counts), grads = grad_fn(state["params"], batch)
+  updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+  params = optax.apply_updates(state["params"], updates)
+  metrics = dict(counts, loss=loss, grad_norm=optax.tree.norm(grads))
+  return {"step": state["step"] + 1, "params": params, "opt_state": opt_state}, metrics
+
+
+def eval_step(params, batch, *, model: Seq2Seq, config: Config) -> dict[str, jax.Array]:
+  _, counts = loss_and_counts(params, batch, model=model, config=config, train=False)
+  return counts
+
+
+def create_state(config: Config, model: Seq2Seq, tx: optax.GradientTransformation) -> dict[str, Any]:
+  params = init_params(model, jax.random.fold_in(jax.random.key(config.seed), 1))
+  return {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params)}
+
+
+# ---------------------------------------------------------------------------
+# The task: data, vocabularies and model of a run, built once
+# ---------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class Task:
+  config: Config
+  src_vocab: Vocab
+  tgt_vocab: Vocab
+  model: Seq2Seq
+
+  @property
+  def decode_max_len(self) -> int:
+    return self.config.decode_max_len or self.config.max_target_len + 1
+
+  @functools.cached_property
+  def decoder(self):
+    return make_greedy_decoder(self.model, self.decode_max_len)
+
+  @functools.cached_property
+  def eval_step(self):
+    return jax.jit(functools.partial(eval_step, model=self.model, config=self.config))
+
+  def encode(self, pairs: list[data_lib.Pair]) -> data_lib.Encoded:
+    return data_lib.encode_pairs(pairs, self.src_vocab, self.tgt_vocab)
+
+  def translate(self, params, sources: list[str], batch_size: int | None = None) -> list[str]:
+    """Greedy translations of raw source strings (inputs longer than the maximum are cut)."""
+    if not sources:
+      return []
+    if self.config.source_lowercase:
+      sources = [s.lower() for s in sources]
+    src_NxS, _ = data_lib.encode_sources(sources, self.src_vocab, self.config.max_source_len)
+    return decode_texts(self.decoder, params, src_NxS, self.tgt_vocab,
+                        batch_size or self.config.batch_size, self.config.bucket_width)
+
+  def meta(self) -> dict[str, Any]:
+    return {"config": self.config.to_dict(), "src_vocab": self.src_vocab.to_list(),
+            "tgt_vocab": self.tgt_vocab.to_list()}
+
+
+def make_task(config: Config, src_vocab: Vocab, tgt_vocab: Vocab) -> Task:
+  return Task(config, src_vocab, tgt_vocab, build_model(config, len(src_vocab), len(tgt_vocab)))
+
+
+def evaluate_pairs(task: Task, params, pairs: list[data_lib.Pair], decode_limit: int = 0,
+                   full_text_metrics: bool = True) -> tuple[dict[str, float], list[str]]:
+  """Loss and token accuracy over all pairs; greedy-output metrics over the first decode_limit."""
+  encoded = task.encode(pairs)
+  totals = {"loss_sum": 0.0, "weight": 0.0, "correct": 0.0, "tokens": 0.0}
+  for batch in data_lib.eval_batches(encoded, task.config.batch_size, task.config.bucket_width):
+    counts = task.eval_step(params, batch)
+    for key in totals:
+      totals[key] += float(counts[key])
+  metrics = {"loss": totals["loss_sum"] / max(totals["weight"], 1.0),
+             "token_accuracy": totals["correct"] / max(totals["tokens"], 1.0)}
+  subset = pairs[:decode_limit] if decode_limit else pairs
+  hypotheses = task.translate(params, [s for s, _ in subset])
+  references = [t for _, t in subset]
+  if full_text_metrics:
+    metrics.update(text_metrics(hypotheses, references))
+  else:
+    metrics["exact_match"] = exact_match(hypotheses, references)
+  return metrics, hypotheses
+
+
+# ---------------------------------------------------------------------------
+# Workdir bookkeeping
+# ---------------------------------------------------------------------------
+
+def _json_default(value):
+  if isinstance(value, (np.floating, np.integer)):
+    return value.item()
+  raise TypeError(type(value))
+
+
+def append_metrics(workdir: str, record: dict[str, Any]) -> None:
+  with open(os.path.join(workdir, "metrics.jsonl"), "a") as f:
+    f.write(json.dumps(record, default=_json_default) + "\n")
+
+
+def write_run_info(workdir: str, argv: list[str] | None) -> None:
+  import flax
+  import orbax.checkpoint
+  devices = jax.devices()
+  info = {
+      "command": argv if argv is not None else sys.argv,
+      "versions": {"python": platform.python_version(), "jax": jax.__version__,
+                   "jaxlib": jax.lib.__version__ if hasattr(jax.lib, "__version__") else None,
+                   "flax": flax.__version__, "optax": optax.__version__,
+                   "orbax-checkpoint": orbax.checkpoint.__version__,
+                   "numpy": np.__version__},
+      "devices": [str(d) for d in devices],
+      "device_kind": devices[0].device_kind,
+      "platform": devices[0].platform,
+      "mesh": {"data": len(devices[:1])},
+      "host": platform.node(),
+      "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
+  }
+  with open(os.path.join(workdir, "run.json"), "w") as f:
+    json.dump(info, f, indent=2)
+
+
+def check_workdir_config(workdir: str, config: Config) -> None:
+  """Refuses to mix a new configuration into a workdir that holds another run."""
+  path = os.path.join(workdir, "config.json")
+  if not os.path.exists(path):
+    return
+  try:
+    with open(path) as f:
+      saved = json.load(f)
+  except (OSError, ValueError) as error:
+    raise CheckpointError(f"'{path}' is unreadable ({error}); use a new --workdir.") from None
+  current = config.to_dict()
+  changed = [k for k in current if k not in RESUMABLE_CHANGES and saved.get(k) != current[k]]
+  if changed:
+    diffs = "; ".join(f"{k}: {saved.get(k)!r} -> {current[k]!r}" for k in changed[:6])
+    raise CheckpointError(
+        f"workdir '{workdir}' holds a run with a different configuration ({diffs}). "
+        "To resume it, run the same command as before (its settings are in "
+        f"{path}); to start fresh, pass a new --workdir. Its checkpoints were not touched.")
+
+
+def setup_logging(workdir: str | None = None, stream=None) -> None:
+  """Library messages go to stdout, or stream (and workdir/train.log); not the root logger."""
+  logger = logging.getLogger("seq2seq_jax")
+  logger.setLevel(logging.INFO)
+  logger.propagate = False
+  if not any(getattr(h, "_seq2seq_jax", False) for h in logger.handlers):
+    handler = logging.StreamHandler(stream or sys.stdout)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    handler._seq2seq_jax = True
+    logger.addHandler(handler)
+  for noisy in ("absl", "orbax"):
+    logging.getLogger(noisy).setLevel(logging.WARNING)
+  for handler in [h for h in logger.handlers if isinstance(h, logging.FileHandler)]:
+    logger.removeHandler(handler)
+    handler.close()
+  if workdir:
+    file_handler = logging.FileHandler(os.path.abspath(os.path.join(workdir, "train.log")))
+    file_handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+    logger.addHandler(file_handler)
+
+
+class _SignalCatcher:
+  """Turns SIGINT/SIGTERM into a flag checked between steps."""
+
+  def __init__(self):
+    self.signum = None
+    self._previous = {}
+
+  def __enter__(self):
+    for signum in (signal.SIGINT, signal.SIGTERM):
+      try:
+        self._previous[signum] = signal.signal(signum, self._handle)
+      except ValueError:  # not the main thread
+        pass
+    return self
+
+  def _handle(self, signum, frame):
+    del frame
+    if self.signum is not None:  # a second signal: stop now
+      raise KeyboardInterrupt
+    self.signum = signum
+
+  def __exit__(self, *exc):
+    for signum, handler in self._previous.items():
+      signal.signal(signum, handler)
+
+
+# ---------------------------------------------------------------------------
+# The loop
+# ---------------------------------------------------------------------------
+
+def train_and_evaluate(config: Config, workdir: str, argv: list[str] | None = None,
+                       progress: bool | None = None, stop_after_step: int | None = None,
+                       ) -> dict[str, Any]:
+  """Trains (or resumes) a run in workdir; returns the final metrics.
+
+  stop_after_step: behave as if interrupted after that step (checkpoint, then
+  TrainingInterrupted), as SIGINT/SIGTERM do.
+  """
+  os.makedirs(workdir, exist_ok=True)
+  setup_logging(workdir)
+  check_workdir_config(workdir, config)
+  checkpointer = Checkpointer(workdir, config.keep_checkpoints, config.best_metric)
+  resuming = checkpointer.latest_step() is not None
+  with open(os.path.join(workdir, "config.json"), "w") as f:
+    f.write(config.to_json())
+  write_run_info(workdir, argv)
+
+  # --- data ---------------------------------------------------------------------
+  t0 = time.time()
+  splits = data_lib.load_splits(config)
+  train_pairs = data_lib.drop_long(splits.train, config, "train")
+  val_pairs = data_lib.drop_long(splits.val, config, "val")
+  test_pairs = data_lib.drop_long(splits.test, config, "test")
+  if not train_pairs:
+    raise UserError("no training pair fits max_source_len/max_target_len; raise them.")
+  src_vocab, tgt_vocab = data_lib.build_vocabs(train_pairs)
+  task = make_task(config, src_vocab, tgt_vocab)
+  train_data = task.encode(train_pairs)
+  with open(os.path.join(workdir, "vocab.json"), "w") as f:
+    json.dump({"src_vocab": src_vocab.to_list(), "tgt_vocab": tgt_vocab.to_list()}, f,
+              ensure_ascii=False, indent=0)
+  steps_per_epoch = data_lib.steps_per_epoch(train_data, config.batch_size, config.bucket_width)
+  total_steps = steps_per_epoch * config.num_epochs
+  log.info("data %s: %d train / %d val / %d test pairs, vocab %d -> %d, %.1fs",
+           config.data, len(train_pairs), len(val_pairs), len(test_pairs),
+           len(src_vocab), len(tgt_vocab), time.time() - t0)
+
+  # --- model and optimizer --------------------------------------------------------
+  tx = build_optimizer(config, total_steps)
+  schedule = learning_rate_schedule(config, total_steps)
+  state = create_state(config, task.model, tx)
+  log.info("model: %s parameters, %d step(s)/epoch, %d epoch(s), devices %s",
+           f"{count_params(state['params']):,}", steps_per_epoch, config.num_epochs,
+           ", ".join(str(d) for d in jax.devices()))
+  position = {"epoch": 0, "batch": 0}
+  sums = {"window": [0.0, 0.0], "epoch": [0.0, 0.0, 0.0, 0.0]}
+  if resuming:
+    state, meta, restored_step = checkpointer.restore(jax.eval_shape(lambda: state))
+    if meta["src_vocab"] != src_vocab.to_list() or meta["tgt_vocab"] != tgt_vocab.to_list():
+      raise CheckpointError(f"workdir '{workdir}': the data's vocabulary differs from the "
+                            "checkpoint's; resume with the same data or use a new --workdir.")
+    position, sums = meta["position"], meta["sums"]
+    log.info("resumed from checkpoint %d (epoch %d, batch %d)", restored_step,
+             position["epoch"] + 1, position["batch"])
+
+  jit_train_step = jax.jit(functools.partial(train_step, model=task.model, tx=tx, config=config),
+                           donate_argnums=(0,))
+  base_rng = jax.random.fold_in(jax.random.key(config.seed), 2)
+
+  def save(metrics=None):
+    meta = dict(task.meta(), position=position, sums=sums,
+                rng=np.asarray(jax.random.key_data(base_rng)).tolist(),
+                step=int(state["step"]), metrics=metrics)
+    checkpointer.save(int(state["step"]), state, meta, metrics)
+
+  show_bar = sys.stderr.isatty() if progress is None else progress
+  from tqdm import tqdm
+
+  with _SignalCatcher() as signals:
+    while position["epoch"] < config.num_epochs:
+      epoch = position["epoch"]
+      batches = data_lib.epoch_batches(train_data, config.batch_size, config.seed, epoch,
+                                       config.bucket_width)
+      bar = tqdm(total=len(batches), initial=position["batch"], disable=not show_bar,
+                 desc=f"epoch {epoch + 1}/{config.num_epochs}", unit="step", leave=False)
+      epoch_start = time.time()
+      samples = 0
+      pending = None  # metrics of the step in flight: read after dispatching the next
+
+      def consume(step_metrics, step):
+        loss = float(step_metrics["loss"])
+        if not np.isfinite(loss):
+          good = checkpointer.latest_step()
+          raise NonFiniteLoss(
+              f"loss is {loss} at step {step}. Last good checkpoint: "
+              f"{good if good is not None else 'none'} (kept, nothing saved over it). "
+              "Lower learning_rate or set clip_norm.")
+        loss_sum, weight = float(step_metrics["loss_sum"]), float(step_metrics["weight"])
+        sums["window"][0] += loss_sum
+        sums["window"][1] += weight
+        for k, key in enumerate(("loss_sum", "weight", "correct", "tokens")):
+          sums["epoch"][k] += float(step_metrics[key])
+        if step % config.log_every_steps == 0:
+          window_loss = sums["window"][0] / max(sums["window"][1], 1.0)
+          rate = samples / max(time.time() - epoch_start, 1e-9)
+          append_metrics(workdir, {"step": step, "epoch": epoch + 1, "train/loss": window_loss,
+                                   "lr": float(schedule(step - 1)),
+                                   "grad_norm": float(step_metrics["grad_norm"]),
+                                   "samples_per_sec": rate})
+          if show_bar:
+            bar.set_postfix(loss=f"{window_loss:.4f}", samples_s=f"{rate:.0f}")
+          else:
+            log.info("step %d  epoch %d  loss %.4f  %.0f samples/s", step, epoch + 1,
+                     window_loss, rate)
+          sums["window"] = [0.0, 0.0]
+
+      while position["batch"] < len(batches):
+        rows = batches[position["batch"]]
+        batch = data_lib.make_batch(train_data, rows, config.batch_size, config.bucket_width)
+        state, metrics = jit_train_step(state, batch, base_rng)
+        samples += len(rows)
+        position["batch"] += 1
+        if pending is not None:
+          consume(*pending)
+        pending = (metrics, position_step := int(state["step"]))
+        bar.update(1)
+        if stop_after_step is not None and position_step >= stop_after_step:
+          signals.signum = signals.signum or "stop_after_step"
+        if signals.signum is not None:
+          consume(*pending)
+          pending = None
+          save()
+          bar.close()
+          raise TrainingInterrupted(
+              f"stopped by signal {signals.signum} at step {position_step}; checkpoint saved. "
+              "Run the same command again to resume.")
+        if config.checkpoint_every_steps and position_step % config.checkpoint_every_steps == 0 \
+            and position["batch"] < len(batches):
+          consume(*pending)
+          pending = None
+          save()
+      if pending is not None:
+        consume(*pending)
+      bar.close()
+      epoch_time = time.time() - epoch_start
+      epoch_sums = sums["epoch"]
+      record = {"step": int(state["step"]), "epoch": epoch + 1,
+                "train/loss": epoch_sums[0] / max(epoch_sums[1], 1.0),
+                "train/token_accuracy": epoch_sums[2] / max(epoch_sums[3], 1.0),
+                "train/epoch_seconds": epoch_time,
+                "train/samples_per_sec": samples / max(epoch_time, 1e-9)}
+      sums["epoch"] = [0.0, 0.0, 0.0, 0.0]
+      position = {"epoch": epoch + 1, "batch": 0}
+      last = epoch + 1 == config.num_epochs
+      checkpoint_metrics = None
+      if (epoch + 1) % config.eval_every_epochs == 0 or last:
+        val_metrics, _ = evaluate_pairs(task, state["params"], val_pairs,
+                                        config.eval_decode_samples, full_text_metrics=False)
+        val_record = {f"val/{k}": v for k, v in val_metrics.items()}
+        record.update(val_record)
+        checkpoint_metrics = val_record
+      append_metrics(workdir, record)
+      log.info("epoch %d/%d  step %d  train loss %.4f  %s  %.0fs (%.0f samples/s)",
+               epoch + 1, config.num_epochs, record["step"], record["train/loss"],
+               "  ".join(f"{k} {v:.4f}" for k, v in record.items() if k.startswith("val/")),
+               epoch_time, record["train/samples_per_sec"])
+      if (epoch + 1) % config.checkpoint_every_epochs == 0 or last:
+        save(checkpoint_metrics)
+
+  # --- final evaluation with the checkpoint `translate` would use -------------------------
+  final_step = checkpointer.best_step() or checkpointer.latest_step()
+  params = state["params"]
+  if final_step is not None and final_step != int(state["step"]):
+    restored, _, _ = checkpointer.restore(jax.eval_shape(lambda: state), step=final_step)
+    params = restored["params"]
+  checkpointer.close()
+  summary = {"step": final_step}
+  for name, pairs in (("val", val_pairs), ("test", test_pairs)):
+    if pairs:
+      split_metrics, hypotheses = evaluate_pairs(task, params, pairs)
+      summary.update({f"{name}/{k}": v for k, v in split_metrics.items()})
+  append_metrics(workdir, dict(summary, final=True))
+  with open(os.path.join(workdir, "results.json"), "w") as f:
+    json.dump(summary, f, indent=2)
+  log.info("\nfinal (checkpoint %s): %s", final_step,
+           "  ".join(f"{k} {v:.4f}" for k, v in summary.items() if k != "step"))
+  shown = test_pairs or val_pairs
+  samples_to_show = shown[:config.num_summary_samples]
+  for (source, target), hypothesis in zip(samples_to_show, task.translate(
+      params, [s for s, _ in samples_to_show])):
+    log.info("-\nInput sentence: %s\nDecoded sentence: %s\nReference: %s%s", source,
+             hypothesis, target, "" if hypothesis == target else "   (differs)")
+  return summary
+
+
+# ---------------------------------------------------------------------------
+# Restoring a trained model from a workdir alone
+# ---------------------------------------------------------------------------
+
+def load_trained(workdir: str, which: str = "best") -> tuple[Task, Any, int]:
+  """(task, params, step) from a workdir: config and vocabularies come from the checkpoint."""
+  if not os.path.isdir(workdir):
+    raise CheckpointError(f"workdir '{workdir}' does not exist. Train first with "
+                          f"`seq2seq-jax train --workdir {workdir}`.")
+  best_metric = "val/exact_match"
+  try:
+    with open(os.path.join(workdir, "config.json")) as f:
+      best_metric = json.load(f).get("best_metric", best_metric)
+  except (OSError, ValueError):
+    pass  # the checkpoint's own copy of the config is what counts
+  checkpointer = Checkpointer(workdir, best_metric=best_metric, read_only=True)
+  step = None
+  if which == "best":
+    step = checkpointer.best_step()
+  elif which != "latest":
+    try:
+      step = int(which)
+    except ValueError:
+      raise UserError(f"--checkpoint must be best, latest or a step number, got '{which}'.") from None
+  state, meta, step = checkpointer.restore(step=step)
+  config = config_lib.from_dict(meta["config"], f"checkpoint {step} of {workdir}")
+  task = make_task(config, Vocab.from_list(meta["src_vocab"]), Vocab.from_list(meta["tgt_vocab"]))
+  params = jax.tree.map(jnp.asarray, state["params"])
+  return task, params, step

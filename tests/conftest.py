@@ -1,0 +1,43 @@
+"""Shared fixtures: tiny configs and one trained tiny workdir reused by several tests."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import subprocess
+import sys
+
+import pytest
+
+from seq2seq_jax.config import Config, load_config_file
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def tiny_config(**overrides) -> Config:
+  config = load_config_file(os.path.join(ROOT, "configs", "tiny.py"))
+  return dataclasses.replace(config, **overrides)
+
+
+def run_cli(*args, input_text: str | None = None, env_extra: dict | None = None,
+            timeout: int = 300) -> subprocess.CompletedProcess:
+  """Runs `python -m seq2seq_jax ARGS` in a fresh process."""
+  env = dict(os.environ, **(env_extra or {}))
+  return subprocess.run([sys.executable, "-m", "seq2seq_jax", *args], input=input_text,
+                        capture_output=True, text=True, timeout=timeout, cwd=ROOT, env=env)
+
+
+def write_tsv(path, pairs) -> str:
+  with open(path, "w", encoding="utf-8") as f:
+    for source, target in pairs:
+      f.write(f"{source}\t{target}\n")
+  return str(path)
+
+
+@pytest.fixture(scope="session")
+def trained_workdir(tmp_path_factory):
+  """configs/tiny.py trained by the command line in a fresh process."""
+  workdir = tmp_path_factory.mktemp("tiny") / "run"
+  result = run_cli("train", "--config", "configs/tiny.py", "--workdir", str(workdir))
+  assert result.returncode == 0, result.stdout + result.stderr
+  return str(workdir)

@@ -1,0 +1,145 @@
+import numpy as np
+import pytest
+
+from seq2seq_jax import data as data_lib
+from seq2seq_jax.errors import DataError
+from seq2seq_jax.vocab import END_ID, PAD_ID, START_ID, UNK_ID, Vocab
+from tests.conftest import tiny_config
+
+
+def test_numbers_are_num2words_pairs_and_deterministic():
+  config = tiny_config(numbers_max=99_999, numbers_train=300, numbers_val=50, numbers_test=50)
+  first = data_lib.load_splits(config)
+  again = data_lib.load_splits(config)
+  assert first == again
+  other_seed = data_lib.load_splits(tiny_config(numbers_max=99_999, numbers_train=300,
+                                                numbers_val=50, numbers_test=50, seed=1))
+  assert first.train != other_seed.train
+  from num2words import num2words
+  numbers = data_lib.sample_numbers(config).tolist()
+  assert first.train[:10] == [(num2words(n), num2words(n, lang="fr")) for n in numbers[:10]]
+  assert first.test[-1] == (num2words(numbers[-1]), num2words(numbers[-1], lang="fr"))
+
+
+def test_number_splits_are_disjoint_by_number():
+  config = tiny_config(numbers_max=999_999, numbers_train=2000, numbers_val=300, numbers_test=300)
+  numbers = data_lib.sample_numbers(config)
+  assert len(set(numbers.tolist())) == len(numbers) == 2600
+  splits = data_lib.load_splits(config)
+  sources = [set(s for s, _ in part) for part in (splits.train, splits.val, splits.test)]
+  assert not sources[0] & sources[1] and not sources[0] & sources[2] and not sources[1] & sources[2]
+  # "digits" sampling: every digit count appears, not just six-digit numbers
+  assert {len(str(n)) for n in numbers.tolist()} == {1, 2, 3, 4, 5, 6}
+
+
+def test_known_french_numbers():
+  lang = data_lib._num2words_language("fr")
+  assert lang(97) == "quatre-vingt-dix-sept"
+  assert lang(71) == "soixante et onze"
+  assert lang(1984) == "mille neuf cent quatre-vingt-quatre"
+  assert data_lib._num2words_language("en")(1984) == "one thousand, nine hundred and eighty-four"
+
+
+def test_unknown_language_is_a_clear_error():
+  with pytest.raises(DataError, match="no language 'xx'.*fr"):
+    data_lib.load_splits(tiny_config(data="numbers:xx"))
+
+
+def test_anki_file_with_and_without_attribution(tmp_path):
+  path = tmp_path / "fra.txt"
+  path.write_bytes("\ufeffGo.\tVa !\tCC-BY 2.0 (France) Attribution: tatoeba.org\r\n"
+                   "\r\nHi.\tSalut !\r\nRun!\tCours !\tCC-BY\n".encode("utf-8"))
+  pairs = data_lib.tab_pairs(str(path), "anki")
+  assert pairs == [("Go.", "Va !"), ("Hi.", "Salut !"), ("Run!", "Cours !")]
+  assert data_lib.tab_pairs(str(path), "anki", num_samples=2) == pairs[:2]
+
+
+def test_missing_column_names_file_and_line(tmp_path):
+  path = tmp_path / "bad.txt"
+  path.write_text("a\tb\nno tab here\nc\td\n", encoding="utf-8")
+  with pytest.raises(DataError, match=r"bad.txt:2: expected source<TAB>target"):
+    data_lib.tab_pairs(str(path), "tsv")
+  assert data_lib.tab_pairs(str(path), "tsv", skip_bad_lines=True) == [("a", "b"), ("c", "d")]
+
+
+def test_tsv_rejects_a_third_column(tmp_path):
+  path = tmp_path / "three.tsv"
+  path.write_text("a\tb\tc\n", encoding="utf-8")
+  with pytest.raises(DataError, match="three.tsv:1"):
+    data_lib.tab_pairs(str(path), "tsv")
+
+
+def test_non_utf8_names_file_and_line(tmp_path):
+  path = tmp_path / "latin1.txt"
+  path.write_bytes(b"a\tb\ncaf\xe9\tcoffee\n")
+  with pytest.raises(DataError, match=r"latin1.txt:2: not UTF-8"):
+    data_lib.tab_pairs(str(path), "tsv")
+
+
+@pytest.mark.parametrize("content", ["", "\n\n  \n"])
+def test_empty_file(tmp_path, content):
+  path = tmp_path / "empty.txt"
+  path.write_text(content)
+  with pytest.raises(DataError, match="no usable"):
+    data_lib.tab_pairs(str(path), "tsv")
+
+
+def test_missing_file_and_bad_spec(tmp_path):
+  with pytest.raises(DataError, match="does not exist"):
+    data_lib.load_splits(tiny_config(data=f"anki:{tmp_path}/nope.txt"))
+  with pytest.raises(DataError, match="not understood"):
+    data_lib.parse_spec("fra.txt")
+
+
+def test_long_pairs_are_dropped_and_counted(caplog):
+  config = tiny_config(max_source_len=5, max_target_len=5)
+  with caplog.at_level("INFO", logger="seq2seq_jax"):
+    kept = data_lib.drop_long([("abc", "de"), ("abcdef", "x"), ("a", "abcdefg")], config, "train")
+  assert kept == [("abc", "de")]
+
+
+def test_vocab_round_trip_and_unknowns():
+  vocab = Vocab.build(["hello world", "wörld"])
+  assert vocab.chars == sorted(set("hello worldö"))
+  text = "low qöz"
+  ids = vocab.encode(text)
+  assert ids[:3] == vocab.encode("low")
+  assert ids[4] == UNK_ID and ids[5] != UNK_ID and vocab.unknown_chars(text) == {"q", "z"}
+  assert vocab.decode(vocab.encode("hello") + [END_ID] + vocab.encode("xx")) == "hello"
+  assert Vocab.from_list(vocab.to_list()) == vocab
+  assert len(vocab) == 4 + len(vocab.chars)
+
+
+def test_encoding_is_int32_with_start_end_and_padding():
+  src_vocab, tgt_vocab = Vocab.build(["ab"]), Vocab.build(["xyz"])
+  encoded = data_lib.encode_pairs([("ab", "xyz"), ("a", "x")], src_vocab, tgt_vocab)
+  assert encoded.src_NxS.dtype == np.int32 and encoded.tgt_NxT.dtype == np.int32
+  assert encoded.tgt_NxT[0].tolist() == [START_ID, *tgt_vocab.encode("xyz"), END_ID]
+  assert encoded.tgt_NxT[1].tolist() == [START_ID, tgt_vocab.encode("x")[0], END_ID, PAD_ID, PAD_ID]
+  assert encoded.src_len_N.tolist() == [2, 1] and encoded.tgt_len_N.tolist() == [4, 2]
+
+
+def test_epoch_batches_cover_every_row_once_and_are_seeded():
+  rng = np.random.default_rng(0)
+  pairs = [("a" * rng.integers(1, 40), "b" * rng.integers(1, 40)) for _ in range(500)]
+  encoded = data_lib.encode_pairs(pairs, Vocab.build(["a"]), Vocab.build(["b"]))
+  for width in (0, 8):
+    batches = data_lib.epoch_batches(encoded, 32, seed=3, epoch=1, bucket_width=width)
+    rows = np.concatenate(batches)
+    assert sorted(rows.tolist()) == list(range(500))
+    assert len(batches) == data_lib.steps_per_epoch(encoded, 32, width)
+    same = data_lib.epoch_batches(encoded, 32, seed=3, epoch=1, bucket_width=width)
+    assert all((a == b).all() for a, b in zip(batches, same))
+    next_epoch = data_lib.epoch_batches(encoded, 32, seed=3, epoch=2, bucket_width=width)
+    assert any(len(a) != len(b) or (a != b).any() for a, b in zip(batches, next_epoch))
+  batch = data_lib.make_batch(encoded, batches[0][:5], 32, 8)
+  assert batch["src"].shape[0] == 32 and batch["src"].shape[1] % 8 == 0
+  assert (batch["index"][5:] == -1).all() and (batch["src"][5:] == PAD_ID).all()
+  assert batch["tgt_in"].shape == batch["tgt_out"].shape
+
+
+def test_large_file_loads_as_int32_not_one_hot(tmp_path):
+  pairs = [(f"sentence number {i} here", f"phrase numéro {i} ici") for i in range(200_000)]
+  encoded = data_lib.encode_pairs(pairs, *data_lib.build_vocabs(pairs))
+  total = encoded.src_NxS.nbytes + encoded.tgt_NxT.nbytes
+  assert total < 100 * 2**20  # one-hot would be ~200k x 30 x 40 x 4 bytes x 2 = 1.9 GB

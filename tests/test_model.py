@@ -1,0 +1,109 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from seq2seq_jax import model as model_lib
+from seq2seq_jax.train import loss_and_counts
+from tests.conftest import tiny_config
+
+
+def numpy_lstm_step(x, h, c, kernel, recurrent_kernel, bias):
+  """Keras' LSTM equations with gates i, f, c, o, written independently in NumPy."""
+  sigmoid = lambda v: 1 / (1 + np.exp(-v))
+  z = x @ kernel + h @ recurrent_kernel + bias
+  H = h.shape[-1]
+  i, f, g, o = z[:, :H], z[:, H:2 * H], z[:, 2 * H:3 * H], z[:, 3 * H:]
+  c = sigmoid(f) * c + sigmoid(i) * np.tanh(g)
+  return sigmoid(o) * np.tanh(c), c
+
+
+def test_lstm_cell_matches_numpy_reference():
+  rng = np.random.default_rng(0)
+  B, D, H = 3, 5, 4
+  x, h, c = rng.normal(size=(B, D)), rng.normal(size=(B, H)), rng.normal(size=(B, H))
+  kernel, rk, bias = rng.normal(size=(D, 4 * H)), rng.normal(size=(H, 4 * H)), rng.normal(size=4 * H)
+  got_h, got_c = model_lib.lstm_cell(jnp.asarray(x @ kernel + bias, jnp.float32),
+                                     (jnp.asarray(h, jnp.float32), jnp.asarray(c, jnp.float32)),
+                                     jnp.asarray(rk, jnp.float32))
+  want_h, want_c = numpy_lstm_step(x, h, c, kernel, rk, bias)
+  np.testing.assert_allclose(got_h, want_h, atol=1e-5)
+  np.testing.assert_allclose(got_c, want_c, atol=1e-5)
+
+
+def test_scan_equals_python_loop():
+  rng = np.random.default_rng(1)
+  B, T, H = 2, 7, 3
+  xproj = jnp.asarray(rng.normal(size=(B, T, 4 * H)), jnp.float32)
+  rk = jnp.asarray(rng.normal(size=(H, 4 * H)) * 0.5, jnp.float32)
+  carry0 = (jnp.zeros((B, H)), jnp.zeros((B, H)))
+  (h_T, c_T), hs = model_lib.lstm_scan(xproj, carry0, rk)
+  carry, outputs = carry0, []
+  for t in range(T):
+    carry = model_lib.lstm_cell(xproj[:, t], carry, rk)
+    outputs.append(carry[0])
+  np.testing.assert_allclose(hs, jnp.stack(outputs, 1), atol=1e-6)
+  np.testing.assert_allclose(h_T, carry[0], atol=1e-6)
+  np.testing.assert_allclose(c_T, carry[1], atol=1e-6)
+
+
+def test_keras_initialisers_and_layout():
+  config = tiny_config(latent_dim=8, embed_dim=6)
+  params = model_lib.init_params(model_lib.build_model(config, 10, 12), jax.random.key(0))
+  layer = params["encoder_lstm_0"]
+  assert layer["kernel"].shape == (6, 32) and layer["recurrent_kernel"].shape == (8, 32)
+  np.testing.assert_array_equal(layer["bias"], np.r_[np.zeros(8), np.ones(8), np.zeros(16)])
+  rk = np.asarray(layer["recurrent_kernel"])
+  np.testing.assert_allclose(rk @ rk.T, np.eye(8), atol=1e-5)  # orthogonal rows
+
+
+def _model_and_params(**overrides):
+  config = tiny_config(**overrides)
+  model = model_lib.build_model(config, 11, 13)
+  return config, model, model_lib.init_params(model, jax.random.key(3))
+
+
+@pytest.mark.parametrize("overrides", [
+    dict(attention="none"), dict(attention="general", num_layers=2),
+    dict(attention="dot", input_mode="onehot", reverse_source=True)])
+def test_padding_does_not_change_encoder_state_or_loss(overrides):
+  config, model, params = _model_and_params(**overrides)
+  src = jnp.array([[5, 6, 7, 8, 0], [4, 9, 0, 0, 0]], jnp.int32)
+  src_padded = jnp.pad(src, ((0, 0), (0, 6)))
+  carries, enc, mask = model.apply({"params": params}, src, method=model.encode)
+  carries_p, enc_p, mask_p = model.apply({"params": params}, src_padded, method=model.encode)
+  for (h, c), (hp, cp) in zip(carries, carries_p):
+    np.testing.assert_allclose(h, hp, atol=1e-6)
+    np.testing.assert_allclose(c, cp, atol=1e-6)
+  # the unpadded sentence alone gives the same state as inside the padded batch
+  alone, _, _ = model.apply({"params": params}, src[1:, :2], method=model.encode)
+  np.testing.assert_allclose(alone[-1][0][0], carries[-1][0][1], atol=1e-6)
+  tgt = jnp.array([[1, 5, 6, 7], [1, 8, 0, 0]], jnp.int32)
+  out = jnp.array([[5, 6, 7, 2], [8, 2, 0, 0]], jnp.int32)
+  batch = {"src": src, "tgt_in": tgt, "tgt_out": out, "index": jnp.array([0, 1])}
+  padded = {"src": src_padded, "tgt_in": jnp.pad(tgt, ((0, 0), (0, 5))),
+            "tgt_out": jnp.pad(out, ((0, 0), (0, 5))), "index": jnp.array([0, 1])}
+  loss, counts = loss_and_counts(params, batch, model=model, config=config, train=False)
+  loss_p, counts_p = loss_and_counts(params, padded, model=model, config=config, train=False)
+  np.testing.assert_allclose(loss, loss_p, rtol=1e-6)
+  assert float(counts["tokens"]) == float(counts_p["tokens"]) == 6
+
+
+def test_onehot_mode_is_one_hot_times_kernel():
+  config, model, params = _model_and_params(input_mode="onehot", attention="none")
+  layer = params["encoder_lstm_0"]
+  ids = jnp.array([[4, 7, 2]])
+  one_hot = jax.nn.one_hot(ids, 11)
+  projected = model_lib.LSTMLayer(config.latent_dim, 11, onehot=True).apply(
+      {"params": layer}, ids, method=model_lib.LSTMLayer.project)
+  np.testing.assert_allclose(projected, one_hot @ layer["kernel"] + layer["bias"], atol=1e-6)
+
+
+def test_reverse_source_reverses_only_the_real_characters():
+  config, model, params = _model_and_params(reverse_source=True, attention="none")
+  forward_config, forward_model, _ = _model_and_params(reverse_source=False, attention="none")
+  src = jnp.array([[5, 6, 7, 0, 0]], jnp.int32)
+  reversed_carries, _, _ = model.apply({"params": params}, src, method=model.encode)
+  manual, _, _ = forward_model.apply({"params": params}, jnp.array([[7, 6, 5, 0, 0]]),
+                                     method=forward_model.encode)
+  np.testing.assert_allclose(reversed_carries[0][0], manual[0][0], atol=1e-6)

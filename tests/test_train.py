@@ -1,0 +1,113 @@
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from seq2seq_jax.config import Config
+from seq2seq_jax.optim import build_optimizer
+from seq2seq_jax.train import TrainingInterrupted, load_trained, train_and_evaluate
+from tests.conftest import tiny_config, write_tsv
+
+
+def read_metrics(workdir):
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    return [json.loads(line) for line in f]
+
+
+def test_rmsprop_is_keras_rmsprop():
+  """One step of our optimizer equals Keras 3's RMSprop formula written out."""
+  config = Config(learning_rate=1e-3, lr_schedule="constant", clip_norm=0.0)
+  tx = build_optimizer(config, total_steps=10)
+  params = {"w": jnp.array([0.5, -1.0, 2.0])}
+  grads = {"w": jnp.array([0.1, -0.2, 3.0])}
+  state = tx.init(params)
+  for _ in range(2):
+    updates, state = tx.update(grads, state, params)
+    params = optax.apply_updates(params, updates)
+  w, velocity = np.array([0.5, -1.0, 2.0]), np.zeros(3)
+  g = np.array([0.1, -0.2, 3.0])
+  for _ in range(2):
+    velocity = 0.9 * velocity + 0.1 * g ** 2
+    w = w - 1e-3 * g / np.sqrt(velocity + 1e-7)
+  np.testing.assert_allclose(params["w"], w, rtol=1e-6)
+
+
+def test_tiny_model_overfits_tiny_data(tmp_path):
+  """Reversing short strings: a real task the model must read the source for."""
+  rng = np.random.default_rng(0)
+  words = {"".join(rng.choice(list("abcdef"), rng.integers(2, 6))) for _ in range(80)}
+  pairs = sorted((w, w[::-1]) for w in words)
+  path = write_tsv(tmp_path / "rev.tsv", pairs)
+  config = tiny_config(data=f"tsv:{path}", val_fraction=0.0, test_fraction=0.0, batch_size=16,
+                       num_epochs=40, learning_rate=1e-2, latent_dim=48, warmup_steps=10,
+                       eval_every_epochs=40, checkpoint_every_epochs=40, log_every_steps=1000)
+  workdir = str(tmp_path / "run")
+  train_and_evaluate(config, workdir, progress=False)
+  task, params, _ = load_trained(workdir, "latest")
+  sources = [s for s, _ in pairs]
+  outputs = task.translate(params, sources)
+  assert outputs == [t for _, t in pairs]
+
+
+def test_resume_equals_uninterrupted(tmp_path):
+  config = tiny_config(num_epochs=3, checkpoint_every_steps=3, log_every_steps=1, dropout=0.1)
+  full_dir, resumed_dir = str(tmp_path / "full"), str(tmp_path / "resumed")
+  full = train_and_evaluate(config, full_dir, progress=False)
+  with pytest.raises(TrainingInterrupted):
+    train_and_evaluate(config, resumed_dir, progress=False, stop_after_step=11)
+  with pytest.raises(TrainingInterrupted):  # again, mid-epoch and after a checkpoint
+    train_and_evaluate(config, resumed_dir, progress=False, stop_after_step=17)
+  resumed = train_and_evaluate(config, resumed_dir, progress=False)
+  losses = lambda d: {r["step"]: r["train/loss"] for r in read_metrics(d) if "train/loss" in r}
+  assert losses(full_dir) == losses(resumed_dir)
+  assert full == resumed
+  _, params_full, _ = load_trained(full_dir, "latest")
+  _, params_resumed, _ = load_trained(resumed_dir, "latest")
+  jax.tree.map(np.testing.assert_array_equal, params_full, params_resumed)
+
+
+def test_workdir_with_other_config_is_refused(tmp_path, trained_workdir):
+  from seq2seq_jax.errors import CheckpointError
+  import shutil
+  workdir = str(tmp_path / "copy")
+  shutil.copytree(trained_workdir, workdir)
+  before = sorted(os.listdir(os.path.join(workdir, "checkpoints")))
+  with pytest.raises(CheckpointError, match="different configuration.*latent_dim"):
+    train_and_evaluate(tiny_config(latent_dim=24), workdir, progress=False)
+  assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == before
+
+
+def test_workdir_contents(trained_workdir):
+  names = set(os.listdir(trained_workdir))
+  assert {"config.json", "run.json", "metrics.jsonl", "checkpoints", "results.json"} <= names
+  records = read_metrics(trained_workdir)
+  epoch_records = [r for r in records if "val/loss" in r and "final" not in r]
+  assert len(epoch_records) == 2
+  for key in ("step", "epoch", "train/loss", "val/loss", "val/token_accuracy", "val/exact_match"):
+    assert key in epoch_records[-1]
+  run = json.load(open(os.path.join(trained_workdir, "run.json")))
+  assert {"versions", "devices", "mesh", "command"} <= set(run)
+  # at least two checkpoints are kept (tiny keeps 2)
+  steps = [d for d in os.listdir(os.path.join(trained_workdir, "checkpoints")) if d.isdigit()]
+  assert len(steps) >= 2
+
+
+def test_nan_loss_stops_with_a_clear_error(tmp_path, monkeypatch):
+  from seq2seq_jax import train as train_lib
+  from seq2seq_jax.train import NonFiniteLoss
+  real_step = train_lib.train_step
+
+  def step_that_diverges(state, batch, base_rng, **kwargs):
+    new_state, metrics = real_step(state, batch, base_rng, **kwargs)
+    broken = jnp.where(state["step"] >= 9, jnp.nan, metrics["loss"])
+    return new_state, dict(metrics, loss=broken)
+
+  monkeypatch.setattr(train_lib, "train_step", step_that_diverges)
+  workdir = str(tmp_path / "nan")
+  with pytest.raises(NonFiniteLoss, match=r"nan at step 10\. Last good checkpoint: 8"):
+    train_and_evaluate(tiny_config(num_epochs=3, log_every_steps=1), workdir, progress=False)
+  assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["8"]
