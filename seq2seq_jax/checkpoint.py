@@ -19,6 +19,8 @@ from seq2seq_jax.errors import CheckpointError
 
 log = logging.getLogger(__name__)
 CHECKPOINT_DIR = "checkpoints"
+# Orbax reports routine facts (e.g. "directory is read only") as absl warnings.
+logging.getLogger("absl").setLevel(logging.ERROR)
 
 
 def _metric_sign(best_metric: str) -> bool:

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Train on a GPU or TPU host. JAX picks the accelerator up by itself once the matching
+# jax build is installed:
+#   GPU (CUDA 12/13):  pip install -U "jax[cuda13]"      TPU VM:  pip install -U "jax[tpu]"
+# Usage: experiments/launch_accelerator.sh [WORKDIR] [extra --set key=value ...]
+set -euo pipefail
+WORKDIR=${1:-runs/accelerator}
+shift || true
+# Let XLA take GPU memory as it needs it instead of 75% up front (shared machines).
+export XLA_PYTHON_CLIENT_PREALLOCATE=${XLA_PYTHON_CLIENT_PREALLOCATE:-false}
+# The CPU allocator trick (mimalloc) does not matter on an accelerator.
+export SEQ2SEQ_JAX_MIMALLOC=0
+python -c "import jax; print('devices:', jax.devices())"
+# Accelerators want big batches: the per-step cost of a small LSTM step is launch
+# overhead, so a 4x batch costs little more time. Scale the learning rate with care.
+exec seq2seq-jax train --config configs/default.py --workdir "$WORKDIR" \
+  --set batch_size=512 --set latent_dim=256 --set learning_rate=3e-3 "$@"
