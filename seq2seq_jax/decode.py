@@ -40,8 +40,13 @@ def make_greedy_decoder(model: Seq2Seq, max_len: int) -> Callable[[Any, jax.Arra
 
 
 def decode_texts(decoder, params: Any, src_NxS: np.ndarray, tgt_vocab: Vocab,
-                 batch_size: int, bucket_width: int = 0) -> list[str]:
-  """Decodes rows of source ids in fixed-size, length-sorted batches; texts in row order."""
+                 batch_size: int, bucket_width: int = 0,
+                 place: Callable[[np.ndarray], jax.Array] | None = None,
+                 fetch: Callable[[jax.Array], np.ndarray] = np.asarray) -> list[str]:
+  """Decodes rows of source ids in fixed-size, length-sorted batches; texts in row order.
+
+  place puts a batch on the devices (e.g. sharded over a mesh), fetch brings ids back.
+  """
   lengths_N = (src_NxS != PAD_ID).sum(axis=1)
   order = np.argsort(lengths_N, kind="stable")
   texts: list[str | None] = [None] * len(order)
@@ -52,7 +57,7 @@ def decode_texts(decoder, params: Any, src_NxS: np.ndarray, tgt_vocab: Vocab,
       width = min(-(-width // bucket_width) * bucket_width, src_NxS.shape[1])
     src_BxS = np.zeros((batch_size, width), np.int32)
     src_BxS[:len(rows)] = src_NxS[rows, :width]
-    ids_BxL = np.asarray(decoder(params, src_BxS))
+    ids_BxL = fetch(decoder(params, place(src_BxS) if place else src_BxS))
     for row, ids in zip(rows, ids_BxL):
       texts[row] = tgt_vocab.decode(ids)
   return texts

@@ -27,6 +27,7 @@ from seq2seq_jax.errors import CheckpointError, UserError
 from seq2seq_jax.metrics import exact_match, text_metrics
 from seq2seq_jax.model import Seq2Seq, build_model, count_params, init_params
 from seq2seq_jax.optim import build_optimizer, learning_rate_schedule
+from seq2seq_jax.parallel import DataParallel, is_primary, maybe_initialize_distributed, to_numpy
 from seq2seq_jax.vocab import PAD_ID, Vocab
 
 log = logging.getLogger(__name__)
@@ -109,6 +110,7 @@ class Task:
   src_vocab: Vocab
   tgt_vocab: Vocab
   model: Seq2Seq
+  parallel: DataParallel = dataclasses.field(default_factory=DataParallel)
 
   @property
   def decode_max_len(self) -> int:
@@ -132,16 +134,21 @@ class Task:
     if self.config.source_lowercase:
       sources = [s.lower() for s in sources]
     src_NxS, _ = data_lib.encode_sources(sources, self.src_vocab, self.config.max_source_len)
-    return decode_texts(self.decoder, params, src_NxS, self.tgt_vocab,
-                        batch_size or self.config.batch_size, self.config.bucket_width)
+    batch_size = self.parallel.round_batch_size(batch_size or self.config.batch_size)
+    return decode_texts(self.decoder, params, src_NxS, self.tgt_vocab, batch_size,
+                        self.config.bucket_width,
+                        place=lambda src: self.parallel.shard_batch({"src": src})["src"],
+                        fetch=to_numpy)
 
   def meta(self) -> dict[str, Any]:
     return {"config": self.config.to_dict(), "src_vocab": self.src_vocab.to_list(),
             "tgt_vocab": self.tgt_vocab.to_list()}
 
 
-def make_task(config: Config, src_vocab: Vocab, tgt_vocab: Vocab) -> Task:
-  return Task(config, src_vocab, tgt_vocab, build_model(config, len(src_vocab), len(tgt_vocab)))
+def make_task(config: Config, src_vocab: Vocab, tgt_vocab: Vocab,
+              parallel: DataParallel | None = None) -> Task:
+  return Task(config, src_vocab, tgt_vocab, build_model(config, len(src_vocab), len(tgt_vocab)),
+              parallel or DataParallel())
 
 
 def evaluate_pairs(task: Task, params, pairs: list[data_lib.Pair], decode_limit: int = 0,
@@ -149,10 +156,11 @@ def evaluate_pairs(task: Task, params, pairs: list[data_lib.Pair], decode_limit:
   """Loss and token accuracy over all pairs; greedy-output metrics over the first decode_limit."""
   encoded = task.encode(pairs)
   totals = {"loss_sum": 0.0, "weight": 0.0, "correct": 0.0, "tokens": 0.0}
-  for batch in data_lib.eval_batches(encoded, task.config.batch_size, task.config.bucket_width):
-    counts = task.eval_step(params, batch)
+  batch_size = task.parallel.round_batch_size(task.config.batch_size)
+  for batch in data_lib.eval_batches(encoded, batch_size, task.config.bucket_width):
+    counts = task.eval_step(params, task.parallel.shard_batch(batch))
     for key in totals:
-      totals[key] += float(counts[key])
+      totals[key] += float(to_numpy(counts[key]))
   metrics = {"loss": totals["loss_sum"] / max(totals["weight"], 1.0),
              "token_accuracy": totals["correct"] / max(totals["tokens"], 1.0)}
   subset = pairs[:decode_limit] if decode_limit else pairs
@@ -176,14 +184,17 @@ def _json_default(value):
 
 
 def append_metrics(workdir: str, record: dict[str, Any]) -> None:
+  if not is_primary():
+    return
   with open(os.path.join(workdir, "metrics.jsonl"), "a") as f:
     f.write(json.dumps(record, default=_json_default) + "\n")
 
 
-def write_run_info(workdir: str, argv: list[str] | None) -> None:
+def write_run_info(workdir: str, argv: list[str] | None, parallel: DataParallel) -> None:
   import flax
   import orbax.checkpoint
-  devices = jax.devices()
+  if not is_primary():
+    return
   info = {
       "command": argv if argv is not None else sys.argv,
       "versions": {"python": platform.python_version(), "jax": jax.__version__,
@@ -191,10 +202,7 @@ def write_run_info(workdir: str, argv: list[str] | None) -> None:
                    "flax": flax.__version__, "optax": optax.__version__,
                    "orbax-checkpoint": orbax.checkpoint.__version__,
                    "numpy": np.__version__},
-      "devices": [str(d) for d in devices],
-      "device_kind": devices[0].device_kind,
-      "platform": devices[0].platform,
-      "mesh": {"data": len(devices[:1])},
+      **parallel.describe(),
       "host": platform.node(),
       "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
   }
@@ -281,14 +289,20 @@ def train_and_evaluate(config: Config, workdir: str, argv: list[str] | None = No
   stop_after_step: behave as if interrupted after that step (checkpoint, then
   TrainingInterrupted), as SIGINT/SIGTERM do.
   """
+  maybe_initialize_distributed()
+  parallel = DataParallel()
+  parallel.check_batch_size(config.batch_size)
   os.makedirs(workdir, exist_ok=True)
-  setup_logging(workdir)
+  setup_logging(workdir if is_primary() else None)
+  if not is_primary():
+    logging.getLogger("seq2seq_jax").setLevel(logging.WARNING)
   check_workdir_config(workdir, config)
   checkpointer = Checkpointer(workdir, config.keep_checkpoints, config.best_metric)
   resuming = checkpointer.latest_step() is not None
-  with open(os.path.join(workdir, "config.json"), "w") as f:
-    f.write(config.to_json())
-  write_run_info(workdir, argv)
+  if is_primary():
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+      f.write(config.to_json())
+  write_run_info(workdir, argv, parallel)
 
   # --- data ---------------------------------------------------------------------
   t0 = time.time()
@@ -299,11 +313,12 @@ def train_and_evaluate(config: Config, workdir: str, argv: list[str] | None = No
   if not train_pairs:
     raise UserError("no training pair fits max_source_len/max_target_len; raise them.")
   src_vocab, tgt_vocab = data_lib.build_vocabs(train_pairs)
-  task = make_task(config, src_vocab, tgt_vocab)
+  task = make_task(config, src_vocab, tgt_vocab, parallel)
   train_data = task.encode(train_pairs)
-  with open(os.path.join(workdir, "vocab.json"), "w") as f:
-    json.dump({"src_vocab": src_vocab.to_list(), "tgt_vocab": tgt_vocab.to_list()}, f,
-              ensure_ascii=False, indent=0)
+  if is_primary():
+    with open(os.path.join(workdir, "vocab.json"), "w") as f:
+      json.dump({"src_vocab": src_vocab.to_list(), "tgt_vocab": tgt_vocab.to_list()}, f,
+                ensure_ascii=False, indent=0)
   steps_per_epoch = data_lib.steps_per_epoch(train_data, config.batch_size, config.bucket_width)
   total_steps = steps_per_epoch * config.num_epochs
   log.info("data %s: %d train / %d val / %d test pairs, vocab %d -> %d, %.1fs",
@@ -313,14 +328,16 @@ def train_and_evaluate(config: Config, workdir: str, argv: list[str] | None = No
   # --- model and optimizer --------------------------------------------------------
   tx = build_optimizer(config, total_steps)
   schedule = learning_rate_schedule(config, total_steps)
-  state = create_state(config, task.model, tx)
-  log.info("model: %s parameters, %d step(s)/epoch, %d epoch(s), devices %s",
+  state = parallel.replicate(create_state(config, task.model, tx))
+  log.info("model: %s parameters, %d step(s)/epoch, %d epoch(s); mesh data=%d (%d x %s, "
+           "%d process(es)), %d pairs per device per step",
            f"{count_params(state['params']):,}", steps_per_epoch, config.num_epochs,
-           ", ".join(str(d) for d in jax.devices()))
+           parallel.size, parallel.size, parallel.devices[0].device_kind, jax.process_count(),
+           config.batch_size // parallel.size)
   position = {"epoch": 0, "batch": 0}
   sums = {"window": [0.0, 0.0], "epoch": [0.0, 0.0, 0.0, 0.0]}
   if resuming:
-    state, meta, restored_step = checkpointer.restore(jax.eval_shape(lambda: state))
+    state, meta, restored_step = checkpointer.restore(parallel.abstract_replicated(state))
     if meta["src_vocab"] != src_vocab.to_list() or meta["tgt_vocab"] != tgt_vocab.to_list():
       raise CheckpointError(f"workdir '{workdir}': the data's vocabulary differs from the "
                             "checkpoint's; resume with the same data or use a new --workdir.")
@@ -335,8 +352,8 @@ def train_and_evaluate(config: Config, workdir: str, argv: list[str] | None = No
   def save(metrics=None):
     meta = dict(task.meta(), position=position, sums=sums,
                 rng=np.asarray(jax.random.key_data(base_rng)).tolist(),
-                step=int(state["step"]), metrics=metrics)
-    checkpointer.save(int(state["step"]), state, meta, metrics)
+                step=int(to_numpy(state["step"])), metrics=metrics)
+    checkpointer.save(int(to_numpy(state["step"])), state, meta, metrics)
 
   show_bar = sys.stderr.isatty() if progress is None else progress
   from tqdm import tqdm
@@ -347,12 +364,14 @@ def train_and_evaluate(config: Config, workdir: str, argv: list[str] | None = No
       batches = data_lib.epoch_batches(train_data, config.batch_size, config.seed, epoch,
                                        config.bucket_width)
       bar = tqdm(total=len(batches), initial=position["batch"], disable=not show_bar,
-                 desc=f"epoch {epoch + 1}/{config.num_epochs}", unit="step", leave=False)
+                 desc=f"epoch {epoch + 1}/{config.num_epochs} [{parallel.size}x "
+                 f"{parallel.devices[0].platform}]", unit="step", leave=False)
       epoch_start = time.time()
       samples = 0
       pending = None  # metrics of the step in flight: read after dispatching the next
 
       def consume(step_metrics, step):
+        step_metrics = {key: to_numpy(value) for key, value in step_metrics.items()}
         loss = float(step_metrics["loss"])
         if not np.isfinite(loss):
           good = checkpointer.latest_step()
@@ -382,12 +401,12 @@ def train_and_evaluate(config: Config, workdir: str, argv: list[str] | None = No
       while position["batch"] < len(batches):
         rows = batches[position["batch"]]
         batch = data_lib.make_batch(train_data, rows, config.batch_size, config.bucket_width)
-        state, metrics = jit_train_step(state, batch, base_rng)
+        state, metrics = jit_train_step(state, parallel.shard_batch(batch), base_rng)
         samples += len(rows)
         position["batch"] += 1
         if pending is not None:
           consume(*pending)
-        pending = (metrics, position_step := int(state["step"]))
+        pending = (metrics, position_step := int(to_numpy(state["step"])))
         bar.update(1)
         if stop_after_step is not None and position_step >= stop_after_step:
           signals.signum = signals.signum or "stop_after_step"
@@ -409,7 +428,7 @@ def train_and_evaluate(config: Config, workdir: str, argv: list[str] | None = No
       bar.close()
       epoch_time = time.time() - epoch_start
       epoch_sums = sums["epoch"]
-      record = {"step": int(state["step"]), "epoch": epoch + 1,
+      record = {"step": int(to_numpy(state["step"])), "epoch": epoch + 1,
                 "train/loss": epoch_sums[0] / max(epoch_sums[1], 1.0),
                 "train/token_accuracy": epoch_sums[2] / max(epoch_sums[3], 1.0),
                 "train/epoch_seconds": epoch_time,
@@ -435,8 +454,8 @@ def train_and_evaluate(config: Config, workdir: str, argv: list[str] | None = No
   # --- final evaluation with the checkpoint `translate` would use -------------------------
   final_step = checkpointer.best_step() or checkpointer.latest_step()
   params = state["params"]
-  if final_step is not None and final_step != int(state["step"]):
-    restored, _, _ = checkpointer.restore(jax.eval_shape(lambda: state), step=final_step)
+  if final_step is not None and final_step != int(to_numpy(state["step"])):
+    restored, _, _ = checkpointer.restore(parallel.abstract_replicated(state), step=final_step)
     params = restored["params"]
   checkpointer.close()
   summary = {"step": final_step}
@@ -445,8 +464,9 @@ def train_and_evaluate(config: Config, workdir: str, argv: list[str] | None = No
       split_metrics, hypotheses = evaluate_pairs(task, params, pairs)
       summary.update({f"{name}/{k}": v for k, v in split_metrics.items()})
   append_metrics(workdir, dict(summary, final=True))
-  with open(os.path.join(workdir, "results.json"), "w") as f:
-    json.dump(summary, f, indent=2)
+  if is_primary():
+    with open(os.path.join(workdir, "results.json"), "w") as f:
+      json.dump(summary, f, indent=2)
   log.info("\nfinal (checkpoint %s): %s", final_step,
            "  ".join(f"{k} {v:.4f}" for k, v in summary.items() if k != "step"))
   shown = test_pairs or val_pairs
@@ -485,5 +505,5 @@ def load_trained(workdir: str, which: str = "best") -> tuple[Task, Any, int]:
   state, meta, step = checkpointer.restore(step=step)
   config = config_lib.from_dict(meta["config"], f"checkpoint {step} of {workdir}")
   task = make_task(config, Vocab.from_list(meta["src_vocab"]), Vocab.from_list(meta["tgt_vocab"]))
-  params = jax.tree.map(jnp.asarray, state["params"])
+  params = task.parallel.replicate(jax.tree.map(np.asarray, state["params"]))
   return task, params, step

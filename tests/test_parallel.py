@@ -1,0 +1,96 @@
+"""Data parallelism over a mesh: 8 simulated CPU devices against 1, in subprocesses."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from tests.conftest import ROOT
+
+SCRIPT = textwrap.dedent("""
+    import json, sys
+    import jax
+    from tests.conftest import tiny_config
+    from seq2seq_jax.train import train_and_evaluate, load_trained
+    workdir = sys.argv[1]
+    config = tiny_config(num_epochs=2, log_every_steps=1, batch_size=32, dropout=0.1)
+    summary = train_and_evaluate(config, workdir, progress=False)
+    task, params, _ = load_trained(workdir, "latest")
+    sources = ["twelve", "three hundred and four", "", "nine hundred and ninety-nine", "seven"]
+    print("RESULT", json.dumps({"devices": jax.device_count(), "summary": summary,
+                                "translations": task.translate(params, sources, batch_size=3)}))
+""")
+
+
+def run_with_devices(workdir, count):
+  env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={count}",
+             JAX_PLATFORMS="cpu")
+  result = subprocess.run([sys.executable, "-c", SCRIPT, str(workdir)], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=600)
+  assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+  line = [l for l in result.stdout.splitlines() if l.startswith("RESULT ")][-1]
+  return json.loads(line[len("RESULT "):])
+
+
+def losses(workdir):
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    return {r["step"]: r["train/loss"] for r in map(json.loads, f) if "train/loss" in r
+            and "val/loss" not in r}
+
+
+def test_eight_devices_match_one(tmp_path):
+  one = run_with_devices(tmp_path / "one", 1)
+  eight = run_with_devices(tmp_path / "eight", 8)
+  assert (one["devices"], eight["devices"]) == (1, 8)
+  one_losses, eight_losses = losses(tmp_path / "one"), losses(tmp_path / "eight")
+  assert one_losses.keys() == eight_losses.keys() and len(one_losses) >= 10
+  for step in one_losses:
+    assert eight_losses[step] == pytest.approx(one_losses[step], rel=2e-4, abs=1e-5)
+  assert eight["translations"] == one["translations"]
+  run = json.load(open(tmp_path / "eight" / "run.json"))
+  assert run["mesh"] == {"data": 8} and run["num_devices"] == 8
+
+
+def test_batch_size_must_divide_over_devices(tmp_path):
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
+  result = subprocess.run(
+      [sys.executable, "-m", "seq2seq_jax", "train", "--config", "configs/tiny.py",
+       "--workdir", str(tmp_path / "w"), "--set", "batch_size=20"],
+      cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+  assert result.returncode == 2
+  assert "batch_size=20 does not divide evenly over 8 devices" in result.stderr
+  assert "Traceback" not in result.stderr
+
+
+def test_two_processes_through_jax_distributed_match_one_device(tmp_path):
+  """Two localhost processes x 4 CPU devices (gloo collectives), each feeding its own shard."""
+  import socket
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+  workdir = tmp_path / "two"
+  processes = []
+  for process_id in range(2):
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
+               JAX_PLATFORMS="cpu", JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}",
+               JAX_NUM_PROCESSES="2", JAX_PROCESS_ID=str(process_id))
+    processes.append(subprocess.Popen([sys.executable, "-c", SCRIPT, str(workdir)], cwd=ROOT,
+                                      env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                      text=True))
+  outputs = [p.communicate(timeout=600) for p in processes]
+  for p, (out, err) in zip(processes, outputs):
+    assert p.returncode == 0, out[-2000:] + err[-2000:]
+  results = [json.loads([l for l in out.splitlines() if l.startswith("RESULT ")][-1][7:])
+             for out, _ in outputs]
+  assert [r["devices"] for r in results] == [8, 8]
+  one = run_with_devices(tmp_path / "one", 1)
+  one_losses, two_losses = losses(tmp_path / "one"), losses(workdir)
+  assert one_losses.keys() == two_losses.keys()
+  for step in one_losses:
+    assert two_losses[step] == pytest.approx(one_losses[step], rel=2e-4, abs=1e-5)
+  assert results[0]["translations"] == results[1]["translations"] == one["translations"]
+  run = json.load(open(workdir / "run.json"))
+  assert run["num_processes"] == 2 and run["mesh"] == {"data": 8}
