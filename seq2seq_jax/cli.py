@@ -41,15 +41,33 @@ def cmd_train(args) -> int:
 
 
 def _read_inputs(texts: list[str]) -> list[str]:
+  """The sentences to translate: arguments, or one per line of standard input."""
   if texts:
     return texts
-  return [line.rstrip("\r\n") for line in sys.stdin]
+  stream = getattr(sys.stdin, "buffer", None)
+  if stream is None:  # a text stream put in place of stdin (tests, embedding)
+    return [line.rstrip("\r\n") for line in sys.stdin]
+  raw = stream.read()
+  try:
+    text = raw.decode("utf-8-sig")
+  except UnicodeDecodeError as error:
+    line = raw.count(b"\n", 0, error.start) + 1
+    raise UserError(f"standard input, line {line}: not UTF-8 "
+                    f"({raw[error.start:error.start + 1]!r}); re-encode it as UTF-8.") from None
+  lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+  if lines[-1] == "":  # the newline that ends the last line (or empty input)
+    lines.pop()
+  return lines
 
 
 def cmd_translate(args) -> int:
   from seq2seq_jax.train import load_trained, setup_logging
   setup_logging(stream=sys.stderr)  # stdout holds the translations only
   task, params, step = load_trained(args.workdir, args.checkpoint)
+  if task.is_series:
+    raise UserError(f"'{args.workdir}' holds a series model, which forecasts numbers rather "
+                    "than translating text: use `seq2seq-jax evaluate --workdir ...` or "
+                    "Task.forecast from Python.")
   sources = _read_inputs(args.text)
   unknown = sorted({ch for s in sources for ch in task.src_vocab.unknown_chars(s)})
   if unknown:
@@ -72,8 +90,13 @@ def cmd_evaluate(args) -> int:
   from seq2seq_jax.train import evaluate_pairs, load_trained, setup_logging
   setup_logging(stream=sys.stderr)
   task, params, step = load_trained(args.workdir, args.checkpoint)
-  splits = data_lib.load_splits(task.config, args.data)
-  pairs = data_lib.drop_long(splits.get(args.split), task.config, args.split)
+  if task.is_series:  # windows of the CSV, scaled as in training
+    from seq2seq_jax.series import load_series
+    _, path = data_lib.parse_spec(args.data or task.config.data)
+    pairs = load_series(task.config, path, task.scaler).get(args.split)
+  else:
+    splits = data_lib.load_splits(task.config, args.data)
+    pairs = data_lib.drop_long(splits.get(args.split), task.config, args.split)
   if not pairs:
     raise UserError(f"split '{args.split}' of {args.data or task.config.data} is empty.")
   metrics, _ = evaluate_pairs(task, params, pairs)
@@ -81,10 +104,38 @@ def cmd_evaluate(args) -> int:
     print(json.dumps(metrics))
   else:
     print(f"checkpoint {step}, {args.split} split of {args.data or task.config.data} "
-          f"({len(pairs)} pairs)")
+          f"({len(pairs)} {'windows' if task.is_series else 'pairs'})")
     for key, value in metrics.items():
       print(f"  {key:15s} {value:.4f}")
   return 0
+
+
+def cmd_sweep(args) -> int:
+  if sys.argv[1:2] == ["sweep"]:  # the command line, not main([...]) inside another program
+    maybe_reexec_with_mimalloc(None)
+  from seq2seq_jax.sweep import load_sweep, run_sweep
+  sweep = load_sweep(args.config, args.set or [])
+  run_sweep(sweep, args.workdir, vectorize=args.vectorize, tensorboard=args.tensorboard,
+            argv=sys.argv)
+  return 0
+
+
+def cmd_plot(args) -> int:
+  from seq2seq_jax import tracking
+  print(tracking.plot_workdir(args.workdir, args.out))
+  if args.tensorboard:
+    print("\n".join(tracking.export_tensorboard(args.workdir)))
+  return 0
+
+
+def _positive_int(text: str) -> int:
+  try:
+    value = int(text)
+  except ValueError:
+    value = 0
+  if value <= 0:
+    raise argparse.ArgumentTypeError(f"must be a positive whole number, got '{text}'")
+  return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -107,7 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
   translate = sub.add_parser("translate", help="translate text with a trained workdir")
   translate.add_argument("--workdir", required=True)
   translate.add_argument("text", nargs="*", help="sentences (default: one per line on stdin)")
-  translate.add_argument("--batch-size", type=int, default=256)
+  translate.add_argument("--batch-size", type=_positive_int, default=256)
   translate.add_argument("--checkpoint", default="best",
                          help="best (default), latest, or a step number")
   translate.set_defaults(func=cmd_translate)
@@ -121,6 +172,27 @@ def build_parser() -> argparse.ArgumentParser:
   evaluate.add_argument("--checkpoint", default="best",
                         help="best (default), latest, or a step number")
   evaluate.set_defaults(func=cmd_evaluate)
+
+  sweep = sub.add_parser("sweep", help="run every unfinished trial of a declared sweep")
+  sweep.add_argument("--config", required=True,
+                     help="sweep file with get_config() and get_sweep(), e.g. configs/sweep_lr.py")
+  sweep.add_argument("--workdir", required=True,
+                     help="one workdir per trial, plus results.csv, results.md and curves.png")
+  sweep.add_argument("--set", action="append", metavar="KEY=VALUE",
+                     help="override a base config value; repeatable")
+  sweep.add_argument("--vectorize", action=argparse.BooleanOptionalAction, default=None,
+                     help="train trials that differ only in learning_rate, rmsprop_decay, "
+                     "clip_norm or dropout together under vmap (default: the sweep file's choice)")
+  sweep.add_argument("--tensorboard", action="store_true",
+                     help="also write each trial's metrics as TensorBoard event files")
+  sweep.set_defaults(func=cmd_sweep)
+
+  plot = sub.add_parser("plot", help="draw the learning curves of a run or a sweep to PNG")
+  plot.add_argument("--workdir", required=True, help="a run's or a sweep's workdir")
+  plot.add_argument("--out", help="PNG path (default: WORKDIR/curves.png)")
+  plot.add_argument("--tensorboard", action="store_true",
+                    help="also write metrics.jsonl as TensorBoard event files in WORKDIR/tensorboard/")
+  plot.set_defaults(func=cmd_plot)
   return parser
 
 
@@ -163,6 +235,14 @@ def main(argv: list[str] | None = None) -> int:
   except KeyboardInterrupt:
     print(f"seq2seq-jax {args.command}: interrupted", file=sys.stderr)
     return 130
+  except BrokenPipeError:  # e.g. `seq2seq-jax translate ... | head -1`
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return 141
+  except OSError as error:  # the file system refused: full disk, read-only, not a directory
+    where = f" '{error.filename}'" if error.filename else ""
+    print(f"seq2seq-jax {args.command}: error: {error.strerror or error}{where}. Check that "
+          "the path is right, writable, and that the disk has free space.", file=sys.stderr)
+    return 2
   except Exception as error:
     from seq2seq_jax.train import TrainingInterrupted
     if isinstance(error, TrainingInterrupted):

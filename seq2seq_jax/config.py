@@ -20,7 +20,7 @@ from seq2seq_jax.errors import UserError
 # Fields whose change makes an existing checkpoint unusable for resuming.
 ARCHITECTURE_FIELDS = (
     "input_mode", "embed_dim", "latent_dim", "num_layers", "cell",
-    "attention", "input_feeding", "reverse_source", "data", "seed", "source_lowercase",
+    "attention", "input_feeding", "reverse_source", "decoder_input", "data", "seed", "source_lowercase",
 )
 
 
@@ -55,6 +55,26 @@ class Config:
   numbers_test: int = 2_000
   # numbers: "digits" draws the digit count uniformly, "uniform" draws numbers uniformly.
   numbers_sampling: str = "digits"
+  # addition/echo/reverse: training pairs.
+  task_train: int = 5_000
+  # addition/echo/reverse: validation pairs.
+  task_val: int = 500
+  # addition/echo/reverse: test pairs.
+  task_test: int = 500
+  # echo/reverse: shortest sequence (integers).
+  task_min_len: int = 3
+  # echo/reverse: longest sequence (integers).
+  task_max_len: int = 8
+  # echo/reverse: integers drawn from 0..task_vocab_size-1.
+  task_vocab_size: int = 10
+  # addition: operands have at most this many digits.
+  addition_digits: int = 2
+  # series: input window length (rows).
+  series_input_steps: int = 12
+  # series: predicted rows after each window (the repeat decoder's fixed output length).
+  series_output_steps: int = 3
+  # series: target columns, comma-separated names or 0-based indexes ("" = every column).
+  series_targets: str = ""
   # Pairs with a longer source (characters) are dropped and counted.
   max_source_len: int = 100
   # Pairs with a longer target (characters, without start/end) are dropped and counted.
@@ -63,7 +83,8 @@ class Config:
   bucket_width: int = 16
 
   # --- model ----------------------------------------------------------------
-  # "embed" (learned embedding) or "onehot" (one-hot inputs, as Keras).
+  # "embed" (learned embedding), "onehot" (one-hot inputs, as Keras) or "real"
+  # (real-valued features, for series:PATH data).
   input_mode: str = "embed"
   # Embedding size when input_mode is "embed".
   embed_dim: int = 64
@@ -71,8 +92,11 @@ class Config:
   latent_dim: int = 256
   # Stacked LSTM layers; encoder layer k seeds decoder layer k.
   num_layers: int = 1
-  # Recurrent cell: "lstm".
+  # Recurrent cell: "lstm" or "gru" (Keras 3 GRU, reset_after=True).
   cell: str = "lstm"
+  # Decoder input: "previous" (its previous token, teacher-forced; seeded with the
+  # encoder's state) or "repeat" (the encoder's final vector at every step, RepeatVector).
+  decoder_input: str = "previous"
   # Dropout rate between layers and before the output layer.
   dropout: float = 0.0
   # Feed the source reversed (Sutskever et al. 2014).
@@ -138,8 +162,9 @@ class Config:
 
 
 _CHOICES = {
-    "input_mode": ("embed", "onehot"),
-    "cell": ("lstm",),
+    "input_mode": ("embed", "onehot", "real"),
+    "cell": ("lstm", "gru"),
+    "decoder_input": ("previous", "repeat"),
     "attention": ("none", "dot", "general"),
     "lr_schedule": ("constant", "cosine", "linear"),
     "split_mode": ("random", "last"),
@@ -149,8 +174,10 @@ _CHOICES = {
 _POSITIVE = ("latent_dim", "num_layers", "batch_size", "num_epochs", "embed_dim",
              "max_source_len", "max_target_len", "eval_every_epochs",
              "checkpoint_every_epochs", "keep_checkpoints", "log_every_steps",
-             "numbers_train", "numbers_max")
-_NON_NEGATIVE = ("num_samples", "numbers_val", "numbers_test", "warmup_steps",
+             "numbers_train", "numbers_max", "task_train", "task_min_len",
+             "task_max_len", "task_vocab_size", "addition_digits", "series_input_steps",
+             "series_output_steps")
+_NON_NEGATIVE = ("task_val", "task_test", "num_samples", "numbers_val", "numbers_test", "warmup_steps",
                  "clip_norm", "rmsprop_momentum", "bucket_width",
                  "eval_decode_samples", "decode_max_len", "checkpoint_every_steps",
                  "num_summary_samples", "learning_rate", "rmsprop_eps")
@@ -198,6 +225,15 @@ def validate(config: Config) -> Config:
       raise UserError(f"config key '{name}' must be in [0, 1); got {getattr(config, name)!r}.")
   if not 0.0 < config.rmsprop_decay < 1.0:
     raise UserError(f"config key 'rmsprop_decay' must be in (0, 1); got {config.rmsprop_decay!r}.")
+  if config.decoder_input == "repeat" and config.attention != "none":
+    raise UserError("decoder_input=repeat reads the encoder's final vector only: "
+                    "set attention=none.")
+  if config.data.startswith("series:") != (config.input_mode == "real"):
+    raise UserError("series:PATH data and input_mode=real go together: set both "
+                    "(with decoder_input=repeat and best_metric=val/loss), as configs/series.py does.")
+  if config.input_mode == "real" and (config.decoder_input != "repeat"
+                                      or config.best_metric != "val/loss"):
+    raise UserError("series:PATH models use decoder_input=repeat and best_metric=val/loss.")
   if config.val_fraction + config.test_fraction >= 1.0:
     raise UserError("val_fraction + test_fraction must leave some training data (sum < 1).")
   return config

@@ -8,6 +8,7 @@ Sources (`--data SPEC`):
 
 from __future__ import annotations
 
+import codecs
 import dataclasses
 import logging
 import math
@@ -18,6 +19,7 @@ import numpy as np
 
 from seq2seq_jax.config import Config
 from seq2seq_jax.errors import DataError
+from seq2seq_jax.tasks import TASKS, task_pairs
 from seq2seq_jax.vocab import END_ID, PAD_ID, START_ID, Vocab
 
 Pair = tuple[str, str]
@@ -31,9 +33,12 @@ log = logging.getLogger(__name__)
 def parse_spec(spec: str) -> tuple[str, str]:
   """'numbers:fr' -> ('numbers', 'fr'); checks the kind."""
   kind, sep, arg = spec.partition(":")
-  if not sep or not arg or kind not in ("numbers", "anki", "tsv"):
+  if kind in TASKS and not arg:  # embedded tasks take no argument
+    return kind, ""
+  if not sep or not arg or kind not in ("numbers", "anki", "tsv", "series"):
     raise DataError(f"data spec '{spec}' is not understood: use numbers:LANG "
-                    "(e.g. numbers:fr), anki:PATH (e.g. anki:fra.txt) or tsv:PATH.")
+                    "(e.g. numbers:fr), anki:PATH (e.g. anki:fra.txt), tsv:PATH, "
+                    "series:PATH (a CSV) or one of the tasks addition, echo, reverse.")
   return kind, arg
 
 
@@ -87,14 +92,22 @@ def read_text(path: str) -> str:
                     "from manythings.org/anki and pass anki:PATH/fra.txt.")
   if os.path.isdir(path):
     raise DataError(f"data file '{path}' is a directory, not a file.")
-  with open(path, "rb") as f:
-    raw = f.read()
   try:
-    text = raw.decode("utf-8-sig")
+    with open(path, "rb") as f:
+      raw = f.read()
+  except OSError as error:
+    raise DataError(f"data file '{path}' cannot be read: {error.strerror or error}. "
+                    "Check its permissions.") from None
+  skip = len(codecs.BOM_UTF8) if raw.startswith(codecs.BOM_UTF8) else 0
+  try:
+    text = raw[skip:].decode("utf-8")
   except UnicodeDecodeError as error:
-    line = raw.count(b"\n", 0, error.start) + 1
-    raise DataError(f"{path}:{line}: not UTF-8 (byte {error.start}: "
-                    f"{raw[error.start:error.start + 1]!r}); re-encode the file as UTF-8.") from None
+    offset = error.start + skip  # in the file, BOM included
+    line = raw.count(b"\n", 0, offset) + 1
+    column = offset - (raw.rfind(b"\n", 0, offset) + 1) + 1
+    raise DataError(f"{path}:{line}: not UTF-8 (line {line}, byte {column} of the line, "
+                    f"byte {offset} of the file: {raw[offset:offset + 1]!r}); re-encode the "
+                    "file as UTF-8, e.g. `iconv -f latin1 -t utf-8 IN > OUT`.") from None
   return text.replace("\r\n", "\n").replace("\r", "\n")
 
 
@@ -122,7 +135,9 @@ def tab_pairs(path: str, kind: str, num_samples: int = 0,
   if bad:
     log.warning("%s: skipped %d malformed line(s)", path, bad)
   if not pairs:
-    raise DataError(f"{path}: no usable source<TAB>target pair found.")
+    why = (f"all {bad} non-blank line(s) are malformed" if bad
+           else "the file is empty or holds only blank lines")
+    raise DataError(f"{path}: no usable source<TAB>target pair found ({why}).")
   return pairs
 
 
@@ -155,8 +170,13 @@ class Splits:
 def load_splits(config: Config, spec: str | None = None) -> Splits:
   """Reads the source named by spec (default config.data) into raw text splits."""
   kind, arg = parse_spec(spec or config.data)
+  if kind == "series":
+    raise DataError("series:PATH data are real-valued windows, not text pairs: "
+                    "load them with seq2seq_jax.series.load_series.")
   if kind == "numbers":
     train, val, test = number_pairs(arg, config)
+  elif kind in TASKS:
+    train, val, test = task_pairs(kind, config)
   else:
     pairs = tab_pairs(arg, kind, config.num_samples, config.skip_bad_lines)
     train, val, test = split_pairs(pairs, config)
@@ -239,8 +259,9 @@ def make_batch(data: Encoded, rows: np.ndarray, batch_size: int, bucket_width: i
   else:
     src_len = min(_round_up(src_len, bucket_width), data.src_NxS.shape[1])
     tgt_len = min(_round_up(tgt_len, bucket_width), data.tgt_NxT.shape[1] - 1)
-  src = np.zeros((batch_size, src_len), np.int32)
-  tgt = np.zeros((batch_size, tgt_len + 1), np.int32)
+  # int32 ids (text) or float32 values (series:PATH, BxTxF)
+  src = np.zeros((batch_size, src_len) + data.src_NxS.shape[2:], data.src_NxS.dtype)
+  tgt = np.zeros((batch_size, tgt_len + 1) + data.tgt_NxT.shape[2:], data.tgt_NxT.dtype)
   n = len(rows)
   src[:n] = data.src_NxS[rows, :src_len]
   tgt[:n] = data.tgt_NxT[rows, :tgt_len + 1]

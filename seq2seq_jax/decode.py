@@ -16,6 +16,11 @@ from seq2seq_jax.vocab import END_ID, PAD_ID, START_ID, Vocab
 def greedy_decode(params: Any, src_BxS: jax.Array, *, model: Seq2Seq, max_len: int) -> jax.Array:
   """Argmax decoding of max_len steps: ids_BxL, END then PAD once a row has ended."""
   variables = {"params": params}
+  if model.config.decoder_input == "repeat":  # no feedback: every step in one pass
+    placeholder_BxL = jnp.zeros((src_BxS.shape[0], max_len), jnp.int32)
+    ids_BxL = jnp.argmax(model.apply(variables, src_BxS, placeholder_BxL), -1).astype(jnp.int32)
+    ended_BxL = jnp.cumsum(ids_BxL == END_ID, axis=1) - (ids_BxL == END_ID) > 0
+    return jnp.where(ended_BxL, PAD_ID, ids_BxL)
   carries, enc_BxSxH, mask_BxS = model.apply(variables, src_BxS, method=Seq2Seq.encode)
   batch = src_BxS.shape[0]
 

@@ -1,14 +1,16 @@
-"""The LSTM encoder-decoder as Flax Linen modules.
+"""The recurrent encoder-decoder as Flax Linen modules.
 
-Parameters follow Keras' LSTM layout exactly (kernel: in x 4H, recurrent_kernel:
-H x 4H, bias: 4H, gates ordered i, f, c, o) and every carry is Keras' `(h, c)`,
-so Keras weights load without reordering. The input projection of a whole
-sequence is one matmul; only the recurrent matmul runs inside `lax.scan`.
+Parameters follow Keras' layouts exactly. LSTM: kernel in x 4H, recurrent_kernel
+H x 4H, bias 4H, gates ordered i, f, c, o, carry `(h, c)`. GRU (Keras 3,
+reset_after=True): kernel in x 3H, recurrent_kernel H x 3H, bias 2 x 3H (input,
+recurrent), gates z, r, h, carry `(h,)`. So Keras weights load without
+reordering. The input projection of a whole sequence is one matmul; only the
+recurrent matmul runs inside `lax.scan`.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import flax.linen as nn
 import jax
@@ -17,7 +19,7 @@ import jax.numpy as jnp
 from seq2seq_jax.config import Config
 from seq2seq_jax.vocab import PAD_ID
 
-Carry = tuple[jax.Array, jax.Array]  # (h_BxH, c_BxH), Keras order
+Carry = tuple[jax.Array, ...]  # LSTM (h_BxH, c_BxH), Keras order; GRU (h_BxH,)
 NEG_INF = -1e9
 
 
@@ -31,23 +33,42 @@ def lstm_cell(xproj_Bx4H: jax.Array, carry: Carry, recurrent_kernel_Hx4H: jax.Ar
   return h_BxH, c_BxH
 
 
-def lstm_scan(xproj_BxTx4H: jax.Array, carry: Carry, recurrent_kernel_Hx4H: jax.Array,
-              mask_BxT: jax.Array | None = None, unroll: int = 1) -> tuple[Carry, jax.Array]:
-  """Runs lstm_cell over time. Where mask is False the carry is held unchanged,
-  so right padding never changes the final state. Returns (carry, h_BxTxH)."""
+def gru_cell(xproj_Bx3H: jax.Array, carry: Carry, recurrent_kernel_Hx3H: jax.Array,
+             recurrent_bias_3H: jax.Array) -> Carry:
+  """One GRU step (Keras 3, reset_after=True) given x @ kernel + input bias."""
+  (h_BxH,) = carry
+  x_z, x_r, x_h = jnp.split(xproj_Bx3H, 3, axis=-1)
+  r_z, r_r, r_h = jnp.split(h_BxH @ recurrent_kernel_Hx3H + recurrent_bias_3H, 3, axis=-1)
+  z = jax.nn.sigmoid(x_z + r_z)
+  r = jax.nn.sigmoid(x_r + r_r)
+  candidate = jnp.tanh(x_h + r * r_h)
+  return (z * h_BxH + (1.0 - z) * candidate,)
+
+
+def rnn_scan(cell: Callable[[jax.Array, Carry], Carry], xproj_BxTxG: jax.Array, carry: Carry,
+             mask_BxT: jax.Array | None = None, unroll: int = 1) -> tuple[Carry, jax.Array]:
+  """Runs a cell over time. Where mask is False the carry is held unchanged, so
+  right padding never changes the final state. Returns (carry, h_BxTxH)."""
 
   def step(carry, inputs):
-    xproj_Bx4H, mask_B = inputs
-    new = lstm_cell(xproj_Bx4H, carry, recurrent_kernel_Hx4H)
+    xproj_BxG, mask_B = inputs
+    new = cell(xproj_BxG, carry)
     if mask_B is not None:
       keep_Bx1 = mask_B[:, None]
       new = tuple(jnp.where(keep_Bx1, n, o) for n, o in zip(new, carry))
     return new, new[0]
 
-  xs = (jnp.swapaxes(xproj_BxTx4H, 0, 1),
+  xs = (jnp.swapaxes(xproj_BxTxG, 0, 1),
         None if mask_BxT is None else jnp.swapaxes(mask_BxT, 0, 1))
   carry, h_TxBxH = jax.lax.scan(step, carry, xs, unroll=unroll)
   return carry, jnp.swapaxes(h_TxBxH, 0, 1)
+
+
+def lstm_scan(xproj_BxTx4H: jax.Array, carry: Carry, recurrent_kernel_Hx4H: jax.Array,
+              mask_BxT: jax.Array | None = None, unroll: int = 1) -> tuple[Carry, jax.Array]:
+  """rnn_scan of lstm_cell."""
+  cell = lambda xproj, c: lstm_cell(xproj, c, recurrent_kernel_Hx4H)
+  return rnn_scan(cell, xproj_BxTx4H, carry, mask_BxT, unroll)
 
 
 def forget_bias_init(key, shape, dtype=jnp.float32):
@@ -57,34 +78,55 @@ def forget_bias_init(key, shape, dtype=jnp.float32):
   return jnp.zeros(shape, dtype).at[hidden:2 * hidden].set(1.0)
 
 
-class LSTMLayer(nn.Module):
-  """One LSTM layer, Keras parameter layout and initialisers."""
+class RecurrentLayer(nn.Module):
+  """One LSTM or GRU layer, Keras parameter layout and initialisers."""
   hidden: int
   in_dim: int
+  cell: str = "lstm"
   onehot: bool = False  # inputs are ids and the kernel is indexed (= one-hot @ kernel)
   feed_dim: int = 0  # > 0: a second input (attentional state, "input feeding")
 
   def setup(self):
+    gates = (4 if self.cell == "lstm" else 3) * self.hidden
+    glorot = nn.initializers.glorot_uniform()
     if self.feed_dim:
-      self.feed_kernel = self.param("feed_kernel", nn.initializers.glorot_uniform(),
-                                    (self.feed_dim, 4 * self.hidden))
-    self.kernel = self.param("kernel", nn.initializers.glorot_uniform(),
-                             (self.in_dim, 4 * self.hidden))
-    self.recurrent_kernel = self.param(
-        "recurrent_kernel", nn.initializers.orthogonal(), (self.hidden, 4 * self.hidden))
-    self.bias = self.param("bias", forget_bias_init, (4 * self.hidden,))
+      self.feed_kernel = self.param("feed_kernel", glorot, (self.feed_dim, gates))
+    self.kernel = self.param("kernel", glorot, (self.in_dim, gates))
+    self.recurrent_kernel = self.param("recurrent_kernel", nn.initializers.orthogonal(),
+                                       (self.hidden, gates))
+    if self.cell == "lstm":
+      self.bias = self.param("bias", forget_bias_init, (gates,))
+    else:
+      self.bias = self.param("bias", nn.initializers.zeros_init(), (2, gates))
+
+  def project_fn(self) -> Callable[[jax.Array], jax.Array]:
+    """A pure x -> x @ kernel + input bias; x is ids (one-hot mode) or features."""
+    kernel, input_bias, onehot = self.kernel, self.bias if self.cell == "lstm" else self.bias[0], self.onehot
+    return lambda x: (kernel[x] if onehot else x @ kernel) + input_bias
+
+  def cell_fn(self) -> Callable[[jax.Array, Carry], Carry]:
+    """A pure (xproj, carry) -> carry."""
+    recurrent_kernel = self.recurrent_kernel
+    if self.cell == "lstm":
+      return lambda xproj, carry: lstm_cell(xproj, carry, recurrent_kernel)
+    recurrent_bias = self.bias[1]
+    return lambda xproj, carry: gru_cell(xproj, carry, recurrent_kernel, recurrent_bias)
+
+  def zero_carry(self, batch: int) -> Carry:
+    zeros_BxH = jnp.zeros((batch, self.hidden), jnp.float32)
+    return (zeros_BxH, zeros_BxH) if self.cell == "lstm" else (zeros_BxH,)
 
   def project(self, x: jax.Array) -> jax.Array:
-    """x @ kernel + bias; x is ids (one-hot mode) or features (..., D)."""
-    if self.onehot:
-      return self.kernel[x] + self.bias
-    return x @ self.kernel + self.bias
+    return self.project_fn()(x)
 
   def __call__(self, x, carry: Carry, mask_BxT=None, unroll: int = 1):
-    return lstm_scan(self.project(x), carry, self.recurrent_kernel, mask_BxT, unroll)
+    return rnn_scan(self.cell_fn(), self.project(x), carry, mask_BxT, unroll)
 
   def step(self, x_B, carry: Carry) -> Carry:
-    return lstm_cell(self.project(x_B), carry, self.recurrent_kernel)
+    return self.cell_fn()(self.project(x_B), carry)
+
+
+LSTMLayer = RecurrentLayer  # the name used by Keras users
 
 
 def luong_attention(h_BxTxH: jax.Array, enc_BxSxH: jax.Array, mask_BxS: jax.Array,
@@ -103,7 +145,13 @@ DecoderState = tuple[list[Carry], jax.Array]
 
 
 class Seq2Seq(nn.Module):
-  """Encoder LSTM stack whose final (h, c) per layer seeds the decoder stack."""
+  """Encoder stack whose final state seeds the decoder stack (decoder_input="previous"),
+  or whose final top-layer h is repeated as the decoder's input at every step
+  (decoder_input="repeat", the RepeatVector encoder-decoder).
+
+  input_mode "real": sources are float features BxSxF (time series) and the output
+  layer is linear over tgt_vocab_size target features.
+  """
   src_vocab_size: int
   tgt_vocab_size: int
   config: Config
@@ -112,18 +160,23 @@ class Seq2Seq(nn.Module):
     cfg = self.config
     onehot = cfg.input_mode == "onehot"
     H = cfg.latent_dim
-    self.feeding = cfg.attention != "none" and cfg.input_feeding
-    if not onehot:
+    self.repeat = cfg.decoder_input == "repeat"
+    self.feeding = cfg.attention != "none" and cfg.input_feeding and not self.repeat
+    if cfg.input_mode == "embed":
       self.src_embed = nn.Embed(self.src_vocab_size, cfg.embed_dim, name="src_embed")
-      self.tgt_embed = nn.Embed(self.tgt_vocab_size, cfg.embed_dim, name="tgt_embed")
+      if not self.repeat:
+        self.tgt_embed = nn.Embed(self.tgt_vocab_size, cfg.embed_dim, name="tgt_embed")
 
-    def stack(prefix: str, vocab_size: int, feed_dim: int = 0) -> list[LSTMLayer]:
-      first_in = vocab_size if onehot else cfg.embed_dim
-      return [LSTMLayer(H, first_in if k == 0 else H, onehot=onehot and k == 0,
-                        feed_dim=feed_dim if k == 0 else 0, name=f"{prefix}_lstm_{k}")
+    def stack(prefix: str, first_in: int, first_onehot: bool, feed_dim: int = 0):
+      return [RecurrentLayer(H, first_in if k == 0 else H, cfg.cell,
+                             onehot=first_onehot and k == 0, feed_dim=feed_dim if k == 0 else 0,
+                             name=f"{prefix}_{cfg.cell}_{k}")
               for k in range(cfg.num_layers)]
-    self.encoder = stack("encoder", self.src_vocab_size)
-    self.decoder = stack("decoder", self.tgt_vocab_size, H if self.feeding else 0)
+    src_in = {"onehot": self.src_vocab_size, "embed": cfg.embed_dim,
+              "real": self.src_vocab_size}[cfg.input_mode]
+    tgt_in = H if self.repeat else (self.tgt_vocab_size if onehot else cfg.embed_dim)
+    self.encoder = stack("encoder", src_in, onehot)
+    self.decoder = stack("decoder", tgt_in, onehot and not self.repeat, H if self.feeding else 0)
     glorot = nn.initializers.glorot_uniform()
     if cfg.attention == "general":
       self.attention_query = self.param("attention_query", glorot, (H, H))
@@ -135,26 +188,29 @@ class Seq2Seq(nn.Module):
   # -- encoder -----------------------------------------------------------------
   def encode(self, src_BxS: jax.Array, train: bool = False) -> tuple[list[Carry], jax.Array, jax.Array]:
     """Returns (final carry per layer, encoder outputs BxSxH, source mask BxS)."""
-    mask_BxS = src_BxS != PAD_ID
+    if self.config.input_mode == "real":  # BxSxF features, never padded
+      mask_BxS = jnp.ones(src_BxS.shape[:2], bool)
+    else:
+      mask_BxS = src_BxS != PAD_ID
     if self.config.reverse_source:
       length_Bx1 = mask_BxS.sum(axis=1, keepdims=True)
       t_1xS = jnp.arange(src_BxS.shape[1])[None, :]
-      src_BxS = jnp.take_along_axis(
-          src_BxS, jnp.where(t_1xS < length_Bx1, length_Bx1 - 1 - t_1xS, t_1xS), axis=1)
-    x = src_BxS if self.config.input_mode == "onehot" else self.src_embed(src_BxS)
-    batch = src_BxS.shape[0]
+      index_BxS = jnp.where(t_1xS < length_Bx1, length_Bx1 - 1 - t_1xS, t_1xS)
+      if src_BxS.ndim == 3:
+        index_BxS = index_BxS[:, :, None]
+      src_BxS = jnp.take_along_axis(src_BxS, index_BxS, axis=1)
+    x = self.src_embed(src_BxS) if self.config.input_mode == "embed" else src_BxS
     carries = []
     for k, layer in enumerate(self.encoder):
-      if k > 0 or self.config.input_mode != "onehot":
+      if k > 0 or self.config.input_mode == "embed":
         x = self.dropout(x, deterministic=not train)
-      zeros_BxH = jnp.zeros((batch, self.config.latent_dim), jnp.float32)
-      carry, x = layer(x, (zeros_BxH, zeros_BxH), mask_BxS)
+      carry, x = layer(x, layer.zero_carry(src_BxS.shape[0]), mask_BxS)
       carries.append(carry)
     return carries, x, mask_BxS
 
   # -- decoder -----------------------------------------------------------------
   def initial_decoder_state(self, carries: list[Carry]) -> DecoderState:
-    """The encoder's final (h, c) per layer, and a zero attentional vector."""
+    """The encoder's final state per layer, and a zero attentional vector."""
     return list(carries), jnp.zeros_like(carries[-1][0])
 
   def _attend(self, h_BxTxH, enc_BxSxH, mask_BxS) -> jax.Array:
@@ -164,22 +220,21 @@ class Seq2Seq(nn.Module):
     return luong_attention(h_BxTxH, enc_BxSxH, mask_BxS, query, self.attention_combine)
 
   def _step_fn(self, enc_BxSxH, mask_BxS):
-    """A pure function (state, xproj0_Bx4H) -> (state, readout_BxH): one decoder step
+    """A pure function (state, xproj0_BxG) -> (state, readout_BxH): one decoder step
     after the first layer's input projection; parameters are closed over."""
-    layers = self.decoder
-    arrays = [(layer.kernel, layer.recurrent_kernel, layer.bias) for layer in layers]
-    feed_kernel = layers[0].feed_kernel if self.feeding else None
+    cells = [layer.cell_fn() for layer in self.decoder]
+    projections = [layer.project_fn() for layer in self.decoder]
+    feed_kernel = self.decoder[0].feed_kernel if self.feeding else None
     query = self.attention_query if self.config.attention == "general" else None
     combine = self.attention_combine if self.config.attention != "none" else None
 
-    def step(state: DecoderState, xproj0_Bx4H: jax.Array):
+    def step(state: DecoderState, xproj0_BxG: jax.Array):
       carries, feed_BxH = state
       if feed_kernel is not None:
-        xproj0_Bx4H = xproj0_Bx4H + feed_BxH @ feed_kernel
+        xproj0_BxG = xproj0_BxG + feed_BxH @ feed_kernel
       new_carries, x_BxH = [], None
-      for k, (kernel, recurrent_kernel, bias) in enumerate(arrays):
-        xproj_Bx4H = xproj0_Bx4H if k == 0 else x_BxH @ kernel + bias
-        carry = lstm_cell(xproj_Bx4H, carries[k], recurrent_kernel)
+      for k, cell in enumerate(cells):
+        carry = cell(xproj0_BxG if k == 0 else projections[k](x_BxH), carries[k])
         new_carries.append(carry)
         x_BxH = carry[0]
       if combine is not None:
@@ -189,15 +244,25 @@ class Seq2Seq(nn.Module):
     return step
 
   def decode(self, carries: list[Carry], enc_BxSxH, mask_BxS, tgt_in_BxT, train: bool = False) -> jax.Array:
-    """Teacher-forced decoder over the whole target: logits BxTxV."""
-    x = tgt_in_BxT if self.config.input_mode == "onehot" else self.tgt_embed(tgt_in_BxT)
-    if self.config.input_mode != "onehot":
-      x = self.dropout(x, deterministic=not train)
+    """Teacher-forced decoder over the whole target: logits (or values) BxTxV.
+
+    With decoder_input="repeat" only the length of tgt_in is used: each output step t
+    depends on steps <= t only, so T steps give the first T of any longer decode.
+    """
+    if self.repeat:
+      steps = tgt_in_BxT.shape[1]
+      top_h_BxH = carries[-1][0]
+      x = jnp.broadcast_to(top_h_BxH[:, None, :], (top_h_BxH.shape[0], steps, top_h_BxH.shape[1]))
+      carries = [layer.zero_carry(top_h_BxH.shape[0]) for layer in self.decoder]
+    elif self.config.input_mode == "onehot":
+      x = tgt_in_BxT
+    else:
+      x = self.dropout(self.tgt_embed(tgt_in_BxT), deterministic=not train)
     if self.feeding:  # the attentional vector feeds the next step: one scan over all layers
-      xproj0_BxTx4H = self.decoder[0].project(x)
+      xproj0_BxTxG = self.decoder[0].project(x)
       step = self._step_fn(enc_BxSxH, mask_BxS)
       _, readout_TxBxH = jax.lax.scan(step, self.initial_decoder_state(carries),
-                                      jnp.swapaxes(xproj0_BxTx4H, 0, 1))
+                                      jnp.swapaxes(xproj0_BxTxG, 0, 1))
       readout_BxTxH = jnp.swapaxes(readout_TxBxH, 0, 1)
     else:  # layer by layer, attention over all steps at once afterwards
       for k, layer in enumerate(self.decoder):
@@ -223,6 +288,9 @@ def build_model(config: Config, src_vocab_size: int, tgt_vocab_size: int) -> Seq
 
 
 def init_params(model: Seq2Seq, rng: jax.Array) -> Any:
+  if model.config.input_mode == "real":
+    src = jnp.ones((1, 3, model.src_vocab_size), jnp.float32)
+    return model.init({"params": rng}, src, jnp.ones((1, 2), jnp.int32))["params"]
   src = jnp.ones((1, 3), jnp.int32)
   tgt = jnp.ones((1, 2), jnp.int32)
   return model.init({"params": rng}, src, tgt)["params"]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import optax
 
 from seq2seq_jax.config import Config
@@ -45,3 +47,20 @@ def build_optimizer(config: Config, total_steps: int) -> optax.GradientTransform
   if config.clip_norm > 0:
     return optax.chain(optax.clip_by_global_norm(config.clip_norm), rmsprop)
   return rmsprop
+
+
+def build_optimizer_with(config: Config, total_steps: int, **hyperparams) -> optax.GradientTransformation:
+  """build_optimizer with some of learning_rate, rmsprop_decay and clip_norm given as
+  arrays (e.g. one trial's value inside jax.vmap); same transforms, same state layout.
+
+  A given clip_norm must be positive: clipping or not changes the state layout.
+  """
+  unknown = set(hyperparams) - {"learning_rate", "rmsprop_decay", "clip_norm"}
+  if unknown:
+    raise ValueError(f"not an optimizer hyperparameter: {', '.join(sorted(unknown))}")
+  clip_norm = hyperparams.pop("clip_norm", None)
+  if clip_norm is None:
+    return build_optimizer(dataclasses.replace(config, **hyperparams), total_steps)
+  # build_optimizer's layout for clip_norm > 0, with the norm as a value instead of a constant
+  rmsprop = build_optimizer(dataclasses.replace(config, clip_norm=0.0, **hyperparams), total_steps)
+  return optax.chain(optax.clip_by_global_norm(clip_norm), rmsprop)

@@ -51,10 +51,19 @@ class NonFiniteLoss(UserError):
 
 def loss_and_counts(params, batch, *, model: Seq2Seq, config: Config, train: bool,
                     dropout_rng=None) -> tuple[jax.Array, dict[str, jax.Array]]:
-  """Mean cross-entropy over target tokens (padding excluded unless loss_on_padding)."""
+  """Mean cross-entropy over target tokens (padding excluded unless loss_on_padding);
+  for real-valued targets (series), mean squared error over the real rows."""
   rngs = {"dropout": dropout_rng} if train and dropout_rng is not None else None
   logits_BxTxV = model.apply({"params": params}, batch["src"], batch["tgt_in"],
                              train=train, rngs=rngs)
+  if config.input_mode == "real":
+    row_B = (batch["index"] >= 0).astype(jnp.float32)
+    error_BxTxF = logits_BxTxV - batch["tgt_out"]
+    weight = jnp.sum(row_B) * error_BxTxF.shape[1] * error_BxTxF.shape[2]
+    loss_sum = jnp.sum(jnp.square(error_BxTxF) * row_B[:, None, None])
+    counts = {"loss_sum": loss_sum, "weight": weight, "correct": jnp.zeros(()),
+              "tokens": weight}
+    return loss_sum / jnp.maximum(weight, 1.0), counts
   targets_BxT = batch["tgt_out"]
   losses_BxT = optax.softmax_cross_entropy_with_integer_labels(logits_BxTxV, targets_BxT)
   token_mask_BxT = targets_BxT != PAD_ID
@@ -111,6 +120,11 @@ class Task:
   tgt_vocab: Vocab
   model: Seq2Seq
   parallel: DataParallel = dataclasses.field(default_factory=DataParallel)
+  scaler: Any = None  # series.Scaler for series:PATH models
+
+  @property
+  def is_series(self) -> bool:
+    return self.config.input_mode == "real"
 
   @property
   def decode_max_len(self) -> int:
@@ -124,8 +138,27 @@ class Task:
   def eval_step(self):
     return jax.jit(functools.partial(eval_step, model=self.model, config=self.config))
 
-  def encode(self, pairs: list[data_lib.Pair]) -> data_lib.Encoded:
+  def encode(self, pairs) -> data_lib.Encoded:
+    if self.is_series:  # already windows
+      return pairs
     return data_lib.encode_pairs(pairs, self.src_vocab, self.tgt_vocab)
+
+  @functools.cached_property
+  def forward(self):
+    """Jitted model outputs for a batch (series forecasts in scaled units)."""
+    return jax.jit(lambda params, src, tgt_in: self.model.apply({"params": params}, src, tgt_in))
+
+  def forecast(self, params, data: data_lib.Encoded) -> np.ndarray:
+    """Scaled predictions N x series_output_steps x targets for every window."""
+    outputs = np.zeros(data.tgt_NxT[:, 1:].shape, np.float32)
+    batch_size = self.parallel.round_batch_size(self.config.batch_size)
+    for start in range(0, len(data), batch_size):
+      rows = np.arange(start, min(start + batch_size, len(data)))
+      batch = data_lib.make_batch(data, rows, batch_size, 0)
+      placed = self.parallel.shard_batch(batch)
+      predicted = to_numpy(self.forward(params, placed["src"], placed["tgt_in"]))
+      outputs[rows] = predicted[:len(rows)]
+    return outputs
 
   def translate(self, params, sources: list[str], batch_size: int | None = None) -> list[str]:
     """Greedy translations of raw source strings (inputs longer than the maximum are cut)."""
@@ -141,20 +174,38 @@ class Task:
                         fetch=to_numpy)
 
   def meta(self) -> dict[str, Any]:
-    return {"config": self.config.to_dict(), "src_vocab": self.src_vocab.to_list(),
+    meta = {"config": self.config.to_dict(), "src_vocab": self.src_vocab.to_list(),
             "tgt_vocab": self.tgt_vocab.to_list()}
+    if self.scaler is not None:
+      meta["series"] = self.scaler.to_dict()
+    return meta
 
 
 def make_task(config: Config, src_vocab: Vocab, tgt_vocab: Vocab,
-              parallel: DataParallel | None = None) -> Task:
-  return Task(config, src_vocab, tgt_vocab, build_model(config, len(src_vocab), len(tgt_vocab)),
-              parallel or DataParallel())
+              parallel: DataParallel | None = None, scaler=None) -> Task:
+  if scaler is not None:  # series: input features in, target columns out
+    model = build_model(config, len(scaler.columns), len(scaler.targets))
+  else:
+    model = build_model(config, len(src_vocab), len(tgt_vocab))
+  return Task(config, src_vocab, tgt_vocab, model, parallel or DataParallel(), scaler)
 
 
-def evaluate_pairs(task: Task, params, pairs: list[data_lib.Pair], decode_limit: int = 0,
+def evaluate_pairs(task: Task, params, pairs, decode_limit: int = 0,
                    full_text_metrics: bool = True) -> tuple[dict[str, float], list[str]]:
-  """Loss and token accuracy over all pairs; greedy-output metrics over the first decode_limit."""
+  """Loss and token accuracy over all pairs; greedy-output metrics over the first decode_limit.
+
+  For series models `pairs` are windows: loss (scaled MSE), MSE/MAE in the data's units
+  and those of the naive last-value forecast.
+  """
   encoded = task.encode(pairs)
+  if task.is_series:
+    from seq2seq_jax.series import series_metrics
+    predictions = task.forecast(params, encoded)
+    truth = encoded.tgt_NxT[:, 1:]
+    metrics = {"loss": float(np.mean((predictions - truth) ** 2)) if len(encoded) else 0.0}
+    if len(encoded):
+      metrics.update(series_metrics(predictions, encoded, task.scaler))
+    return metrics, []
   totals = {"loss_sum": 0.0, "weight": 0.0, "correct": 0.0, "tokens": 0.0}
   batch_size = task.parallel.round_batch_size(task.config.batch_size)
   for batch in data_lib.eval_batches(encoded, batch_size, task.config.bucket_width):
@@ -281,6 +332,25 @@ class _SignalCatcher:
 # The loop
 # ---------------------------------------------------------------------------
 
+def load_task_data(config: Config, parallel: DataParallel | None = None):
+  """(task, train, val, test): text pairs with vocabularies built from the training
+  split, or scaled windows of a series:PATH CSV."""
+  kind, arg = data_lib.parse_spec(config.data)
+  if kind == "series":
+    from seq2seq_jax.series import load_series
+    splits = load_series(config, arg)
+    task = make_task(config, Vocab([]), Vocab([]), parallel, splits.scaler)
+    return task, splits.train, splits.val, splits.test
+  splits = data_lib.load_splits(config)
+  train_pairs = data_lib.drop_long(splits.train, config, "train")
+  val_pairs = data_lib.drop_long(splits.val, config, "val")
+  test_pairs = data_lib.drop_long(splits.test, config, "test")
+  if not train_pairs:
+    raise UserError("no training pair fits max_source_len/max_target_len; raise them.")
+  src_vocab, tgt_vocab = data_lib.build_vocabs(train_pairs)
+  return make_task(config, src_vocab, tgt_vocab, parallel), train_pairs, val_pairs, test_pairs
+
+
 def train_and_evaluate(config: Config, workdir: str, argv: list[str] | None = None,
                        progress: bool | None = None, stop_after_step: int | None = None,
                        ) -> dict[str, Any]:
@@ -306,24 +376,20 @@ def train_and_evaluate(config: Config, workdir: str, argv: list[str] | None = No
 
   # --- data ---------------------------------------------------------------------
   t0 = time.time()
-  splits = data_lib.load_splits(config)
-  train_pairs = data_lib.drop_long(splits.train, config, "train")
-  val_pairs = data_lib.drop_long(splits.val, config, "val")
-  test_pairs = data_lib.drop_long(splits.test, config, "test")
-  if not train_pairs:
-    raise UserError("no training pair fits max_source_len/max_target_len; raise them.")
-  src_vocab, tgt_vocab = data_lib.build_vocabs(train_pairs)
-  task = make_task(config, src_vocab, tgt_vocab, parallel)
+  task, train_pairs, val_pairs, test_pairs = load_task_data(config, parallel)
   train_data = task.encode(train_pairs)
   if is_primary():
     with open(os.path.join(workdir, "vocab.json"), "w") as f:
-      json.dump({"src_vocab": src_vocab.to_list(), "tgt_vocab": tgt_vocab.to_list()}, f,
+      json.dump({k: v for k, v in task.meta().items() if k != "config"}, f,
                 ensure_ascii=False, indent=0)
   steps_per_epoch = data_lib.steps_per_epoch(train_data, config.batch_size, config.bucket_width)
   total_steps = steps_per_epoch * config.num_epochs
-  log.info("data %s: %d train / %d val / %d test pairs, vocab %d -> %d, %.1fs",
+  log.info("data %s: %d train / %d val / %d test %s, %s, %.1fs",
            config.data, len(train_pairs), len(val_pairs), len(test_pairs),
-           len(src_vocab), len(tgt_vocab), time.time() - t0)
+           "windows" if task.is_series else "pairs",
+           (f"{len(task.scaler.columns)} column(s) -> {len(task.scaler.targets)} target(s)"
+            if task.is_series else f"vocab {len(task.src_vocab)} -> {len(task.tgt_vocab)}"),
+           time.time() - t0)
 
   # --- model and optimizer --------------------------------------------------------
   tx = build_optimizer(config, total_steps)
@@ -338,7 +404,7 @@ def train_and_evaluate(config: Config, workdir: str, argv: list[str] | None = No
   sums = {"window": [0.0, 0.0], "epoch": [0.0, 0.0, 0.0, 0.0]}
   if resuming:
     state, meta, restored_step = checkpointer.restore(parallel.abstract_replicated(state))
-    if meta["src_vocab"] != src_vocab.to_list() or meta["tgt_vocab"] != tgt_vocab.to_list():
+    if meta["src_vocab"] != task.src_vocab.to_list() or meta["tgt_vocab"] != task.tgt_vocab.to_list():
       raise CheckpointError(f"workdir '{workdir}': the data's vocabulary differs from the "
                             "checkpoint's; resume with the same data or use a new --workdir.")
     position, sums = meta["position"], meta["sums"]
@@ -460,7 +526,7 @@ def train_and_evaluate(config: Config, workdir: str, argv: list[str] | None = No
   checkpointer.close()
   summary = {"step": final_step}
   for name, pairs in (("val", val_pairs), ("test", test_pairs)):
-    if pairs:
+    if len(pairs):
       split_metrics, hypotheses = evaluate_pairs(task, params, pairs)
       summary.update({f"{name}/{k}": v for k, v in split_metrics.items()})
   append_metrics(workdir, dict(summary, final=True))
@@ -469,7 +535,14 @@ def train_and_evaluate(config: Config, workdir: str, argv: list[str] | None = No
       json.dump(summary, f, indent=2)
   log.info("\nfinal (checkpoint %s): %s", final_step,
            "  ".join(f"{k} {v:.4f}" for k, v in summary.items() if k != "step"))
-  shown = test_pairs or val_pairs
+  shown = test_pairs if len(test_pairs) else val_pairs
+  if task.is_series:
+    predictions = task.scaler.unscale_targets(task.forecast(params, shown))
+    truth = task.scaler.unscale_targets(shown.tgt_NxT[:, 1:])
+    for i in range(min(config.num_summary_samples, len(shown))):
+      log.info("-\nForecast: %s\nActual:   %s", np.round(predictions[i, :, 0], 4).tolist(),
+               np.round(truth[i, :, 0], 4).tolist())
+    return summary
   samples_to_show = shown[:config.num_summary_samples]
   for (source, target), hypothesis in zip(samples_to_show, task.translate(
       params, [s for s, _ in samples_to_show])):
@@ -504,6 +577,11 @@ def load_trained(workdir: str, which: str = "best") -> tuple[Task, Any, int]:
       raise UserError(f"--checkpoint must be best, latest or a step number, got '{which}'.") from None
   state, meta, step = checkpointer.restore(step=step)
   config = config_lib.from_dict(meta["config"], f"checkpoint {step} of {workdir}")
-  task = make_task(config, Vocab.from_list(meta["src_vocab"]), Vocab.from_list(meta["tgt_vocab"]))
+  scaler = None
+  if "series" in meta:
+    from seq2seq_jax.series import Scaler
+    scaler = Scaler.from_dict(meta["series"])
+  task = make_task(config, Vocab.from_list(meta["src_vocab"]), Vocab.from_list(meta["tgt_vocab"]),
+                   scaler=scaler)
   params = task.parallel.replicate(jax.tree.map(np.asarray, state["params"]))
   return task, params, step

@@ -14,7 +14,7 @@ def python_greedy(model, params, src, max_len):
   carries, enc, mask = model.apply({"params": params}, src, method=model.encode)
   outputs = []
   for row in range(src.shape[0]):
-    row_carries = [(h[row:row + 1], c[row:row + 1]) for h, c in carries]
+    row_carries = [tuple(a[row:row + 1] for a in carry) for carry in carries]
     state = model.apply({"params": params}, row_carries, method=model.initial_decoder_state)
     prev, ids = jnp.array([START_ID]), []
     for _ in range(max_len):
@@ -37,7 +37,7 @@ def _biased_params(model, params):
 
 @pytest.mark.parametrize("overrides", [
     dict(attention="general", num_layers=2), dict(attention="dot", input_feeding=False),
-    dict(attention="none", input_mode="onehot")])
+    dict(attention="none", input_mode="onehot"), dict(cell="gru", num_layers=2)])
 def test_scan_decoder_equals_step_by_step_loop_and_stops_at_end(overrides):
   config = tiny_config(**overrides)
   model = model_lib.build_model(config, 12, 9)
@@ -68,3 +68,16 @@ def test_batched_decoding_does_not_depend_on_batch_or_padding():
   alone = [decode_texts(decoder, params, src[i:i + 1, :4 if i == 5 else 9], vocab, batch_size=1)[0]
            for i in (0, 5, 36)]
   assert [together[i] for i in (0, 5, 36)] == alone
+
+
+def test_repeat_decoding_is_one_pass_argmax_cut_at_end():
+  config = tiny_config(decoder_input="repeat", attention="none", cell="gru")
+  model = model_lib.build_model(config, 12, 9)
+  params = _biased_params(model, model_lib.init_params(model, jax.random.key(9)))
+  src = jnp.array(np.random.default_rng(2).integers(4, 12, size=(8, 6)), jnp.int32)
+  got = np.asarray(make_greedy_decoder(model, 7)(params, src))
+  argmax = np.asarray(jnp.argmax(model.apply({"params": params}, src, jnp.zeros((8, 7), jnp.int32)), -1))
+  for row, want in zip(got, argmax):
+    want = want.tolist()
+    end = want.index(END_ID) + 1 if END_ID in want else len(want)
+    assert row.tolist() == want[:end] + [PAD_ID] * (len(want) - end)

@@ -31,6 +31,48 @@ def test_lstm_cell_matches_numpy_reference():
   np.testing.assert_allclose(got_c, want_c, atol=1e-5)
 
 
+def numpy_gru_step(x, h, kernel, recurrent_kernel, bias):
+  """Keras 3 GRU (reset_after=True, gates z, r, h), written independently in NumPy."""
+  sigmoid = lambda v: 1 / (1 + np.exp(-v))
+  H = h.shape[-1]
+  xz = x @ kernel + bias[0]
+  hz = h @ recurrent_kernel + bias[1]
+  z = sigmoid(xz[:, :H] + hz[:, :H])
+  r = sigmoid(xz[:, H:2 * H] + hz[:, H:2 * H])
+  hh = np.tanh(xz[:, 2 * H:] + r * hz[:, 2 * H:])
+  return z * h + (1 - z) * hh
+
+
+def test_gru_cell_matches_numpy_reference():
+  rng = np.random.default_rng(2)
+  B, D, H = 3, 5, 4
+  x, h = rng.normal(size=(B, D)), rng.normal(size=(B, H))
+  kernel, rk, bias = rng.normal(size=(D, 3 * H)), rng.normal(size=(H, 3 * H)), rng.normal(size=(2, 3 * H))
+  (got,) = model_lib.gru_cell(jnp.asarray(x @ kernel + bias[0], jnp.float32),
+                              (jnp.asarray(h, jnp.float32),), jnp.asarray(rk, jnp.float32),
+                              jnp.asarray(bias[1], jnp.float32))
+  np.testing.assert_allclose(got, numpy_gru_step(x, h, kernel, rk, bias), atol=1e-5)
+  config = tiny_config(cell="gru", latent_dim=8, embed_dim=6)
+  params = model_lib.init_params(model_lib.build_model(config, 10, 12), jax.random.key(0))
+  layer = params["encoder_gru_0"]
+  assert layer["kernel"].shape == (6, 24) and layer["recurrent_kernel"].shape == (8, 24)
+  assert layer["bias"].shape == (2, 24)
+
+
+def test_repeat_decoder_is_causal_and_ignores_decoder_inputs():
+  """RepeatVector decoder: step t depends only on the source, so the first T of a
+  longer decode equal a T-step decode, whatever the (unused) decoder inputs."""
+  config = tiny_config(decoder_input="repeat", attention="none", num_layers=2)
+  model = model_lib.build_model(config, 11, 13)
+  params = model_lib.init_params(model, jax.random.key(4))
+  assert "tgt_embed" not in params and params["decoder_lstm_0"]["kernel"].shape[0] == 32
+  src = jnp.array([[5, 6, 7, 0], [4, 9, 10, 8]], jnp.int32)
+  short = model.apply({"params": params}, src, jnp.zeros((2, 4), jnp.int32))
+  long = model.apply({"params": params}, src, jnp.full((2, 9), 7, jnp.int32))
+  np.testing.assert_allclose(short, long[:, :4], atol=1e-6)
+  assert not np.allclose(short[0], short[1])  # but it does depend on the source
+
+
 def test_scan_equals_python_loop():
   rng = np.random.default_rng(1)
   B, T, H = 2, 7, 3
@@ -65,16 +107,17 @@ def _model_and_params(**overrides):
 
 @pytest.mark.parametrize("overrides", [
     dict(attention="none"), dict(attention="general", num_layers=2),
-    dict(attention="dot", input_mode="onehot", reverse_source=True)])
+    dict(attention="dot", input_mode="onehot", reverse_source=True),
+    dict(cell="gru", attention="general"), dict(decoder_input="repeat", cell="gru")])
 def test_padding_does_not_change_encoder_state_or_loss(overrides):
   config, model, params = _model_and_params(**overrides)
   src = jnp.array([[5, 6, 7, 8, 0], [4, 9, 0, 0, 0]], jnp.int32)
   src_padded = jnp.pad(src, ((0, 0), (0, 6)))
   carries, enc, mask = model.apply({"params": params}, src, method=model.encode)
   carries_p, enc_p, mask_p = model.apply({"params": params}, src_padded, method=model.encode)
-  for (h, c), (hp, cp) in zip(carries, carries_p):
-    np.testing.assert_allclose(h, hp, atol=1e-6)
-    np.testing.assert_allclose(c, cp, atol=1e-6)
+  for carry, carry_p in zip(carries, carries_p):
+    for a, b in zip(carry, carry_p):
+      np.testing.assert_allclose(a, b, atol=1e-6)
   # the unpadded sentence alone gives the same state as inside the padded batch
   alone, _, _ = model.apply({"params": params}, src[1:, :2], method=model.encode)
   np.testing.assert_allclose(alone[-1][0][0], carries[-1][0][1], atol=1e-6)

@@ -1,0 +1,76 @@
+import numpy as np
+import pytest
+
+from seq2seq_jax.errors import DataError
+from seq2seq_jax.series import load_series, read_csv, windows
+from seq2seq_jax.train import load_trained, train_and_evaluate
+from tests.conftest import ROOT, run_cli
+
+
+def series_config(path, **overrides):
+  from seq2seq_jax.config import load_config_file
+  import dataclasses, os
+  config = load_config_file(os.path.join(ROOT, "configs", "series.py"))
+  values = dict(data=f"series:{path}", series_input_steps=8, series_output_steps=2,
+                latent_dim=32, num_epochs=30, eval_every_epochs=30, checkpoint_every_epochs=15,
+                batch_size=16, learning_rate=1e-2,
+                log_every_steps=1000)
+  values.update(overrides)
+  return dataclasses.replace(config, **values)
+
+
+def write_csv(path, rows=400, header=True):
+  t = np.arange(rows)
+  with open(path, "w") as f:
+    if header:
+      f.write("a,b\n")
+    for i in t:
+      f.write(f"{np.sin(i / 5):.5f},{np.cos(i / 7) * 10:.5f}\n")
+  return str(path)
+
+
+def test_csv_with_and_without_header(tmp_path):
+  names, values = read_csv(write_csv(tmp_path / "h.csv", rows=5))
+  assert names == ["a", "b"] and values.shape == (5, 2)
+  names, values = read_csv(write_csv(tmp_path / "n.csv", rows=5, header=False))
+  assert names == ["column_0", "column_1"] and values.shape == (5, 2)
+
+
+def test_bad_cells_name_row_and_column(tmp_path):
+  path = tmp_path / "bad.csv"
+  path.write_text("a,b\n1,2\n3,x\n")
+  with pytest.raises(DataError, match=r"bad.csv:3: column 2 \('b'\) is not a number"):
+    read_csv(str(path))
+  path.write_text("a,b\n1,2\n3\n")
+  with pytest.raises(DataError, match=r"bad.csv:3: 1 columns, expected 2"):
+    read_csv(str(path))
+
+
+def test_too_few_rows_is_a_clear_error(tmp_path):
+  path = write_csv(tmp_path / "short.csv", rows=10)
+  with pytest.raises(DataError, match="too few for one window"):
+    load_series(series_config(path), path)
+
+
+def test_windows_slide_over_rows():
+  values = np.arange(20, dtype=np.float64).reshape(10, 2)
+  data = windows(values, [1], n_in=3, n_out=2)
+  assert len(data) == 6 and data.src_NxS.shape == (6, 3, 2)
+  np.testing.assert_array_equal(data.src_NxS[1], values[1:4])
+  np.testing.assert_array_equal(data.tgt_NxT[1, 1:, 0], values[4:6, 1])
+
+
+def test_train_beats_last_value_baseline_and_restores(tmp_path):
+  path = write_csv(tmp_path / "s.csv")
+  workdir = str(tmp_path / "run")
+  summary = train_and_evaluate(series_config(path, series_targets="b"), workdir, progress=False)
+  assert summary["test/mse"] < summary["test/baseline_mse"]
+  task, params, _ = load_trained(workdir)
+  assert task.scaler.targets == [1] and task.scaler.columns == ["a", "b"]
+  result = run_cli("evaluate", "--workdir", workdir, "--json")
+  assert result.returncode == 0, result.stderr
+  import json
+  metrics = json.loads(result.stdout.strip().splitlines()[-1])
+  assert metrics["mse"] == pytest.approx(summary["test/mse"], rel=1e-5)
+  refused = run_cli("translate", "--workdir", workdir, "1,2")
+  assert refused.returncode == 2 and "series model" in refused.stderr
