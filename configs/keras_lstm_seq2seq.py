@@ -21,6 +21,8 @@ def get_config() -> Config:
       test_fraction=0.0,
       # Keras' validation_split is the tail of the data, unshuffled.
       split_mode="last",
+      # The example's encoding: vocabularies of all pairs, "\t"/"\n" markers, space padding.
+      keras_compat=True,
       # The example drops nothing: allow every length of the first 10,000 pairs.
       max_source_len=1000,
       # The example drops nothing.

@@ -60,6 +60,28 @@ def _read_inputs(texts: list[str]) -> list[str]:
   return lines
 
 
+def _translate_decoder(args, task):
+  """The decoder --beam / --sample ask for (None: greedy); misplaced options are errors."""
+  from seq2seq_jax.decode import make_beam_decoder, make_sample_decoder
+  sampling_flags = [flag for flag, value in (("--temperature", args.temperature),
+                                             ("--top-k", args.top_k), ("--seed", args.seed))
+                    if value is not None]
+  if sampling_flags and not args.sample:
+    raise UserError(f"{', '.join(sampling_flags)} only apply with --sample.")
+  if args.length_penalty is not None and args.beam is None:
+    raise UserError("--length-penalty only applies with --beam N.")
+  if args.beam is not None:
+    alpha = 0.6 if args.length_penalty is None else args.length_penalty
+    return make_beam_decoder(task.model, task.decode_max_len, args.beam, alpha)
+  if args.sample:
+    temperature = 1.0 if args.temperature is None else args.temperature
+    if temperature < 0:
+      raise UserError(f"--temperature must not be negative, got {temperature}.")
+    return make_sample_decoder(task.model, task.decode_max_len, temperature, args.top_k or 0,
+                               args.seed or 0)
+  return None
+
+
 def cmd_translate(args) -> int:
   from seq2seq_jax.train import load_trained, setup_logging
   setup_logging(stream=sys.stderr)  # stdout holds the translations only
@@ -68,8 +90,10 @@ def cmd_translate(args) -> int:
     raise UserError(f"'{args.workdir}' holds a series model, which forecasts numbers rather "
                     "than translating text: use `seq2seq-jax evaluate --workdir ...` or "
                     "Task.forecast from Python.")
+  decoder = _translate_decoder(args, task)
   sources = _read_inputs(args.text)
-  unknown = sorted({ch for s in sources for ch in task.src_vocab.unknown_chars(s)})
+  seen_as = [s.lower() for s in sources] if task.config.source_lowercase else sources
+  unknown = sorted({ch for s in seen_as for ch in task.src_vocab.unknown_chars(s)})
   if unknown:
     log.warning("warning: characters never seen in training (read as unknown): %s",
                 " ".join(repr(ch) for ch in unknown))
@@ -77,7 +101,7 @@ def cmd_translate(args) -> int:
   if too_long:
     log.warning("warning: %d input(s) longer than max_source_len=%d were truncated",
                 too_long, task.config.max_source_len)
-  outputs = task.translate(params, sources, args.batch_size)
+  outputs = task.translate(params, sources, args.batch_size, decoder=decoder)
   for source, output in zip(sources, outputs):
     # an empty input gives an empty line: one output line per input line, always
     sys.stdout.write((output if source else "") + "\n")
@@ -128,6 +152,16 @@ def cmd_plot(args) -> int:
   return 0
 
 
+def cmd_import_keras(args) -> int:
+  from seq2seq_jax.keras_import import import_keras
+  from seq2seq_jax.train import setup_logging
+  setup_logging(stream=sys.stderr)
+  import_keras(args.model, args.data, args.num_samples, args.workdir)
+  print(f"imported {args.model} into {args.workdir}; translate with: "
+        f"seq2seq-jax translate --workdir {args.workdir}")
+  return 0
+
+
 def _positive_int(text: str) -> int:
   try:
     value = int(text)
@@ -161,6 +195,20 @@ def build_parser() -> argparse.ArgumentParser:
   translate.add_argument("--batch-size", type=_positive_int, default=256)
   translate.add_argument("--checkpoint", default="best",
                          help="best (default), latest, or a step number")
+  strategy = translate.add_mutually_exclusive_group()
+  strategy.add_argument("--beam", type=_positive_int, metavar="N",
+                        help="beam search with N beams per sentence (default: greedy)")
+  strategy.add_argument("--sample", action="store_true",
+                        help="draw each character at random from the model's distribution")
+  translate.add_argument("--length-penalty", type=float, metavar="A",
+                         help="with --beam: rank by log-prob / ((5 + length) / 6) ** A "
+                         "(GNMT; default 0.6; 0 = plain log-prob)")
+  translate.add_argument("--temperature", type=float, metavar="T",
+                         help="with --sample: softmax temperature (default 1; 0 = greedy)")
+  translate.add_argument("--top-k", type=_positive_int, metavar="K",
+                         help="with --sample: draw from the K most likely characters only")
+  translate.add_argument("--seed", type=int, metavar="S",
+                         help="with --sample: random seed (default 0); same seed, same output")
   translate.set_defaults(func=cmd_translate)
 
   evaluate = sub.add_parser("evaluate", help="metrics of a trained workdir on a data split")
@@ -193,6 +241,15 @@ def build_parser() -> argparse.ArgumentParser:
   plot.add_argument("--tensorboard", action="store_true",
                     help="also write metrics.jsonl as TensorBoard event files in WORKDIR/tensorboard/")
   plot.set_defaults(func=cmd_plot)
+  import_keras = sub.add_parser(
+      "import-keras", help="convert a trained Keras lstm_seq2seq model into a workdir")
+  import_keras.add_argument("model", help="the Keras model file (.keras, or Keras 2 .h5)")
+  import_keras.add_argument("--data", required=True,
+                            help="the data it was trained on, e.g. anki:fra.txt")
+  import_keras.add_argument("--num-samples", type=_positive_int, default=10_000,
+                            help="the example's num_samples (default 10000)")
+  import_keras.add_argument("--workdir", required=True)
+  import_keras.set_defaults(func=cmd_import_keras)
   return parser
 
 

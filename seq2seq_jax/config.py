@@ -21,6 +21,7 @@ from seq2seq_jax.errors import UserError
 ARCHITECTURE_FIELDS = (
     "input_mode", "embed_dim", "latent_dim", "num_layers", "cell",
     "attention", "input_feeding", "reverse_source", "decoder_input", "data", "seed", "source_lowercase",
+    "bidirectional_encoder",
 )
 
 
@@ -43,6 +44,9 @@ class Config:
   split_mode: str = "random"
   # anki/tsv: skip malformed lines (and count them) instead of stopping.
   skip_bad_lines: bool = False
+  # anki/tsv: the Keras example's encoding: vocabularies of every pair, "\t"/"\n" as
+  # start/end, inputs and targets padded with spaces to the longest pair, no masking.
+  keras_compat: bool = False
   # Lower-case the source side before building the vocabulary.
   source_lowercase: bool = False
   # numbers: largest number generated (inclusive).
@@ -101,10 +105,13 @@ class Config:
   dropout: float = 0.0
   # Feed the source reversed (Sutskever et al. 2014).
   reverse_source: bool = False
-  # Attention over encoder outputs: "none" (as Keras), "dot" or "general" (Luong).
+  # Attention over encoder outputs: "none" (as Keras), "dot" or "general" (Luong), or
+  # "additive" (Bahdanau's score v^T tanh(W_q h + W_k e)).
   attention: str = "none"
   # With attention: feed the previous attentional vector into the decoder (Luong et al.).
   input_feeding: bool = True
+  # Add a backward layer to every encoder layer; both final states seed the decoder.
+  bidirectional_encoder: bool = False
 
   # --- optimisation -----------------------------------------------------------
   # Sentence pairs per batch (global).
@@ -133,6 +140,8 @@ class Config:
   clip_norm: float = 1.0
   # Include padded target positions in the loss (Keras example behaviour).
   loss_on_padding: bool = False
+  # Label smoothing of the cross-entropy (0 = none); reported losses are the smoothed ones.
+  label_smoothing: float = 0.0
 
   # --- evaluation, checkpoints, logging ----------------------------------------
   # Validate (loss, token accuracy, greedy exact match) every N epochs.
@@ -165,7 +174,7 @@ _CHOICES = {
     "input_mode": ("embed", "onehot", "real"),
     "cell": ("lstm", "gru"),
     "decoder_input": ("previous", "repeat"),
-    "attention": ("none", "dot", "general"),
+    "attention": ("none", "dot", "general", "additive"),
     "lr_schedule": ("constant", "cosine", "linear"),
     "split_mode": ("random", "last"),
     "numbers_sampling": ("digits", "uniform"),
@@ -219,7 +228,7 @@ def validate(config: Config) -> Config:
   for name in _NON_NEGATIVE:
     if getattr(config, name) < 0:
       raise UserError(f"config key '{name}' must not be negative; got {getattr(config, name)!r}.")
-  for name in ("dropout", "val_fraction", "test_fraction", "lr_end_fraction"):
+  for name in ("dropout", "val_fraction", "test_fraction", "lr_end_fraction", "label_smoothing"):
     if not 0.0 <= getattr(config, name) < 1.0 and not (
         name == "lr_end_fraction" and getattr(config, name) == 1.0):
       raise UserError(f"config key '{name}' must be in [0, 1); got {getattr(config, name)!r}.")
@@ -234,6 +243,9 @@ def validate(config: Config) -> Config:
   if config.input_mode == "real" and (config.decoder_input != "repeat"
                                       or config.best_metric != "val/loss"):
     raise UserError("series:PATH models use decoder_input=repeat and best_metric=val/loss.")
+  if config.keras_compat and config.bucket_width:
+    raise UserError("keras_compat pads every batch to the longest pair, as the Keras example: "
+                    "set bucket_width=0.")
   if config.val_fraction + config.test_fraction >= 1.0:
     raise UserError("val_fraction + test_fraction must leave some training data (sum < 1).")
   return config

@@ -200,6 +200,29 @@ def build_vocabs(train: list[Pair]) -> tuple[Vocab, Vocab]:
   return Vocab.build(s for s, _ in train), Vocab.build(t for _, t in train)
 
 
+# The Keras example wraps targets in "\t" ... "\n": here they are START and END.
+KERAS_START, KERAS_END = "\t", "\n"
+
+
+def keras_vocabs(pairs: list[Pair]) -> tuple[Vocab, Vocab, dict[str, int]]:
+  """Vocabularies and lengths exactly as the Keras example builds them: sorted
+  character sets of every pair (validation included), targets wrapped in \t ... \n.
+
+  Returns (source vocab, target vocab, {"max_encoder_seq_length", "max_decoder_seq_length"}).
+  """
+  src_chars = sorted({ch for s, _ in pairs for ch in s})
+  tgt_chars = sorted({ch for _, t in pairs for ch in KERAS_START + t + KERAS_END})
+  for name, chars in (("source", src_chars), ("target", tgt_chars)):
+    if " " not in chars:
+      raise DataError(f"Keras-example encoding pads with the space character, but no {name} "
+                      "sentence contains a space.")
+  dims = {"max_encoder_seq_length": max(len(s) for s, _ in pairs),
+          "max_decoder_seq_length": max(len(t) + 2 for _, t in pairs)}
+  tgt_vocab = Vocab([ch for ch in tgt_chars if ch not in (KERAS_START, KERAS_END)],
+                    start_text=KERAS_START)
+  return Vocab(src_chars), tgt_vocab, dims
+
+
 # ---------------------------------------------------------------------------
 # Encoding: int32 ids, never one-hot
 # ---------------------------------------------------------------------------
@@ -219,20 +242,36 @@ class Encoded:
     return len(self.src_len_N)
 
 
-def encode_sources(texts: list[str], vocab: Vocab, max_len: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+def encode_sources(texts: list[str], vocab: Vocab, max_len: int | None = None,
+                   keras_width: int = 0) -> tuple[np.ndarray, np.ndarray]:
+  """Padded ids and lengths; keras_width > 0: padded with the space character to that
+  width, as the Keras example's encoder input (no masking: spaces are real input)."""
   ids = [vocab.encode(t)[:max_len] if max_len else vocab.encode(t) for t in texts]
   lengths = np.array([len(x) for x in ids], dtype=np.int32)
-  out = np.full((len(ids), max(1, int(lengths.max(initial=0)))), PAD_ID, dtype=np.int32)
+  width = max(1, int(lengths.max(initial=0)))
+  if keras_width:
+    out = np.full((len(ids), max(width, keras_width)), vocab.encode(" ")[0], dtype=np.int32)
+    for row, x in enumerate(ids):
+      out[row, :len(x)] = x
+    return out, np.full(len(ids), out.shape[1], np.int32)
+  out = np.full((len(ids), width), PAD_ID, dtype=np.int32)
   for row, x in enumerate(ids):
     out[row, :len(x)] = x
   return out, lengths
 
 
-def encode_pairs(pairs: list[Pair], src_vocab: Vocab, tgt_vocab: Vocab) -> Encoded:
-  src, src_len = encode_sources([s for s, _ in pairs], src_vocab)
+def encode_pairs(pairs: list[Pair], src_vocab: Vocab, tgt_vocab: Vocab,
+                 keras_dims: dict[str, int] | None = None) -> Encoded:
+  """keras_dims: pad as the Keras example (spaces up to its maximum lengths)."""
+  src, src_len = encode_sources([s for s, _ in pairs], src_vocab,
+                                keras_width=keras_dims["max_encoder_seq_length"] if keras_dims else 0)
   tgt_ids = [[START_ID] + tgt_vocab.encode(t) + [END_ID] for _, t in pairs]
   tgt_len = np.array([len(x) - 1 for x in tgt_ids], dtype=np.int32)
-  tgt = np.full((len(pairs), max(2, int(tgt_len.max(initial=0)) + 1)), PAD_ID, dtype=np.int32)
+  width = max(2, int(tgt_len.max(initial=0)) + 1)
+  pad = PAD_ID
+  if keras_dims:  # decoder input and target: max_decoder_seq_length steps, space padded
+    width, pad = max(width, keras_dims["max_decoder_seq_length"] + 1), tgt_vocab.encode(" ")[0]
+  tgt = np.full((len(pairs), width), pad, dtype=np.int32)
   for row, x in enumerate(tgt_ids):
     tgt[row, :len(x)] = x
   return Encoded(src, src_len, tgt, tgt_len)
@@ -269,6 +308,9 @@ def make_batch(data: Encoded, rows: np.ndarray, batch_size: int, bucket_width: i
       "src": src,
       "tgt_in": tgt[:, :-1],
       "tgt_out": tgt[:, 1:],
+      # target steps up to and including END: what token accuracy counts
+      "tgt_mask": np.arange(tgt_len)[None, :] < np.concatenate(
+          [data.tgt_len_N[rows], np.zeros(batch_size - n, np.int32)])[:, None],
       "index": np.concatenate([rows, np.full(batch_size - n, -1)]).astype(np.int32),
   }
 

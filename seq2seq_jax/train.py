@@ -65,8 +65,13 @@ def loss_and_counts(params, batch, *, model: Seq2Seq, config: Config, train: boo
               "tokens": weight}
     return loss_sum / jnp.maximum(weight, 1.0), counts
   targets_BxT = batch["tgt_out"]
-  losses_BxT = optax.softmax_cross_entropy_with_integer_labels(logits_BxTxV, targets_BxT)
-  token_mask_BxT = targets_BxT != PAD_ID
+  if config.label_smoothing:  # the reported loss is then the smoothed cross-entropy
+    smoothed_BxTxV = optax.smooth_labels(jax.nn.one_hot(targets_BxT, logits_BxTxV.shape[-1]),
+                                         config.label_smoothing)
+    losses_BxT = optax.softmax_cross_entropy(logits_BxTxV, smoothed_BxTxV)
+  else:
+    losses_BxT = optax.softmax_cross_entropy_with_integer_labels(logits_BxTxV, targets_BxT)
+  token_mask_BxT = batch["tgt_mask"]
   if config.loss_on_padding:  # Keras example: every position of a real row counts
     weight_BxT = jnp.broadcast_to((batch["index"] >= 0)[:, None], targets_BxT.shape)
   else:
@@ -121,6 +126,7 @@ class Task:
   model: Seq2Seq
   parallel: DataParallel = dataclasses.field(default_factory=DataParallel)
   scaler: Any = None  # series.Scaler for series:PATH models
+  keras_dims: dict[str, int] | None = None  # keras_compat: the example's padded lengths
 
   @property
   def is_series(self) -> bool:
@@ -128,6 +134,8 @@ class Task:
 
   @property
   def decode_max_len(self) -> int:
+    if self.keras_dims:  # decode_sequence stops after max_decoder_seq_length + 1 characters
+      return self.keras_dims["max_decoder_seq_length"] + 1
     return self.config.decode_max_len or self.config.max_target_len + 1
 
   @functools.cached_property
@@ -141,7 +149,7 @@ class Task:
   def encode(self, pairs) -> data_lib.Encoded:
     if self.is_series:  # already windows
       return pairs
-    return data_lib.encode_pairs(pairs, self.src_vocab, self.tgt_vocab)
+    return data_lib.encode_pairs(pairs, self.src_vocab, self.tgt_vocab, self.keras_dims)
 
   @functools.cached_property
   def forward(self):
@@ -160,15 +168,19 @@ class Task:
       outputs[rows] = predicted[:len(rows)]
     return outputs
 
-  def translate(self, params, sources: list[str], batch_size: int | None = None) -> list[str]:
-    """Greedy translations of raw source strings (inputs longer than the maximum are cut)."""
+  def translate(self, params, sources: list[str], batch_size: int | None = None,
+                decoder=None) -> list[str]:
+    """Translations of raw source strings (inputs longer than the maximum are cut): greedy,
+    or by decoder(params, src_BxS) -> ids_BxL (decode.make_beam_decoder, make_sample_decoder)."""
     if not sources:
       return []
     if self.config.source_lowercase:
       sources = [s.lower() for s in sources]
-    src_NxS, _ = data_lib.encode_sources(sources, self.src_vocab, self.config.max_source_len)
+    keras_width = self.keras_dims["max_encoder_seq_length"] if self.keras_dims else 0
+    src_NxS, _ = data_lib.encode_sources(sources, self.src_vocab,
+                                         keras_width or self.config.max_source_len, keras_width)
     batch_size = self.parallel.round_batch_size(batch_size or self.config.batch_size)
-    return decode_texts(self.decoder, params, src_NxS, self.tgt_vocab, batch_size,
+    return decode_texts(decoder or self.decoder, params, src_NxS, self.tgt_vocab, batch_size,
                         self.config.bucket_width,
                         place=lambda src: self.parallel.shard_batch({"src": src})["src"],
                         fetch=to_numpy)
@@ -178,16 +190,19 @@ class Task:
             "tgt_vocab": self.tgt_vocab.to_list()}
     if self.scaler is not None:
       meta["series"] = self.scaler.to_dict()
+    if self.keras_dims:
+      meta["keras"] = dict(self.keras_dims)
     return meta
 
 
 def make_task(config: Config, src_vocab: Vocab, tgt_vocab: Vocab,
-              parallel: DataParallel | None = None, scaler=None) -> Task:
+              parallel: DataParallel | None = None, scaler=None,
+              keras_dims: dict[str, int] | None = None) -> Task:
   if scaler is not None:  # series: input features in, target columns out
     model = build_model(config, len(scaler.columns), len(scaler.targets))
   else:
     model = build_model(config, len(src_vocab), len(tgt_vocab))
-  return Task(config, src_vocab, tgt_vocab, model, parallel or DataParallel(), scaler)
+  return Task(config, src_vocab, tgt_vocab, model, parallel or DataParallel(), scaler, keras_dims)
 
 
 def evaluate_pairs(task: Task, params, pairs, decode_limit: int = 0,
@@ -347,6 +362,10 @@ def load_task_data(config: Config, parallel: DataParallel | None = None):
   test_pairs = data_lib.drop_long(splits.test, config, "test")
   if not train_pairs:
     raise UserError("no training pair fits max_source_len/max_target_len; raise them.")
+  if config.keras_compat:
+    src_vocab, tgt_vocab, dims = data_lib.keras_vocabs(train_pairs + val_pairs + test_pairs)
+    task = make_task(config, src_vocab, tgt_vocab, parallel, keras_dims=dims)
+    return task, train_pairs, val_pairs, test_pairs
   src_vocab, tgt_vocab = data_lib.build_vocabs(train_pairs)
   return make_task(config, src_vocab, tgt_vocab, parallel), train_pairs, val_pairs, test_pairs
 
@@ -581,7 +600,9 @@ def load_trained(workdir: str, which: str = "best") -> tuple[Task, Any, int]:
   if "series" in meta:
     from seq2seq_jax.series import Scaler
     scaler = Scaler.from_dict(meta["series"])
-  task = make_task(config, Vocab.from_list(meta["src_vocab"]), Vocab.from_list(meta["tgt_vocab"]),
-                   scaler=scaler)
+  keras_dims = meta.get("keras")
+  tgt_vocab = Vocab(meta["tgt_vocab"], start_text=data_lib.KERAS_START if keras_dims else "")
+  task = make_task(config, Vocab.from_list(meta["src_vocab"]), tgt_vocab, scaler=scaler,
+                   keras_dims=keras_dims)
   params = task.parallel.replicate(jax.tree.map(np.asarray, state["params"]))
   return task, params, step

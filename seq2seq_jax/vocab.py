@@ -13,8 +13,11 @@ SPECIAL_TOKENS = ("<pad>", "<s>", "</s>", "<unk>")
 class Vocab:
   """Maps characters to int ids and back; ids 0-3 are the special tokens."""
 
-  def __init__(self, chars: Sequence[str]):
+  def __init__(self, chars: Sequence[str], start_text: str = ""):
+    """start_text: what a START id in an output reads as ("\t" for Keras-example models,
+    whose vocabulary has the start marker as an ordinary, predictable character)."""
     chars = list(chars)
+    self.start_text = start_text
     if len(set(chars)) != len(chars):
       raise ValueError("vocabulary characters must be unique")
     self.tokens = list(SPECIAL_TOKENS) + chars
@@ -53,6 +56,8 @@ class Vocab:
         break
       if i == UNK_ID:
         out.append("\ufffd")
+      elif i == START_ID:
+        out.append(self.start_text)
       elif i >= len(SPECIAL_TOKENS) and i < len(self.tokens):
         out.append(self.tokens[i])
     return "".join(out)

@@ -123,9 +123,11 @@ def test_padding_does_not_change_encoder_state_or_loss(overrides):
   np.testing.assert_allclose(alone[-1][0][0], carries[-1][0][1], atol=1e-6)
   tgt = jnp.array([[1, 5, 6, 7], [1, 8, 0, 0]], jnp.int32)
   out = jnp.array([[5, 6, 7, 2], [8, 2, 0, 0]], jnp.int32)
-  batch = {"src": src, "tgt_in": tgt, "tgt_out": out, "index": jnp.array([0, 1])}
+  batch = {"src": src, "tgt_in": tgt, "tgt_out": out, "index": jnp.array([0, 1]),
+           "tgt_mask": out != 0}
   padded = {"src": src_padded, "tgt_in": jnp.pad(tgt, ((0, 0), (0, 5))),
-            "tgt_out": jnp.pad(out, ((0, 0), (0, 5))), "index": jnp.array([0, 1])}
+            "tgt_out": jnp.pad(out, ((0, 0), (0, 5))), "index": jnp.array([0, 1]),
+            "tgt_mask": jnp.pad(out, ((0, 0), (0, 5))) != 0}
   loss, counts = loss_and_counts(params, batch, model=model, config=config, train=False)
   loss_p, counts_p = loss_and_counts(params, padded, model=model, config=config, train=False)
   np.testing.assert_allclose(loss, loss_p, rtol=1e-6)
