@@ -104,3 +104,16 @@ def test_vocabulary_mismatch_names_both_sizes(anki_file, tmp_path):
                    "--num-samples", "20", "--workdir", str(tmp_path / "w"))
   assert result.returncode == 2 and "Traceback" not in result.stderr
   assert f"Keras model expects {len(src_chars)}" in result.stderr
+
+
+def test_legacy_h5_file_imports(anki_file, tmp_path):
+  """The HDF5 format of Keras 2's `s2s.h5` (written here by Keras 3's legacy saver)."""
+  config, task, pairs, src_chars, tgt_chars, model = _setup(anki_file, seed=3)
+  model_path = str(tmp_path / "s2s.h5")
+  model.save(model_path)
+  ki.import_keras(model_path, f"anki:{anki_file}", 300, str(tmp_path / "h5"))
+  restored, params, _ = load_trained(str(tmp_path / "h5"))
+  decode_sequence = ki.example_decoder(model, tgt_chars, task.keras_dims["max_decoder_seq_length"])
+  enc, _, _ = ki.example_arrays(pairs[:3], src_chars, tgt_chars, task.keras_dims)
+  assert restored.translate(params, [s for s, _ in pairs[:3]]) == [
+      decode_sequence(enc[i:i + 1]) for i in range(3)]
