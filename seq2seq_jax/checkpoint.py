@@ -10,10 +10,10 @@ Faults are turned into CheckpointError with a message naming the fix:
     complete, so a process killed during a save (even kill -9) leaves the older
     steps intact; the unfinished directory is removed when the workdir is next
     opened for training;
-  * a damaged step (truncated, missing or altered files, found with the
-    manifest of sizes and SHA-256 sums written after each save, or unreadable by
-    Orbax) is skipped with a warning naming it and the step used instead; a later save of the same
-    step number first moves the damaged directory aside (`<step>.damaged`);
+  * a damaged step (truncated, missing or altered files, found with the manifest
+    of sizes and SHA-256 sums written after each save, or unreadable by Orbax) is
+    skipped with a warning naming it and the step used instead; a later save of
+    the same step number first moves the damaged directory aside (`<step>.damaged`);
   * a save that fails (full disk, read-only or unwritable directory) removes its
     unfinished files and leaves the earlier steps as they were.
 """

@@ -249,6 +249,13 @@ def _json_default(value):
   raise TypeError(type(value))
 
 
+def write_atomically(path: str, text: str) -> None:
+  """A kill at any moment leaves the old file or the new one, never half of one."""
+  with open(path + ".tmp", "w") as f:
+    f.write(text)
+  os.replace(path + ".tmp", path)
+
+
 def append_metrics(workdir: str, record: dict[str, Any]) -> None:
   if not is_primary():
     return
@@ -389,8 +396,7 @@ def train_and_evaluate(config: Config, workdir: str, argv: list[str] | None = No
   checkpointer = Checkpointer(workdir, config.keep_checkpoints, config.best_metric)
   resuming = checkpointer.latest_step() is not None
   if is_primary():
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-      f.write(config.to_json())
+    write_atomically(os.path.join(workdir, "config.json"), config.to_json())
   write_run_info(workdir, argv, parallel)
 
   # --- data ---------------------------------------------------------------------
@@ -463,7 +469,7 @@ def train_and_evaluate(config: Config, workdir: str, argv: list[str] | None = No
           raise NonFiniteLoss(
               f"loss is {loss} at step {step}. Last good checkpoint: "
               f"{good if good is not None else 'none'} (kept, nothing saved over it). "
-              "Lower learning_rate or set clip_norm.")
+              "Train again in a new --workdir with a lower learning_rate or with clip_norm.")
         loss_sum, weight = float(step_metrics["loss_sum"]), float(step_metrics["weight"])
         sums["window"][0] += loss_sum
         sums["window"][1] += weight
@@ -550,8 +556,7 @@ def train_and_evaluate(config: Config, workdir: str, argv: list[str] | None = No
       summary.update({f"{name}/{k}": v for k, v in split_metrics.items()})
   append_metrics(workdir, dict(summary, final=True))
   if is_primary():
-    with open(os.path.join(workdir, "results.json"), "w") as f:
-      json.dump(summary, f, indent=2)
+    write_atomically(os.path.join(workdir, "results.json"), json.dumps(summary, indent=2))
   log.info("\nfinal (checkpoint %s): %s", final_step,
            "  ".join(f"{k} {v:.4f}" for k, v in summary.items() if k != "step"))
   shown = test_pairs if len(test_pairs) else val_pairs
@@ -594,7 +599,7 @@ def load_trained(workdir: str, which: str = "best") -> tuple[Task, Any, int]:
       step = int(which)
     except ValueError:
       raise UserError(f"--checkpoint must be best, latest or a step number, got '{which}'.") from None
-  state, meta, step = checkpointer.restore(step=step)
+  state, meta, step = checkpointer.restore(step=step, fallback=which in ("best", "latest"))
   config = config_lib.from_dict(meta["config"], f"checkpoint {step} of {workdir}")
   scaler = None
   if "series" in meta:

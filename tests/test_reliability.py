@@ -1,0 +1,697 @@
+"""Failures end in a clear message, no traceback, and nothing already saved is lost.
+
+Bad input (data files, config values, translate inputs, incompatible workdirs) and
+faults (SIGINT/SIGTERM, kill -9, damaged checkpoints, a full disk). Subprocess
+tests share one uninterrupted run (`baseline`) and a JAX compilation cache, so
+each fresh process starts in seconds.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import json
+import logging
+import os
+import re
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from seq2seq_jax import cli
+from seq2seq_jax import data as data_lib
+from seq2seq_jax.checkpoint import MANIFEST, Checkpointer
+from seq2seq_jax.errors import CheckpointError, DataError
+from seq2seq_jax.vocab import UNK_ID, Vocab
+from tests.conftest import ROOT, tiny_config, write_tsv
+
+# configs/tiny.py for 12 epochs (96 steps): long enough to interrupt, seconds to run.
+SETTINGS = ["num_epochs=12", "log_every_steps=1", "eval_every_epochs=12",
+            "num_summary_samples=0"]
+TOTAL_STEPS = 96
+
+
+# ---------------------------------------------------------------------------
+# Helpers
+# ---------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+  """Environment of every subprocess: a shared persistent compilation cache.
+
+  XLA's own caches are off: they put the cache's path into the cache keys, and
+  one test uses a copy of the cache elsewhere.
+  """
+  cache = tmp_path_factory.mktemp("jax_cache")
+  return dict(os.environ, JAX_COMPILATION_CACHE_DIR=str(cache),
+              JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+              JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
+              JAX_PERSISTENT_CACHE_ENABLE_XLA_CACHES="none")
+
+
+def train_command(workdir, *settings):
+  sets = [arg for item in [*SETTINGS, *settings] for arg in ("--set", item)]
+  return [sys.executable, "-m", "seq2seq_jax", "train", "--config", "configs/tiny.py",
+          "--workdir", str(workdir), *sets]
+
+
+def run(command, env, input_text=None, timeout=300, **kwargs):
+  return subprocess.run(command, input=input_text, capture_output=True, text=True,
+                        timeout=timeout, cwd=ROOT, env=env, **kwargs)
+
+
+def cli_command(*args):
+  return [sys.executable, "-m", "seq2seq_jax", *args]
+
+
+def start(command, env, workdir_logs):
+  """A background process whose output goes to files (no pipe to fill up)."""
+  out = open(f"{workdir_logs}.out", "w")
+  err = open(f"{workdir_logs}.err", "w")
+  process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=out, stderr=err)
+  out.close()
+  err.close()
+  return process
+
+
+def output_of(logs):
+  return open(f"{logs}.out").read(), open(f"{logs}.err").read()
+
+
+def wait_for(condition, process, what, timeout=180.0):
+  deadline = time.time() + timeout
+  while time.time() < deadline:
+    if condition():
+      return
+    if process.poll() is not None:
+      pytest.fail(f"the process ended (rc {process.returncode}) before {what}")
+    time.sleep(0.003)
+  process.kill()
+  pytest.fail(f"timed out waiting for {what}")
+
+
+def metric_records(workdir):
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    return [json.loads(line) for line in f]
+
+
+def logged_step(workdir):
+  """The newest step logged in metrics.jsonl (0 before the first)."""
+  try:
+    records = metric_records(workdir)
+  except (OSError, ValueError):
+    return 0
+  return max((r["step"] for r in records if "train/loss" in r), default=0)
+
+
+def trained_numbers(workdir):
+  """Per-step and per-epoch losses and validation metrics, and the final results.
+
+  Records logged after the last checkpoint before a kill are logged again after
+  resuming: keyed by step (and record kind), the last one wins.
+  """
+  numbers = {}
+  for record in metric_records(workdir):
+    kind = "final" if record.get("final") else ("epoch" if "train/epoch_seconds" in record
+                                                else "step")
+    kept = {k: v for k, v in record.items()
+            if k.startswith(("train/loss", "train/token_accuracy", "val/", "test/"))
+            or k in ("lr", "grad_norm")}
+    numbers[(kind, record["step"])] = kept
+  with open(os.path.join(workdir, "results.json")) as f:
+    numbers["results"] = json.load(f)
+  return numbers
+
+
+def step_dirs(workdir):
+  directory = os.path.join(workdir, "checkpoints")
+  return sorted(int(name) for name in os.listdir(directory) if name.isdigit())
+
+
+def tree_digest(path):
+  digest = hashlib.sha256()
+  for root, dirs, files in sorted(os.walk(path)):
+    dirs.sort()
+    for name in sorted(files):
+      full = os.path.join(root, name)
+      digest.update(os.path.relpath(full, path).encode())
+      digest.update(open(full, "rb").read())
+  return digest.hexdigest()
+
+
+def largest_state_file(step_dir):
+  files = [os.path.join(root, name) for root, _, names in os.walk(os.path.join(step_dir, "state"))
+           for name in names]
+  return max(files, key=os.path.getsize)
+
+
+def truncate(path, fraction=0.5):
+  with open(path, "r+b") as f:
+    f.truncate(int(os.path.getsize(path) * fraction))
+
+
+@contextlib.contextmanager
+def captured_logs():
+  """Messages of the seq2seq_jax loggers (which do not propagate to the root logger)."""
+  messages: list[str] = []
+
+  class Collect(logging.Handler):
+    def emit(self, record):
+      messages.append(record.getMessage())
+
+  logger = logging.getLogger("seq2seq_jax")
+  handler = Collect(level=logging.DEBUG)
+  previous_level = logger.level
+  logger.addHandler(handler)
+  logger.setLevel(logging.INFO)
+  try:
+    yield messages
+  finally:
+    logger.removeHandler(handler)
+    logger.setLevel(previous_level)
+
+
+def no_traceback(text):
+  return "Traceback" not in text
+
+
+@pytest.fixture(scope="module")
+def baseline(tmp_path_factory, env):
+  """configs/tiny.py with SETTINGS, trained without interruption by the command line."""
+  workdir = tmp_path_factory.mktemp("baseline") / "run"
+  result = run(train_command(workdir), env)
+  assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+  assert step_dirs(workdir) == [88, TOTAL_STEPS]
+  return str(workdir)
+
+
+@pytest.fixture
+def baseline_copy(baseline, tmp_path):
+  workdir = tmp_path / "copy"
+  shutil.copytree(baseline, workdir)
+  return str(workdir)
+
+
+# ---------------------------------------------------------------------------
+# Bad input: data files
+# ---------------------------------------------------------------------------
+
+def test_skipped_bad_lines_are_counted(tmp_path):
+  path = tmp_path / "mixed.tsv"
+  path.write_text("a\tb\nno tab\nc\td\n\nx\ty\tz\ne\tf\n", encoding="utf-8")
+  with captured_logs() as messages:
+    pairs = data_lib.tab_pairs(str(path), "tsv", skip_bad_lines=True)
+  assert pairs == [("a", "b"), ("c", "d"), ("e", "f")]
+  assert any(f"{path}: skipped 2 malformed line(s)" in m for m in messages), messages
+  path.write_text("no tab\n\t\nx\t\n", encoding="utf-8")
+  with pytest.raises(DataError, match=r"no usable .*\(all 2 non-blank line\(s\) are malformed"):
+    data_lib.tab_pairs(str(path), "tsv", skip_bad_lines=True)
+
+
+def test_non_utf8_position_counts_the_byte_order_mark(tmp_path):
+  path = tmp_path / "bom_latin1.tsv"
+  path.write_bytes(b"\xef\xbb\xbfab\tc\r\nx\t\xe9t\xe9\r\n")
+  with pytest.raises(DataError) as caught:
+    data_lib.tab_pairs(str(path), "tsv")
+  message = str(caught.value)
+  assert message.startswith(f"{path}:2: not UTF-8")
+  assert "byte 3 of the line" in message and "byte 11 of the file" in message
+  assert "\\xe9" in message and "re-encode" in message
+
+
+def test_bom_and_crlf_tsv_is_read_like_plain_utf8(tmp_path):
+  plain = write_tsv(tmp_path / "plain.tsv", [("un", "one"), ("deux", "two")])
+  windows = tmp_path / "windows.tsv"
+  windows.write_bytes(b"\xef\xbb\xbfun\tone\r\ndeux\ttwo\r\n")
+  assert data_lib.tab_pairs(str(windows), "tsv") == data_lib.tab_pairs(plain, "tsv") == [
+      ("un", "one"), ("deux", "two")]
+
+
+def test_long_pairs_are_counted_in_the_log():
+  config = tiny_config(max_source_len=5, max_target_len=5)
+  with captured_logs() as messages:
+    kept = data_lib.drop_long([("abc", "de"), ("abcdef", "x"), ("a", "abcdefg")], config, "train")
+  assert kept == [("abc", "de")]
+  assert any("train: dropped 2 of 3 pairs longer than max_source_len=5 / max_target_len=5"
+             in m for m in messages), messages
+
+
+def cli_in_process(capsys, *argv):
+  """(return code, stdout, stderr) of cli.main in this process (no re-exec).
+
+  Log handlers that the command adds (to the captured stdout, to a tmp train.log)
+  are removed afterwards, so later tests do not write to closed streams.
+  """
+  logger = logging.getLogger("seq2seq_jax")
+  handlers, level, propagate = list(logger.handlers), logger.level, logger.propagate
+  try:
+    code = cli.main(list(argv))
+  finally:
+    for handler in [h for h in logger.handlers if h not in handlers]:
+      logger.removeHandler(handler)
+      handler.close()
+    logger.setLevel(level)
+    logger.propagate = propagate
+  captured = capsys.readouterr()
+  return code, captured.out, captured.err
+
+
+@pytest.mark.parametrize("content, expected", [
+    (b"one\tun\nno tab here\n", r"bad.tsv:2: expected source<TAB>target.*skip_bad_lines=true"),
+    (b"one\tun\ncaf\xe9\tcoffee\n", r"bad.tsv:2: not UTF-8"),
+    (b"", r"bad.tsv: no usable source<TAB>target pair found \(the file is empty"),
+    (b"\n\t\n \r\n", r"bad.tsv: no usable .*only blank lines"),
+    (None, r"data file '.*missing.tsv' does not exist"),
+])
+def test_train_stops_on_bad_data_with_a_clear_error(tmp_path, capsys, content, expected):
+  path = tmp_path / ("missing.tsv" if content is None else "bad.tsv")
+  if content is not None:
+    path.write_bytes(content)
+  code, out, err = cli_in_process(capsys, "train", "--config", "configs/tiny.py",
+                                  "--workdir", str(tmp_path / "run"), "--data", f"tsv:{path}")
+  assert code == 2
+  assert re.search(r"seq2seq-jax train: error: .*" + expected, err), err
+  assert not os.path.exists(tmp_path / "run" / "checkpoints") or not step_dirs(tmp_path / "run")
+
+
+def test_train_refuses_data_whose_pairs_are_all_too_long(tmp_path, capsys):
+  path = write_tsv(tmp_path / "long.tsv", [("a" * 50, "b"), ("c" * 60, "d")] * 10)
+  code, _, err = cli_in_process(capsys, "train", "--config", "configs/tiny.py", "--workdir",
+                                str(tmp_path / "run"), "--data", f"tsv:{path}",
+                                "--set", "val_fraction=0", "--set", "test_fraction=0")
+  assert code == 2 and "no training pair fits max_source_len/max_target_len" in err
+
+
+@settings(max_examples=300, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(raw=st.one_of(
+    st.binary(max_size=300),
+    st.lists(st.sampled_from([b"a", b"\t", b"\n", b"\r", b"\r\n", b" ", b"\xef\xbb\xbf",
+                              b"\xe9", b"\xc3\xa9", b"\x00", b"\xff", "\u2028".encode()]),
+             max_size=40).map(b"".join)),
+       kind=st.sampled_from(["tsv", "anki"]), skip=st.booleans())
+def test_parser_raises_only_data_error_on_any_bytes(tmp_path, raw, kind, skip):
+  path = tmp_path / "any.txt"
+  path.write_bytes(raw)
+  try:
+    pairs = data_lib.tab_pairs(str(path), kind, skip_bad_lines=skip)
+  except DataError as error:
+    assert str(error)  # a message, never an empty one
+    return
+  assert pairs
+  for source, target in pairs:
+    assert source and target
+    assert not {"\t", "\n", "\r"} & set(source + target)
+  try:  # the whole path a tsv:/anki: spec takes: parse, split, encode
+    splits = data_lib.load_splits(tiny_config(data=f"{kind}:{path}", skip_bad_lines=skip))
+  except DataError:
+    return
+  src_vocab, tgt_vocab = data_lib.build_vocabs(splits.train)
+  encoded = data_lib.encode_pairs(splits.train, src_vocab, tgt_vocab)
+  assert len(encoded) == len(splits.train) > 0
+
+
+@settings(max_examples=300, deadline=None)
+@given(corpus=st.lists(st.text(min_size=1, max_size=20), min_size=1, max_size=5),
+       data=st.data())
+def test_vocab_round_trips_text_of_known_characters(corpus, data):
+  vocab = Vocab.build(corpus)
+  text = data.draw(st.text(alphabet=st.sampled_from(vocab.chars), max_size=50))
+  ids = vocab.encode(text)
+  assert UNK_ID not in ids and all(4 <= i < len(vocab) for i in ids)
+  assert vocab.decode(ids) == text
+  assert Vocab.from_list(vocab.to_list()).decode(ids) == text
+  unknown = data.draw(st.characters().filter(lambda ch: ch not in vocab.chars))
+  assert vocab.encode(text + unknown)[-1] == UNK_ID
+  assert vocab.unknown_chars(text + unknown) == {unknown}
+
+
+# ---------------------------------------------------------------------------
+# Bad input: configuration
+# ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("item, expected", [
+    ("latent_dimm=3", r"unknown config key 'latent_dimm' in --set\. Did you mean latent_dim, "),
+    ("batch_size=abc", r"--set batch_size=abc: 'abc' is not a valid int"),
+    ("learning_rate=fast", r"'fast' is not a valid float"),
+    ("batch_size=0", r"'batch_size' must be positive; got 0"),
+    ("max_source_len=-5", r"'max_source_len' must be positive; got -5"),
+    ("dropout=-0.5", r"'dropout' must be in \[0, 1\)"),
+])
+def test_bad_config_values_are_named(tmp_path, capsys, item, expected):
+  code, _, err = cli_in_process(capsys, "train", "--config", "configs/tiny.py",
+                                "--workdir", str(tmp_path / "run"), "--set", item)
+  assert code == 2 and re.search(expected, err), err
+  assert not (tmp_path / "run").exists()  # refused before anything is written
+
+
+# ---------------------------------------------------------------------------
+# Bad input: translate
+# ---------------------------------------------------------------------------
+
+def test_translate_odd_inputs_one_line_each(baseline, env):
+  long_input = "one hundred and " * 10  # 160 characters; max_source_len is 40
+  inputs = ["twelve!", "", long_input, "z?", "seven"]
+  result = run(cli_command("translate", "--workdir", baseline),
+               env, input_text="\n".join(inputs) + "\n")
+  assert result.returncode == 0, result.stderr
+  lines = result.stdout.split("\n")
+  assert lines[-1] == "" and len(lines[:-1]) == len(inputs)  # one line per input line
+  assert lines[1] == ""  # an empty input gives an empty output line
+  unknown = [l for l in result.stderr.splitlines() if "never seen in training" in l]
+  assert len(unknown) == 1 and "'!'" in unknown[0] and "'?'" in unknown[0]
+  assert "1 input(s) longer than max_source_len=40 were truncated" in result.stderr
+  assert no_traceback(result.stderr)
+  # the truncated input translates as its first 40 characters
+  cut = run(cli_command("translate", "--workdir", baseline, long_input[:40], "seven"), env)
+  assert cut.stdout.splitlines() == [lines[2], lines[4]]
+
+
+def test_translate_rejects_non_utf8_stdin(baseline, env):
+  result = subprocess.run(cli_command("translate", "--workdir", baseline),
+                          input=b"twelve\ncaf\xe9\n", capture_output=True, timeout=300,
+                          cwd=ROOT, env=env)
+  stderr = result.stderr.decode()
+  assert result.returncode == 2 and "standard input, line 2: not UTF-8" in stderr
+  assert no_traceback(stderr)
+
+
+def test_workdir_without_a_finished_checkpoint(tmp_path, capsys):
+  """An empty workdir, and one where a kill -9 interrupted the very first save."""
+  empty = tmp_path / "empty"
+  empty.mkdir()
+  code, _, err = cli_in_process(capsys, "translate", "--workdir", str(empty), "one")
+  assert code == 2 and "no checkpoint in" in err and "Train first" in err
+  unfinished = tmp_path / "killed" / "checkpoints" / "1.orbax-checkpoint-tmp" / "state"
+  unfinished.mkdir(parents=True)
+  (unfinished / "partial").write_bytes(b"\0" * 10)
+  code, _, err = cli_in_process(capsys, "evaluate", "--workdir", str(tmp_path / "killed"))
+  assert code == 2 and "no checkpoint in" in err
+  assert unfinished.exists()  # reading never deletes anything
+
+
+def test_incompatible_workdir_is_refused_untouched(baseline_copy, env):
+  before = tree_digest(os.path.join(baseline_copy, "checkpoints"))
+  config_before = open(os.path.join(baseline_copy, "config.json")).read()
+  result = run(train_command(baseline_copy, "latent_dim=24"), env)
+  assert result.returncode == 2
+  assert "holds a run with a different configuration (latent_dim: 32 -> 24)" in result.stderr
+  assert "run the same command as before" in result.stderr and "new --workdir" in result.stderr
+  assert no_traceback(result.stderr)
+  assert tree_digest(os.path.join(baseline_copy, "checkpoints")) == before
+  assert open(os.path.join(baseline_copy, "config.json")).read() == config_before
+
+
+# ---------------------------------------------------------------------------
+# Faults: signals, kill -9
+# ---------------------------------------------------------------------------
+
+def test_sigint_and_sigterm_save_and_the_same_command_resumes_exactly(baseline, env, tmp_path):
+  """SIGINT, the same command again, SIGTERM, the same command again to the end."""
+  workdir = tmp_path / "run"
+  stopped = 0
+  for signum in (signal.SIGINT, signal.SIGTERM):
+    logs = tmp_path / f"signal{int(signum)}"
+    process = start(train_command(workdir), env, logs)
+    target = stopped + 3
+    wait_for(lambda: logged_step(workdir) >= target, process, f"step {target}")
+    process.send_signal(signum)
+    assert process.wait(timeout=120) == 130
+    out, err = output_of(logs)
+    match = re.search(rf"stopped by signal {int(signum)} at step (\d+); checkpoint saved\. "
+                      r"Run the same command again to resume\.", err)
+    assert match, out[-2000:] + err[-2000:]
+    assert no_traceback(err)
+    if stopped:
+      assert f"resumed from checkpoint {stopped} " in out
+    stopped = int(match.group(1))
+    assert target <= stopped < TOTAL_STEPS
+    assert step_dirs(workdir)[-1] == stopped  # saved at the step it stopped
+    assert logged_step(workdir) == stopped  # and every step before it was logged
+
+  resumed = run(train_command(workdir), env)
+  assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+  assert f"resumed from checkpoint {stopped} " in resumed.stdout
+  assert trained_numbers(workdir) == trained_numbers(baseline)
+
+
+def test_kill_9_at_any_moment_then_resume(baseline, env, tmp_path):
+  """Three kill -9 (first save, a later save, between steps), then the same command."""
+  workdir = tmp_path / "run"
+  command = train_command(workdir, "checkpoint_every_steps=3")
+  checkpoints = workdir / "checkpoints"
+
+  def entries():
+    return os.listdir(checkpoints) if checkpoints.is_dir() else []
+
+  def saving(minimum):
+    return any(name.endswith(".orbax-checkpoint-tmp") and int(name.split(".")[0]) >= minimum
+               for name in entries())
+
+  def kill_when(condition, what, name):
+    process = start(command, env, tmp_path / name)
+    wait_for(condition, process, what)
+    process.kill()
+    assert process.wait(timeout=60) == -signal.SIGKILL
+    steps = step_dirs(workdir)
+    if steps:  # the newest finished step reads back, verified by its manifest
+      state, meta, step = Checkpointer(str(workdir), read_only=True).restore(
+          step=steps[-1], fallback=False)
+      assert step == steps[-1] == meta["step"] == int(np.asarray(state["step"]))
+    return steps
+
+  # 1: as soon as the first checkpoint directory appears (the first save is under way)
+  seen = kill_when(lambda: entries(), "a checkpoint directory", "kill1")
+  # 2: during a later save (its temporary directory exists)
+  target = (seen[-1] if seen else 0) + 4
+  seen = kill_when(lambda: saving(target), f"a save after step {target}", "kill2")
+  assert seen and seen[-1] >= target - 3
+  # 3: at an arbitrary moment between steps
+  target = seen[-1] + 5
+  seen = kill_when(lambda: logged_step(workdir) >= target, f"step {target}", "kill3")
+  # what a kill during a save, or during the deletion of an old step, leaves behind
+  newest = seen[-1]
+  leftover = checkpoints / f"{newest + 1}.orbax-checkpoint-tmp"  # a step never saved again
+  shutil.copytree(checkpoints / str(newest), leftover, dirs_exist_ok=True)
+  truncate(largest_state_file(str(leftover)))
+  if len(seen) > 1:
+    for root, _, names in os.walk(checkpoints / str(seen[-2]) / "state"):
+      for name in names[::2]:
+        os.remove(os.path.join(root, name))
+
+  final = run(command, env)
+  assert final.returncode == 0, final.stdout[-3000:] + final.stderr[-3000:]
+  assert f"resumed from checkpoint {newest} " in final.stdout
+  assert not any("orbax-checkpoint-tmp" in name for name in entries())
+  assert step_dirs(workdir) == [93, TOTAL_STEPS]
+  assert trained_numbers(workdir) == trained_numbers(baseline)
+
+
+# ---------------------------------------------------------------------------
+# Faults: damaged checkpoints
+# ---------------------------------------------------------------------------
+
+def damage_truncate(step_dir):
+  truncate(largest_state_file(step_dir))
+
+
+def damage_delete_state(step_dir):
+  shutil.rmtree(os.path.join(step_dir, "state"))
+
+
+def damage_garbled_meta(step_dir):
+  with open(os.path.join(step_dir, "meta", "metadata"), "r+b") as f:
+    f.write(b"}{ not json")
+
+
+def damage_flipped_bytes(step_dir):
+  path = largest_state_file(step_dir)
+  data = bytearray(open(path, "rb").read())
+  data[len(data) // 2] ^= 0xFF
+  open(path, "wb").write(bytes(data))
+
+
+def damage_truncate_without_manifest(step_dir):
+  """A step written before manifests existed: Orbax itself finds the damage."""
+  os.remove(os.path.join(step_dir, MANIFEST))
+  truncate(largest_state_file(step_dir), 0.3)
+
+
+@pytest.mark.parametrize("damage", [damage_truncate, damage_delete_state, damage_garbled_meta,
+                                    damage_flipped_bytes, damage_truncate_without_manifest])
+def test_damaged_newest_checkpoint_falls_back(baseline, baseline_copy, capfd, damage):
+  damage(os.path.join(baseline_copy, "checkpoints", str(TOTAL_STEPS)))
+  with captured_logs() as messages:
+    state, meta, step = Checkpointer(baseline_copy, read_only=True).restore()
+    best_state, _, best = Checkpointer(baseline_copy, read_only=True).restore(step=TOTAL_STEPS)
+  assert step == best == 88 and meta["step"] == 88
+  assert any(f"checkpoint {TOTAL_STEPS} in " in m and "is damaged" in m for m in messages)
+  assert f"warning: restored checkpoint 88 instead of the damaged checkpoint {TOTAL_STEPS}" \
+      in messages
+  intact, _, _ = Checkpointer(baseline, read_only=True).restore(step=88)
+  jax.tree.map(np.testing.assert_array_equal, state["params"], intact["params"])
+  with pytest.raises(CheckpointError, match=f"no readable checkpoint .*step {TOTAL_STEPS}"):
+    Checkpointer(baseline_copy, read_only=True).restore(step=TOTAL_STEPS, fallback=False)
+  assert "Traceback" not in capfd.readouterr().err
+
+
+def test_damaged_metrics_file_leaves_the_checkpoint_usable(baseline_copy):
+  with open(os.path.join(baseline_copy, "checkpoints", str(TOTAL_STEPS), "metrics",
+                         "metrics"), "w") as f:
+    f.write("{trunc")
+  with captured_logs() as messages:
+    checkpointer = Checkpointer(baseline_copy, read_only=True)
+    _, _, step = checkpointer.restore()
+  assert step == TOTAL_STEPS and checkpointer.best_step() is None
+  assert any(f"metrics of checkpoint {TOTAL_STEPS} are unreadable" in m for m in messages)
+
+
+def test_translate_falls_back_from_a_damaged_newest_checkpoint(baseline_copy, env):
+  for step in (88, TOTAL_STEPS):  # as written by a version without manifests
+    os.remove(os.path.join(baseline_copy, "checkpoints", str(step), MANIFEST))
+  damage_truncate(os.path.join(baseline_copy, "checkpoints", str(TOTAL_STEPS)))
+  result = run(cli_command("translate", "--workdir", baseline_copy, "twelve", "", "seven"), env)
+  assert result.returncode == 0, result.stderr
+  assert len(result.stdout.split("\n")) == 4
+  assert f"checkpoint {TOTAL_STEPS} in" in result.stderr
+  assert f"restored checkpoint 88 instead of the damaged checkpoint {TOTAL_STEPS}" in result.stderr
+  assert no_traceback(result.stderr), result.stderr
+
+
+def test_all_checkpoints_damaged_is_a_clear_error(baseline_copy, env):
+  for step in (88, TOTAL_STEPS):
+    damage_truncate(os.path.join(baseline_copy, "checkpoints", str(step)))
+  result = run(cli_command("evaluate", "--workdir", baseline_copy), env)
+  assert result.returncode == 2
+  assert re.search(r"seq2seq-jax evaluate: error: no readable checkpoint in '.*' "
+                   rf"\(step {TOTAL_STEPS}: .*; step 88: .*\)\. Start a fresh run",
+                   result.stderr), result.stderr
+  assert no_traceback(result.stderr)
+
+
+def test_resume_after_a_damaged_newest_checkpoint(baseline, baseline_copy, env):
+  newest = os.path.join(baseline_copy, "checkpoints", str(TOTAL_STEPS))
+  damage_truncate(newest)
+  damaged = tree_digest(newest)
+  result = run(train_command(baseline_copy), env)
+  assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+  output = result.stdout + result.stderr
+  assert f"restored checkpoint 88 instead of the damaged checkpoint {TOTAL_STEPS}" in output
+  assert "resumed from checkpoint 88 " in output
+  # the damaged copy is kept aside, the step is written again
+  assert tree_digest(newest + ".damaged") == damaged
+  assert step_dirs(baseline_copy) == [88, TOTAL_STEPS]
+  assert trained_numbers(baseline_copy) == trained_numbers(baseline)
+
+
+# ---------------------------------------------------------------------------
+# Faults: full disk, unwritable directory
+# ---------------------------------------------------------------------------
+
+def small_state(value):
+  """400 KB that do not compress (zstd would shrink a constant array to nothing)."""
+  weights = np.random.default_rng(value).standard_normal(100_000).astype(np.float32)
+  return {"w": weights, "step": np.int32(value)}
+
+
+@contextlib.contextmanager
+def file_size_limit(limit):
+  """Writes past `limit` bytes fail with EFBIG, as writes to a full disk fail."""
+  soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+  resource.setrlimit(resource.RLIMIT_FSIZE, (limit, hard))
+  try:
+    yield
+  finally:
+    resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+
+
+def assert_step_intact(workdir, step):
+  state, meta, restored = Checkpointer(str(workdir), read_only=True).restore(fallback=False)
+  assert restored == step and meta == {"n": step}
+  np.testing.assert_array_equal(state["w"], small_state(step)["w"])
+
+
+def test_a_real_write_failure_keeps_earlier_checkpoints(tmp_path):
+  checkpointer = Checkpointer(str(tmp_path), keep=2)
+  checkpointer.save(1, small_state(1), {"n": 1})
+  before = tree_digest(tmp_path / "checkpoints" / "1")
+  with file_size_limit(20_000), pytest.raises(CheckpointError) as caught:
+    checkpointer.save(2, small_state(2), {"n": 2})
+  message = str(caught.value)
+  assert "could not save checkpoint 2" in message and "File too large (errno 27)" in message
+  assert "Free disk space" in message and "the earlier checkpoints (1) are untouched" in message
+  assert sorted(os.listdir(tmp_path / "checkpoints")) == ["1"]  # no half-written step 2
+  assert tree_digest(tmp_path / "checkpoints" / "1") == before
+  assert_step_intact(tmp_path, 1)
+  checkpointer.save(2, small_state(2), {"n": 2})  # once there is room again
+  assert_step_intact(tmp_path, 2)
+
+
+@pytest.mark.parametrize("error, reason", [
+    (OSError(errno.ENOSPC, "No space left on device"), "No space left on device (errno 28)"),
+    (PermissionError(errno.EACCES, "Permission denied"), "Permission denied (errno 13)"),
+    (OSError(errno.EROFS, "Read-only file system"), "Read-only file system (errno 30)"),
+    (ValueError("DATA_LOSS: Error writing \"w/0\": Failed to write 512 bytes to file 14: "
+                "No space left on device [os_error_code='28']"),
+     "No space left on device (errno 28)"),
+])
+def test_save_errors_wrapped_or_not_become_checkpoint_errors(tmp_path, monkeypatch, error,
+                                                             reason):
+  checkpointer = Checkpointer(str(tmp_path), keep=2)
+  checkpointer.save(1, small_state(1), {"n": 1})
+
+  def failing_save(step, *args, **kwargs):
+    os.makedirs(tmp_path / "checkpoints" / f"{step}.orbax-checkpoint-tmp" / "state")
+    raise RuntimeError("Orbax failed") from error
+
+  monkeypatch.setattr(checkpointer.manager, "save", failing_save)
+  with pytest.raises(CheckpointError, match=re.escape(
+      f"could not save checkpoint 2 in '{tmp_path / 'checkpoints'}': {reason}. Free disk space "
+      "or make the workdir writable")):
+    checkpointer.save(2, small_state(2), {"n": 2})
+  assert sorted(os.listdir(tmp_path / "checkpoints")) == ["1"]  # the unfinished one is gone
+  assert_step_intact(tmp_path, 1)
+
+
+def test_checkpoint_path_that_is_a_file(tmp_path):
+  (tmp_path / "checkpoints").write_text("not a directory")
+  with pytest.raises(CheckpointError, match="is a file, not a checkpoint directory"):
+    Checkpointer(str(tmp_path))
+
+
+def test_full_disk_during_training_is_a_clear_error(baseline, env, tmp_path):
+  """The command line with writes over 64 KB refused: the first save fails cleanly."""
+  del baseline  # trained first: the compilation cache holds every program, nothing is written
+  cache = tmp_path / "cache"  # a private copy: refused writes must not touch the shared one
+  shutil.copytree(env["JAX_COMPILATION_CACHE_DIR"], cache)
+  # a launcher sets the limit, then becomes the command (no preexec_fn: JAX has threads)
+  launcher = [sys.executable, "-c", "import os, resource, sys; resource.setrlimit("
+              "resource.RLIMIT_FSIZE, (64_000, resource.RLIM_INFINITY)); "
+              "os.execv(sys.executable, [sys.executable, *sys.argv[1:]])"]
+  workdir = tmp_path / "run"
+  result = run(launcher + train_command(workdir)[1:],
+               dict(env, JAX_COMPILATION_CACHE_DIR=str(cache)))
+  assert result.returncode == 2, result.stdout[-2000:] + result.stderr[-2000:]
+  assert re.search(r"seq2seq-jax train: error: could not save checkpoint 8 in '.*': File too "
+                   r"large \(errno 27\)\. Free disk space or make the workdir writable, then run "
+                   r"the same command again to resume; no earlier checkpoint existed\.",
+                   result.stderr), result.stderr
+  assert no_traceback(result.stderr), result.stderr
+  assert os.listdir(workdir / "checkpoints") == []
+
+
+def test_unwritable_workdir_is_a_clear_error(tmp_path, capsys):
+  (tmp_path / "file").write_text("x")
+  code, _, err = cli_in_process(capsys, "train", "--config", "configs/tiny.py",
+                                "--workdir", str(tmp_path / "file" / "run"))
+  assert code == 2 and "seq2seq-jax train: error: Not a directory" in err, err
