@@ -1,0 +1,162 @@
+"""Experiment tracking: learning curves from metrics.jsonl as PNG, and TensorBoard export.
+
+Every run writes metrics.jsonl; these functions only read it, so they work on a finished
+run, on a run still training, and on every trial of a sweep. PNGs are drawn with
+matplotlib's Agg canvas (no display, no pyplot state); TensorBoard event files are written
+by tensorboardX (the `tensorboard` extra; no TensorFlow needed).
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import math
+import os
+from typing import Any
+
+from seq2seq_jax.errors import UserError
+
+METRICS_FILE = "metrics.jsonl"
+SWEEP_FILE = "sweep.json"  # written by seq2seq_jax.sweep: names the trials of a sweep directory
+CURVES_PNG = "curves.png"
+TENSORBOARD_DIR = "tensorboard"
+# (metric, panel title, log scale)
+PANELS = (("train/loss", "training loss", True), ("val/loss", "validation loss", True),
+          ("val/token_accuracy", "validation token accuracy", False),
+          ("val/exact_match", "validation exact match", False))
+
+
+def read_metrics(workdir: str) -> list[dict[str, Any]]:
+  """The records of workdir/metrics.jsonl ([] if none); an unfinished last line is skipped."""
+  records = []
+  try:
+    with open(os.path.join(workdir, METRICS_FILE)) as f:
+      for line in f:
+        try:
+          records.append(json.loads(line))
+        except ValueError:
+          continue  # a line being written by a run in progress
+  except FileNotFoundError:
+    pass
+  return records
+
+
+def curves(records: list[dict[str, Any]]) -> dict[str, tuple[list[int], list[float]]]:
+  """{metric: (steps, values)}: training loss every log_every_steps (or per epoch when no
+  step was logged), validation metrics per evaluated epoch; the final summary is left out."""
+  step_records = [r for r in records if "lr" in r and "train/loss" in r]
+  epoch_records = [r for r in records if not r.get("final") and "train/epoch_seconds" in r]
+  series = {}
+  train = step_records or epoch_records
+  if train:
+    series["train/loss"] = ([r["step"] for r in train], [r["train/loss"] for r in train])
+  for metric, _, _ in PANELS[1:]:
+    points = [(r["step"], r[metric]) for r in epoch_records if metric in r]
+    if points:
+      series[metric] = ([s for s, _ in points], [v for _, v in points])
+  return series
+
+
+def plot_runs(runs: dict[str, list[dict[str, Any]]], path: str, title: str | None = None) -> str:
+  """One figure, four panels (training loss, validation loss, token accuracy, exact match
+  against step), one line per run; written to path as PNG."""
+  from matplotlib import colormaps
+  from matplotlib.figure import Figure
+  from matplotlib.ticker import FuncFormatter, NullFormatter
+
+  legend_rows = math.ceil(len(runs) / 2) if len(runs) > 1 else 0
+  figure = Figure(figsize=(11, 7.5 + 0.25 * legend_rows), layout="constrained")
+  axes = figure.subplots(2, 2)
+  palette = colormaps["tab10" if len(runs) <= 10 else "tab20"]
+  for (metric, label, log_scale), ax in zip(PANELS, axes.flat):
+    plotted = False
+    for index, (name, records) in enumerate(runs.items()):
+      steps, values = curves(records).get(metric, ([], []))
+      if steps:
+        ax.plot(steps, values, label=name, color=palette(index % palette.N), linewidth=1.5,
+                marker="o" if len(steps) <= 20 else None, markersize=3)
+        plotted = True
+    ax.set_title(label)
+    ax.set_xlabel("step")
+    ax.grid(True, alpha=0.3)
+    if not plotted:
+      ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes)
+    elif log_scale and all(v > 0 for line in ax.get_lines() for v in line.get_ydata()):
+      ax.set_yscale("log")
+      plain = FuncFormatter(lambda value, _: f"{value:g}")  # 0.5, not 5x10^-1
+      ax.yaxis.set_major_formatter(plain)
+      values = [v for line in ax.get_lines() for v in line.get_ydata()]
+      # label the minor ticks only within a decade, where no major tick may show
+      ax.yaxis.set_minor_formatter(plain if max(values) < 10 * min(values) else NullFormatter())
+    if metric == "val/exact_match":
+      ax.set_ylim(-0.02, 1.02)
+  if len(runs) > 1:
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    if not handles:
+      handles, labels = axes.flat[1].get_legend_handles_labels()
+    figure.legend(handles, labels, loc="outside lower center", ncol=2, fontsize="small",
+                  frameon=False)
+  if title:
+    figure.suptitle(title)
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  figure.savefig(path, dpi=100)
+  return path
+
+
+def _sweep_trials(workdir: str) -> list[str] | None:
+  """The trial names of a sweep directory, or None when workdir is a single run."""
+  try:
+    with open(os.path.join(workdir, SWEEP_FILE)) as f:
+      return list(json.load(f)["trials"])
+  except (OSError, ValueError, KeyError, TypeError):
+    return None
+
+
+def plot_workdir(workdir: str, out: str | None = None) -> str:
+  """workdir/curves.png (or out): a run's learning curves, or every trial's for a sweep."""
+  trials = _sweep_trials(workdir)
+  name = os.path.basename(os.path.abspath(workdir))
+  if trials is None:
+    runs = {name: read_metrics(workdir)}
+    title = f"run {name}"
+  else:
+    runs = {t: read_metrics(os.path.join(workdir, t)) for t in trials}
+    title = f"sweep {name}: {len(trials)} trial(s)"
+  runs = {k: v for k, v in runs.items() if v}
+  if not runs:
+    raise UserError(f"no {METRICS_FILE} in '{workdir}'"
+                    f"{' or its trials' if trials is not None else ''}: train first.")
+  return plot_runs(runs, out or os.path.join(workdir, CURVES_PNG), title)
+
+
+def export_tensorboard(workdir: str) -> list[str]:
+  """Writes metrics.jsonl as TensorBoard scalars into workdir/tensorboard/ (replacing an
+  earlier export); for a sweep directory, into each trial's. Returns the log directories:
+  `tensorboard --logdir WORKDIR` then shows every trial side by side."""
+  trials = _sweep_trials(workdir)
+  if trials is not None:
+    return [d for t in trials if os.path.exists(os.path.join(workdir, t, METRICS_FILE))
+            for d in export_tensorboard(os.path.join(workdir, t))]
+  try:
+    from tensorboardX import SummaryWriter
+  except ImportError:
+    raise UserError("TensorBoard files need tensorboardX (no TensorFlow): "
+                    "pip install 'seq2seq_jax[tensorboard]' or pip install tensorboardX.") from None
+  records = read_metrics(workdir)
+  if not records:
+    raise UserError(f"no {METRICS_FILE} in '{workdir}': train first.")
+  logdir = os.path.join(workdir, TENSORBOARD_DIR)
+  os.makedirs(logdir, exist_ok=True)
+  for old in glob.glob(os.path.join(logdir, "events.out.tfevents.*")):
+    os.remove(old)
+  writer = SummaryWriter(logdir)
+  for record in records:
+    prefix = "final/" if record.get("final") else ""
+    step = record.get("step") or 0
+    for key, value in record.items():
+      if key in ("step", "epoch", "final") or isinstance(value, bool):
+        continue
+      if isinstance(value, (int, float)):
+        writer.add_scalar(prefix + key, value, step)
+  writer.close()
+  return [logdir]

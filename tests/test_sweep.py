@@ -1,0 +1,303 @@
+"""Sweeps: declaration, resumable runs, vectorised == sequential, results tables, plots."""
+
+import csv
+import dataclasses
+import json
+import os
+import shutil
+import struct
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from seq2seq_jax import sweep as sweep_lib
+from seq2seq_jax import tracking
+from seq2seq_jax.config import Config
+from seq2seq_jax.errors import UserError
+from seq2seq_jax.train import TrainingInterrupted, load_trained
+from tests.conftest import ROOT, run_cli
+
+SWEEP_TINY = os.path.join(ROOT, "configs", "sweep_tiny.py")
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# Numbers that depend on the trained values (not on timing).
+COMPARED = ("train/loss", "train/token_accuracy", "grad_norm", "lr", "val/loss",
+            "val/token_accuracy", "val/exact_match", "test/loss", "test/token_accuracy")
+
+
+def assert_png(path):
+  with open(path, "rb") as f:
+    head = f.read(24)
+  assert head[:8] == PNG_SIGNATURE, path
+  width, height = struct.unpack(">II", head[16:24])
+  assert width >= 600 and height >= 400
+
+
+def file_times(directory):
+  return {os.path.join(root, name): os.stat(os.path.join(root, name)).st_mtime_ns
+          for root, _, names in os.walk(directory) for name in names}
+
+
+def assert_same_run(dir_a, dir_b, rtol):
+  """Every logged metric of two runs agrees within rtol, step by step."""
+  records_a, records_b = tracking.read_metrics(dir_a), tracking.read_metrics(dir_b)
+  assert len(records_a) == len(records_b) > 0
+  for a, b in zip(records_a, records_b):
+    assert a["step"] == b["step"]
+    for key in COMPARED:
+      assert (key in a) == (key in b), key
+      if key in a:
+        np.testing.assert_allclose(a[key], b[key], rtol=rtol, atol=1e-6, err_msg=f"{key} @ {a['step']}")
+
+
+# ---------------------------------------------------------------------------
+# Declaration
+# ---------------------------------------------------------------------------
+
+def test_grid_random_and_list_declarations():
+  base = Config()
+  grid = sweep_lib.make_sweep(base, {"grid": {"learning_rate": [1e-3, 3e-3], "seed": [0, 1]}})
+  assert [t.name for t in grid.trials] == [
+      "learning_rate=0.001,seed=0", "learning_rate=0.001,seed=1",
+      "learning_rate=0.003,seed=0", "learning_rate=0.003,seed=1"]
+  assert grid.trials[3].config.learning_rate == 3e-3 and grid.trials[3].config.seed == 1
+  assert grid.trials[3].config.latent_dim == base.latent_dim
+  assert (grid.metric, grid.mode, grid.vectorize) == ("val/exact_match", "max", False)
+
+  spec = {"random": {"learning_rate": ("log_uniform", 1e-4, 1e-2), "dropout": [0.0, 0.1],
+                     "num_layers": ("int", 1, 3)}, "num_trials": 5, "seed": 3,
+          "metric": "val/loss"}
+  drawn = sweep_lib.make_sweep(base, spec)
+  assert [t.name for t in drawn.trials] == [t.name for t in sweep_lib.make_sweep(base, spec).trials]
+  assert drawn.mode == "min"
+  for trial in drawn.trials:
+    assert 1e-4 <= trial.config.learning_rate <= 1e-2
+    assert trial.config.dropout in (0.0, 0.1) and trial.config.num_layers in (1, 2, 3)
+    assert float(f"{trial.config.learning_rate:.3g}") == trial.config.learning_rate
+
+  listed = sweep_lib.make_sweep(base, {"trials": [{"data": "tsv:/tmp/a b.tsv"}, {"latent_dim": 64}]})
+  assert [t.name for t in listed.trials] == ["data=tsv__tmp_a_b.tsv", "latent_dim=64"]
+
+
+def test_declaration_errors_name_the_problem():
+  with pytest.raises(UserError, match="Did you mean learning_rate"):
+    sweep_lib.make_sweep(Config(), {"grid": {"learning_rat": [1e-3]}})
+  with pytest.raises(UserError, match="exactly one of"):
+    sweep_lib.make_sweep(Config(), {"grid": {"seed": [0]}, "trials": [{}]})
+  with pytest.raises(UserError, match="non-empty list"):
+    sweep_lib.make_sweep(Config(), {"grid": {"seed": 0}})
+  with pytest.raises(UserError, match="must be in"):
+    sweep_lib.make_sweep(Config(), {"grid": {"dropout": [0.5, 1.5]}})
+  with pytest.raises(UserError, match="swept by"):
+    sweep_lib.load_sweep(SWEEP_TINY, ["learning_rate=0.1"])
+  with pytest.raises(UserError, match="no get_sweep"):
+    sweep_lib.load_sweep(os.path.join(ROOT, "configs", "tiny.py"))
+
+
+def test_only_shape_free_values_share_a_program():
+  base = Config()
+  key = lambda **kw: sweep_lib.vmap_group_key(dataclasses.replace(base, **kw))
+  assert key(learning_rate=1e-2, dropout=0.3, rmsprop_decay=0.95, clip_norm=5.0) == key()
+  assert key(latent_dim=64) != key()
+  assert key(num_layers=2) != key()
+  assert key(seed=1) != key()  # a seed also draws the data and its order
+  assert key(clip_norm=0.0) != key()  # no clipping: another optimizer state
+
+
+# ---------------------------------------------------------------------------
+# The vectorised step
+# ---------------------------------------------------------------------------
+
+def test_dropout_at_a_traced_rate_equals_flax_dropout():
+  class Net(nn.Module):
+    rate: float
+
+    @nn.compact
+    def __call__(self, x):
+      drop = nn.Dropout(self.rate)
+      return drop(nn.Dense(8)(drop(x, deterministic=False)), deterministic=False)
+
+  x = jax.random.normal(jax.random.key(0), (4, 8))
+  params = Net(0.0).init(jax.random.key(1), x)
+  rngs = {"dropout": jax.random.key(2)}
+  for rate in (0.0, 0.3):
+    expected = Net(rate).apply(params, x, rngs=rngs)
+    with sweep_lib.dropout_keep_prob(jnp.float32(1.0 - rate)):
+      got = Net(0.5).apply(params, x, rngs=rngs)  # the static rate is overridden
+    np.testing.assert_array_equal(got, expected)
+
+
+def test_optimizer_with_array_hyperparameters_equals_build_optimizer():
+  """learning_rate, rmsprop_decay and clip_norm as per-trial arrays under vmap."""
+  from seq2seq_jax.optim import build_optimizer, build_optimizer_with
+
+  base = Config(lr_schedule="cosine", warmup_steps=2, lr_end_fraction=0.1)
+  configs = [dataclasses.replace(base, learning_rate=1e-2, rmsprop_decay=0.8, clip_norm=0.5),
+             dataclasses.replace(base, learning_rate=3e-3, rmsprop_decay=0.95, clip_norm=20.0)]
+  params = {"w": jnp.array([0.5, -1.0, 2.0]), "b": jnp.array([0.1])}
+  grads = [{"w": jnp.array([0.1, -0.2, 3.0]) * k, "b": jnp.array([-1.0]) * k} for k in (1, 2, 3)]
+  hyper = {key: jnp.array([getattr(c, key) for c in configs], jnp.float32)
+           for key in ("learning_rate", "rmsprop_decay", "clip_norm")}
+
+  def run(tx, params):
+    state = tx.init(params)
+    for g in grads:
+      updates, state = tx.update(g, state, params)
+      params = jax.tree.map(lambda p, u: p + u, params, updates)
+    return params, state
+
+  vmapped, vmapped_states = jax.vmap(
+      lambda h: run(build_optimizer_with(base, 10, **h), params))(hyper)
+  for i, config in enumerate(configs):
+    expected, state = run(build_optimizer(config, 10), params)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a[i], b, rtol=1e-6), vmapped, expected)
+    assert jax.tree.structure(state) == jax.tree.structure(
+        jax.tree.map(lambda x: x[i], vmapped_states))  # checkpoints restore either way
+
+
+# ---------------------------------------------------------------------------
+# A whole sweep: configs/sweep_tiny.py
+# ---------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def swept(tmp_path_factory):
+  """configs/sweep_tiny.py interrupted at step 3 (in-process), then finished by the CLI."""
+  workdir = str(tmp_path_factory.mktemp("sweep") / "tiny")
+  sweep = sweep_lib.load_sweep(SWEEP_TINY)
+  with pytest.raises(TrainingInterrupted):
+    sweep_lib.run_sweep(sweep, workdir, progress=False, stop_after_step=3)
+  for trial in sweep.trials:
+    assert sweep_lib.trial_status(os.path.join(workdir, trial.name)) == "started"
+  result = run_cli("sweep", "--config", SWEEP_TINY, "--workdir", workdir)
+  assert result.returncode == 0, result.stdout + result.stderr
+  assert "resumed 4 trials from checkpoint 3" in result.stdout
+  return sweep, workdir, result.stdout
+
+
+def test_sweep_writes_one_workdir_per_trial_and_tables(swept):
+  sweep, workdir, stdout = swept
+  assert len(sweep.trials) == 4 and sweep.vectorize
+  with open(os.path.join(workdir, "results.csv")) as f:
+    rows = list(csv.DictReader(f))
+  assert sorted(r["trial"] for r in rows) == sorted(t.name for t in sweep.trials)
+  for row in rows:
+    trial = next(t for t in sweep.trials if t.name == row["trial"])
+    assert float(row["learning_rate"]) == trial.config.learning_rate
+    assert float(row["dropout"]) == trial.config.dropout
+    assert int(row["steps"]) == 14 and row["vmap_trials"] == "4" and row["status"] == "done"
+    assert float(row["wall_seconds"]) > 0 and float(row["samples_per_sec"]) > 0
+    records = tracking.read_metrics(os.path.join(workdir, row["trial"]))
+    val = [r["val/token_accuracy"] for r in records if "train/epoch_seconds" in r]
+    assert float(row["final_val_token_accuracy"]) == pytest.approx(val[-1])
+    assert float(row["best_val_token_accuracy"]) == pytest.approx(max(val))
+  best = [float(r["best_val_token_accuracy"]) for r in rows]
+  assert best == sorted(best, reverse=True)  # sorted by the sweep's metric, best first
+  with open(os.path.join(workdir, "results.md")) as f:
+    table = [line for line in f if line.startswith("| learning_rate=")]
+  assert [line.split(" | ")[0][2:] for line in table] == [r["trial"] for r in rows]
+  assert "| trial | learning_rate | dropout |" in stdout  # the table is printed too
+  assert_png(os.path.join(workdir, "curves.png"))
+
+
+def test_vectorised_trial_equals_its_sequential_run(swept, tmp_path):
+  """The trial furthest from the group's first config, alone and without vmap."""
+  sweep, workdir, _ = swept
+  trial = sweep.trials[-1]
+  assert (trial.config.learning_rate, trial.config.dropout) == (1e-2, 0.2)
+  sequential = str(tmp_path / "sequential")
+  sweep_lib.run_sweep(dataclasses.replace(sweep, trials=[trial]), sequential, vectorize=False,
+                      progress=False)
+  with open(os.path.join(sequential, trial.name, "trial.json")) as f:
+    assert json.load(f)["vmap_trials"] == 1
+  assert_same_run(os.path.join(workdir, trial.name), os.path.join(sequential, trial.name), 1e-4)
+
+
+def test_rerunning_a_finished_sweep_redoes_nothing(swept):
+  _, workdir, _ = swept
+  before = file_times(workdir)
+  result = run_cli("sweep", "--config", SWEEP_TINY, "--workdir", workdir)
+  assert result.returncode == 0, result.stderr
+  assert "4 done, 0 to run" in result.stdout
+  after = file_times(workdir)
+  assert before.keys() == after.keys()
+  changed = [p for p in before if before[p] != after[p]]
+  assert all(os.path.dirname(p) == workdir for p in changed), changed  # only the tables
+
+
+def test_a_trial_workdir_translates_and_plots(swept, tmp_path):
+  sweep, workdir, _ = swept
+  trial_dir = os.path.join(workdir, sweep.trials[0].name)
+  task, params, _ = load_trained(trial_dir)
+  expected = task.translate(params, ["twelve", "three hundred and five"])
+  result = run_cli("translate", "--workdir", trial_dir, "twelve", "three hundred and five")
+  assert result.returncode == 0, result.stderr
+  assert result.stdout.splitlines() == expected
+  out = str(tmp_path / "run.png")
+  plotted = run_cli("plot", "--workdir", trial_dir, "--out", out)
+  assert plotted.returncode == 0, plotted.stderr
+  assert plotted.stdout.strip() == out
+  assert_png(out)
+  sweep_png = tracking.plot_workdir(workdir, str(tmp_path / "sweep.png"))  # a sweep: every trial
+  assert_png(sweep_png)
+
+
+def test_interrupted_sweep_continues_only_unfinished_trials(swept, tmp_path):
+  sweep, finished, _ = swept
+  workdir = str(tmp_path / "copy")
+  shutil.copytree(finished, workdir)
+  unfinished = [sweep.trials[1].name, sweep.trials[2].name]
+  for name in unfinished:
+    os.remove(os.path.join(workdir, name, "results.json"))
+  before = file_times(workdir)
+  sweep_lib.run_sweep(sweep, workdir, progress=False)
+  after = file_times(workdir)
+  for path, mtime in before.items():
+    trial = os.path.relpath(path, workdir).split(os.sep)[0]
+    if trial not in unfinished and os.path.dirname(path) != workdir:
+      assert after[path] == mtime, path  # finished trials untouched
+  for name in unfinished:
+    with open(os.path.join(finished, name, "results.json")) as f:
+      expected = json.load(f)
+    with open(os.path.join(workdir, name, "results.json")) as f:
+      assert json.load(f) == pytest.approx(expected, rel=1e-6)
+
+
+def test_a_diverging_trial_is_recorded_and_the_others_go_on(tmp_path):
+  base = sweep_lib.load_sweep(SWEEP_TINY).base
+  base = dataclasses.replace(base, num_epochs=1, latent_dim=8, embed_dim=4, attention="none",
+                             lr_schedule="constant", log_every_steps=1, numbers_train=64,
+                             numbers_val=4, numbers_test=4)
+  sweep = sweep_lib.make_sweep(base, {"grid": {"learning_rate": [1e-3, 1e30]},
+                                      "metric": "val/loss", "vectorize": True})
+  rows = sweep_lib.run_sweep(sweep, str(tmp_path), progress=False)
+  assert [(r["trial"], r["status"]) for r in rows] == [
+      ("learning_rate=0.001", "done"), ("learning_rate=1e+30", "failed")]
+  diverged = str(tmp_path / "learning_rate=1e+30")
+  with open(os.path.join(diverged, "trial.json")) as f:
+    assert "loss is nan" in json.load(f)["error"]
+  assert sweep_lib.trial_status(diverged) == "failed"  # not retried by the next run
+  assert not os.path.exists(os.path.join(diverged, "results.json"))
+
+
+def test_tensorboard_export_round_trips(swept):
+  pytest.importorskip("tensorboardX")
+  from tensorboardX.proto import event_pb2
+
+  sweep, workdir, _ = swept
+  trial_dir = os.path.join(workdir, sweep.trials[0].name)
+  (logdir,) = tracking.export_tensorboard(trial_dir)
+  (events,) = [f for f in os.listdir(logdir) if f.startswith("events.out.tfevents")]
+  scalars = {}
+  with open(os.path.join(logdir, events), "rb") as f:
+    while header := f.read(12):
+      (length,) = struct.unpack("<Q", header[:8])
+      event = event_pb2.Event.FromString(f.read(length))
+      f.read(4)
+      for value in event.summary.value:
+        scalars[(value.tag, event.step)] = value.simple_value
+  for record in tracking.read_metrics(trial_dir):
+    if "val/loss" in record and not record.get("final"):
+      assert scalars[("val/loss", record["step"])] == pytest.approx(record["val/loss"], rel=1e-6)
+  assert any(tag == "final/test/loss" for tag, _ in scalars)
