@@ -67,9 +67,10 @@ def _translate_decoder(args, task):
                                              ("--top-k", args.top_k), ("--seed", args.seed))
                     if value is not None]
   if sampling_flags and not args.sample:
-    raise UserError(f"{', '.join(sampling_flags)} only apply with --sample.")
+    raise UserError(f"{', '.join(sampling_flags)} {'need' if len(sampling_flags) > 1 else 'needs'} "
+                    "--sample.")
   if args.length_penalty is not None and args.beam is None:
-    raise UserError("--length-penalty only applies with --beam N.")
+    raise UserError("--length-penalty needs --beam N.")
   if args.beam is not None:
     alpha = 0.6 if args.length_penalty is None else args.length_penalty
     return make_beam_decoder(task.model, task.decode_max_len, args.beam, alpha)

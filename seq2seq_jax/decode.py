@@ -1,4 +1,5 @@
-"""Greedy decoding: one jitted `lax.scan` over output steps carrying (h, c)."""
+"""Decoding: greedy (one jitted `lax.scan` over output steps carrying (h, c)), beam
+search (one jitted `lax.while_loop` over fixed-shape B x K beams) and sampling."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from seq2seq_jax.errors import UserError
 from seq2seq_jax.model import Seq2Seq
 from seq2seq_jax.vocab import END_ID, PAD_ID, START_ID, Vocab
 
@@ -42,6 +44,155 @@ def greedy_decode(params: Any, src_BxS: jax.Array, *, model: Seq2Seq, max_len: i
 def make_greedy_decoder(model: Seq2Seq, max_len: int) -> Callable[[Any, jax.Array], jax.Array]:
   """greedy_decode compiled for one model and output length."""
   return jax.jit(functools.partial(greedy_decode, model=model, max_len=max_len))
+
+
+def gnmt_length_penalty(length: jax.Array, alpha: float) -> jax.Array:
+  """GNMT's ((5 + length) / 6) ** alpha (Wu et al. 2016); alpha 0 ranks by plain log-prob."""
+  return ((5.0 + length.astype(jnp.float32)) / 6.0) ** alpha
+
+
+def _check_beam_model(model: Seq2Seq) -> None:
+  if model.config.decoder_input != "previous":
+    raise UserError("beam search needs a decoder fed its previous token "
+                    "(decoder_input=previous); a decoder_input=repeat model's steps do not "
+                    "depend on earlier outputs, so its greedy output is already the best.")
+
+
+def beam_search(params: Any, src_BxS: jax.Array, *, model: Seq2Seq, max_len: int,
+                beam_size: int, length_penalty: float = 0.6, return_scores: bool = False):
+  """Beam search with K = beam_size fixed-shape beams per sentence: ids_BxL of the best
+  hypothesis, END then PAD (with return_scores, also its score_B).
+
+  A hypothesis' score is its log-probability divided by gnmt_length_penalty(length,
+  length_penalty), length counting END. Candidates are ranked by that score at every
+  step; a finished hypothesis stays in its beam and extends only with PAD at zero cost,
+  so it competes with the live ones until the end. The loop stops when every beam of
+  every sentence has finished (or after max_len steps); each sentence's result depends
+  only on its own rows, never on the batch. beam_size 1 is greedy_decode.
+  """
+  _check_beam_model(model)
+  variables = {"params": params}
+  batch, K = src_BxS.shape[0], beam_size
+  carries, enc_BxSxH, mask_BxS = model.apply(variables, src_BxS, method=Seq2Seq.encode)
+  state = model.apply(variables, carries, method=Seq2Seq.initial_decoder_state)
+  # row b * K + k of every tiled array is beam k of sentence b
+  state, enc_BKxSxH, mask_BKxS = jax.tree.map(lambda x: jnp.repeat(x, K, axis=0),
+                                              (state, enc_BxSxH, mask_BxS))
+  vocab = model.tgt_vocab_size
+  pad_only_V = jnp.where(jnp.arange(vocab) == PAD_ID, 0.0, -jnp.inf)
+  beam_rows_Bx1 = jnp.arange(batch)[:, None] * K
+
+  def body(loop):
+    t, state, ids_BxKxL, logp_BxK, length_BxK, finished_BxK = loop
+    prev_BK = jnp.where(t == 0, START_ID, ids_BxKxL[:, :, jnp.maximum(t - 1, 0)].reshape(-1))
+    state, logits_BKxV = model.apply(variables, state, enc_BKxSxH, mask_BKxS, prev_BK,
+                                     method=Seq2Seq.decode_step)
+    logprobs_BxKxV = jax.nn.log_softmax(logits_BKxV, axis=-1).reshape(batch, K, vocab)
+    logprobs_BxKxV = jnp.where(finished_BxK[:, :, None], pad_only_V, logprobs_BxKxV)
+    cand_logp_BxKV = (logp_BxK[:, :, None] + logprobs_BxKxV).reshape(batch, K * vocab)
+    cand_length_BxK = jnp.where(finished_BxK, length_BxK, t + 1)
+    cand_score_BxKV = cand_logp_BxKV / jnp.repeat(
+        gnmt_length_penalty(cand_length_BxK, length_penalty), vocab, axis=1)
+    _, top_BxK = jax.lax.top_k(cand_score_BxKV, K)
+    parent_BxK, token_BxK = top_BxK // vocab, (top_BxK % vocab).astype(jnp.int32)
+    logp_BxK = jnp.take_along_axis(cand_logp_BxKV, top_BxK, axis=1)
+    length_BxK = jnp.take_along_axis(cand_length_BxK, parent_BxK, axis=1)
+    finished_BxK = jnp.take_along_axis(finished_BxK, parent_BxK, axis=1) | (token_BxK == END_ID)
+    ids_BxKxL = jnp.take_along_axis(ids_BxKxL, parent_BxK[:, :, None], axis=1)
+    ids_BxKxL = jax.lax.dynamic_update_slice_in_dim(ids_BxKxL, token_BxK[:, :, None], t, axis=2)
+    state = jax.tree.map(lambda x: x[(beam_rows_Bx1 + parent_BxK).reshape(-1)], state)
+    return t + 1, state, ids_BxKxL, logp_BxK, length_BxK, finished_BxK
+
+  def not_done(loop):
+    t, *_, finished_BxK = loop
+    return (t < max_len) & ~jnp.all(finished_BxK)
+
+  # only beam 0 is alive at first, so the K first candidates are K different tokens
+  logp_BxK = jnp.tile(jnp.where(jnp.arange(K) == 0, 0.0, -jnp.inf), (batch, 1))
+  loop = (jnp.zeros((), jnp.int32), state, jnp.full((batch, K, max_len), PAD_ID, jnp.int32),
+          logp_BxK, jnp.zeros((batch, K), jnp.int32), jnp.zeros((batch, K), bool))
+  _, _, ids_BxKxL, logp_BxK, length_BxK, _ = jax.lax.while_loop(not_done, body, loop)
+  score_BxK = logp_BxK / gnmt_length_penalty(jnp.maximum(length_BxK, 1), length_penalty)
+  best_B = jnp.argmax(score_BxK, axis=1)
+  ids_BxL = jnp.take_along_axis(ids_BxKxL, best_B[:, None, None], axis=1)[:, 0]
+  if return_scores:
+    return ids_BxL, jnp.take_along_axis(score_BxK, best_B[:, None], axis=1)[:, 0]
+  return ids_BxL
+
+
+def make_beam_decoder(model: Seq2Seq, max_len: int, beam_size: int,
+                      length_penalty: float = 0.6) -> Callable[[Any, jax.Array], jax.Array]:
+  """beam_search compiled for one model, output length, beam size and length penalty."""
+  _check_beam_model(model)  # now, not at the first batch
+  if beam_size < 1:
+    raise UserError(f"beam size must be at least 1, got {beam_size}.")
+  return jax.jit(functools.partial(beam_search, model=model, max_len=max_len,
+                                   beam_size=beam_size, length_penalty=length_penalty))
+
+
+def _sample_token(logits_BxV: jax.Array, key: jax.Array, temperature: float,
+                  top_k: int) -> jax.Array:
+  """A token per row from softmax(logits / temperature) restricted to the top_k ids
+  (top_k 0: all); temperature 0 is argmax."""
+  if temperature == 0.0:
+    return jnp.argmax(logits_BxV, axis=-1).astype(jnp.int32)
+  logits_BxV = logits_BxV / temperature
+  if 0 < top_k < logits_BxV.shape[-1]:
+    kth_Bx1 = jax.lax.top_k(logits_BxV, top_k)[0][..., -1:]
+    logits_BxV = jnp.where(logits_BxV < kth_Bx1, -jnp.inf, logits_BxV)
+  return jax.random.categorical(key, logits_BxV, axis=-1).astype(jnp.int32)
+
+
+def sample_decode(params: Any, src_BxS: jax.Array, rng: jax.Array, *, model: Seq2Seq,
+                  max_len: int, temperature: float = 1.0, top_k: int = 0) -> jax.Array:
+  """Ancestral sampling of max_len steps: ids_BxL, END then PAD once a row has ended.
+
+  Step t draws with jax.random.fold_in(rng, t): the same rng gives the same output for the
+  same batch. temperature -> 0 and top_k=1 approach greedy_decode (temperature 0 is it).
+  """
+  if temperature < 0:
+    raise UserError(f"temperature must not be negative, got {temperature}.")
+  variables = {"params": params}
+  if model.config.decoder_input == "repeat":  # steps are independent given the source
+    placeholder_BxL = jnp.zeros((src_BxS.shape[0], max_len), jnp.int32)
+    logits_BxLxV = model.apply(variables, src_BxS, placeholder_BxL)
+    ids_BxL = _sample_token(logits_BxLxV, rng, temperature, top_k)
+    ended_BxL = jnp.cumsum(ids_BxL == END_ID, axis=1) - (ids_BxL == END_ID) > 0
+    return jnp.where(ended_BxL, PAD_ID, ids_BxL)
+  carries, enc_BxSxH, mask_BxS = model.apply(variables, src_BxS, method=Seq2Seq.encode)
+  batch = src_BxS.shape[0]
+
+  def step(carry, t):
+    state, prev_B, done_B = carry
+    state, logits_BxV = model.apply(variables, state, enc_BxSxH, mask_BxS, prev_B,
+                                    method=Seq2Seq.decode_step)
+    drawn_B = _sample_token(logits_BxV, jax.random.fold_in(rng, t), temperature, top_k)
+    next_B = jnp.where(done_B, PAD_ID, drawn_B)
+    done_B = done_B | (next_B == END_ID)
+    return (state, next_B, done_B), next_B
+
+  state = model.apply(variables, carries, method=Seq2Seq.initial_decoder_state)
+  start_B = jnp.full((batch,), START_ID, jnp.int32)
+  done_B = jnp.zeros((batch,), bool)
+  _, ids_LxB = jax.lax.scan(step, (state, start_B, done_B), jnp.arange(max_len))
+  return ids_LxB.T
+
+
+def make_sample_decoder(model: Seq2Seq, max_len: int, temperature: float = 1.0, top_k: int = 0,
+                        seed: int = 0) -> Callable[[Any, jax.Array], jax.Array]:
+  """sample_decode compiled once; call n draws with fold_in(key(seed), n), so a run with
+  the same seed, inputs and batch size gives the same samples."""
+  sample = jax.jit(functools.partial(sample_decode, model=model, max_len=max_len,
+                                     temperature=temperature, top_k=top_k))
+  base_rng = jax.random.key(seed)
+  calls = [0]
+
+  def decoder(params: Any, src_BxS: jax.Array) -> jax.Array:
+    rng = jax.random.fold_in(base_rng, calls[0])
+    calls[0] += 1
+    return sample(params, src_BxS, rng)
+
+  return decoder
 
 
 def decode_texts(decoder, params: Any, src_NxS: np.ndarray, tgt_vocab: Vocab,

@@ -6,6 +6,10 @@ reset_after=True): kernel in x 3H, recurrent_kernel H x 3H, bias 2 x 3H (input,
 recurrent), gates z, r, h, carry `(h,)`. So Keras weights load without
 reordering. The input projection of a whole sequence is one matmul; only the
 recurrent matmul runs inside `lax.scan`.
+
+Variants, all configuration of one module: attention none | dot | general (Luong) |
+additive (Bahdanau's score), with or without input feeding; a bidirectional encoder;
+LSTM or GRU cells; stacked layers with dropout between them.
 """
 
 from __future__ import annotations
@@ -129,15 +133,44 @@ class RecurrentLayer(nn.Module):
 LSTMLayer = RecurrentLayer  # the name used by Keras users
 
 
+def attentional_vector(scores_BxTxS: jax.Array, h_BxTxH: jax.Array, enc_BxSxH: jax.Array,
+                       mask_BxS: jax.Array, combine_kernel_2HxH: jax.Array) -> jax.Array:
+  """tanh(W_c [context; h]) with context the softmax(scores)-weighted encoder outputs,
+  source padding masked."""
+  scores_BxTxS = jnp.where(mask_BxS[:, None, :], scores_BxTxS, NEG_INF)
+  weights_BxTxS = jax.nn.softmax(scores_BxTxS, axis=-1)
+  context_BxTxH = jnp.einsum("bts,bsh->bth", weights_BxTxS, enc_BxSxH)
+  return jnp.tanh(jnp.concatenate([context_BxTxH, h_BxTxH], -1) @ combine_kernel_2HxH)
+
+
 def luong_attention(h_BxTxH: jax.Array, enc_BxSxH: jax.Array, mask_BxS: jax.Array,
                     query_kernel_HxH: jax.Array | None, combine_kernel_2HxH: jax.Array) -> jax.Array:
   """Luong attention: tanh(W_c [context; h]), scores h W_q e ("general") or h e ("dot")."""
   query_BxTxH = h_BxTxH if query_kernel_HxH is None else h_BxTxH @ query_kernel_HxH
   scores_BxTxS = jnp.einsum("bth,bsh->bts", query_BxTxH, enc_BxSxH)
-  scores_BxTxS = jnp.where(mask_BxS[:, None, :], scores_BxTxS, NEG_INF)
-  weights_BxTxS = jax.nn.softmax(scores_BxTxS, axis=-1)
-  context_BxTxH = jnp.einsum("bts,bsh->bth", weights_BxTxS, enc_BxSxH)
-  return jnp.tanh(jnp.concatenate([context_BxTxH, h_BxTxH], -1) @ combine_kernel_2HxH)
+  return attentional_vector(scores_BxTxS, h_BxTxH, enc_BxSxH, mask_BxS, combine_kernel_2HxH)
+
+
+def additive_attention(h_BxTxH: jax.Array, keys_BxSxA: jax.Array, enc_BxSxH: jax.Array,
+                       mask_BxS: jax.Array, query_kernel_HxA: jax.Array, score_A: jax.Array,
+                       combine_kernel_2HxH: jax.Array) -> jax.Array:
+  """Bahdanau's additive score v^T tanh(W_q h + W_k e), keys = e W_k precomputed once per
+  source; the attentional vector tanh(W_c [context; h]) as Luong's."""
+  query_BxTxA = h_BxTxH @ query_kernel_HxA
+  hidden_BxTxSxA = jnp.tanh(query_BxTxA[:, :, None, :] + keys_BxSxA[:, None, :, :])
+  scores_BxTxS = hidden_BxTxSxA @ score_A
+  return attentional_vector(scores_BxTxS, h_BxTxH, enc_BxSxH, mask_BxS, combine_kernel_2HxH)
+
+
+def reverse_valid_steps(x_BxS: jax.Array, mask_BxS: jax.Array) -> jax.Array:
+  """Each row's unmasked (leading) steps in reverse order, padding left in place; x is
+  BxS ids or BxSxF features. Its own inverse."""
+  length_Bx1 = mask_BxS.sum(axis=1, keepdims=True)
+  t_1xS = jnp.arange(x_BxS.shape[1])[None, :]
+  index_BxS = jnp.where(t_1xS < length_Bx1, length_Bx1 - 1 - t_1xS, t_1xS)
+  if x_BxS.ndim == 3:
+    index_BxS = index_BxS[:, :, None]
+  return jnp.take_along_axis(x_BxS, index_BxS, axis=1)
 
 
 # The decoder's recurrent state: (carry per layer, attentional vector fed back at the next step).
@@ -148,6 +181,12 @@ class Seq2Seq(nn.Module):
   """Encoder stack whose final state seeds the decoder stack (decoder_input="previous"),
   or whose final top-layer h is repeated as the decoder's input at every step
   (decoder_input="repeat", the RepeatVector encoder-decoder).
+
+  bidirectional_encoder: every encoder layer k gets a backward twin
+  (encoder_backward_{cell}_k) reading each sentence's characters last to first; layer k+1
+  reads both directions' outputs concatenated (2H). Decoder layer k starts from
+  encoder_bridge_k_{h,c}([forward; backward] final state), a linear Dense 2H -> H per
+  carry part; attention reads the top outputs through encoder_outputs_proj (Dense 2H -> H).
 
   input_mode "real": sources are float features BxSxF (time series) and the output
   layer is linear over tgt_vocab_size target features.
@@ -167,19 +206,34 @@ class Seq2Seq(nn.Module):
       if not self.repeat:
         self.tgt_embed = nn.Embed(self.tgt_vocab_size, cfg.embed_dim, name="tgt_embed")
 
-    def stack(prefix: str, first_in: int, first_onehot: bool, feed_dim: int = 0):
-      return [RecurrentLayer(H, first_in if k == 0 else H, cfg.cell,
+    glorot = nn.initializers.glorot_uniform()
+
+    def stack(prefix: str, first_in: int, first_onehot: bool, feed_dim: int = 0, rest_in: int = H):
+      return [RecurrentLayer(H, first_in if k == 0 else rest_in, cfg.cell,
                              onehot=first_onehot and k == 0, feed_dim=feed_dim if k == 0 else 0,
                              name=f"{prefix}_{cfg.cell}_{k}")
               for k in range(cfg.num_layers)]
     src_in = {"onehot": self.src_vocab_size, "embed": cfg.embed_dim,
               "real": self.src_vocab_size}[cfg.input_mode]
     tgt_in = H if self.repeat else (self.tgt_vocab_size if onehot else cfg.embed_dim)
-    self.encoder = stack("encoder", src_in, onehot)
+    self.bidirectional = cfg.bidirectional_encoder
+    encoder_out = 2 * H if self.bidirectional else H
+    self.encoder = stack("encoder", src_in, onehot, rest_in=encoder_out)
+    if self.bidirectional:
+      self.encoder_backward = stack("encoder_backward", src_in, onehot, rest_in=encoder_out)
+      carry_parts = ("h", "c") if cfg.cell == "lstm" else ("h",)
+      self.encoder_bridges = [[nn.Dense(H, kernel_init=glorot, name=f"encoder_bridge_{k}_{part}")
+                               for part in carry_parts] for k in range(cfg.num_layers)]
+      if cfg.attention != "none":
+        self.encoder_outputs_proj = nn.Dense(H, kernel_init=glorot, name="encoder_outputs_proj")
     self.decoder = stack("decoder", tgt_in, onehot and not self.repeat, H if self.feeding else 0)
-    glorot = nn.initializers.glorot_uniform()
     if cfg.attention == "general":
       self.attention_query = self.param("attention_query", glorot, (H, H))
+    if cfg.attention == "additive":
+      self.additive_query = self.param("additive_query", glorot, (H, H))
+      self.additive_key = self.param("additive_key", glorot, (H, H))
+      self.additive_score = self.param("additive_score", nn.initializers.glorot_uniform(
+          in_axis=0, out_axis=()), (H,))
     if cfg.attention != "none":
       self.attention_combine = self.param("attention_combine", glorot, (2 * H, H))
     self.output_dense = nn.Dense(self.tgt_vocab_size, kernel_init=glorot, name="output_dense")
@@ -187,25 +241,36 @@ class Seq2Seq(nn.Module):
 
   # -- encoder -----------------------------------------------------------------
   def encode(self, src_BxS: jax.Array, train: bool = False) -> tuple[list[Carry], jax.Array, jax.Array]:
-    """Returns (final carry per layer, encoder outputs BxSxH, source mask BxS)."""
+    """Returns (final carry per layer, encoder outputs BxSxH, source mask BxS).
+
+    A bidirectional encoder without attention returns its outputs BxSx2H (nothing reads them).
+    """
     if self.config.input_mode == "real":  # BxSxF features, never padded
       mask_BxS = jnp.ones(src_BxS.shape[:2], bool)
     else:
       mask_BxS = src_BxS != PAD_ID
     if self.config.reverse_source:
-      length_Bx1 = mask_BxS.sum(axis=1, keepdims=True)
-      t_1xS = jnp.arange(src_BxS.shape[1])[None, :]
-      index_BxS = jnp.where(t_1xS < length_Bx1, length_Bx1 - 1 - t_1xS, t_1xS)
-      if src_BxS.ndim == 3:
-        index_BxS = index_BxS[:, :, None]
-      src_BxS = jnp.take_along_axis(src_BxS, index_BxS, axis=1)
+      src_BxS = reverse_valid_steps(src_BxS, mask_BxS)
     x = self.src_embed(src_BxS) if self.config.input_mode == "embed" else src_BxS
     carries = []
     for k, layer in enumerate(self.encoder):
       if k > 0 or self.config.input_mode == "embed":
         x = self.dropout(x, deterministic=not train)
-      carry, x = layer(x, layer.zero_carry(src_BxS.shape[0]), mask_BxS)
-      carries.append(carry)
+      zero_carry = layer.zero_carry(src_BxS.shape[0])
+      carry, forward_BxSxH = layer(x, zero_carry, mask_BxS)
+      if not self.bidirectional:
+        carries.append(carry)
+        x = forward_BxSxH
+        continue
+      # the backward layer reads each sentence's real steps reversed, so padding never
+      # enters its state; its outputs are put back in source order
+      backward_carry, backward_rev_BxSxH = self.encoder_backward[k](
+          reverse_valid_steps(x, mask_BxS), zero_carry, mask_BxS)
+      carries.append(tuple(bridge(jnp.concatenate([f, b], -1)) for bridge, f, b in
+                           zip(self.encoder_bridges[k], carry, backward_carry)))
+      x = jnp.concatenate([forward_BxSxH, reverse_valid_steps(backward_rev_BxSxH, mask_BxS)], -1)
+    if self.bidirectional and self.config.attention != "none":
+      x = self.encoder_outputs_proj(x)
     return carries, x, mask_BxS
 
   # -- decoder -----------------------------------------------------------------
@@ -213,11 +278,28 @@ class Seq2Seq(nn.Module):
     """The encoder's final state per layer, and a zero attentional vector."""
     return list(carries), jnp.zeros_like(carries[-1][0])
 
+  def _attention_fn(self, enc_BxSxH, mask_BxS) -> Callable[[jax.Array], jax.Array] | None:
+    """A pure h_BxTxH -> attentional vectors BxTxH over this source (None: no attention);
+    parameters and the additive keys are computed once, outside any step."""
+    attention = self.config.attention
+    if attention == "none":
+      return None
+    combine = self.attention_combine
+    if attention == "additive":
+      query, score = self.additive_query, self.additive_score
+      keys_BxSxA = enc_BxSxH @ self.additive_key
+      return lambda h: additive_attention(h, keys_BxSxA, enc_BxSxH, mask_BxS, query, score, combine)
+    query = self.attention_query if attention == "general" else None
+    return lambda h: luong_attention(h, enc_BxSxH, mask_BxS, query, combine)
+
   def _attend(self, h_BxTxH, enc_BxSxH, mask_BxS) -> jax.Array:
-    if self.config.attention == "none":
+    attend = self._attention_fn(enc_BxSxH, mask_BxS)
+    if attend is None:
       return h_BxTxH
-    query = self.attention_query if self.config.attention == "general" else None
-    return luong_attention(h_BxTxH, enc_BxSxH, mask_BxS, query, self.attention_combine)
+    if self.config.attention == "additive":  # one step at a time: BxSxA, not BxTxSxA, in memory
+      attend_step = lambda h_BxH: attend(h_BxH[:, None])[:, 0]
+      return jnp.swapaxes(jax.lax.map(attend_step, jnp.swapaxes(h_BxTxH, 0, 1)), 0, 1)
+    return attend(h_BxTxH)
 
   def _step_fn(self, enc_BxSxH, mask_BxS):
     """A pure function (state, xproj0_BxG) -> (state, readout_BxH): one decoder step
@@ -225,8 +307,7 @@ class Seq2Seq(nn.Module):
     cells = [layer.cell_fn() for layer in self.decoder]
     projections = [layer.project_fn() for layer in self.decoder]
     feed_kernel = self.decoder[0].feed_kernel if self.feeding else None
-    query = self.attention_query if self.config.attention == "general" else None
-    combine = self.attention_combine if self.config.attention != "none" else None
+    attend = self._attention_fn(enc_BxSxH, mask_BxS)
 
     def step(state: DecoderState, xproj0_BxG: jax.Array):
       carries, feed_BxH = state
@@ -237,8 +318,8 @@ class Seq2Seq(nn.Module):
         carry = cell(xproj0_BxG if k == 0 else projections[k](x_BxH), carries[k])
         new_carries.append(carry)
         x_BxH = carry[0]
-      if combine is not None:
-        x_BxH = luong_attention(x_BxH[:, None], enc_BxSxH, mask_BxS, query, combine)[:, 0]
+      if attend is not None:
+        x_BxH = attend(x_BxH[:, None])[:, 0]
       return (new_carries, x_BxH), x_BxH
 
     return step

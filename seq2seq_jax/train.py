@@ -300,6 +300,7 @@ def check_workdir_config(workdir: str, config: Config) -> None:
   except (OSError, ValueError) as error:
     raise CheckpointError(f"'{path}' is unreadable ({error}); use a new --workdir.") from None
   current = config.to_dict()
+  saved = dict(Config().to_dict(), **saved)  # a key added since that run: its default
   changed = [k for k in current if k not in RESUMABLE_CHANGES and saved.get(k) != current[k]]
   if changed:
     diffs = "; ".join(f"{k}: {saved.get(k)!r} -> {current[k]!r}" for k in changed[:6])

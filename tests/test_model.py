@@ -108,7 +108,11 @@ def _model_and_params(**overrides):
 @pytest.mark.parametrize("overrides", [
     dict(attention="none"), dict(attention="general", num_layers=2),
     dict(attention="dot", input_mode="onehot", reverse_source=True),
-    dict(cell="gru", attention="general"), dict(decoder_input="repeat", cell="gru")])
+    dict(cell="gru", attention="general"), dict(decoder_input="repeat", cell="gru"),
+    dict(attention="additive"), dict(attention="additive", input_feeding=False, cell="gru"),
+    dict(bidirectional_encoder=True, num_layers=2, attention="general"),
+    dict(bidirectional_encoder=True, cell="gru", attention="additive", reverse_source=True),
+    dict(bidirectional_encoder=True, input_mode="onehot", attention="none", label_smoothing=0.1)])
 def test_padding_does_not_change_encoder_state_or_loss(overrides):
   config, model, params = _model_and_params(**overrides)
   src = jnp.array([[5, 6, 7, 8, 0], [4, 9, 0, 0, 0]], jnp.int32)
@@ -152,3 +156,90 @@ def test_reverse_source_reverses_only_the_real_characters():
   manual, _, _ = forward_model.apply({"params": params}, jnp.array([[7, 6, 5, 0, 0]]),
                                      method=forward_model.encode)
   np.testing.assert_allclose(reversed_carries[0][0], manual[0][0], atol=1e-6)
+
+
+# ---------------------------------------------------------------------------
+# Variants: additive attention, bidirectional encoder, label smoothing
+# ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("overrides", [
+    dict(attention="additive"), dict(attention="additive", input_feeding=False, num_layers=2),
+    dict(bidirectional_encoder=True, num_layers=2, attention="general"),
+    dict(bidirectional_encoder=True, cell="gru", attention="dot", input_feeding=False),
+    dict(bidirectional_encoder=True, attention="none", input_mode="onehot")])
+def test_teacher_forced_decoder_equals_step_by_step_loop(overrides):
+  """The training path (one scan, or layer by layer then attention over all steps) gives
+  the logits of decode_step called once per target character, as decoding uses."""
+  config, model, params = _model_and_params(**overrides)
+  variables = {"params": params}
+  src = jnp.array([[5, 6, 7, 8, 0], [4, 9, 0, 0, 0]], jnp.int32)
+  tgt_in = jnp.array([[1, 5, 6, 7, 8], [1, 8, 4, 0, 0]], jnp.int32)
+  want = model.apply(variables, src, tgt_in)
+  carries, enc, mask = model.apply(variables, src, method=model.encode)
+  state = model.apply(variables, carries, method=model.initial_decoder_state)
+  for t in range(tgt_in.shape[1]):
+    state, logits = model.apply(variables, state, enc, mask, tgt_in[:, t], method=model.decode_step)
+    np.testing.assert_allclose(logits, want[:, t], atol=2e-5)
+
+
+def test_additive_attention_matches_numpy_reference():
+  rng = np.random.default_rng(4)
+  B, T, S, H = 2, 3, 5, 4
+  h, enc = rng.normal(size=(B, T, H)), rng.normal(size=(B, S, H))
+  wq, wk, v, wc = (rng.normal(size=(H, H)), rng.normal(size=(H, H)), rng.normal(size=H),
+                   rng.normal(size=(2 * H, H)))
+  mask = np.array([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]], bool)
+  scores = np.tanh((h @ wq)[:, :, None, :] + (enc @ wk)[:, None, :, :]) @ v  # BxTxS
+  scores = np.where(mask[:, None, :], scores, -np.inf)
+  weights = np.exp(scores - scores.max(-1, keepdims=True))
+  weights /= weights.sum(-1, keepdims=True)
+  want = np.tanh(np.concatenate([weights @ enc, h], -1) @ wc)
+  f32 = lambda a: jnp.asarray(a, jnp.float32)
+  got = model_lib.additive_attention(f32(h), f32(enc @ wk), f32(enc), jnp.asarray(mask), f32(wq),
+                                     f32(v), f32(wc))
+  np.testing.assert_allclose(got, want, atol=1e-5)
+  # padded source positions get no weight: changing them changes nothing
+  enc_changed = enc.copy()
+  enc_changed[0, 3:] = 100.0
+  again = model_lib.additive_attention(f32(h), f32(enc_changed @ wk), f32(enc_changed),
+                                       jnp.asarray(mask), f32(wq), f32(v), f32(wc))
+  np.testing.assert_allclose(again, got, atol=1e-6)
+
+
+def test_bidirectional_encoder_reads_backwards_and_bridges_both_final_states():
+  config, model, params = _model_and_params(bidirectional_encoder=True, attention="general")
+  assert params["encoder_lstm_0"]["kernel"].shape == (16, 128)  # forward layout unchanged
+  assert params["encoder_bridge_0_h"]["kernel"].shape == (64, 32)
+  src = jnp.array([[5, 6, 7, 0, 0]], jnp.int32)
+  carries, enc, mask = model.apply({"params": params}, src, method=model.encode)
+  embed = lambda ids: params["src_embed"]["embedding"][ids]
+  layer = model_lib.LSTMLayer(32, 16)
+  zero = (jnp.zeros((1, 32)), jnp.zeros((1, 32)))
+  (fh, fc), forward = layer.apply({"params": params["encoder_lstm_0"]}, embed(src[:, :3]), zero)
+  (bh, bc), backward = layer.apply({"params": params["encoder_backward_lstm_0"]},
+                                   embed(src[:, 2::-1]), zero)  # "7 6 5"
+  bridge = lambda part, f, b: (jnp.concatenate([f, b], -1) @ params[f"encoder_bridge_0_{part}"]["kernel"]
+                               + params[f"encoder_bridge_0_{part}"]["bias"])
+  np.testing.assert_allclose(carries[0][0], bridge("h", fh, bh), atol=1e-5)
+  np.testing.assert_allclose(carries[0][1], bridge("c", fc, bc), atol=1e-5)
+  proj = params["encoder_outputs_proj"]
+  both = jnp.concatenate([forward, backward[:, ::-1]], -1)  # backward outputs in source order
+  np.testing.assert_allclose(enc[:, :3], both @ proj["kernel"] + proj["bias"], atol=1e-5)
+
+
+def test_label_smoothing_is_the_smoothed_cross_entropy_over_real_tokens():
+  config, model, params = _model_and_params(attention="general", label_smoothing=0.2)
+  src = jnp.array([[5, 6, 7, 8, 0], [4, 9, 0, 0, 0]], jnp.int32)
+  tgt = jnp.array([[1, 5, 6, 7], [1, 8, 0, 0]], jnp.int32)
+  out = jnp.array([[5, 6, 7, 2], [8, 2, 0, 0]], jnp.int32)
+  batch = {"src": src, "tgt_in": tgt, "tgt_out": out, "index": jnp.array([0, 1]),
+           "tgt_mask": out != 0}
+  loss, _ = loss_and_counts(params, batch, model=model, config=config, train=False)
+  logp = np.asarray(jax.nn.log_softmax(model.apply({"params": params}, src, tgt), -1))
+  target = np.full(logp.shape, 0.2 / 13) + 0.8 * np.eye(13)[np.asarray(out)]
+  per_token = -(target * logp).sum(-1)
+  np.testing.assert_allclose(loss, per_token[np.asarray(out) != 0].mean(), rtol=1e-5)
+  plain, _ = loss_and_counts(params, batch, model=model, config=tiny_config(attention="general"),
+                             train=False)
+  target_logp = np.take_along_axis(logp, np.asarray(out)[..., None], -1)[..., 0]
+  np.testing.assert_allclose(plain, -target_logp[np.asarray(out) != 0].mean(), rtol=1e-5)
