@@ -15,30 +15,43 @@ from seq2seq_jax.model import Seq2Seq
 from seq2seq_jax.vocab import END_ID, PAD_ID, START_ID, Vocab
 
 
-def greedy_decode(params: Any, src_BxS: jax.Array, *, model: Seq2Seq, max_len: int) -> jax.Array:
-  """Argmax decoding of max_len steps: ids_BxL, END then PAD once a row has ended."""
+def _cut_after_end(ids_BxL: jax.Array) -> jax.Array:
+  """PAD after each row's first END."""
+  ended_BxL = jnp.cumsum(ids_BxL == END_ID, axis=1) - (ids_BxL == END_ID) > 0
+  return jnp.where(ended_BxL, PAD_ID, ids_BxL)
+
+
+def _scan_decode(params: Any, src_BxS: jax.Array, choose: Callable[[jax.Array, jax.Array], jax.Array],
+                 *, model: Seq2Seq, max_len: int) -> jax.Array:
+  """Decodes max_len steps choosing each token with choose(logits_..xV, step):
+  ids_BxL, END then PAD once a row has ended. Repeat models decode every step in one
+  pass, with step None."""
   variables = {"params": params}
   if model.config.decoder_input == "repeat":  # no feedback: every step in one pass
     placeholder_BxL = jnp.zeros((src_BxS.shape[0], max_len), jnp.int32)
-    ids_BxL = jnp.argmax(model.apply(variables, src_BxS, placeholder_BxL), -1).astype(jnp.int32)
-    ended_BxL = jnp.cumsum(ids_BxL == END_ID, axis=1) - (ids_BxL == END_ID) > 0
-    return jnp.where(ended_BxL, PAD_ID, ids_BxL)
+    return _cut_after_end(choose(model.apply(variables, src_BxS, placeholder_BxL), None))
   carries, enc_BxSxH, mask_BxS = model.apply(variables, src_BxS, method=Seq2Seq.encode)
   batch = src_BxS.shape[0]
 
-  def step(carry, _):
+  def step(carry, t):
     state, prev_B, done_B = carry
     state, logits_BxV = model.apply(variables, state, enc_BxSxH, mask_BxS, prev_B,
                                     method=Seq2Seq.decode_step)
-    next_B = jnp.where(done_B, PAD_ID, jnp.argmax(logits_BxV, axis=-1).astype(jnp.int32))
+    next_B = jnp.where(done_B, PAD_ID, choose(logits_BxV, t))
     done_B = done_B | (next_B == END_ID)
     return (state, next_B, done_B), next_B
 
   state = model.apply(variables, carries, method=Seq2Seq.initial_decoder_state)
   start_B = jnp.full((batch,), START_ID, jnp.int32)
   done_B = jnp.zeros((batch,), bool)
-  _, ids_LxB = jax.lax.scan(step, (state, start_B, done_B), None, length=max_len)
+  _, ids_LxB = jax.lax.scan(step, (state, start_B, done_B), jnp.arange(max_len))
   return ids_LxB.T
+
+
+def greedy_decode(params: Any, src_BxS: jax.Array, *, model: Seq2Seq, max_len: int) -> jax.Array:
+  """Argmax decoding of max_len steps: ids_BxL, END then PAD once a row has ended."""
+  argmax = lambda logits, t: jnp.argmax(logits, axis=-1).astype(jnp.int32)
+  return _scan_decode(params, src_BxS, argmax, model=model, max_len=max_len)
 
 
 def make_greedy_decoder(model: Seq2Seq, max_len: int) -> Callable[[Any, jax.Array], jax.Array]:
@@ -152,30 +165,9 @@ def sample_decode(params: Any, src_BxS: jax.Array, rng: jax.Array, *, model: Seq
   """
   if temperature < 0:
     raise UserError(f"temperature must not be negative, got {temperature}.")
-  variables = {"params": params}
-  if model.config.decoder_input == "repeat":  # steps are independent given the source
-    placeholder_BxL = jnp.zeros((src_BxS.shape[0], max_len), jnp.int32)
-    logits_BxLxV = model.apply(variables, src_BxS, placeholder_BxL)
-    ids_BxL = _sample_token(logits_BxLxV, rng, temperature, top_k)
-    ended_BxL = jnp.cumsum(ids_BxL == END_ID, axis=1) - (ids_BxL == END_ID) > 0
-    return jnp.where(ended_BxL, PAD_ID, ids_BxL)
-  carries, enc_BxSxH, mask_BxS = model.apply(variables, src_BxS, method=Seq2Seq.encode)
-  batch = src_BxS.shape[0]
-
-  def step(carry, t):
-    state, prev_B, done_B = carry
-    state, logits_BxV = model.apply(variables, state, enc_BxSxH, mask_BxS, prev_B,
-                                    method=Seq2Seq.decode_step)
-    drawn_B = _sample_token(logits_BxV, jax.random.fold_in(rng, t), temperature, top_k)
-    next_B = jnp.where(done_B, PAD_ID, drawn_B)
-    done_B = done_B | (next_B == END_ID)
-    return (state, next_B, done_B), next_B
-
-  state = model.apply(variables, carries, method=Seq2Seq.initial_decoder_state)
-  start_B = jnp.full((batch,), START_ID, jnp.int32)
-  done_B = jnp.zeros((batch,), bool)
-  _, ids_LxB = jax.lax.scan(step, (state, start_B, done_B), jnp.arange(max_len))
-  return ids_LxB.T
+  draw = lambda logits, t: _sample_token(  # a repeat model's one pass (t None) draws with rng
+      logits, rng if t is None else jax.random.fold_in(rng, t), temperature, top_k)
+  return _scan_decode(params, src_BxS, draw, model=model, max_len=max_len)
 
 
 def make_sample_decoder(model: Seq2Seq, max_len: int, temperature: float = 1.0, top_k: int = 0,
