@@ -1,4 +1,5 @@
-"""Decoding: greedy (one jitted `lax.scan` over output steps carrying (h, c)), beam
+"""Decoding: greedy (jitted `lax.scan` over output steps carrying (h, c), in chunks that
+stop once every sentence has ended), beam
 search (one jitted `lax.while_loop` over fixed-shape B x K beams) and sampling."""
 
 from __future__ import annotations
@@ -21,17 +22,27 @@ def _cut_after_end(ids_BxL: jax.Array) -> jax.Array:
   return jnp.where(ended_BxL, PAD_ID, ids_BxL)
 
 
+DECODE_CHUNK = 8  # output steps per lax.scan between checks whether every row has ended
+
+
 def _scan_decode(params: Any, src_BxS: jax.Array, choose: Callable[[jax.Array, jax.Array], jax.Array],
                  *, model: Seq2Seq, max_len: int) -> jax.Array:
-  """Decodes max_len steps choosing each token with choose(logits_..xV, step):
+  """Decodes up to max_len steps choosing each token with choose(logits_..xV, step):
   ids_BxL, END then PAD once a row has ended. Repeat models decode every step in one
-  pass, with step None."""
+  pass, with step None.
+
+  The steps run as a `lax.scan` over chunks of DECODE_CHUNK steps inside a
+  `lax.while_loop` that stops once every row of the batch has ended: a batch of short
+  sentences costs short-sentence time, with the same output as running all max_len steps.
+  """
   variables = {"params": params}
   if model.config.decoder_input == "repeat":  # no feedback: every step in one pass
     placeholder_BxL = jnp.zeros((src_BxS.shape[0], max_len), jnp.int32)
     return _cut_after_end(choose(model.apply(variables, src_BxS, placeholder_BxL), None))
   carries, enc_BxSxH, mask_BxS = model.apply(variables, src_BxS, method=Seq2Seq.encode)
   batch = src_BxS.shape[0]
+  chunk = min(DECODE_CHUNK, max_len)
+  num_chunks = -(-max_len // chunk)
 
   def step(carry, t):
     state, prev_B, done_B = carry
@@ -41,15 +52,28 @@ def _scan_decode(params: Any, src_BxS: jax.Array, choose: Callable[[jax.Array, j
     done_B = done_B | (next_B == END_ID)
     return (state, next_B, done_B), next_B
 
+  def run_chunk(loop):
+    k, carry, ids_BxCL = loop
+    carry, ids_CxB = jax.lax.scan(step, carry, k * chunk + jnp.arange(chunk))
+    ids_BxCL = jax.lax.dynamic_update_slice_in_dim(ids_BxCL, ids_CxB.T, k * chunk, axis=1)
+    return k + 1, carry, ids_BxCL
+
+  def not_done(loop):
+    k, (_, _, done_B), _ = loop
+    return (k < num_chunks) & ~jnp.all(done_B)
+
   state = model.apply(variables, carries, method=Seq2Seq.initial_decoder_state)
   start_B = jnp.full((batch,), START_ID, jnp.int32)
   done_B = jnp.zeros((batch,), bool)
-  _, ids_LxB = jax.lax.scan(step, (state, start_B, done_B), jnp.arange(max_len))
-  return ids_LxB.T
+  ids_BxCL = jnp.full((batch, num_chunks * chunk), PAD_ID, jnp.int32)
+  loop = (jnp.zeros((), jnp.int32), (state, start_B, done_B), ids_BxCL)
+  _, _, ids_BxCL = jax.lax.while_loop(not_done, run_chunk, loop)
+  return ids_BxCL[:, :max_len]
 
 
 def greedy_decode(params: Any, src_BxS: jax.Array, *, model: Seq2Seq, max_len: int) -> jax.Array:
-  """Argmax decoding of max_len steps: ids_BxL, END then PAD once a row has ended."""
+  """Argmax decoding of up to max_len steps: ids_BxL, END then PAD once a row has ended;
+  stops early once every row has ended."""
   argmax = lambda logits, t: jnp.argmax(logits, axis=-1).astype(jnp.int32)
   return _scan_decode(params, src_BxS, argmax, model=model, max_len=max_len)
 
