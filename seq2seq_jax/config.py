@@ -21,7 +21,7 @@ from seq2seq_jax.errors import UserError
 ARCHITECTURE_FIELDS = (
     "input_mode", "embed_dim", "latent_dim", "num_layers", "cell",
     "attention", "input_feeding", "reverse_source", "decoder_input", "data", "seed", "source_lowercase",
-    "bidirectional_encoder",
+    "bidirectional_encoder", "tokenizer", "max_vocab_size", "min_token_freq",
 )
 
 
@@ -30,25 +30,32 @@ class Config:
   """Every setting of a run. Defaults are the project's recommended ones."""
 
   # --- data -----------------------------------------------------------------
-  # Data source: numbers:LANG (embedded), anki:PATH or tsv:PATH.
+  # Data source: numbers:LANG (embedded), anki:PATH, tsv:PATH or gettext:PATH (.mo catalogs).
   data: str = "numbers:fr"
   # Seed for data generation, splits, shuffling, initialisation and dropout.
   seed: int = 0
-  # anki/tsv: use the first N pairs of the file (0 = all).
+  # anki/tsv: use the first N pairs of the file; gettext: a seeded sample of N (0 = all).
   num_samples: int = 0
-  # anki/tsv: held-out fraction for validation.
+  # anki/tsv/gettext: held-out fraction for validation.
   val_fraction: float = 0.1
-  # anki/tsv: held-out fraction for test.
+  # anki/tsv/gettext: held-out fraction for test.
   test_fraction: float = 0.1
-  # anki/tsv: "random" (seeded) or "last" (Keras validation_split: tail of file).
+  # anki/tsv/gettext: "random" (seeded) or "last" (Keras validation_split: tail of file).
   split_mode: str = "random"
-  # anki/tsv: skip malformed lines (and count them) instead of stopping.
+  # anki/tsv: skip malformed lines, gettext: unreadable .mo files (and count them)
+  # instead of stopping.
   skip_bad_lines: bool = False
   # anki/tsv: the Keras example's encoding: vocabularies of every pair, "\t"/"\n" as
   # start/end, inputs and targets padded with spaces to the longest pair, no masking.
   keras_compat: bool = False
   # Lower-case the source side before building the vocabulary.
   source_lowercase: bool = False
+  # Tokens: "char" (every character) or "word" (words and punctuation, see vocab.py).
+  tokenizer: str = "char"
+  # Most frequent training tokens kept per side, the 4 special ones not counted (0 = all).
+  max_vocab_size: int = 0
+  # Training tokens seen fewer times than this are read as unknown.
+  min_token_freq: int = 1
   # numbers: largest number generated (inclusive).
   numbers_max: int = 999_999
   # numbers: training pairs.
@@ -79,11 +86,11 @@ class Config:
   series_output_steps: int = 3
   # series: target columns, comma-separated names or 0-based indexes ("" = every column).
   series_targets: str = ""
-  # Pairs with a longer source (characters) are dropped and counted.
+  # Pairs with a longer source (tokens: characters or words) are dropped and counted.
   max_source_len: int = 100
-  # Pairs with a longer target (characters, without start/end) are dropped and counted.
+  # Pairs with a longer target (tokens, without start/end) are dropped and counted.
   max_target_len: int = 100
-  # Length-bucket width in characters (0 = pad every batch to the split maximum).
+  # Length-bucket width in tokens (0 = pad every batch to the split maximum).
   bucket_width: int = 16
 
   # --- model ----------------------------------------------------------------
@@ -148,7 +155,7 @@ class Config:
   eval_every_epochs: int = 1
   # Validation sentences decoded greedily for exact match at each evaluation (0 = all).
   eval_decode_samples: int = 1000
-  # Longest greedy output in characters (0 = max_target_len + 1).
+  # Longest greedy output in tokens (0 = max_target_len + 1).
   decode_max_len: int = 0
   # Save a checkpoint every N epochs (the last epoch is always saved).
   checkpoint_every_epochs: int = 1
@@ -179,17 +186,19 @@ _CHOICES = {
     "split_mode": ("random", "last"),
     "numbers_sampling": ("digits", "uniform"),
     "best_metric": ("val/exact_match", "val/token_accuracy", "val/loss"),
+    "tokenizer": ("char", "word"),
 }
 _POSITIVE = ("latent_dim", "num_layers", "batch_size", "num_epochs", "embed_dim",
              "max_source_len", "max_target_len", "eval_every_epochs",
              "checkpoint_every_epochs", "keep_checkpoints", "log_every_steps",
              "numbers_train", "numbers_max", "task_train", "task_min_len",
              "task_max_len", "task_vocab_size", "addition_digits", "series_input_steps",
-             "series_output_steps")
+             "series_output_steps", "min_token_freq")
 _NON_NEGATIVE = ("task_val", "task_test", "num_samples", "numbers_val", "numbers_test", "warmup_steps",
                  "clip_norm", "rmsprop_momentum", "bucket_width",
                  "eval_decode_samples", "decode_max_len", "checkpoint_every_steps",
-                 "num_summary_samples", "learning_rate", "rmsprop_eps")
+                 "num_summary_samples", "learning_rate", "rmsprop_eps",
+                 "max_vocab_size")
 
 
 def field_names() -> list[str]:
@@ -243,6 +252,11 @@ def validate(config: Config) -> Config:
   if config.input_mode == "real" and (config.decoder_input != "repeat"
                                       or config.best_metric != "val/loss"):
     raise UserError("series:PATH models use decoder_input=repeat and best_metric=val/loss.")
+  if config.tokenizer == "word" and config.keras_compat:
+    raise UserError("keras_compat reproduces the Keras example's character encoding: "
+                    "set tokenizer=char (or keras_compat=false for words).")
+  if config.tokenizer == "word" and config.input_mode == "real":
+    raise UserError("tokenizer=word applies to text data; series:PATH data have no tokens.")
   if config.keras_compat and config.bucket_width:
     raise UserError("keras_compat pads every batch to the longest pair, as the Keras example: "
                     "set bucket_width=0.")

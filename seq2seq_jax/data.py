@@ -4,6 +4,15 @@ Sources (`--data SPEC`):
   numbers:LANG  English number words -> LANG number words (num2words), embedded.
   anki:PATH     manythings.org/Tatoeba `English<TAB>Other[<TAB>attribution]` files.
   tsv:PATH      any `source<TAB>target` UTF-8 file.
+  gettext:PATH  (msgid, msgstr) pairs of GNU gettext catalogs: PATH is one .mo file or a
+                directory whose *.mo files are read in sorted order, e.g.
+                /usr/share/locale/fr/LC_MESSAGES (English -> French UI messages). Kept:
+                single messages (no header, no plural forms; a msgctxt is dropped) that
+                are translated and differ from their source, with no control character
+                (newline, tab) and no format placeholder (%s, %1$d, %(name)s, %%, %1, {0},
+                {name}, $VAR, ${VAR}), after no-break spaces (U+00A0, U+202F) become
+                spaces and surrounding whitespace is stripped. The first catalog holding
+                a source wins; pairs are sorted by source, then split as anki/tsv.
 """
 
 from __future__ import annotations
@@ -13,6 +22,9 @@ import dataclasses
 import logging
 import math
 import os
+import re
+import struct
+from collections import Counter
 from collections.abc import Iterator
 
 import numpy as np
@@ -20,7 +32,7 @@ import numpy as np
 from seq2seq_jax.config import Config
 from seq2seq_jax.errors import DataError
 from seq2seq_jax.tasks import TASKS, task_pairs
-from seq2seq_jax.vocab import END_ID, PAD_ID, START_ID, Vocab
+from seq2seq_jax.vocab import END_ID, PAD_ID, START_ID, Vocab, tokenize
 
 Pair = tuple[str, str]
 log = logging.getLogger(__name__)
@@ -35,9 +47,10 @@ def parse_spec(spec: str) -> tuple[str, str]:
   kind, sep, arg = spec.partition(":")
   if kind in TASKS and not arg:  # embedded tasks take no argument
     return kind, ""
-  if not sep or not arg or kind not in ("numbers", "anki", "tsv", "series"):
+  if not sep or not arg or kind not in ("numbers", "anki", "tsv", "gettext", "series"):
     raise DataError(f"data spec '{spec}' is not understood: use numbers:LANG "
                     "(e.g. numbers:fr), anki:PATH (e.g. anki:fra.txt), tsv:PATH, "
+                    "gettext:PATH (.mo catalogs, e.g. gettext:/usr/share/locale/fr/LC_MESSAGES), "
                     "series:PATH (a CSV) or one of the tasks addition, echo, reverse.")
   return kind, arg
 
@@ -141,6 +154,137 @@ def tab_pairs(path: str, kind: str, num_samples: int = 0,
   return pairs
 
 
+# ---------------------------------------------------------------------------
+# gettext catalogs: the software's own translations of its messages
+# ---------------------------------------------------------------------------
+
+MO_MAGIC = 0x950412DE
+# printf (%s %1$d %-10.2f %(name)s %<PRIu64> %%), Qt (%1), Python/ICU ({0} {name}), shell ($VAR)
+_PLACEHOLDER_RE = re.compile(
+    r"%(?:\(\w+\))?(?:\d+\$)?[-+#0]*(?:\d+|\*)?(?:\.(?:\d+|\*))?"
+    r"(?:hh|h|ll|l|L|q|j|z|t)?[diouxXeEfFgGaAcsSpnm%]"
+    r"|%<\w+>|%\d|\{\w*\}|\$\{?[A-Za-z_]\w*")
+_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f-\x9f]")  # newline, tab and the other controls
+
+
+def read_mo(path: str) -> list[tuple[str, str]]:
+  """(msgid, msgstr) of every entry of a GNU .mo file, in file order, decoded with the
+  catalog's charset; plural entries keep their NUL-separated forms, contexts their EOT."""
+  try:
+    with open(path, "rb") as f:
+      raw = f.read()
+  except OSError as error:
+    raise DataError(f"gettext catalog '{path}' cannot be read: {error.strerror or error}.") from None
+  # msgfmt writes the host's byte order: the magic number tells which
+  endian = next((e for e in "<>" if raw[:4] == struct.pack(e + "I", MO_MAGIC)), None)
+  if endian is None:
+    raise DataError(f"{path}: not a gettext .mo file (it does not start with the .mo magic "
+                    "number 0x950412de); compile .po files with msgfmt.")
+  try:
+    revision, count, ids_at, strs_at = struct.unpack_from(endian + "4I", raw, 4)
+    if revision >> 16 > 1:
+      raise DataError(f"{path}: .mo format revision {revision >> 16}.{revision & 0xFFFF} is not "
+                      "supported (0 or 1).")
+    entries = []
+    for i in range(count):
+      strings = []
+      for table_at in (ids_at, strs_at):
+        length, at = struct.unpack_from(endian + "2I", raw, table_at + 8 * i)
+        if at + length > len(raw):
+          raise struct.error(f"string {i} lies past the end of the file")
+        strings.append(raw[at:at + length])
+      entries.append(tuple(strings))
+  except struct.error as error:
+    raise DataError(f"{path}: corrupt .mo file (truncated or bad offsets: {error}).") from None
+  header = next((msgstr for msgid, msgstr in entries if msgid == b""), b"")
+  charset = re.search(rb"charset=([\w.:-]+)", header)
+  encoding = charset.group(1).decode("ascii") if charset else "utf-8"
+  try:
+    return [(msgid.decode(encoding), msgstr.decode(encoding)) for msgid, msgstr in entries]
+  except LookupError:
+    raise DataError(f"{path}: unknown charset '{encoding}' in the catalog header.") from None
+  except UnicodeDecodeError as error:
+    raise DataError(f"{path}: a message is not valid {encoding} as its header declares "
+                    f"({error.reason} at byte {error.start}).") from None
+
+
+def _catalog_files(path: str) -> list[str]:
+  if not os.path.exists(path):
+    raise DataError(f"gettext catalog path '{path}' does not exist. Pass a .mo file or a "
+                    "directory of them, e.g. gettext:/usr/share/locale/fr/LC_MESSAGES.")
+  if not os.path.isdir(path):
+    return [path]
+  files = sorted(os.path.join(path, name) for name in os.listdir(path)
+                 if name.endswith(".mo") and os.path.isfile(os.path.join(path, name)))
+  if not files:
+    raise DataError(f"gettext catalog directory '{path}' holds no .mo file.")
+  return files
+
+
+def _clean_message(text: str) -> str:
+  return text.replace("\u00a0", " ").replace("\u202f", " ").strip()
+
+
+def gettext_skip_reason(msgid: str, msgstr: str) -> str | None:
+  """Why a catalog entry is not a natural-language pair (None: it is one)."""
+  if not msgid:
+    return "header"
+  if "\0" in msgid:
+    return "plural"
+  source, target = _clean_message(msgid.rpartition("\x04")[2]), _clean_message(msgstr)
+  if not source or not target:
+    return "untranslated"
+  if source == target:
+    return "identical"
+  if _CONTROL_RE.search(source) or _CONTROL_RE.search(target):
+    return "multi-line"
+  if _PLACEHOLDER_RE.search(source) or _PLACEHOLDER_RE.search(target):
+    return "placeholder"
+  return None
+
+
+def gettext_pairs(path: str, num_samples: int = 0, seed: int = 0,
+                  skip_bad_files: bool = False) -> list[Pair]:
+  """Natural-language (source, translation) pairs of the .mo catalogs at path, sorted by
+  source (see the module docstring); num_samples > 0 keeps a seeded sample of that many."""
+  by_source: dict[str, str] = {}
+  skipped: Counter[str] = Counter()
+  bad_files = []
+  files = _catalog_files(path)
+  for file in files:
+    try:
+      entries = read_mo(file)
+    except DataError:
+      if not skip_bad_files:
+        raise
+      bad_files.append(os.path.basename(file))
+      continue
+    for msgid, msgstr in entries:
+      reason = gettext_skip_reason(msgid, msgstr)
+      if reason is None:
+        source = _clean_message(msgid.rpartition("\x04")[2])
+        if source in by_source:
+          reason = "duplicate"
+        else:
+          by_source[source] = _clean_message(msgstr)
+      if reason:
+        skipped[reason] += 1
+  if bad_files:
+    log.warning("%s: skipped %d unreadable catalog(s): %s", path, len(bad_files),
+                ", ".join(bad_files))
+  log.info("%s: %d pairs from %d catalog(s); skipped %s", path, len(by_source),
+           len(files) - len(bad_files),
+           ", ".join(f"{n} {reason}" for reason, n in sorted(skipped.items())) or "none")
+  if not by_source:
+    raise DataError(f"{path}: no translated single-line message without placeholders "
+                    f"found in {len(files) - len(bad_files)} catalog(s).")
+  pairs = sorted(by_source.items())
+  if num_samples and num_samples < len(pairs):
+    chosen = np.random.default_rng([seed, 31]).choice(len(pairs), num_samples, replace=False)
+    pairs = [pairs[i] for i in sorted(chosen.tolist())]
+  return pairs
+
+
 def split_pairs(pairs: list[Pair], config: Config) -> tuple[list[Pair], list[Pair], list[Pair]]:
   n = len(pairs)
   n_val = int(round(n * config.val_fraction))
@@ -177,6 +321,9 @@ def load_splits(config: Config, spec: str | None = None) -> Splits:
     train, val, test = number_pairs(arg, config)
   elif kind in TASKS:
     train, val, test = task_pairs(kind, config)
+  elif kind == "gettext":
+    pairs = gettext_pairs(arg, config.num_samples, config.seed, config.skip_bad_lines)
+    train, val, test = split_pairs(pairs, config)
   else:
     pairs = tab_pairs(arg, kind, config.num_samples, config.skip_bad_lines)
     train, val, test = split_pairs(pairs, config)
@@ -186,8 +333,12 @@ def load_splits(config: Config, spec: str | None = None) -> Splits:
 
 
 def drop_long(pairs: list[Pair], config: Config, name: str) -> list[Pair]:
+  """Pairs whose source and target fit max_source_len / max_target_len tokens."""
+  def length(text: str) -> int:
+    return len(text) if config.tokenizer == "char" else len(tokenize(text, config.tokenizer))
+
   kept = [(s, t) for s, t in pairs
-          if len(s) <= config.max_source_len and len(t) <= config.max_target_len]
+          if length(s) <= config.max_source_len and length(t) <= config.max_target_len]
   if len(kept) < len(pairs):
     log.info("%s: dropped %d of %d pairs longer than max_source_len=%d / "
              "max_target_len=%d", name, len(pairs) - len(kept), len(pairs),
@@ -195,9 +346,11 @@ def drop_long(pairs: list[Pair], config: Config, name: str) -> list[Pair]:
   return kept
 
 
-def build_vocabs(train: list[Pair]) -> tuple[Vocab, Vocab]:
-  """Source and target vocabularies from the training split only."""
-  return Vocab.build(s for s, _ in train), Vocab.build(t for _, t in train)
+def build_vocabs(train: list[Pair], tokenizer: str = "char", max_size: int = 0,
+                 min_freq: int = 1) -> tuple[Vocab, Vocab]:
+  """Source and target vocabularies from the training split only (see Vocab.build)."""
+  return (Vocab.build((s for s, _ in train), tokenizer, max_size, min_freq),
+          Vocab.build((t for _, t in train), tokenizer, max_size, min_freq))
 
 
 # The Keras example wraps targets in "\t" ... "\n": here they are START and END.
@@ -315,17 +468,27 @@ def make_batch(data: Encoded, rows: np.ndarray, batch_size: int, bucket_width: i
   }
 
 
+def bucket_keys(data: Encoded, bucket_width: int) -> np.ndarray:
+  """Each example's (source, target) length bucket as one int: lengths in
+  ((k - 1) * width, k * width] share bucket k per side, and a batch of one bucket is
+  padded to exactly k * width, so the set of batch shapes is the set of buckets: the
+  same every epoch (no compilation after the first)."""
+  src_bucket = -(-data.src_len_N // bucket_width)
+  tgt_bucket = -(-data.tgt_len_N // bucket_width)
+  return src_bucket.astype(np.int64) * (int(tgt_bucket.max(initial=0)) + 1) + tgt_bucket
+
+
 def epoch_batches(data: Encoded, batch_size: int, seed: int, epoch: int,
                   bucket_width: int) -> list[np.ndarray]:
   """Row indices of every training batch of an epoch, deterministic in (seed, epoch).
 
-  Examples are shuffled, grouped by length bucket, cut into batches and the
-  batches shuffled again, so each batch holds similar lengths.
+  Examples are shuffled, grouped by (source, target) length bucket, cut into batches
+  and the batches shuffled again, so each batch holds similar lengths.
   """
   rng = np.random.default_rng([seed, 101, epoch])
   order = rng.permutation(len(data))
   if bucket_width:
-    key = np.maximum(data.src_len_N, data.tgt_len_N)[order] // bucket_width
+    key = bucket_keys(data, bucket_width)[order]
     order = order[np.argsort(key, kind="stable")]
     key = np.sort(key, kind="stable")
     groups = np.split(order, np.flatnonzero(np.diff(key)) + 1)
@@ -346,6 +509,5 @@ def steps_per_epoch(data: Encoded, batch_size: int, bucket_width: int) -> int:
   """Exact batch count of an epoch (the same for every epoch)."""
   if not bucket_width:
     return int(math.ceil(len(data) / batch_size))
-  key = np.maximum(data.src_len_N, data.tgt_len_N) // bucket_width
-  _, counts = np.unique(key, return_counts=True)
+  _, counts = np.unique(bucket_keys(data, bucket_width), return_counts=True)
   return int(np.sum(np.ceil(counts / batch_size)))

@@ -191,9 +191,24 @@ class Task:
                         place=lambda src: self.parallel.shard_batch({"src": src})["src"],
                         fetch=to_numpy)
 
+  def input_warnings(self, sources: list[str]) -> list[str]:
+    """What translate() will do silently to these inputs: unknown tokens, truncation."""
+    seen_as = [s.lower() for s in sources] if self.config.source_lowercase else sources
+    unknown = sorted({token for s in seen_as for token in self.src_vocab.unknown_tokens(s)})
+    unit = "characters" if self.src_vocab.level == "char" else "words"
+    warnings = []
+    if unknown:
+      warnings.append(f"{unit} never seen in training (read as unknown): "
+                      + " ".join(repr(token) for token in unknown))
+    too_long = sum(len(self.src_vocab.tokenize(s)) > self.config.max_source_len for s in seen_as)
+    if too_long:
+      warnings.append(f"{too_long} input(s) longer than max_source_len={self.config.max_source_len} "
+                      f"{unit} were truncated")
+    return warnings
+
   def meta(self) -> dict[str, Any]:
     meta = {"config": self.config.to_dict(), "src_vocab": self.src_vocab.to_list(),
-            "tgt_vocab": self.tgt_vocab.to_list()}
+            "tgt_vocab": self.tgt_vocab.to_list(), "tokenizer": self.src_vocab.level}
     if self.scaler is not None:
       meta["series"] = self.scaler.to_dict()
     if self.keras_dims:
@@ -380,7 +395,8 @@ def load_task_data(config: Config, parallel: DataParallel | None = None):
     src_vocab, tgt_vocab, dims = data_lib.keras_vocabs(train_pairs + val_pairs + test_pairs)
     task = make_task(config, src_vocab, tgt_vocab, parallel, keras_dims=dims)
     return task, train_pairs, val_pairs, test_pairs
-  src_vocab, tgt_vocab = data_lib.build_vocabs(train_pairs)
+  src_vocab, tgt_vocab = data_lib.build_vocabs(train_pairs, config.tokenizer,
+                                               config.max_vocab_size, config.min_token_freq)
   return make_task(config, src_vocab, tgt_vocab, parallel), train_pairs, val_pairs, test_pairs
 
 
@@ -613,8 +629,10 @@ def load_trained(workdir: str, which: str = "best") -> tuple[Task, Any, int]:
     from seq2seq_jax.series import Scaler
     scaler = Scaler.from_dict(meta["series"])
   keras_dims = meta.get("keras")
-  tgt_vocab = Vocab(meta["tgt_vocab"], start_text=data_lib.KERAS_START if keras_dims else "")
-  task = make_task(config, Vocab.from_list(meta["src_vocab"]), tgt_vocab, scaler=scaler,
+  level = meta.get("tokenizer", config.tokenizer)  # checkpoints before words: characters
+  tgt_vocab = Vocab(meta["tgt_vocab"], start_text=data_lib.KERAS_START if keras_dims else "",
+                    level=level)
+  task = make_task(config, Vocab.from_list(meta["src_vocab"], level), tgt_vocab, scaler=scaler,
                    keras_dims=keras_dims)
   params = task.parallel.replicate(jax.tree.map(np.asarray, state["params"]))
   return task, params, step

@@ -7,14 +7,14 @@ from seq2seq_jax.errors import UserError
 from tests.conftest import ROOT
 
 
-@pytest.mark.parametrize("name", ["default.py", "tiny.py", "keras_lstm_seq2seq.py"])
+@pytest.mark.parametrize("name", ["default.py", "tiny.py", "keras_lstm_seq2seq.py", "gettext_fr.py"])
 def test_shipped_configs_load(name):
   config = config_lib.load_config_file(os.path.join(ROOT, "configs", name))
   assert isinstance(config, config_lib.Config)
 
 
 def test_every_config_field_has_a_comment():
-  for name in ("default.py", "tiny.py", "keras_lstm_seq2seq.py"):
+  for name in ("default.py", "tiny.py", "keras_lstm_seq2seq.py", "gettext_fr.py"):
     lines = open(os.path.join(ROOT, "configs", name)).read().splitlines()
     for i, line in enumerate(lines):
       if "=" in line and line.startswith("      ") and not line.strip().startswith("#"):

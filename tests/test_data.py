@@ -143,3 +143,115 @@ def test_large_file_loads_as_int32_not_one_hot(tmp_path):
   encoded = data_lib.encode_pairs(pairs, *data_lib.build_vocabs(pairs))
   total = encoded.src_NxS.nbytes + encoded.tgt_NxT.nbytes
   assert total < 100 * 2**20  # one-hot would be ~200k x 30 x 40 x 4 bytes x 2 = 1.9 GB
+
+
+# ---------------------------------------------------------------------------
+# gettext catalogs
+# ---------------------------------------------------------------------------
+
+def write_mo(path, messages, charset="UTF-8", endian="<") -> str:
+  """A GNU .mo file of {msgid: msgstr} plus a header, as msgfmt lays it out."""
+  import struct
+  entries = sorted([("", f"Content-Type: text/plain; charset={charset}\n")] + list(messages.items()))
+  encoded = [(k.encode(charset), v.encode(charset)) for k, v in entries]
+  n = len(encoded)
+  ids_at, strs_at = 28, 28 + 8 * n
+  at = strs_at + 8 * n
+  tables, blob = [[], []], b""
+  for pair in encoded:
+    for side, text in enumerate(pair):
+      tables[side].append(struct.pack(endian + "2I", len(text), at + len(blob)))
+      blob += text + b"\0"
+  header = struct.pack(endian + "7I", 0x950412DE, 0, n, ids_at, strs_at, 0, 0)
+  with open(path, "wb") as f:
+    f.write(header + b"".join(tables[0]) + b"".join(tables[1]) + blob)
+  return str(path)
+
+
+CATALOG = {
+    "Open file": "Ouvrir le fichier",
+    "menu\x04Close": "Fermer",                    # a context is dropped
+    "  Quit now?  ": "Quitter maintenant\u00a0?",  # stripped, no-break space normalised
+    "Narrow\u202fspace": "Espace\u202fétroite",
+    "100% complete": "100 % terminé",             # a percent sign is not a placeholder
+    "one file\0%d files": "un fichier\0%d fichiers",  # plural
+    "Save": "",                                    # untranslated
+    "OK": "OK",                                    # identical
+    "Line one\nLine two": "Ligne un\nLigne deux",
+    "Name\tValue": "Nom\tValeur",
+    "Cannot open %s": "Impossible d'ouvrir %s",
+    "Copied %1$s to %2$s": "%1$s copié vers %2$s",
+    "Progress: %.1f": "Progression : %.1f",
+    "Done (100%%)": "Fini (100 %%)",
+    "Delete {0}?": "Supprimer {0} ?",
+    "Hello {name}": "Bonjour {name}",
+    "Set $HOME first": "Définissez d'abord $HOME",
+    "Page %1 of %2": "Page %1 sur %2",
+    "Total: %<PRIu64>": "Total : %<PRIu64>",
+}
+
+
+def test_gettext_keeps_natural_single_messages(tmp_path):
+  path = write_mo(tmp_path / "app.mo", CATALOG)
+  assert data_lib.gettext_pairs(path) == [
+      ("100% complete", "100 % terminé"),
+      ("Close", "Fermer"),
+      ("Narrow space", "Espace étroite"),
+      ("Open file", "Ouvrir le fichier"),
+      ("Quit now?", "Quitter maintenant ?"),
+  ]
+
+
+def test_gettext_directory_first_catalog_wins_and_is_sorted(tmp_path):
+  write_mo(tmp_path / "b.mo", {"Zoom": "Agrandir", "Open": "Ouvrir (b)"}, endian=">")
+  write_mo(tmp_path / "a.mo", {"Open": "Ouvrir", "Help": "Aide"}, charset="ISO-8859-1")
+  (tmp_path / "notes.txt").write_text("not a catalog")
+  pairs = data_lib.gettext_pairs(str(tmp_path))
+  assert pairs == [("Help", "Aide"), ("Open", "Ouvrir"), ("Zoom", "Agrandir")]
+  sample = data_lib.gettext_pairs(str(tmp_path), num_samples=2, seed=1)
+  assert len(sample) == 2 and set(sample) < set(pairs) and sample == sorted(sample)
+  assert sample == data_lib.gettext_pairs(str(tmp_path), num_samples=2, seed=1)
+
+
+def test_gettext_splits_are_seeded_and_disjoint(tmp_path):
+  messages = {f"Message number {word}": f"Message numéro {word}" for word in
+              ("one two three four five six seven eight nine ten eleven twelve thirteen "
+               "fourteen fifteen sixteen seventeen eighteen nineteen twenty").split()}
+  path = write_mo(tmp_path / "app.mo", messages)
+  config = tiny_config(data=f"gettext:{path}", val_fraction=0.1, test_fraction=0.1)
+  splits = data_lib.load_splits(config)
+  assert (len(splits.train), len(splits.val), len(splits.test)) == (16, 2, 2)
+  assert sorted(splits.train + splits.val + splits.test) == sorted(messages.items())
+  assert splits == data_lib.load_splits(config)
+  assert splits != data_lib.load_splits(tiny_config(data=f"gettext:{path}", seed=1))
+
+
+def test_gettext_errors_name_the_path(tmp_path):
+  with pytest.raises(DataError, match="'.*nowhere' does not exist"):
+    data_lib.load_splits(tiny_config(data=f"gettext:{tmp_path}/nowhere"))
+  (tmp_path / "empty").mkdir()
+  with pytest.raises(DataError, match="holds no .mo file"):
+    data_lib.gettext_pairs(str(tmp_path / "empty"))
+  only_bad = {"Cannot open %s": "Impossible d'ouvrir %s"}
+  with pytest.raises(DataError, match="no translated single-line message"):
+    data_lib.gettext_pairs(write_mo(tmp_path / "bad_only.mo", only_bad))
+
+
+def test_corrupt_catalog_is_named_or_skipped(tmp_path, caplog):
+  good = write_mo(tmp_path / "good.mo", {"Open": "Ouvrir"})
+  (tmp_path / "garbage.mo").write_bytes(b"this is not a catalog at all")
+  raw = open(good, "rb").read()
+  (tmp_path / "truncated.mo").write_bytes(raw[:40])
+  with pytest.raises(DataError, match=r"garbage.mo: not a gettext .mo file"):
+    data_lib.gettext_pairs(str(tmp_path))
+  with pytest.raises(DataError, match=r"truncated.mo: corrupt .mo file"):
+    data_lib.gettext_pairs(str(tmp_path / "truncated.mo"))
+  with caplog.at_level("WARNING", logger="seq2seq_jax"):
+    pairs = data_lib.gettext_pairs(str(tmp_path), skip_bad_files=True)
+  assert pairs == [("Open", "Ouvrir")]
+  assert "skipped 2 unreadable catalog(s): garbage.mo, truncated.mo" in caplog.text
+  write_mo(tmp_path / "wrong_charset.mo", {"Café": "Café"}, charset="ISO-8859-1")
+  raw = open(tmp_path / "wrong_charset.mo", "rb").read().replace(b"ISO-8859-1", b"UTF-8\n\n\n\n\n")
+  (tmp_path / "wrong_charset.mo").write_bytes(raw)
+  with pytest.raises(DataError, match=r"wrong_charset.mo: a message is not valid UTF-8"):
+    data_lib.read_mo(str(tmp_path / "wrong_charset.mo"))
