@@ -37,6 +37,23 @@ RESUMABLE_CHANGES = ("log_every_steps", "num_summary_samples", "eval_decode_samp
                      "keep_checkpoints", "checkpoint_every_steps")
 
 
+_COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
+_compilations = [0]
+
+
+def _count_compilation(event: str, duration: float, **kwargs) -> None:
+  if event == _COMPILE_EVENT:
+    _compilations[0] += 1
+
+
+jax.monitoring.register_event_duration_secs_listener(_count_compilation)
+
+
+def compilation_count() -> int:
+  """XLA compilations in this process so far (every jit cache miss, any function)."""
+  return _compilations[0]
+
+
 class TrainingInterrupted(Exception):
   """SIGINT/SIGTERM arrived; a checkpoint was saved."""
 
@@ -473,6 +490,7 @@ def train_and_evaluate(config: Config, workdir: str, argv: list[str] | None = No
   from tqdm import tqdm
 
   with _SignalCatcher() as signals:
+    first_epoch = position["epoch"]
     while position["epoch"] < config.num_epochs:
       epoch = position["epoch"]
       batches = data_lib.epoch_batches(train_data, config.batch_size, config.seed, epoch,
@@ -481,6 +499,7 @@ def train_and_evaluate(config: Config, workdir: str, argv: list[str] | None = No
                  desc=f"epoch {epoch + 1}/{config.num_epochs} [{parallel.size}x "
                  f"{parallel.devices[0].platform}]", unit="step", leave=False)
       epoch_start = time.time()
+      epoch_compilations = compilation_count()
       samples = 0
       pending = None  # metrics of the step in flight: read after dispatching the next
 
@@ -557,6 +576,11 @@ def train_and_evaluate(config: Config, workdir: str, argv: list[str] | None = No
         val_record = {f"val/{k}": v for k, v in val_metrics.items()}
         record.update(val_record)
         checkpoint_metrics = val_record
+      # batch shapes come from fixed length buckets: only a process's first epoch compiles
+      record["train/compilations"] = compilation_count() - epoch_compilations
+      if record["train/compilations"] and epoch > first_epoch:
+        log.warning("epoch %d compiled %d new program(s): batch shapes are not settling.",
+                    epoch + 1, record["train/compilations"])
       append_metrics(workdir, record)
       log.info("epoch %d/%d  step %d  train loss %.4f  %s  %.0fs (%.0f samples/s)",
                epoch + 1, config.num_epochs, record["step"], record["train/loss"],

@@ -111,3 +111,20 @@ def test_nan_loss_stops_with_a_clear_error(tmp_path, monkeypatch):
   with pytest.raises(NonFiniteLoss, match=r"nan at step 10\. Last good checkpoint: 8"):
     train_and_evaluate(tiny_config(num_epochs=3, log_every_steps=1), workdir, progress=False)
   assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["8"]
+
+
+def test_no_compilation_after_the_first_epoch(tmp_path):
+  """Length buckets fix the set of batch shapes, so epochs 2 and 3 reuse every program
+  (train step, eval step, decoder) that epoch 1 compiled: counted, not timed."""
+  rng = np.random.default_rng(1)
+  pairs = sorted({("".join(rng.choice(list("abcdefgh"), rng.integers(1, 23))),
+                   "".join(rng.choice(list("xyz"), rng.integers(1, 23)))) for _ in range(300)})
+  path = write_tsv(tmp_path / "varied.tsv", pairs)
+  config = tiny_config(data=f"tsv:{path}", bucket_width=4, batch_size=16, num_epochs=3,
+                       max_source_len=24, max_target_len=24, log_every_steps=1000)
+  workdir = str(tmp_path / "run")
+  train_and_evaluate(config, workdir, progress=False)
+  compilations = [r["train/compilations"] for r in read_metrics(workdir) if "epoch" in r
+                  and "train/compilations" in r]
+  assert len(compilations) == 3 and compilations[0] > 5, compilations
+  assert compilations[1:] == [0, 0], compilations
