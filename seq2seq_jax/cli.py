@@ -93,15 +93,8 @@ def cmd_translate(args) -> int:
                     "Task.forecast from Python.")
   decoder = _translate_decoder(args, task)
   sources = _read_inputs(args.text)
-  seen_as = [s.lower() for s in sources] if task.config.source_lowercase else sources
-  unknown = sorted({ch for s in seen_as for ch in task.src_vocab.unknown_chars(s)})
-  if unknown:
-    log.warning("warning: characters never seen in training (read as unknown): %s",
-                " ".join(repr(ch) for ch in unknown))
-  too_long = sum(len(s) > task.config.max_source_len for s in sources)
-  if too_long:
-    log.warning("warning: %d input(s) longer than max_source_len=%d were truncated",
-                too_long, task.config.max_source_len)
+  for warning in task.input_warnings(sources):
+    log.warning("warning: %s", warning)
   outputs = task.translate(params, sources, args.batch_size, decoder=decoder)
   for source, output in zip(sources, outputs):
     # an empty input gives an empty line: one output line per input line, always
@@ -184,7 +177,8 @@ def build_parser() -> argparse.ArgumentParser:
                      "(default: configs/default.py)")
   train.add_argument("--workdir", default="runs/default",
                      help="where checkpoints, metrics and logs go (default: runs/default)")
-  train.add_argument("--data", help="data spec: numbers:LANG, anki:PATH or tsv:PATH")
+  train.add_argument("--data", help="data spec: numbers:LANG, anki:PATH, tsv:PATH, gettext:PATH, series:PATH "
+                     "or a task (addition, echo, reverse)")
   train.add_argument("--set", action="append", metavar="KEY=VALUE",
                      help="override a config value; repeatable")
   train.add_argument("--help-config", action="store_true", help="list every config key")
@@ -200,14 +194,14 @@ def build_parser() -> argparse.ArgumentParser:
   strategy.add_argument("--beam", type=_positive_int, metavar="N",
                         help="beam search with N beams per sentence (default: greedy)")
   strategy.add_argument("--sample", action="store_true",
-                        help="draw each character at random from the model's distribution")
+                        help="draw each token at random from the model's distribution")
   translate.add_argument("--length-penalty", type=float, metavar="A",
                          help="with --beam: rank by log-prob / ((5 + length) / 6) ** A "
                          "(GNMT; default 0.6; 0 = plain log-prob)")
   translate.add_argument("--temperature", type=float, metavar="T",
                          help="with --sample: softmax temperature (default 1; 0 = greedy)")
   translate.add_argument("--top-k", type=_positive_int, metavar="K",
-                         help="with --sample: draw from the K most likely characters only")
+                         help="with --sample: draw from the K most likely tokens only")
   translate.add_argument("--seed", type=int, metavar="S",
                          help="with --sample: random seed (default 0); same seed, same output")
   translate.set_defaults(func=cmd_translate)
