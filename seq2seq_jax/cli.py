@@ -117,7 +117,14 @@ def cmd_evaluate(args) -> int:
     pairs = data_lib.drop_long(splits.get(args.split), task.config, args.split)
   if not pairs:
     raise UserError(f"split '{args.split}' of {args.data or task.config.data} is empty.")
-  metrics, _ = evaluate_pairs(task, params, pairs)
+  decoder = None
+  if args.length_penalty is not None and args.beam is None:
+    raise UserError("--length-penalty needs --beam N.")
+  if args.beam is not None and not task.is_series:
+    from seq2seq_jax.decode import make_beam_decoder
+    alpha = 0.6 if args.length_penalty is None else args.length_penalty
+    decoder = make_beam_decoder(task.model, task.decode_max_len, args.beam, alpha)
+  metrics, _ = evaluate_pairs(task, params, pairs, decoder=decoder)
   if args.json:
     print(json.dumps(metrics))
   else:
@@ -153,6 +160,24 @@ def cmd_import_keras(args) -> int:
   import_keras(args.model, args.data, args.num_samples, args.workdir)
   print(f"imported {args.model} into {args.workdir}; translate with: "
         f"seq2seq-jax translate --workdir {args.workdir}")
+  return 0
+
+
+def cmd_benchmark(args) -> int:
+  from seq2seq_jax import benchmark
+  from seq2seq_jax.train import write_atomically
+  peers = tuple(p for p in args.peers.split(",") if p and p != "none")
+  unknown = sorted(set(peers) - set(benchmark.PEERS))
+  if unknown:
+    raise UserError(f"--peers: unknown peer(s) {', '.join(unknown)}; choose from "
+                    f"{','.join(benchmark.PEERS)} or none.")
+  say = lambda message: print(f"benchmark: {message}", file=sys.stderr, flush=True)
+  report = benchmark.run_benchmark(rounds=args.rounds, peers=peers, quick=args.quick,
+                                   allocator=args.allocator, progress=say)
+  text = json.dumps(report, indent=2)
+  if args.output:
+    write_atomically(args.output, text + "\n")
+  print(text if args.json else benchmark.format_report(report))
   return 0
 
 
@@ -210,6 +235,10 @@ def build_parser() -> argparse.ArgumentParser:
   evaluate.add_argument("--workdir", required=True)
   evaluate.add_argument("--data", help="data spec (default: the one trained on)")
   evaluate.add_argument("--split", default="test", choices=("train", "val", "test"))
+  evaluate.add_argument("--beam", type=_positive_int, metavar="N",
+                        help="decode with beam search of N beams (default: greedy)")
+  evaluate.add_argument("--length-penalty", type=float, metavar="A",
+                        help="with --beam: GNMT length penalty alpha (default 0.6)")
   evaluate.add_argument("--json", action="store_true",
                         help="print one JSON object: loss, token_accuracy, exact_match, cer, chrf, bleu")
   evaluate.add_argument("--checkpoint", default="best",
@@ -245,6 +274,21 @@ def build_parser() -> argparse.ArgumentParser:
                             help="the example's num_samples (default 10000)")
   import_keras.add_argument("--workdir", required=True)
   import_keras.set_defaults(func=cmd_import_keras)
+
+  bench = sub.add_parser("benchmark", help="time training and decoding against Keras 3 and "
+                         "PyTorch on the same work, side by side (peers: pip install '.[bench]')")
+  bench.add_argument("--json", action="store_true", help="print the full report as JSON")
+  bench.add_argument("--output", help="also write the JSON report to this file")
+  bench.add_argument("--rounds", type=_positive_int, default=5,
+                     help="alternating measurement rounds; medians are reported (default 5)")
+  bench.add_argument("--peers", default="keras,torch",
+                     help="comma-separated peers to run beside seq2seq_jax: keras, torch, "
+                     "or none (default keras,torch; missing ones are skipped and named)")
+  bench.add_argument("--allocator", choices=("mimalloc", "system"), default="mimalloc",
+                     help="allocator of every worker (default mimalloc, as train uses)")
+  bench.add_argument("--quick", action="store_true",
+                     help="tiny shapes and data: checks that everything runs, measures nothing useful")
+  bench.set_defaults(func=cmd_benchmark)
   return parser
 
 

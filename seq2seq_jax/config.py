@@ -119,6 +119,8 @@ class Config:
   input_feeding: bool = True
   # Add a backward layer to every encoder layer; both final states seed the decoder.
   bidirectional_encoder: bool = False
+  # LSTM layers run lstm_sequence (hand-written gradient, ~2x faster on a CPU); False: autodiff of lax.scan.
+  fused_lstm: bool = True
 
   # --- optimisation -----------------------------------------------------------
   # Sentence pairs per batch (global).

@@ -211,9 +211,13 @@ def build_example_model(num_encoder_tokens: int, num_decoder_tokens: int, latent
   return model
 
 
-def example_decoder(model, tgt_chars: list[str], max_decoder_seq_length: int):
+def example_decoder(model, tgt_chars: list[str], max_decoder_seq_length: int,
+                    predict: str = "predict_on_batch"):
   """The example's inference models and decode_sequence (argmax, one step at a time):
-  returns decode(input_seq_1xSxV) -> the decoded text without its end marker."""
+  returns decode(input_seq_1xSxV) -> the decoded text without its end marker.
+
+  predict="predict" calls Model.predict as the published example does;
+  "predict_on_batch" (default) skips predict()'s per-call data-adapter overhead."""
   keras = _keras()
   lstms = [layer for layer in model.layers if isinstance(layer, keras.layers.LSTM)]
   dense = [layer for layer in model.layers if isinstance(layer, keras.layers.Dense)][0]
@@ -224,15 +228,19 @@ def example_decoder(model, tgt_chars: list[str], max_decoder_seq_length: int):
   decoder_model = keras.Model([model.input[1], state_h, state_c],
                               [dense(decoder_outputs), h, c])
   start = tgt_chars.index(data_lib.KERAS_START)
+  if predict == "predict":
+    run_encoder = lambda x: encoder_model.predict(x, verbose=0)
+    run_decoder = lambda xs: decoder_model.predict(xs, verbose=0)
+  else:
+    run_encoder, run_decoder = encoder_model.predict_on_batch, decoder_model.predict_on_batch
 
   def decode_sequence(input_seq: np.ndarray) -> str:
-    # predict_on_batch: the example's predict() without its per-call data-adapter overhead
-    states = [np.asarray(s) for s in encoder_model.predict_on_batch(input_seq)]
+    states = [np.asarray(s) for s in run_encoder(input_seq)]
     target_seq = np.zeros((1, 1, len(tgt_chars)), np.float32)
     target_seq[0, 0, start] = 1.0
     decoded = ""
     while True:
-      output_tokens, h, c = decoder_model.predict_on_batch([target_seq] + states)
+      output_tokens, h, c = run_decoder([target_seq] + states)
       index = int(np.argmax(np.asarray(output_tokens)[0, -1, :]))
       decoded += tgt_chars[index]
       if tgt_chars[index] == data_lib.KERAS_END or len(decoded) > max_decoder_seq_length:

@@ -75,6 +75,91 @@ def lstm_scan(xproj_BxTx4H: jax.Array, carry: Carry, recurrent_kernel_Hx4H: jax.
   return rnn_scan(cell, xproj_BxTx4H, carry, mask_BxT, unroll)
 
 
+def _lstm_forward(xproj_TxBx4H, h0_BxH, c0_BxH, recurrent_kernel_Hx4H, keep_TxB):
+  """The LSTM over time, time-major, saving what the backward pass needs: outputs
+  h_TxBxH, cells c_TxBxH and gate activations TxBx4H (i, f, g, o)."""
+
+  def step(carry, inputs):
+    h_BxH, c_BxH = carry
+    xproj_Bx4H, keep_B = inputs
+    i, f, g, o = jnp.split(xproj_Bx4H + h_BxH @ recurrent_kernel_Hx4H, 4, axis=-1)
+    i, f, g, o = jax.nn.sigmoid(i), jax.nn.sigmoid(f), jnp.tanh(g), jax.nn.sigmoid(o)
+    new_c_BxH = f * c_BxH + i * g
+    new_h_BxH = o * jnp.tanh(new_c_BxH)
+    keep_Bx1 = keep_B[:, None] > 0  # masked steps hold the carry
+    new_h_BxH = jnp.where(keep_Bx1, new_h_BxH, h_BxH)
+    new_c_BxH = jnp.where(keep_Bx1, new_c_BxH, c_BxH)
+    return (new_h_BxH, new_c_BxH), (new_h_BxH, new_c_BxH, jnp.concatenate([i, f, g, o], -1))
+
+  _, (h_TxBxH, c_TxBxH, gates_TxBx4H) = jax.lax.scan(
+      step, (h0_BxH, c0_BxH), (xproj_TxBx4H, keep_TxB))
+  return h_TxBxH, c_TxBxH, gates_TxBx4H
+
+
+@jax.custom_vjp
+def lstm_sequence(xproj_TxBx4H, h0_BxH, c0_BxH, recurrent_kernel_Hx4H, keep_TxB):
+  """An LSTM layer over a whole (time-major) sequence: (h_TxBxH, final c_BxH); the
+  final h is h_TxBxH[-1]. Steps where keep is 0 hold the carry. Equal to scanning lstm_cell; its gradient is hand-written the way
+  cuDNN and oneDNN do it: the backward scan computes only the per-step gate gradients
+  and the carry's, and the recurrent kernel's gradient is then one large matmul over
+  all steps instead of a small outer-product accumulation inside every step."""
+  h_TxBxH, c_TxBxH, _ = _lstm_forward(xproj_TxBx4H, h0_BxH, c0_BxH, recurrent_kernel_Hx4H, keep_TxB)
+  return h_TxBxH, c_TxBxH[-1]
+
+
+def _lstm_sequence_fwd(xproj_TxBx4H, h0_BxH, c0_BxH, recurrent_kernel_Hx4H, keep_TxB):
+  h_TxBxH, c_TxBxH, gates_TxBx4H = _lstm_forward(xproj_TxBx4H, h0_BxH, c0_BxH,
+                                                 recurrent_kernel_Hx4H, keep_TxB)
+  return (h_TxBxH, c_TxBxH[-1]), (h_TxBxH, c_TxBxH, gates_TxBx4H, h0_BxH, c0_BxH,
+                                  recurrent_kernel_Hx4H, keep_TxB)
+
+
+def _lstm_sequence_bwd(residuals, cotangents):
+  dh_TxBxH, dc_last_BxH = cotangents
+  h_TxBxH, c_TxBxH, gates_TxBx4H, h0_BxH, c0_BxH, recurrent_kernel_Hx4H, keep_TxB = residuals
+  c_prev_TxBxH = jnp.concatenate([c0_BxH[None], c_TxBxH[:-1]], 0)
+  kernel_T_4HxH = recurrent_kernel_Hx4H.T
+
+  def step(carry, inputs):
+    dh_BxH, dc_BxH = carry  # gradients flowing back into this step's outputs
+    dh_out_BxH, c_BxH, c_prev_BxH, gates_Bx4H, keep_B = inputs
+    dh_BxH = dh_BxH + dh_out_BxH
+    i, f, g, o = jnp.split(gates_Bx4H, 4, axis=-1)
+    tanh_c_BxH = jnp.tanh(c_BxH)
+    dc_new_BxH = dc_BxH + dh_BxH * o * (1.0 - tanh_c_BxH * tanh_c_BxH)
+    dz_Bx4H = jnp.concatenate([dc_new_BxH * g * i * (1.0 - i),
+                               dc_new_BxH * c_prev_BxH * f * (1.0 - f),
+                               dc_new_BxH * i * (1.0 - g * g),
+                               dh_BxH * tanh_c_BxH * o * (1.0 - o)], -1)
+    keep_Bx1 = keep_B[:, None] > 0
+    dz_Bx4H = jnp.where(keep_Bx1, dz_Bx4H, 0.0)
+    dh_prev_BxH = jnp.where(keep_Bx1, dz_Bx4H @ kernel_T_4HxH, dh_BxH)
+    dc_prev_BxH = jnp.where(keep_Bx1, dc_new_BxH * f, dc_BxH)
+    return (dh_prev_BxH, dc_prev_BxH), dz_Bx4H
+
+  (dh0_BxH, dc0_BxH), dz_TxBx4H = jax.lax.scan(
+      step, (jnp.zeros_like(h0_BxH), dc_last_BxH),
+      (dh_TxBxH, c_TxBxH, c_prev_TxBxH, gates_TxBx4H, keep_TxB), reverse=True)
+  h_prev_TxBxH = jnp.concatenate([h0_BxH[None], h_TxBxH[:-1]], 0)
+  d_kernel_Hx4H = jnp.einsum("tbh,tbg->hg", h_prev_TxBxH, dz_TxBx4H)
+  return dz_TxBx4H, dh0_BxH, dc0_BxH, d_kernel_Hx4H, jnp.zeros_like(keep_TxB)
+
+
+lstm_sequence.defvjp(_lstm_sequence_fwd, _lstm_sequence_bwd)
+
+
+def lstm_layer_scan(xproj_BxTx4H: jax.Array, carry: Carry, recurrent_kernel_Hx4H: jax.Array,
+                    mask_BxT: jax.Array | None = None) -> tuple[Carry, jax.Array]:
+  """rnn_scan of lstm_cell through lstm_sequence: (final (h, c), h_BxTxH)."""
+  h0_BxH, c0_BxH = carry
+  batch, steps = xproj_BxTx4H.shape[:2]
+  keep_TxB = (jnp.ones((steps, batch), jnp.float32) if mask_BxT is None
+              else jnp.swapaxes(mask_BxT, 0, 1).astype(jnp.float32))
+  h_TxBxH, c_BxH = lstm_sequence(jnp.swapaxes(xproj_BxTx4H, 0, 1), h0_BxH, c0_BxH,
+                                 recurrent_kernel_Hx4H, keep_TxB)
+  return (h_TxBxH[-1], c_BxH), jnp.swapaxes(h_TxBxH, 0, 1)
+
+
 def forget_bias_init(key, shape, dtype=jnp.float32):
   """Keras unit_forget_bias: zeros, with the forget gate's quarter set to one."""
   del key
@@ -89,6 +174,7 @@ class RecurrentLayer(nn.Module):
   cell: str = "lstm"
   onehot: bool = False  # inputs are ids and the kernel is indexed (= one-hot @ kernel)
   feed_dim: int = 0  # > 0: a second input (attentional state, "input feeding")
+  fused: bool = True  # LSTM: lstm_sequence's hand-written gradient (False: autodiff of the scan)
 
   def setup(self):
     gates = (4 if self.cell == "lstm" else 3) * self.hidden
@@ -124,6 +210,8 @@ class RecurrentLayer(nn.Module):
     return self.project_fn()(x)
 
   def __call__(self, x, carry: Carry, mask_BxT=None, unroll: int = 1):
+    if self.cell == "lstm" and self.fused:
+      return lstm_layer_scan(self.project(x), carry, self.recurrent_kernel, mask_BxT)
     return rnn_scan(self.cell_fn(), self.project(x), carry, mask_BxT, unroll)
 
   def step(self, x_B, carry: Carry) -> Carry:
@@ -211,7 +299,7 @@ class Seq2Seq(nn.Module):
     def stack(prefix: str, first_in: int, first_onehot: bool, feed_dim: int = 0, rest_in: int = H):
       return [RecurrentLayer(H, first_in if k == 0 else rest_in, cfg.cell,
                              onehot=first_onehot and k == 0, feed_dim=feed_dim if k == 0 else 0,
-                             name=f"{prefix}_{cfg.cell}_{k}")
+                             fused=cfg.fused_lstm, name=f"{prefix}_{cfg.cell}_{k}")
               for k in range(cfg.num_layers)]
     src_in = {"onehot": self.src_vocab_size, "embed": cfg.embed_dim,
               "real": self.src_vocab_size}[cfg.input_mode]

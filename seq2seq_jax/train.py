@@ -244,8 +244,9 @@ def make_task(config: Config, src_vocab: Vocab, tgt_vocab: Vocab,
 
 
 def evaluate_pairs(task: Task, params, pairs, decode_limit: int = 0,
-                   full_text_metrics: bool = True) -> tuple[dict[str, float], list[str]]:
-  """Loss and token accuracy over all pairs; greedy-output metrics over the first decode_limit.
+                   full_text_metrics: bool = True, decoder=None) -> tuple[dict[str, float], list[str]]:
+  """Loss and token accuracy over all pairs; output metrics over the first decode_limit,
+  decoded greedily or with decoder (e.g. make_beam_decoder's).
 
   For series models `pairs` are windows: loss (scaled MSE), MSE/MAE in the data's units
   and those of the naive last-value forecast.
@@ -268,7 +269,7 @@ def evaluate_pairs(task: Task, params, pairs, decode_limit: int = 0,
   metrics = {"loss": totals["loss_sum"] / max(totals["weight"], 1.0),
              "token_accuracy": totals["correct"] / max(totals["tokens"], 1.0)}
   subset = pairs[:decode_limit] if decode_limit else pairs
-  hypotheses = task.translate(params, [s for s, _ in subset])
+  hypotheses = task.translate(params, [s for s, _ in subset], decoder=decoder)
   references = [t for _, t in subset]
   if full_text_metrics:
     metrics.update(text_metrics(hypotheses, references))

@@ -1,0 +1,740 @@
+"""`seq2seq-jax benchmark`: seq2seq_jax against Keras 3 (JAX backend) and PyTorch on the
+same work, measured side by side in one run.
+
+Each framework runs in its own worker process (a JAX thread pool in the same process
+starves PyTorch's) that waits, idle, on its stdin for the next measurement, so the
+rounds alternate between frameworks and every framework sees the same machine noise;
+the report gives medians over rounds. Every worker gets the same allocator (mimalloc
+when installed, as `seq2seq-jax train` uses).
+
+The work:
+- train at the Keras example's shapes (batch 64, source 16 steps over 71 tokens, target
+  59 steps over 93, LSTM 256): our jitted train step, Keras' `train_on_batch` and `fit`
+  on the example's model as published, a plain PyTorch `nn.LSTM` port;
+- an epoch of real-length pairs (the embedded numbers:fr data): we bucket by length
+  and mask, the Keras example pads every pair to the data set's maximum, PyTorch pads
+  each batch to its longest pair;
+- greedy decoding: our batched decoder, the example's one-`predict`-per-character loop,
+  a batched PyTorch loop; at the seed shapes with END suppressed (all 59 steps, equal
+  work everywhere) and on held-out real pairs after training (each stops at its END).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import functools
+import importlib.util
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Any
+
+import numpy as np
+
+from seq2seq_jax.vocab import END_ID, START_ID
+
+SEED_SHAPES = {"batch": 64, "src_len": 16, "src_vocab": 71, "tgt_len": 59, "tgt_vocab": 93,
+               "latent": 256}
+QUICK_SHAPES = {"batch": 8, "src_len": 6, "src_vocab": 12, "tgt_len": 9, "tgt_vocab": 14,
+                "latent": 16}
+PEERS = ("keras", "torch")
+END_SUPPRESSED = -1e9  # output bias of END for seed-shape decoding: every row runs all steps
+
+
+def train_flops_per_sample(src_len: int, tgt_len: int, tgt_vocab: int, latent: int) -> float:
+  """Matmul FLOPs of one training sample: 3 x the forward pass (forward, and backward
+  for inputs and weights); one-hot input projections count as row lookups, not matmuls."""
+  gates = 4 * latent
+  forward = 2 * (src_len * latent * gates + tgt_len * (latent * gates + latent * tgt_vocab))
+  return 3.0 * forward
+
+
+def rss_mib() -> tuple[float, float]:
+  """(current, peak) resident memory of this process in MiB."""
+  with open("/proc/self/statm") as f:
+    current = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2 ** 20
+  return current, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _timed(fn, *args) -> float:
+  start = time.perf_counter()
+  fn(*args)
+  return time.perf_counter() - start
+
+
+def seed_batch(shapes: dict[str, int], batch: int, seed: int = 0) -> dict[str, np.ndarray]:
+  """Random full-length token ids at the seed shapes (ids >= 4: no padding, no specials)."""
+  rng = np.random.default_rng(seed)
+  tgt = rng.integers(4, shapes["tgt_vocab"], (batch, shapes["tgt_len"] + 1)).astype(np.int32)
+  return {"src": rng.integers(4, shapes["src_vocab"], (batch, shapes["src_len"])).astype(np.int32),
+          "tgt_in": tgt[:, :-1], "tgt_out": tgt[:, 1:],
+          "tgt_mask": np.ones((batch, shapes["tgt_len"]), bool),
+          "index": np.arange(batch, dtype=np.int32)}
+
+
+# ---------------------------------------------------------------------------
+# Workers: one per framework, each in its own process
+# ---------------------------------------------------------------------------
+
+class Worker:
+  """Answers ops: setup, train, epoch, decode, matmul, finish."""
+
+  def __init__(self, spec: dict[str, Any]):
+    self.spec = spec
+    self.shapes = spec["shapes"]
+    real = np.load(spec["real_data"])
+    self.real = {k: real[k] for k in real.files}
+
+  def finish(self) -> dict[str, Any]:
+    current, peak = rss_mib()
+    return {"rss_mib": current, "peak_rss_mib": peak}
+
+
+class JaxWorker(Worker):
+  """seq2seq_jax: the library's own model, train step and decoder."""
+
+  def __init__(self, spec):
+    super().__init__(spec)
+    import jax
+    from seq2seq_jax import data as data_lib
+    from seq2seq_jax import train as train_lib
+    from seq2seq_jax.config import Config, validate
+    from seq2seq_jax.decode import make_greedy_decoder
+    from seq2seq_jax.model import build_model
+    from seq2seq_jax.optim import build_optimizer
+    self.jax, self.data_lib, self.train_lib = jax, data_lib, train_lib
+    self.make_greedy_decoder, self.build_model = make_greedy_decoder, build_model
+    shapes = self.shapes
+    # the example's model: one-hot inputs, LSTM encoder/decoder, no attention, Keras RMSprop
+    self.config = validate(Config(
+        input_mode="onehot", attention="none", latent_dim=shapes["latent"], num_layers=1,
+        dropout=0.0, reverse_source=False, batch_size=shapes["batch"], lr_schedule="constant",
+        learning_rate=1e-3, clip_norm=0.0, loss_on_padding=False, bucket_width=spec["bucket_width"]))
+    self.tx = build_optimizer(self.config, 1)
+    self.rng = jax.random.key(0)
+    self.seed_model = build_model(self.config, shapes["src_vocab"], shapes["tgt_vocab"])
+    self.seed_state = train_lib.create_state(self.config, self.seed_model, self.tx)
+    self.seed_step = jax.jit(functools.partial(train_lib.train_step, model=self.seed_model,
+                                               tx=self.tx, config=self.config), donate_argnums=(0,))
+    self.real_model = build_model(self.config, int(self.real["src_vocab"]), int(self.real["tgt_vocab"]))
+    self.real_state = train_lib.create_state(self.config, self.real_model, self.tx)
+    self.real_step = jax.jit(functools.partial(train_lib.train_step, model=self.real_model,
+                                               tx=self.tx, config=self.config), donate_argnums=(0,))
+    self.real_train = data_lib.Encoded(self.real["train_src"], self.real["train_src_len"],
+                                       self.real["train_tgt"], self.real["train_tgt_len"])
+    self.epochs = 0
+    self.decoders = {}
+
+  def setup(self) -> dict[str, Any]:
+    jax = self.jax
+    batch = seed_batch(self.shapes, self.shapes["batch"])
+    start = time.perf_counter()
+    lowered = self.seed_step.lower(self.seed_state, batch, self.rng)
+    trace_s = time.perf_counter() - start
+    lowered.compile()
+    compile_s = time.perf_counter() - start
+    for _ in range(2):  # warm the jit cache (a second, cached, compile of the same program)
+      self.seed_state, _ = self.seed_step(self.seed_state, batch, self.rng)
+    jax.block_until_ready(self.seed_state)
+    return {"compile_s": compile_s, "trace_s": trace_s}
+
+  def train(self, batch: int, steps: int) -> dict[str, Any]:
+    jax = self.jax
+    arrays = jax.device_put(seed_batch(self.shapes, batch))
+    state = self.seed_state if batch == self.shapes["batch"] else getattr(self, f"_state{batch}", None)
+    if state is None:  # another batch size: its own state, compiled and warmed once
+      state = self.train_lib.create_state(self.config, self.seed_model, self.tx)
+      state, _ = self.seed_step(state, arrays, self.rng)
+    jax.block_until_ready(state)
+    start = time.perf_counter()
+    for _ in range(steps):
+      state, metrics = self.seed_step(state, arrays, self.rng)
+    jax.block_until_ready(state)
+    seconds = time.perf_counter() - start
+    if batch == self.shapes["batch"]:
+      self.seed_state = state
+    else:
+      setattr(self, f"_state{batch}", state)
+    return {"samples_per_s": batch * steps / seconds, "seconds": seconds}
+
+  def epoch(self) -> dict[str, Any]:
+    jax, data_lib = self.jax, self.data_lib
+    before = self.train_lib.compilation_count()
+    batches = data_lib.epoch_batches(self.real_train, self.config.batch_size, 0, self.epochs,
+                                     self.config.bucket_width)
+    start = time.perf_counter()
+    state = self.real_state
+    for rows in batches:
+      batch = data_lib.make_batch(self.real_train, rows, self.config.batch_size,
+                                  self.config.bucket_width)
+      state, metrics = self.real_step(state, batch, self.rng)
+    loss = float(metrics["loss"])
+    seconds = time.perf_counter() - start
+    self.real_state = state
+    self.epochs += 1
+    return {"samples_per_s": len(self.real_train) / seconds, "seconds": seconds, "loss": loss,
+            "compilations": self.train_lib.compilation_count() - before, "rss_mib": rss_mib()[0]}
+
+  def _decoder(self, which: str, max_len: int):
+    if which not in self.decoders:
+      model = self.seed_model if which == "seed" else self.real_model
+      self.decoders[which] = self.make_greedy_decoder(model, max_len)
+    return self.decoders[which]
+
+  def decode(self, which: str, batch: int, sentences: int) -> dict[str, Any]:
+    """Sentences per second decoding `sentences` sources in batches of `batch`."""
+    jax = self.jax
+    if which == "seed":
+      params = jax.tree.map(lambda x: x, self.seed_state["params"])
+      bias = params["output_dense"]["bias"]
+      params["output_dense"]["bias"] = bias.at[END_ID].set(END_SUPPRESSED)
+      src = seed_batch(self.shapes, batch)["src"]
+      max_len = self.shapes["tgt_len"]
+      sources = [src] * max(1, sentences // batch)
+    else:
+      params = self.real_state["params"]
+      max_len = self.real["test_tgt"].shape[1] - 1
+      test_src = self.real["test_src"]
+      sources = [_pad_rows(test_src[i:i + batch], batch) for i in range(0, len(test_src), batch)]
+      sources = sources[:max(1, sentences // batch)]
+    decoder = self._decoder(which, max_len)
+    jax.block_until_ready(decoder(params, sources[0]))  # compile outside the timing
+    start = time.perf_counter()
+    outputs = [decoder(params, src) for src in sources]
+    outputs = [np.asarray(o) for o in outputs]
+    seconds = time.perf_counter() - start
+    lengths = [_output_length(o) for o in outputs]
+    return {"sentences_per_s": batch * len(sources) / seconds,
+            "mean_output_len": float(np.mean(np.concatenate(lengths)))}
+
+  def matmul(self) -> dict[str, Any]:
+    jax = self.jax
+    n, repeats = 1024, 20
+    a = jax.random.normal(jax.random.key(0), (n, n))
+
+    @jax.jit
+    def chain(x):
+      for _ in range(repeats):
+        x = (x @ a) * 0.03  # a dependent chain: each matmul really runs
+      return x
+
+    jax.block_until_ready(chain(a))
+    best = 0.0
+    for _ in range(5):
+      seconds = _timed(lambda: jax.block_until_ready(chain(a)))
+      best = max(best, 2 * n ** 3 * repeats / seconds / 1e9)
+    return {"gflops": best}
+
+
+def _pad_rows(x: np.ndarray, rows: int) -> np.ndarray:
+  out = np.zeros((rows,) + x.shape[1:], x.dtype)
+  out[:len(x)] = x
+  return out
+
+
+def _output_length(ids_BxL: np.ndarray, end_id: int = END_ID) -> np.ndarray:
+  """Tokens up to and including the first END (all of them when there is none)."""
+  ended_BxL = ids_BxL == end_id
+  return np.where(ended_BxL.any(1), ended_BxL.argmax(1) + 1, ids_BxL.shape[1])
+
+
+class KerasWorker(Worker):
+  """The Keras lstm_seq2seq example as published, Keras 3 on its JAX backend."""
+
+  def __init__(self, spec):
+    super().__init__(spec)
+    from seq2seq_jax import keras_import
+    self.keras_import = keras_import
+    s = self.shapes
+    self.seed_model = keras_import.build_example_model(s["src_vocab"], s["tgt_vocab"], s["latent"])
+    self.real_model = keras_import.build_example_model(int(self.real["src_vocab"]),
+                                                       int(self.real["tgt_vocab"]), s["latent"])
+    # the example's arrays for the real pairs: one-hot, padded to the data set's maximum
+    self.real_x = [_onehot(self.real["train_src"], int(self.real["src_vocab"])),
+                   _onehot(self.real["train_tgt"][:, :-1], int(self.real["tgt_vocab"]))]
+    self.real_y = _onehot(self.real["train_tgt"][:, 1:], int(self.real["tgt_vocab"]))
+
+  def _seed_arrays(self, batch: int):
+    b = seed_batch(self.shapes, batch)
+    return ([_onehot(b["src"], self.shapes["src_vocab"]), _onehot(b["tgt_in"], self.shapes["tgt_vocab"])],
+            _onehot(b["tgt_out"], self.shapes["tgt_vocab"]))
+
+  def setup(self) -> dict[str, Any]:
+    x, y = self._seed_arrays(self.shapes["batch"])
+    first = _timed(self.seed_model.train_on_batch, x, y)
+    steady = min(_timed(self.seed_model.train_on_batch, x, y) for _ in range(3))
+    self.seed_model.fit(x, y, batch_size=self.shapes["batch"], epochs=1, verbose=0)  # build fit's step
+    return {"compile_s": first - steady}
+
+  def train(self, batch: int, steps: int, mode: str = "train_on_batch") -> dict[str, Any]:
+    x, y = self._seed_arrays(batch)
+    if mode == "fit":  # fit over steps batches of the same arrays
+      xs, ys = [np.concatenate([a] * steps) for a in x], np.concatenate([y] * steps)
+      seconds = _timed(lambda: self.seed_model.fit(xs, ys, batch_size=batch, epochs=1, verbose=0,
+                                                   shuffle=False))
+    else:
+      seconds = _timed(lambda: [self.seed_model.train_on_batch(x, y) for _ in range(steps)])
+    return {"samples_per_s": batch * steps / seconds, "seconds": seconds}
+
+  def epoch(self) -> dict[str, Any]:
+    history = {}
+    seconds = _timed(lambda: history.update(self.real_model.fit(
+        self.real_x, self.real_y, batch_size=self.shapes["batch"], epochs=1, verbose=0).history))
+    return {"samples_per_s": len(self.real_y) / seconds, "seconds": seconds,
+            "loss": float(history["loss"][-1]), "rss_mib": rss_mib()[0]}
+
+  def decode(self, which: str, batch: int, sentences: int, predict: str = "predict") -> dict[str, Any]:
+    """The example's decode_sequence, one sentence at a time (batch is ignored)."""
+    model = self.seed_model if which == "seed" else self.real_model
+    vocab = self.shapes["tgt_vocab"] if which == "seed" else int(self.real["tgt_vocab"])
+    # one character per token id, START and END where the example's loop looks them up
+    tgt_chars = [chr(0x100 + i) for i in range(vocab)]
+    tgt_chars[START_ID], tgt_chars[END_ID] = "\t", "\n"
+    dense = [layer for layer in model.layers if layer.__class__.__name__ == "Dense"][0]
+    kernel, bias = dense.get_weights()
+    if which == "seed":
+      dense.set_weights([kernel, np.where(np.arange(vocab) == END_ID, END_SUPPRESSED, bias)])
+      src = seed_batch(self.shapes, sentences)["src"]
+      src_vocab, max_len = self.shapes["src_vocab"], self.shapes["tgt_len"] - 1
+    else:
+      src = self.real["test_src"][:sentences]
+      src_vocab, max_len = int(self.real["src_vocab"]), self.real["test_tgt"].shape[1] - 2
+    decode_sequence = self.keras_import.example_decoder(model, tgt_chars, max_len, predict=predict)
+    decode_sequence(_onehot(src[:1], src_vocab))  # build the inference models' functions
+    start = time.perf_counter()
+    outputs = [decode_sequence(_onehot(src[i:i + 1], src_vocab)) for i in range(len(src))]
+    seconds = time.perf_counter() - start
+    if which == "seed":
+      dense.set_weights([kernel, bias])
+    lengths = [len(o) + (len(o) <= max_len) for o in outputs]  # tokens + END, as _output_length
+    return {"sentences_per_s": len(src) / seconds, "mean_output_len": float(np.mean(lengths))}
+
+
+def _onehot(ids: np.ndarray, vocab: int) -> np.ndarray:
+  return np.eye(vocab, dtype=np.float32)[ids]
+
+
+class TorchWorker(Worker):
+  """The same model in PyTorch nn.LSTM (seq2seq_jax.torch_peer)."""
+
+  def __init__(self, spec):
+    super().__init__(spec)
+    from seq2seq_jax import torch_peer
+    self.peer = torch_peer
+    s = self.shapes
+    self.seed_model, self.seed_opt = torch_peer.build(s["src_vocab"], s["tgt_vocab"], s["latent"])
+    self.real_model, self.real_opt = torch_peer.build(int(self.real["src_vocab"]),
+                                                      int(self.real["tgt_vocab"]), s["latent"])
+    self.epochs = 0
+
+  def setup(self) -> dict[str, Any]:
+    self.train(self.shapes["batch"], 2)
+    return {"compile_s": 0.0}
+
+  def train(self, batch: int, steps: int) -> dict[str, Any]:
+    b = seed_batch(self.shapes, batch)
+    step = lambda: self.peer.train_step(self.seed_model, self.seed_opt, b["src"], b["tgt_in"], b["tgt_out"])
+    seconds = _timed(lambda: [step() for _ in range(steps)])
+    return {"samples_per_s": batch * steps / seconds, "seconds": seconds}
+
+  def epoch(self) -> dict[str, Any]:
+    """Shuffled batches, each padded to its own longest pair; padding ignored by the loss."""
+    src, src_len = self.real["train_src"], self.real["train_src_len"]
+    tgt, tgt_len = self.real["train_tgt"], self.real["train_tgt_len"]
+    order = np.random.default_rng([0, self.epochs]).permutation(len(src))
+    batch = self.shapes["batch"]
+    start = time.perf_counter()
+    for i in range(0, len(order), batch):
+      rows = order[i:i + batch]
+      s_len, t_len = int(src_len[rows].max()), int(tgt_len[rows].max())
+      tgt_rows = tgt[rows, :t_len + 1]
+      loss = self.peer.train_step(self.real_model, self.real_opt, src[rows, :s_len],
+                                  tgt_rows[:, :-1], tgt_rows[:, 1:], ignore_index=0)
+    seconds = time.perf_counter() - start
+    self.epochs += 1
+    return {"samples_per_s": len(order) / seconds, "seconds": seconds, "loss": loss,
+            "rss_mib": rss_mib()[0]}
+
+  def decode(self, which: str, batch: int, sentences: int) -> dict[str, Any]:
+    if which == "seed":
+      model, end_id, max_len = self.seed_model, -1, self.shapes["tgt_len"]  # END suppressed
+      sources = [seed_batch(self.shapes, batch)["src"]] * max(1, sentences // batch)
+    else:
+      model, end_id, max_len = self.real_model, END_ID, self.real["test_tgt"].shape[1] - 1
+      test_src = self.real["test_src"]
+      sources = [test_src[i:i + batch] for i in range(0, len(test_src), batch)][:max(1, sentences // batch)]
+    decode = lambda src: self.peer.greedy_decode(model, src, START_ID, end_id, max_len)
+    decode(sources[0])
+    start = time.perf_counter()
+    outputs = [decode(src) for src in sources]
+    seconds = time.perf_counter() - start
+    lengths = np.concatenate([_output_length(o) for o in outputs])
+    return {"sentences_per_s": sum(len(s) for s in sources) / seconds,
+            "mean_output_len": float(lengths.mean())}
+
+  def matmul(self) -> dict[str, Any]:
+    return {"gflops": self.peer.matmul_gflops()}
+
+
+WORKERS = {"seq2seq_jax": JaxWorker, "keras": KerasWorker, "torch": TorchWorker}
+
+
+def worker_main(name: str) -> int:
+  """A worker's loop: one JSON op per stdin line, one JSON answer per stdout line."""
+  out = sys.stdout
+  sys.stdout = sys.stderr  # library chatter must not reach the answer channel
+  spec = json.loads(sys.stdin.readline())
+  try:
+    worker = WORKERS[name](spec)
+    answer = {"ok": True}
+  except Exception as error:  # reported to the coordinator, which names the worker
+    answer = {"ok": False, "error": f"{type(error).__name__}: {error}"}
+  out.write(json.dumps(answer) + "\n")
+  out.flush()
+  if not answer["ok"]:
+    return 1
+  for line in sys.stdin:
+    op = json.loads(line)
+    try:
+      result = getattr(worker, op.pop("op"))(**op)
+      answer = {"ok": True, "result": result}
+    except Exception as error:
+      answer = {"ok": False, "error": f"{type(error).__name__}: {error}"}
+    out.write(json.dumps(answer) + "\n")
+    out.flush()
+  return 0
+
+
+# ---------------------------------------------------------------------------
+# The coordinator
+# ---------------------------------------------------------------------------
+
+class WorkerProcess:
+  def __init__(self, name: str, spec: dict[str, Any], env: dict[str, str], log_dir: str):
+    self.name = name
+    self.log_path = os.path.join(log_dir, f"{name}.log")
+    self.log = open(self.log_path, "w")
+    self.proc = subprocess.Popen([sys.executable, "-m", "seq2seq_jax.benchmark", "--worker", name],
+                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log,
+                                 text=True, env=env)
+    self._send(spec)
+
+  def _send(self, message: dict[str, Any]) -> Any:
+    from seq2seq_jax.errors import UserError
+    self.proc.stdin.write(json.dumps(message) + "\n")
+    self.proc.stdin.flush()
+    line = self.proc.stdout.readline()
+    if not line:
+      self.log.flush()
+      with open(self.log_path) as f:
+        tail = f.read()[-2000:]
+      raise UserError(f"the {self.name} benchmark worker died (exit {self.proc.wait()}); "
+                      f"its log ends:\n{tail}")
+    answer = json.loads(line)
+    if not answer["ok"]:
+      raise UserError(f"the {self.name} benchmark worker failed: {answer['error']}")
+    return answer.get("result")
+
+  def __call__(self, op: str, **kwargs) -> Any:
+    return self._send(dict(kwargs, op=op))
+
+  def close(self) -> dict[str, Any]:
+    result = self("finish")
+    self.proc.stdin.close()
+    self.proc.wait(timeout=60)
+    self.log.close()
+    return result
+
+
+def real_length_data(quick: bool, path: str) -> dict[str, Any]:
+  """numbers:fr pairs (embedded, real lengths) encoded as int32 ids, saved for the workers."""
+  from seq2seq_jax import data as data_lib
+  from seq2seq_jax.config import Config
+  train_n, test_n = (256, 64) if quick else (4096, 512)
+  config = Config(data="numbers:fr", numbers_max=999 if quick else 999_999,
+                  numbers_train=train_n, numbers_val=0, numbers_test=test_n)
+  train, _, test = data_lib.number_pairs("fr", config)
+  src_vocab, tgt_vocab = data_lib.build_vocabs(train + test)
+  encoded = {name: data_lib.encode_pairs(pairs, src_vocab, tgt_vocab)
+             for name, pairs in (("train", train), ("test", test))}
+  arrays = {f"{name}_{field}": getattr(e, f) for name, e in encoded.items()
+            for field, f in (("src", "src_NxS"), ("src_len", "src_len_N"), ("tgt", "tgt_NxT"),
+                             ("tgt_len", "tgt_len_N"))}
+  np.savez(path, src_vocab=len(src_vocab), tgt_vocab=len(tgt_vocab), **arrays)
+  src_len, tgt_len = encoded["train"].src_len_N, encoded["train"].tgt_len_N
+  return {"data": "numbers:fr", "train_pairs": len(train), "test_pairs": len(test),
+          "src_vocab": len(src_vocab), "tgt_vocab": len(tgt_vocab),
+          "mean_src_len": float(src_len.mean()), "max_src_len": int(src_len.max()),
+          "mean_tgt_len": float(tgt_len.mean()), "max_tgt_len": int(tgt_len.max())}
+
+
+def worker_env(allocator: str) -> tuple[dict[str, str], str]:
+  """The environment every worker runs in, and the allocator it names."""
+  from seq2seq_jax.cli import _find_mimalloc
+  env = dict(os.environ, KERAS_BACKEND="jax", SEQ2SEQ_JAX_MIMALLOC="0")
+  env.pop("LD_PRELOAD", None)
+  library = _find_mimalloc() if allocator == "mimalloc" else None
+  if allocator == "mimalloc" and library is None:
+    return env, "system (mimalloc not installed)"
+  if library:
+    env.update(LD_PRELOAD=library, MIMALLOC_PURGE_DELAY="-1")
+    return env, "mimalloc"
+  return env, "system"
+
+
+def machine_info() -> dict[str, Any]:
+  cpu = platform.processor()
+  try:
+    with open("/proc/cpuinfo") as f:
+      cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+  except OSError:
+    pass
+  versions = {}
+  for package in ("jax", "flax", "keras", "torch"):
+    try:
+      from importlib.metadata import version
+      versions[package] = version(package)
+    except Exception:
+      versions[package] = None
+  return {"cpu": cpu, "cores": os.cpu_count(), "platform": platform.platform(),
+          "python": platform.python_version(), "versions": versions}
+
+
+def available_peers(wanted: tuple[str, ...]) -> tuple[list[str], dict[str, str]]:
+  found, skipped = [], {}
+  for peer in wanted:
+    if importlib.util.find_spec(peer) is None:
+      skipped[peer] = f"{peer} is not installed: pip install 'seq2seq_jax[bench]'"
+    else:
+      found.append(peer)
+  return found, skipped
+
+
+def _median(values: list[float]) -> float:
+  return float(statistics.median(values))
+
+
+def run_benchmark(rounds: int = 5, peers: tuple[str, ...] = PEERS, quick: bool = False,
+                  allocator: str = "mimalloc", train_steps: int = 30,
+                  big_batches: tuple[int, ...] = (256, 1024),
+                  decode_batches: tuple[int, ...] = (1, 64, 512, 2048),
+                  progress=None) -> dict[str, Any]:
+  """Runs the whole comparison; returns the report (see format_report)."""
+  say = progress or (lambda message: None)
+  shapes = dict(QUICK_SHAPES if quick else SEED_SHAPES)
+  if quick:
+    train_steps, big_batches, decode_batches = 3, (16,), (1, 8)
+  found, skipped = available_peers(peers)
+  env, allocator_name = worker_env(allocator)
+  report: dict[str, Any] = {"machine": dict(machine_info(), allocator=allocator_name),
+                            "rounds": rounds, "shapes": shapes, "skipped": skipped}
+  with tempfile.TemporaryDirectory(prefix="seq2seq_jax_bench_") as tmp:
+    data_path = os.path.join(tmp, "real.npz")
+    report["real_data"] = real_length_data(quick, data_path)
+    spec = {"shapes": shapes, "real_data": data_path, "bucket_width": 4 if quick else 16}
+    names = ["seq2seq_jax"] + found
+    workers = {}
+    try:
+      for name in names:
+        say(f"starting the {name} worker")
+        workers[name] = WorkerProcess(name, spec, env, tmp)
+      report["compile_s"] = {}
+      for name, worker in workers.items():
+        report["compile_s"][name] = worker("setup")["compile_s"]
+      report["matmul_gflops"] = {name: workers[name]("matmul")["gflops"]
+                                 for name in workers if name != "keras"}
+      report.update(_rounds(workers, rounds, shapes, train_steps, big_batches, decode_batches, say))
+      report["peak_rss_mib"] = {name: w.close()["peak_rss_mib"] for name, w in workers.items()}
+      workers = {}
+    finally:
+      for worker in workers.values():
+        worker.proc.kill()
+  _summarise(report)
+  return report
+
+
+def _rounds(workers, rounds, shapes, train_steps, big_batches, decode_batches, say) -> dict[str, Any]:
+  """Alternating rounds (the order rotates each round); every measurement once per round."""
+  batch = shapes["batch"]
+  samples: dict[str, list] = {}
+
+  def record(key, value):
+    samples.setdefault(key, []).append(value)
+
+  names = list(workers)
+  for r in range(rounds):
+    say(f"round {r + 1}/{rounds}")
+    order = names[r % len(names):] + names[:r % len(names)]
+    for name in order:
+      w = workers[name]
+      record(f"train/{name}", w("train", batch=batch, steps=train_steps)["samples_per_s"])
+      if name == "keras":
+        record("train/keras_fit", w("train", batch=batch, steps=train_steps, mode="fit")["samples_per_s"])
+      if name == "seq2seq_jax":
+        for big in big_batches:
+          steps = max(2, train_steps * batch // big)
+          record(f"train_batch/{big}", w("train", batch=big, steps=steps)["samples_per_s"])
+      record(f"epoch/{name}", w("epoch"))
+      if name == "keras":
+        for predict in ("predict", "predict_on_batch"):
+          n = 1 if predict == "predict" else 3
+          record(f"decode_seed/keras_{predict}/1",
+                 w("decode", which="seed", batch=1, sentences=n, predict=predict)["sentences_per_s"])
+      else:
+        for b in decode_batches:
+          sentences = max(b, min(2048, 8 * b))
+          record(f"decode_seed/{name}/{b}",
+                 w("decode", which="seed", batch=b, sentences=sentences)["sentences_per_s"])
+  # decoding real pairs after training: each model ends its sentences where it learned to
+  for r in range(rounds):
+    order = names[r % len(names):] + names[:r % len(names)]
+    for name in order:
+      w = workers[name]
+      if name == "keras":
+        record("decode_real/keras_predict_on_batch/1",
+               w("decode", which="real", batch=1, sentences=5, predict="predict_on_batch"))
+      else:
+        for b in (1, max(decode_batches)):
+          record(f"decode_real/{name}/{b}", w("decode", which="real", batch=b, sentences=max(b, 64)))
+  return {"samples": samples}
+
+
+def _summarise(report: dict[str, Any]) -> None:
+  """Medians, ratios, % of the matmul limit and targets from the per-round samples."""
+  samples, shapes = report["samples"], report["shapes"]
+  med = lambda key: _median(samples[key]) if key in samples else None
+  flops = train_flops_per_sample(shapes["src_len"], shapes["tgt_len"], shapes["tgt_vocab"], shapes["latent"])
+  limit = max(report["matmul_gflops"].values())
+  report["train_flops_per_sample"] = flops
+  report["matmul_limit_gflops"] = limit
+  pct = lambda rate: None if rate is None else 100.0 * rate * flops / (limit * 1e9)
+  train = {name.split("/", 1)[1]: med(name) for name in samples if name.startswith("train/")}
+  report["train_samples_per_s"] = train
+  report["train_pct_of_matmul_limit"] = {k: pct(v) for k, v in train.items()}
+  batches = {int(k.split("/")[1]): med(k) for k in samples if k.startswith("train_batch/")}
+  batches[shapes["batch"]] = train["seq2seq_jax"]
+  report["seq2seq_jax_by_batch"] = {b: {"samples_per_s": v, "pct_of_matmul_limit": pct(v)}
+                                    for b, v in sorted(batches.items())}
+  epoch = {}
+  for key in samples:
+    if key.startswith("epoch/"):
+      runs = samples[key]
+      later = runs[1:] or runs  # the first epoch compiles (ours) or builds (Keras' fit)
+      epoch[key.split("/", 1)[1]] = {
+          "samples_per_s": _median([r["samples_per_s"] for r in later]),
+          "first_epoch_s": runs[0]["seconds"],
+          "rss_mib_per_epoch": [round(r["rss_mib"], 1) for r in runs],
+          "compilations_after_first_epoch": sum(r.get("compilations", 0) for r in runs[1:])}
+  report["epoch_real"] = epoch
+  decode_seed = {k.split("/", 1)[1]: med(k) for k in samples if k.startswith("decode_seed/")}
+  report["decode_seed_sentences_per_s"] = decode_seed
+  report["decode_real"] = {k.split("/", 1)[1]: {
+      "sentences_per_s": _median([r["sentences_per_s"] for r in samples[k]]),
+      "mean_output_len": _median([r["mean_output_len"] for r in samples[k]])}
+      for k in samples if k.startswith("decode_real/")}
+  ratios, targets = {}, []
+
+  def ratio(name, ours, theirs, target=None):
+    if ours is None or theirs is None:
+      return
+    ratios[name] = ours / theirs
+    if target is not None:
+      targets.append({"target": name, "value": round(ours / theirs, 2), "at_least": target,
+                      "met": ours / theirs >= target})
+
+  ours_train = train["seq2seq_jax"]
+  keras_train = max(filter(None, [train.get("keras"), train.get("keras_fit")]), default=None)
+  ratio("train vs keras", ours_train, keras_train, 1.5)
+  ratio("train vs torch", ours_train, train.get("torch"), 1.0)
+  ours_epoch = epoch["seq2seq_jax"]["samples_per_s"]
+  ratio("real-length epoch vs keras", ours_epoch, epoch.get("keras", {}).get("samples_per_s"), 3.0)
+  ratio("real-length epoch vs torch", ours_epoch, epoch.get("torch", {}).get("samples_per_s"), 2.0)
+  best_decode = max(v for k, v in decode_seed.items() if k.startswith("seq2seq_jax/"))
+  keras_loop = max(filter(None, [decode_seed.get("keras_predict/1"),
+                                 decode_seed.get("keras_predict_on_batch/1")]), default=None)
+  ratio("decode best batch vs keras loop", best_decode, keras_loop, 300.0)
+  ratio("decode one sentence vs keras loop", decode_seed.get("seq2seq_jax/1"), keras_loop, 30.0)
+  ratio("decode best batch vs torch best batch", best_decode,
+        max((v for k, v in decode_seed.items() if k.startswith("torch/")), default=None))
+  best_pct = max(v["pct_of_matmul_limit"] for v in report["seq2seq_jax_by_batch"].values())
+  targets += [
+      {"target": "train % of matmul limit (best batch)", "value": round(best_pct, 1), "at_least": 50.0,
+       "met": best_pct >= 50.0},
+      {"target": "decode sentences/s (best batch, all steps)", "value": round(best_decode),
+       "at_least": 10_000, "met": best_decode >= 10_000},
+      {"target": "train step compile seconds", "value": round(report["compile_s"]["seq2seq_jax"], 2),
+       "at_most": 2.0, "met": report["compile_s"]["seq2seq_jax"] <= 2.0},
+      {"target": "compilations after the first epoch", "value":
+       epoch["seq2seq_jax"]["compilations_after_first_epoch"], "at_most": 0,
+       "met": epoch["seq2seq_jax"]["compilations_after_first_epoch"] == 0}]
+  report["ratios"] = ratios
+  report["targets"] = targets
+
+
+def format_report(report: dict[str, Any]) -> str:
+  """The report as Markdown tables (what the README carries)."""
+  m, s = report["machine"], report["shapes"]
+  fmt = lambda v, d=0: "-" if v is None else f"{v:,.{d}f}"
+  lines = [f"Machine: {m['cpu']}, {m['cores']} cores, {m['platform']}; allocator {m['allocator']}; "
+           + ", ".join(f"{k} {v}" for k, v in m["versions"].items() if v)
+           + f". Medians of {report['rounds']} alternating rounds.", "",
+           f"Seed shapes: batch {s['batch']}, source {s['src_len']} x {s['src_vocab']}, target "
+           f"{s['tgt_len']} x {s['tgt_vocab']}, LSTM {s['latent']}; "
+           f"{report['train_flops_per_sample'] / 1e6:.0f} MFLOP per training sample; measured matmul "
+           f"limit {report['matmul_limit_gflops']:.0f} GFLOP/s.", "",
+           "| training (seed shapes) | samples/s | % of matmul limit | compile s | peak RSS MiB |",
+           "|---|---|---|---|---|"]
+  train = report["train_samples_per_s"]
+  for key, label in (("seq2seq_jax", "seq2seq_jax train step"), ("keras", "Keras 3 train_on_batch"),
+                     ("keras_fit", "Keras 3 fit"), ("torch", "PyTorch nn.LSTM")):
+    if key in train:
+      framework = key.split("_fit")[0]
+      lines.append(f"| {label} | {fmt(train[key])} | {fmt(report['train_pct_of_matmul_limit'][key], 1)} "
+                   f"| {fmt(report['compile_s'].get(framework), 2)} | {fmt(report['peak_rss_mib'].get(framework))} |")
+  for b, v in report["seq2seq_jax_by_batch"].items():
+    if b != s["batch"]:
+      lines.append(f"| seq2seq_jax, batch {b} | {fmt(v['samples_per_s'])} | {fmt(v['pct_of_matmul_limit'], 1)} | | |")
+  real = report["real_data"]
+  lines += ["", f"Real-length epoch: {real['train_pairs']} {real['data']} pairs, source mean "
+            f"{real['mean_src_len']:.1f} / max {real['max_src_len']}, target mean {real['mean_tgt_len']:.1f} "
+            f"/ max {real['max_tgt_len']} tokens.", "",
+            "| epoch of real-length pairs | samples/s | first epoch s | RSS MiB by epoch | compilations after epoch 1 |",
+            "|---|---|---|---|---|"]
+  for name, e in report["epoch_real"].items():
+    lines.append(f"| {name} | {fmt(e['samples_per_s'])} | {fmt(e['first_epoch_s'], 1)} | "
+                 f"{' '.join(fmt(x) for x in e['rss_mib_per_epoch'])} | "
+                 f"{e['compilations_after_first_epoch'] if name == 'seq2seq_jax' else '-'} |")
+  lines += ["", "| greedy decoding, seed shapes, all steps | sentences/s |", "|---|---|"]
+  for key, v in report["decode_seed_sentences_per_s"].items():
+    name, batch = key.rsplit("/", 1)
+    lines.append(f"| {name}, batch {batch} | {fmt(v, 1)} |")
+  lines += ["", "| greedy decoding, real pairs after training | sentences/s | mean output tokens |",
+            "|---|---|---|"]
+  for key, v in report["decode_real"].items():
+    name, batch = key.rsplit("/", 1)
+    lines.append(f"| {name}, batch {batch} | {fmt(v['sentences_per_s'], 1)} | {fmt(v['mean_output_len'], 1)} |")
+  lines += ["", "| target | measured | goal | met |", "|---|---|---|---|"]
+  for t in report["targets"]:
+    goal = f">= {t['at_least']}" if "at_least" in t else f"<= {t['at_most']}"
+    lines.append(f"| {t['target']} | {t['value']} | {goal} | {'yes' if t['met'] else 'no'} |")
+  for peer, why in report["skipped"].items():
+    lines.append(f"\n{peer} skipped: {why}")
+  return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+  parser = argparse.ArgumentParser(prog="python -m seq2seq_jax.benchmark")
+  parser.add_argument("--worker", choices=sorted(WORKERS), required=True)
+  args = parser.parse_args(argv)
+  return worker_main(args.worker)
+
+
+if __name__ == "__main__":
+  sys.exit(main())
