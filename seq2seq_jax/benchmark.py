@@ -201,18 +201,17 @@ class JaxWorker(Worker):
     else:
       params = self.real_state["params"]
       max_len = self.real["test_tgt"].shape[1] - 1
-      test_src = self.real["test_src"]
-      sources = [_pad_rows(test_src[i:i + batch], batch) for i in range(0, len(test_src), batch)]
-      sources = sources[:max(1, sentences // batch)]
+      sources, real_rows = real_decode_batches(self.real, batch, sentences, pad=True)
     decoder = self._decoder(which, max_len)
     jax.block_until_ready(decoder(params, sources[0]))  # compile outside the timing
     start = time.perf_counter()
     outputs = [decoder(params, src) for src in sources]
     outputs = [np.asarray(o) for o in outputs]
     seconds = time.perf_counter() - start
-    lengths = [_output_length(o) for o in outputs]
-    return {"sentences_per_s": batch * len(sources) / seconds,
-            "mean_output_len": float(np.mean(np.concatenate(lengths)))}
+    if which == "seed":
+      real_rows = [batch] * len(sources)
+    lengths = np.concatenate([_output_length(o[:n]) for o, n in zip(outputs, real_rows)])
+    return {"sentences_per_s": sum(real_rows) / seconds, "mean_output_len": float(lengths.mean())}
 
   def matmul(self) -> dict[str, Any]:
     jax = self.jax
@@ -231,6 +230,16 @@ class JaxWorker(Worker):
       seconds = _timed(lambda: jax.block_until_ready(chain(a)))
       best = max(best, 2 * n ** 3 * repeats / seconds / 1e9)
     return {"gflops": best}
+
+
+def real_decode_batches(real: dict[str, np.ndarray], batch: int, sentences: int,
+                        pad: bool) -> tuple[list[np.ndarray], list[int]]:
+  """The first `sentences` held-out sources sorted by length (as decode_texts does) and cut
+  into batches, the last padded to `batch` rows when pad; also each batch's real rows."""
+  src = real["test_src"][:sentences]
+  src = src[np.argsort((src != 0).sum(1), kind="stable")]
+  chunks = [src[i:i + batch] for i in range(0, len(src), batch)]
+  return [_pad_rows(c, batch) if pad else c for c in chunks], [len(c) for c in chunks]
 
 
 def _pad_rows(x: np.ndarray, rows: int) -> np.ndarray:
@@ -368,8 +377,7 @@ class TorchWorker(Worker):
       sources = [seed_batch(self.shapes, batch)["src"]] * max(1, sentences // batch)
     else:
       model, end_id, max_len = self.real_model, END_ID, self.real["test_tgt"].shape[1] - 1
-      test_src = self.real["test_src"]
-      sources = [test_src[i:i + batch] for i in range(0, len(test_src), batch)][:max(1, sentences // batch)]
+      sources, _ = real_decode_batches(self.real, batch, sentences, pad=False)
     decode = lambda src: self.peer.greedy_decode(model, src, START_ID, end_id, max_len)
     decode(sources[0])
     start = time.perf_counter()
@@ -457,7 +465,7 @@ def real_length_data(quick: bool, path: str) -> dict[str, Any]:
   """numbers:fr pairs (embedded, real lengths) encoded as int32 ids, saved for the workers."""
   from seq2seq_jax import data as data_lib
   from seq2seq_jax.config import Config
-  train_n, test_n = (256, 64) if quick else (4096, 512)
+  train_n, test_n = (256, 64) if quick else (4096, 2048)
   config = Config(data="numbers:fr", numbers_max=999 if quick else 999_999,
                   numbers_train=train_n, numbers_val=0, numbers_test=test_n)
   train, _, test = data_lib.number_pairs("fr", config)
@@ -538,7 +546,7 @@ def run_benchmark(rounds: int = 5, peers: tuple[str, ...] = PEERS, quick: bool =
   with tempfile.TemporaryDirectory(prefix="seq2seq_jax_bench_") as tmp:
     data_path = os.path.join(tmp, "real.npz")
     report["real_data"] = real_length_data(quick, data_path)
-    spec = {"shapes": shapes, "real_data": data_path, "bucket_width": 4 if quick else 16}
+    spec = {"shapes": shapes, "real_data": data_path, "bucket_width": 16}
     names = ["seq2seq_jax"] + found
     workers = {}
     try:
@@ -561,48 +569,66 @@ def run_benchmark(rounds: int = 5, peers: tuple[str, ...] = PEERS, quick: bool =
 
 
 def _rounds(workers, rounds, shapes, train_steps, big_batches, decode_batches, say) -> dict[str, Any]:
-  """Alternating rounds (the order rotates each round); every measurement once per round."""
+  """Alternating rounds (the order rotates each round), in phases: the seed-shape work at
+  the example's batch size and the real-length epochs; then memory over consecutive
+  epochs; then larger batches (which raise every allocator's high-water mark, so they come
+  after the memory readings); then decoding the real pairs with the trained models."""
   batch = shapes["batch"]
   samples: dict[str, list] = {}
+  names = list(workers)
 
   def record(key, value):
     samples.setdefault(key, []).append(value)
 
-  names = list(workers)
-  for r in range(rounds):
-    say(f"round {r + 1}/{rounds}")
-    order = names[r % len(names):] + names[:r % len(names)]
-    for name in order:
-      w = workers[name]
-      record(f"train/{name}", w("train", batch=batch, steps=train_steps)["samples_per_s"])
-      if name == "keras":
-        record("train/keras_fit", w("train", batch=batch, steps=train_steps, mode="fit")["samples_per_s"])
-      if name == "seq2seq_jax":
-        for big in big_batches:
-          steps = max(2, train_steps * batch // big)
-          record(f"train_batch/{big}", w("train", batch=big, steps=steps)["samples_per_s"])
-      record(f"epoch/{name}", w("epoch"))
-      if name == "keras":
-        for predict in ("predict", "predict_on_batch"):
-          n = 1 if predict == "predict" else 3
-          record(f"decode_seed/keras_{predict}/1",
-                 w("decode", which="seed", batch=1, sentences=n, predict=predict)["sentences_per_s"])
-      else:
-        for b in decode_batches:
-          sentences = max(b, min(2048, 8 * b))
-          record(f"decode_seed/{name}/{b}",
-                 w("decode", which="seed", batch=b, sentences=sentences)["sentences_per_s"])
-  # decoding real pairs after training: each model ends its sentences where it learned to
-  for r in range(rounds):
-    order = names[r % len(names):] + names[:r % len(names)]
-    for name in order:
-      w = workers[name]
-      if name == "keras":
-        record("decode_real/keras_predict_on_batch/1",
-               w("decode", which="real", batch=1, sentences=5, predict="predict_on_batch"))
-      else:
-        for b in (1, max(decode_batches)):
-          record(f"decode_real/{name}/{b}", w("decode", which="real", batch=b, sentences=max(b, 64)))
+  def alternate(phase, measure):
+    for r in range(rounds):
+      say(f"{phase}: round {r + 1}/{rounds}")
+      for name in names[r % len(names):] + names[:r % len(names)]:
+        measure(name, workers[name])
+
+  small_decodes = [b for b in decode_batches if b <= batch]
+  large_decodes = [b for b in decode_batches if b > batch]
+
+  def seed_work(name, w):
+    record(f"train/{name}", w("train", batch=batch, steps=train_steps)["samples_per_s"])
+    if name == "keras":
+      record("train/keras_fit", w("train", batch=batch, steps=train_steps, mode="fit")["samples_per_s"])
+    record(f"epoch/{name}", w("epoch"))
+    if name == "keras":  # the example's loop, one sentence at a time
+      for predict, n in (("predict", 1), ("predict_on_batch", 3)):
+        record(f"decode_seed/keras_{predict}/1",
+               w("decode", which="seed", batch=1, sentences=n, predict=predict)["sentences_per_s"])
+      return
+    for b in small_decodes:
+      record(f"decode_seed/{name}/{b}",
+             w("decode", which="seed", batch=b, sentences=max(b, min(2048, 8 * b)))["sentences_per_s"])
+
+  def large_batches(name, w):
+    if name == "seq2seq_jax":
+      for big in big_batches:
+        steps = max(2, train_steps * batch // big)
+        record(f"train_batch/{big}", w("train", batch=big, steps=steps)["samples_per_s"])
+    if name != "keras":
+      for b in large_decodes:
+        record(f"decode_seed/{name}/{b}",
+               w("decode", which="seed", batch=b, sentences=max(b, 2048))["sentences_per_s"])
+
+  def real_decoding(name, w):  # each trained model ends its sentences where it learned to
+    if name == "keras":
+      record("decode_real/keras_predict_on_batch/1",
+             w("decode", which="real", batch=1, sentences=5, predict="predict_on_batch"))
+      return
+    for b in decode_batches:
+      record(f"decode_real/{name}/{b}",
+             w("decode", which="real", batch=b, sentences=64 if b == 1 else 2048))
+
+  alternate("batch %d and real-length epochs" % batch, seed_work)
+  for name in names:  # memory over consecutive epochs, nothing else in between
+    for _ in range(3):
+      record(f"epoch_tail/{name}", workers[name]("epoch")["rss_mib"])
+    record(f"peak_rss_batch{batch}/{name}", workers[name]("finish")["peak_rss_mib"])
+  alternate("larger batches", large_batches)
+  alternate("decoding real pairs", real_decoding)
   return {"samples": samples}
 
 
@@ -631,6 +657,7 @@ def _summarise(report: dict[str, Any]) -> None:
           "samples_per_s": _median([r["samples_per_s"] for r in later]),
           "first_epoch_s": runs[0]["seconds"],
           "rss_mib_per_epoch": [round(r["rss_mib"], 1) for r in runs],
+          "rss_mib_consecutive_epochs": [round(x, 1) for x in samples.get(f"epoch_tail/{key[6:]}", [])],
           "compilations_after_first_epoch": sum(r.get("compilations", 0) for r in runs[1:])}
   report["epoch_real"] = epoch
   decode_seed = {k.split("/", 1)[1]: med(k) for k in samples if k.startswith("decode_seed/")}
@@ -657,10 +684,11 @@ def _summarise(report: dict[str, Any]) -> None:
   ratio("real-length epoch vs keras", ours_epoch, epoch.get("keras", {}).get("samples_per_s"), 3.0)
   ratio("real-length epoch vs torch", ours_epoch, epoch.get("torch", {}).get("samples_per_s"), 2.0)
   best_decode = max(v for k, v in decode_seed.items() if k.startswith("seq2seq_jax/"))
-  keras_loop = max(filter(None, [decode_seed.get("keras_predict/1"),
-                                 decode_seed.get("keras_predict_on_batch/1")]), default=None)
+  keras_loop = decode_seed.get("keras_predict/1")  # the example's loop as published
   ratio("decode best batch vs keras loop", best_decode, keras_loop, 300.0)
   ratio("decode one sentence vs keras loop", decode_seed.get("seq2seq_jax/1"), keras_loop, 30.0)
+  ratio("decode one sentence vs keras loop with predict_on_batch", decode_seed.get("seq2seq_jax/1"),
+        decode_seed.get("keras_predict_on_batch/1"))
   ratio("decode best batch vs torch best batch", best_decode,
         max((v for k, v in decode_seed.items() if k.startswith("torch/")), default=None))
   best_pct = max(v["pct_of_matmul_limit"] for v in report["seq2seq_jax_by_batch"].values())
@@ -674,6 +702,8 @@ def _summarise(report: dict[str, Any]) -> None:
       {"target": "compilations after the first epoch", "value":
        epoch["seq2seq_jax"]["compilations_after_first_epoch"], "at_most": 0,
        "met": epoch["seq2seq_jax"]["compilations_after_first_epoch"] == 0}]
+  report["peak_rss_mib_at_batch"] = {k.split("/", 1)[1]: v[0] for k, v in samples.items()
+                                     if k.startswith("peak_rss_batch")}
   report["ratios"] = ratios
   report["targets"] = targets
 
@@ -689,7 +719,7 @@ def format_report(report: dict[str, Any]) -> str:
            f"{s['tgt_len']} x {s['tgt_vocab']}, LSTM {s['latent']}; "
            f"{report['train_flops_per_sample'] / 1e6:.0f} MFLOP per training sample; measured matmul "
            f"limit {report['matmul_limit_gflops']:.0f} GFLOP/s.", "",
-           "| training (seed shapes) | samples/s | % of matmul limit | compile s | peak RSS MiB |",
+           f"| training (seed shapes) | samples/s | % of matmul limit | compile s | peak RSS MiB at batch {s['batch']} |",
            "|---|---|---|---|---|"]
   train = report["train_samples_per_s"]
   for key, label in (("seq2seq_jax", "seq2seq_jax train step"), ("keras", "Keras 3 train_on_batch"),
@@ -697,19 +727,22 @@ def format_report(report: dict[str, Any]) -> str:
     if key in train:
       framework = key.split("_fit")[0]
       lines.append(f"| {label} | {fmt(train[key])} | {fmt(report['train_pct_of_matmul_limit'][key], 1)} "
-                   f"| {fmt(report['compile_s'].get(framework), 2)} | {fmt(report['peak_rss_mib'].get(framework))} |")
+                   f"| {fmt(report['compile_s'].get(framework), 2)} | {fmt(report['peak_rss_mib_at_batch'].get(framework))} |")
+  lines.append("")
+  lines.append("Peak RSS over the whole run, larger batches included: " + ", ".join(
+      f"{name} {fmt(v)} MiB" for name, v in report["peak_rss_mib"].items()) + ".")
+  lines += ["", "| seq2seq_jax by batch size | samples/s | % of matmul limit |", "|---|---|---|"]
   for b, v in report["seq2seq_jax_by_batch"].items():
-    if b != s["batch"]:
-      lines.append(f"| seq2seq_jax, batch {b} | {fmt(v['samples_per_s'])} | {fmt(v['pct_of_matmul_limit'], 1)} | | |")
+    lines.append(f"| batch {b} | {fmt(v['samples_per_s'])} | {fmt(v['pct_of_matmul_limit'], 1)} |")
   real = report["real_data"]
   lines += ["", f"Real-length epoch: {real['train_pairs']} {real['data']} pairs, source mean "
             f"{real['mean_src_len']:.1f} / max {real['max_src_len']}, target mean {real['mean_tgt_len']:.1f} "
             f"/ max {real['max_tgt_len']} tokens.", "",
-            "| epoch of real-length pairs | samples/s | first epoch s | RSS MiB by epoch | compilations after epoch 1 |",
+            "| epoch of real-length pairs | samples/s | first epoch s | RSS MiB, 3 last epochs in a row | compilations after epoch 1 |",
             "|---|---|---|---|---|"]
   for name, e in report["epoch_real"].items():
     lines.append(f"| {name} | {fmt(e['samples_per_s'])} | {fmt(e['first_epoch_s'], 1)} | "
-                 f"{' '.join(fmt(x) for x in e['rss_mib_per_epoch'])} | "
+                 f"{' '.join(fmt(x) for x in e['rss_mib_consecutive_epochs'])} | "
                  f"{e['compilations_after_first_epoch'] if name == 'seq2seq_jax' else '-'} |")
   lines += ["", "| greedy decoding, seed shapes, all steps | sentences/s |", "|---|---|"]
   for key, v in report["decode_seed_sentences_per_s"].items():
