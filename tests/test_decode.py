@@ -347,3 +347,24 @@ def test_translate_command_beam_and_sample(trained_workdir, capsys):
   assert code == 2 and "--temperature needs --sample" in err
   with pytest.raises(SystemExit):  # argparse: not allowed with --beam
     run("--beam", "2", "--sample")
+
+
+def test_evaluate_command_with_beam(trained_workdir, capsys):
+  """evaluate --beam N scores beam-search outputs: beam 1 gives greedy's metrics, and
+  --length-penalty without --beam is refused."""
+  import json as json_lib
+  from seq2seq_jax.cli import main
+
+  def run(*flags):
+    code = main(["evaluate", "--workdir", trained_workdir, "--json", *flags])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+  code, greedy_out, _ = run()
+  assert code == 0
+  code, beam1_out, _ = run("--beam", "1")
+  assert code == 0 and json_lib.loads(beam1_out) == json_lib.loads(greedy_out)
+  code, beam3_out, _ = run("--beam", "3")
+  assert code == 0 and set(json_lib.loads(beam3_out)) == set(json_lib.loads(greedy_out))
+  code, _, err = run("--length-penalty", "0.5")
+  assert code == 2 and "--length-penalty needs --beam" in err
