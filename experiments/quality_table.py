@@ -7,6 +7,7 @@ printed as they run and the table is written as Markdown and JSON.
 
   python experiments/quality_table.py --corpus numbers --out runs/quality
   python experiments/quality_table.py --corpus gettext --out runs/quality
+  python experiments/quality_table.py --corpus gettext --data anki:fra.txt --out runs/quality_fra
 
 Rows (cumulative):
   keras      the example's model: one-hot inputs, loss over padding, every batch padded
@@ -71,9 +72,13 @@ def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--corpus", choices=sorted(CORPORA), required=True)
   parser.add_argument("--out", default="runs/quality")
+  parser.add_argument("--data", help="another corpus with the --corpus settings, e.g. "
+                      "anki:fra.txt (the Keras example's file, when you have it)")
   parser.add_argument("--set", action="append", default=[], help="extra overrides for every row")
   args = parser.parse_args()
   config, base = CORPORA[args.corpus]
+  if args.data:
+    base = base + [f"data={args.data}"]
   seq2seq = [sys.executable, "-m", "seq2seq_jax"]
   table = []
   for k, (name, overrides) in enumerate(ROWS):

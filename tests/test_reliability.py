@@ -35,10 +35,12 @@ from seq2seq_jax.errors import CheckpointError, DataError
 from seq2seq_jax.vocab import UNK_ID, Vocab
 from tests.conftest import ROOT, tiny_config, write_tsv
 
-# configs/tiny.py for 12 epochs (96 steps): long enough to interrupt, seconds to run.
+# configs/tiny.py for 12 epochs (10 steps each: 200 pairs in per-side length buckets of 32
+# rows), long enough to interrupt, seconds to run.
 SETTINGS = ["num_epochs=12", "log_every_steps=1", "eval_every_epochs=12",
             "num_summary_samples=0"]
-TOTAL_STEPS = 96
+TOTAL_STEPS = 120
+EPOCH_11_STEP = 110  # the checkpoint before the last: the end of epoch 11
 
 
 # ---------------------------------------------------------------------------
@@ -191,7 +193,7 @@ def baseline(tmp_path_factory, env):
   workdir = tmp_path_factory.mktemp("baseline") / "run"
   result = run(train_command(workdir), env)
   assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-  assert step_dirs(workdir) == [88, TOTAL_STEPS]
+  assert step_dirs(workdir) == [EPOCH_11_STEP, TOTAL_STEPS]
   return str(workdir)
 
 
@@ -370,7 +372,7 @@ def test_translate_odd_inputs_one_line_each(baseline, env):
   assert lines[1] == ""  # an empty input gives an empty output line
   unknown = [l for l in result.stderr.splitlines() if "never seen in training" in l]
   assert len(unknown) == 1 and "'!'" in unknown[0] and "'?'" in unknown[0]
-  assert "1 input(s) longer than max_source_len=40 were truncated" in result.stderr
+  assert "1 input(s) longer than max_source_len=40 characters were truncated" in result.stderr
   assert no_traceback(result.stderr)
   # the truncated input translates as its first 40 characters
   cut = run(cli_command("translate", "--workdir", baseline, long_input[:40], "seven"), env)
@@ -493,7 +495,7 @@ def test_kill_9_at_any_moment_then_resume(baseline, env, tmp_path):
   assert final.returncode == 0, final.stdout[-3000:] + final.stderr[-3000:]
   assert f"resumed from checkpoint {newest} " in final.stdout
   assert not any("orbax-checkpoint-tmp" in name for name in entries())
-  assert step_dirs(workdir) == [93, TOTAL_STEPS]
+  assert step_dirs(workdir) == [TOTAL_STEPS - 3, TOTAL_STEPS]
   assert trained_numbers(workdir) == trained_numbers(baseline)
 
 
@@ -534,11 +536,11 @@ def test_damaged_newest_checkpoint_falls_back(baseline, baseline_copy, capfd, da
   with captured_logs() as messages:
     state, meta, step = Checkpointer(baseline_copy, read_only=True).restore()
     best_state, _, best = Checkpointer(baseline_copy, read_only=True).restore(step=TOTAL_STEPS)
-  assert step == best == 88 and meta["step"] == 88
+  assert step == best == EPOCH_11_STEP and meta["step"] == EPOCH_11_STEP
   assert any(f"checkpoint {TOTAL_STEPS} in " in m and "is damaged" in m for m in messages)
-  assert f"warning: restored checkpoint 88 instead of the damaged checkpoint {TOTAL_STEPS}" \
+  assert f"warning: restored checkpoint {EPOCH_11_STEP} instead of the damaged checkpoint {TOTAL_STEPS}" \
       in messages
-  intact, _, _ = Checkpointer(baseline, read_only=True).restore(step=88)
+  intact, _, _ = Checkpointer(baseline, read_only=True).restore(step=EPOCH_11_STEP)
   jax.tree.map(np.testing.assert_array_equal, state["params"], intact["params"])
   with pytest.raises(CheckpointError, match=f"no readable checkpoint .*step {TOTAL_STEPS}"):
     Checkpointer(baseline_copy, read_only=True).restore(step=TOTAL_STEPS, fallback=False)
@@ -557,24 +559,24 @@ def test_damaged_metrics_file_leaves_the_checkpoint_usable(baseline_copy):
 
 
 def test_translate_falls_back_from_a_damaged_newest_checkpoint(baseline_copy, env):
-  for step in (88, TOTAL_STEPS):  # as written by a version without manifests
+  for step in (EPOCH_11_STEP, TOTAL_STEPS):  # as written by a version without manifests
     os.remove(os.path.join(baseline_copy, "checkpoints", str(step), MANIFEST))
   damage_truncate(os.path.join(baseline_copy, "checkpoints", str(TOTAL_STEPS)))
   result = run(cli_command("translate", "--workdir", baseline_copy, "twelve", "", "seven"), env)
   assert result.returncode == 0, result.stderr
   assert len(result.stdout.split("\n")) == 4
   assert f"checkpoint {TOTAL_STEPS} in" in result.stderr
-  assert f"restored checkpoint 88 instead of the damaged checkpoint {TOTAL_STEPS}" in result.stderr
+  assert f"restored checkpoint {EPOCH_11_STEP} instead of the damaged checkpoint {TOTAL_STEPS}" in result.stderr
   assert no_traceback(result.stderr), result.stderr
 
 
 def test_all_checkpoints_damaged_is_a_clear_error(baseline_copy, env):
-  for step in (88, TOTAL_STEPS):
+  for step in (EPOCH_11_STEP, TOTAL_STEPS):
     damage_truncate(os.path.join(baseline_copy, "checkpoints", str(step)))
   result = run(cli_command("evaluate", "--workdir", baseline_copy), env)
   assert result.returncode == 2
   assert re.search(r"seq2seq-jax evaluate: error: no readable checkpoint in '.*' "
-                   rf"\(step {TOTAL_STEPS}: .*; step 88: .*\)\. Start a fresh run",
+                   rf"\(step {TOTAL_STEPS}: .*; step {EPOCH_11_STEP}: .*\)\. Start a fresh run",
                    result.stderr), result.stderr
   assert no_traceback(result.stderr)
 
@@ -586,11 +588,11 @@ def test_resume_after_a_damaged_newest_checkpoint(baseline, baseline_copy, env):
   result = run(train_command(baseline_copy), env)
   assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
   output = result.stdout + result.stderr
-  assert f"restored checkpoint 88 instead of the damaged checkpoint {TOTAL_STEPS}" in output
-  assert "resumed from checkpoint 88 " in output
+  assert f"restored checkpoint {EPOCH_11_STEP} instead of the damaged checkpoint {TOTAL_STEPS}" in output
+  assert f"resumed from checkpoint {EPOCH_11_STEP} " in output
   # the damaged copy is kept aside, the step is written again
   assert tree_digest(newest + ".damaged") == damaged
-  assert step_dirs(baseline_copy) == [88, TOTAL_STEPS]
+  assert step_dirs(baseline_copy) == [EPOCH_11_STEP, TOTAL_STEPS]
   assert trained_numbers(baseline_copy) == trained_numbers(baseline)
 
 
@@ -682,7 +684,8 @@ def test_full_disk_during_training_is_a_clear_error(baseline, env, tmp_path):
   result = run(launcher + train_command(workdir)[1:],
                dict(env, JAX_COMPILATION_CACHE_DIR=str(cache)))
   assert result.returncode == 2, result.stdout[-2000:] + result.stderr[-2000:]
-  assert re.search(r"seq2seq-jax train: error: could not save checkpoint 8 in '.*': File too "
+  first_save = TOTAL_STEPS // 12  # the end of epoch 1
+  assert re.search(rf"seq2seq-jax train: error: could not save checkpoint {first_save} in '.*': File too "
                    r"large \(errno 27\)\. Free disk space or make the workdir writable, then run "
                    r"the same command again to resume; no earlier checkpoint existed\.",
                    result.stderr), result.stderr
