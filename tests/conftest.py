@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import subprocess
 import sys
@@ -25,6 +26,27 @@ def run_cli(*args, input_text: str | None = None, env_extra: dict | None = None,
   env = dict(os.environ, **(env_extra or {}))
   return subprocess.run([sys.executable, "-m", "seq2seq_jax", *args], input=input_text,
                         capture_output=True, text=True, timeout=timeout, cwd=ROOT, env=env)
+
+
+def cli_in_process(capsys, *argv):
+  """(return code, stdout, stderr) of cli.main in this process (no re-exec).
+
+  Log handlers that the command adds (to the captured stdout, to a tmp train.log)
+  are removed afterwards, so later tests do not write to closed streams.
+  """
+  logger = logging.getLogger("seq2seq_jax")
+  handlers, level, propagate = list(logger.handlers), logger.level, logger.propagate
+  try:
+    from seq2seq_jax import cli
+    code = cli.main(list(argv))
+  finally:
+    for handler in [h for h in logger.handlers if h not in handlers]:
+      logger.removeHandler(handler)
+      handler.close()
+    logger.setLevel(level)
+    logger.propagate = propagate
+  captured = capsys.readouterr()
+  return code, captured.out, captured.err
 
 
 def write_tsv(path, pairs) -> str:

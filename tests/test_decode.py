@@ -1,20 +1,18 @@
 import functools
 import itertools
-import logging
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from seq2seq_jax import cli
 from seq2seq_jax import model as model_lib
 from seq2seq_jax.decode import (beam_search, decode_texts, greedy_decode, make_beam_decoder,
                                 make_greedy_decoder, make_sample_decoder, sample_decode)
 from seq2seq_jax.errors import UserError
 from seq2seq_jax.train import load_trained
 from seq2seq_jax.vocab import END_ID, PAD_ID, START_ID, Vocab
-from tests.conftest import tiny_config
+from tests.conftest import cli_in_process, tiny_config
 
 
 def python_greedy(model, params, src, max_len):
@@ -317,17 +315,9 @@ def test_make_sample_decoder_repeats_with_the_same_seed():
 # ---------------------------------------------------------------------------
 
 def _translate_in_process(capsys, *argv):
-  """(return code, stdout lines, stderr) of `seq2seq-jax translate ARGV` in this process;
-  the log handler it adds (to the captured stderr) is removed afterwards."""
-  logger = logging.getLogger("seq2seq_jax")
-  handlers = list(logger.handlers)
-  try:
-    code = cli.main(["translate", *argv])
-  finally:
-    for handler in [h for h in logger.handlers if h not in handlers]:
-      logger.removeHandler(handler)
-  captured = capsys.readouterr()
-  return code, captured.out.splitlines(), captured.err
+  """(return code, stdout lines, stderr) of `seq2seq-jax translate ARGV` in this process."""
+  code, out, err = cli_in_process(capsys, "translate", *argv)
+  return code, out.splitlines(), err
 
 
 def test_translate_command_beam_and_sample(trained_workdir, capsys):
@@ -353,12 +343,9 @@ def test_evaluate_command_with_beam(trained_workdir, capsys):
   """evaluate --beam N scores beam-search outputs: beam 1 gives greedy's metrics, and
   --length-penalty without --beam is refused."""
   import json as json_lib
-  from seq2seq_jax.cli import main
 
   def run(*flags):
-    code = main(["evaluate", "--workdir", trained_workdir, "--json", *flags])
-    out, err = capsys.readouterr()
-    return code, out, err
+    return cli_in_process(capsys, "evaluate", "--workdir", trained_workdir, "--json", *flags)
 
   code, greedy_out, _ = run()
   assert code == 0

@@ -33,7 +33,7 @@ from seq2seq_jax import data as data_lib
 from seq2seq_jax.checkpoint import MANIFEST, Checkpointer
 from seq2seq_jax.errors import CheckpointError, DataError
 from seq2seq_jax.vocab import UNK_ID, Vocab
-from tests.conftest import ROOT, tiny_config, write_tsv
+from tests.conftest import ROOT, cli_in_process, tiny_config, write_tsv
 
 # configs/tiny.py for 12 epochs (10 steps each: 200 pairs in per-side length buckets of 32
 # rows), long enough to interrupt, seconds to run.
@@ -246,26 +246,6 @@ def test_long_pairs_are_counted_in_the_log():
   assert kept == [("abc", "de")]
   assert any("train: dropped 2 of 3 pairs longer than max_source_len=5 / max_target_len=5"
              in m for m in messages), messages
-
-
-def cli_in_process(capsys, *argv):
-  """(return code, stdout, stderr) of cli.main in this process (no re-exec).
-
-  Log handlers that the command adds (to the captured stdout, to a tmp train.log)
-  are removed afterwards, so later tests do not write to closed streams.
-  """
-  logger = logging.getLogger("seq2seq_jax")
-  handlers, level, propagate = list(logger.handlers), logger.level, logger.propagate
-  try:
-    code = cli.main(list(argv))
-  finally:
-    for handler in [h for h in logger.handlers if h not in handlers]:
-      logger.removeHandler(handler)
-      handler.close()
-    logger.setLevel(level)
-    logger.propagate = propagate
-  captured = capsys.readouterr()
-  return code, captured.out, captured.err
 
 
 @pytest.mark.parametrize("content, expected", [
