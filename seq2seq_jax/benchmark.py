@@ -110,7 +110,7 @@ class JaxWorker(Worker):
     from seq2seq_jax.model import build_model
     from seq2seq_jax.optim import build_optimizer
     self.jax, self.data_lib, self.train_lib = jax, data_lib, train_lib
-    self.make_greedy_decoder, self.build_model = make_greedy_decoder, build_model
+    self.make_greedy_decoder = make_greedy_decoder
     shapes = self.shapes
     # the example's model: one-hot inputs, LSTM encoder/decoder, no attention, Keras RMSprop
     self.config = validate(Config(
@@ -120,7 +120,7 @@ class JaxWorker(Worker):
     self.tx = build_optimizer(self.config, 1)
     self.rng = jax.random.key(0)
     self.seed_model = build_model(self.config, shapes["src_vocab"], shapes["tgt_vocab"])
-    self.seed_state = train_lib.create_state(self.config, self.seed_model, self.tx)
+    self.states = {shapes["batch"]: train_lib.create_state(self.config, self.seed_model, self.tx)}
     self.seed_step = jax.jit(functools.partial(train_lib.train_step, model=self.seed_model,
                                                tx=self.tx, config=self.config), donate_argnums=(0,))
     self.real_model = build_model(self.config, int(self.real["src_vocab"]), int(self.real["tgt_vocab"]))
@@ -134,21 +134,22 @@ class JaxWorker(Worker):
 
   def setup(self) -> dict[str, Any]:
     jax = self.jax
-    batch = seed_batch(self.shapes, self.shapes["batch"])
+    size = self.shapes["batch"]
+    batch = seed_batch(self.shapes, size)
     start = time.perf_counter()
-    lowered = self.seed_step.lower(self.seed_state, batch, self.rng)
+    lowered = self.seed_step.lower(self.states[size], batch, self.rng)
     trace_s = time.perf_counter() - start
     lowered.compile()
     compile_s = time.perf_counter() - start
     for _ in range(2):  # warm the jit cache (a second, cached, compile of the same program)
-      self.seed_state, _ = self.seed_step(self.seed_state, batch, self.rng)
-    jax.block_until_ready(self.seed_state)
+      self.states[size], _ = self.seed_step(self.states[size], batch, self.rng)
+    jax.block_until_ready(self.states[size])
     return {"compile_s": compile_s, "trace_s": trace_s}
 
   def train(self, batch: int, steps: int) -> dict[str, Any]:
     jax = self.jax
     arrays = jax.device_put(seed_batch(self.shapes, batch))
-    state = self.seed_state if batch == self.shapes["batch"] else getattr(self, f"_state{batch}", None)
+    state = self.states.get(batch)
     if state is None:  # another batch size: its own state, compiled and warmed once
       state = self.train_lib.create_state(self.config, self.seed_model, self.tx)
       state, _ = self.seed_step(state, arrays, self.rng)
@@ -158,10 +159,7 @@ class JaxWorker(Worker):
       state, metrics = self.seed_step(state, arrays, self.rng)
     jax.block_until_ready(state)
     seconds = time.perf_counter() - start
-    if batch == self.shapes["batch"]:
-      self.seed_state = state
-    else:
-      setattr(self, f"_state{batch}", state)
+    self.states[batch] = state
     return {"samples_per_s": batch * steps / seconds, "seconds": seconds}
 
   def epoch(self) -> dict[str, Any]:
@@ -192,7 +190,7 @@ class JaxWorker(Worker):
     """Sentences per second decoding `sentences` sources in batches of `batch`."""
     jax = self.jax
     if which == "seed":
-      params = jax.tree.map(lambda x: x, self.seed_state["params"])
+      params = jax.tree.map(lambda x: x, self.states[self.shapes["batch"]]["params"])
       bias = params["output_dense"]["bias"]
       params["output_dense"]["bias"] = bias.at[END_ID].set(END_SUPPRESSED)
       src = seed_batch(self.shapes, batch)["src"]

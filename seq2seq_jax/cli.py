@@ -60,20 +60,30 @@ def _read_inputs(texts: list[str]) -> list[str]:
   return lines
 
 
+def _beam_decoder(args, task):
+  """The beam-search decoder --beam N [--length-penalty A] ask for (None: no --beam, or no
+  task to decode for: then only the flags are checked)."""
+  from seq2seq_jax.decode import make_beam_decoder
+  if args.length_penalty is not None and args.beam is None:
+    raise UserError("--length-penalty needs --beam N.")
+  if args.beam is None or task is None:
+    return None
+  alpha = 0.6 if args.length_penalty is None else args.length_penalty
+  return make_beam_decoder(task.model, task.decode_max_len, args.beam, alpha)
+
+
 def _translate_decoder(args, task):
   """The decoder --beam / --sample ask for (None: greedy); misplaced options are errors."""
-  from seq2seq_jax.decode import make_beam_decoder, make_sample_decoder
+  from seq2seq_jax.decode import make_sample_decoder
   sampling_flags = [flag for flag, value in (("--temperature", args.temperature),
                                              ("--top-k", args.top_k), ("--seed", args.seed))
                     if value is not None]
   if sampling_flags and not args.sample:
     raise UserError(f"{', '.join(sampling_flags)} {'need' if len(sampling_flags) > 1 else 'needs'} "
                     "--sample.")
-  if args.length_penalty is not None and args.beam is None:
-    raise UserError("--length-penalty needs --beam N.")
-  if args.beam is not None:
-    alpha = 0.6 if args.length_penalty is None else args.length_penalty
-    return make_beam_decoder(task.model, task.decode_max_len, args.beam, alpha)
+  beam = _beam_decoder(args, task)
+  if beam is not None:
+    return beam
   if args.sample:
     temperature = 1.0 if args.temperature is None else args.temperature
     if temperature < 0:
@@ -117,13 +127,7 @@ def cmd_evaluate(args) -> int:
     pairs = data_lib.drop_long(splits.get(args.split), task.config, args.split)
   if not pairs:
     raise UserError(f"split '{args.split}' of {args.data or task.config.data} is empty.")
-  decoder = None
-  if args.length_penalty is not None and args.beam is None:
-    raise UserError("--length-penalty needs --beam N.")
-  if args.beam is not None and not task.is_series:
-    from seq2seq_jax.decode import make_beam_decoder
-    alpha = 0.6 if args.length_penalty is None else args.length_penalty
-    decoder = make_beam_decoder(task.model, task.decode_max_len, args.beam, alpha)
+  decoder = _beam_decoder(args, None if task.is_series else task)  # series: no text to decode
   metrics, _ = evaluate_pairs(task, params, pairs, decoder=decoder)
   if args.json:
     print(json.dumps(metrics))

@@ -27,13 +27,18 @@ Carry = tuple[jax.Array, ...]  # LSTM (h_BxH, c_BxH), Keras order; GRU (h_BxH,)
 NEG_INF = -1e9
 
 
+def lstm_gates(z_Bx4H: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+  """Keras' gate order i, f, c, o: the activations (sigmoid, sigmoid, tanh, sigmoid)."""
+  i, f, g, o = jnp.split(z_Bx4H, 4, axis=-1)
+  return jax.nn.sigmoid(i), jax.nn.sigmoid(f), jnp.tanh(g), jax.nn.sigmoid(o)
+
+
 def lstm_cell(xproj_Bx4H: jax.Array, carry: Carry, recurrent_kernel_Hx4H: jax.Array) -> Carry:
   """One LSTM step given the precomputed input projection (x @ kernel + bias)."""
   h_BxH, c_BxH = carry
-  z_Bx4H = xproj_Bx4H + h_BxH @ recurrent_kernel_Hx4H
-  i, f, g, o = jnp.split(z_Bx4H, 4, axis=-1)
-  c_BxH = jax.nn.sigmoid(f) * c_BxH + jax.nn.sigmoid(i) * jnp.tanh(g)
-  h_BxH = jax.nn.sigmoid(o) * jnp.tanh(c_BxH)
+  i, f, g, o = lstm_gates(xproj_Bx4H + h_BxH @ recurrent_kernel_Hx4H)
+  c_BxH = f * c_BxH + i * g
+  h_BxH = o * jnp.tanh(c_BxH)
   return h_BxH, c_BxH
 
 
@@ -82,8 +87,7 @@ def _lstm_forward(xproj_TxBx4H, h0_BxH, c0_BxH, recurrent_kernel_Hx4H, keep_TxB)
   def step(carry, inputs):
     h_BxH, c_BxH = carry
     xproj_Bx4H, keep_B = inputs
-    i, f, g, o = jnp.split(xproj_Bx4H + h_BxH @ recurrent_kernel_Hx4H, 4, axis=-1)
-    i, f, g, o = jax.nn.sigmoid(i), jax.nn.sigmoid(f), jnp.tanh(g), jax.nn.sigmoid(o)
+    i, f, g, o = lstm_gates(xproj_Bx4H + h_BxH @ recurrent_kernel_Hx4H)
     new_c_BxH = f * c_BxH + i * g
     new_h_BxH = o * jnp.tanh(new_c_BxH)
     keep_Bx1 = keep_B[:, None] > 0  # masked steps hold the carry
