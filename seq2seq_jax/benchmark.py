@@ -109,7 +109,11 @@ class JaxWorker(Worker):
     from seq2seq_jax.decode import make_greedy_decoder
     from seq2seq_jax.model import build_model
     from seq2seq_jax.optim import build_optimizer
+    from seq2seq_jax.parallel import DataParallel
     self.jax, self.data_lib, self.train_lib = jax, data_lib, train_lib
+    # the devices `seq2seq-jax train` gets here (runtime.py: one per CPU core), batches
+    # split over them as in training
+    self.parallel = DataParallel()
     self.make_greedy_decoder = make_greedy_decoder
     shapes = self.shapes
     # the example's model: one-hot inputs, LSTM encoder/decoder, no attention, Keras RMSprop
@@ -120,11 +124,11 @@ class JaxWorker(Worker):
     self.tx = build_optimizer(self.config, 1)
     self.rng = jax.random.key(0)
     self.seed_model = build_model(self.config, shapes["src_vocab"], shapes["tgt_vocab"])
-    self.states = {shapes["batch"]: train_lib.create_state(self.config, self.seed_model, self.tx)}
+    self.states = {shapes["batch"]: self._new_state(self.seed_model)}
     self.seed_step = jax.jit(functools.partial(train_lib.train_step, model=self.seed_model,
                                                tx=self.tx, config=self.config), donate_argnums=(0,))
     self.real_model = build_model(self.config, int(self.real["src_vocab"]), int(self.real["tgt_vocab"]))
-    self.real_state = train_lib.create_state(self.config, self.real_model, self.tx)
+    self.real_state = self._new_state(self.real_model)
     self.real_step = jax.jit(functools.partial(train_lib.train_step, model=self.real_model,
                                                tx=self.tx, config=self.config), donate_argnums=(0,))
     self.real_train = data_lib.Encoded(self.real["train_src"], self.real["train_src_len"],
@@ -132,10 +136,19 @@ class JaxWorker(Worker):
     self.epochs = 0
     self.decoders = {}
 
+  def _new_state(self, model):
+    return self.parallel.replicate(self.train_lib.create_state(self.config, model, self.tx))
+
+  def _place(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
+    """Split over the devices when the rows divide evenly (a single sentence stays on one)."""
+    if len(batch["src"]) % self.parallel.size:
+      return self.jax.device_put(batch, self.parallel.devices[0])
+    return self.parallel.shard_batch(batch)
+
   def setup(self) -> dict[str, Any]:
     jax = self.jax
     size = self.shapes["batch"]
-    batch = seed_batch(self.shapes, size)
+    batch = self._place(seed_batch(self.shapes, size))
     start = time.perf_counter()
     lowered = self.seed_step.lower(self.states[size], batch, self.rng)
     trace_s = time.perf_counter() - start
@@ -144,14 +157,15 @@ class JaxWorker(Worker):
     for _ in range(2):  # warm the jit cache (a second, cached, compile of the same program)
       self.states[size], _ = self.seed_step(self.states[size], batch, self.rng)
     jax.block_until_ready(self.states[size])
-    return {"compile_s": compile_s, "trace_s": trace_s}
+    return {"compile_s": compile_s, "trace_s": trace_s, "devices": self.parallel.size,
+            "xla_flags": os.environ.get("XLA_FLAGS", "")}
 
   def train(self, batch: int, steps: int) -> dict[str, Any]:
     jax = self.jax
-    arrays = jax.device_put(seed_batch(self.shapes, batch))
+    arrays = self._place(seed_batch(self.shapes, batch))
     state = self.states.get(batch)
     if state is None:  # another batch size: its own state, compiled and warmed once
-      state = self.train_lib.create_state(self.config, self.seed_model, self.tx)
+      state = self._new_state(self.seed_model)
       state, _ = self.seed_step(state, arrays, self.rng)
     jax.block_until_ready(state)
     start = time.perf_counter()
@@ -172,7 +186,7 @@ class JaxWorker(Worker):
     for rows in batches:
       batch = data_lib.make_batch(self.real_train, rows, self.config.batch_size,
                                   self.config.bucket_width)
-      state, metrics = self.real_step(state, batch, self.rng)
+      state, metrics = self.real_step(state, self.parallel.shard_batch(batch), self.rng)
     loss = float(metrics["loss"])
     seconds = time.perf_counter() - start
     self.real_state = state
@@ -201,9 +215,12 @@ class JaxWorker(Worker):
       max_len = self.real["test_tgt"].shape[1] - 1
       sources, real_rows = real_decode_batches(self.real, batch, sentences, pad=True)
     decoder = self._decoder(which, max_len)
-    jax.block_until_ready(decoder(params, sources[0]))  # compile outside the timing
+    if batch % self.parallel.size:  # one sentence: one device
+      params = jax.device_put(params, self.parallel.devices[0])
+    place = lambda src: self._place({"src": src})["src"]
+    jax.block_until_ready(decoder(params, place(sources[0])))  # compile outside the timing
     start = time.perf_counter()
-    outputs = [decoder(params, src) for src in sources]
+    outputs = [decoder(params, place(src)) for src in sources]
     outputs = [np.asarray(o) for o in outputs]
     seconds = time.perf_counter() - start
     if which == "seed":
@@ -214,7 +231,8 @@ class JaxWorker(Worker):
   def matmul(self) -> dict[str, Any]:
     jax = self.jax
     n, repeats = 1024, 20
-    a = jax.random.normal(jax.random.key(0), (n, n))
+    a = self.parallel.replicate(jax.random.normal(jax.random.key(0), (n, n)))
+    x = jax.device_put(a, self.parallel.batch_sharding)  # rows split over the devices
 
     @jax.jit
     def chain(x):
@@ -222,10 +240,10 @@ class JaxWorker(Worker):
         x = (x @ a) * 0.03  # a dependent chain: each matmul really runs
       return x
 
-    jax.block_until_ready(chain(a))
+    jax.block_until_ready(chain(x))
     best = 0.0
     for _ in range(5):
-      seconds = _timed(lambda: jax.block_until_ready(chain(a)))
+      seconds = _timed(lambda: jax.block_until_ready(chain(x)))
       best = max(best, 2 * n ** 3 * repeats / seconds / 1e9)
     return {"gflops": best}
 
@@ -482,17 +500,26 @@ def real_length_data(quick: bool, path: str) -> dict[str, Any]:
 
 
 def worker_env(allocator: str) -> tuple[dict[str, str], str]:
-  """The environment every worker runs in, and the allocator it names."""
-  from seq2seq_jax.cli import _find_mimalloc
+  """The environment every worker runs in, and the allocator it names. Every worker gets
+  the allocator; the seq2seq_jax worker also gets the CPU devices `seq2seq-jax train`
+  would (runtime.py), added by worker_devices."""
+  from seq2seq_jax.runtime import find_mimalloc
   env = dict(os.environ, KERAS_BACKEND="jax", SEQ2SEQ_JAX_MIMALLOC="0")
   env.pop("LD_PRELOAD", None)
-  library = _find_mimalloc() if allocator == "mimalloc" else None
+  library = find_mimalloc() if allocator == "mimalloc" else None
   if allocator == "mimalloc" and library is None:
     return env, "system (mimalloc not installed)"
   if library:
     env.update(LD_PRELOAD=library, MIMALLOC_PURGE_DELAY="-1")
     return env, "mimalloc"
   return env, "system"
+
+
+def worker_devices(env: dict[str, str], batch: int) -> dict[str, str]:
+  """env with the XLA CPU device settings `seq2seq-jax train` uses at this batch size."""
+  from seq2seq_jax.runtime import launch_environment
+  changes = launch_environment(batch, dict(env, SEQ2SEQ_JAX_MIMALLOC="0"))
+  return dict(env, **{k: v for k, v in changes.items() if k == "XLA_FLAGS"})
 
 
 def machine_info() -> dict[str, Any]:
@@ -550,10 +577,14 @@ def run_benchmark(rounds: int = 5, peers: tuple[str, ...] = PEERS, quick: bool =
     try:
       for name in names:
         say(f"starting the {name} worker")
-        workers[name] = WorkerProcess(name, spec, env, tmp)
+        workers[name] = WorkerProcess(
+            name, spec, worker_devices(env, shapes["batch"]) if name == "seq2seq_jax" else env, tmp)
       report["compile_s"] = {}
       for name, worker in workers.items():
-        report["compile_s"][name] = worker("setup")["compile_s"]
+        setup = worker("setup")
+        report["compile_s"][name] = setup["compile_s"]
+        if name == "seq2seq_jax":
+          report["seq2seq_jax_devices"] = {"devices": setup["devices"], "xla_flags": setup["xla_flags"]}
       report["matmul_gflops"] = {name: workers[name]("matmul")["gflops"]
                                  for name in workers if name != "keras"}
       report.update(_rounds(workers, rounds, shapes, train_steps, big_batches, decode_batches, say))
@@ -713,6 +744,10 @@ def format_report(report: dict[str, Any]) -> str:
   lines = [f"Machine: {m['cpu']}, {m['cores']} cores, {m['platform']}; allocator {m['allocator']}; "
            + ", ".join(f"{k} {v}" for k, v in m["versions"].items() if v)
            + f". Medians of {report['rounds']} alternating rounds.", "",
+           f"seq2seq_jax ran on {report['seq2seq_jax_devices']['devices']} XLA CPU device(s), as "
+           "`seq2seq-jax train` does on this machine (XLA_FLAGS "
+           f"`{report['seq2seq_jax_devices']['xla_flags'] or 'none'}`); Keras and PyTorch as their "
+           "users run them, one process with every core.", "",
            f"Seed shapes: batch {s['batch']}, source {s['src_len']} x {s['src_vocab']}, target "
            f"{s['tgt_len']} x {s['tgt_vocab']}, LSTM {s['latent']}; "
            f"{report['train_flops_per_sample'] / 1e6:.0f} MFLOP per training sample; measured matmul "

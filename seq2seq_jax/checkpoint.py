@@ -343,16 +343,25 @@ class Checkpointer:
       log.warning("warning: could not write the file list of checkpoint %d (%s)", step,
                   _short(error))
 
+  def _host_target(self, step: int) -> Any:
+    """The step's state as a restore target on this host's first device: a checkpoint
+    written by N devices (per-core CPU devices, a GPU, a pod) restores on any machine."""
+    from etils import epath
+    metadata = ocp.StandardCheckpointHandler().metadata(epath.Path(self._step_dir(step)) / "state")
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    return jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
+                        metadata.tree)
+
   def _read(self, step: int, abstract_state: Any | None) -> tuple[Any, str | None]:
     """(restored, None), or (None, why the step cannot be read)."""
     damage = check_manifest(self._step_dir(step))
     if damage is not None:
       return None, damage
-    state_args = (ocp.args.StandardRestore(abstract_state) if abstract_state is not None
-                  else ocp.args.StandardRestore())
     _silence_orbax_noise()  # an unverified step may still fail, from several threads
     try:
       with _quiet_orbax():
+        state_args = ocp.args.StandardRestore(
+            abstract_state if abstract_state is not None else self._host_target(step))
         return self.manager.restore(step, args=ocp.args.Composite(
             state=state_args, meta=ocp.args.JsonRestore())), None
     except Exception as error:  # any other damage to the files shows up here

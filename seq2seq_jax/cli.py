@@ -29,12 +29,20 @@ def _load_config(args):
   return config_lib.apply_overrides(config, overrides)
 
 
+def argv_is_command_line(args) -> bool:
+  """True for the `seq2seq-jax` command itself, not main([...]) inside another program."""
+  return getattr(args, "from_command_line", False)
+
+
 def cmd_train(args) -> int:
   from seq2seq_jax import config as config_lib
   if args.help_config:
     print(config_lib.describe_fields())
     return 0
   config = _load_config(args)
+  if argv_is_command_line(args):  # allocator and CPU devices are set before JAX starts
+    from seq2seq_jax.runtime import maybe_reexec
+    maybe_reexec(config.batch_size)
   from seq2seq_jax.train import train_and_evaluate
   train_and_evaluate(config, args.workdir, argv=sys.argv)
   return 0
@@ -140,8 +148,9 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_sweep(args) -> int:
-  if sys.argv[1:2] == ["sweep"]:  # the command line, not main([...]) inside another program
-    maybe_reexec_with_mimalloc(None)
+  if argv_is_command_line(args):
+    from seq2seq_jax.runtime import maybe_reexec
+    maybe_reexec(None)  # mimalloc only: trials stack along the batch (sweep.py)
   from seq2seq_jax.sweep import load_sweep, run_sweep
   sweep = load_sweep(args.config, args.set or [])
   run_sweep(sweep, args.workdir, vectorize=args.vectorize, tensorboard=args.tensorboard,
@@ -296,37 +305,9 @@ def build_parser() -> argparse.ArgumentParser:
   return parser
 
 
-def _find_mimalloc() -> str | None:
-  """libmimalloc.so from the cmeel-mimalloc package, when installed."""
-  import glob
-  import sysconfig
-  for root in {sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]}:
-    found = sorted(glob.glob(os.path.join(root, "cmeel.prefix", "lib", "libmimalloc.so*")))
-    if found:
-      return found[0]
-  return None
-
-
-def maybe_reexec_with_mimalloc(argv: list[str] | None) -> None:
-  """Re-runs this command with mimalloc preloaded (XLA on CPU spends much of a step
-  in page faults under glibc malloc). SEQ2SEQ_JAX_MIMALLOC=0 turns it off."""
-  if argv is not None or sys.platform != "linux":
-    return
-  if os.environ.get("SEQ2SEQ_JAX_MIMALLOC", "1") == "0" or "mimalloc" in os.environ.get("LD_PRELOAD", ""):
-    return
-  library = _find_mimalloc()
-  if library is None:
-    return
-  env = dict(os.environ, SEQ2SEQ_JAX_MIMALLOC="0", MIMALLOC_PURGE_DELAY="-1",
-             LD_PRELOAD=":".join(filter(None, [library, os.environ.get("LD_PRELOAD")])))
-  sys.stdout.flush()
-  os.execve(sys.executable, [sys.executable, "-m", "seq2seq_jax", *sys.argv[1:]], env)
-
-
 def main(argv: list[str] | None = None) -> int:
   args = build_parser().parse_args(argv)
-  if args.command == "train":
-    maybe_reexec_with_mimalloc(argv)
+  args.from_command_line = argv is None and sys.argv[1:2] == [args.command]
   try:
     return args.func(args)
   except UserError as error:

@@ -10,6 +10,7 @@ import pytest
 
 from tests.conftest import ROOT
 
+SOURCES = ["twelve", "three hundred and four", "", "nine hundred and ninety-nine", "seven"]
 SCRIPT = textwrap.dedent("""
     import json, sys
     import jax
@@ -19,10 +20,10 @@ SCRIPT = textwrap.dedent("""
     config = tiny_config(num_epochs=2, log_every_steps=1, batch_size=32, dropout=0.1)
     summary = train_and_evaluate(config, workdir, progress=False)
     task, params, _ = load_trained(workdir, "latest")
-    sources = ["twelve", "three hundred and four", "", "nine hundred and ninety-nine", "seven"]
+    sources = %r
     print("RESULT", json.dumps({"devices": jax.device_count(), "summary": summary,
                                 "translations": task.translate(params, sources, batch_size=3)}))
-""")
+""") % (SOURCES,)
 
 
 def run_with_devices(workdir, count):
@@ -52,6 +53,10 @@ def test_eight_devices_match_one(tmp_path):
   assert eight["translations"] == one["translations"]
   run = json.load(open(tmp_path / "eight" / "run.json"))
   assert run["mesh"] == {"data": 8} and run["num_devices"] == 8
+  # what 8 devices saved restores in this one-device process and translates the same
+  from seq2seq_jax.train import load_trained
+  task, params, _ = load_trained(str(tmp_path / "eight"), "latest")
+  assert task.translate(params, SOURCES, batch_size=3) == eight["translations"]
 
 
 def test_batch_size_must_divide_over_devices(tmp_path):

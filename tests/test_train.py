@@ -7,6 +7,7 @@ import numpy as np
 import optax
 import pytest
 
+from seq2seq_jax import runtime
 from seq2seq_jax.config import Config
 from seq2seq_jax.optim import build_optimizer
 from seq2seq_jax.train import TrainingInterrupted, load_trained, train_and_evaluate
@@ -93,6 +94,8 @@ def test_workdir_contents(trained_workdir):
     assert key in epoch_records[-1]
   run = json.load(open(os.path.join(trained_workdir, "run.json")))
   assert {"versions", "devices", "mesh", "command"} <= set(run)
+  # the command line ran on the CPU devices runtime.py chose (one per core on a CPU)
+  assert run["num_devices"] == runtime.requested_cpu_devices(tiny_config().batch_size)
   # at least two checkpoints are kept (tiny keeps 2)
   steps = [d for d in os.listdir(os.path.join(trained_workdir, "checkpoints")) if d.isdigit()]
   assert len(steps) >= 2

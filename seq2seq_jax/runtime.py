@@ -1,0 +1,103 @@
+"""How a training process runs on its host: the allocator and the CPU devices.
+
+Both must be settled before JAX starts, so `seq2seq-jax train` re-executes itself once
+with them in its environment:
+
+- mimalloc preloaded (from the cmeel-mimalloc wheel): XLA's CPU buffers otherwise come
+  from glibc's allocator, and a step spends much of its time in page faults.
+  SEQ2SEQ_JAX_MIMALLOC=0 turns it off.
+- one XLA CPU device per core, each running its ops on one thread, and the batch split
+  over them by the data-parallel mesh (parallel.py). An LSTM step is a chain of small
+  matmuls and elementwise loops; one device spreading every small op over all cores
+  spends much of the step handing work between threads, where one device per core runs
+  each half of the batch without waiting. SEQ2SEQ_JAX_CPU_DEVICES=N sets the count (1:
+  off). Nothing changes where XLA_FLAGS already sets a device count, on multi-process
+  runs, or on GPU/TPU (the flags only concern the host platform).
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import sys
+import sysconfig
+
+from seq2seq_jax.errors import UserError
+
+MAX_CPU_DEVICES = 8  # beyond this the gradient all-reduce outweighs what a device adds
+MIN_ROWS_PER_DEVICE = 16  # fewer rows make each device's matmuls too small to pay
+_DEVICE_COUNT_FLAG = "--xla_force_host_platform_device_count"
+
+
+def find_mimalloc() -> str | None:
+  """libmimalloc.so from the cmeel-mimalloc package, when installed."""
+  for root in {sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]}:
+    found = sorted(glob.glob(os.path.join(root, "cmeel.prefix", "lib", "libmimalloc.so*")))
+    if found:
+      return found[0]
+  return None
+
+
+def available_cores() -> int:
+  try:
+    return len(os.sched_getaffinity(0))
+  except AttributeError:  # not Linux
+    return os.cpu_count() or 1
+
+
+def cpu_device_count(batch_size: int, cores: int) -> int:
+  """The most CPU devices, up to one per core, that split batch_size evenly with at
+  least MIN_ROWS_PER_DEVICE rows each (1 when none does)."""
+  best = 1
+  for devices in range(2, min(cores, MAX_CPU_DEVICES) + 1):
+    if batch_size % devices == 0 and batch_size // devices >= MIN_ROWS_PER_DEVICE:
+      best = devices
+  return best
+
+
+def requested_cpu_devices(batch_size: int | None, environ=os.environ) -> int:
+  """SEQ2SEQ_JAX_CPU_DEVICES when set, else cpu_device_count for this machine (1 when
+  there is no batch size to split, or for a multi-process launch)."""
+  text = environ.get("SEQ2SEQ_JAX_CPU_DEVICES", "").strip()
+  if text:
+    try:
+      devices = int(text)
+      if devices < 1:
+        raise ValueError
+    except ValueError:
+      raise UserError(f"SEQ2SEQ_JAX_CPU_DEVICES={text!r} is not a whole number >= 1; "
+                      "unset it for one device per core, or set 1 to turn it off.") from None
+    return devices
+  if batch_size is None or environ.get("JAX_COORDINATOR_ADDRESS"):
+    return 1
+  return cpu_device_count(batch_size, available_cores())
+
+
+def launch_environment(batch_size: int | None, environ=os.environ) -> dict[str, str]:
+  """The variables to add for this process to run as described above ({} when there
+  is nothing to add)."""
+  changes: dict[str, str] = {}
+  if sys.platform == "linux" and environ.get("SEQ2SEQ_JAX_MIMALLOC", "1") != "0" \
+      and "mimalloc" not in environ.get("LD_PRELOAD", ""):
+    library = find_mimalloc()
+    if library:
+      changes.update(SEQ2SEQ_JAX_MIMALLOC="0", MIMALLOC_PURGE_DELAY="-1",
+                     LD_PRELOAD=":".join(filter(None, [library, environ.get("LD_PRELOAD")])))
+  flags = environ.get("XLA_FLAGS", "")
+  devices = requested_cpu_devices(batch_size, environ)
+  if devices > 1 and _DEVICE_COUNT_FLAG not in flags:
+    changes["XLA_FLAGS"] = " ".join(filter(None, [
+        flags, f"{_DEVICE_COUNT_FLAG}={devices}", "--xla_cpu_multi_thread_eigen=false"]))
+  return changes
+
+
+def maybe_reexec(batch_size: int | None) -> None:
+  """Re-runs this command (`python -m seq2seq_jax ...`) with launch_environment's
+  variables, unless it has none to add or JAX has already started."""
+  changes = launch_environment(batch_size)
+  if not changes or "jax" in sys.modules:
+    return
+  sys.stdout.flush()
+  sys.stderr.flush()
+  os.execve(sys.executable, [sys.executable, "-m", "seq2seq_jax", *sys.argv[1:]],
+            dict(os.environ, **changes))
