@@ -123,10 +123,13 @@ class JaxWorker(Worker):
         learning_rate=1e-3, clip_norm=0.0, loss_on_padding=False, bucket_width=spec["bucket_width"]))
     self.tx = build_optimizer(self.config, 1)
     self.rng = jax.random.key(0)
+    self.build_model = build_model
     self.seed_model = build_model(self.config, shapes["src_vocab"], shapes["tgt_vocab"])
-    self.states = {shapes["batch"]: self._new_state(self.seed_model)}
     self.seed_step = jax.jit(functools.partial(train_lib.train_step, model=self.seed_model,
                                                tx=self.tx, config=self.config), donate_argnums=(0,))
+    # (model, step) per matmul dtype: float32 as the peers, and bfloat16 mixed precision
+    self.seed_programs = {"float32": (self.seed_model, self.seed_step)}
+    self.states = {(shapes["batch"], "float32"): self._new_state(self.seed_model)}
     self.real_model = build_model(self.config, int(self.real["src_vocab"]), int(self.real["tgt_vocab"]))
     self.real_state = self._new_state(self.real_model)
     self.real_step = jax.jit(functools.partial(train_lib.train_step, model=self.real_model,
@@ -150,30 +153,41 @@ class JaxWorker(Worker):
     size = self.shapes["batch"]
     batch = self._place(seed_batch(self.shapes, size))
     start = time.perf_counter()
-    lowered = self.seed_step.lower(self.states[size], batch, self.rng)
+    key = (size, "float32")
+    lowered = self.seed_step.lower(self.states[key], batch, self.rng)
     trace_s = time.perf_counter() - start
     lowered.compile()
     compile_s = time.perf_counter() - start
     for _ in range(2):  # warm the jit cache (a second, cached, compile of the same program)
-      self.states[size], _ = self.seed_step(self.states[size], batch, self.rng)
-    jax.block_until_ready(self.states[size])
+      self.states[key], _ = self.seed_step(self.states[key], batch, self.rng)
+    jax.block_until_ready(self.states[key])
     return {"compile_s": compile_s, "trace_s": trace_s, "devices": self.parallel.size,
             "xla_flags": os.environ.get("XLA_FLAGS", "")}
 
-  def train(self, batch: int, steps: int) -> dict[str, Any]:
+  def _seed_program(self, matmul_dtype: str):
+    if matmul_dtype not in self.seed_programs:
+      config = dataclasses.replace(self.config, matmul_dtype=matmul_dtype)
+      model = self.build_model(config, self.shapes["src_vocab"], self.shapes["tgt_vocab"])
+      step = self.jax.jit(functools.partial(self.train_lib.train_step, model=model, tx=self.tx,
+                                            config=config), donate_argnums=(0,))
+      self.seed_programs[matmul_dtype] = (model, step)
+    return self.seed_programs[matmul_dtype]
+
+  def train(self, batch: int, steps: int, matmul_dtype: str = "float32") -> dict[str, Any]:
     jax = self.jax
     arrays = self._place(seed_batch(self.shapes, batch))
-    state = self.states.get(batch)
-    if state is None:  # another batch size: its own state, compiled and warmed once
-      state = self._new_state(self.seed_model)
-      state, _ = self.seed_step(state, arrays, self.rng)
+    model, train_step = self._seed_program(matmul_dtype)
+    state = self.states.get((batch, matmul_dtype))
+    if state is None:  # another batch size or dtype: its own state, compiled and warmed once
+      state = self._new_state(model)
+      state, _ = train_step(state, arrays, self.rng)
     jax.block_until_ready(state)
     start = time.perf_counter()
     for _ in range(steps):
-      state, metrics = self.seed_step(state, arrays, self.rng)
+      state, metrics = train_step(state, arrays, self.rng)
     jax.block_until_ready(state)
     seconds = time.perf_counter() - start
-    self.states[batch] = state
+    self.states[(batch, matmul_dtype)] = state
     return {"samples_per_s": batch * steps / seconds, "seconds": seconds}
 
   def epoch(self) -> dict[str, Any]:
@@ -204,7 +218,7 @@ class JaxWorker(Worker):
     """Sentences per second decoding `sentences` sources in batches of `batch`."""
     jax = self.jax
     if which == "seed":
-      params = jax.tree.map(lambda x: x, self.states[self.shapes["batch"]]["params"])
+      params = jax.tree.map(lambda x: x, self.states[(self.shapes["batch"], "float32")]["params"])
       bias = params["output_dense"]["bias"]
       params["output_dense"]["bias"] = bias.at[END_ID].set(END_SUPPRESSED)
       src = seed_batch(self.shapes, batch)["src"]
@@ -620,6 +634,9 @@ def _rounds(workers, rounds, shapes, train_steps, big_batches, decode_batches, s
 
   def seed_work(name, w):
     record(f"train/{name}", w("train", batch=batch, steps=train_steps)["samples_per_s"])
+    if name == "seq2seq_jax":  # mixed precision, beside the targets (the peers run float32)
+      record("train/seq2seq_jax_bf16", w("train", batch=batch, steps=train_steps,
+                                         matmul_dtype="bfloat16")["samples_per_s"])
     if name == "keras":
       record("train/keras_fit", w("train", batch=batch, steps=train_steps, mode="fit")["samples_per_s"])
     record(f"epoch/{name}", w("epoch"))
@@ -709,6 +726,8 @@ def _summarise(report: dict[str, Any]) -> None:
   keras_train = max(filter(None, [train.get("keras"), train.get("keras_fit")]), default=None)
   ratio("train vs keras", ours_train, keras_train, 1.5)
   ratio("train vs torch", ours_train, train.get("torch"), 1.0)
+  ratio("train bfloat16 vs keras", train.get("seq2seq_jax_bf16"), keras_train)  # not the same work:
+  ratio("train bfloat16 vs torch", train.get("seq2seq_jax_bf16"), train.get("torch"))  # no target
   ours_epoch = epoch["seq2seq_jax"]["samples_per_s"]
   ratio("real-length epoch vs keras", ours_epoch, epoch.get("keras", {}).get("samples_per_s"), 3.0)
   ratio("real-length epoch vs torch", ours_epoch, epoch.get("torch", {}).get("samples_per_s"), 2.0)
@@ -755,7 +774,9 @@ def format_report(report: dict[str, Any]) -> str:
            f"| training (seed shapes) | samples/s | % of matmul limit | compile s | peak RSS MiB at batch {s['batch']} |",
            "|---|---|---|---|---|"]
   train = report["train_samples_per_s"]
-  for key, label in (("seq2seq_jax", "seq2seq_jax train step"), ("keras", "Keras 3 train_on_batch"),
+  for key, label in (("seq2seq_jax", "seq2seq_jax train step"),
+                     ("seq2seq_jax_bf16", "seq2seq_jax, bfloat16 matmuls (matmul_dtype)"),
+                     ("keras", "Keras 3 train_on_batch"),
                      ("keras_fit", "Keras 3 fit"), ("torch", "PyTorch nn.LSTM")):
     if key in train:
       framework = key.split("_fit")[0]

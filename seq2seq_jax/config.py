@@ -121,6 +121,9 @@ class Config:
   bidirectional_encoder: bool = False
   # LSTM layers run lstm_sequence (hand-written gradient, ~2x faster on a CPU); False: autodiff of lax.scan.
   fused_lstm: bool = True
+  # Matmul operands: "float32", or "bfloat16" (mixed precision: products summed in float32,
+  # parameters, optimizer and activations float32; ~1.6x the matmul rate on AVX512-BF16 CPUs).
+  matmul_dtype: str = "float32"
 
   # --- optimisation -----------------------------------------------------------
   # Sentence pairs per batch (global).
@@ -189,6 +192,7 @@ _CHOICES = {
     "numbers_sampling": ("digits", "uniform"),
     "best_metric": ("val/exact_match", "val/token_accuracy", "val/loss"),
     "tokenizer": ("char", "word"),
+    "matmul_dtype": ("float32", "bfloat16"),
 }
 _POSITIVE = ("latent_dim", "num_layers", "batch_size", "num_epochs", "embed_dim",
              "max_source_len", "max_target_len", "eval_every_epochs",

@@ -291,3 +291,51 @@ def test_fused_and_unfused_models_train_the_same():
     grads.append(jax.grad(lambda p: loss_and_counts(p, batch, model=model, config=cfg,
                                                     train=True)[0])(params))
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), *grads)
+
+
+def test_bfloat16_matmuls_fused_gradient_matches_autodiff():
+  """With bfloat16 matmul operands the hand-written backward pass still gives autodiff's
+  gradients (to bfloat16 rounding), and the outputs stay float32 and near float32's."""
+  B, T, H = 4, 6, 8
+  keys = jax.random.split(jax.random.key(2), 5)
+  xproj = jax.random.normal(keys[0], (B, T, 4 * H))
+  carry = (jax.random.normal(keys[1], (B, H)), jax.random.normal(keys[2], (B, H)))
+  kernel = jax.random.normal(keys[3], (H, 4 * H)) * 0.5
+  mask = jnp.arange(T)[None, :] < jnp.array([6, 3, 1, 5])[:, None]
+  weights = jax.random.normal(keys[4], (B, T, H))
+  bf16 = jnp.bfloat16
+
+  def autodiff(x, carry, k, m):
+    return model_lib.rnn_scan(lambda xp, c: model_lib.lstm_cell(xp, c, k, bf16), x, carry, m)
+
+  fused = lambda x, carry, k, m: model_lib.lstm_layer_scan(x, carry, k, m, bf16)
+  objective = lambda run, x, k: jnp.sum(run(x, carry, k, mask)[1] * weights)
+  got_out = fused(xproj, carry, kernel, mask)[1]
+  assert got_out.dtype == jnp.float32
+  np.testing.assert_allclose(got_out, autodiff(xproj, carry, kernel, mask)[1], atol=1e-5)
+  np.testing.assert_allclose(got_out, model_lib.lstm_layer_scan(xproj, carry, kernel, mask)[1],
+                             atol=3e-2)  # float32 matmuls: within bfloat16 rounding
+  got = jax.grad(objective, argnums=(1, 2))(fused, xproj, kernel)
+  want = jax.grad(objective, argnums=(1, 2))(autodiff, xproj, kernel)
+  for g, w, name in zip(got, want, ("xproj", "kernel")):
+    assert g.dtype == jnp.float32
+    np.testing.assert_allclose(g, w, rtol=3e-2, atol=3e-2 * float(jnp.abs(w).max()), err_msg=name)
+
+
+def test_bfloat16_training_keeps_float32_parameters_and_optimizer_state():
+  from seq2seq_jax import train as train_lib
+  from seq2seq_jax.optim import build_optimizer
+  src = jnp.array([[5, 6, 7, 0], [8, 9, 0, 0]])
+  tgt = jnp.array([[1, 5, 6, 2, 0], [1, 7, 2, 0, 0]])
+  batch = {"src": src, "tgt_in": tgt[:, :-1], "tgt_out": tgt[:, 1:], "tgt_mask": tgt[:, 1:] != 0,
+           "index": jnp.arange(2)}
+  losses = {}
+  for dtype in ("float32", "bfloat16"):
+    cfg = tiny_config(matmul_dtype=dtype)
+    model, tx = model_lib.build_model(cfg, 12, 12), build_optimizer(cfg, 10)
+    state = train_lib.create_state(cfg, model, tx)
+    state, metrics = train_lib.train_step(state, batch, jax.random.key(0), model=model, tx=tx, config=cfg)
+    assert {x.dtype for x in jax.tree.leaves(state["params"])} == {jnp.dtype(jnp.float32)}
+    assert {x.dtype for x in jax.tree.leaves(state["opt_state"]) if x.ndim} == {jnp.dtype(jnp.float32)}
+    losses[dtype] = float(metrics["loss"])
+  assert losses["bfloat16"] == pytest.approx(losses["float32"], rel=1e-2)
