@@ -208,14 +208,16 @@ class JaxWorker(Worker):
     return {"samples_per_s": len(self.real_train) / seconds, "seconds": seconds, "loss": loss,
             "compilations": self.train_lib.compilation_count() - before, "rss_mib": rss_mib()[0]}
 
-  def _decoder(self, which: str, max_len: int):
-    if which not in self.decoders:
-      model = self.seed_model if which == "seed" else self.real_model
-      self.decoders[which] = self.make_greedy_decoder(model, max_len)
-    return self.decoders[which]
+  def _decoder(self, which: str, max_len: int, matmul_dtype: str):
+    if (which, matmul_dtype) not in self.decoders:
+      model = self._seed_program(matmul_dtype)[0] if which == "seed" else self.real_model
+      self.decoders[(which, matmul_dtype)] = self.make_greedy_decoder(model, max_len)
+    return self.decoders[(which, matmul_dtype)]
 
-  def decode(self, which: str, batch: int, sentences: int) -> dict[str, Any]:
-    """Sentences per second decoding `sentences` sources in batches of `batch`."""
+  def decode(self, which: str, batch: int, sentences: int,
+             matmul_dtype: str = "float32") -> dict[str, Any]:
+    """Sentences per second decoding `sentences` sources in batches of `batch` (seed
+    shapes: with the float32 step's parameters, through float32 or bfloat16 matmuls)."""
     jax = self.jax
     if which == "seed":
       params = jax.tree.map(lambda x: x, self.states[(self.shapes["batch"], "float32")]["params"])
@@ -228,7 +230,7 @@ class JaxWorker(Worker):
       params = self.real_state["params"]
       max_len = self.real["test_tgt"].shape[1] - 1
       sources, real_rows = real_decode_batches(self.real, batch, sentences, pad=True)
-    decoder = self._decoder(which, max_len)
+    decoder = self._decoder(which, max_len, matmul_dtype)
     if batch % self.parallel.size:  # one sentence: one device
       params = jax.device_put(params, self.parallel.devices[0])
     place = lambda src: self._place({"src": src})["src"]
@@ -658,6 +660,10 @@ def _rounds(workers, rounds, shapes, train_steps, big_batches, decode_batches, s
       for b in large_decodes:
         record(f"decode_seed/{name}/{b}",
                w("decode", which="seed", batch=b, sentences=max(b, 2048))["sentences_per_s"])
+    if name == "seq2seq_jax":  # mixed precision beside it (not in the targets: not the same work)
+      for b in large_decodes:
+        record(f"decode_seed/seq2seq_jax_bf16/{b}", w("decode", which="seed", batch=b,
+               sentences=max(b, 2048), matmul_dtype="bfloat16")["sentences_per_s"])
 
   def real_decoding(name, w):  # each trained model ends its sentences where it learned to
     if name == "keras":
@@ -734,6 +740,8 @@ def _summarise(report: dict[str, Any]) -> None:
   best_decode = max(v for k, v in decode_seed.items() if k.startswith("seq2seq_jax/"))
   keras_loop = decode_seed.get("keras_predict/1")  # the example's loop as published
   ratio("decode best batch vs keras loop", best_decode, keras_loop, 300.0)
+  ratio("decode bfloat16 best batch vs keras loop", max(
+      (v for k, v in decode_seed.items() if k.startswith("seq2seq_jax_bf16/")), default=None), keras_loop)
   ratio("decode one sentence vs keras loop", decode_seed.get("seq2seq_jax/1"), keras_loop, 30.0)
   ratio("decode one sentence vs keras loop with predict_on_batch", decode_seed.get("seq2seq_jax/1"),
         decode_seed.get("keras_predict_on_batch/1"))
