@@ -469,32 +469,32 @@ def make_batch(data: Encoded, rows: np.ndarray, batch_size: int, bucket_width: i
 
 
 def bucket_keys(data: Encoded, bucket_width: int) -> np.ndarray:
-  """Each example's (source, target) length bucket as one int: lengths in
-  ((k - 1) * width, k * width] share bucket k per side, and a batch of one bucket is
-  padded to exactly k * width, so the set of batch shapes is the set of buckets: the
-  same every epoch (no compilation after the first)."""
-  src_bucket = -(-data.src_len_N // bucket_width)
-  tgt_bucket = -(-data.tgt_len_N // bucket_width)
-  return src_bucket.astype(np.int64) * (int(tgt_bucket.max(initial=0)) + 1) + tgt_bucket
+  """Each example's (source, target) length bucket as one sortable int, ordered by the
+  longer side's bucket, then the source's, then the target's. Lengths in
+  ((k - 1) * width, k * width] share bucket k per side, and a batch is padded to its
+  largest bucket per side, so batch shapes come from a small fixed set."""
+  src_bucket = (-(-data.src_len_N // bucket_width)).astype(np.int64)
+  tgt_bucket = (-(-data.tgt_len_N // bucket_width)).astype(np.int64)
+  base = int(max(src_bucket.max(initial=0), tgt_bucket.max(initial=0))) + 1
+  return (np.maximum(src_bucket, tgt_bucket) * base + src_bucket) * base + tgt_bucket
 
 
 def epoch_batches(data: Encoded, batch_size: int, seed: int, epoch: int,
                   bucket_width: int) -> list[np.ndarray]:
   """Row indices of every training batch of an epoch, deterministic in (seed, epoch).
 
-  Examples are shuffled, grouped by (source, target) length bucket, cut into batches
-  and the batches shuffled again, so each batch holds similar lengths.
+  Examples are shuffled, sorted (stably) by length bucket, cut into consecutive full
+  batches, and the batches shuffled again: each batch holds similar lengths and only the
+  last is short, so little work goes to padding, neither to padded steps nor to empty
+  rows. The sorted sequence of buckets is the same every epoch, so the batch boundaries
+  fall on the same buckets and every epoch has the same batch shapes (nothing compiles
+  after the first).
   """
   rng = np.random.default_rng([seed, 101, epoch])
   order = rng.permutation(len(data))
   if bucket_width:
-    key = bucket_keys(data, bucket_width)[order]
-    order = order[np.argsort(key, kind="stable")]
-    key = np.sort(key, kind="stable")
-    groups = np.split(order, np.flatnonzero(np.diff(key)) + 1)
-  else:
-    groups = [order]
-  batches = [g[i:i + batch_size] for g in groups for i in range(0, len(g), batch_size)]
+    order = order[np.argsort(bucket_keys(data, bucket_width)[order], kind="stable")]
+  batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
   return [batches[i] for i in rng.permutation(len(batches))]
 
 
@@ -506,8 +506,6 @@ def eval_batches(data: Encoded, batch_size: int, bucket_width: int) -> Iterator[
 
 
 def steps_per_epoch(data: Encoded, batch_size: int, bucket_width: int) -> int:
-  """Exact batch count of an epoch (the same for every epoch)."""
-  if not bucket_width:
-    return int(math.ceil(len(data) / batch_size))
-  _, counts = np.unique(bucket_keys(data, bucket_width), return_counts=True)
-  return int(np.sum(np.ceil(counts / batch_size)))
+  """Exact batch count of an epoch (the same for every epoch, bucketed or not)."""
+  del bucket_width  # batches are cut across buckets: every batch but the last is full
+  return int(math.ceil(len(data) / batch_size))

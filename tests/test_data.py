@@ -138,6 +138,31 @@ def test_epoch_batches_cover_every_row_once_and_are_seeded():
   assert batch["tgt_in"].shape == batch["tgt_out"].shape
 
 
+def test_bucketed_batches_are_full_and_keep_their_shapes_across_epochs():
+  """Batches are cut across length buckets: all full but the last, each padded little,
+  and every epoch has the same set of batch shapes (one compiled program each)."""
+  rng = np.random.default_rng(1)
+  pairs = [("a" * rng.integers(1, 60), "b" * rng.integers(1, 60)) for _ in range(1000)]
+  encoded = data_lib.encode_pairs(pairs, Vocab.build(["a"]), Vocab.build(["b"]))
+  shapes_per_epoch, padded_steps = [], 0
+  for epoch in range(4):
+    batches = data_lib.epoch_batches(encoded, 64, seed=0, epoch=epoch, bucket_width=8)
+    assert sorted(len(b) for b in batches) == [1000 - 15 * 64] + [64] * 15
+    shapes = set()
+    for rows in batches:
+      batch = data_lib.make_batch(encoded, rows, 64, 8)
+      shapes.add((batch["src"].shape[1], batch["tgt_in"].shape[1]))
+      if epoch == 0:
+        padded_steps += len(rows) * (batch["src"].shape[1] + batch["tgt_in"].shape[1])
+    shapes_per_epoch.append(shapes)
+  assert all(shapes == shapes_per_epoch[0] for shapes in shapes_per_epoch)
+  # random batches, each padded to its own longest pair (as a PyTorch loop does)
+  order = rng.permutation(1000)
+  random_steps = sum(len(rows) * (encoded.src_len_N[rows].max() + encoded.tgt_len_N[rows].max() - 1)
+                     for rows in np.split(order, range(64, 1000, 64)))
+  assert padded_steps < 0.8 * random_steps
+
+
 def test_large_file_loads_as_int32_not_one_hot(tmp_path):
   pairs = [(f"sentence number {i} here", f"phrase numéro {i} ici") for i in range(200_000)]
   encoded = data_lib.encode_pairs(pairs, *data_lib.build_vocabs(pairs))

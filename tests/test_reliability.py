@@ -35,12 +35,12 @@ from seq2seq_jax.errors import CheckpointError, DataError
 from seq2seq_jax.vocab import UNK_ID, Vocab
 from tests.conftest import ROOT, cli_in_process, tiny_config, write_tsv
 
-# configs/tiny.py for 12 epochs (10 steps each: 200 pairs in per-side length buckets of 32
-# rows), long enough to interrupt, seconds to run.
+# configs/tiny.py for 12 epochs (7 steps each: 200 pairs in batches of 32, the last one
+# short), long enough to interrupt, seconds to run.
 SETTINGS = ["num_epochs=12", "log_every_steps=1", "eval_every_epochs=12",
             "num_summary_samples=0"]
-TOTAL_STEPS = 120
-EPOCH_11_STEP = 110  # the checkpoint before the last: the end of epoch 11
+TOTAL_STEPS = 84
+EPOCH_11_STEP = 77  # the checkpoint before the last: the end of epoch 11
 
 
 # ---------------------------------------------------------------------------
