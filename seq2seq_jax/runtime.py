@@ -12,12 +12,13 @@ with them in its environment:
   spends much of the step handing work between threads, where one device per core runs
   each half of the batch without waiting. SEQ2SEQ_JAX_CPU_DEVICES=N sets the count (1:
   off). Nothing changes where XLA_FLAGS already sets a device count, on multi-process
-  runs, or on GPU/TPU (the flags only concern the host platform).
+  runs, or where a GPU/TPU backend is installed (training runs there).
 """
 
 from __future__ import annotations
 
 import glob
+import importlib.util
 import os
 import sys
 import sysconfig
@@ -27,6 +28,8 @@ from seq2seq_jax.errors import UserError
 MAX_CPU_DEVICES = 8  # beyond this the gradient all-reduce outweighs what a device adds
 MIN_ROWS_PER_DEVICE = 16  # fewer rows make each device's matmuls too small to pay
 _DEVICE_COUNT_FLAG = "--xla_force_host_platform_device_count"
+ACCELERATOR_PLUGINS = ("jax_cuda12_plugin", "jax_cuda13_plugin", "jax_rocm7_plugin",
+                       "jax_rocm60_plugin", "libtpu")
 
 
 def find_mimalloc() -> str | None:
@@ -68,9 +71,17 @@ def requested_cpu_devices(batch_size: int | None, environ=os.environ) -> int:
       raise UserError(f"SEQ2SEQ_JAX_CPU_DEVICES={text!r} is not a whole number >= 1; "
                       "unset it for one device per core, or set 1 to turn it off.") from None
     return devices
-  if batch_size is None or environ.get("JAX_COORDINATOR_ADDRESS"):
+  if batch_size is None or environ.get("JAX_COORDINATOR_ADDRESS") or accelerator_installed(environ):
     return 1
   return cpu_device_count(batch_size, available_cores())
+
+
+def accelerator_installed(environ=os.environ) -> bool:
+  """A GPU or TPU backend for JAX is installed and not switched off by JAX_PLATFORMS=cpu:
+  training will run there, and the host's devices are left as they are."""
+  if environ.get("JAX_PLATFORMS", "").strip().lower() == "cpu":
+    return False
+  return any(importlib.util.find_spec(name) is not None for name in ACCELERATOR_PLUGINS)
 
 
 def launch_environment(batch_size: int | None, environ=os.environ) -> dict[str, str]:

@@ -25,6 +25,7 @@ def test_cpu_device_count(batch, cores, expected):
 
 def test_launch_environment_adds_per_core_devices(monkeypatch):
   monkeypatch.setattr(runtime, "available_cores", lambda: 2)
+  monkeypatch.setattr(runtime, "ACCELERATOR_PLUGINS", ())
   env = runtime.launch_environment(64, {"SEQ2SEQ_JAX_MIMALLOC": "0", "XLA_FLAGS": "--xla_dump_to=/tmp/x"})
   assert env == {"XLA_FLAGS": f"--xla_dump_to=/tmp/x {FLAG}=2 --xla_cpu_multi_thread_eigen=false"}
 
@@ -33,9 +34,11 @@ def test_launch_environment_adds_per_core_devices(monkeypatch):
     {"XLA_FLAGS": f"{FLAG}=8"},                       # the user's own device count wins
     {"SEQ2SEQ_JAX_CPU_DEVICES": "1"},                 # turned off
     {"JAX_COORDINATOR_ADDRESS": "10.0.0.1:1234"},     # a multi-process launch
+    {"ACCELERATOR": "1"},                             # a GPU/TPU backend is installed
 ])
 def test_launch_environment_leaves_devices_alone(monkeypatch, environ):
   monkeypatch.setattr(runtime, "available_cores", lambda: 8)
+  monkeypatch.setattr(runtime, "ACCELERATOR_PLUGINS", ("json",) if "ACCELERATOR" in environ else ())
   env = runtime.launch_environment(64, dict(environ, SEQ2SEQ_JAX_MIMALLOC="0"))
   assert "XLA_FLAGS" not in env
 
@@ -49,6 +52,7 @@ def test_explicit_device_count_and_a_wrong_one():
 def test_nothing_to_add_once_launched(monkeypatch):
   """The re-executed process finds its settings in place and does not re-execute again."""
   monkeypatch.setattr(runtime, "available_cores", lambda: 2)
+  monkeypatch.setattr(runtime, "ACCELERATOR_PLUGINS", ())
   first = runtime.launch_environment(64, {})
   assert runtime.launch_environment(64, first) == {}
 
@@ -58,3 +62,9 @@ def test_train_names_a_wrong_device_setting():
                    env_extra={"SEQ2SEQ_JAX_CPU_DEVICES": "0"})
   assert result.returncode == 2
   assert "SEQ2SEQ_JAX_CPU_DEVICES='0' is not a whole number >= 1" in result.stderr
+
+
+def test_an_installed_accelerator_is_used_unless_jax_platforms_says_cpu(monkeypatch):
+  monkeypatch.setattr(runtime, "ACCELERATOR_PLUGINS", ("json",))  # an installed module
+  assert runtime.accelerator_installed({})
+  assert not runtime.accelerator_installed({"JAX_PLATFORMS": "cpu"})
