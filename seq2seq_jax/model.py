@@ -29,13 +29,27 @@ Carry = tuple[jax.Array, ...]  # LSTM (h_BxH, c_BxH), Keras order; GRU (h_BxH,)
 NEG_INF = -1e9
 
 
+def matmul_operand(x: jax.Array, dtype: Any = None) -> jax.Array:
+  """x as a matmul operand: unchanged for float32 (dtype None), else rounded to dtype."""
+  return x if dtype is None else x.astype(dtype)
+
+
 def matmul(a: jax.Array, b: jax.Array, dtype: Any = None) -> jax.Array:
   """a @ b. With dtype bfloat16 the operands are rounded to bfloat16 and the products
   summed in float32 (mixed precision: about 1.6x the float32 matmul rate on a CPU with
   AVX512-BF16, more on GPU/TPU); parameters and everything elementwise stay float32."""
-  if dtype is None:
-    return a @ b
-  return jnp.matmul(a.astype(dtype), b.astype(dtype), preferred_element_type=jnp.float32)
+  return jnp.matmul(matmul_operand(a, dtype), matmul_operand(b, dtype),
+                    preferred_element_type=jnp.float32)
+
+
+def mixed_dot_general(dtype: Any) -> Callable[..., jax.Array]:
+  """lax.dot_general with matmul's operand rule, for Flax layers (their biases stay float32)."""
+  def dot_general(lhs, rhs, dimension_numbers, precision=None, preferred_element_type=None):
+    del preferred_element_type  # products are always summed in float32
+    return jax.lax.dot_general(matmul_operand(lhs, dtype), matmul_operand(rhs, dtype),
+                               dimension_numbers, precision=precision,
+                               preferred_element_type=jnp.float32)
+  return dot_general
 
 
 def _gate_affine(hidden: int) -> tuple[jax.Array, jax.Array]:
@@ -110,8 +124,7 @@ def lstm_scan(xproj_BxTx4H: jax.Array, carry: Carry, recurrent_kernel_Hx4H: jax.
 def _lstm_forward(xproj_TxBx4H, h0_BxH, c0_BxH, recurrent_kernel_Hx4H, keep_TxB, dtype):
   """The LSTM over time, time-major, saving what the backward pass needs: outputs
   h_TxBxH, cells c_TxBxH and gate activations TxBx4H (i, f, g, o)."""
-  if dtype is not None:  # rounded once, not at every step
-    recurrent_kernel_Hx4H = recurrent_kernel_Hx4H.astype(dtype)
+  recurrent_kernel_Hx4H = matmul_operand(recurrent_kernel_Hx4H, dtype)  # once, not every step
 
   def step(carry, inputs):
     h_BxH, c_BxH = carry
@@ -154,7 +167,7 @@ def _lstm_sequence_bwd(dtype, residuals, cotangents):
   dh_TxBxH, dc_last_BxH = cotangents
   h_TxBxH, c_TxBxH, gates_TxBx4H, h0_BxH, c0_BxH, recurrent_kernel_Hx4H, keep_TxB = residuals
   c_prev_TxBxH = jnp.concatenate([c0_BxH[None], c_TxBxH[:-1]], 0)
-  kernel_T_4HxH = recurrent_kernel_Hx4H.T if dtype is None else recurrent_kernel_Hx4H.T.astype(dtype)
+  kernel_T_4HxH = matmul_operand(recurrent_kernel_Hx4H.T, dtype)
 
   def step(carry, inputs):
     dh_BxH, dc_BxH = carry  # gradients flowing back into this step's outputs
@@ -177,9 +190,8 @@ def _lstm_sequence_bwd(dtype, residuals, cotangents):
       step, (jnp.zeros_like(h0_BxH), dc_last_BxH),
       (dh_TxBxH, c_TxBxH, c_prev_TxBxH, gates_TxBx4H, keep_TxB), reverse=True)
   h_prev_TxBxH = jnp.concatenate([h0_BxH[None], h_TxBxH[:-1]], 0)
-  cast = (lambda x: x) if dtype is None else (lambda x: x.astype(dtype))
-  d_kernel_Hx4H = jnp.einsum("tbh,tbg->hg", cast(h_prev_TxBxH), cast(dz_TxBx4H),
-                             preferred_element_type=jnp.float32)
+  d_kernel_Hx4H = jnp.einsum("tbh,tbg->hg", matmul_operand(h_prev_TxBxH, dtype),
+                             matmul_operand(dz_TxBx4H, dtype), preferred_element_type=jnp.float32)
   return dz_TxBx4H, dh0_BxH, dc0_BxH, d_kernel_Hx4H, jnp.zeros_like(keep_TxB)
 
 
@@ -379,9 +391,7 @@ class Seq2Seq(nn.Module):
     if cfg.attention != "none":
       self.attention_combine = self.param("attention_combine", glorot, (2 * H, H))
     self.output_dense = nn.Dense(self.tgt_vocab_size, kernel_init=glorot, name="output_dense",
-                                 dot_general=functools.partial(jax.lax.dot_general, preferred_element_type=jnp.float32)
-                                 if self.matmul_dtype is not None else None,
-                                 dtype=self.matmul_dtype)
+                                 dot_general=mixed_dot_general(self.matmul_dtype))
     self.dropout = nn.Dropout(cfg.dropout)
 
   # -- encoder -----------------------------------------------------------------
