@@ -124,11 +124,9 @@ class JaxWorker(Worker):
     self.tx = build_optimizer(self.config, 1)
     self.rng = jax.random.key(0)
     self.build_model = build_model
-    self.seed_model = build_model(self.config, shapes["src_vocab"], shapes["tgt_vocab"])
-    self.seed_step = jax.jit(functools.partial(train_lib.train_step, model=self.seed_model,
-                                               tx=self.tx, config=self.config), donate_argnums=(0,))
     # (model, step) per matmul dtype: float32 as the peers, and bfloat16 mixed precision
-    self.seed_programs = {"float32": (self.seed_model, self.seed_step)}
+    self.seed_programs = {}
+    self.seed_model, self.seed_step = self._seed_program("float32")
     self.states = {(shapes["batch"], "float32"): self._new_state(self.seed_model)}
     self.real_model = build_model(self.config, int(self.real["src_vocab"]), int(self.real["tgt_vocab"]))
     self.real_state = self._new_state(self.real_model)
