@@ -29,18 +29,13 @@ def _load_config(args):
   return config_lib.apply_overrides(config, overrides)
 
 
-def argv_is_command_line(args) -> bool:
-  """True for the `seq2seq-jax` command itself, not main([...]) inside another program."""
-  return getattr(args, "from_command_line", False)
-
-
 def cmd_train(args) -> int:
   from seq2seq_jax import config as config_lib
   if args.help_config:
     print(config_lib.describe_fields())
     return 0
   config = _load_config(args)
-  if argv_is_command_line(args):  # allocator and CPU devices are set before JAX starts
+  if args.from_command_line:  # allocator and CPU devices are set before JAX starts
     from seq2seq_jax.runtime import maybe_reexec
     maybe_reexec(config.batch_size)
   from seq2seq_jax.train import train_and_evaluate
@@ -148,7 +143,7 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_sweep(args) -> int:
-  if argv_is_command_line(args):
+  if args.from_command_line:
     from seq2seq_jax.runtime import maybe_reexec
     maybe_reexec(None)  # mimalloc only: trials stack along the batch (sweep.py)
   from seq2seq_jax.sweep import load_sweep, run_sweep
@@ -307,6 +302,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
   args = build_parser().parse_args(argv)
+  # the `seq2seq-jax` command itself, not main([...]) inside another program: only it re-executes
   args.from_command_line = argv is None and sys.argv[1:2] == [args.command]
   try:
     return args.func(args)
