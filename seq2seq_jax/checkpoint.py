@@ -29,6 +29,7 @@ import os
 import re
 import shutil
 import sys
+import time
 import warnings
 from typing import Any
 
@@ -40,6 +41,7 @@ from seq2seq_jax.errors import CheckpointError
 
 log = logging.getLogger(__name__)
 CHECKPOINT_DIR = "checkpoints"
+UNFINISHED_CHECKS = 10  # rounds of removing a failed save's temporary directory
 TMP_SUFFIX = ".orbax-checkpoint-tmp"
 DAMAGED_SUFFIX = ".damaged"
 # Size and SHA-256 of every file of a finished step, written after Orbax renamed it:
@@ -294,15 +296,20 @@ class Checkpointer:
     self.manager.reload()
 
   def _remove_unfinished(self, step: int) -> None:
-    """Deletes what a failed save of step left (never a finished step)."""
+    """Deletes what a failed save of step left (never a finished step). Orbax can report
+    the failure while its other writer threads still create files, so the directory is
+    checked again until it stays clean (a few tenths of a second at most)."""
     if _primary():
-      try:
-        names = os.listdir(self.directory)
-      except OSError:
-        names = []
-      for name in names:
-        if name.startswith(f"{step}{TMP_SUFFIX}"):
+      for _ in range(UNFINISHED_CHECKS):
+        try:
+          names = [n for n in os.listdir(self.directory) if n.startswith(f"{step}{TMP_SUFFIX}")]
+        except OSError:
+          names = []
+        for name in names:
           shutil.rmtree(os.path.join(self.directory, name), ignore_errors=True)
+        time.sleep(0.05)
+        if not names:
+          break
     with contextlib.suppress(Exception):
       self.manager.reload()
 
