@@ -121,14 +121,20 @@ def lstm_scan(xproj_BxTx4H: jax.Array, carry: Carry, recurrent_kernel_Hx4H: jax.
   return rnn_scan(cell, xproj_BxTx4H, carry, mask_BxT, unroll)
 
 
-def _lstm_forward(xproj_TxBx4H, h0_BxH, c0_BxH, recurrent_kernel_Hx4H, keep_TxB, dtype):
-  """The LSTM over time, time-major, saving what the backward pass needs: outputs
-  h_TxBxH, cells c_TxBxH and gate activations TxBx4H (i, f, g, o)."""
+def _lstm_forward(xproj_TxBx4H, h0_BxH, c0_BxH, recurrent_kernel_Hx4H, keep_TxB, dtype,
+                  save_inputs=False):
+  """The LSTM over time, time-major: outputs h_TxBxH, cells c_TxBxH and gate activations
+  TxBx4H (i, f, g, o); with save_inputs, also every step's incoming h transposed,
+  h_prev_HxTxB, written in the layout the recurrent kernel's gradient reads it (no
+  transpose of the whole sequence afterwards)."""
   recurrent_kernel_Hx4H = matmul_operand(recurrent_kernel_Hx4H, dtype)  # once, not every step
+  steps, batch = keep_TxB.shape
 
   def step(carry, inputs):
-    h_BxH, c_BxH = carry
-    xproj_Bx4H, keep_B = inputs
+    (h_BxH, c_BxH), h_prev_HxTxB = carry
+    xproj_Bx4H, keep_B, t = inputs
+    if save_inputs:
+      h_prev_HxTxB = jax.lax.dynamic_update_slice_in_dim(h_prev_HxTxB, h_BxH.T[:, None], t, axis=1)
     gates_Bx4H = lstm_activations(xproj_Bx4H + matmul(h_BxH, recurrent_kernel_Hx4H, dtype))
     i, f, g, o = jnp.split(gates_Bx4H, 4, axis=-1)
     new_c_BxH = f * c_BxH + i * g
@@ -136,11 +142,12 @@ def _lstm_forward(xproj_TxBx4H, h0_BxH, c0_BxH, recurrent_kernel_Hx4H, keep_TxB,
     keep_Bx1 = keep_B[:, None] > 0  # masked steps hold the carry
     new_h_BxH = jnp.where(keep_Bx1, new_h_BxH, h_BxH)
     new_c_BxH = jnp.where(keep_Bx1, new_c_BxH, c_BxH)
-    return (new_h_BxH, new_c_BxH), (new_h_BxH, new_c_BxH, gates_Bx4H)
+    return ((new_h_BxH, new_c_BxH), h_prev_HxTxB), (new_h_BxH, new_c_BxH, gates_Bx4H)
 
-  _, (h_TxBxH, c_TxBxH, gates_TxBx4H) = jax.lax.scan(
-      step, (h0_BxH, c0_BxH), (xproj_TxBx4H, keep_TxB))
-  return h_TxBxH, c_TxBxH, gates_TxBx4H
+  h_prev_HxTxB = jnp.zeros((h0_BxH.shape[1], steps if save_inputs else 0, batch), h0_BxH.dtype)
+  (_, h_prev_HxTxB), (h_TxBxH, c_TxBxH, gates_TxBx4H) = jax.lax.scan(
+      step, ((h0_BxH, c0_BxH), h_prev_HxTxB), (xproj_TxBx4H, keep_TxB, jnp.arange(steps)))
+  return h_TxBxH, c_TxBxH, gates_TxBx4H, h_prev_HxTxB
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(5,))
@@ -151,21 +158,21 @@ def lstm_sequence(xproj_TxBx4H, h0_BxH, c0_BxH, recurrent_kernel_Hx4H, keep_TxB,
   and the carry's, and the recurrent kernel's gradient is then one large matmul over
   all steps instead of a small outer-product accumulation inside every step. dtype: the
   matmuls' operand dtype (see matmul)."""
-  h_TxBxH, c_TxBxH, _ = _lstm_forward(xproj_TxBx4H, h0_BxH, c0_BxH, recurrent_kernel_Hx4H,
-                                      keep_TxB, dtype)
+  h_TxBxH, c_TxBxH, _, _ = _lstm_forward(xproj_TxBx4H, h0_BxH, c0_BxH, recurrent_kernel_Hx4H,
+                                         keep_TxB, dtype)
   return h_TxBxH, c_TxBxH[-1]
 
 
 def _lstm_sequence_fwd(xproj_TxBx4H, h0_BxH, c0_BxH, recurrent_kernel_Hx4H, keep_TxB, dtype):
-  h_TxBxH, c_TxBxH, gates_TxBx4H = _lstm_forward(xproj_TxBx4H, h0_BxH, c0_BxH,
-                                                 recurrent_kernel_Hx4H, keep_TxB, dtype)
-  return (h_TxBxH, c_TxBxH[-1]), (h_TxBxH, c_TxBxH, gates_TxBx4H, h0_BxH, c0_BxH,
+  h_TxBxH, c_TxBxH, gates_TxBx4H, h_prev_HxTxB = _lstm_forward(
+      xproj_TxBx4H, h0_BxH, c0_BxH, recurrent_kernel_Hx4H, keep_TxB, dtype, save_inputs=True)
+  return (h_TxBxH, c_TxBxH[-1]), (h_prev_HxTxB, c_TxBxH, gates_TxBx4H, c0_BxH,
                                   recurrent_kernel_Hx4H, keep_TxB)
 
 
 def _lstm_sequence_bwd(dtype, residuals, cotangents):
   dh_TxBxH, dc_last_BxH = cotangents
-  h_TxBxH, c_TxBxH, gates_TxBx4H, h0_BxH, c0_BxH, recurrent_kernel_Hx4H, keep_TxB = residuals
+  h_prev_HxTxB, c_TxBxH, gates_TxBx4H, c0_BxH, recurrent_kernel_Hx4H, keep_TxB = residuals
   c_prev_TxBxH = jnp.concatenate([c0_BxH[None], c_TxBxH[:-1]], 0)
   kernel_T_4HxH = matmul_operand(recurrent_kernel_Hx4H.T, dtype)
 
@@ -187,11 +194,11 @@ def _lstm_sequence_bwd(dtype, residuals, cotangents):
     return (dh_prev_BxH, dc_prev_BxH), dz_Bx4H
 
   (dh0_BxH, dc0_BxH), dz_TxBx4H = jax.lax.scan(
-      step, (jnp.zeros_like(h0_BxH), dc_last_BxH),
+      step, (jnp.zeros_like(c0_BxH), dc_last_BxH),
       (dh_TxBxH, c_TxBxH, c_prev_TxBxH, gates_TxBx4H, keep_TxB), reverse=True)
-  h_prev_TxBxH = jnp.concatenate([h0_BxH[None], h_TxBxH[:-1]], 0)
-  d_kernel_Hx4H = jnp.einsum("tbh,tbg->hg", matmul_operand(h_prev_TxBxH, dtype),
-                             matmul_operand(dz_TxBx4H, dtype), preferred_element_type=jnp.float32)
+  d_kernel_Hx4H = jax.lax.dot_general(  # sum over steps and batch rows of h_{t-1}^T dz_t
+      matmul_operand(h_prev_HxTxB, dtype), matmul_operand(dz_TxBx4H, dtype),
+      (((1, 2), (0, 1)), ((), ())), preferred_element_type=jnp.float32)
   return dz_TxBx4H, dh0_BxH, dc0_BxH, d_kernel_Hx4H, jnp.zeros_like(keep_TxB)
 
 
