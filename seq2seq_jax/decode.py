@@ -16,6 +16,15 @@ from seq2seq_jax.model import Seq2Seq
 from seq2seq_jax.vocab import END_ID, PAD_ID, START_ID, Vocab
 
 
+def first_argmax(x_BxTxV: jax.Array) -> jax.Array:
+  """jnp.argmax over the last axis (the first index of the maximum) as int32, computed as
+  two plain reductions: XLA's CPU backend runs argmax's (value, index) reduction several
+  times slower (it was 5% of a greedy decoding step)."""
+  max_BxTx1 = jnp.max(x_BxTxV, axis=-1, keepdims=True)
+  index_V = jnp.arange(x_BxTxV.shape[-1], dtype=jnp.int32)
+  return jnp.min(jnp.where(x_BxTxV == max_BxTx1, index_V, x_BxTxV.shape[-1]), axis=-1)
+
+
 def _cut_after_end(ids_BxL: jax.Array) -> jax.Array:
   """PAD after each row's first END."""
   ended_BxL = jnp.cumsum(ids_BxL == END_ID, axis=1) - (ids_BxL == END_ID) > 0
@@ -74,7 +83,7 @@ def _scan_decode(params: Any, src_BxS: jax.Array, choose: Callable[[jax.Array, j
 def greedy_decode(params: Any, src_BxS: jax.Array, *, model: Seq2Seq, max_len: int) -> jax.Array:
   """Argmax decoding of up to max_len steps: ids_BxL, END then PAD once a row has ended;
   stops early once every row has ended."""
-  argmax = lambda logits, t: jnp.argmax(logits, axis=-1).astype(jnp.int32)
+  argmax = lambda logits, t: first_argmax(logits)
   return _scan_decode(params, src_BxS, argmax, model=model, max_len=max_len)
 
 
@@ -172,7 +181,7 @@ def _sample_token(logits_BxV: jax.Array, key: jax.Array, temperature: float,
   """A token per row from softmax(logits / temperature) restricted to the top_k ids
   (top_k 0: all); temperature 0 is argmax."""
   if temperature == 0.0:
-    return jnp.argmax(logits_BxV, axis=-1).astype(jnp.int32)
+    return first_argmax(logits_BxV)
   logits_BxV = logits_BxV / temperature
   if 0 < top_k < logits_BxV.shape[-1]:
     kth_Bx1 = jax.lax.top_k(logits_BxV, top_k)[0][..., -1:]

@@ -22,7 +22,7 @@ from seq2seq_jax import config as config_lib
 from seq2seq_jax import data as data_lib
 from seq2seq_jax.checkpoint import Checkpointer
 from seq2seq_jax.config import Config
-from seq2seq_jax.decode import decode_texts, make_greedy_decoder
+from seq2seq_jax.decode import decode_texts, first_argmax, make_greedy_decoder
 from seq2seq_jax.errors import CheckpointError, UserError
 from seq2seq_jax.metrics import exact_match, text_metrics
 from seq2seq_jax.model import Seq2Seq, build_model, count_params, init_params
@@ -65,14 +65,6 @@ class NonFiniteLoss(UserError):
 # ---------------------------------------------------------------------------
 # Pure steps
 # ---------------------------------------------------------------------------
-
-def first_argmax(x_BxTxV: jax.Array) -> jax.Array:
-  """jnp.argmax over the last axis (the first index of the maximum) as two plain
-  reductions; XLA's CPU backend runs argmax's (value, index) reduction ~5x slower."""
-  max_BxTx1 = jnp.max(x_BxTxV, axis=-1, keepdims=True)
-  index_V = jnp.arange(x_BxTxV.shape[-1], dtype=jnp.int32)
-  return jnp.min(jnp.where(x_BxTxV == max_BxTx1, index_V, x_BxTxV.shape[-1]), axis=-1)
-
 
 def loss_and_counts(params, batch, *, model: Seq2Seq, config: Config, train: bool,
                     dropout_rng=None) -> tuple[jax.Array, dict[str, jax.Array]]:

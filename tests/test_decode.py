@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from seq2seq_jax import model as model_lib
-from seq2seq_jax.decode import (beam_search, decode_texts, greedy_decode, make_beam_decoder,
+from seq2seq_jax.decode import (beam_search, decode_texts, first_argmax, greedy_decode, make_beam_decoder,
                                 make_greedy_decoder, make_sample_decoder, sample_decode)
 from seq2seq_jax.errors import UserError
 from seq2seq_jax.train import load_trained
@@ -75,6 +75,16 @@ def test_batched_decoding_does_not_depend_on_batch_or_padding():
   alone = [decode_texts(decoder, params, src[i:i + 1, :4 if i == 5 else 9], vocab, batch_size=1)[0]
            for i in (0, 5, 36)]
   assert [together[i] for i in (0, 5, 36)] == alone
+
+
+def test_first_argmax_is_argmax_ties_included():
+  rng = np.random.default_rng(0)
+  x = rng.integers(0, 4, (3, 50, 7)).astype(np.float32)  # many ties: the first index wins
+  x[0, 0] = -np.inf
+  x[1, 0, 3] = np.inf
+  got = np.asarray(first_argmax(jnp.asarray(x)))
+  assert got.dtype == np.int32
+  np.testing.assert_array_equal(got, np.argmax(x, axis=-1))
 
 
 def test_repeat_decoding_is_one_pass_argmax_cut_at_end():
