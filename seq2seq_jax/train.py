@@ -311,6 +311,33 @@ def append_metrics(workdir: str, record: dict[str, Any]) -> None:
     f.write(json.dumps(record, default=_json_default) + "\n")
 
 
+def rewind_metrics(workdir: str, step: int) -> int:
+  """Drops metrics.jsonl records written after `step` (the checkpoint a run resumes from):
+  a run killed without its last checkpoint (kill -9, power loss) logged steps that the
+  resumed run computes and logs again, so each step keeps one record and the curves never
+  go back in time. A half-written last line goes too. Returns the records dropped."""
+  path = os.path.join(workdir, "metrics.jsonl")
+  if not is_primary() or not os.path.exists(path):
+    return 0
+  kept, dropped = [], 0
+  with open(path) as f:
+    for line in f:
+      try:
+        record = json.loads(line)
+      except ValueError:
+        dropped += 1
+        continue
+      if isinstance(record, dict) and record.get("step", 0) > step:
+        dropped += 1
+      else:
+        kept.append(line if line.endswith("\n") else line + "\n")
+  if dropped:
+    write_atomically(path, "".join(kept))
+    log.info("metrics.jsonl: dropped %d record(s) logged after checkpoint %d by the "
+             "interrupted run; the resumed run logs those steps again", dropped, step)
+  return dropped
+
+
 def write_run_info(workdir: str, argv: list[str] | None, parallel: DataParallel) -> None:
   import flax
   import orbax.checkpoint
@@ -485,6 +512,7 @@ def train_and_evaluate(config: Config, workdir: str, argv: list[str] | None = No
     position, sums = meta["position"], meta["sums"]
     log.info("resumed from checkpoint %d (epoch %d, batch %d)", restored_step,
              position["epoch"] + 1, position["batch"])
+    rewind_metrics(workdir, restored_step)
 
   jit_train_step = jax.jit(functools.partial(train_step, model=task.model, tx=tx, config=config),
                            donate_argnums=(0,))

@@ -119,8 +119,7 @@ def logged_step(workdir):
 def trained_numbers(workdir):
   """Per-step and per-epoch losses and validation metrics, and the final results.
 
-  Records logged after the last checkpoint before a kill are logged again after
-  resuming: keyed by step (and record kind), the last one wins.
+  Keyed by step and record kind: a resumed run leaves one record of each (asserted).
   """
   numbers = {}
   for record in metric_records(workdir):
@@ -129,6 +128,7 @@ def trained_numbers(workdir):
     kept = {k: v for k, v in record.items()
             if k.startswith(("train/loss", "train/token_accuracy", "val/", "test/"))
             or k in ("lr", "grad_norm")}
+    assert (kind, record["step"]) not in numbers, f"{kind} record of step {record['step']} twice"
     numbers[(kind, record["step"])] = kept
   with open(os.path.join(workdir, "results.json")) as f:
     numbers["results"] = json.load(f)
@@ -477,6 +477,19 @@ def test_kill_9_at_any_moment_then_resume(baseline, env, tmp_path):
   assert not any("orbax-checkpoint-tmp" in name for name in entries())
   assert step_dirs(workdir) == [TOTAL_STEPS - 3, TOTAL_STEPS]
   assert trained_numbers(workdir) == trained_numbers(baseline)
+  steps = [r["step"] for r in metric_records(workdir)]
+  assert steps == sorted(steps)  # the curves never go back in time
+
+
+def test_resume_drops_metrics_logged_after_the_checkpoint(tmp_path):
+  from seq2seq_jax.train import rewind_metrics
+  path = tmp_path / "metrics.jsonl"
+  lines = [json.dumps({"step": s, "train/loss": 1.0 / s}) for s in (10, 20, 30, 40)]
+  path.write_text("\n".join(lines) + '\n{"step": 5')  # a kill -9 mid-line
+  assert rewind_metrics(str(tmp_path), 20) == 3
+  assert path.read_text() == lines[0] + "\n" + lines[1] + "\n"
+  assert rewind_metrics(str(tmp_path), 20) == 0  # nothing else changes
+  assert rewind_metrics(str(tmp_path / "none"), 20) == 0  # no metrics.jsonl yet
 
 
 # ---------------------------------------------------------------------------
