@@ -328,8 +328,8 @@ def train_vectorized(configs: list[Config], workdirs: list[str], argv: list[str]
       raise _ProgressDiffers(f"positions {positions}")
     log.info("resumed %d trials from checkpoint %d (epoch %d, batch %d)", n, latest[0],
              positions[0]["epoch"] + 1, positions[0]["batch"])
-    for workdir in workdirs:
-      train_lib.rewind_metrics(workdir, latest[0])
+  for workdir in workdirs:  # records of a killed run beyond its checkpoint (or all: none)
+    train_lib.rewind_metrics(workdir, latest[0] or 0)
   position = dict(positions[0])
   state = parallel.replicate(_stack(states))
   del states

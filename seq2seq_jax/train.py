@@ -312,7 +312,8 @@ def append_metrics(workdir: str, record: dict[str, Any]) -> None:
 
 
 def rewind_metrics(workdir: str, step: int) -> int:
-  """Drops metrics.jsonl records written after `step` (the checkpoint a run resumes from):
+  """Drops metrics.jsonl records written after `step` (the checkpoint a run resumes from,
+  0 for a run that starts again without one):
   a run killed without its last checkpoint (kill -9, power loss) logged steps that the
   resumed run computes and logs again, so each step keeps one record and the curves never
   go back in time. A half-written last line goes too. Returns the records dropped."""
@@ -513,6 +514,8 @@ def train_and_evaluate(config: Config, workdir: str, argv: list[str] | None = No
     log.info("resumed from checkpoint %d (epoch %d, batch %d)", restored_step,
              position["epoch"] + 1, position["batch"])
     rewind_metrics(workdir, restored_step)
+  else:  # a run killed before its first checkpoint starts again from step 0
+    rewind_metrics(workdir, 0)
 
   jit_train_step = jax.jit(functools.partial(train_step, model=task.model, tx=tx, config=config),
                            donate_argnums=(0,))
