@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 import os
+import signal
 import sys
 
 from seq2seq_jax.errors import UserError
@@ -300,8 +301,27 @@ def build_parser() -> argparse.ArgumentParser:
   return parser
 
 
+def _sigterm_as_interrupt(signum, frame):
+  del frame
+  raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
 def main(argv: list[str] | None = None) -> int:
   args = build_parser().parse_args(argv)
+  # SIGTERM (a scheduler's stop, `kill`) ends a command as Ctrl-C does, with a message;
+  # training's loop catches both itself and checkpoints first
+  try:
+    previous_sigterm = signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
+  except ValueError:  # not the main thread: leave signals alone
+    previous_sigterm = None
+  try:
+    return _run(args, argv)
+  finally:
+    if previous_sigterm is not None:
+      signal.signal(signal.SIGTERM, previous_sigterm)
+
+
+def _run(args: argparse.Namespace, argv: list[str] | None) -> int:
   # the `seq2seq-jax` command itself, not main([...]) inside another program: only it re-executes
   args.from_command_line = argv is None and sys.argv[1:2] == [args.command]
   try:
@@ -309,8 +329,11 @@ def main(argv: list[str] | None = None) -> int:
   except UserError as error:
     print(f"seq2seq-jax {args.command}: error: {error}", file=sys.stderr)
     return 2
-  except KeyboardInterrupt:
-    print(f"seq2seq-jax {args.command}: interrupted", file=sys.stderr)
+  except KeyboardInterrupt as interrupt:
+    how = f" by {interrupt.args[0]}" if interrupt.args else ""
+    saved = (" Checkpoints saved before are kept: run the same command again to resume."
+             if args.command in ("train", "sweep") else "")
+    print(f"seq2seq-jax {args.command}: interrupted{how}.{saved}", file=sys.stderr)
     return 130
   except BrokenPipeError:  # e.g. `seq2seq-jax translate ... | head -1`
     os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

@@ -51,3 +51,26 @@ def test_help_for_every_subcommand():
   for command in ("train", "translate", "evaluate"):
     result = run_cli(command, "--help")
     assert result.returncode == 0 and "usage: seq2seq-jax" in result.stdout
+
+
+def test_sigterm_outside_the_training_loop_is_a_clear_interrupt(monkeypatch, capsys, tmp_path):
+  """SIGTERM while a command loads data or compiles: a message and exit 130 (as Ctrl-C),
+  not a silent death; the caller's handler is back afterwards."""
+  import signal
+  import time
+
+  from seq2seq_jax import cli
+  from tests.conftest import cli_in_process
+
+  def loading(args):
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(30)  # the signal ends this long before
+    return 0
+
+  monkeypatch.setattr(cli, "cmd_train", loading)
+  before = signal.getsignal(signal.SIGTERM)
+  code, _, err = cli_in_process(capsys, "train", "--workdir", str(tmp_path / "run"))
+  assert code == 130
+  assert "interrupted by SIGTERM" in err and "run the same command again" in err
+  assert "Traceback" not in err
+  assert signal.getsignal(signal.SIGTERM) is before
