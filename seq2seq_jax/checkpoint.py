@@ -305,11 +305,11 @@ class Checkpointer:
           names = [n for n in os.listdir(self.directory) if n.startswith(f"{step}{TMP_SUFFIX}")]
         except OSError:
           names = []
-        for name in names:
-          shutil.rmtree(os.path.join(self.directory, name), ignore_errors=True)
-        time.sleep(0.05)
         if not names:
           break
+        for name in names:
+          shutil.rmtree(os.path.join(self.directory, name), ignore_errors=True)
+        time.sleep(0.05)  # then look again: a writer thread may still be creating files
     with contextlib.suppress(Exception):
       self.manager.reload()
 
