@@ -505,7 +505,7 @@ def eval_batches(data: Encoded, batch_size: int, bucket_width: int) -> Iterator[
     yield make_batch(data, order[i:i + batch_size], batch_size, bucket_width)
 
 
-def steps_per_epoch(data: Encoded, batch_size: int, bucket_width: int) -> int:
-  """Exact batch count of an epoch (the same for every epoch, bucketed or not)."""
-  del bucket_width  # batches are cut across buckets: every batch but the last is full
+def steps_per_epoch(data: Encoded, batch_size: int) -> int:
+  """Exact batch count of an epoch, bucketed or not: epoch_batches cuts full batches
+  across buckets, so only the last is short."""
   return int(math.ceil(len(data) / batch_size))

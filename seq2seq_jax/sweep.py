@@ -303,7 +303,7 @@ def train_vectorized(configs: list[Config], workdirs: list[str], argv: list[str]
     for workdir in workdirs:
       with open(os.path.join(workdir, "vocab.json"), "w") as f:
         json.dump(vocab_meta, f, ensure_ascii=False, indent=0)
-  steps_per_epoch = data_lib.steps_per_epoch(train_data, base.batch_size, base.bucket_width)
+  steps_per_epoch = data_lib.steps_per_epoch(train_data, base.batch_size)
   total_steps = steps_per_epoch * base.num_epochs
   log.info("data %s: %d train / %d val / %d test, %.1fs", base.data, len(train_pairs),
            len(val_pairs), len(test_pairs), time.time() - t0)

@@ -485,7 +485,7 @@ def train_and_evaluate(config: Config, workdir: str, argv: list[str] | None = No
     with open(os.path.join(workdir, "vocab.json"), "w") as f:
       json.dump({k: v for k, v in task.meta().items() if k != "config"}, f,
                 ensure_ascii=False, indent=0)
-  steps_per_epoch = data_lib.steps_per_epoch(train_data, config.batch_size, config.bucket_width)
+  steps_per_epoch = data_lib.steps_per_epoch(train_data, config.batch_size)
   total_steps = steps_per_epoch * config.num_epochs
   log.info("data %s: %d train / %d val / %d test %s, %s, %.1fs",
            config.data, len(train_pairs), len(val_pairs), len(test_pairs),

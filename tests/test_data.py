@@ -127,7 +127,7 @@ def test_epoch_batches_cover_every_row_once_and_are_seeded():
     batches = data_lib.epoch_batches(encoded, 32, seed=3, epoch=1, bucket_width=width)
     rows = np.concatenate(batches)
     assert sorted(rows.tolist()) == list(range(500))
-    assert len(batches) == data_lib.steps_per_epoch(encoded, 32, width)
+    assert len(batches) == data_lib.steps_per_epoch(encoded, 32)
     same = data_lib.epoch_batches(encoded, 32, seed=3, epoch=1, bucket_width=width)
     assert all((a == b).all() for a, b in zip(batches, same))
     next_epoch = data_lib.epoch_batches(encoded, 32, seed=3, epoch=2, bucket_width=width)
