@@ -515,25 +515,23 @@ def real_length_data(quick: bool, path: str) -> dict[str, Any]:
 
 def worker_env(allocator: str) -> tuple[dict[str, str], str]:
   """The environment every worker runs in, and the allocator it names. Every worker gets
-  the allocator; the seq2seq_jax worker also gets the CPU devices `seq2seq-jax train`
-  would (runtime.py), added by worker_devices."""
-  from seq2seq_jax.runtime import find_mimalloc
-  env = dict(os.environ, KERAS_BACKEND="jax", SEQ2SEQ_JAX_MIMALLOC="0")
+  the allocator `seq2seq-jax train` preloads (runtime.allocator_environment); the
+  seq2seq_jax worker also gets its CPU devices, added by worker_devices."""
+  from seq2seq_jax.runtime import allocator_environment
+  env = dict(os.environ, KERAS_BACKEND="jax")
   env.pop("LD_PRELOAD", None)
-  library = find_mimalloc() if allocator == "mimalloc" else None
-  if allocator == "mimalloc" and library is None:
-    return env, "system (mimalloc not installed)"
-  if library:
-    env.update(LD_PRELOAD=library, MIMALLOC_PURGE_DELAY="-1")
+  env.pop("SEQ2SEQ_JAX_MIMALLOC", None)
+  preload = allocator_environment(env) if allocator == "mimalloc" else {}
+  env.update(preload, SEQ2SEQ_JAX_MIMALLOC="0")
+  if preload:
     return env, "mimalloc"
-  return env, "system"
+  return env, "system (mimalloc not installed)" if allocator == "mimalloc" else "system"
 
 
 def worker_devices(env: dict[str, str], batch: int) -> dict[str, str]:
   """env with the XLA CPU device settings `seq2seq-jax train` uses at this batch size."""
-  from seq2seq_jax.runtime import launch_environment
-  changes = launch_environment(batch, dict(env, SEQ2SEQ_JAX_MIMALLOC="0"))
-  return dict(env, **{k: v for k, v in changes.items() if k == "XLA_FLAGS"})
+  from seq2seq_jax.runtime import device_environment
+  return dict(env, **device_environment(batch, env))
 
 
 def machine_info() -> dict[str, Any]:

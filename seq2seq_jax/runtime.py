@@ -84,22 +84,34 @@ def accelerator_installed(environ=os.environ) -> bool:
   return any(importlib.util.find_spec(name) is not None for name in ACCELERATOR_PLUGINS)
 
 
+def allocator_environment(environ=os.environ) -> dict[str, str]:
+  """The variables that preload mimalloc ({} when it is off, already preloaded, not
+  installed, or not on Linux)."""
+  if sys.platform != "linux" or environ.get("SEQ2SEQ_JAX_MIMALLOC", "1") == "0" \
+      or "mimalloc" in environ.get("LD_PRELOAD", ""):
+    return {}
+  library = find_mimalloc()
+  if library is None:
+    return {}
+  return {"SEQ2SEQ_JAX_MIMALLOC": "0", "MIMALLOC_PURGE_DELAY": "-1",
+          "LD_PRELOAD": ":".join(filter(None, [library, environ.get("LD_PRELOAD")]))}
+
+
+def device_environment(batch_size: int | None, environ=os.environ) -> dict[str, str]:
+  """The XLA_FLAGS that give this process one CPU device per core for batch_size ({}
+  when that is one device, or when XLA_FLAGS already sets a count)."""
+  flags = environ.get("XLA_FLAGS", "")
+  devices = requested_cpu_devices(batch_size, environ)
+  if devices == 1 or _DEVICE_COUNT_FLAG in flags:
+    return {}
+  return {"XLA_FLAGS": " ".join(filter(None, [
+      flags, f"{_DEVICE_COUNT_FLAG}={devices}", "--xla_cpu_multi_thread_eigen=false"]))}
+
+
 def launch_environment(batch_size: int | None, environ=os.environ) -> dict[str, str]:
   """The variables to add for this process to run as described above ({} when there
   is nothing to add)."""
-  changes: dict[str, str] = {}
-  if sys.platform == "linux" and environ.get("SEQ2SEQ_JAX_MIMALLOC", "1") != "0" \
-      and "mimalloc" not in environ.get("LD_PRELOAD", ""):
-    library = find_mimalloc()
-    if library:
-      changes.update(SEQ2SEQ_JAX_MIMALLOC="0", MIMALLOC_PURGE_DELAY="-1",
-                     LD_PRELOAD=":".join(filter(None, [library, environ.get("LD_PRELOAD")])))
-  flags = environ.get("XLA_FLAGS", "")
-  devices = requested_cpu_devices(batch_size, environ)
-  if devices > 1 and _DEVICE_COUNT_FLAG not in flags:
-    changes["XLA_FLAGS"] = " ".join(filter(None, [
-        flags, f"{_DEVICE_COUNT_FLAG}={devices}", "--xla_cpu_multi_thread_eigen=false"]))
-  return changes
+  return {**allocator_environment(environ), **device_environment(batch_size, environ)}
 
 
 def maybe_reexec(batch_size: int | None) -> None:
