@@ -130,12 +130,16 @@ class JaxWorker(Worker):
     self.states = {(shapes["batch"], "float32"): self._new_state(self.seed_model)}
     self.real_model = build_model(self.config, int(self.real["src_vocab"]), int(self.real["tgt_vocab"]))
     self.real_state = self._new_state(self.real_model)
-    self.real_step = jax.jit(functools.partial(train_lib.train_step, model=self.real_model,
-                                               tx=self.tx, config=self.config), donate_argnums=(0,))
+    self.real_step = self._jit_step(self.real_model, self.config)
     self.real_train = data_lib.Encoded(self.real["train_src"], self.real["train_src_len"],
                                        self.real["train_tgt"], self.real["train_tgt_len"])
     self.epochs = 0
     self.decoders = {}
+
+  def _jit_step(self, model, config):
+    """The library's train step for model, jitted as `seq2seq-jax train` jits it."""
+    return self.jax.jit(functools.partial(self.train_lib.train_step, model=model, tx=self.tx,
+                                          config=config), donate_argnums=(0,))
 
   def _new_state(self, model):
     return self.parallel.replicate(self.train_lib.create_state(self.config, model, self.tx))
@@ -166,9 +170,7 @@ class JaxWorker(Worker):
     if matmul_dtype not in self.seed_programs:
       config = dataclasses.replace(self.config, matmul_dtype=matmul_dtype)
       model = self.build_model(config, self.shapes["src_vocab"], self.shapes["tgt_vocab"])
-      step = self.jax.jit(functools.partial(self.train_lib.train_step, model=model, tx=self.tx,
-                                            config=config), donate_argnums=(0,))
-      self.seed_programs[matmul_dtype] = (model, step)
+      self.seed_programs[matmul_dtype] = (model, self._jit_step(model, config))
     return self.seed_programs[matmul_dtype]
 
   def train(self, batch: int, steps: int, matmul_dtype: str = "float32") -> dict[str, Any]:
