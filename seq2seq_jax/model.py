@@ -122,31 +122,45 @@ def lstm_scan(xproj_BxTx4H: jax.Array, carry: Carry, recurrent_kernel_Hx4H: jax.
 
 
 def _lstm_forward(xproj_TxBx4H, h0_BxH, c0_BxH, recurrent_kernel_Hx4H, keep_TxB, dtype,
-                  save_inputs=False):
-  """The LSTM over time, time-major: outputs h_TxBxH, cells c_TxBxH and gate activations
-  TxBx4H (i, f, g, o); with save_inputs, also every step's incoming h transposed,
-  h_prev_HxTxB, written in the layout the recurrent kernel's gradient reads it (no
-  transpose of the whole sequence afterwards)."""
+                  save=False):
+  """The LSTM over time, time-major: outputs h_TxBxH and cells c_TxBxH. With save, also
+  what the backward pass reads: the gate activations (i, f, g, o) of every step,
+  written over that step's input projection in xproj's own buffer (XLA updates it in
+  place, so the largest residual needs no buffer of its own, nor zero-filling), and
+  every step's incoming h transposed, h_prev_HxTxB, in the layout the recurrent
+  kernel's gradient reads it (no transpose of the whole sequence afterwards)."""
   recurrent_kernel_Hx4H = matmul_operand(recurrent_kernel_Hx4H, dtype)  # once, not every step
   steps, batch = keep_TxB.shape
 
-  def step(carry, inputs):
-    (h_BxH, c_BxH), h_prev_HxTxB = carry
-    xproj_Bx4H, keep_B, t = inputs
-    if save_inputs:
-      h_prev_HxTxB = jax.lax.dynamic_update_slice_in_dim(h_prev_HxTxB, h_BxH.T[:, None], t, axis=1)
+  def cell(h_BxH, c_BxH, xproj_Bx4H, keep_B):
     gates_Bx4H = lstm_activations(xproj_Bx4H + matmul(h_BxH, recurrent_kernel_Hx4H, dtype))
     i, f, g, o = jnp.split(gates_Bx4H, 4, axis=-1)
     new_c_BxH = f * c_BxH + i * g
     new_h_BxH = o * jnp.tanh(new_c_BxH)
     keep_Bx1 = keep_B[:, None] > 0  # masked steps hold the carry
-    new_h_BxH = jnp.where(keep_Bx1, new_h_BxH, h_BxH)
-    new_c_BxH = jnp.where(keep_Bx1, new_c_BxH, c_BxH)
-    return ((new_h_BxH, new_c_BxH), h_prev_HxTxB), (new_h_BxH, new_c_BxH, gates_Bx4H)
+    return (jnp.where(keep_Bx1, new_h_BxH, h_BxH), jnp.where(keep_Bx1, new_c_BxH, c_BxH),
+            gates_Bx4H)
 
-  h_prev_HxTxB = jnp.zeros((h0_BxH.shape[1], steps if save_inputs else 0, batch), h0_BxH.dtype)
-  (_, h_prev_HxTxB), (h_TxBxH, c_TxBxH, gates_TxBx4H) = jax.lax.scan(
-      step, ((h0_BxH, c0_BxH), h_prev_HxTxB), (xproj_TxBx4H, keep_TxB, jnp.arange(steps)))
+  if not save:
+    def step(carry, inputs):
+      h_BxH, c_BxH, _ = cell(*carry, *inputs)
+      return (h_BxH, c_BxH), (h_BxH, c_BxH)
+
+    _, (h_TxBxH, c_TxBxH) = jax.lax.scan(step, (h0_BxH, c0_BxH), (xproj_TxBx4H, keep_TxB))
+    return h_TxBxH, c_TxBxH
+
+  def saving_step(carry, inputs):
+    h_BxH, c_BxH, gates_TxBx4H, h_prev_HxTxB = carry
+    keep_B, t = inputs
+    h_prev_HxTxB = jax.lax.dynamic_update_slice_in_dim(h_prev_HxTxB, h_BxH.T[:, None], t, axis=1)
+    xproj_Bx4H = jax.lax.dynamic_index_in_dim(gates_TxBx4H, t, 0, keepdims=False)
+    h_BxH, c_BxH, gates_Bx4H = cell(h_BxH, c_BxH, xproj_Bx4H, keep_B)
+    gates_TxBx4H = jax.lax.dynamic_update_index_in_dim(gates_TxBx4H, gates_Bx4H, t, 0)
+    return (h_BxH, c_BxH, gates_TxBx4H, h_prev_HxTxB), (h_BxH, c_BxH)
+
+  h_prev_HxTxB = jnp.zeros((h0_BxH.shape[1], steps, batch), h0_BxH.dtype)
+  (_, _, gates_TxBx4H, h_prev_HxTxB), (h_TxBxH, c_TxBxH) = jax.lax.scan(
+      saving_step, (h0_BxH, c0_BxH, xproj_TxBx4H, h_prev_HxTxB), (keep_TxB, jnp.arange(steps)))
   return h_TxBxH, c_TxBxH, gates_TxBx4H, h_prev_HxTxB
 
 
@@ -158,27 +172,33 @@ def lstm_sequence(xproj_TxBx4H, h0_BxH, c0_BxH, recurrent_kernel_Hx4H, keep_TxB,
   and the carry's, and the recurrent kernel's gradient is then one large matmul over
   all steps instead of a small outer-product accumulation inside every step. dtype: the
   matmuls' operand dtype (see matmul)."""
-  h_TxBxH, c_TxBxH, _, _ = _lstm_forward(xproj_TxBx4H, h0_BxH, c0_BxH, recurrent_kernel_Hx4H,
-                                         keep_TxB, dtype)
+  h_TxBxH, c_TxBxH = _lstm_forward(xproj_TxBx4H, h0_BxH, c0_BxH, recurrent_kernel_Hx4H,
+                                   keep_TxB, dtype)
   return h_TxBxH, c_TxBxH[-1]
 
 
 def _lstm_sequence_fwd(xproj_TxBx4H, h0_BxH, c0_BxH, recurrent_kernel_Hx4H, keep_TxB, dtype):
   h_TxBxH, c_TxBxH, gates_TxBx4H, h_prev_HxTxB = _lstm_forward(
-      xproj_TxBx4H, h0_BxH, c0_BxH, recurrent_kernel_Hx4H, keep_TxB, dtype, save_inputs=True)
+      xproj_TxBx4H, h0_BxH, c0_BxH, recurrent_kernel_Hx4H, keep_TxB, dtype, save=True)
   return (h_TxBxH, c_TxBxH[-1]), (h_prev_HxTxB, c_TxBxH, gates_TxBx4H, c0_BxH,
                                   recurrent_kernel_Hx4H, keep_TxB)
 
 
 def _lstm_sequence_bwd(dtype, residuals, cotangents):
+  """The backward scan writes each step's gate gradient dz over that step's gate
+  activations, in their buffer, which so becomes dz_TxBx4H. Each step reads the previous
+  step's gates only after that write: the buffer then has one user per step, the update,
+  and XLA updates it in place (a read before the update made it copy the whole buffer)."""
   dh_TxBxH, dc_last_BxH = cotangents
   h_prev_HxTxB, c_TxBxH, gates_TxBx4H, c0_BxH, recurrent_kernel_Hx4H, keep_TxB = residuals
-  c_prev_TxBxH = jnp.concatenate([c0_BxH[None], c_TxBxH[:-1]], 0)
   kernel_T_4HxH = matmul_operand(recurrent_kernel_Hx4H.T, dtype)
+  last = keep_TxB.shape[0] - 1
 
   def step(carry, inputs):
-    dh_BxH, dc_BxH = carry  # gradients flowing back into this step's outputs
-    dh_out_BxH, c_BxH, c_prev_BxH, gates_Bx4H, keep_B = inputs
+    dh_BxH, dc_BxH, gates_Bx4H, buffer_TxBx4H = carry  # dh, dc: flowing back into step t
+    dh_out_BxH, c_BxH, keep_B, t = inputs
+    c_prev_BxH = jnp.where(t > 0, jax.lax.dynamic_index_in_dim(
+        c_TxBxH, jnp.maximum(t - 1, 0), 0, keepdims=False), c0_BxH)
     dh_BxH = dh_BxH + dh_out_BxH
     i, f, g, o = jnp.split(gates_Bx4H, 4, axis=-1)
     tanh_c_BxH = jnp.tanh(c_BxH)
@@ -189,13 +209,16 @@ def _lstm_sequence_bwd(dtype, residuals, cotangents):
                                dh_BxH * tanh_c_BxH * o * (1.0 - o)], -1)
     keep_Bx1 = keep_B[:, None] > 0
     dz_Bx4H = jnp.where(keep_Bx1, dz_Bx4H, 0.0)
+    buffer_TxBx4H = jax.lax.dynamic_update_index_in_dim(buffer_TxBx4H, dz_Bx4H, t, 0)
+    next_gates_Bx4H = jax.lax.dynamic_index_in_dim(buffer_TxBx4H, jnp.maximum(t - 1, 0), 0,
+                                                   keepdims=False)
     dh_prev_BxH = jnp.where(keep_Bx1, matmul(dz_Bx4H, kernel_T_4HxH, dtype), dh_BxH)
     dc_prev_BxH = jnp.where(keep_Bx1, dc_new_BxH * f, dc_BxH)
-    return (dh_prev_BxH, dc_prev_BxH), dz_Bx4H
+    return (dh_prev_BxH, dc_prev_BxH, next_gates_Bx4H, buffer_TxBx4H), None
 
-  (dh0_BxH, dc0_BxH), dz_TxBx4H = jax.lax.scan(
-      step, (jnp.zeros_like(c0_BxH), dc_last_BxH),
-      (dh_TxBxH, c_TxBxH, c_prev_TxBxH, gates_TxBx4H, keep_TxB), reverse=True)
+  (dh0_BxH, dc0_BxH, _, dz_TxBx4H), _ = jax.lax.scan(
+      step, (jnp.zeros_like(c0_BxH), dc_last_BxH, gates_TxBx4H[last], gates_TxBx4H),
+      (dh_TxBxH, c_TxBxH, keep_TxB, jnp.arange(last + 1)), reverse=True)
   d_kernel_Hx4H = jax.lax.dot_general(  # sum over steps and batch rows of h_{t-1}^T dz_t
       matmul_operand(h_prev_HxTxB, dtype), matmul_operand(dz_TxBx4H, dtype),
       (((1, 2), (0, 1)), ((), ())), preferred_element_type=jnp.float32)

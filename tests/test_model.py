@@ -245,15 +245,17 @@ def test_label_smoothing_is_the_smoothed_cross_entropy_over_real_tokens():
   np.testing.assert_allclose(plain, -target_logp[np.asarray(out) != 0].mean(), rtol=1e-5)
 
 
-def test_fused_lstm_equals_autodiff_of_the_scan_values_and_gradients():
+@pytest.mark.parametrize("T, lengths", [(7, [7, 4, 1]), (1, [1, 0, 1])])
+def test_fused_lstm_equals_autodiff_of_the_scan_values_and_gradients(T, lengths):
   """lstm_sequence's hand-written backward pass gives autodiff's gradients for every
-  input, with padded (held) steps and cotangents on outputs and the final carry."""
-  B, T, H = 3, 7, 5
+  input, with padded (held) steps and cotangents on outputs and the final carry; also
+  for a one-step sequence (the backward scan's first and last step at once)."""
+  B, H = 3, 5
   keys = jax.random.split(jax.random.key(0), 6)
   xproj = jax.random.normal(keys[0], (B, T, 4 * H))
   carry = (jax.random.normal(keys[1], (B, H)), jax.random.normal(keys[2], (B, H)))
   kernel = jax.random.normal(keys[3], (H, 4 * H)) * 0.5
-  mask = jnp.arange(T)[None, :] < jnp.array([7, 4, 1])[:, None]
+  mask = jnp.arange(T)[None, :] < jnp.array(lengths)[:, None]
   weights_h = jax.random.normal(keys[4], (B, T, H))
   weights_c = jax.random.normal(keys[5], (B, H))
 
@@ -273,7 +275,8 @@ def test_fused_lstm_equals_autodiff_of_the_scan_values_and_gradients():
   for g, w, name in zip(got, want, ("xproj", "h0", "c0", "kernel")):
     np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-5, err_msg=name)
   # padded steps get no gradient from the input projection
-  assert not np.asarray(got[0])[2, 1:].any()
+  for row, length in enumerate(lengths):
+    assert not np.asarray(got[0])[row, length:].any()
 
 
 def test_fused_and_unfused_models_train_the_same():
