@@ -11,9 +11,10 @@ The work:
 - train at the Keras example's shapes (batch 64, source 16 steps over 71 tokens, target
   59 steps over 93, LSTM 256): our jitted train step, Keras' `train_on_batch` and `fit`
   on the example's model as published, a plain PyTorch `nn.LSTM` port;
-- an epoch of real-length pairs (the embedded numbers:fr data): we bucket by length
-  and mask, the Keras example pads every pair to the data set's maximum, PyTorch pads
-  each batch to its longest pair;
+- an epoch of real-length pairs (--data; by default real English -> French text, the
+  French gettext catalogs of the machine's software, else the embedded numbers:fr): we
+  bucket by length and mask, the Keras example pads every pair to the data set's
+  maximum, PyTorch pads each batch to its longest pair;
 - greedy decoding: our batched decoder, the example's one-`predict`-per-character loop,
   a batched PyTorch loop; at the seed shapes with END suppressed (all 59 steps, equal
   work everywhere) and on held-out real pairs after training (each stops at its END).
@@ -493,14 +494,66 @@ class WorkerProcess:
     return result
 
 
-def real_length_data(quick: bool, path: str) -> dict[str, Any]:
-  """numbers:fr pairs (embedded, real lengths) encoded as int32 ids, saved for the workers."""
+REAL_TEXT = "gettext:/usr/share/locale/fr/LC_MESSAGES"  # real English -> French text, offline
+REAL_MAX_LEN = (100, 120)  # source, target characters kept (configs/gettext_fr.py's limits)
+REAL_PAIRS = {True: (256, 64), False: (4096, 2048)}  # (train, held-out) pairs, by --quick
+BUCKET_WIDTH = 16  # seq2seq_jax's length buckets on the real pairs (train's default)
+
+
+def resolve_real_data(spec: str, quick: bool) -> tuple[str, str]:
+  """(data spec, why) of the real-length pairs. "auto": the French gettext catalogs of
+  this machine's software (real sentences, whose lengths vary as natural text's do) when
+  they hold enough pairs, else the embedded numbers:fr (synthetic, lengths vary little);
+  --quick always takes numbers:fr."""
+  if spec != "auto":
+    return spec, "chosen with --data"
+  if quick:
+    return "numbers:fr", "--quick"
+  from seq2seq_jax import data as data_lib
+  directory = REAL_TEXT.split(":", 1)[1]
+  try:
+    found = len(_text_pairs(REAL_TEXT))
+  except data_lib.DataError as error:
+    return "numbers:fr", f"auto: no French gettext catalogs to use ({error})"
+  if found < sum(REAL_PAIRS[False]):
+    return "numbers:fr", (f"auto: {directory} holds {found} usable pairs, fewer than "
+                          f"{sum(REAL_PAIRS[False])}")
+  return REAL_TEXT, f"auto: the French gettext catalogs of this machine ({found} usable pairs)"
+
+
+def _text_pairs(spec: str) -> list[tuple[str, str]]:
+  """Every pair of a text data spec whose lengths fit REAL_MAX_LEN."""
   from seq2seq_jax import data as data_lib
   from seq2seq_jax.config import Config
-  train_n, test_n = (256, 64) if quick else (4096, 2048)
-  config = Config(data="numbers:fr", numbers_max=999 if quick else 999_999,
-                  numbers_train=train_n, numbers_val=0, numbers_test=test_n)
-  train, _, test = data_lib.number_pairs("fr", config)
+  splits = data_lib.load_splits(Config(data=spec, val_fraction=0.0, test_fraction=0.0,
+                                       split_mode="last"))
+  return [(s, t) for s, t in splits.train + splits.val + splits.test
+          if len(s) <= REAL_MAX_LEN[0] and len(t) <= REAL_MAX_LEN[1]]
+
+
+def real_length_data(quick: bool, path: str, spec: str = "numbers:fr") -> dict[str, Any]:
+  """Real-length pairs encoded as int32 ids, saved for the workers: numbers:fr generated
+  with a seed; any other data spec (gettext:DIR, anki:FILE, tsv:FILE) read, its pairs
+  longer than REAL_MAX_LEN dropped, and a seeded sample drawn."""
+  from seq2seq_jax import data as data_lib
+  from seq2seq_jax.config import Config
+  train_n, test_n = REAL_PAIRS[quick]
+  if data_lib.parse_spec(spec)[0] == "numbers":
+    config = Config(data=spec, numbers_max=999 if quick else 999_999,
+                    numbers_train=train_n, numbers_val=0, numbers_test=test_n)
+    splits = data_lib.load_splits(config)
+    train, test = splits.train, splits.test
+  else:
+    pairs = _text_pairs(spec)
+    batch = (QUICK_SHAPES if quick else SEED_SHAPES)["batch"]
+    if len(pairs) < 3 * batch:
+      raise data_lib.DataError(
+          f"--data {spec}: {len(pairs)} pairs of at most {REAL_MAX_LEN[0]} / "
+          f"{REAL_MAX_LEN[1]} characters; the real-length epoch needs at least {3 * batch}.")
+    order = np.random.default_rng(0).permutation(len(pairs))
+    test_n = min(test_n, len(pairs) // 3)
+    test = [pairs[i] for i in order[:test_n]]
+    train = [pairs[i] for i in order[test_n:test_n + train_n]]
   src_vocab, tgt_vocab = data_lib.build_vocabs(train + test)
   encoded = {name: data_lib.encode_pairs(pairs, src_vocab, tgt_vocab)
              for name, pairs in (("train", train), ("test", test))}
@@ -509,10 +562,29 @@ def real_length_data(quick: bool, path: str) -> dict[str, Any]:
                              ("tgt_len", "tgt_len_N"))}
   np.savez(path, src_vocab=len(src_vocab), tgt_vocab=len(tgt_vocab), **arrays)
   src_len, tgt_len = encoded["train"].src_len_N, encoded["train"].tgt_len_N
-  return {"data": "numbers:fr", "train_pairs": len(train), "test_pairs": len(test),
+  batch = (QUICK_SHAPES if quick else SEED_SHAPES)["batch"]
+  return {"data": spec, "steps_over_real": padded_work(encoded["train"], batch, BUCKET_WIDTH), "train_pairs": len(train), "test_pairs": len(test),
           "src_vocab": len(src_vocab), "tgt_vocab": len(tgt_vocab),
           "mean_src_len": float(src_len.mean()), "max_src_len": int(src_len.max()),
           "mean_tgt_len": float(tgt_len.mean()), "max_tgt_len": int(tgt_len.max())}
+
+
+def padded_work(data, batch: int, bucket_width: int) -> dict[str, float]:
+  """Time steps each framework computes in an epoch of data (a data.Encoded) over its real
+  steps (source + target lengths): the Keras example pads every pair to the data set's
+  longest, the PyTorch port each shuffled batch to its longest pair, seq2seq_jax each
+  length-sorted full batch to its bucket (data.epoch_batches and make_batch, as train)."""
+  from seq2seq_jax import data as data_lib
+  real = float(data.src_len_N.sum() + data.tgt_len_N.sum())
+  keras = len(data) * (data.src_NxS.shape[1] + data.tgt_NxT.shape[1] - 1)
+  order = np.random.default_rng(0).permutation(len(data))
+  torch = sum(len(rows) * (data.src_len_N[rows].max() + data.tgt_len_N[rows].max())
+              for rows in (order[i:i + batch] for i in range(0, len(order), batch)))
+  ours = 0
+  for rows in data_lib.epoch_batches(data, batch, 0, 0, bucket_width):
+    shapes = data_lib.make_batch(data, rows, batch, bucket_width)
+    ours += batch * (shapes["src"].shape[1] + shapes["tgt_in"].shape[1])
+  return {"seq2seq_jax": ours / real, "keras": keras / real, "torch": float(torch) / real}
 
 
 def worker_env(allocator: str) -> tuple[dict[str, str], str]:
@@ -569,7 +641,7 @@ def _median(values: list[float]) -> float:
 
 
 def run_benchmark(rounds: int = 5, peers: tuple[str, ...] = PEERS, quick: bool = False,
-                  allocator: str = "mimalloc", train_steps: int = 30,
+                  allocator: str = "mimalloc", data: str = "auto", train_steps: int = 30,
                   big_batches: tuple[int, ...] = (256, 1024),
                   decode_batches: tuple[int, ...] = (1, 64, 512, 2048),
                   progress=None) -> dict[str, Any]:
@@ -584,8 +656,10 @@ def run_benchmark(rounds: int = 5, peers: tuple[str, ...] = PEERS, quick: bool =
                             "rounds": rounds, "shapes": shapes, "skipped": skipped}
   with tempfile.TemporaryDirectory(prefix="seq2seq_jax_bench_") as tmp:
     data_path = os.path.join(tmp, "real.npz")
-    report["real_data"] = real_length_data(quick, data_path)
-    spec = {"shapes": shapes, "real_data": data_path, "bucket_width": 16}
+    spec, why = resolve_real_data(data, quick)
+    say(f"real-length pairs: {spec} ({why})")
+    report["real_data"] = dict(real_length_data(quick, data_path, spec), chosen=why)
+    spec = {"shapes": shapes, "real_data": data_path, "bucket_width": BUCKET_WIDTH}
     names = ["seq2seq_jax"] + found
     workers = {}
     try:
@@ -797,7 +871,10 @@ def format_report(report: dict[str, Any]) -> str:
   real = report["real_data"]
   lines += ["", f"Real-length epoch: {real['train_pairs']} {real['data']} pairs, source mean "
             f"{real['mean_src_len']:.1f} / max {real['max_src_len']}, target mean {real['mean_tgt_len']:.1f} "
-            f"/ max {real['max_tgt_len']} tokens.", "",
+            f"/ max {real['max_tgt_len']} tokens ({real['chosen']}). Time steps computed over "
+            "real steps: " + ", ".join(f"{name} {v:.2f}x" for name, v in real["steps_over_real"].items())
+            + " (the Keras example pads to the data set's longest pair, PyTorch each batch to "
+            "its longest, seq2seq_jax length-sorted batches to their bucket).", "",
             "| epoch of real-length pairs | samples/s | first epoch s | RSS MiB, 3 last epochs in a row | compilations after epoch 1 |",
             "|---|---|---|---|---|"]
   for name, e in report["epoch_real"].items():

@@ -182,7 +182,7 @@ def cmd_benchmark(args) -> int:
                     f"{','.join(benchmark.PEERS)} or none.")
   say = lambda message: print(f"benchmark: {message}", file=sys.stderr, flush=True)
   report = benchmark.run_benchmark(rounds=args.rounds, peers=peers, quick=args.quick,
-                                   allocator=args.allocator, progress=say)
+                                   allocator=args.allocator, data=args.data, progress=say)
   text = json.dumps(report, indent=2)
   if args.output:
     write_atomically(args.output, text + "\n")
@@ -295,6 +295,12 @@ def build_parser() -> argparse.ArgumentParser:
                      "or none (default keras,torch; missing ones are skipped and named)")
   bench.add_argument("--allocator", choices=("mimalloc", "system"), default="mimalloc",
                      help="allocator of every worker (default mimalloc, as train uses)")
+  bench.add_argument("--data", default="auto",
+                     help="the real-length pairs of the epoch and decoding measurements: "
+                     "numbers:fr (embedded), gettext:DIR, anki:FILE or tsv:FILE (pairs over "
+                     "100 / 120 characters dropped, 4,096 + 2,048 drawn), or auto (default): "
+                     "gettext:/usr/share/locale/fr/LC_MESSAGES when this machine has "
+                     "enough French catalogs, else numbers:fr")
   bench.add_argument("--quick", action="store_true",
                      help="tiny shapes and data: checks that everything runs, measures nothing useful")
   bench.set_defaults(func=cmd_benchmark)
