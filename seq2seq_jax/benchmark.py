@@ -185,7 +185,7 @@ class JaxWorker(Worker):
     jax.block_until_ready(state)
     start = time.perf_counter()
     for _ in range(steps):
-      state, metrics = train_step(state, arrays, self.rng)
+      state, metrics = self.parallel.settle(train_step(state, arrays, self.rng))
     jax.block_until_ready(state)
     seconds = time.perf_counter() - start
     self.states[(batch, matmul_dtype)] = state
@@ -201,7 +201,8 @@ class JaxWorker(Worker):
     for rows in batches:
       batch = data_lib.make_batch(self.real_train, rows, self.config.batch_size,
                                   self.config.bucket_width)
-      state, metrics = self.real_step(state, self.parallel.shard_batch(batch), self.rng)
+      state, metrics = self.parallel.settle(
+          self.real_step(state, self.parallel.shard_batch(batch), self.rng))
     loss = float(metrics["loss"])
     seconds = time.perf_counter() - start
     self.real_state = state
@@ -237,7 +238,7 @@ class JaxWorker(Worker):
     place = lambda src: self._place({"src": src})["src"]
     jax.block_until_ready(decoder(params, place(sources[0])))  # compile outside the timing
     start = time.perf_counter()
-    outputs = [decoder(params, place(src)) for src in sources]
+    outputs = [self.parallel.settle(decoder(params, place(src))) for src in sources]
     outputs = [np.asarray(o) for o in outputs]
     seconds = time.perf_counter() - start
     if which == "seed":

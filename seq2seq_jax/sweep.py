@@ -411,7 +411,7 @@ def train_vectorized(configs: list[Config], workdirs: list[str], argv: list[str]
       while position["batch"] < len(batches):
         rows = batches[position["batch"]]
         batch = data_lib.make_batch(train_data, rows, base.batch_size, base.bucket_width)
-        state, metrics = jit_step(state, parallel.shard_batch(batch), base_rng, hyper)
+        state, metrics = parallel.settle(jit_step(state, parallel.shard_batch(batch), base_rng, hyper))
         samples += len(rows)
         position["batch"] += 1
         if pending is not None:

@@ -272,7 +272,7 @@ def evaluate_pairs(task: Task, params, pairs, decode_limit: int = 0,
   totals = {"loss_sum": 0.0, "weight": 0.0, "correct": 0.0, "tokens": 0.0}
   batch_size = task.parallel.round_batch_size(task.config.batch_size)
   for batch in data_lib.eval_batches(encoded, batch_size, task.config.bucket_width):
-    counts = task.eval_step(params, task.parallel.shard_batch(batch))
+    counts = task.parallel.settle(task.eval_step(params, task.parallel.shard_batch(batch)))
     for key in totals:
       totals[key] += float(to_numpy(counts[key]))
   metrics = {"loss": totals["loss_sum"] / max(totals["weight"], 1.0),
@@ -575,7 +575,7 @@ def train_and_evaluate(config: Config, workdir: str, argv: list[str] | None = No
       while position["batch"] < len(batches):
         rows = batches[position["batch"]]
         batch = data_lib.make_batch(train_data, rows, config.batch_size, config.bucket_width)
-        state, metrics = jit_train_step(state, parallel.shard_batch(batch), base_rng)
+        state, metrics = parallel.settle(jit_train_step(state, parallel.shard_batch(batch), base_rng))
         samples += len(rows)
         position["batch"] += 1
         if pending is not None:

@@ -15,6 +15,7 @@ SCRIPT = textwrap.dedent("""
     import json, sys
     import jax
     from tests.conftest import tiny_config
+    from seq2seq_jax.parallel import DataParallel
     from seq2seq_jax.train import train_and_evaluate, load_trained
     workdir = sys.argv[1]
     config = tiny_config(num_epochs=2, log_every_steps=1, batch_size=32, dropout=0.1)
@@ -22,6 +23,7 @@ SCRIPT = textwrap.dedent("""
     task, params, _ = load_trained(workdir, "latest")
     sources = %r
     print("RESULT", json.dumps({"devices": jax.device_count(), "summary": summary,
+                                "one_program_at_a_time": DataParallel().one_program_at_a_time,
                                 "translations": task.translate(params, sources, batch_size=3)}))
 """) % (SOURCES,)
 
@@ -46,6 +48,9 @@ def test_eight_devices_match_one(tmp_path):
   one = run_with_devices(tmp_path / "one", 1)
   eight = run_with_devices(tmp_path / "eight", 8)
   assert (one["devices"], eight["devices"]) == (1, 8)
+  # several CPU devices in one process: each step finishes everywhere before the next
+  # is dispatched (parallel.DataParallel.one_program_at_a_time: queued programs deadlock)
+  assert (one["one_program_at_a_time"], eight["one_program_at_a_time"]) == (False, True)
   one_losses, eight_losses = losses(tmp_path / "one"), losses(tmp_path / "eight")
   assert one_losses.keys() == eight_losses.keys() and len(one_losses) >= 10
   for step in one_losses:
