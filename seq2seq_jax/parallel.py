@@ -102,9 +102,12 @@ class DataParallel:
     return self.size > 1 and jax.process_count() == 1 and self.devices[0].platform == "cpu"
 
   def settle(self, tree: Any) -> Any:
-    """tree, after waiting for it on every device where one_program_at_a_time; call it on
-    the outputs of each program that has collectives before dispatching the next."""
-    if self.one_program_at_a_time:
+    """tree, after waiting for it on every device where one_program_at_a_time and tree
+    spans several devices (a one-device program has no collectives: it stays queued);
+    call it on each program's outputs before dispatching the next."""
+    if self.one_program_at_a_time and any(
+        isinstance(x, jax.Array) and len(x.sharding.device_set) > 1
+        for x in jax.tree.leaves(tree)):
       jax.block_until_ready(tree)
     return tree
 
