@@ -391,18 +391,16 @@ class TorchWorker(Worker):
     """Shuffled batches, each padded to its own longest pair; padding ignored by the loss."""
     src, src_len = self.real["train_src"], self.real["train_src_len"]
     tgt, tgt_len = self.real["train_tgt"], self.real["train_tgt_len"]
-    order = np.random.default_rng([0, self.epochs]).permutation(len(src))
-    batch = self.shapes["batch"]
+    batches = torch_batches(len(src), self.shapes["batch"], self.epochs)
     start = time.perf_counter()
-    for i in range(0, len(order), batch):
-      rows = order[i:i + batch]
+    for rows in batches:
       s_len, t_len = int(src_len[rows].max()), int(tgt_len[rows].max())
       tgt_rows = tgt[rows, :t_len + 1]
       loss = self.peer.train_step(self.real_model, self.real_opt, src[rows, :s_len],
                                   tgt_rows[:, :-1], tgt_rows[:, 1:], ignore_index=0)
     seconds = time.perf_counter() - start
     self.epochs += 1
-    return {"samples_per_s": len(order) / seconds, "seconds": seconds, "loss": loss,
+    return {"samples_per_s": len(src) / seconds, "seconds": seconds, "loss": loss,
             "rss_mib": rss_mib()[0]}
 
   def decode(self, which: str, batch: int, sentences: int) -> dict[str, Any]:
@@ -511,7 +509,7 @@ def resolve_real_data(spec: str, quick: bool) -> tuple[str, str]:
   if quick:
     return "numbers:fr", "--quick"
   from seq2seq_jax import data as data_lib
-  directory = REAL_TEXT.split(":", 1)[1]
+  directory = data_lib.parse_spec(REAL_TEXT)[1]
   try:
     found = len(_text_pairs(REAL_TEXT))
   except data_lib.DataError as error:
@@ -539,6 +537,7 @@ def real_length_data(quick: bool, path: str, spec: str = "numbers:fr") -> dict[s
   from seq2seq_jax import data as data_lib
   from seq2seq_jax.config import Config
   train_n, test_n = REAL_PAIRS[quick]
+  batch = (QUICK_SHAPES if quick else SEED_SHAPES)["batch"]
   if data_lib.parse_spec(spec)[0] == "numbers":
     config = Config(data=spec, numbers_max=999 if quick else 999_999,
                     numbers_train=train_n, numbers_val=0, numbers_test=test_n)
@@ -546,7 +545,6 @@ def real_length_data(quick: bool, path: str, spec: str = "numbers:fr") -> dict[s
     train, test = splits.train, splits.test
   else:
     pairs = _text_pairs(spec)
-    batch = (QUICK_SHAPES if quick else SEED_SHAPES)["batch"]
     if len(pairs) < 3 * batch:
       raise data_lib.DataError(
           f"--data {spec}: {len(pairs)} pairs of at most {REAL_MAX_LEN[0]} / "
@@ -563,24 +561,31 @@ def real_length_data(quick: bool, path: str, spec: str = "numbers:fr") -> dict[s
                              ("tgt_len", "tgt_len_N"))}
   np.savez(path, src_vocab=len(src_vocab), tgt_vocab=len(tgt_vocab), **arrays)
   src_len, tgt_len = encoded["train"].src_len_N, encoded["train"].tgt_len_N
-  batch = (QUICK_SHAPES if quick else SEED_SHAPES)["batch"]
-  return {"data": spec, "steps_over_real": padded_work(encoded["train"], batch, BUCKET_WIDTH), "train_pairs": len(train), "test_pairs": len(test),
+  return {"data": spec, "steps_over_real": padded_work(encoded["train"], batch, BUCKET_WIDTH),
+          "train_pairs": len(train), "test_pairs": len(test),
           "src_vocab": len(src_vocab), "tgt_vocab": len(tgt_vocab),
           "mean_src_len": float(src_len.mean()), "max_src_len": int(src_len.max()),
           "mean_tgt_len": float(tgt_len.mean()), "max_tgt_len": int(tgt_len.max())}
 
 
+def torch_batches(n: int, batch: int, epoch: int) -> list[np.ndarray]:
+  """The PyTorch port's batches of an epoch: n rows shuffled (seeded by the epoch) and
+  cut in order."""
+  order = np.random.default_rng([0, epoch]).permutation(n)
+  return [order[i:i + batch] for i in range(0, n, batch)]
+
+
 def padded_work(data, batch: int, bucket_width: int) -> dict[str, float]:
   """Time steps each framework computes in an epoch of data (a data.Encoded) over its real
   steps (source + target lengths): the Keras example pads every pair to the data set's
-  longest, the PyTorch port each shuffled batch to its longest pair, seq2seq_jax each
-  length-sorted full batch to its bucket (data.epoch_batches and make_batch, as train)."""
+  longest, the PyTorch port each of its first epoch's batches (torch_batches) to its
+  longest pair, seq2seq_jax each length-sorted full batch to its bucket
+  (data.epoch_batches and make_batch, as train)."""
   from seq2seq_jax import data as data_lib
   real = float(data.src_len_N.sum() + data.tgt_len_N.sum())
   keras = len(data) * (data.src_NxS.shape[1] + data.tgt_NxT.shape[1] - 1)
-  order = np.random.default_rng(0).permutation(len(data))
   torch = sum(len(rows) * (data.src_len_N[rows].max() + data.tgt_len_N[rows].max())
-              for rows in (order[i:i + batch] for i in range(0, len(order), batch)))
+              for rows in torch_batches(len(data), batch, 0))
   ours = 0
   for rows in data_lib.epoch_batches(data, batch, 0, 0, bucket_width):
     shapes = data_lib.make_batch(data, rows, batch, bucket_width)
