@@ -124,3 +124,33 @@ def maybe_reexec(batch_size: int | None) -> None:
   sys.stderr.flush()
   os.execve(sys.executable, [sys.executable, "-m", "seq2seq_jax", *sys.argv[1:]],
             dict(os.environ, **changes))
+
+
+_COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
+
+
+class CompilationCounter:
+  """XLA compilations (every jit cache miss, any function) while open: a jax.monitoring
+  listener added on enter and removed on exit, so nothing stays registered.
+
+    with CompilationCounter() as compilations:
+      ...
+      compilations.count
+  """
+
+  def __init__(self):
+    self.count = 0
+
+  def _listen(self, event: str, duration: float, **kwargs) -> None:
+    del duration, kwargs
+    if event == _COMPILE_EVENT:
+      self.count += 1
+
+  def __enter__(self) -> "CompilationCounter":
+    import jax
+    jax.monitoring.register_event_duration_secs_listener(self._listen)
+    return self
+
+  def __exit__(self, *exc) -> None:
+    import jax
+    jax.monitoring.unregister_event_duration_listener(self._listen)
