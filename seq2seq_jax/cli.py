@@ -173,7 +173,7 @@ def cmd_import_keras(args) -> int:
 
 
 def cmd_benchmark(args) -> int:
-  from seq2seq_jax import benchmark
+  from seq2seq_jax.bench import harness as benchmark
   from seq2seq_jax.train import write_atomically
   peers = tuple(p for p in args.peers.split(",") if p and p != "none")
   unknown = sorted(set(peers) - set(benchmark.PEERS))

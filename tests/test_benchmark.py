@@ -6,7 +6,7 @@ import os
 import numpy as np
 import pytest
 
-from seq2seq_jax import benchmark
+from seq2seq_jax.bench import harness as benchmark
 from seq2seq_jax.errors import DataError
 from tests.conftest import run_cli
 

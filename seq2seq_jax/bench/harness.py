@@ -365,11 +365,11 @@ def _onehot(ids: np.ndarray, vocab: int) -> np.ndarray:
 
 
 class TorchWorker(Worker):
-  """The same model in PyTorch nn.LSTM (seq2seq_jax.torch_peer)."""
+  """The same model in PyTorch nn.LSTM (seq2seq_jax.bench.torch_peer)."""
 
   def __init__(self, spec):
     super().__init__(spec)
-    from seq2seq_jax import torch_peer
+    from seq2seq_jax.bench import torch_peer
     self.peer = torch_peer
     s = self.shapes
     self.seed_model, self.seed_opt = torch_peer.build(s["src_vocab"], s["tgt_vocab"], s["latent"])
@@ -461,7 +461,7 @@ class WorkerProcess:
     self.name = name
     self.log_path = os.path.join(log_dir, f"{name}.log")
     self.log = open(self.log_path, "w")
-    self.proc = subprocess.Popen([sys.executable, "-m", "seq2seq_jax.benchmark", "--worker", name],
+    self.proc = subprocess.Popen([sys.executable, "-m", "seq2seq_jax.bench.harness", "--worker", name],
                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log,
                                  text=True, env=env)
     self._send(spec)
@@ -906,7 +906,7 @@ def format_report(report: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-  parser = argparse.ArgumentParser(prog="python -m seq2seq_jax.benchmark")
+  parser = argparse.ArgumentParser(prog="python -m seq2seq_jax.bench.harness")
   parser.add_argument("--worker", choices=sorted(WORKERS), required=True)
   args = parser.parse_args(argv)
   return worker_main(args.worker)
