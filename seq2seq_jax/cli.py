@@ -173,20 +173,21 @@ def cmd_import_keras(args) -> int:
 
 
 def cmd_benchmark(args) -> int:
-  from seq2seq_jax.bench import harness as benchmark
-  from seq2seq_jax.train import write_atomically
+  from seq2seq_jax.bench.harness import PEERS, run_benchmark
+  from seq2seq_jax.bench.report import format_report
+  from seq2seq_jax.workdir import write_atomically
   peers = tuple(p for p in args.peers.split(",") if p and p != "none")
-  unknown = sorted(set(peers) - set(benchmark.PEERS))
+  unknown = sorted(set(peers) - set(PEERS))
   if unknown:
     raise UserError(f"--peers: unknown peer(s) {', '.join(unknown)}; choose from "
-                    f"{','.join(benchmark.PEERS)} or none.")
+                    f"{','.join(PEERS)} or none.")
   say = lambda message: print(f"benchmark: {message}", file=sys.stderr, flush=True)
-  report = benchmark.run_benchmark(rounds=args.rounds, peers=peers, quick=args.quick,
-                                   allocator=args.allocator, data=args.data, progress=say)
+  report = run_benchmark(rounds=args.rounds, peers=peers, quick=args.quick,
+                         allocator=args.allocator, data=args.data, progress=say)
   text = json.dumps(report, indent=2)
   if args.output:
     write_atomically(args.output, text + "\n")
-  print(text if args.json else benchmark.format_report(report))
+  print(text if args.json else format_report(report))
   return 0
 
 

@@ -6,7 +6,7 @@ import os
 import numpy as np
 import pytest
 
-from seq2seq_jax.bench import harness as benchmark
+from seq2seq_jax.bench import harness, report as report_lib, work
 from seq2seq_jax.errors import DataError
 from tests.conftest import run_cli
 
@@ -14,8 +14,8 @@ from tests.conftest import run_cli
 def test_flops_per_sample_at_the_seed_shapes():
   """126 MFLOP per training sample at the Keras example's shapes: 3 x the forward
   matmuls, one-hot input projections counted as lookups."""
-  s = benchmark.SEED_SHAPES
-  flops = benchmark.train_flops_per_sample(s["src_len"], s["tgt_len"], s["tgt_vocab"], s["latent"])
+  s = work.SEED_SHAPES
+  flops = work.train_flops_per_sample(s["src_len"], s["tgt_len"], s["tgt_vocab"], s["latent"])
   assert round(flops / 1e6) == 126
 
 
@@ -24,7 +24,7 @@ def test_missing_peers_are_skipped_and_named(monkeypatch):
   real_find_spec = importlib.util.find_spec
   monkeypatch.setattr(importlib.util, "find_spec",
                       lambda name, *a: None if name == "torch" else real_find_spec(name, *a))
-  found, skipped = benchmark.available_peers(("keras", "torch"))
+  found, skipped = harness.available_peers(("keras", "torch"))
   assert found == ["keras"] and "pip install 'seq2seq_jax[bench]'" in skipped["torch"]
 
 
@@ -33,9 +33,64 @@ def test_unknown_peer_is_a_clear_error():
   assert result.returncode == 2 and "unknown peer(s) tensorflow" in result.stderr
 
 
+GOAL_KEYS = {"targets", "target", "met", "at_least", "at_most", "goal"}
+
+
+def _keys(tree) -> set[str]:
+  """Every dict key anywhere in a JSON tree."""
+  if isinstance(tree, dict):
+    return set(map(str, tree)).union(*map(_keys, tree.values()))
+  if isinstance(tree, list):
+    return set().union(*map(_keys, tree))
+  return set()
+
+
+def _samples(peer_scale: float) -> dict:
+  """Per-round samples as the rounds record them, seq2seq_jax beside Keras, one round."""
+  epoch = lambda rate: {"samples_per_s": rate, "seconds": 1.0, "loss": 1.0, "rss_mib": 100.0,
+                        "compilations": 0}
+  decode = {"sentences_per_s": 10.0, "mean_output_len": 5.0}
+  return {"train/seq2seq_jax": [100.0], "train/keras": [100.0 / peer_scale],
+          "train/keras_fit": [50.0 / peer_scale], "train/seq2seq_jax_bf16": [150.0],
+          "epoch/seq2seq_jax": [epoch(200.0), epoch(300.0)],
+          "epoch/keras": [epoch(10.0), epoch(30.0 / peer_scale)],
+          "epoch_tail/seq2seq_jax": [100.0, 100.0, 100.0], "epoch_tail/keras": [120.0] * 3,
+          "peak_rss_batch8/seq2seq_jax": [500.0], "peak_rss_batch8/keras": [900.0],
+          "train_batch/16": [180.0], "decode_seed/seq2seq_jax/1": [40.0],
+          "decode_seed/seq2seq_jax/8": [400.0], "decode_seed/keras_predict/1": [2.0],
+          "decode_seed/keras_predict_on_batch/1": [4.0],
+          "decode_real/seq2seq_jax/1": [decode], "decode_real/keras_predict_on_batch/1": [decode]}
+
+
+def test_report_gives_measurements_and_ratios_against_the_peers_no_goals():
+  """summarise: medians and ratios of ours over the peers' rates; the JSON and the
+  tables carry no targets, goals or 'met' verdicts, whatever the numbers."""
+  for peer_scale in (0.5, 4.0):  # ours slower than the peer, and faster
+    report = {"samples": _samples(peer_scale), "shapes": dict(work.QUICK_SHAPES),
+              "matmul_gflops": {"seq2seq_jax": 10.0}, "compile_s": {"seq2seq_jax": 0.5, "keras": 1.0},
+              "machine": {"cpu": "cpu", "cores": 2, "platform": "linux", "allocator": "system",
+                          "versions": {"jax": "0.4"}},
+              "rounds": 1, "skipped": {"torch": "torch is not installed"},
+              "seq2seq_jax_devices": {"devices": 2, "xla_flags": ""}, "peak_rss_mib": {"seq2seq_jax": 1.0},
+              "real_data": {"data": "numbers:fr", "train_pairs": 256, "test_pairs": 64,
+                            "mean_src_len": 5.0, "max_src_len": 9, "mean_tgt_len": 6.0,
+                            "max_tgt_len": 11, "chosen": "--quick", "steps_over_real": {"keras": 2.0}}}
+    report_lib.summarise(report)
+    assert report["ratios"]["train vs keras"] == pytest.approx(peer_scale)  # over the faster of train_on_batch and fit
+    assert report["ratios"]["real-length epoch vs keras"] == pytest.approx(10 * peer_scale)
+    assert report["ratios"]["decode best batch vs keras loop"] == pytest.approx(200.0)
+    assert "train vs torch" not in report["ratios"]  # a skipped peer: no ratio
+    assert not _keys(json.loads(json.dumps(report))) & GOAL_KEYS
+    text = report_lib.format_report(report)
+    assert f"| train vs keras | {peer_scale:,.2f}x |" in text and "| decode best batch vs keras loop | 200.00x |" in text
+    words = set(text.replace("|", " ").split())  # ("target" stays: the target sequences)
+    assert not {"goal", "goals", "met"} & words and "| target |" not in text
+    assert "torch skipped: torch is not installed" in text
+
+
 def test_quick_benchmark_runs_every_measurement(tmp_path):
   """Tiny shapes, one round, seq2seq_jax beside Keras (PyTorch when installed): every
-  section of the report is filled and the targets are evaluated."""
+  section of the report is filled, with ratios against the peers and no goals."""
   out = tmp_path / "bench.json"
   result = run_cli("benchmark", "--quick", "--rounds", "1", "--peers", "keras,torch",
                    "--output", str(out), timeout=600)
@@ -45,8 +100,10 @@ def test_quick_benchmark_runs_every_measurement(tmp_path):
   assert report["train_samples_per_s"]["keras"] > 0 and report["train_samples_per_s"]["keras_fit"] > 0
   assert report["epoch_real"]["seq2seq_jax"]["compilations_after_first_epoch"] == 0
   assert report["decode_seed_sentences_per_s"]["keras_predict/1"] > 0
-  assert {t["target"] for t in report["targets"]} >= {"train vs keras", "compilations after the first epoch"}
+  assert report["ratios"]["train vs keras"] > 0 and report["ratios"]["decode best batch vs keras loop"] > 0
+  assert not _keys(report) & GOAL_KEYS
   assert "| seq2seq_jax train step |" in result.stdout  # the human-readable tables
+  assert "| train vs keras |" in result.stdout and "goal" not in result.stdout
   if "torch" in report["skipped"]:
     assert "torch" not in report["train_samples_per_s"]
   else:
@@ -66,27 +123,27 @@ def test_real_length_data_from_a_text_file(tmp_path):
                                                         rng.integers(1, 80, 300))]
   pairs += [("a" * 101, "b"), ("a", "b" * 121)]  # too long: dropped
   spec = _tab_file(tmp_path / "pairs.tsv", pairs)
-  report = benchmark.real_length_data(True, str(tmp_path / "real.npz"), spec)
+  report = work.real_length_data(True, str(tmp_path / "real.npz"), spec)
   assert report["data"] == spec
   assert (report["train_pairs"], report["test_pairs"]) == (236, 64)  # 300 kept, 64 held out
   assert report["max_src_len"] <= 100 and report["max_tgt_len"] <= 120
   saved = np.load(tmp_path / "real.npz")
   assert saved["train_src"].dtype == np.int32 and len(saved["test_src"]) == 64
-  work = report["steps_over_real"]
-  assert work["keras"] > work["torch"] > work["seq2seq_jax"] >= 1.0
+  padding = report["steps_over_real"]
+  assert padding["keras"] > padding["torch"] > padding["seq2seq_jax"] >= 1.0
 
 
 def test_real_length_data_needs_enough_pairs(tmp_path):
   spec = _tab_file(tmp_path / "few.tsv", [("one", "un"), ("two", "deux")])
   with pytest.raises(DataError, match="needs at least 24"):
-    benchmark.real_length_data(True, str(tmp_path / "real.npz"), spec)
+    work.real_length_data(True, str(tmp_path / "real.npz"), spec)
 
 
 def test_auto_data_is_real_text_when_present_else_numbers(monkeypatch, tmp_path):
-  assert benchmark.resolve_real_data("auto", quick=True)[0] == "numbers:fr"
-  assert benchmark.resolve_real_data("anki:fra.txt", quick=False) == ("anki:fra.txt", "chosen with --data")
-  monkeypatch.setattr(benchmark, "REAL_TEXT", f"gettext:{tmp_path / 'missing'}")
-  spec, why = benchmark.resolve_real_data("auto", quick=False)
+  assert work.resolve_real_data("auto", quick=True)[0] == "numbers:fr"
+  assert work.resolve_real_data("anki:fra.txt", quick=False) == ("anki:fra.txt", "chosen with --data")
+  monkeypatch.setattr(work, "REAL_TEXT", f"gettext:{tmp_path / 'missing'}")
+  spec, why = work.resolve_real_data("auto", quick=False)
   assert spec == "numbers:fr" and "no French gettext catalogs" in why and "missing" in why
 
 
@@ -96,10 +153,10 @@ def test_padded_work_counts_each_frameworks_steps():
   from seq2seq_jax.data import Encoded
   src_len, tgt_len = np.array([2, 9, 3, 8]), np.array([2, 9, 2, 9])  # real steps 44
   data = Encoded(np.ones((4, 9), np.int32), src_len, np.ones((4, 11), np.int32), tgt_len)
-  work = benchmark.padded_work(data, batch=2, bucket_width=1)
-  assert work["keras"] == pytest.approx(4 * (9 + 10) / 44)
-  assert work["seq2seq_jax"] == pytest.approx((2 * (3 + 2) + 2 * (9 + 9)) / 44)
-  assert 1.0 <= work["seq2seq_jax"] <= work["torch"] <= work["keras"]
+  padding = work.padded_work(data, batch=2, bucket_width=1)
+  assert padding["keras"] == pytest.approx(4 * (9 + 10) / 44)
+  assert padding["seq2seq_jax"] == pytest.approx((2 * (3 + 2) + 2 * (9 + 9)) / 44)
+  assert 1.0 <= padding["seq2seq_jax"] <= padding["torch"] <= padding["keras"]
 
 
 def test_unknown_data_spec_is_a_clear_error():
