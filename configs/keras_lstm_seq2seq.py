@@ -69,4 +69,8 @@ def get_config() -> Config:
       eval_every_epochs=1,
       # Greedy exact match on 200 validation sentences per epoch.
       eval_decode_samples=200,
+      # Log the training loss every 50 steps.
+      log_every_steps=50,
+      # numbers:LANG data only, unused by anki:PATH (pinned: saved configs stay as they were).
+      numbers_train=50_000,
   )

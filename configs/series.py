@@ -56,4 +56,13 @@ def get_config() -> Config:
       log_every_steps=100,
       # Forecasts printed at the end.
       num_summary_samples=3,
+      # Text-data settings, unused by series:PATH (pinned: saved configs stay as they were).
+      # Longest source kept.
+      max_source_len=100,
+      # Longest target kept.
+      max_target_len=100,
+      # Sentences decoded for exact match.
+      eval_decode_samples=1000,
+      # numbers:LANG training pairs.
+      numbers_train=50_000,
   )

@@ -41,6 +41,8 @@ def get_config() -> Config:
       max_target_len=40,
       # Length-bucket width.
       bucket_width=16,
+      # Greedy exact match on up to 1,000 validation sentences: all 20.
+      eval_decode_samples=1000,
       # Keep at least two checkpoints.
       keep_checkpoints=2,
       # Log often in tiny runs.

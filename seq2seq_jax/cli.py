@@ -11,19 +11,15 @@ import sys
 
 from seq2seq_jax.errors import UserError
 
-DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                              "configs", "default.py")
 log = logging.getLogger("seq2seq_jax")
 
 
 def _load_config(args):
   from seq2seq_jax import config as config_lib
-  if args.config:
-    config = config_lib.load_config_file(args.config)
-  elif os.path.exists(DEFAULT_CONFIG):
-    config = config_lib.load_config_file(DEFAULT_CONFIG)
-  else:  # an installed package without the repository's configs/
-    config = config_lib.Config()
+  # a path, or a shipped config's name; without --config the shipped default (= Config())
+  path = (config_lib.resolve_config_path(args.config) if args.config
+          else config_lib.shipped_config_path("default"))
+  config = config_lib.load_config_file(path)
   overrides = list(args.set or [])
   if args.data:
     overrides.append(f"data={args.data}")
@@ -147,8 +143,9 @@ def cmd_sweep(args) -> int:
   if args.from_command_line:
     from seq2seq_jax.runtime import maybe_reexec
     maybe_reexec(None)  # mimalloc only: trials stack along the batch (sweep.py)
+  from seq2seq_jax.config import resolve_config_path
   from seq2seq_jax.sweep import load_sweep, run_sweep
-  sweep = load_sweep(args.config, args.set or [])
+  sweep = load_sweep(resolve_config_path(args.config), args.set or [])
   run_sweep(sweep, args.workdir, vectorize=args.vectorize, tensorboard=args.tensorboard,
             argv=sys.argv)
   return 0

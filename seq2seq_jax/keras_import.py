@@ -23,8 +23,7 @@ from seq2seq_jax.errors import CheckpointError, UserError
 from seq2seq_jax.vocab import END_ID, START_ID, Vocab
 
 NEG_INF = -1e9
-KERAS_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                            "configs", "keras_lstm_seq2seq.py")
+KERAS_CONFIG = "keras_lstm_seq2seq"  # the shipped config (seq2seq_jax/configs/) of the example
 
 
 def _keras():
@@ -126,11 +125,7 @@ def keras_characters(pairs: list[data_lib.Pair]) -> tuple[list[str], list[str]]:
 
 def import_config(data: str, num_samples: int, latent_dim: int) -> Config:
   """configs/keras_lstm_seq2seq.py with the model's data, sample count and size."""
-  base = config_lib.load_config_file(KERAS_CONFIG) if os.path.exists(KERAS_CONFIG) else Config(
-      input_mode="onehot", attention="none", keras_compat=True, bucket_width=0,
-      loss_on_padding=True, batch_size=64, learning_rate=1e-3, lr_schedule="constant",
-      clip_norm=0.0, val_fraction=0.2, test_fraction=0.0, split_mode="last",
-      max_source_len=1000, max_target_len=1000, best_metric="val/loss")
+  base = config_lib.load_config_file(config_lib.shipped_config_path(KERAS_CONFIG))
   return config_lib.validate(dataclasses.replace(
       base, data=data, num_samples=num_samples, latent_dim=latent_dim))
 
