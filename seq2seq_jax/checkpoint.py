@@ -16,6 +16,15 @@ Faults are turned into CheckpointError with a message naming the fix:
     the same step number first moves the damaged directory aside (`<step>.damaged`);
   * a save that fails (full disk, read-only or unwritable directory) removes its
     unfinished files and leaves the earlier steps as they were.
+
+Retention is done here with Orbax's public API: the metrics of each step are kept in
+the step's manifest, and after each save the steps that are neither among the newest
+`keep` nor the best by `best_metric` are deleted. Steps written by 0.1 (manifest
+version 1) have their metrics in their own `meta` item instead.
+
+Importing this module changes nothing process-wide and imports neither JAX nor Orbax
+(the command line calls quiet_orbax_background_errors() before it decides whether to
+re-execute itself with a launch environment, which it only does while JAX is not loaded).
 """
 
 from __future__ import annotations
@@ -25,6 +34,7 @@ import gc
 import hashlib
 import json
 import logging
+import math
 import os
 import re
 import shutil
@@ -32,10 +42,6 @@ import sys
 import time
 import warnings
 from typing import Any
-
-import jax
-import orbax.checkpoint as ocp
-from orbax.checkpoint.checkpoint_managers import preservation_policy as pp
 
 from seq2seq_jax.errors import CheckpointError
 
@@ -46,18 +52,21 @@ TMP_SUFFIX = ".orbax-checkpoint-tmp"
 DAMAGED_SUFFIX = ".damaged"
 # Size and SHA-256 of every file of a finished step, written after Orbax renamed it:
 # a truncated, deleted or altered file is found before Orbax reads the step.
+# Version 2 adds the step's metrics ("metrics": {name: value} or null).
 MANIFEST = "seq2seq_jax_files.json"
+MANIFEST_VERSION = 2
 CHECKED_ITEMS = ("state", "meta")
-# Orbax reports routine facts (e.g. "directory is read only") as absl warnings.
-logging.getLogger("absl").setLevel(logging.ERROR)
+ORBAX_METRICS_ITEM = "metrics"  # where 0.1 had Orbax write a step's metrics
 
 
 def _primary() -> bool:
   """Multi-host runs: one process changes files outside Orbax's own writes."""
+  import jax
   return jax.process_index() == 0
 
 
 def _sync(name: str) -> None:
+  import jax
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils
     multihost_utils.sync_global_devices(f"seq2seq_jax_checkpoint_{name}")
@@ -138,33 +147,66 @@ class _OrbaxNoiseFilter(logging.Filter):
     return not (_is_orbax_noise(error) or any(s in record.getMessage() for s in _NOISE))
 
 
-_noise_silenced = False
+# Orbax's (de)serialization coroutines, by name
+_UNAWAITED = (r"coroutine '(_read_\w*|_open_and_write|_background_serialize|write_fragment|"
+              r"async_(de)?serialize\w*)' was never awaited")
 
 
-def _silence_orbax_noise() -> None:
-  """When Orbax fails to read a damaged step or to write one (full disk), the rest
-  of its asyncio reads and writes report their errors later, from other threads
-  ("Event loop is closed", "Task exception was never retrieved", "coroutine ...
-  was never awaited"), as tracebacks on stderr. The failure itself reaches the
-  user as one CheckpointError; drop those reports, and only those, from now on."""
-  global _noise_silenced
-  if _noise_silenced:
-    return
-  _noise_silenced = True
-  previous_hook = sys.unraisablehook
-
+def _noise_hook(previous_hook):
+  """sys.unraisablehook that drops Orbax's leftover reports and passes on the rest."""
   def hook(unraisable):
     if _is_orbax_noise(unraisable.exc_value) or "orbax" in repr(unraisable.object):
       log.debug("ignored after a failed checkpoint read or write: %r", unraisable.exc_value)
       return
     previous_hook(unraisable)
+  return hook
 
-  sys.unraisablehook = hook
+
+@contextlib.contextmanager
+def _orbax_noise_dropped():
+  """While a read or write that may fail runs (and the garbage of a failed one is
+  collected), the reports its aborted asyncio work leaves behind are dropped; the
+  hook, filter and warning filters are as they were afterwards."""
+  previous_hook = sys.unraisablehook
+  sys.unraisablehook = hook = _noise_hook(previous_hook)
+  noise_filter = _OrbaxNoiseFilter()
+  logging.getLogger("asyncio").addFilter(noise_filter)
+  try:
+    with warnings.catch_warnings():
+      warnings.filterwarnings("ignore", category=RuntimeWarning, message=_UNAWAITED)
+      yield
+  finally:
+    logging.getLogger("asyncio").removeFilter(noise_filter)
+    if sys.unraisablehook is hook:  # unless someone else replaced it meanwhile
+      sys.unraisablehook = previous_hook
+
+
+_quieted = False
+
+
+def quiet_orbax_background_errors() -> None:
+  """Keeps Orbax's background error reports off stderr for the rest of the process.
+
+  For the command-line entry point only (cli.main calls it): it owns the process,
+  whereas a library must leave the logging, hooks and warning filters of the program
+  that imports it as they are, so nothing in this module calls it.
+
+  When Orbax fails to read a damaged step or to write one (full disk), the rest of its
+  asyncio reads and writes report their errors later, from other threads ("Event loop
+  is closed", "Task exception was never retrieved", "coroutine ... was never awaited"),
+  as tracebacks on stderr; and it logs routine facts ("directory is read only") as
+  absl warnings. The command has already said what happened in one line (the
+  CheckpointError, or the warning naming the damaged step and the one used instead):
+  this drops those reports, and only those. Calling it again does nothing.
+  """
+  global _quieted
+  if _quieted:
+    return
+  _quieted = True
+  logging.getLogger("absl").setLevel(logging.ERROR)
+  sys.unraisablehook = _noise_hook(sys.unraisablehook)
   logging.getLogger("asyncio").addFilter(_OrbaxNoiseFilter())
-  warnings.filterwarnings(  # Orbax's (de)serialization coroutines, by name
-      "ignore", category=RuntimeWarning,
-      message=r"coroutine '(_read_\w*|_open_and_write|_background_serialize|write_fragment|"
-      r"async_(de)?serialize\w*)' was never awaited")
+  warnings.filterwarnings("ignore", category=RuntimeWarning, message=_UNAWAITED)
 
 
 def _file_digest(path: str) -> str:
@@ -186,26 +228,40 @@ def _step_files(step_dir: str) -> dict[str, int]:
   return files
 
 
-def write_manifest(step_dir: str) -> None:
-  """Records size and SHA-256 of each file of a finished step (atomically)."""
+def write_manifest(step_dir: str, metrics: dict[str, float] | None = None) -> None:
+  """Records size and SHA-256 of each file of a finished step, and its metrics (atomically)."""
   files = {rel: [size, _file_digest(os.path.join(step_dir, rel))]
            for rel, size in sorted(_step_files(step_dir).items())}
   tmp = os.path.join(step_dir, MANIFEST + ".tmp")
   with open(tmp, "w") as f:
-    json.dump({"version": 1, "files": files}, f)
+    json.dump({"version": MANIFEST_VERSION, "files": files, "metrics": metrics}, f)
   os.replace(tmp, os.path.join(step_dir, MANIFEST))
+
+
+def read_manifest(step_dir: str) -> tuple[dict[str, Any] | None, str | None]:
+  """(manifest, None); (None, None) when the step has none; (None, why) when unreadable."""
+  try:
+    with open(os.path.join(step_dir, MANIFEST)) as f:
+      manifest = json.load(f)
+  except FileNotFoundError:
+    return None, None  # written by an older version, or killed just before
+  except (OSError, ValueError) as error:
+    return None, f"its file list {MANIFEST} is unreadable ({_short(error)})"
+  if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), dict):
+    return None, f"its file list {MANIFEST} is not a file list"
+  return manifest, None
 
 
 def check_manifest(step_dir: str) -> str | None:
   """None when the step's files match its manifest (or it has none); else what differs."""
+  manifest, _ = read_manifest(step_dir)
+  if manifest is None:
+    return None  # none, or unreadable: Orbax decides
   try:
-    with open(os.path.join(step_dir, MANIFEST)) as f:
-      files = json.load(f)["files"]
-  except FileNotFoundError:
-    return None  # written by an older version, or killed just before: Orbax decides
-  except (OSError, ValueError, KeyError, TypeError):
+    files = [(rel, int(size), str(digest)) for rel, (size, digest) in manifest["files"].items()]
+  except (TypeError, ValueError):
     return None
-  for rel, (size, digest) in files.items():
+  for rel, size, digest in files:
     path = os.path.join(step_dir, rel)
     if not os.path.isfile(path):
       return f"{rel} is missing"
@@ -216,54 +272,71 @@ def check_manifest(step_dir: str) -> str | None:
   return None
 
 
-class _Manager(ocp.CheckpointManager):
-  """Orbax's manager, except that a step whose metrics file is damaged counts as a
-  step without metrics instead of making the whole directory unusable."""
-
-  def _get_metrics(self, step: int):
-    try:
-      return super()._get_metrics(step)
-    except Exception as error:  # a truncated or garbled metrics file
-      log.warning("warning: the metrics of checkpoint %d are unreadable (%s); it cannot "
-                  "be chosen as the best checkpoint.", step, _short(error))
-      return None
+def _manifest_version(manifest: dict[str, Any]) -> int:
+  """The manifest's format version (1: written by 0.1, without metrics)."""
+  version = manifest.get("version", 1)
+  return version if isinstance(version, int) and not isinstance(version, bool) else 1
 
 
 class Checkpointer:
-  """Keeps the newest `keep` checkpoints and the best by `best_metric`."""
+  """Keeps the newest `keep` checkpoints and the best by `best_metric` (larger is
+  better, unless its name ends in "loss")."""
 
   def __init__(self, workdir: str, keep: int = 2, best_metric: str = "val/exact_match",
                read_only: bool = False):
     self.directory = os.path.join(os.path.abspath(workdir), CHECKPOINT_DIR)
+    self.keep = keep
     self.best_metric = best_metric
+    self.larger_is_better = _metric_sign(best_metric)
     self.read_only = read_only
-    larger_is_better = _metric_sign(best_metric)
-    metric_fn = lambda metrics: float(metrics[best_metric])
-    policy = pp.AnyPreservationPolicy([
-        pp.LatestN(n=keep),
-        pp.BestN(get_metric_fn=metric_fn, reverse=not larger_is_better, n=1,
-                 keep_checkpoints_without_metrics=False),
-    ])
+    self._meta_metrics: dict[int, dict[str, Any] | None] = {}  # steps written by 0.1
+    self._warned: set[int] = set()  # steps whose unreadable metrics were reported
+    self._closed = False
     if os.path.exists(self.directory) and not os.path.isdir(self.directory):
       raise CheckpointError(f"'{self.directory}' is a file, not a checkpoint directory. "
                             "Move it away or use a new --workdir.")
+    import orbax.checkpoint as ocp
     try:
+      if not read_only:
+        self._remove_temporary()
       with _quiet_orbax():
         options = ocp.CheckpointManagerOptions(
-            preservation_policy=None if read_only else policy,
-            best_fn=metric_fn, best_mode="max" if larger_is_better else "min",
-            keep_checkpoints_without_metrics=True,
             read_only=read_only, create=not read_only,
-            # unfinished `<step>.orbax-checkpoint-tmp` directories of a killed run
-            cleanup_tmp_directories=not read_only,
+            # done above, before Orbax starts: its own clean-up runs in a thread that a
+            # command failing early leaves running at exit (a traceback after the error)
+            cleanup_tmp_directories=False,
             enable_async_checkpointing=False,
         )
-        self.manager = _Manager(self.directory, options=options,
-                                item_names=("state", "meta"))
+        self.manager = ocp.CheckpointManager(self.directory, options=options,
+                                             item_names=("state", "meta"))
     except Exception as error:
       raise CheckpointError(f"cannot use checkpoint directory '{self.directory}': "
                             f"{_short(error)}. Check that the workdir is a writable "
                             "directory.") from error
+
+  def __enter__(self) -> "Checkpointer":
+    return self
+
+  def __exit__(self, *exc) -> None:
+    self.close()
+
+  def _remove_temporary(self) -> None:
+    """Deletes the unfinished `<step>.orbax-checkpoint-tmp` directories of a killed run."""
+    if _primary():
+      try:
+        names = [n for n in os.listdir(self.directory) if TMP_SUFFIX in n]
+      except FileNotFoundError:
+        names = []
+      for name in names:
+        path = os.path.join(self.directory, name)
+        if os.path.isdir(path) and not os.path.islink(path):
+          shutil.rmtree(path, ignore_errors=True)
+        else:
+          with contextlib.suppress(OSError):
+            os.remove(path)
+        if os.path.lexists(path):
+          log.warning("warning: could not remove the unfinished checkpoint %s", path)
+    _sync("remove_temporary")
 
   def steps(self) -> list[int]:
     return sorted(self.manager.all_steps())
@@ -273,10 +346,79 @@ class Checkpointer:
     return steps[-1] if steps else None
 
   def best_step(self) -> int | None:
-    try:
-      return self.manager.best_step()
-    except Exception:  # no metrics recorded yet
+    """The step with the best `best_metric` (the newest of equal ones); None when no
+    step has that metric."""
+    scored = [(score, step) for step in self.steps() if (score := self._score(step)) is not None]
+    return max(scored)[1] if scored else None
+
+  def step_metrics(self, step: int) -> dict[str, Any] | None:
+    """The metrics saved with a step: from its manifest, or for a step written by 0.1
+    (manifest version 1, metrics kept by Orbax) from its meta item. None when it has
+    none or they are unreadable (with a warning): such a step cannot be the best."""
+    manifest, why = read_manifest(self._step_dir(step))
+    if manifest is not None and _manifest_version(manifest) >= 2:
+      metrics = manifest.get("metrics")
+      if metrics is None or isinstance(metrics, dict):
+        return metrics
+      why = f"the metrics in {MANIFEST} are {type(metrics).__name__}, not a mapping"
+    if why is None:  # version 1, or no manifest
+      return self._metrics_in_meta(step)
+    self._warn_unreadable(step, why)
+    return None
+
+  def _metrics_in_meta(self, step: int) -> dict[str, Any] | None:
+    """A 0.1 step's metrics, from its meta item (read once). Steps for which 0.1 had
+    Orbax write no metrics file had no metrics (or none with the best metric)."""
+    if step not in self._meta_metrics:
+      metrics = None
+      if os.path.isdir(os.path.join(self._step_dir(step), ORBAX_METRICS_ITEM)):
+        import orbax.checkpoint as ocp
+        try:
+          with _quiet_orbax():
+            meta = self.manager.restore(step, args=ocp.args.Composite(
+                meta=ocp.args.JsonRestore()))["meta"]
+          metrics = meta.get("metrics") if isinstance(meta, dict) else None
+          if metrics is not None and not isinstance(metrics, dict):
+            self._warn_unreadable(step, "the metrics in its meta item are not a mapping")
+            metrics = None
+        except Exception as error:  # damaged meta: restore() reports it if it is used
+          self._warn_unreadable(step, f"its meta item is unreadable ({_short(_root_cause(error))})")
+      self._meta_metrics[step] = metrics
+    return self._meta_metrics[step]
+
+  def _warn_unreadable(self, step: int, why: str) -> None:
+    if step not in self._warned:
+      self._warned.add(step)
+      log.warning("warning: the metrics of checkpoint %d are unreadable (%s); it cannot be "
+                  "chosen as the best checkpoint.", step, why)
+
+  def _score(self, step: int) -> float | None:
+    """The step's `best_metric`, oriented so that larger is better; None: it has none."""
+    metrics = self.step_metrics(step)
+    if not metrics or self.best_metric not in metrics:
       return None
+    value = metrics[self.best_metric]
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
+      self._warn_unreadable(step, f"{self.best_metric} is {value!r}, not a number")
+      return None
+    return float(value) if self.larger_is_better else -float(value)
+
+  def _delete_old(self) -> None:
+    """Deletes the steps that are neither among the newest `keep` nor the best."""
+    steps = self.steps()
+    kept = set(steps[-max(self.keep, 1):])
+    best = self.best_step()
+    if best is not None:
+      kept.add(best)
+    for step in steps:
+      if step in kept:
+        continue
+      try:
+        with _quiet_orbax():
+          self.manager.delete(step)
+      except Exception as error:  # the new step is saved: an old one left over is harmless
+        log.warning("warning: could not delete the old checkpoint %d (%s)", step, _short(error))
+      self._meta_metrics.pop(step, None)
 
   def _step_dir(self, step: int) -> str:
     return os.path.join(self.directory, str(step))
@@ -293,6 +435,8 @@ class Checkpointer:
       log.warning("warning: checkpoint %d already existed (it was not readable); moved it "
                   "to %s before saving step %d again.", step, target, step)
     _sync(f"move_aside_{step}")
+    self._meta_metrics.pop(step, None)
+    self._warned.discard(step)
     self.manager.reload()
 
   def _remove_unfinished(self, step: int) -> None:
@@ -316,17 +460,17 @@ class Checkpointer:
   def save(self, step: int, state: dict[str, Any], meta: dict[str, Any],
            metrics: dict[str, float] | None = None) -> None:
     """Writes a step atomically (Orbax renames a finished temporary directory), then
-    its manifest; a failure leaves the earlier steps untouched."""
-    if metrics is not None and self.best_metric not in metrics:
-      metrics = None
+    its manifest with `metrics`, then deletes the steps no longer kept; a failure
+    leaves the earlier steps untouched."""
+    import orbax.checkpoint as ocp
+    if metrics is not None:
+      metrics = {str(name): float(value) for name, value in metrics.items()}
     try:
       if step in self.steps():
         self._move_aside(step)
-      _silence_orbax_noise()  # a failing write reports from several threads
       with _quiet_orbax():
         self.manager.save(step, args=ocp.args.Composite(
-            state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
-            metrics=metrics, force=True)
+            state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=True)
         self.manager.wait_until_finished()
     except Exception as error:  # Orbax wraps OSError in ValueError, RuntimeError, ...
       self._remove_unfinished(step)
@@ -345,14 +489,19 @@ class Checkpointer:
       ) from error
     try:
       if _primary():
-        write_manifest(self._step_dir(step))
+        write_manifest(self._step_dir(step), metrics)
     except OSError as error:  # the step itself is complete; it is only unverified
-      log.warning("warning: could not write the file list of checkpoint %d (%s)", step,
-                  _short(error))
+      log.warning("warning: could not write the file list of checkpoint %d (%s); it "
+                  "cannot be chosen as the best checkpoint.", step, _short(error))
+    _sync(f"manifest_{step}")
+    self._meta_metrics.pop(step, None)
+    self._delete_old()
 
   def _host_target(self, step: int) -> Any:
     """The step's state as a restore target on this host's first device: a checkpoint
     written by N devices (per-core CPU devices, a GPU, a pod) restores on any machine."""
+    import jax
+    import orbax.checkpoint as ocp
     from etils import epath
     metadata = ocp.StandardCheckpointHandler().metadata(epath.Path(self._step_dir(step)) / "state")
     device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
@@ -364,18 +513,19 @@ class Checkpointer:
     damage = check_manifest(self._step_dir(step))
     if damage is not None:
       return None, damage
-    _silence_orbax_noise()  # an unverified step may still fail, from several threads
-    try:
-      with _quiet_orbax():
-        state_args = ocp.args.StandardRestore(
-            abstract_state if abstract_state is not None else self._host_target(step))
-        return self.manager.restore(step, args=ocp.args.Composite(
-            state=state_args, meta=ocp.args.JsonRestore())), None
-    except Exception as error:  # any other damage to the files shows up here
-      cause = _root_cause(error)
-      why = f"{type(cause).__name__}: {_short(cause)}"
-      del error, cause
-    gc.collect()  # Orbax's aborted reads: reported (and silenced) now rather than later
+    import orbax.checkpoint as ocp
+    with _orbax_noise_dropped():
+      try:
+        with _quiet_orbax():
+          state_args = ocp.args.StandardRestore(
+              abstract_state if abstract_state is not None else self._host_target(step))
+          return self.manager.restore(step, args=ocp.args.Composite(
+              state=state_args, meta=ocp.args.JsonRestore())), None
+      except Exception as error:  # any other damage to the files shows up here
+        cause = _root_cause(error)
+        why = f"{type(cause).__name__}: {_short(cause)}"
+        del error, cause
+      gc.collect()  # Orbax's aborted reads: reported (and dropped) now rather than later
     return None, why
 
   def restore(self, abstract_state: Any | None = None, step: int | None = None,
@@ -417,6 +567,15 @@ class Checkpointer:
         "a new --workdir, or put back intact checkpoint files from a backup.")
 
   def close(self) -> None:
-    with _quiet_orbax():
-      self.manager.wait_until_finished()
-      self.manager.close()
+    """Finishes Orbax's work and releases it. Safe on error paths: a second call does
+    nothing, and a failure to close is a warning, not an error hiding the first one."""
+    if self._closed:
+      return
+    self._closed = True
+    try:
+      with _quiet_orbax():
+        self.manager.wait_until_finished()
+        self.manager.close()
+    except Exception as error:
+      log.warning("warning: could not close the checkpoints in %s (%s)", self.directory,
+                  _short(error))

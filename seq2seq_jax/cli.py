@@ -312,6 +312,8 @@ def _sigterm_as_interrupt(signum, frame):
 
 def main(argv: list[str] | None = None) -> int:
   args = build_parser().parse_args(argv)
+  from seq2seq_jax.checkpoint import quiet_orbax_background_errors  # the process is ours
+  quiet_orbax_background_errors()
   # SIGTERM (a scheduler's stop, `kill`) ends a command as Ctrl-C does, with a message;
   # training's loop catches both itself and checkpoints first
   try:

@@ -540,14 +540,21 @@ def test_damaged_newest_checkpoint_falls_back(baseline, baseline_copy, capfd, da
   assert "Traceback" not in capfd.readouterr().err
 
 
-def test_damaged_metrics_file_leaves_the_checkpoint_usable(baseline_copy):
-  with open(os.path.join(baseline_copy, "checkpoints", str(TOTAL_STEPS), "metrics",
-                         "metrics"), "w") as f:
-    f.write("{trunc")
+def test_damaged_metrics_leave_the_checkpoint_usable(baseline_copy):
+  """The metrics in a step's manifest (Orbax writes no metrics file of its own)."""
+  path = os.path.join(baseline_copy, "checkpoints", str(TOTAL_STEPS), MANIFEST)
+  with open(path) as f:
+    manifest = json.load(f)
+  assert manifest["metrics"]["val/exact_match"] is not None
+  assert not os.path.exists(os.path.join(os.path.dirname(path), "metrics"))
+  manifest["metrics"] = "{trunc"
+  with open(path, "w") as f:
+    json.dump(manifest, f)
   with captured_logs() as messages:
     checkpointer = Checkpointer(baseline_copy, read_only=True)
     _, _, step = checkpointer.restore()
-  assert step == TOTAL_STEPS and checkpointer.best_step() is None
+    best = checkpointer.best_step()
+  assert step == TOTAL_STEPS and best is None
   assert any(f"metrics of checkpoint {TOTAL_STEPS} are unreadable" in m for m in messages)
 
 

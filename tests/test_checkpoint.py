@@ -1,0 +1,327 @@
+"""Checkpointer: retention from the project's own manifests, workdirs of 0.1, nothing
+changed process-wide by importing it, and clean exits of commands that fail early."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import hashlib
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from seq2seq_jax.checkpoint import MANIFEST, Checkpointer
+from tests.conftest import ROOT
+
+FIXTURE = os.path.join(ROOT, "tests", "fixtures", "workdir_0.1")
+
+
+def tree_digest(path):
+  digest = hashlib.sha256()
+  for root, dirs, files in sorted(os.walk(path)):
+    dirs.sort()
+    for name in sorted(files):
+      full = os.path.join(root, name)
+      digest.update(os.path.relpath(full, path).encode())
+      digest.update(open(full, "rb").read())
+  return digest.hexdigest()
+
+
+def small_state(value):
+  return {"w": np.full((4,), value, np.float32), "step": np.int32(value)}
+
+
+def step_dirs(workdir):
+  return sorted(int(n) for n in os.listdir(os.path.join(workdir, "checkpoints")) if n.isdigit())
+
+
+def manifest_of(workdir, step):
+  with open(os.path.join(workdir, "checkpoints", str(step), MANIFEST)) as f:
+    return json.load(f)
+
+
+@pytest.fixture
+def captured_warnings():
+  messages: list[str] = []
+
+  class Collect(logging.Handler):
+    def emit(self, record):
+      messages.append(record.getMessage())
+
+  logger = logging.getLogger("seq2seq_jax")
+  handler, level = Collect(level=logging.DEBUG), logger.level
+  logger.addHandler(handler)
+  logger.setLevel(logging.INFO)
+  yield messages
+  logger.removeHandler(handler)
+  logger.setLevel(level)
+
+
+# ---------------------------------------------------------------------------
+# Importing the library changes nothing process-wide
+# ---------------------------------------------------------------------------
+
+SNAPSHOT = r"""
+import json, logging, sys, warnings
+# third-party packages first: what they do on import is theirs, not ours
+import jax, numpy, optax, flax, orbax.checkpoint
+from jax._src import monitoring
+
+def snapshot():
+  return {
+      "levels": {name: logging.getLogger(name).level
+                 for name in ("", "absl", "orbax", "asyncio", "jax")},
+      "handlers": {name: len(logging.getLogger(name).handlers) for name in ("", "absl", "orbax")},
+      "unraisablehook": id(sys.unraisablehook),
+      "asyncio_filters": [repr(f) for f in logging.getLogger("asyncio").filters],
+      "warnings_filters": [repr(f) for f in warnings.filters],
+      "monitoring_listeners": {
+          kind: [repr(listener) for listener in getter()]
+          for kind, getter in (("event", monitoring.get_event_listeners),
+                               ("duration", monitoring.get_event_duration_listeners),
+                               ("time_span", monitoring.get_event_time_span_listeners),
+                               ("scalar", monitoring.get_scalar_listeners))},
+  }
+
+before = snapshot()
+import seq2seq_jax, seq2seq_jax.checkpoint, seq2seq_jax.train, seq2seq_jax.cli
+print(json.dumps({"before": before, "after": snapshot()}))
+"""
+
+
+@pytest.fixture(scope="module")
+def import_snapshots():
+  result = subprocess.run([sys.executable, "-c", SNAPSHOT], capture_output=True, text=True,
+                          cwd=ROOT, timeout=300)
+  assert result.returncode == 0, result.stderr
+  return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("aspect", ["levels", "handlers", "unraisablehook", "asyncio_filters",
+                                    "warnings_filters"])
+def test_importing_the_library_changes_nothing_process_wide(import_snapshots, aspect):
+  assert import_snapshots["after"][aspect] == import_snapshots["before"][aspect]
+
+
+@pytest.mark.xfail(strict=False, reason="train.py's listener is being removed")
+def test_importing_the_library_registers_no_jax_monitoring_listener(import_snapshots):
+  after, before = import_snapshots["after"], import_snapshots["before"]
+  assert after["monitoring_listeners"] == before["monitoring_listeners"]
+
+
+def test_the_command_line_quiets_orbax_once_and_leaves_jax_unloaded():
+  """cli.main calls quiet_orbax_background_errors before it may re-execute itself, which
+  it does only while JAX is not loaded; a second call changes nothing more."""
+  script = r"""
+import json, logging, sys, warnings
+import seq2seq_jax.cli
+from seq2seq_jax.checkpoint import quiet_orbax_background_errors
+hook, filters = sys.unraisablehook, len(warnings.filters)
+quiet_orbax_background_errors()
+first = (sys.unraisablehook, len(warnings.filters), len(logging.getLogger("asyncio").filters))
+quiet_orbax_background_errors()
+again = (sys.unraisablehook, len(warnings.filters), len(logging.getLogger("asyncio").filters))
+print(json.dumps({"jax": "jax" in sys.modules or "orbax.checkpoint" in sys.modules,
+                  "changed": first[0] is not hook and first[1] == filters + 1,
+                  "absl": logging.getLogger("absl").level, "same": first == again}))
+"""
+  result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          cwd=ROOT, timeout=120)
+  assert result.returncode == 0, result.stderr
+  seen = json.loads(result.stdout)
+  assert seen == {"jax": False, "changed": True, "absl": logging.ERROR, "same": True}
+
+
+# ---------------------------------------------------------------------------
+# Retention and the best step, from the project's manifests
+# ---------------------------------------------------------------------------
+
+def test_keeps_the_newest_and_the_best_without_orbax_metrics_files(tmp_path):
+  checkpointer = Checkpointer(str(tmp_path), keep=2, best_metric="val/exact_match")
+  scores = {1: 0.5, 2: 0.9, 3: None, 4: 0.1, 5: None}
+  for step, score in scores.items():
+    metrics = None if score is None else {"val/exact_match": score, "val/loss": 1.0 - score}
+    checkpointer.save(step, small_state(step), {"n": step}, metrics)
+  assert step_dirs(str(tmp_path)) == [2, 4, 5] == checkpointer.steps()
+  assert checkpointer.best_step() == 2
+  for step in (2, 4, 5):
+    assert not os.path.exists(tmp_path / "checkpoints" / str(step) / "metrics")
+    manifest = manifest_of(str(tmp_path), step)
+    assert manifest["version"] == 2 and set(manifest) == {"version", "files", "metrics"}
+  assert manifest_of(str(tmp_path), 2)["metrics"] == {"val/exact_match": 0.9,
+                                                      "val/loss": 1.0 - 0.9}
+  assert manifest_of(str(tmp_path), 5)["metrics"] is None
+  checkpointer.close()
+  checkpointer.close()  # a second close does nothing
+  reader = Checkpointer(str(tmp_path), best_metric="val/exact_match", read_only=True)
+  assert reader.best_step() == 2
+  state, meta, step = reader.restore(step=reader.best_step())
+  assert step == 2 and meta == {"n": 2} and int(state["step"]) == 2
+  # a loss: smaller is better
+  assert Checkpointer(str(tmp_path), best_metric="val/loss", read_only=True).best_step() == 2
+
+
+def test_a_loss_metric_keeps_the_smallest_and_ties_go_to_the_newest(tmp_path):
+  with Checkpointer(str(tmp_path), keep=1, best_metric="val/loss") as checkpointer:
+    for step, loss in ((1, 2.0), (2, 1.0), (3, 3.0), (4, 1.0), (5, 4.0)):
+      checkpointer.save(step, small_state(step), {"n": step}, {"val/loss": loss})
+      assert checkpointer.steps() == sorted({step, checkpointer.best_step()})
+    assert checkpointer.steps() == [4, 5] and checkpointer.best_step() == 4
+
+
+@pytest.mark.parametrize("damage", ["garbled_manifest", "metrics_not_a_mapping",
+                                    "metric_not_a_number"])
+def test_unreadable_metrics_leave_the_step_usable_but_not_best(tmp_path, captured_warnings,
+                                                               damage):
+  with Checkpointer(str(tmp_path), keep=3) as checkpointer:
+    checkpointer.save(1, small_state(1), {"n": 1}, {"val/exact_match": 0.2})
+    checkpointer.save(2, small_state(2), {"n": 2}, {"val/exact_match": 0.7})
+  path = tmp_path / "checkpoints" / "2" / MANIFEST
+  manifest = json.loads(path.read_text())
+  if damage == "garbled_manifest":
+    path.write_text(path.read_text()[:40])
+  else:
+    manifest["metrics"] = ("{trunc" if damage == "metrics_not_a_mapping"
+                           else {"val/exact_match": "0.7"})
+    path.write_text(json.dumps(manifest))
+  checkpointer = Checkpointer(str(tmp_path), read_only=True)
+  assert checkpointer.best_step() == 1
+  assert checkpointer.best_step() == 1
+  _, meta, step = checkpointer.restore()
+  assert step == 2 and meta == {"n": 2}
+  warned = [m for m in captured_warnings if "metrics of checkpoint 2 are unreadable" in m]
+  assert len(warned) == 1 and "cannot be chosen as the best checkpoint" in warned[0]
+
+
+def test_a_step_without_a_manifest_cannot_be_best(tmp_path):
+  with Checkpointer(str(tmp_path), keep=3) as checkpointer:
+    checkpointer.save(1, small_state(1), {"n": 1}, {"val/exact_match": 0.2})
+    checkpointer.save(2, small_state(2), {"n": 2}, {"val/exact_match": 0.7})
+  os.remove(tmp_path / "checkpoints" / "2" / MANIFEST)
+  checkpointer = Checkpointer(str(tmp_path), read_only=True)
+  assert checkpointer.best_step() == 1 and checkpointer.restore()[2] == 2
+
+
+def test_opening_for_training_removes_unfinished_steps_at_once(tmp_path):
+  unfinished = tmp_path / "checkpoints" / "3.orbax-checkpoint-tmp" / "state"
+  unfinished.mkdir(parents=True)
+  (unfinished / "partial").write_bytes(b"\0" * 10)
+  Checkpointer(str(tmp_path), read_only=True).close()
+  assert unfinished.exists()  # reading never deletes anything
+  checkpointer = Checkpointer(str(tmp_path))
+  assert os.listdir(tmp_path / "checkpoints") == []  # before __init__ returns
+  checkpointer.close()
+
+
+# ---------------------------------------------------------------------------
+# Workdirs written by 0.1
+# ---------------------------------------------------------------------------
+
+@pytest.fixture
+def workdir_0_1(tmp_path):
+  copy = tmp_path / "workdir_0.1"
+  shutil.copytree(FIXTURE, copy)
+  return str(copy)
+
+
+def test_a_0_1_workdir_gives_the_same_best_step_and_restores(workdir_0_1):
+  before = tree_digest(workdir_0_1)
+  checkpointer = Checkpointer(workdir_0_1, best_metric="val/exact_match", read_only=True)
+  assert checkpointer.steps() == [7, 10]
+  assert checkpointer.best_step() == 7  # from step 7's meta item: 10 has no metrics
+  assert checkpointer.step_metrics(7)["val/exact_match"] == 0.0
+  assert checkpointer.step_metrics(10) is None
+  state, meta, step = checkpointer.restore(step=checkpointer.best_step())
+  assert step == 7 == meta["step"] == int(np.asarray(state["step"]))
+  _, meta, step = checkpointer.restore()
+  assert step == 10 == meta["step"]
+  checkpointer.close()
+  assert tree_digest(workdir_0_1) == before  # reading changed nothing
+
+
+def test_saving_into_a_0_1_workdir_keeps_its_best_step(workdir_0_1):
+  with Checkpointer(workdir_0_1, keep=1, best_metric="val/exact_match") as checkpointer:
+    checkpointer.save(11, small_state(11), {"n": 11})
+    assert checkpointer.steps() == [7, 11] and checkpointer.best_step() == 7
+    checkpointer.save(12, small_state(12), {"n": 12}, {"val/exact_match": 0.5})
+    assert checkpointer.steps() == [12] and checkpointer.best_step() == 12
+
+
+# ---------------------------------------------------------------------------
+# A command that fails early exits with its one-line error and nothing after it
+# ---------------------------------------------------------------------------
+
+def _train_on(data, workdir):
+  return subprocess.run(
+      [sys.executable, "-m", "seq2seq_jax", "train", "--config", "configs/tiny.py",
+       "--data", f"tsv:{data}", "--workdir", str(workdir)],
+      capture_output=True, text=True, cwd=ROOT, timeout=300)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("content, expected", [
+    ("one\tun\ntwo\tdeux\nthree trois\nfour\tquatre\n".encode(), ":3: expected source<TAB>target"),
+    (b"one\tun\n\xff\xfe\tdeux\n", ":2: not UTF-8"),
+])
+def test_bad_data_exits_with_one_line_every_time(tmp_path, content, expected):
+  """Ten runs each, three at a time: Orbax's start-up work used to print a thread's
+  traceback after the error in about half of them."""
+  data = tmp_path / "data.tsv"
+  data.write_bytes(content)
+  with concurrent.futures.ThreadPoolExecutor(3) as pool:
+    results = list(pool.map(lambda i: _train_on(data, tmp_path / f"run{i}"), range(10)))
+  for result in results:
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("seq2seq-jax train: error:"), result.stderr
+    assert expected in lines[0]
+
+
+OPEN_THEN_FAIL = r"""
+import sys
+from seq2seq_jax.checkpoint import Checkpointer
+Checkpointer(sys.argv[1])
+print("seq2seq-jax train: error: stopped", file=sys.stderr)
+raise SystemExit(2)
+"""
+
+
+@pytest.mark.slow
+def test_a_program_exiting_right_after_opening_checkpoints_prints_nothing_more(tmp_path):
+  """The Checkpointer itself, whatever its caller closes: opening a workdir for training
+  leaves no Orbax thread running (its clean-up of unfinished steps is done at once)."""
+  def open_then_fail(i):
+    workdir = tmp_path / f"run{i}"
+    (workdir / "checkpoints" / "4.orbax-checkpoint-tmp" / "state").mkdir(parents=True)
+    result = subprocess.run([sys.executable, "-c", OPEN_THEN_FAIL, str(workdir)],
+                            capture_output=True, text=True, cwd=ROOT, timeout=300)
+    return result, os.listdir(workdir / "checkpoints")
+
+  with concurrent.futures.ThreadPoolExecutor(3) as pool:
+    for result, left in pool.map(open_then_fail, range(10)):
+      assert result.returncode == 2
+      assert result.stderr == "seq2seq-jax train: error: stopped\n", result.stderr
+      assert left == []
+
+
+def test_a_damaged_read_leaves_hooks_and_filters_as_they_were(tmp_path):
+  """Orbax's leftover reports of a failed read are dropped only while it runs."""
+  import warnings
+  with Checkpointer(str(tmp_path), keep=3) as checkpointer:
+    for step in (1, 2):
+      checkpointer.save(step, {"w": np.arange(50_000, dtype=np.float32) * step}, {"n": step})
+  state_dir = tmp_path / "checkpoints" / "2" / "state"
+  biggest = max((p for p in state_dir.rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
+  biggest.write_bytes(biggest.read_bytes()[:100])
+  os.remove(tmp_path / "checkpoints" / "2" / MANIFEST)  # so that Orbax's read fails
+  hook, filters = sys.unraisablehook, list(warnings.filters)
+  asyncio_filters = list(logging.getLogger("asyncio").filters)
+  _, meta, step = Checkpointer(str(tmp_path), read_only=True).restore()
+  assert step == 1 and meta == {"n": 1}
+  assert sys.unraisablehook is hook and warnings.filters == filters
+  assert logging.getLogger("asyncio").filters == asyncio_filters
