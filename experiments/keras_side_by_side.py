@@ -21,7 +21,8 @@ os.environ.setdefault("KERAS_BACKEND", "jax")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from seq2seq_jax import keras_import as ki  # noqa: E402
-from seq2seq_jax.train import load_task_data, train_and_evaluate  # noqa: E402
+from seq2seq_jax.inference import load_run_data  # noqa: E402
+from seq2seq_jax.loop import train_and_evaluate  # noqa: E402
 
 
 def main() -> None:
@@ -39,10 +40,10 @@ def main() -> None:
     config = dataclasses.replace(config, numbers_train=int(args.num_samples * 0.8),
                                  numbers_val=args.num_samples - int(args.num_samples * 0.8),
                                  numbers_test=0, numbers_max=999_999)
-  task, train, val, test = load_task_data(config)
+  translator, train, val, test = load_run_data(config)
   src_chars, tgt_chars = ki.keras_characters(train + val + test)
   model = ki.build_example_model(len(src_chars), len(tgt_chars), args.latent_dim)
-  enc, dec, target = ki.example_arrays(train + val, src_chars, tgt_chars, task.keras_dims)
+  enc, dec, target = ki.example_arrays(train + val, src_chars, tgt_chars, translator.keras_dims)
   start = time.time()
   history = model.fit([enc, dec], target, batch_size=config.batch_size, epochs=args.epochs,
                       validation_split=len(val) / (len(train) + len(val)), verbose=0).history

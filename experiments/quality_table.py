@@ -57,7 +57,7 @@ def run(command: list[str]) -> str:
 
 def param_count(workdir: str) -> int:
   from seq2seq_jax.model import count_params
-  from seq2seq_jax.train import load_trained
+  from seq2seq_jax.inference import load_trained
   _, params, _ = load_trained(workdir)
   return count_params(params)
 

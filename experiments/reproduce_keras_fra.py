@@ -15,7 +15,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from seq2seq_jax import config as config_lib  # noqa: E402
-from seq2seq_jax.train import train_and_evaluate  # noqa: E402
+from seq2seq_jax.loop import train_and_evaluate  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -12,7 +12,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from seq2seq_jax.train import load_trained  # noqa: E402
+from seq2seq_jax.inference import load_trained  # noqa: E402
 
 
 def main() -> None:

@@ -14,6 +14,20 @@ from seq2seq_jax.errors import UserError
 log = logging.getLogger("seq2seq_jax")
 
 
+def configure_logging(stream) -> None:
+  """The library's messages, bare, to stream; absl's and Orbax's routine ones hidden.
+  Process-wide, so only the command does it (importing the library changes nothing)."""
+  log.setLevel(logging.INFO)
+  log.propagate = False
+  if not any(getattr(h, "_seq2seq_jax", False) for h in log.handlers):
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    handler._seq2seq_jax = True
+    log.addHandler(handler)
+  for noisy in ("absl", "orbax"):
+    logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
 def _load_config(args):
   from seq2seq_jax import config as config_lib
   # a path, or a shipped config's name; without --config the shipped default (= Config())
@@ -35,7 +49,8 @@ def cmd_train(args) -> int:
   if args.from_command_line:  # allocator and CPU devices are set before JAX starts
     from seq2seq_jax.runtime import maybe_reexec
     maybe_reexec(config.batch_size)
-  from seq2seq_jax.train import train_and_evaluate
+  from seq2seq_jax.loop import train_and_evaluate
+  configure_logging(sys.stdout)
   train_and_evaluate(config, args.workdir, argv=sys.argv)
   return 0
 
@@ -60,19 +75,19 @@ def _read_inputs(texts: list[str]) -> list[str]:
   return lines
 
 
-def _beam_decoder(args, task):
+def _beam_decoder(args, translator):
   """The beam-search decoder --beam N [--length-penalty A] ask for (None: no --beam, or no
-  task to decode for: then only the flags are checked)."""
+  translator to decode for: then only the flags are checked)."""
   from seq2seq_jax.decode import make_beam_decoder
   if args.length_penalty is not None and args.beam is None:
     raise UserError("--length-penalty needs --beam N.")
-  if args.beam is None or task is None:
+  if args.beam is None or translator is None:
     return None
   alpha = 0.6 if args.length_penalty is None else args.length_penalty
-  return make_beam_decoder(task.model, task.decode_max_len, args.beam, alpha)
+  return make_beam_decoder(translator.model, translator.decode_max_len, args.beam, alpha)
 
 
-def _translate_decoder(args, task):
+def _translate_decoder(args, translator):
   """The decoder --beam / --sample ask for (None: greedy); misplaced options are errors."""
   from seq2seq_jax.decode import make_sample_decoder
   sampling_flags = [flag for flag, value in (("--temperature", args.temperature),
@@ -81,31 +96,32 @@ def _translate_decoder(args, task):
   if sampling_flags and not args.sample:
     raise UserError(f"{', '.join(sampling_flags)} {'need' if len(sampling_flags) > 1 else 'needs'} "
                     "--sample.")
-  beam = _beam_decoder(args, task)
+  beam = _beam_decoder(args, translator)
   if beam is not None:
     return beam
   if args.sample:
     temperature = 1.0 if args.temperature is None else args.temperature
     if temperature < 0:
       raise UserError(f"--temperature must not be negative, got {temperature}.")
-    return make_sample_decoder(task.model, task.decode_max_len, temperature, args.top_k or 0,
+    return make_sample_decoder(translator.model, translator.decode_max_len, temperature,
+                               args.top_k or 0,
                                args.seed or 0)
   return None
 
 
 def cmd_translate(args) -> int:
-  from seq2seq_jax.train import load_trained, setup_logging
-  setup_logging(stream=sys.stderr)  # stdout holds the translations only
-  task, params, step = load_trained(args.workdir, args.checkpoint)
-  if task.is_series:
+  from seq2seq_jax.inference import load_trained
+  configure_logging(sys.stderr)  # stdout holds the translations only
+  translator, params, step = load_trained(args.workdir, args.checkpoint)
+  if translator.is_series:
     raise UserError(f"'{args.workdir}' holds a series model, which forecasts numbers rather "
                     "than translating text: use `seq2seq-jax evaluate --workdir ...` or "
-                    "Task.forecast from Python.")
-  decoder = _translate_decoder(args, task)
+                    "Translator.forecast from Python.")
+  decoder = _translate_decoder(args, translator)
   sources = _read_inputs(args.text)
-  for warning in task.input_warnings(sources):
+  for warning in translator.input_warnings(sources):
     log.warning("warning: %s", warning)
-  outputs = task.translate(params, sources, args.batch_size, decoder=decoder)
+  outputs = translator.translate(params, sources, args.batch_size, decoder=decoder)
   for source, output in zip(sources, outputs):
     # an empty input gives an empty line: one output line per input line, always
     sys.stdout.write((output if source else "") + "\n")
@@ -115,25 +131,27 @@ def cmd_translate(args) -> int:
 
 def cmd_evaluate(args) -> int:
   from seq2seq_jax import data as data_lib
-  from seq2seq_jax.train import evaluate_pairs, load_trained, setup_logging
-  setup_logging(stream=sys.stderr)
-  task, params, step = load_trained(args.workdir, args.checkpoint)
-  if task.is_series:  # windows of the CSV, scaled as in training
+  from seq2seq_jax.inference import evaluate_pairs, load_trained
+  configure_logging(sys.stderr)
+  translator, params, step = load_trained(args.workdir, args.checkpoint)
+  config = translator.config
+  if translator.is_series:  # windows of the CSV, scaled as in training
     from seq2seq_jax.series import load_series
-    _, path = data_lib.parse_spec(args.data or task.config.data)
-    pairs = load_series(task.config, path, task.scaler).get(args.split)
+    _, path = data_lib.parse_spec(args.data or config.data)
+    pairs = load_series(config, path, translator.scaler).get(args.split)
   else:
-    splits = data_lib.load_splits(task.config, args.data)
-    pairs = data_lib.drop_long(splits.get(args.split), task.config, args.split)
+    splits = data_lib.load_splits(config, args.data)
+    pairs = data_lib.drop_long(splits.get(args.split), config, args.split)
   if not pairs:
-    raise UserError(f"split '{args.split}' of {args.data or task.config.data} is empty.")
-  decoder = _beam_decoder(args, None if task.is_series else task)  # series: no text to decode
-  metrics, _ = evaluate_pairs(task, params, pairs, decoder=decoder)
+    raise UserError(f"split '{args.split}' of {args.data or config.data} is empty.")
+  # series models have no text to decode
+  decoder = _beam_decoder(args, None if translator.is_series else translator)
+  metrics, _ = evaluate_pairs(translator, params, pairs, decoder=decoder)
   if args.json:
     print(json.dumps(metrics))
   else:
-    print(f"checkpoint {step}, {args.split} split of {args.data or task.config.data} "
-          f"({len(pairs)} {'windows' if task.is_series else 'pairs'})")
+    print(f"checkpoint {step}, {args.split} split of {args.data or config.data} "
+          f"({len(pairs)} {'windows' if translator.is_series else 'pairs'})")
     for key, value in metrics.items():
       print(f"  {key:15s} {value:.4f}")
   return 0
@@ -146,6 +164,7 @@ def cmd_sweep(args) -> int:
   from seq2seq_jax.config import resolve_config_path
   from seq2seq_jax.sweep import load_sweep, run_sweep
   sweep = load_sweep(resolve_config_path(args.config), args.set or [])
+  configure_logging(sys.stdout)
   run_sweep(sweep, args.workdir, vectorize=args.vectorize, tensorboard=args.tensorboard,
             argv=sys.argv)
   return 0
@@ -161,8 +180,7 @@ def cmd_plot(args) -> int:
 
 def cmd_import_keras(args) -> int:
   from seq2seq_jax.keras_import import import_keras
-  from seq2seq_jax.train import setup_logging
-  setup_logging(stream=sys.stderr)
+  configure_logging(sys.stderr)
   import_keras(args.model, args.data, args.num_samples, args.workdir)
   print(f"imported {args.model} into {args.workdir}; translate with: "
         f"seq2seq-jax translate --workdir {args.workdir}")
@@ -350,7 +368,7 @@ def _run(args: argparse.Namespace, argv: list[str] | None) -> int:
           "the path is right, writable, and that the disk has free space.", file=sys.stderr)
     return 2
   except Exception as error:
-    from seq2seq_jax.train import TrainingInterrupted
+    from seq2seq_jax.loop import TrainingInterrupted
     if isinstance(error, TrainingInterrupted):
       print(f"seq2seq-jax {args.command}: {error}", file=sys.stderr)
       return 130

@@ -10,7 +10,6 @@ from the same data exactly as the example does, and "\\t" / "\\n" become START /
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from typing import Any
 
@@ -134,14 +133,15 @@ def import_keras(model_path: str, data: str, num_samples: int, workdir: str) -> 
   """Writes workdir with a checkpoint (step 0) of the Keras model; returns its step."""
   from seq2seq_jax.checkpoint import Checkpointer
   from seq2seq_jax.optim import build_optimizer
-  from seq2seq_jax.train import load_task_data
+  from seq2seq_jax import workdir as workdir_lib
+  from seq2seq_jax.inference import load_run_data
 
   weights = example_weights(load_keras_model(model_path))
   latent_dim = weights["encoder"]["recurrent_kernel"].shape[0]
   config = import_config(data, num_samples, latent_dim)
-  task, train, val, test = load_task_data(config)
+  translator, train, val, test = load_run_data(config)
   src_chars, tgt_chars = keras_characters(train + val + test)
-  params = params_from_keras(weights, task.src_vocab, task.tgt_vocab, src_chars, tgt_chars)
+  params = params_from_keras(weights, translator.src_vocab, translator.tgt_vocab, src_chars, tgt_chars)
   os.makedirs(workdir, exist_ok=True)
   checkpointer = Checkpointer(workdir, config.keep_checkpoints, config.best_metric)
   if checkpointer.latest_step() is not None:
@@ -150,16 +150,13 @@ def import_keras(model_path: str, data: str, num_samples: int, workdir: str) -> 
   params = {k: {n: jnp.asarray(v) for n, v in layer.items()} for k, layer in params.items()}
   state = {"step": jnp.zeros((), jnp.int32), "params": params,
            "opt_state": build_optimizer(config, 1).init(params)}
-  meta = dict(task.meta(), position={"epoch": 0, "batch": 0},
-              sums={"window": [0.0, 0.0], "epoch": [0.0, 0.0, 0.0, 0.0]},
-              rng=[], step=0, metrics=None, imported_from=os.path.abspath(model_path))
+  meta = translator.checkpoint_meta(imported_from=os.path.abspath(model_path)).to_json()
   checkpointer.save(0, state, meta)
   checkpointer.close()
-  with open(os.path.join(workdir, "config.json"), "w") as f:
-    f.write(config.to_json())
-  with open(os.path.join(workdir, "run.json"), "w") as f:
-    json.dump({"imported_from": os.path.abspath(model_path), "keras_dims": task.keras_dims}, f,
-              indent=2)
+  workdir_lib.write_config(workdir, config)
+  workdir_lib.write_json(os.path.join(workdir, workdir_lib.RUN_FILE),
+                         {"imported_from": os.path.abspath(model_path),
+                          "keras_dims": translator.keras_dims})
   return 0
 
 

@@ -14,17 +14,38 @@ LSTM or GRU cells; stacked layers with dropout between them.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from typing import Any, Callable
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from seq2seq_jax.config import Config
 from seq2seq_jax.vocab import PAD_ID
 
 MATMUL_DTYPES = {"float32": None, "bfloat16": jnp.bfloat16}
+
+
+# The run settings the model reads (config.py documents each); everything else stays out.
+MODEL_FIELDS = ("input_mode", "embed_dim", "latent_dim", "num_layers", "cell", "decoder_input",
+                "dropout", "reverse_source", "attention", "input_feeding",
+                "bidirectional_encoder", "fused_lstm", "matmul_dtype")
+
+
+def _model_config_from(cls, config: Any) -> "ModelConfig":
+  """The model fields of a run config (a Config or a ModelConfig)."""
+  return cls(**{name: getattr(config, name) for name in MODEL_FIELDS})
+
+
+# The model's own settings: MODEL_FIELDS of Config, with its types and defaults, frozen.
+ModelConfig = dataclasses.make_dataclass(
+    "ModelConfig",
+    [(f.name, f.type, dataclasses.field(default=f.default))
+     for f in dataclasses.fields(Config) if f.name in MODEL_FIELDS],
+    frozen=True, namespace={"from_config": classmethod(_model_config_from), "__module__": __name__})
 Carry = tuple[jax.Array, ...]  # LSTM (h_BxH, c_BxH), Keras order; GRU (h_BxH,)
 NEG_INF = -1e9
 
@@ -315,6 +336,25 @@ class RecurrentLayer(nn.Module):
 LSTMLayer = RecurrentLayer  # the name used by Keras users
 
 
+class Dropout(nn.Module):
+  """nn.Dropout with the rate given at call time, so it can be traced (one value per
+  trial of a vectorised sweep); a Python rate draws and scales exactly as nn.Dropout."""
+
+  @nn.compact
+  def __call__(self, x: jax.Array, rate: float | jax.Array, train: bool) -> jax.Array:
+    if not train or (isinstance(rate, (int, float)) and rate == 0.0):
+      return x
+    keep_prob = 1.0 - rate
+    mask = jax.random.bernoulli(self.make_rng("dropout"), p=keep_prob, shape=x.shape)
+    return jax.lax.select(mask, x / keep_prob, jnp.zeros_like(x))
+
+
+def traced_dropout_rate(rate: float) -> np.float32:
+  """The float32 rate whose in-graph 1 - rate equals nn.Dropout's float64 1 - rate
+  rounded to float32 (the two differ by an ulp for some rates, e.g. 0.33)."""
+  return np.float32(1.0) - np.float32(1.0 - rate)
+
+
 def attentional_vector(scores_BxTxS: jax.Array, h_BxTxH: jax.Array, enc_BxSxH: jax.Array,
                        mask_BxS: jax.Array, combine_kernel_2HxH: jax.Array) -> jax.Array:
   """tanh(W_c [context; h]) with context the softmax(scores)-weighted encoder outputs,
@@ -375,7 +415,7 @@ class Seq2Seq(nn.Module):
   """
   src_vocab_size: int
   tgt_vocab_size: int
-  config: Config
+  config: ModelConfig
 
   def setup(self):
     cfg = self.config
@@ -422,11 +462,14 @@ class Seq2Seq(nn.Module):
       self.attention_combine = self.param("attention_combine", glorot, (2 * H, H))
     self.output_dense = nn.Dense(self.tgt_vocab_size, kernel_init=glorot, name="output_dense",
                                  dot_general=mixed_dot_general(self.matmul_dtype))
-    self.dropout = nn.Dropout(cfg.dropout)
+    self.dropout = Dropout()
 
   # -- encoder -----------------------------------------------------------------
-  def encode(self, src_BxS: jax.Array, train: bool = False) -> tuple[list[Carry], jax.Array, jax.Array]:
+  def encode(self, src_BxS: jax.Array, train: bool = False, dropout_rate: float | jax.Array | None = None,
+             ) -> tuple[list[Carry], jax.Array, jax.Array]:
     """Returns (final carry per layer, encoder outputs BxSxH, source mask BxS).
+
+    dropout_rate: overrides config.dropout (a traced value in vectorised sweeps).
 
     A bidirectional encoder without attention returns its outputs BxSx2H (nothing reads them).
     """
@@ -440,7 +483,7 @@ class Seq2Seq(nn.Module):
     carries = []
     for k, layer in enumerate(self.encoder):
       if k > 0 or self.config.input_mode == "embed":
-        x = self.dropout(x, deterministic=not train)
+        x = self.dropout(x, self._rate(dropout_rate), train)
       zero_carry = layer.zero_carry(src_BxS.shape[0])
       carry, forward_BxSxH = layer(x, zero_carry, mask_BxS)
       if not self.bidirectional:
@@ -509,7 +552,8 @@ class Seq2Seq(nn.Module):
 
     return step
 
-  def decode(self, carries: list[Carry], enc_BxSxH, mask_BxS, tgt_in_BxT, train: bool = False) -> jax.Array:
+  def decode(self, carries: list[Carry], enc_BxSxH, mask_BxS, tgt_in_BxT, train: bool = False,
+             dropout_rate: float | jax.Array | None = None) -> jax.Array:
     """Teacher-forced decoder over the whole target: logits (or values) BxTxV.
 
     With decoder_input="repeat" only the length of tgt_in is used: each output step t
@@ -523,7 +567,7 @@ class Seq2Seq(nn.Module):
     elif self.config.input_mode == "onehot":
       x = tgt_in_BxT
     else:
-      x = self.dropout(self.tgt_embed(tgt_in_BxT), deterministic=not train)
+      x = self.dropout(self.tgt_embed(tgt_in_BxT), self._rate(dropout_rate), train)
     if self.feeding:  # the attentional vector feeds the next step: one scan over all layers
       xproj0_BxTxG = self.decoder[0].project(x)
       step = self._step_fn(enc_BxSxH, mask_BxS)
@@ -533,10 +577,10 @@ class Seq2Seq(nn.Module):
     else:  # layer by layer, attention over all steps at once afterwards
       for k, layer in enumerate(self.decoder):
         if k > 0:
-          x = self.dropout(x, deterministic=not train)
+          x = self.dropout(x, self._rate(dropout_rate), train)
         _, x = layer(x, carries[k])
       readout_BxTxH = self._attend(x, enc_BxSxH, mask_BxS)
-    return self.output_dense(self.dropout(readout_BxTxH, deterministic=not train))
+    return self.output_dense(self.dropout(readout_BxTxH, self._rate(dropout_rate), train))
 
   def decode_step(self, state: DecoderState, enc_BxSxH, mask_BxS, prev_B) -> tuple[DecoderState, jax.Array]:
     """One decoding step from the previous token ids: (state, logits BxV)."""
@@ -544,13 +588,18 @@ class Seq2Seq(nn.Module):
     state, readout_BxH = self._step_fn(enc_BxSxH, mask_BxS)(state, self.decoder[0].project(x))
     return state, self.output_dense(readout_BxH)
 
-  def __call__(self, src_BxS, tgt_in_BxT, train: bool = False) -> jax.Array:
-    carries, enc_BxSxH, mask_BxS = self.encode(src_BxS, train)
-    return self.decode(carries, enc_BxSxH, mask_BxS, tgt_in_BxT, train)
+  def _rate(self, dropout_rate: float | jax.Array | None) -> float | jax.Array:
+    return self.config.dropout if dropout_rate is None else dropout_rate
+
+  def __call__(self, src_BxS, tgt_in_BxT, train: bool = False,
+               dropout_rate: float | jax.Array | None = None) -> jax.Array:
+    carries, enc_BxSxH, mask_BxS = self.encode(src_BxS, train, dropout_rate)
+    return self.decode(carries, enc_BxSxH, mask_BxS, tgt_in_BxT, train, dropout_rate)
 
 
-def build_model(config: Config, src_vocab_size: int, tgt_vocab_size: int) -> Seq2Seq:
-  return Seq2Seq(src_vocab_size, tgt_vocab_size, config)
+def build_model(config: Any, src_vocab_size: int, tgt_vocab_size: int) -> Seq2Seq:
+  """The model of a run config (Config or ModelConfig): it keeps only its own settings."""
+  return Seq2Seq(src_vocab_size, tgt_vocab_size, ModelConfig.from_config(config))
 
 
 def init_params(model: Seq2Seq, rng: jax.Array) -> Any:

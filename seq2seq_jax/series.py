@@ -16,7 +16,8 @@ from typing import Any
 import numpy as np
 
 from seq2seq_jax.config import Config
-from seq2seq_jax.data import Encoded, read_text
+from seq2seq_jax.data.batches import Encoded
+from seq2seq_jax.data.sources import read_text
 from seq2seq_jax.errors import DataError
 
 

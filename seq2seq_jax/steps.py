@@ -11,14 +11,16 @@ import optax
 from seq2seq_jax.config import Config
 from seq2seq_jax.decode import first_argmax
 from seq2seq_jax.model import Seq2Seq, init_params
+from seq2seq_jax.optim import build_optimizer_with
 
 def loss_and_counts(params, batch, *, model: Seq2Seq, config: Config, train: bool,
-                    dropout_rng=None) -> tuple[jax.Array, dict[str, jax.Array]]:
+                    dropout_rng=None, dropout_rate=None) -> tuple[jax.Array, dict[str, jax.Array]]:
   """Mean cross-entropy over target tokens (padding excluded unless loss_on_padding);
-  for real-valued targets (series), mean squared error over the real rows."""
+  for real-valued targets (series), mean squared error over the real rows.
+  dropout_rate: None (the model's own), or a value that may be traced."""
   rngs = {"dropout": dropout_rng} if train and dropout_rng is not None else None
   logits_BxTxV = model.apply({"params": params}, batch["src"], batch["tgt_in"],
-                             train=train, rngs=rngs)
+                             train=train, dropout_rate=dropout_rate, rngs=rngs)
   if config.input_mode == "real":
     row_B = (batch["index"] >= 0).astype(jnp.float32)
     error_BxTxF = logits_BxTxV - batch["tgt_out"]
@@ -54,13 +56,14 @@ def loss_and_counts(params, batch, *, model: Seq2Seq, config: Config, train: boo
 
 def train_step(state: dict[str, Any], batch: dict[str, jax.Array], base_rng: jax.Array, *,
                model: Seq2Seq, tx: optax.GradientTransformation, config: Config,
-               ) -> tuple[dict[str, Any], dict[str, jax.Array]]:
-  """One teacher-forced RMSprop step. state: {"step", "params", "opt_state"}."""
+               dropout_rate=None) -> tuple[dict[str, Any], dict[str, jax.Array]]:
+  """One teacher-forced RMSprop step. state: {"step", "params", "opt_state"};
+  dropout_rate: None (the model's own) or a traced value (vectorised sweeps)."""
   dropout_rng = jax.random.fold_in(base_rng, state["step"])
 
   def loss_sum(params):
     _, counts = loss_and_counts(params, batch, model=model, config=config, train=True,
-                                dropout_rng=dropout_rng)
+                                dropout_rng=dropout_rng, dropout_rate=dropout_rate)
     return counts["loss_sum"], counts
 
   # the gradient of the summed loss, divided by the batch's weight afterwards: the same
@@ -90,3 +93,29 @@ def create_state(config: Config, model: Seq2Seq, tx: optax.GradientTransformatio
     return {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params)}
 
   return jax.jit(init)()
+
+
+def trial_train_step(state: dict[str, Any], batch: dict[str, jax.Array], base_rng: jax.Array,
+                     hyper: dict[str, jax.Array], *, model: Seq2Seq,
+                     tx: optax.GradientTransformation, config: Config,
+                     ) -> tuple[dict[str, Any], dict[str, jax.Array]]:
+  """train_step for a group of one trial: metrics get the leading trial axis (hyper unused)."""
+  del hyper
+  state, metrics = train_step(state, batch, base_rng, model=model, tx=tx, config=config)
+  return state, jax.tree.map(lambda x: x[None], metrics)
+
+
+def vectorized_train_step(states_N: dict[str, Any], batch: dict[str, jax.Array],
+                          base_rng: jax.Array, hyper_N: dict[str, jax.Array], *,
+                          model: Seq2Seq, config: Config, total_steps: int,
+                          ) -> tuple[dict[str, Any], dict[str, jax.Array]]:
+  """train_step for N trials at once under vmap; hyper_N: one value per trial of each
+  varied optimizer setting (learning_rate, rmsprop_decay, clip_norm) and of `dropout`."""
+
+  def one_trial(state, hyper):
+    optimizer_values = {k: v for k, v in hyper.items() if k != "dropout"}
+    tx = build_optimizer_with(config, total_steps, **optimizer_values)
+    return train_step(state, batch, base_rng, model=model, tx=tx, config=config,
+                      dropout_rate=hyper.get("dropout"))
+
+  return jax.vmap(one_trial)(states_N, hyper_N)

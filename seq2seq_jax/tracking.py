@@ -15,8 +15,8 @@ import os
 from typing import Any
 
 from seq2seq_jax.errors import UserError
+from seq2seq_jax.workdir import METRICS_FILE, read_metrics  # noqa: F401 (tracking.read_metrics)
 
-METRICS_FILE = "metrics.jsonl"
 SWEEP_FILE = "sweep.json"  # written by seq2seq_jax.sweep: names the trials of a sweep directory
 CURVES_PNG = "curves.png"
 TENSORBOARD_DIR = "tensorboard"
@@ -24,21 +24,6 @@ TENSORBOARD_DIR = "tensorboard"
 PANELS = (("train/loss", "training loss", True), ("val/loss", "validation loss", True),
           ("val/token_accuracy", "validation token accuracy", False),
           ("val/exact_match", "validation exact match", False))
-
-
-def read_metrics(workdir: str) -> list[dict[str, Any]]:
-  """The records of workdir/metrics.jsonl ([] if none); an unfinished last line is skipped."""
-  records = []
-  try:
-    with open(os.path.join(workdir, METRICS_FILE)) as f:
-      for line in f:
-        try:
-          records.append(json.loads(line))
-        except ValueError:
-          continue  # a line being written by a run in progress
-  except FileNotFoundError:
-    pass
-  return records
 
 
 def curves(records: list[dict[str, Any]]) -> dict[str, tuple[list[int], list[float]]]:

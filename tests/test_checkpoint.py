@@ -108,7 +108,6 @@ def test_importing_the_library_changes_nothing_process_wide(import_snapshots, as
   assert import_snapshots["after"][aspect] == import_snapshots["before"][aspect]
 
 
-@pytest.mark.xfail(strict=False, reason="train.py's listener is being removed")
 def test_importing_the_library_registers_no_jax_monitoring_listener(import_snapshots):
   after, before = import_snapshots["after"], import_snapshots["before"]
   assert after["monitoring_listeners"] == before["monitoring_listeners"]

@@ -1,7 +1,7 @@
 import json
 import os
 
-from seq2seq_jax.train import load_trained
+from seq2seq_jax.inference import load_trained
 from tests.conftest import run_cli
 
 

@@ -3,6 +3,7 @@ import pytest
 
 from seq2seq_jax import data as data_lib
 from seq2seq_jax.errors import DataError
+from seq2seq_jax.data import sources
 from seq2seq_jax.vocab import END_ID, PAD_ID, START_ID, UNK_ID, Vocab
 from tests.conftest import tiny_config
 
@@ -33,11 +34,11 @@ def test_number_splits_are_disjoint_by_number():
 
 
 def test_known_french_numbers():
-  lang = data_lib._num2words_language("fr")
+  lang = sources._num2words_language("fr")
   assert lang(97) == "quatre-vingt-dix-sept"
   assert lang(71) == "soixante et onze"
   assert lang(1984) == "mille neuf cent quatre-vingt-quatre"
-  assert data_lib._num2words_language("en")(1984) == "one thousand, nine hundred and eighty-four"
+  assert sources._num2words_language("en")(1984) == "one thousand, nine hundred and eighty-four"
 
 
 def test_unknown_language_is_a_clear_error():

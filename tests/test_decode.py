@@ -10,7 +10,7 @@ from seq2seq_jax import model as model_lib
 from seq2seq_jax.decode import (beam_search, decode_texts, first_argmax, greedy_decode, make_beam_decoder,
                                 make_greedy_decoder, make_sample_decoder, sample_decode)
 from seq2seq_jax.errors import UserError
-from seq2seq_jax.train import load_trained
+from seq2seq_jax.inference import load_trained
 from seq2seq_jax.vocab import END_ID, PAD_ID, START_ID, Vocab
 from tests.conftest import cli_in_process, tiny_config
 

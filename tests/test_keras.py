@@ -12,7 +12,8 @@ import pytest  # noqa: E402
 keras = pytest.importorskip("keras")
 
 from seq2seq_jax import keras_import as ki  # noqa: E402
-from seq2seq_jax.train import load_trained, train_step, load_task_data  # noqa: E402
+from seq2seq_jax.inference import load_run_data, load_trained  # noqa: E402
+from seq2seq_jax.steps import train_step  # noqa: E402
 from seq2seq_jax import data as data_lib  # noqa: E402
 from seq2seq_jax.optim import build_optimizer  # noqa: E402
 from tests.conftest import run_cli  # noqa: E402
@@ -33,42 +34,42 @@ def anki_file(tmp_path_factory):
 
 def _setup(anki_file, num_samples=300, latent=16, seed=0):
   config = ki.import_config(f"anki:{anki_file}", num_samples, latent)
-  task, train, val, test = load_task_data(config)
+  translator, train, val, test = load_run_data(config)
   pairs = train + val + test
   src_chars, tgt_chars = ki.keras_characters(pairs)
   model = ki.build_example_model(len(src_chars), len(tgt_chars), latent, seed=seed)
-  return config, task, pairs, src_chars, tgt_chars, model
+  return config, translator, pairs, src_chars, tgt_chars, model
 
 
 def test_same_weights_give_the_same_outputs(anki_file):
-  config, task, pairs, src_chars, tgt_chars, model = _setup(anki_file)
-  params = ki.params_from_keras(ki.example_weights(model), task.src_vocab, task.tgt_vocab,
+  config, translator, pairs, src_chars, tgt_chars, model = _setup(anki_file)
+  params = ki.params_from_keras(ki.example_weights(model), translator.src_vocab, translator.tgt_vocab,
                                 src_chars, tgt_chars)
   batch_pairs = pairs[:16]
-  enc, dec, _ = ki.example_arrays(batch_pairs, src_chars, tgt_chars, task.keras_dims)
+  enc, dec, _ = ki.example_arrays(batch_pairs, src_chars, tgt_chars, translator.keras_dims)
   keras_probs = np.asarray(model([enc, dec]))
-  batch = data_lib.make_batch(task.encode(batch_pairs), np.arange(16), 16, 0)
-  logits = task.model.apply({"params": params}, batch["src"], batch["tgt_in"])
-  ours = np.asarray(jax.nn.softmax(logits, -1))[:, :, ki.target_positions(tgt_chars, task.tgt_vocab)]
+  batch = data_lib.make_batch(translator.encode(batch_pairs), np.arange(16), 16, 0)
+  logits = translator.model.apply({"params": params}, batch["src"], batch["tgt_in"])
+  ours = np.asarray(jax.nn.softmax(logits, -1))[:, :, ki.target_positions(tgt_chars, translator.tgt_vocab)]
   assert ours.shape == keras_probs.shape
   np.testing.assert_allclose(ours, keras_probs, atol=1e-5)
   np.testing.assert_allclose(np.log(ours), np.log(keras_probs), atol=1e-4)
 
 
 def test_one_rmsprop_step_gives_the_same_parameters(anki_file):
-  config, task, pairs, src_chars, tgt_chars, model = _setup(anki_file)
-  params = ki.params_from_keras(ki.example_weights(model), task.src_vocab, task.tgt_vocab,
+  config, translator, pairs, src_chars, tgt_chars, model = _setup(anki_file)
+  params = ki.params_from_keras(ki.example_weights(model), translator.src_vocab, translator.tgt_vocab,
                                 src_chars, tgt_chars)
   batch_pairs = pairs[:64]
-  enc, dec, target = ki.example_arrays(batch_pairs, src_chars, tgt_chars, task.keras_dims)
+  enc, dec, target = ki.example_arrays(batch_pairs, src_chars, tgt_chars, translator.keras_dims)
   model.train_on_batch([enc, dec], target)
   tx = build_optimizer(config, 10)
   params = jax.tree.map(jnp.asarray, params)
   state = {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params)}
-  batch = data_lib.make_batch(task.encode(batch_pairs), np.arange(64), 64, 0)
-  state, metrics = train_step(state, batch, jax.random.key(0), model=task.model, tx=tx,
+  batch = data_lib.make_batch(translator.encode(batch_pairs), np.arange(64), 64, 0)
+  state, metrics = train_step(state, batch, jax.random.key(0), model=translator.model, tx=tx,
                               config=config)
-  ours = ki.keras_from_params(state["params"], task.src_vocab, task.tgt_vocab, src_chars, tgt_chars)
+  ours = ki.keras_from_params(state["params"], translator.src_vocab, translator.tgt_vocab, src_chars, tgt_chars)
   theirs = ki.example_weights(model)
   for layer in ("encoder", "decoder", "dense"):
     for name in theirs[layer]:
@@ -77,8 +78,8 @@ def test_one_rmsprop_step_gives_the_same_parameters(anki_file):
 
 
 def test_imported_model_decodes_exactly_as_keras(anki_file, tmp_path):
-  config, task, pairs, src_chars, tgt_chars, model = _setup(anki_file, latent=64)
-  enc, dec, target = ki.example_arrays(pairs, src_chars, tgt_chars, task.keras_dims)
+  config, translator, pairs, src_chars, tgt_chars, model = _setup(anki_file, latent=64)
+  enc, dec, target = ki.example_arrays(pairs, src_chars, tgt_chars, translator.keras_dims)
   model.fit([enc, dec], target, batch_size=64, epochs=30, validation_split=0.2, verbose=0)
   model_path = str(tmp_path / "s2s_model.keras")
   model.save(model_path)
@@ -87,7 +88,7 @@ def test_imported_model_decodes_exactly_as_keras(anki_file, tmp_path):
                    "--num-samples", "300", "--workdir", workdir)
   assert result.returncode == 0, result.stderr
   sentences = [s for s, _ in pairs[:50]]
-  decode_sequence = ki.example_decoder(model, tgt_chars, task.keras_dims["max_decoder_seq_length"])
+  decode_sequence = ki.example_decoder(model, tgt_chars, translator.keras_dims["max_decoder_seq_length"])
   expected = [decode_sequence(enc[i:i + 1]) for i in range(50)]
   assert len(set(expected)) >= 3  # a model that says something, not one constant string
   restored, params, _ = load_trained(workdir)
@@ -97,7 +98,7 @@ def test_imported_model_decodes_exactly_as_keras(anki_file, tmp_path):
 
 
 def test_vocabulary_mismatch_names_both_sizes(anki_file, tmp_path):
-  config, task, pairs, src_chars, tgt_chars, model = _setup(anki_file)
+  config, translator, pairs, src_chars, tgt_chars, model = _setup(anki_file)
   model_path = str(tmp_path / "m.keras")
   model.save(model_path)
   result = run_cli("import-keras", model_path, "--data", f"anki:{anki_file}",
@@ -108,12 +109,12 @@ def test_vocabulary_mismatch_names_both_sizes(anki_file, tmp_path):
 
 def test_legacy_h5_file_imports(anki_file, tmp_path):
   """The HDF5 format of Keras 2's `s2s.h5` (written here by Keras 3's legacy saver)."""
-  config, task, pairs, src_chars, tgt_chars, model = _setup(anki_file, seed=3)
+  config, translator, pairs, src_chars, tgt_chars, model = _setup(anki_file, seed=3)
   model_path = str(tmp_path / "s2s.h5")
   model.save(model_path)
   ki.import_keras(model_path, f"anki:{anki_file}", 300, str(tmp_path / "h5"))
   restored, params, _ = load_trained(str(tmp_path / "h5"))
-  decode_sequence = ki.example_decoder(model, tgt_chars, task.keras_dims["max_decoder_seq_length"])
-  enc, _, _ = ki.example_arrays(pairs[:3], src_chars, tgt_chars, task.keras_dims)
+  decode_sequence = ki.example_decoder(model, tgt_chars, translator.keras_dims["max_decoder_seq_length"])
+  enc, _, _ = ki.example_arrays(pairs[:3], src_chars, tgt_chars, translator.keras_dims)
   assert restored.translate(params, [s for s, _ in pairs[:3]]) == [
       decode_sequence(enc[i:i + 1]) for i in range(3)]

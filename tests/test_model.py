@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from seq2seq_jax import model as model_lib
-from seq2seq_jax.train import loss_and_counts
+from seq2seq_jax.config import Config
+from seq2seq_jax.steps import loss_and_counts
 from tests.conftest import tiny_config
 
 
@@ -326,7 +327,7 @@ def test_bfloat16_matmuls_fused_gradient_matches_autodiff():
 
 
 def test_bfloat16_training_keeps_float32_parameters_and_optimizer_state():
-  from seq2seq_jax import train as train_lib
+  from seq2seq_jax import steps as steps_lib
   from seq2seq_jax.optim import build_optimizer
   src = jnp.array([[5, 6, 7, 0], [8, 9, 0, 0]])
   tgt = jnp.array([[1, 5, 6, 2, 0], [1, 7, 2, 0, 0]])
@@ -336,9 +337,25 @@ def test_bfloat16_training_keeps_float32_parameters_and_optimizer_state():
   for dtype in ("float32", "bfloat16"):
     cfg = tiny_config(matmul_dtype=dtype)
     model, tx = model_lib.build_model(cfg, 12, 12), build_optimizer(cfg, 10)
-    state = train_lib.create_state(cfg, model, tx)
-    state, metrics = train_lib.train_step(state, batch, jax.random.key(0), model=model, tx=tx, config=cfg)
+    state = steps_lib.create_state(cfg, model, tx)
+    state, metrics = steps_lib.train_step(state, batch, jax.random.key(0), model=model, tx=tx, config=cfg)
     assert {x.dtype for x in jax.tree.leaves(state["params"])} == {jnp.dtype(jnp.float32)}
     assert {x.dtype for x in jax.tree.leaves(state["opt_state"]) if x.ndim} == {jnp.dtype(jnp.float32)}
     losses[dtype] = float(metrics["loss"])
   assert losses["bfloat16"] == pytest.approx(losses["float32"], rel=1e-2)
+
+
+def test_the_model_keeps_only_its_own_settings():
+  """build_model takes a run config and keeps the model's fields: training, data and
+  logging settings never reach the module."""
+  import dataclasses as dc
+
+  from seq2seq_jax.model import MODEL_FIELDS, ModelConfig, build_model
+  run = Config(attention="dot", latent_dim=48)
+  model = build_model(run, 7, 9)
+  assert isinstance(model.config, ModelConfig)
+  assert [f.name for f in dc.fields(model.config)] == list(MODEL_FIELDS)
+  assert (model.config.attention, model.config.latent_dim) == ("dot", 48)
+  other_run = dc.replace(run, learning_rate=0.5, data="tsv:x.tsv", num_epochs=99)
+  assert build_model(other_run, 7, 9).config == model.config
+  assert ModelConfig() == ModelConfig.from_config(Config())  # one set of defaults

@@ -16,7 +16,8 @@ SCRIPT = textwrap.dedent("""
     import jax
     from tests.conftest import tiny_config
     from seq2seq_jax.parallel import DataParallel
-    from seq2seq_jax.train import train_and_evaluate, load_trained
+    from seq2seq_jax.inference import load_trained
+    from seq2seq_jax.loop import train_and_evaluate
     workdir = sys.argv[1]
     config = tiny_config(num_epochs=2, log_every_steps=1, batch_size=32, dropout=0.1)
     summary = train_and_evaluate(config, workdir, progress=False)
@@ -59,7 +60,7 @@ def test_eight_devices_match_one(tmp_path):
   run = json.load(open(tmp_path / "eight" / "run.json"))
   assert run["mesh"] == {"data": 8} and run["num_devices"] == 8
   # what 8 devices saved restores in this one-device process and translates the same
-  from seq2seq_jax.train import load_trained
+  from seq2seq_jax.inference import load_trained
   task, params, _ = load_trained(str(tmp_path / "eight"), "latest")
   assert task.translate(params, SOURCES, batch_size=3) == eight["translations"]
 

@@ -482,7 +482,7 @@ def test_kill_9_at_any_moment_then_resume(baseline, env, tmp_path):
 
 
 def test_resume_drops_metrics_logged_after_the_checkpoint(tmp_path):
-  from seq2seq_jax.train import rewind_metrics
+  from seq2seq_jax.workdir import rewind_metrics
   path = tmp_path / "metrics.jsonl"
   lines = [json.dumps({"step": s, "train/loss": 1.0 / s}) for s in (10, 20, 30, 40)]
   path.write_text("\n".join(lines) + '\n{"step": 5')  # a kill -9 mid-line

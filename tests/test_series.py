@@ -3,7 +3,8 @@ import pytest
 
 from seq2seq_jax.errors import DataError
 from seq2seq_jax.series import load_series, read_csv, windows
-from seq2seq_jax.train import load_trained, train_and_evaluate
+from seq2seq_jax.inference import load_trained
+from seq2seq_jax.loop import train_and_evaluate
 from tests.conftest import ROOT, run_cli
 
 

@@ -17,7 +17,8 @@ from seq2seq_jax import sweep as sweep_lib
 from seq2seq_jax import tracking
 from seq2seq_jax.config import Config
 from seq2seq_jax.errors import UserError
-from seq2seq_jax.train import TrainingInterrupted, load_trained
+from seq2seq_jax.inference import load_trained
+from seq2seq_jax.loop import TrainingInterrupted
 from tests.conftest import ROOT, run_cli
 
 SWEEP_TINY = os.path.join(ROOT, "configs", "sweep_tiny.py")
@@ -111,22 +112,36 @@ def test_only_shape_free_values_share_a_program():
 # ---------------------------------------------------------------------------
 
 def test_dropout_at_a_traced_rate_equals_flax_dropout():
+  """The model's dropout takes its rate at call time, traced in a vectorised group: with a
+  Python rate it is nn.Dropout exactly; traced, it drops the same units."""
+  from seq2seq_jax.model import Dropout, traced_dropout_rate
+
   class Net(nn.Module):
+    @nn.compact
+    def __call__(self, x, rate):
+      drop = Dropout(name="dropout")
+      return drop(nn.Dense(8)(drop(x, rate, True)), rate, True)
+
+  class FlaxNet(nn.Module):
     rate: float
 
     @nn.compact
     def __call__(self, x):
-      drop = nn.Dropout(self.rate)
+      drop = nn.Dropout(self.rate, name="dropout")
       return drop(nn.Dense(8)(drop(x, deterministic=False)), deterministic=False)
 
   x = jax.random.normal(jax.random.key(0), (4, 8))
-  params = Net(0.0).init(jax.random.key(1), x)
+  params = FlaxNet(0.0).init(jax.random.key(1), x)
   rngs = {"dropout": jax.random.key(2)}
-  for rate in (0.0, 0.3):
-    expected = Net(rate).apply(params, x, rngs=rngs)
-    with sweep_lib.dropout_keep_prob(jnp.float32(1.0 - rate)):
-      got = Net(0.5).apply(params, x, rngs=rngs)  # the static rate is overridden
-    np.testing.assert_array_equal(got, expected)
+  # jitted with the arrays as arguments, as in training (constants would be folded)
+  traced = jax.jit(lambda params, x, rate: Net().apply(params, x, rate, rngs=rngs))
+  for rate in (0.0, 0.3, 0.33):
+    expected = jax.jit(lambda params, x: FlaxNet(rate).apply(params, x, rngs=rngs))(params, x)
+    np.testing.assert_array_equal(Net().apply(params, x, rate, rngs=rngs),
+                                  FlaxNet(rate).apply(params, x, rngs=rngs))
+    got = traced(params, x, traced_dropout_rate(rate))
+    np.testing.assert_array_equal(got == 0, expected == 0)  # the same units dropped
+    np.testing.assert_allclose(got, expected, rtol=1e-6)  # XLA may fuse the scaling otherwise
 
 
 def test_optimizer_with_array_hyperparameters_equals_build_optimizer():

@@ -2,7 +2,8 @@ import pytest
 
 from seq2seq_jax import data as data_lib
 from seq2seq_jax.errors import DataError
-from seq2seq_jax.train import load_trained, train_and_evaluate
+from seq2seq_jax.inference import load_trained
+from seq2seq_jax.loop import train_and_evaluate
 from tests.conftest import tiny_config
 
 

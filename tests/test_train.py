@@ -10,7 +10,8 @@ import pytest
 from seq2seq_jax import runtime
 from seq2seq_jax.config import Config
 from seq2seq_jax.optim import build_optimizer
-from seq2seq_jax.train import TrainingInterrupted, load_trained, train_and_evaluate
+from seq2seq_jax.inference import load_trained
+from seq2seq_jax.loop import TrainingInterrupted, train_and_evaluate
 from tests.conftest import tiny_config, write_tsv
 
 
@@ -102,16 +103,16 @@ def test_workdir_contents(trained_workdir):
 
 
 def test_nan_loss_stops_with_a_clear_error(tmp_path, monkeypatch):
-  from seq2seq_jax import train as train_lib
-  from seq2seq_jax.train import NonFiniteLoss
-  real_step = train_lib.train_step
+  from seq2seq_jax import steps
+  from seq2seq_jax.loop import NonFiniteLoss
+  real_step = steps.train_step
 
   def step_that_diverges(state, batch, base_rng, **kwargs):
     new_state, metrics = real_step(state, batch, base_rng, **kwargs)
     broken = jnp.where(state["step"] >= 9, jnp.nan, metrics["loss"])
     return new_state, dict(metrics, loss=broken)
 
-  monkeypatch.setattr(train_lib, "train_step", step_that_diverges)
+  monkeypatch.setattr(steps, "train_step", step_that_diverges)
   workdir = str(tmp_path / "nan")
   # one shape per epoch: 200 pairs / 32 = 7 steps, a checkpoint at the end of epoch 1
   with pytest.raises(NonFiniteLoss, match=r"nan at step 10\. Last good checkpoint: 7"):

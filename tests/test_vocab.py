@@ -9,8 +9,9 @@ import pytest
 from seq2seq_jax import config as config_lib
 from seq2seq_jax import data as data_lib
 from seq2seq_jax.errors import UserError
-from seq2seq_jax.train import (Task, TrainingInterrupted, check_workdir_config, evaluate_pairs,
-                               load_task_data, load_trained, train_and_evaluate)
+from seq2seq_jax.inference import evaluate_pairs, load_run_data, load_trained
+from seq2seq_jax.loop import TrainingInterrupted, train_and_evaluate
+from seq2seq_jax.workdir import CheckpointMeta, check_workdir_config
 from seq2seq_jax.vocab import (END_ID, HYPHEN_JOINER, SPECIAL_TOKENS, UNK_ID, Vocab, detokenize,
                                word_tokenize)
 from tests.conftest import tiny_config
@@ -146,15 +147,15 @@ def test_old_config_without_tokenizer_keys_loads_and_resumes(tmp_path):
 
 def test_old_char_checkpoint_without_tokenizer_loads(tmp_path, monkeypatch):
   """A checkpoint written before word tokens existed: no `tokenizer` anywhere."""
-  original_meta = Task.meta
+  original_meta = CheckpointMeta.to_json
 
-  def old_meta(task):
-    meta = original_meta(task)
-    meta.pop("tokenizer")
-    meta["config"] = {k: v for k, v in meta["config"].items() if k not in NEW_KEYS}
-    return meta
+  def old_meta(meta):
+    value = original_meta(meta)
+    value.pop("tokenizer")
+    value["config"] = {k: v for k, v in value["config"].items() if k not in NEW_KEYS}
+    return value
 
-  monkeypatch.setattr(Task, "meta", old_meta)
+  monkeypatch.setattr(CheckpointMeta, "to_json", old_meta)
   config = tiny_config(numbers_train=64, batch_size=32)
   workdir = str(tmp_path / "old")
   with pytest.raises(TrainingInterrupted):
@@ -162,7 +163,7 @@ def test_old_char_checkpoint_without_tokenizer_loads(tmp_path, monkeypatch):
   monkeypatch.undo()
   task, params, step = load_trained(workdir, "latest")
   assert step == 1 and task.src_vocab.level == task.tgt_vocab.level == "char"
-  rebuilt, _, _, _ = load_task_data(config)
+  rebuilt, _, _, _ = load_run_data(config)
   assert task.src_vocab == rebuilt.src_vocab and task.tgt_vocab == rebuilt.tgt_vocab
   assert task.translate(params, ["twelve"]) == rebuilt.translate(params, ["twelve"])
 
@@ -173,7 +174,7 @@ def test_word_model_trains_saves_and_translates_identically(tmp_path):
   workdir = str(tmp_path / "words")
   train_and_evaluate(config, workdir, progress=False)
   task, params, _ = load_trained(workdir)
-  rebuilt, _, _, test_pairs = load_task_data(config)
+  rebuilt, _, _, test_pairs = load_run_data(config)
   assert task.src_vocab.level == task.tgt_vocab.level == "word"
   assert task.src_vocab == rebuilt.src_vocab and task.tgt_vocab == rebuilt.tgt_vocab
   assert len(task.src_vocab) == len(SPECIAL_TOKENS) + 20

@@ -9,6 +9,8 @@ from typing import Any
 
 import numpy as np
 
+from seq2seq_jax.errors import DataError
+
 # the Keras lstm_seq2seq example's shapes (LSTM 256 over its fra-eng sample), and tiny ones
 SEED_SHAPES = {"batch": 64, "src_len": 16, "src_vocab": 71, "tgt_len": 59, "tgt_vocab": 93,
                "latent": 256}
@@ -74,7 +76,7 @@ def resolve_real_data(spec: str, quick: bool) -> tuple[str, str]:
   directory = data_lib.parse_spec(REAL_TEXT)[1]
   try:
     found = len(_text_pairs(REAL_TEXT))
-  except data_lib.DataError as error:
+  except DataError as error:
     return "numbers:fr", f"auto: no French gettext catalogs to use ({error})"
   if found < sum(REAL_PAIRS[False]):
     return "numbers:fr", (f"auto: {directory} holds {found} usable pairs, fewer than "
@@ -108,7 +110,7 @@ def real_length_data(quick: bool, path: str, spec: str = "numbers:fr") -> dict[s
   else:
     pairs = _text_pairs(spec)
     if len(pairs) < 3 * batch:
-      raise data_lib.DataError(
+      raise DataError(
           f"--data {spec}: {len(pairs)} pairs of at most {REAL_MAX_LEN[0]} / "
           f"{REAL_MAX_LEN[1]} characters; the real-length epoch needs at least {3 * batch}.")
     order = np.random.default_rng(0).permutation(len(pairs))

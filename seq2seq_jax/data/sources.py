@@ -1,4 +1,4 @@
-"""Data: every source is parsed here, split, encoded to int32 ids and batched.
+"""Data sources: every `--data SPEC` is parsed here into (source, target) text pairs.
 
 Sources (`--data SPEC`):
   numbers:LANG  English number words -> LANG number words (num2words), embedded.
@@ -18,21 +18,17 @@ Sources (`--data SPEC`):
 from __future__ import annotations
 
 import codecs
-import dataclasses
 import logging
-import math
 import os
 import re
 import struct
 from collections import Counter
-from collections.abc import Iterator
 
 import numpy as np
 
 from seq2seq_jax.config import Config
+from seq2seq_jax.data.tasks import TASKS
 from seq2seq_jax.errors import DataError
-from seq2seq_jax.tasks import TASKS, task_pairs
-from seq2seq_jax.vocab import END_ID, PAD_ID, START_ID, Vocab, tokenize
 
 Pair = tuple[str, str]
 log = logging.getLogger(__name__)
@@ -283,229 +279,3 @@ def gettext_pairs(path: str, num_samples: int = 0, seed: int = 0,
     chosen = np.random.default_rng([seed, 31]).choice(len(pairs), num_samples, replace=False)
     pairs = [pairs[i] for i in sorted(chosen.tolist())]
   return pairs
-
-
-def split_pairs(pairs: list[Pair], config: Config) -> tuple[list[Pair], list[Pair], list[Pair]]:
-  n = len(pairs)
-  n_val = int(round(n * config.val_fraction))
-  n_test = int(round(n * config.test_fraction))
-  if config.split_mode == "random":
-    order = np.random.default_rng([config.seed, 23]).permutation(n)
-    pairs = [pairs[i] for i in order]
-  n_train = n - n_val - n_test
-  if n_train <= 0:
-    raise DataError(f"only {n} pairs: nothing left for training after the held-out splits.")
-  # "last" keeps file order: validation is the tail, as Keras' validation_split.
-  return pairs[:n_train], pairs[n_train + n_test:], pairs[n_train:n_train + n_test]
-
-
-@dataclasses.dataclass
-class Splits:
-  train: list[Pair]
-  val: list[Pair]
-  test: list[Pair]
-
-  def get(self, name: str) -> list[Pair]:
-    if name not in ("train", "val", "test"):
-      raise DataError(f"unknown split '{name}': use train, val or test.")
-    return getattr(self, name)
-
-
-def load_splits(config: Config, spec: str | None = None) -> Splits:
-  """Reads the source named by spec (default config.data) into raw text splits."""
-  kind, arg = parse_spec(spec or config.data)
-  if kind == "series":
-    raise DataError("series:PATH data are real-valued windows, not text pairs: "
-                    "load them with seq2seq_jax.series.load_series.")
-  if kind == "numbers":
-    train, val, test = number_pairs(arg, config)
-  elif kind in TASKS:
-    train, val, test = task_pairs(kind, config)
-  elif kind == "gettext":
-    pairs = gettext_pairs(arg, config.num_samples, config.seed, config.skip_bad_lines)
-    train, val, test = split_pairs(pairs, config)
-  else:
-    pairs = tab_pairs(arg, kind, config.num_samples, config.skip_bad_lines)
-    train, val, test = split_pairs(pairs, config)
-  if config.source_lowercase:
-    train, val, test = ([(s.lower(), t) for s, t in part] for part in (train, val, test))
-  return Splits(train, val, test)
-
-
-def drop_long(pairs: list[Pair], config: Config, name: str) -> list[Pair]:
-  """Pairs whose source and target fit max_source_len / max_target_len tokens."""
-  def length(text: str) -> int:
-    return len(text) if config.tokenizer == "char" else len(tokenize(text, config.tokenizer))
-
-  kept = [(s, t) for s, t in pairs
-          if length(s) <= config.max_source_len and length(t) <= config.max_target_len]
-  if len(kept) < len(pairs):
-    log.info("%s: dropped %d of %d pairs longer than max_source_len=%d / "
-             "max_target_len=%d", name, len(pairs) - len(kept), len(pairs),
-             config.max_source_len, config.max_target_len)
-  return kept
-
-
-def build_vocabs(train: list[Pair], tokenizer: str = "char", max_size: int = 0,
-                 min_freq: int = 1) -> tuple[Vocab, Vocab]:
-  """Source and target vocabularies from the training split only (see Vocab.build)."""
-  return (Vocab.build((s for s, _ in train), tokenizer, max_size, min_freq),
-          Vocab.build((t for _, t in train), tokenizer, max_size, min_freq))
-
-
-# The Keras example wraps targets in "\t" ... "\n": here they are START and END.
-KERAS_START, KERAS_END = "\t", "\n"
-
-
-def keras_vocabs(pairs: list[Pair]) -> tuple[Vocab, Vocab, dict[str, int]]:
-  """Vocabularies and lengths exactly as the Keras example builds them: sorted
-  character sets of every pair (validation included), targets wrapped in \t ... \n.
-
-  Returns (source vocab, target vocab, {"max_encoder_seq_length", "max_decoder_seq_length"}).
-  """
-  src_chars = sorted({ch for s, _ in pairs for ch in s})
-  tgt_chars = sorted({ch for _, t in pairs for ch in KERAS_START + t + KERAS_END})
-  for name, chars in (("source", src_chars), ("target", tgt_chars)):
-    if " " not in chars:
-      raise DataError(f"Keras-example encoding pads with the space character, but no {name} "
-                      "sentence contains a space.")
-  dims = {"max_encoder_seq_length": max(len(s) for s, _ in pairs),
-          "max_decoder_seq_length": max(len(t) + 2 for _, t in pairs)}
-  tgt_vocab = Vocab([ch for ch in tgt_chars if ch not in (KERAS_START, KERAS_END)],
-                    start_text=KERAS_START)
-  return Vocab(src_chars), tgt_vocab, dims
-
-
-# ---------------------------------------------------------------------------
-# Encoding: int32 ids, never one-hot
-# ---------------------------------------------------------------------------
-
-@dataclasses.dataclass
-class Encoded:
-  """A split as padded int32 arrays.
-
-  src_NxS: source ids, PAD after the end.  tgt_NxT: START, target ids, END, PAD.
-  """
-  src_NxS: np.ndarray
-  src_len_N: np.ndarray
-  tgt_NxT: np.ndarray
-  tgt_len_N: np.ndarray  # target ids + END (the decoder's output steps)
-
-  def __len__(self) -> int:
-    return len(self.src_len_N)
-
-
-def encode_sources(texts: list[str], vocab: Vocab, max_len: int | None = None,
-                   keras_width: int = 0) -> tuple[np.ndarray, np.ndarray]:
-  """Padded ids and lengths; keras_width > 0: padded with the space character to that
-  width, as the Keras example's encoder input (no masking: spaces are real input)."""
-  ids = [vocab.encode(t)[:max_len] if max_len else vocab.encode(t) for t in texts]
-  lengths = np.array([len(x) for x in ids], dtype=np.int32)
-  width = max(1, int(lengths.max(initial=0)))
-  if keras_width:
-    out = np.full((len(ids), max(width, keras_width)), vocab.encode(" ")[0], dtype=np.int32)
-    for row, x in enumerate(ids):
-      out[row, :len(x)] = x
-    return out, np.full(len(ids), out.shape[1], np.int32)
-  out = np.full((len(ids), width), PAD_ID, dtype=np.int32)
-  for row, x in enumerate(ids):
-    out[row, :len(x)] = x
-  return out, lengths
-
-
-def encode_pairs(pairs: list[Pair], src_vocab: Vocab, tgt_vocab: Vocab,
-                 keras_dims: dict[str, int] | None = None) -> Encoded:
-  """keras_dims: pad as the Keras example (spaces up to its maximum lengths)."""
-  src, src_len = encode_sources([s for s, _ in pairs], src_vocab,
-                                keras_width=keras_dims["max_encoder_seq_length"] if keras_dims else 0)
-  tgt_ids = [[START_ID] + tgt_vocab.encode(t) + [END_ID] for _, t in pairs]
-  tgt_len = np.array([len(x) - 1 for x in tgt_ids], dtype=np.int32)
-  width = max(2, int(tgt_len.max(initial=0)) + 1)
-  pad = PAD_ID
-  if keras_dims:  # decoder input and target: max_decoder_seq_length steps, space padded
-    width, pad = max(width, keras_dims["max_decoder_seq_length"] + 1), tgt_vocab.encode(" ")[0]
-  tgt = np.full((len(pairs), width), pad, dtype=np.int32)
-  for row, x in enumerate(tgt_ids):
-    tgt[row, :len(x)] = x
-  return Encoded(src, src_len, tgt, tgt_len)
-
-
-# ---------------------------------------------------------------------------
-# Batching: seeded per-epoch shuffle, length buckets, fixed batch size
-# ---------------------------------------------------------------------------
-
-def _round_up(n: int, width: int) -> int:
-  return int(math.ceil(n / width) * width) if width else n
-
-
-def make_batch(data: Encoded, rows: np.ndarray, batch_size: int, bucket_width: int) -> dict[str, np.ndarray]:
-  """Rows of data padded to batch_size rows; lengths rounded up to bucket_width.
-
-  Padding rows have zero length and zero weight, so every batch has the same
-  number of rows and few distinct shapes (one compiled program each).
-  """
-  src_len = int(data.src_len_N[rows].max(initial=1))
-  tgt_len = int(data.tgt_len_N[rows].max(initial=1))
-  if not bucket_width:  # one shape for the whole split
-    src_len, tgt_len = data.src_NxS.shape[1], data.tgt_NxT.shape[1] - 1
-  else:
-    src_len = min(_round_up(src_len, bucket_width), data.src_NxS.shape[1])
-    tgt_len = min(_round_up(tgt_len, bucket_width), data.tgt_NxT.shape[1] - 1)
-  # int32 ids (text) or float32 values (series:PATH, BxTxF)
-  src = np.zeros((batch_size, src_len) + data.src_NxS.shape[2:], data.src_NxS.dtype)
-  tgt = np.zeros((batch_size, tgt_len + 1) + data.tgt_NxT.shape[2:], data.tgt_NxT.dtype)
-  n = len(rows)
-  src[:n] = data.src_NxS[rows, :src_len]
-  tgt[:n] = data.tgt_NxT[rows, :tgt_len + 1]
-  return {
-      "src": src,
-      "tgt_in": tgt[:, :-1],
-      "tgt_out": tgt[:, 1:],
-      # target steps up to and including END: what token accuracy counts
-      "tgt_mask": np.arange(tgt_len)[None, :] < np.concatenate(
-          [data.tgt_len_N[rows], np.zeros(batch_size - n, np.int32)])[:, None],
-      "index": np.concatenate([rows, np.full(batch_size - n, -1)]).astype(np.int32),
-  }
-
-
-def bucket_keys(data: Encoded, bucket_width: int) -> np.ndarray:
-  """Each example's (source, target) length bucket as one sortable int, ordered by the
-  longer side's bucket, then the source's, then the target's. Lengths in
-  ((k - 1) * width, k * width] share bucket k per side, and a batch is padded to its
-  largest bucket per side, so batch shapes come from a small fixed set."""
-  src_bucket = (-(-data.src_len_N // bucket_width)).astype(np.int64)
-  tgt_bucket = (-(-data.tgt_len_N // bucket_width)).astype(np.int64)
-  base = int(max(src_bucket.max(initial=0), tgt_bucket.max(initial=0))) + 1
-  return (np.maximum(src_bucket, tgt_bucket) * base + src_bucket) * base + tgt_bucket
-
-
-def epoch_batches(data: Encoded, batch_size: int, seed: int, epoch: int,
-                  bucket_width: int) -> list[np.ndarray]:
-  """Row indices of every training batch of an epoch, deterministic in (seed, epoch).
-
-  Examples are shuffled, sorted (stably) by length bucket, cut into consecutive full
-  batches, and the batches shuffled again: each batch holds similar lengths and only the
-  last is short, so little work goes to padding, neither to padded steps nor to empty
-  rows. The sorted sequence of buckets is the same every epoch, so the batch boundaries
-  fall on the same buckets and every epoch has the same batch shapes (nothing compiles
-  after the first).
-  """
-  rng = np.random.default_rng([seed, 101, epoch])
-  order = rng.permutation(len(data))
-  if bucket_width:
-    order = order[np.argsort(bucket_keys(data, bucket_width)[order], kind="stable")]
-  batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
-  return [batches[i] for i in rng.permutation(len(batches))]
-
-
-def eval_batches(data: Encoded, batch_size: int, bucket_width: int) -> Iterator[dict[str, np.ndarray]]:
-  """Every example once, length-sorted for little padding; `index` maps back."""
-  order = np.argsort(np.maximum(data.src_len_N, data.tgt_len_N), kind="stable")
-  for i in range(0, len(order), batch_size):
-    yield make_batch(data, order[i:i + batch_size], batch_size, bucket_width)
-
-
-def steps_per_epoch(data: Encoded, batch_size: int) -> int:
-  """Exact batch count of an epoch, bucketed or not: epoch_batches cuts full batches
-  across buckets, so only the last is short."""
-  return int(math.ceil(len(data) / batch_size))

@@ -1,0 +1,107 @@
+"""Splits of the text pairs, their length limits, and vocabularies from the training split."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+
+import numpy as np
+
+from seq2seq_jax.config import Config
+from seq2seq_jax.data.sources import Pair, gettext_pairs, number_pairs, parse_spec, tab_pairs
+from seq2seq_jax.data.tasks import TASKS, task_pairs
+from seq2seq_jax.errors import DataError
+from seq2seq_jax.vocab import Vocab, tokenize
+
+log = logging.getLogger(__name__)
+
+
+def split_pairs(pairs: list[Pair], config: Config) -> tuple[list[Pair], list[Pair], list[Pair]]:
+  n = len(pairs)
+  n_val = int(round(n * config.val_fraction))
+  n_test = int(round(n * config.test_fraction))
+  if config.split_mode == "random":
+    order = np.random.default_rng([config.seed, 23]).permutation(n)
+    pairs = [pairs[i] for i in order]
+  n_train = n - n_val - n_test
+  if n_train <= 0:
+    raise DataError(f"only {n} pairs: nothing left for training after the held-out splits.")
+  # "last" keeps file order: validation is the tail, as Keras' validation_split.
+  return pairs[:n_train], pairs[n_train + n_test:], pairs[n_train:n_train + n_test]
+
+
+@dataclasses.dataclass
+class Splits:
+  train: list[Pair]
+  val: list[Pair]
+  test: list[Pair]
+
+  def get(self, name: str) -> list[Pair]:
+    if name not in ("train", "val", "test"):
+      raise DataError(f"unknown split '{name}': use train, val or test.")
+    return getattr(self, name)
+
+
+def load_splits(config: Config, spec: str | None = None) -> Splits:
+  """Reads the source named by spec (default config.data) into raw text splits."""
+  kind, arg = parse_spec(spec or config.data)
+  if kind == "series":
+    raise DataError("series:PATH data are real-valued windows, not text pairs: "
+                    "load them with seq2seq_jax.series.load_series.")
+  if kind == "numbers":
+    train, val, test = number_pairs(arg, config)
+  elif kind in TASKS:
+    train, val, test = task_pairs(kind, config)
+  elif kind == "gettext":
+    pairs = gettext_pairs(arg, config.num_samples, config.seed, config.skip_bad_lines)
+    train, val, test = split_pairs(pairs, config)
+  else:
+    pairs = tab_pairs(arg, kind, config.num_samples, config.skip_bad_lines)
+    train, val, test = split_pairs(pairs, config)
+  if config.source_lowercase:
+    train, val, test = ([(s.lower(), t) for s, t in part] for part in (train, val, test))
+  return Splits(train, val, test)
+
+
+def drop_long(pairs: list[Pair], config: Config, name: str) -> list[Pair]:
+  """Pairs whose source and target fit max_source_len / max_target_len tokens."""
+  def length(text: str) -> int:
+    return len(text) if config.tokenizer == "char" else len(tokenize(text, config.tokenizer))
+
+  kept = [(s, t) for s, t in pairs
+          if length(s) <= config.max_source_len and length(t) <= config.max_target_len]
+  if len(kept) < len(pairs):
+    log.info("%s: dropped %d of %d pairs longer than max_source_len=%d / "
+             "max_target_len=%d", name, len(pairs) - len(kept), len(pairs),
+             config.max_source_len, config.max_target_len)
+  return kept
+
+
+def build_vocabs(train: list[Pair], tokenizer: str = "char", max_size: int = 0,
+                 min_freq: int = 1) -> tuple[Vocab, Vocab]:
+  """Source and target vocabularies from the training split only (see Vocab.build)."""
+  return (Vocab.build((s for s, _ in train), tokenizer, max_size, min_freq),
+          Vocab.build((t for _, t in train), tokenizer, max_size, min_freq))
+
+
+# The Keras example wraps targets in "\t" ... "\n": here they are START and END.
+KERAS_START, KERAS_END = "\t", "\n"
+
+
+def keras_vocabs(pairs: list[Pair]) -> tuple[Vocab, Vocab, dict[str, int]]:
+  """Vocabularies and lengths exactly as the Keras example builds them: sorted
+  character sets of every pair (validation included), targets wrapped in \t ... \n.
+
+  Returns (source vocab, target vocab, {"max_encoder_seq_length", "max_decoder_seq_length"}).
+  """
+  src_chars = sorted({ch for s, _ in pairs for ch in s})
+  tgt_chars = sorted({ch for _, t in pairs for ch in KERAS_START + t + KERAS_END})
+  for name, chars in (("source", src_chars), ("target", tgt_chars)):
+    if " " not in chars:
+      raise DataError(f"Keras-example encoding pads with the space character, but no {name} "
+                      "sentence contains a space.")
+  dims = {"max_encoder_seq_length": max(len(s) for s, _ in pairs),
+          "max_decoder_seq_length": max(len(t) + 2 for _, t in pairs)}
+  tgt_vocab = Vocab([ch for ch in tgt_chars if ch not in (KERAS_START, KERAS_END)],
+                    start_text=KERAS_START)
+  return Vocab(src_chars), tgt_vocab, dims

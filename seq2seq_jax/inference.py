@@ -1,0 +1,222 @@
+"""A model with its vocabularies: built for a run's data, or restored from a workdir
+alone; translates, forecasts and evaluates."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+from typing import Any
+
+import jax
+import numpy as np
+
+from seq2seq_jax import config as config_lib
+from seq2seq_jax import data as data_lib
+from seq2seq_jax import workdir as workdir_lib
+from seq2seq_jax.checkpoint import Checkpointer
+from seq2seq_jax.config import Config
+from seq2seq_jax.decode import decode_texts, make_greedy_decoder
+from seq2seq_jax.errors import CheckpointError, UserError
+from seq2seq_jax.metrics import exact_match, text_metrics
+from seq2seq_jax.model import Seq2Seq, build_model
+from seq2seq_jax.parallel import DataParallel, to_numpy
+from seq2seq_jax.steps import eval_step
+from seq2seq_jax.vocab import Vocab
+
+
+@dataclasses.dataclass
+class Translator:
+  """The model of a run, its vocabularies and devices; parameters are passed in."""
+  config: Config
+  src_vocab: Vocab
+  tgt_vocab: Vocab
+  model: Seq2Seq
+  parallel: DataParallel = dataclasses.field(default_factory=DataParallel)
+  scaler: Any = None  # series.Scaler for series:PATH models
+  keras_dims: dict[str, int] | None = None  # keras_compat: the example's padded lengths
+
+  @property
+  def is_series(self) -> bool:
+    return self.config.input_mode == "real"
+
+  @property
+  def decode_max_len(self) -> int:
+    if self.keras_dims:  # decode_sequence stops after max_decoder_seq_length + 1 characters
+      return self.keras_dims["max_decoder_seq_length"] + 1
+    return self.config.decode_max_len or self.config.max_target_len + 1
+
+  @functools.cached_property
+  def decoder(self):
+    return make_greedy_decoder(self.model, self.decode_max_len)
+
+  @functools.cached_property
+  def eval_step(self):
+    return jax.jit(functools.partial(eval_step, model=self.model, config=self.config))
+
+  def encode(self, pairs) -> data_lib.Encoded:
+    if self.is_series:  # already windows
+      return pairs
+    return data_lib.encode_pairs(pairs, self.src_vocab, self.tgt_vocab, self.keras_dims)
+
+  @functools.cached_property
+  def forward(self):
+    """Jitted model outputs for a batch (series forecasts in scaled units)."""
+    return jax.jit(lambda params, src, tgt_in: self.model.apply({"params": params}, src, tgt_in))
+
+  def forecast(self, params, data: data_lib.Encoded) -> np.ndarray:
+    """Scaled predictions N x series_output_steps x targets for every window."""
+    outputs = np.zeros(data.tgt_NxT[:, 1:].shape, np.float32)
+    batch_size = self.parallel.round_batch_size(self.config.batch_size)
+    for start in range(0, len(data), batch_size):
+      rows = np.arange(start, min(start + batch_size, len(data)))
+      batch = data_lib.make_batch(data, rows, batch_size, 0)
+      placed = self.parallel.shard_batch(batch)
+      predicted = to_numpy(self.forward(params, placed["src"], placed["tgt_in"]))
+      outputs[rows] = predicted[:len(rows)]
+    return outputs
+
+  def translate(self, params, sources: list[str], batch_size: int | None = None,
+                decoder=None) -> list[str]:
+    """Translations of raw source strings (inputs longer than the maximum are cut): greedy,
+    or by decoder(params, src_BxS) -> ids_BxL (decode.make_beam_decoder, make_sample_decoder)."""
+    if not sources:
+      return []
+    if self.config.source_lowercase:
+      sources = [s.lower() for s in sources]
+    keras_width = self.keras_dims["max_encoder_seq_length"] if self.keras_dims else 0
+    src_NxS, _ = data_lib.encode_sources(sources, self.src_vocab,
+                                         keras_width or self.config.max_source_len, keras_width)
+    batch_size = self.parallel.round_batch_size(batch_size or self.config.batch_size)
+    return decode_texts(decoder or self.decoder, params, src_NxS, self.tgt_vocab, batch_size,
+                        self.config.bucket_width,
+                        place=lambda src: self.parallel.shard_batch({"src": src})["src"],
+                        fetch=to_numpy)
+
+  def input_warnings(self, sources: list[str]) -> list[str]:
+    """What translate() will do silently to these inputs: unknown tokens, truncation."""
+    seen_as = [s.lower() for s in sources] if self.config.source_lowercase else sources
+    unknown = sorted({token for s in seen_as for token in self.src_vocab.unknown_tokens(s)})
+    unit = "characters" if self.src_vocab.level == "char" else "words"
+    warnings = []
+    if unknown:
+      warnings.append(f"{unit} never seen in training (read as unknown): "
+                      + " ".join(repr(token) for token in unknown))
+    too_long = sum(len(self.src_vocab.tokenize(s)) > self.config.max_source_len for s in seen_as)
+    if too_long:
+      warnings.append(f"{too_long} input(s) longer than max_source_len={self.config.max_source_len} "
+                      f"{unit} were truncated")
+    return warnings
+
+  def checkpoint_meta(self, config: Config | None = None, **fields) -> workdir_lib.CheckpointMeta:
+    """The meta a checkpoint of this model stores (config: a trial's own, default ours)."""
+    return workdir_lib.CheckpointMeta(
+        config=(config or self.config).to_dict(), src_vocab=self.src_vocab.to_list(),
+        tgt_vocab=self.tgt_vocab.to_list(), tokenizer=self.src_vocab.level,
+        series=self.scaler.to_dict() if self.scaler is not None else None,
+        keras=dict(self.keras_dims) if self.keras_dims else None, **fields)
+
+
+def make_translator(config: Config, src_vocab: Vocab, tgt_vocab: Vocab,
+                    parallel: DataParallel | None = None, scaler=None,
+                    keras_dims: dict[str, int] | None = None) -> Translator:
+  if scaler is not None:  # series: input features in, target columns out
+    model = build_model(config, len(scaler.columns), len(scaler.targets))
+  else:
+    model = build_model(config, len(src_vocab), len(tgt_vocab))
+  return Translator(config, src_vocab, tgt_vocab, model, parallel or DataParallel(), scaler,
+                    keras_dims)
+
+
+def load_run_data(config: Config, parallel: DataParallel | None = None):
+  """(translator, train, val, test): text pairs with vocabularies built from the training
+  split, or scaled windows of a series:PATH CSV."""
+  kind, arg = data_lib.parse_spec(config.data)
+  if kind == "series":
+    from seq2seq_jax.series import load_series
+    splits = load_series(config, arg)
+    translator = make_translator(config, Vocab([]), Vocab([]), parallel, splits.scaler)
+    return translator, splits.train, splits.val, splits.test
+  splits = data_lib.load_splits(config)
+  train_pairs = data_lib.drop_long(splits.train, config, "train")
+  val_pairs = data_lib.drop_long(splits.val, config, "val")
+  test_pairs = data_lib.drop_long(splits.test, config, "test")
+  if not train_pairs:
+    raise UserError("no training pair fits max_source_len/max_target_len; raise them.")
+  if config.keras_compat:
+    src_vocab, tgt_vocab, dims = data_lib.keras_vocabs(train_pairs + val_pairs + test_pairs)
+    translator = make_translator(config, src_vocab, tgt_vocab, parallel, keras_dims=dims)
+    return translator, train_pairs, val_pairs, test_pairs
+  src_vocab, tgt_vocab = data_lib.build_vocabs(train_pairs, config.tokenizer,
+                                               config.max_vocab_size, config.min_token_freq)
+  translator = make_translator(config, src_vocab, tgt_vocab, parallel)
+  return translator, train_pairs, val_pairs, test_pairs
+
+
+def evaluate_pairs(translator: Translator, params, pairs, decode_limit: int = 0,
+                   full_text_metrics: bool = True, decoder=None) -> tuple[dict[str, float], list[str]]:
+  """Loss and token accuracy over all pairs; output metrics over the first decode_limit,
+  decoded greedily or with decoder (e.g. make_beam_decoder's).
+
+  For series models `pairs` are windows: loss (scaled MSE), MSE/MAE in the data's units
+  and those of the naive last-value forecast.
+  """
+  encoded = translator.encode(pairs)
+  if translator.is_series:
+    from seq2seq_jax.series import series_metrics
+    predictions = translator.forecast(params, encoded)
+    truth = encoded.tgt_NxT[:, 1:]
+    metrics = {"loss": float(np.mean((predictions - truth) ** 2)) if len(encoded) else 0.0}
+    if len(encoded):
+      metrics.update(series_metrics(predictions, encoded, translator.scaler))
+    return metrics, []
+  totals = workdir_lib.Totals()
+  parallel = translator.parallel
+  batch_size = parallel.round_batch_size(translator.config.batch_size)
+  for batch in data_lib.eval_batches(encoded, batch_size, translator.config.bucket_width):
+    counts = parallel.settle(translator.eval_step(params, parallel.shard_batch(batch)))
+    totals.add({key: float(to_numpy(value)) for key, value in counts.items()})
+  metrics = {"loss": totals.loss, "token_accuracy": totals.token_accuracy}
+  subset = pairs[:decode_limit] if decode_limit else pairs
+  hypotheses = translator.translate(params, [s for s, _ in subset], decoder=decoder)
+  references = [t for _, t in subset]
+  if full_text_metrics:
+    metrics.update(text_metrics(hypotheses, references))
+  else:
+    metrics["exact_match"] = exact_match(hypotheses, references)
+  return metrics, hypotheses
+
+
+def load_trained(workdir: str, which: str = "best") -> tuple[Translator, Any, int]:
+  """(translator, params, step) from a workdir: config and vocabularies come from the
+  checkpoint. which: best, latest or a step number."""
+  if not os.path.isdir(workdir):
+    raise CheckpointError(f"workdir '{workdir}' does not exist. Train first with "
+                          f"`seq2seq-jax train --workdir {workdir}`.")
+  checkpointer = Checkpointer(workdir, best_metric=workdir_lib.saved_best_metric(workdir),
+                              read_only=True)
+  try:
+    step = None
+    if which == "best":
+      step = checkpointer.best_step()
+    elif which != "latest":
+      try:
+        step = int(which)
+      except ValueError:
+        raise UserError(f"--checkpoint must be best, latest or a step number, got '{which}'.") from None
+    state, meta_json, step = checkpointer.restore(step=step, fallback=which in ("best", "latest"))
+  finally:
+    checkpointer.close()
+  where = f"checkpoint {step} of {workdir}"
+  meta = workdir_lib.CheckpointMeta.from_json(meta_json, where)
+  config = config_lib.from_dict(meta.config, where)
+  scaler = None
+  if meta.series is not None:
+    from seq2seq_jax.series import Scaler
+    scaler = Scaler.from_dict(meta.series)
+  tgt_vocab = Vocab(meta.tgt_vocab, start_text=data_lib.KERAS_START if meta.keras else "",
+                    level=meta.tokenizer)
+  translator = make_translator(config, Vocab.from_list(meta.src_vocab, meta.tokenizer), tgt_vocab,
+                               scaler=scaler, keras_dims=meta.keras)
+  params = translator.parallel.replicate(jax.tree.map(np.asarray, state["params"]))
+  return translator, params, step

@@ -1,0 +1,579 @@
+"""The one training loop, over a leading trial axis: a run is one trial, a vectorised
+sweep group is N trials that share one jitted program.
+
+For every trial it keeps what a run needs: bit-exact resume, a checkpoint and exit on
+SIGINT/SIGTERM, metrics.jsonl rewound after kill -9, a non-finite loss stopping that trial
+(the others go on), newest + best checkpoints, per-epoch evaluation, the final evaluation
+with the checkpoint `translate` uses, compilation counts, a progress bar, atomic files.
+
+The host never waits for the device inside the loop: the step count is a host integer,
+and step n's metrics are read after step n+1 is dispatched, at log, checkpoint and epoch
+points only (on several CPU devices each step is waited for: parallel.DataParallel.settle).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import dataclasses
+import functools
+import json
+import logging
+import os
+import signal
+import sys
+import time
+from typing import Any
+
+import jax
+import numpy as np
+
+from seq2seq_jax import data as data_lib
+from seq2seq_jax import workdir as workdir_lib
+from seq2seq_jax.checkpoint import Checkpointer
+from seq2seq_jax.config import Config
+from seq2seq_jax.errors import CheckpointError, UserError
+from seq2seq_jax.inference import Translator, evaluate_pairs, load_run_data
+from seq2seq_jax.model import count_params, traced_dropout_rate
+from seq2seq_jax.optim import build_optimizer, learning_rate_schedule
+from seq2seq_jax.parallel import DataParallel, is_primary, maybe_initialize_distributed, to_numpy
+from seq2seq_jax.runtime import CompilationCounter
+from seq2seq_jax.steps import create_state, trial_train_step, vectorized_train_step
+from seq2seq_jax.workdir import CheckpointMeta, Progress, RunningSums, Totals
+
+log = logging.getLogger(__name__)
+
+# Values that change no array shape: trials differing only in these share one program.
+VECTORIZED_KEYS = ("learning_rate", "rmsprop_decay", "clip_norm", "dropout")
+
+
+class TrainingInterrupted(Exception):
+  """SIGINT/SIGTERM arrived; a checkpoint was saved."""
+
+
+class NonFiniteLoss(UserError):
+  """The loss became NaN or infinite."""
+
+
+class ProgressDiffers(Exception):
+  """The trials' checkpoints are at different positions: they cannot share a program."""
+
+
+class _EveryTrialFailed(Exception):
+  """No trial of the group is left to train."""
+
+
+def vmap_group_key(config: Config) -> str:
+  """Equal for configs that can train together as one program."""
+  values = config.to_dict()
+  for key in VECTORIZED_KEYS:
+    values.pop(key)
+  values["clipping"] = config.clip_norm > 0  # clipping or not: another optimizer state
+  return json.dumps(values, sort_keys=True)
+
+
+class SignalCatcher:
+  """Turns SIGINT/SIGTERM into a flag checked between steps."""
+
+  def __init__(self):
+    self.signum = None
+    self._previous = {}
+
+  def __enter__(self):
+    for signum in (signal.SIGINT, signal.SIGTERM):
+      try:
+        self._previous[signum] = signal.signal(signum, self._handle)
+      except ValueError:  # not the main thread
+        pass
+    return self
+
+  def _handle(self, signum, frame):
+    del frame
+    if self.signum is not None:  # a second signal: stop now
+      raise KeyboardInterrupt
+    self.signum = signum
+
+  def __exit__(self, *exc):
+    for signum, handler in self._previous.items():
+      signal.signal(signum, handler)
+
+
+@contextlib.contextmanager
+def _run_log(workdirs: list[str]):
+  """The library's messages also go to each workdir's train.log while the run lasts;
+  other processes of a multi-host run log warnings only. Restored afterwards."""
+  logger = logging.getLogger("seq2seq_jax")
+  level = logger.level
+  if not is_primary():
+    logger.setLevel(logging.WARNING)
+  elif logger.level == logging.NOTSET or logger.level > logging.INFO:
+    logger.setLevel(logging.INFO)
+  handlers = []
+  if is_primary():
+    for workdir in workdirs:
+      handler = logging.FileHandler(os.path.abspath(os.path.join(workdir, workdir_lib.LOG_FILE)),
+                                    encoding="utf-8")
+      handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+      logger.addHandler(handler)
+      handlers.append(handler)
+  try:
+    yield
+  finally:
+    for handler in handlers:
+      logger.removeHandler(handler)
+      handler.close()
+    logger.setLevel(level)
+
+
+# ---------------------------------------------------------------------------
+# The group of trials and its state
+# ---------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class TrialRun:
+  """One trial's own part of the loop: its config, workdir, checkpoints and sums."""
+  config: Config
+  workdir: str
+  checkpointer: Checkpointer
+  schedule: Any  # optax schedule: the logged learning rate
+  sums: RunningSums = dataclasses.field(default_factory=RunningSums)
+  failure: NonFiniteLoss | None = None
+
+  @property
+  def name(self) -> str:
+    return os.path.basename(os.path.normpath(self.workdir))
+
+
+@dataclasses.dataclass
+class EpochClock:
+  """Wall time and samples of the epoch in progress."""
+  start: float
+  samples: int = 0
+  compilations_before: int = 0
+
+  def rate(self) -> float:
+    return self.samples / max(time.time() - self.start, 1e-9)
+
+
+@dataclasses.dataclass
+class Group:
+  """What the trials share: data, model, devices, the jitted step and the progress."""
+  base: Config
+  trials: list[TrialRun]
+  translator: Translator
+  train_data: data_lib.Encoded
+  val_pairs: Any
+  test_pairs: Any
+  parallel: DataParallel
+  steps_per_epoch: int
+  base_rng: jax.Array
+  progress: Progress = dataclasses.field(default_factory=Progress)
+
+  @property
+  def size(self) -> int:
+    return len(self.trials)
+
+  @property
+  def stacked(self) -> bool:
+    """States carry a leading trial axis (vectorised groups); a run's state has none."""
+    return self.size > 1
+
+  def live(self) -> list[tuple[int, TrialRun]]:
+    return [(i, t) for i, t in enumerate(self.trials) if t.failure is None]
+
+  def label(self, trial: TrialRun) -> str:
+    return f"{trial.name}  " if self.stacked else ""
+
+
+def _stack(trees):
+  """N pytrees as one with a leading trial axis, on the host (no op-by-op compiles)."""
+  return jax.tree.map(lambda *xs: np.stack([to_numpy(x) for x in xs]), *trees)
+
+
+def _unstack(tree_N, i: int):
+  """Trial i of a stacked pytree, on the host."""
+  return jax.tree.map(lambda x: to_numpy(x)[i], tree_N)
+
+
+def _trial_states(group: Group, state) -> list[Any]:
+  """Each trial's state (device arrays for a run; replicated host slices for a group)."""
+  if not group.stacked:
+    return [state]
+  host_state = jax.tree.map(to_numpy, state)
+  return [group.parallel.replicate(_unstack(host_state, i)) for i in range(group.size)]
+
+
+# ---------------------------------------------------------------------------
+# Set up: workdirs, data, checkpoints, state
+# ---------------------------------------------------------------------------
+
+def _open_group(configs: list[Config], workdirs: list[str], argv, parallel: DataParallel,
+                stack: contextlib.ExitStack) -> Group:
+  base = configs[0]
+  for config, workdir in zip(configs, workdirs):
+    os.makedirs(workdir, exist_ok=True)
+    workdir_lib.check_workdir_config(workdir, config)
+
+  # data first: a bad data file stops here, before any checkpoint directory is opened
+  t0 = time.time()
+  translator, train_pairs, val_pairs, test_pairs = load_run_data(base, parallel)
+  train_data = translator.encode(train_pairs)
+  steps_per_epoch = data_lib.steps_per_epoch(train_data, base.batch_size)
+  total_steps = steps_per_epoch * base.num_epochs
+  log.info("data %s: %d train / %d val / %d test %s, %s, %.1fs",
+           base.data, len(train_pairs), len(val_pairs), len(test_pairs),
+           "windows" if translator.is_series else "pairs",
+           (f"{len(translator.scaler.columns)} column(s) -> {len(translator.scaler.targets)} "
+            "target(s)" if translator.is_series
+            else f"vocab {len(translator.src_vocab)} -> {len(translator.tgt_vocab)}"),
+           time.time() - t0)
+
+  trials = []
+  for config, workdir in zip(configs, workdirs):
+    checkpointer = Checkpointer(workdir, config.keep_checkpoints, config.best_metric)
+    stack.callback(checkpointer.close)
+    trials.append(TrialRun(config, workdir, checkpointer,
+                           learning_rate_schedule(config, total_steps)))
+  latest = [t.checkpointer.latest_step() for t in trials]
+  if len(set(latest)) != 1:
+    raise ProgressDiffers(f"checkpoints at steps {latest}")
+  facts = translator.checkpoint_meta().data_facts()
+  for trial in trials:
+    workdir_lib.write_config(trial.workdir, trial.config)
+    workdir_lib.write_run_info(trial.workdir, argv, parallel.describe())
+    workdir_lib.write_json(os.path.join(trial.workdir, workdir_lib.VOCAB_FILE), facts)
+  return Group(base, trials, translator, train_data, val_pairs, test_pairs, parallel,
+               steps_per_epoch, jax.random.fold_in(jax.random.key(base.seed), 2))
+
+
+def _same_facts(a: dict[str, Any], b: dict[str, Any]) -> bool:
+  normal = lambda facts: json.loads(json.dumps(facts))
+  return normal(a) == normal(b)
+
+
+def _initial_state(group: Group):
+  """Every trial's state, restored from its newest checkpoint where it has one; placed
+  on the devices (stacked along a leading axis for a vectorised group)."""
+  total_steps = group.steps_per_epoch * group.base.num_epochs
+  # one seed per group, so one initialisation; each trial adds its own optimizer state
+  first = create_state(group.base, group.translator.model, build_optimizer(group.base, total_steps))
+  states = [first] + [dict(first, opt_state=build_optimizer(t.config, total_steps).init(first["params"]))
+                      for t in group.trials[1:]]
+  restored_step = group.trials[0].checkpointer.latest_step()
+  if restored_step is not None:
+    facts = group.translator.checkpoint_meta().data_facts()
+    progresses = []
+    for i, trial in enumerate(group.trials):
+      states[i], meta_json, step = trial.checkpointer.restore(
+          group.parallel.abstract_replicated(states[i]))
+      meta = CheckpointMeta.from_json(meta_json, f"checkpoint {step} of {trial.workdir}")
+      if not _same_facts(meta.data_facts(), facts):
+        raise CheckpointError(f"workdir '{trial.workdir}': the data's vocabulary differs from "
+                              "the checkpoint's; resume with the same data or use a new --workdir.")
+      trial.sums = meta.sums
+      progresses.append(Progress(meta.progress.epoch, meta.progress.batch, step))
+    if any(p != progresses[0] for p in progresses):
+      raise ProgressDiffers(f"positions {progresses}")
+    group.progress = progresses[0]
+    log.info("resumed %sfrom checkpoint %d (epoch %d, batch %d)",
+             f"{group.size} trials " if group.stacked else "", group.progress.step,
+             group.progress.epoch + 1, group.progress.batch)
+  for trial in group.trials:  # records of a killed run beyond its checkpoint (or all: none)
+    workdir_lib.rewind_metrics(trial.workdir, group.progress.step)
+  if group.stacked:
+    return group.parallel.replicate(_stack(states))
+  return group.parallel.replicate(states[0])
+
+
+def _jitted_step(group: Group):
+  """(step_fn, hyper): step_fn(state, batch, base_rng, hyper) -> (state, metrics with a
+  leading trial axis), jitted with the state donated."""
+  base, model = group.base, group.translator.model
+  total_steps = group.steps_per_epoch * base.num_epochs
+  if not group.stacked:
+    step = functools.partial(trial_train_step, model=model,
+                             tx=build_optimizer(base, total_steps), config=base)
+    return jax.jit(step, donate_argnums=(0,)), {}
+  configs = [t.config for t in group.trials]
+  varied = [k for k in VECTORIZED_KEYS if len({getattr(c, k) for c in configs}) > 1]
+  hyper = {k: np.array([getattr(c, k) for c in configs], np.float32)
+           for k in varied if k != "dropout"}
+  if "dropout" in varied:
+    hyper["dropout"] = np.array([traced_dropout_rate(c.dropout) for c in configs], np.float32)
+  log.info("vmap: %d trials in one program (%s differ), %d step(s)/epoch, %d epoch(s)",
+           group.size, ", ".join(varied) or "nothing", group.steps_per_epoch, base.num_epochs)
+  step = functools.partial(vectorized_train_step, model=model, config=base,
+                           total_steps=total_steps)
+  return jax.jit(step, donate_argnums=(0,)), group.parallel.replicate(hyper)
+
+
+# ---------------------------------------------------------------------------
+# Periodic actions
+# ---------------------------------------------------------------------------
+
+def _read_steps(group: Group, pending: list[tuple[int, dict[str, jax.Array]]],
+                clock: EpochClock, bar) -> None:
+  """Reads the metrics of dispatched steps, in order: stops a trial whose loss is not
+  finite, adds the counts to its sums, logs at log steps. Empties pending."""
+  base = group.base
+  for step, metrics_N in pending:
+    host_N = {key: to_numpy(value) for key, value in metrics_N.items()}
+    for i, trial in group.live():
+      loss = float(host_N["loss"][i])
+      if not np.isfinite(loss):
+        good = trial.checkpointer.latest_step()
+        trial.failure = NonFiniteLoss(
+            f"loss is {loss} at step {step}. Last good checkpoint: "
+            f"{good if good is not None else 'none'} (kept, nothing saved over it). "
+            "Train again in a new --workdir with a lower learning_rate or with clip_norm.")
+        if group.stacked:
+          log.info("trial %s: %s", trial.name, trial.failure)
+        continue
+      counts = {key: float(host_N[key][i]) for key in ("loss_sum", "weight", "correct", "tokens")}
+      trial.sums.window.add(counts)
+      trial.sums.epoch.add(counts)
+    if not group.live():
+      pending.clear()
+      raise _EveryTrialFailed
+    if step % base.log_every_steps == 0:
+      _log_window(group, step, host_N, clock, bar)
+  pending.clear()
+
+
+def _log_window(group: Group, step: int, host_N: dict[str, np.ndarray], clock: EpochClock,
+                bar) -> None:
+  """A metrics.jsonl record per trial for the steps since the last one."""
+  rate = clock.rate()
+  losses = []
+  for i, trial in enumerate(group.trials):
+    if trial.failure is not None:
+      losses.append("failed")
+      continue
+    window_loss = trial.sums.window.loss
+    losses.append(f"{window_loss:.4f}")
+    workdir_lib.append_metrics(trial.workdir, {
+        "step": step, "epoch": group.progress.epoch + 1, "train/loss": window_loss,
+        "lr": float(trial.schedule(step - 1)), "grad_norm": float(host_N["grad_norm"][i]),
+        "samples_per_sec": rate})
+    trial.sums.window = Totals()
+  if not bar.disable:
+    if group.stacked:
+      bar.set_postfix(samples_s=f"{rate:.0f}x{group.size}")
+    else:
+      bar.set_postfix(loss=losses[0], samples_s=f"{rate:.0f}")
+  elif group.stacked:
+    log.info("step %d  epoch %d  losses %s  %.0f samples/s per trial", step,
+             group.progress.epoch + 1, " ".join(losses), rate)
+  else:
+    log.info("step %d  epoch %d  loss %s  %.0f samples/s", step, group.progress.epoch + 1,
+             losses[0], rate)
+
+
+def _save(group: Group, state, metrics_per_trial: list[dict[str, float] | None] | None = None) -> None:
+  """A checkpoint of every live trial at the current step, with its meta."""
+  rng = np.asarray(jax.random.key_data(group.base_rng)).tolist()
+  trial_states = _trial_states(group, state)
+  for i, trial in group.live():
+    metrics = metrics_per_trial[i] if metrics_per_trial else None
+    meta = group.translator.checkpoint_meta(
+        trial.config, progress=copy.copy(group.progress), sums=copy.deepcopy(trial.sums),
+        rng=rng, metrics=metrics)
+    trial.checkpointer.save(group.progress.step, trial_states[i], meta.to_json(), metrics)
+
+
+def _trial_params(group: Group, state) -> list[Any]:
+  if not group.stacked:
+    return [state["params"]]
+  host_params = jax.tree.map(to_numpy, state["params"])
+  return [group.parallel.replicate(_unstack(host_params, i)) for i in range(group.size)]
+
+
+def _end_epoch(group: Group, state, clock: EpochClock, compilations: CompilationCounter,
+               first_epoch: int) -> None:
+  """The epoch's records (validation too, when due), then its checkpoint."""
+  base, epoch = group.base, group.progress.epoch
+  epoch_time = time.time() - clock.start
+  last = epoch + 1 == base.num_epochs
+  evaluate = (epoch + 1) % base.eval_every_epochs == 0 or last
+  params = _trial_params(group, state) if evaluate else None
+  new_compilations = compilations.count - clock.compilations_before
+  group.progress = Progress(epoch + 1, 0, group.progress.step)
+  checkpoint_metrics: list[dict[str, float] | None] = [None] * group.size
+  for i, trial in enumerate(group.trials):
+    epoch_sums, trial.sums.epoch = trial.sums.epoch, Totals()
+    if trial.failure is not None:
+      continue
+    record = {"step": group.progress.step, "epoch": epoch + 1,
+              "train/loss": epoch_sums.loss, "train/token_accuracy": epoch_sums.token_accuracy,
+              "train/epoch_seconds": epoch_time,
+              "train/samples_per_sec": clock.samples / max(epoch_time, 1e-9)}
+    if group.stacked:
+      record["vmap_trials"] = group.size
+    if evaluate:
+      val_metrics, _ = evaluate_pairs(group.translator, params[i], group.val_pairs,
+                                      base.eval_decode_samples, full_text_metrics=False)
+      checkpoint_metrics[i] = {f"val/{k}": v for k, v in val_metrics.items()}
+      record.update(checkpoint_metrics[i])
+    # batch shapes come from fixed length buckets: only a process's first epoch compiles
+    record["train/compilations"] = new_compilations
+    workdir_lib.append_metrics(trial.workdir, record)
+    log.info("%sepoch %d/%d  step %d  train loss %.4f  %s  %.0fs (%.0f samples/s)",
+             group.label(trial), epoch + 1, base.num_epochs, record["step"], record["train/loss"],
+             "  ".join(f"{k} {v:.4f}" for k, v in record.items() if k.startswith("val/")),
+             epoch_time, record["train/samples_per_sec"])
+  if new_compilations and epoch > first_epoch:
+    log.warning("epoch %d compiled %d new program(s): batch shapes are not settling.",
+                epoch + 1, new_compilations)
+  if (epoch + 1) % base.checkpoint_every_epochs == 0 or last:
+    _save(group, state, checkpoint_metrics)
+
+
+def _final_evaluation(group: Group, state) -> list[dict[str, Any] | NonFiniteLoss]:
+  """Each trial's val and test metrics with the checkpoint `translate` uses (the best,
+  else the newest), written to results.json; sample outputs logged."""
+  outcomes: list[dict[str, Any] | NonFiniteLoss] = []
+  trial_states = _trial_states(group, state)
+  abstract = group.parallel.abstract_replicated(trial_states[0])
+  translator = group.translator
+  for trial, trial_state in zip(group.trials, trial_states):
+    if trial.failure is not None:
+      outcomes.append(trial.failure)
+      continue
+    final_step = trial.checkpointer.best_step() or trial.checkpointer.latest_step()
+    params = trial_state["params"]
+    if final_step is not None and final_step != group.progress.step:
+      params = trial.checkpointer.restore(abstract, step=final_step)[0]["params"]
+    summary: dict[str, Any] = {"step": final_step}
+    for name, pairs in (("val", group.val_pairs), ("test", group.test_pairs)):
+      if len(pairs):
+        split_metrics, _ = evaluate_pairs(translator, params, pairs)
+        summary.update({f"{name}/{k}": v for k, v in split_metrics.items()})
+    workdir_lib.append_metrics(trial.workdir, dict(summary, final=True))
+    workdir_lib.write_json(os.path.join(trial.workdir, workdir_lib.RESULTS_FILE), summary)
+    log.info("\n%sfinal (checkpoint %s): %s", group.label(trial), final_step,
+             "  ".join(f"{k} {v:.4f}" for k, v in summary.items() if k != "step"))
+    _log_samples(group, params)
+    outcomes.append(summary)
+  return outcomes
+
+
+def _log_samples(group: Group, params) -> None:
+  """num_summary_samples test (else val) examples with the model's output."""
+  translator, count = group.translator, group.base.num_summary_samples
+  shown = group.test_pairs if len(group.test_pairs) else group.val_pairs
+  if translator.is_series:
+    predictions = translator.scaler.unscale_targets(translator.forecast(params, shown))
+    truth = translator.scaler.unscale_targets(shown.tgt_NxT[:, 1:])
+    for i in range(min(count, len(shown))):
+      log.info("-\nForecast: %s\nActual:   %s", np.round(predictions[i, :, 0], 4).tolist(),
+               np.round(truth[i, :, 0], 4).tolist())
+    return
+  samples = shown[:count]
+  for (source, target), hypothesis in zip(samples, translator.translate(
+      params, [s for s, _ in samples])):
+    log.info("-\nInput sentence: %s\nDecoded sentence: %s\nReference: %s%s", source,
+             hypothesis, target, "" if hypothesis == target else "   (differs)")
+
+
+# ---------------------------------------------------------------------------
+# The loop
+# ---------------------------------------------------------------------------
+
+def train_trials(configs: list[Config], workdirs: list[str], argv: list[str] | None = None,
+                 progress: bool | None = None, stop_after_step: int | None = None,
+                 ) -> list[dict[str, Any] | NonFiniteLoss]:
+  """Trains (or resumes) N trials as one program: configs that differ only in
+  VECTORIZED_KEYS (N = 1: a run). Each workdir ends as a run of its config alone leaves
+  it. Returns each trial's final metrics, or the NonFiniteLoss that stopped it.
+
+  stop_after_step: behave as if interrupted after that step (checkpoint, then
+  TrainingInterrupted), as SIGINT/SIGTERM do.
+  """
+  if len({vmap_group_key(c) for c in configs}) != 1:
+    raise ValueError(f"train_trials: the configs differ in more than {', '.join(VECTORIZED_KEYS)}")
+  maybe_initialize_distributed()
+  parallel = DataParallel()
+  parallel.check_batch_size(configs[0].batch_size)
+  for workdir in workdirs:
+    os.makedirs(workdir, exist_ok=True)
+  with contextlib.ExitStack() as stack:
+    stack.enter_context(_run_log(workdirs))
+    group = _open_group(configs, workdirs, argv, parallel, stack)
+    state = _initial_state(group)
+    step_fn, hyper = _jitted_step(group)
+    log.info("model: %s parameters, %d step(s)/epoch, %d epoch(s); mesh data=%d (%d x %s, "
+             "%d process(es)), %d pairs per device per step",
+             f"{count_params(jax.tree.map(lambda x: x[0], state['params']) if group.stacked else state['params']):,}",
+             group.steps_per_epoch, group.base.num_epochs, parallel.size, parallel.size,
+             parallel.devices[0].device_kind, jax.process_count(),
+             group.base.batch_size // parallel.size)
+    show_bar = sys.stderr.isatty() if progress is None else progress
+    try:
+      state = _train(group, state, step_fn, hyper, show_bar, stop_after_step)
+    except _EveryTrialFailed:
+      return [t.failure for t in group.trials]
+    return _final_evaluation(group, state)
+
+
+def _train(group: Group, state, step_fn, hyper, show_bar: bool, stop_after_step: int | None):
+  """The epochs from where the group stands to the last; returns the final state."""
+  from tqdm import tqdm
+  base, parallel = group.base, group.parallel
+  with SignalCatcher() as signals, CompilationCounter() as compilations:
+    first_epoch = group.progress.epoch
+    while group.progress.epoch < base.num_epochs:
+      progress = group.progress
+      batches = data_lib.epoch_batches(group.train_data, base.batch_size, base.seed,
+                                       progress.epoch, base.bucket_width)
+      where = f"vmap {group.size}" if group.stacked else \
+          f"{parallel.size}x {parallel.devices[0].platform}"
+      bar = tqdm(total=len(batches), initial=progress.batch, disable=not show_bar,
+                 desc=f"epoch {progress.epoch + 1}/{base.num_epochs} [{where}]", unit="step",
+                 leave=False)
+      clock = EpochClock(time.time(), compilations_before=compilations.count)
+      pending: list[tuple[int, dict[str, jax.Array]]] = []  # dispatched, metrics not yet read
+      while progress.batch < len(batches):
+        rows = batches[progress.batch]
+        batch = data_lib.make_batch(group.train_data, rows, base.batch_size, base.bucket_width)
+        state, metrics_N = parallel.settle(step_fn(state, parallel.shard_batch(batch),
+                                                   group.base_rng, hyper))
+        progress.batch += 1
+        progress.step += 1
+        clock.samples += len(rows)
+        pending.append((progress.step, metrics_N))
+        bar.update(1)
+        if len(pending) > 1 and pending[-2][0] % base.log_every_steps == 0:
+          _read_steps(group, pending[:-1], clock, bar)  # step n, now that n + 1 is dispatched
+          del pending[:-1]
+        if stop_after_step is not None and progress.step >= stop_after_step:
+          signals.signum = signals.signum or "stop_after_step"
+        if signals.signum is not None:
+          _read_steps(group, pending, clock, bar)
+          _save(group, state)
+          bar.close()
+          raise TrainingInterrupted(
+              f"stopped by signal {signals.signum} at step {progress.step}; "
+              f"checkpoint{'s' if group.stacked else ''} saved. "
+              "Run the same command again to resume.")
+        if base.checkpoint_every_steps and progress.step % base.checkpoint_every_steps == 0 \
+            and progress.batch < len(batches):
+          _read_steps(group, pending, clock, bar)
+          _save(group, state)
+      _read_steps(group, pending, clock, bar)
+      bar.close()
+      _end_epoch(group, state, clock, compilations, first_epoch)
+      if group.stacked:
+        log.info("epoch %d/%d: %.0fs for %d trials (%.0f samples/s per trial)",
+                 group.progress.epoch, base.num_epochs, time.time() - clock.start, group.size,
+                 clock.samples / max(time.time() - clock.start, 1e-9))
+  return state
+
+
+def train_and_evaluate(config: Config, workdir: str, argv: list[str] | None = None,
+                       progress: bool | None = None, stop_after_step: int | None = None,
+                       ) -> dict[str, Any]:
+  """Trains (or resumes) a run in workdir; returns the final metrics (a group of one)."""
+  [outcome] = train_trials([config], [workdir], argv, progress, stop_after_step)
+  if isinstance(outcome, Exception):
+    raise outcome
+  return outcome

@@ -1,0 +1,293 @@
+"""A run's workdir: its files (atomic writes, metrics.jsonl, run.json, the config check)
+and the typed, versioned meta stored with every checkpoint.
+
+A workdir holds
+  config.json     the run's Config (checked when the run resumes)
+  vocab.json      vocabularies and data facts (the checkpoint holds them too)
+  run.json        command, versions and devices of the last start
+  metrics.jsonl   one JSON record per log step and per epoch, then the final one
+  results.json    the final metrics
+  train.log       the log
+  checkpoints/    Orbax steps (checkpoint.py), each with a CheckpointMeta
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import platform
+import sys
+import time
+from typing import Any
+
+import numpy as np
+
+from seq2seq_jax.config import Config
+from seq2seq_jax.errors import CheckpointError
+
+log = logging.getLogger(__name__)
+
+CONFIG_FILE = "config.json"
+VOCAB_FILE = "vocab.json"
+RUN_FILE = "run.json"
+METRICS_FILE = "metrics.jsonl"
+RESULTS_FILE = "results.json"
+LOG_FILE = "train.log"
+# Settings that may differ when a run is resumed: they change no trained number.
+RESUMABLE_CHANGES = ("log_every_steps", "num_summary_samples", "eval_decode_samples",
+                     "keep_checkpoints", "checkpoint_every_steps")
+
+
+def _is_primary() -> bool:
+  """Only process 0 writes a workdir's files (multi-host runs share one workdir)."""
+  import jax
+  return jax.process_index() == 0
+
+
+def _json_default(value):
+  if isinstance(value, (np.floating, np.integer)):
+    return value.item()
+  raise TypeError(type(value))
+
+
+def write_atomically(path: str, text: str) -> None:
+  """A kill at any moment leaves the old file or the new one, never half of one."""
+  with open(path + ".tmp", "w", encoding="utf-8") as f:
+    f.write(text)
+  os.replace(path + ".tmp", path)
+
+
+def write_json(path: str, value: Any) -> None:
+  """value as indented JSON, atomically (process 0 only)."""
+  if _is_primary():
+    write_atomically(path, json.dumps(value, indent=2, ensure_ascii=False,
+                                      default=_json_default) + "\n")
+
+
+# ---------------------------------------------------------------------------
+# metrics.jsonl
+# ---------------------------------------------------------------------------
+
+def append_metrics(workdir: str, record: dict[str, Any]) -> None:
+  if not _is_primary():
+    return
+  with open(os.path.join(workdir, METRICS_FILE), "a", encoding="utf-8") as f:
+    f.write(json.dumps(record, default=_json_default) + "\n")
+
+
+def read_metrics(workdir: str) -> list[dict[str, Any]]:
+  """The records of workdir/metrics.jsonl ([] if none); an unfinished last line is skipped."""
+  records = []
+  try:
+    with open(os.path.join(workdir, METRICS_FILE), encoding="utf-8") as f:
+      for line in f:
+        try:
+          records.append(json.loads(line))
+        except ValueError:
+          continue  # a line being written by a run in progress
+  except FileNotFoundError:
+    pass
+  return records
+
+
+def rewind_metrics(workdir: str, step: int) -> int:
+  """Drops metrics.jsonl records written after `step` (the checkpoint a run resumes from,
+  0 for a run that starts again without one):
+  a run killed without its last checkpoint (kill -9, power loss) logged steps that the
+  resumed run computes and logs again, so each step keeps one record and the curves never
+  go back in time. A half-written last line goes too. Returns the records dropped."""
+  path = os.path.join(workdir, METRICS_FILE)
+  if not _is_primary() or not os.path.exists(path):
+    return 0
+  kept, dropped = [], 0
+  with open(path, encoding="utf-8") as f:
+    for line in f:
+      try:
+        record = json.loads(line)
+      except ValueError:
+        dropped += 1
+        continue
+      if isinstance(record, dict) and record.get("step", 0) > step:
+        dropped += 1
+      else:
+        kept.append(line if line.endswith("\n") else line + "\n")
+  if dropped:
+    write_atomically(path, "".join(kept))
+    log.info("metrics.jsonl: dropped %d record(s) logged after checkpoint %d by the "
+             "interrupted run; the resumed run logs those steps again", dropped, step)
+  return dropped
+
+
+# ---------------------------------------------------------------------------
+# config.json, run.json
+# ---------------------------------------------------------------------------
+
+def write_run_info(workdir: str, argv: list[str] | None, devices: dict[str, Any]) -> None:
+  """run.json: the command, the library versions and the devices of this start."""
+  import flax
+  import jax
+  import optax
+  import orbax.checkpoint
+  write_json(os.path.join(workdir, RUN_FILE), {
+      "command": argv if argv is not None else sys.argv,
+      "versions": {"python": platform.python_version(), "jax": jax.__version__,
+                   "jaxlib": jax.lib.__version__ if hasattr(jax.lib, "__version__") else None,
+                   "flax": flax.__version__, "optax": optax.__version__,
+                   "orbax-checkpoint": orbax.checkpoint.__version__,
+                   "numpy": np.__version__},
+      **devices,
+      "host": platform.node(),
+      "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
+  })
+
+
+def check_workdir_config(workdir: str, config: Config) -> None:
+  """Refuses to mix a new configuration into a workdir that holds another run."""
+  path = os.path.join(workdir, CONFIG_FILE)
+  if not os.path.exists(path):
+    return
+  try:
+    with open(path, encoding="utf-8") as f:
+      saved = json.load(f)
+  except (OSError, ValueError) as error:
+    raise CheckpointError(f"'{path}' is unreadable ({error}); use a new --workdir.") from None
+  current = config.to_dict()
+  saved = dict(Config().to_dict(), **saved)  # a key added since that run: its default
+  changed = [k for k in current if k not in RESUMABLE_CHANGES and saved.get(k) != current[k]]
+  if changed:
+    diffs = "; ".join(f"{k}: {saved.get(k)!r} -> {current[k]!r}" for k in changed[:6])
+    raise CheckpointError(
+        f"workdir '{workdir}' holds a run with a different configuration ({diffs}). "
+        "To resume it, run the same command as before (its settings are in "
+        f"{path}); to start fresh, pass a new --workdir. Its checkpoints were not touched.")
+
+
+def write_config(workdir: str, config: Config) -> None:
+  if _is_primary():
+    write_atomically(os.path.join(workdir, CONFIG_FILE), config.to_json())
+
+
+def saved_best_metric(workdir: str, default: str = "val/exact_match") -> str:
+  """The best_metric of the run in workdir (its config.json), else default."""
+  try:
+    with open(os.path.join(workdir, CONFIG_FILE), encoding="utf-8") as f:
+      return json.load(f).get("best_metric", default)
+  except (OSError, ValueError, AttributeError):
+    return default  # the checkpoint's own copy of the config is what counts
+
+
+# ---------------------------------------------------------------------------
+# The checkpoint meta: where a run stands, and what restoring it needs
+# ---------------------------------------------------------------------------
+
+META_VERSION = 2
+
+
+@dataclasses.dataclass
+class Progress:
+  """Where training stands: epochs finished, batches of the current epoch done, steps."""
+  epoch: int = 0
+  batch: int = 0
+  step: int = 0
+
+
+@dataclasses.dataclass
+class Totals:
+  """Sums of a train step's counts over a window of steps."""
+  loss_sum: float = 0.0
+  weight: float = 0.0
+  correct: float = 0.0
+  tokens: float = 0.0
+
+  def add(self, counts: dict[str, float]) -> None:
+    self.loss_sum += counts["loss_sum"]
+    self.weight += counts["weight"]
+    self.correct += counts["correct"]
+    self.tokens += counts["tokens"]
+
+  @property
+  def loss(self) -> float:
+    return self.loss_sum / max(self.weight, 1.0)
+
+  @property
+  def token_accuracy(self) -> float:
+    return self.correct / max(self.tokens, 1.0)
+
+
+@dataclasses.dataclass
+class RunningSums:
+  """The log window's and the epoch's totals (kept in checkpoints: a resumed epoch's
+  figures are those of the uninterrupted one)."""
+  window: Totals = dataclasses.field(default_factory=Totals)
+  epoch: Totals = dataclasses.field(default_factory=Totals)
+
+
+@dataclasses.dataclass
+class CheckpointMeta:
+  """The JSON item saved beside each checkpoint's arrays: enough to restore the model
+  from the workdir alone (config, vocabularies) and to resume where it stopped.
+
+  Version 1 (seq2seq_jax 0.1) stored position {epoch, batch}, step and sums as lists
+  {"window": [loss_sum, weight], "epoch": [loss_sum, weight, correct, tokens]}; it reads
+  back into the same fields."""
+  config: dict[str, Any]
+  src_vocab: list[str]
+  tgt_vocab: list[str]
+  tokenizer: str = "char"
+  progress: Progress = dataclasses.field(default_factory=Progress)
+  sums: RunningSums = dataclasses.field(default_factory=RunningSums)
+  rng: list[int] = dataclasses.field(default_factory=list)  # key data of the dropout base key
+  metrics: dict[str, float] | None = None  # validation metrics at this step, if evaluated
+  series: dict[str, Any] | None = None  # series.Scaler of series:PATH models
+  keras: dict[str, int] | None = None  # keras_compat: the example's padded lengths
+  imported_from: str | None = None  # import-keras: the Keras model file
+  version: int = META_VERSION
+
+  def to_json(self) -> dict[str, Any]:
+    value = {
+        "version": self.version, "config": self.config, "src_vocab": self.src_vocab,
+        "tgt_vocab": self.tgt_vocab, "tokenizer": self.tokenizer,
+        "position": {"epoch": self.progress.epoch, "batch": self.progress.batch},
+        "step": self.progress.step,
+        "sums": {"window": dataclasses.asdict(self.sums.window),
+                 "epoch": dataclasses.asdict(self.sums.epoch)},
+        "rng": self.rng, "metrics": self.metrics,
+    }
+    for key in ("series", "keras", "imported_from"):
+      if getattr(self, key) is not None:
+        value[key] = getattr(self, key)
+    return value
+
+  @classmethod
+  def from_json(cls, value: dict[str, Any], where: str = "checkpoint") -> "CheckpointMeta":
+    version = value.get("version", 1)
+    if version > META_VERSION:
+      raise CheckpointError(f"{where} was written by a newer seq2seq_jax (meta version "
+                            f"{version}); upgrade seq2seq_jax to read it.")
+    sums = value.get("sums") or {}
+    totals = lambda part: (Totals(**part) if isinstance(part, dict)  # version 2
+                           else Totals(*part))  # version 1: [loss_sum, weight, ...]
+    running = RunningSums(totals(sums.get("window", {})), totals(sums.get("epoch", {})))
+    position = value.get("position") or {}
+    config = value["config"]
+    return cls(
+        config=config, src_vocab=value["src_vocab"], tgt_vocab=value["tgt_vocab"],
+        # checkpoints from before word tokens were characters
+        tokenizer=value.get("tokenizer", config.get("tokenizer", "char")),
+        progress=Progress(position.get("epoch", 0), position.get("batch", 0),
+                          value.get("step", 0)),
+        sums=running, rng=value.get("rng") or [], metrics=value.get("metrics"),
+        series=value.get("series"), keras=value.get("keras"),
+        imported_from=value.get("imported_from"), version=META_VERSION)
+
+  def data_facts(self) -> dict[str, Any]:
+    """What the data decided (vocabularies, scaler, Keras lengths): vocab.json, and equal
+    across a resumed run and its checkpoint."""
+    facts = {"src_vocab": self.src_vocab, "tgt_vocab": self.tgt_vocab, "tokenizer": self.tokenizer}
+    if self.series is not None:
+      facts["series"] = self.series
+    if self.keras is not None:
+      facts["keras"] = self.keras
+    return facts

@@ -1,0 +1,121 @@
+"""The training loop: it never waits on the device between steps, one loop serves runs and
+vectorised groups, and workdirs written by seq2seq_jax 0.1 restore, translate and resume."""
+
+import json
+import os
+import shutil
+
+import jax
+import numpy as np
+import pytest
+
+from seq2seq_jax import config as config_lib
+from seq2seq_jax import data as data_lib
+from seq2seq_jax import loop
+from seq2seq_jax.decode import make_beam_decoder
+from seq2seq_jax.inference import evaluate_pairs, load_trained
+from seq2seq_jax.workdir import CheckpointMeta, Progress, read_metrics
+from tests.conftest import ROOT, tiny_config
+
+FIXTURE = os.path.join(ROOT, "tests", "fixtures", "workdir_0.1")
+
+
+def test_steps_run_without_reading_the_device_except_to_log_evaluate_and_checkpoint(
+    tmp_path, monkeypatch):
+  """Between log, checkpoint and epoch points nothing is copied to the host, and the
+  metrics of step n are read only once step n + 1 is dispatched."""
+  reads = []
+  real_read_steps = loop._read_steps
+
+  def read_steps(group, pending, clock, bar):
+    if pending:
+      reads.append((pending[-1][0], group.progress.step,
+                    group.progress.batch == group.steps_per_epoch))
+    with jax.transfer_guard_device_to_host("allow"):
+      return real_read_steps(group, pending, clock, bar)
+
+  monkeypatch.setattr(loop, "_read_steps", read_steps)
+  for name in ("_end_epoch", "_save", "_final_evaluation"):
+    real = getattr(loop, name)
+
+    def allowed(*args, real=real, **kwargs):
+      with jax.transfer_guard_device_to_host("allow"):
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(loop, name, allowed)
+  # 200 pairs / 32 = 7 steps an epoch; logs at steps 3, 6, 9, 12
+  config = tiny_config(num_epochs=2, log_every_steps=3, bucket_width=0)
+  with jax.transfer_guard_device_to_host("disallow"):
+    summary = loop.train_and_evaluate(config, str(tmp_path / "run"), progress=False)
+  assert summary["step"] in (7, 14)
+  # read behind the device: step n once n + 1 is dispatched, at the log steps
+  behind = [(last_read, dispatched) for last_read, dispatched, _ in reads if last_read < dispatched]
+  assert behind == [(3, 4), (6, 7), (9, 10), (12, 13)]
+  # up to the newest step only where the epoch ends (its evaluation and checkpoint)
+  assert all(at_epoch_end for last_read, dispatched, at_epoch_end in reads
+             if last_read == dispatched)
+  logged = [r["step"] for r in read_metrics(str(tmp_path / "run")) if "lr" in r]
+  assert logged == [3, 6, 9, 12]
+
+
+def test_a_run_is_a_group_of_one(tmp_path):
+  """train_and_evaluate and train_trials([config]) are the same loop: same files, same numbers."""
+  config = tiny_config(num_epochs=1)
+  alone = loop.train_and_evaluate(config, str(tmp_path / "alone"), progress=False)
+  [grouped] = loop.train_trials([config], [str(tmp_path / "grouped")], progress=False)
+  assert grouped == alone
+  strip = lambda records: [{k: v for k, v in r.items() if "seconds" not in k and "per_sec" not in k}
+                           for r in records]
+  assert strip(read_metrics(str(tmp_path / "alone"))) == strip(read_metrics(str(tmp_path / "grouped")))
+
+
+def test_checkpoint_meta_reads_both_versions():
+  """Version 1 (lists) and version 2 (named fields) give the same progress and sums."""
+  v1 = {"config": {}, "src_vocab": ["a"], "tgt_vocab": ["b"], "position": {"epoch": 1, "batch": 3},
+        "step": 10, "sums": {"window": [1.5, 3.0], "epoch": [4.0, 8.0, 2.0, 8.0]}, "rng": [0, 2]}
+  meta = CheckpointMeta.from_json(v1)
+  assert meta.progress == Progress(epoch=1, batch=3, step=10)
+  assert (meta.sums.window.loss, meta.sums.epoch.loss, meta.sums.epoch.token_accuracy) == (0.5, 0.5, 0.25)
+  assert meta.tokenizer == "char"  # before word tokens: characters
+  again = CheckpointMeta.from_json(json.loads(json.dumps(meta.to_json())))
+  assert again == meta and meta.to_json()["version"] == 2
+
+
+@pytest.fixture
+def old_workdir(tmp_path):
+  """A copy of a workdir that seq2seq_jax 0.1 left when interrupted at step 10."""
+  workdir = str(tmp_path / "old")
+  shutil.copytree(FIXTURE, workdir)
+  with open(FIXTURE + ".expected.json", encoding="utf-8") as f:
+    return workdir, json.load(f)
+
+
+def test_a_workdir_of_version_0_1_restores_and_translates_as_it_did(old_workdir):
+  workdir, expected = old_workdir
+  translator, params, step = load_trained(workdir, "latest")
+  assert step == expected["step"] == 10
+  assert translator.translate(params, expected["sources"]) == expected["greedy"]
+  beam = make_beam_decoder(translator.model, translator.decode_max_len, 3, 0.6)
+  assert translator.translate(params, expected["sources"], decoder=beam) == expected["beam3"]
+  config = translator.config
+  val = data_lib.drop_long(data_lib.load_splits(config).val, config, "val")
+  metrics, _ = evaluate_pairs(translator, params, val, full_text_metrics=False)
+  assert metrics["loss"] == pytest.approx(expected["val_loss"], rel=1e-6)
+  assert metrics["token_accuracy"] == expected["val_token_accuracy"]
+  _, _, best = load_trained(workdir)  # its only evaluated checkpoint, at the end of epoch 1
+  assert best == 7
+
+
+def test_a_workdir_of_version_0_1_resumes_as_if_never_interrupted(old_workdir, tmp_path):
+  workdir, _ = old_workdir
+  with open(os.path.join(workdir, "config.json"), encoding="utf-8") as f:
+    config = config_lib.from_dict(json.load(f), "the fixture's config.json")
+  resumed = loop.train_and_evaluate(config, workdir, progress=False)
+  fresh = loop.train_and_evaluate(config, str(tmp_path / "fresh"), progress=False)
+  assert resumed == fresh
+  for run in (workdir, str(tmp_path / "fresh")):
+    steps = [r["step"] for r in read_metrics(run) if "lr" in r]
+    assert steps == sorted(set(steps))  # one record per step, in order
+  _, resumed_params, _ = load_trained(workdir, "latest")
+  _, fresh_params, _ = load_trained(str(tmp_path / "fresh"), "latest")
+  jax.tree.map(np.testing.assert_array_equal, resumed_params, fresh_params)
