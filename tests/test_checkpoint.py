@@ -89,7 +89,11 @@ def snapshot():
   }
 
 before = snapshot()
-import seq2seq_jax, seq2seq_jax.checkpoint, seq2seq_jax.train, seq2seq_jax.cli
+import pkgutil, importlib
+import seq2seq_jax
+for module in pkgutil.walk_packages(seq2seq_jax.__path__, "seq2seq_jax."):
+  if not module.name.startswith(("seq2seq_jax.bench", "seq2seq_jax.configs", "seq2seq_jax.__main__")):
+    importlib.import_module(module.name)  # every library module
 print(json.dumps({"before": before, "after": snapshot()}))
 """
 
