@@ -1,10 +1,13 @@
 import json
 import os
 
+import pytest
+
 from seq2seq_jax.inference import load_trained
 from tests.conftest import run_cli
 
 
+@pytest.mark.slow
 def test_translate_in_a_fresh_process_matches_in_process(trained_workdir):
   task, params, _ = load_trained(trained_workdir)
   sources = ["twelve", "three hundred and forty-five", "", "nine hundred and ninety-nine"]
@@ -17,6 +20,7 @@ def test_translate_in_a_fresh_process_matches_in_process(trained_workdir):
   assert args.stdout.splitlines() == expected[:2]
 
 
+@pytest.mark.slow
 def test_unknown_characters_warn_once(trained_workdir):
   result = run_cli("translate", "--workdir", trained_workdir, "twelve!", "z?")
   assert result.returncode == 0
@@ -25,6 +29,7 @@ def test_unknown_characters_warn_once(trained_workdir):
   assert "'!'" in result.stdout + result.stderr
 
 
+@pytest.mark.slow
 def test_evaluate_json_keys(trained_workdir):
   result = run_cli("evaluate", "--workdir", trained_workdir, "--json")
   assert result.returncode == 0, result.stderr

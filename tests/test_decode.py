@@ -45,6 +45,7 @@ def _biased_params(model, params):
     dict(attention="general", num_layers=2), dict(attention="dot", input_feeding=False),
     dict(attention="none", input_mode="onehot"), dict(cell="gru", num_layers=2),
     dict(attention="additive", bidirectional_encoder=True, num_layers=2)])
+@pytest.mark.slow
 def test_scan_decoder_equals_step_by_step_loop_and_stops_at_end(overrides):
   config = tiny_config(**overrides)
   model = model_lib.build_model(config, 12, 9)
@@ -142,6 +143,7 @@ def test_beam_size_one_is_greedy(overrides):
 @pytest.mark.parametrize("overrides", [
     dict(attention="general"), dict(cell="gru", attention="none"),
     dict(attention="additive", input_feeding=False, bidirectional_encoder=True)])
+@pytest.mark.slow
 def test_beam_scores_are_model_scores_and_beat_greedy_on_average(overrides):
   config = tiny_config(**overrides)
   model = model_lib.build_model(config, 12, 9)
@@ -166,6 +168,7 @@ def test_beam_scores_are_model_scores_and_beat_greedy_on_average(overrides):
 @pytest.mark.parametrize("overrides, end_bias", [  # END bias -0.5: "</s>" wins; -4: 4 characters do
     (dict(attention="general"), -0.5), (dict(attention="general"), -4.0),
     (dict(cell="gru", attention="additive", bidirectional_encoder=True), -4.0)])
+@pytest.mark.slow
 def test_beam_search_is_exact_when_the_beam_holds_every_prefix(overrides, end_bias):
   """With K = V^(L-1) beams nothing is pruned before the last step, so the result must be
   the best of all V^L outputs of length L under model_score (greedy's included)."""
@@ -224,6 +227,7 @@ def _table_params(model, table_VxV):
                            "bias": jnp.zeros(V)}}
 
 
+@pytest.mark.slow
 def test_beam_finds_the_sentence_greedy_misses():
   """From <s>: a 0.5, b 0.4. After a: </s> 0.3 (its best); after b: </s> 0.9. Greedy says
   "a</s>" (0.5 x 0.3 = 0.15); beam 2 keeps b and finds "b</s>" (0.4 x 0.9 = 0.36)."""
@@ -273,6 +277,7 @@ def test_beam_search_refuses_repeat_models():
 # Sampling
 # ---------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_sampling_is_seeded_and_approaches_greedy():
   config = tiny_config(attention="general")
   model = model_lib.build_model(config, 12, 9)
@@ -306,6 +311,7 @@ def test_top_k_sampling_draws_only_from_the_k_most_likely():
   assert (rank[live] < 2).all() and (rank[live] == 1).any()
 
 
+@pytest.mark.slow
 def test_make_sample_decoder_repeats_with_the_same_seed():
   config = tiny_config(decoder_input="repeat", attention="none")
   model = model_lib.build_model(config, 12, 9)
@@ -330,6 +336,7 @@ def _translate_in_process(capsys, *argv):
   return code, out.splitlines(), err
 
 
+@pytest.mark.slow
 def test_translate_command_beam_and_sample(trained_workdir, capsys):
   task, params, _ = load_trained(trained_workdir)
   sources = ["twelve", "three hundred and forty-five", "nine hundred and ninety-nine"]
@@ -349,6 +356,7 @@ def test_translate_command_beam_and_sample(trained_workdir, capsys):
     run("--beam", "2", "--sample")
 
 
+@pytest.mark.slow
 def test_evaluate_command_with_beam(trained_workdir, capsys):
   """evaluate --beam N scores beam-search outputs: beam 1 gives greedy's metrics, and
   --length-penalty without --beam is refused."""

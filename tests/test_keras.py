@@ -56,6 +56,7 @@ def test_same_weights_give_the_same_outputs(anki_file):
   np.testing.assert_allclose(np.log(ours), np.log(keras_probs), atol=1e-4)
 
 
+@pytest.mark.slow
 def test_one_rmsprop_step_gives_the_same_parameters(anki_file):
   config, translator, pairs, src_chars, tgt_chars, model = _setup(anki_file)
   params = ki.params_from_keras(ki.example_weights(model), translator.src_vocab, translator.tgt_vocab,
@@ -77,6 +78,7 @@ def test_one_rmsprop_step_gives_the_same_parameters(anki_file):
                                  err_msg=f"{layer}/{name}")
 
 
+@pytest.mark.slow
 def test_imported_model_decodes_exactly_as_keras(anki_file, tmp_path):
   config, translator, pairs, src_chars, tgt_chars, model = _setup(anki_file, latent=64)
   enc, dec, target = ki.example_arrays(pairs, src_chars, tgt_chars, translator.keras_dims)
@@ -97,6 +99,7 @@ def test_imported_model_decodes_exactly_as_keras(anki_file, tmp_path):
   assert cli.stdout.split("\n")[:5] == expected[:5]
 
 
+@pytest.mark.slow
 def test_vocabulary_mismatch_names_both_sizes(anki_file, tmp_path):
   config, translator, pairs, src_chars, tgt_chars, model = _setup(anki_file)
   model_path = str(tmp_path / "m.keras")

@@ -58,6 +58,7 @@ def test_steps_run_without_reading_the_device_except_to_log_evaluate_and_checkpo
   assert logged == [3, 6, 9, 12]
 
 
+@pytest.mark.slow
 def test_a_run_is_a_group_of_one(tmp_path):
   """train_and_evaluate and train_trials([config]) are the same loop: same files, same numbers."""
   config = tiny_config(num_epochs=1)
@@ -106,6 +107,7 @@ def test_a_workdir_of_version_0_1_restores_and_translates_as_it_did(old_workdir)
   assert best == 7
 
 
+@pytest.mark.slow
 def test_a_workdir_of_version_0_1_resumes_as_if_never_interrupted(old_workdir, tmp_path):
   workdir, _ = old_workdir
   with open(os.path.join(workdir, "config.json"), encoding="utf-8") as f:

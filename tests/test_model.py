@@ -44,6 +44,7 @@ def numpy_gru_step(x, h, kernel, recurrent_kernel, bias):
   return z * h + (1 - z) * hh
 
 
+@pytest.mark.slow
 def test_gru_cell_matches_numpy_reference():
   rng = np.random.default_rng(2)
   B, D, H = 3, 5, 4
@@ -60,6 +61,7 @@ def test_gru_cell_matches_numpy_reference():
   assert layer["bias"].shape == (2, 24)
 
 
+@pytest.mark.slow
 def test_repeat_decoder_is_causal_and_ignores_decoder_inputs():
   """RepeatVector decoder: step t depends only on the source, so the first T of a
   longer decode equal a T-step decode, whatever the (unused) decoder inputs."""
@@ -114,6 +116,7 @@ def _model_and_params(**overrides):
     dict(bidirectional_encoder=True, num_layers=2, attention="general"),
     dict(bidirectional_encoder=True, cell="gru", attention="additive", reverse_source=True),
     dict(bidirectional_encoder=True, input_mode="onehot", attention="none", label_smoothing=0.1)])
+@pytest.mark.slow
 def test_padding_does_not_change_encoder_state_or_loss(overrides):
   config, model, params = _model_and_params(**overrides)
   src = jnp.array([[5, 6, 7, 8, 0], [4, 9, 0, 0, 0]], jnp.int32)
@@ -246,6 +249,7 @@ def test_label_smoothing_is_the_smoothed_cross_entropy_over_real_tokens():
   np.testing.assert_allclose(plain, -target_logp[np.asarray(out) != 0].mean(), rtol=1e-5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("T, lengths", [(7, [7, 4, 1]), (1, [1, 0, 1])])
 def test_fused_lstm_equals_autodiff_of_the_scan_values_and_gradients(T, lengths):
   """lstm_sequence's hand-written backward pass gives autodiff's gradients for every
@@ -280,6 +284,7 @@ def test_fused_lstm_equals_autodiff_of_the_scan_values_and_gradients(T, lengths)
     assert not np.asarray(got[0])[row, length:].any()
 
 
+@pytest.mark.slow
 def test_fused_and_unfused_models_train_the_same():
   """The whole model's loss gradient with fused_lstm on and off."""
   config = tiny_config(attention="none", reverse_source=True)
@@ -297,6 +302,7 @@ def test_fused_and_unfused_models_train_the_same():
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), *grads)
 
 
+@pytest.mark.slow
 def test_bfloat16_matmuls_fused_gradient_matches_autodiff():
   """With bfloat16 matmul operands the hand-written backward pass still gives autodiff's
   gradients (to bfloat16 rounding), and the outputs stay float32 and near float32's."""
@@ -326,6 +332,7 @@ def test_bfloat16_matmuls_fused_gradient_matches_autodiff():
     np.testing.assert_allclose(g, w, rtol=3e-2, atol=3e-2 * float(jnp.abs(w).max()), err_msg=name)
 
 
+@pytest.mark.slow
 def test_bfloat16_training_keeps_float32_parameters_and_optimizer_state():
   from seq2seq_jax import steps as steps_lib
   from seq2seq_jax.optim import build_optimizer

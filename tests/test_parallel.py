@@ -45,6 +45,7 @@ def losses(workdir):
             and "val/loss" not in r}
 
 
+@pytest.mark.slow
 def test_eight_devices_match_one(tmp_path):
   one = run_with_devices(tmp_path / "one", 1)
   eight = run_with_devices(tmp_path / "eight", 8)
@@ -76,6 +77,7 @@ def test_batch_size_must_divide_over_devices(tmp_path):
   assert "Traceback" not in result.stderr
 
 
+@pytest.mark.slow
 def test_two_processes_through_jax_distributed_match_one_device(tmp_path):
   """Two localhost processes x 4 CPU devices (gloo collectives), each feeding its own shard."""
   import socket

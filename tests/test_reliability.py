@@ -341,6 +341,7 @@ def test_bad_config_values_are_named(tmp_path, capsys, item, expected):
 # Bad input: translate
 # ---------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_translate_odd_inputs_one_line_each(baseline, env):
   long_input = "one hundred and " * 10  # 160 characters; max_source_len is 40
   inputs = ["twelve!", "", long_input, "z?", "seven"]
@@ -359,6 +360,7 @@ def test_translate_odd_inputs_one_line_each(baseline, env):
   assert cut.stdout.splitlines() == [lines[2], lines[4]]
 
 
+@pytest.mark.slow
 def test_translate_rejects_non_utf8_stdin(baseline, env):
   result = subprocess.run(cli_command("translate", "--workdir", baseline),
                           input=b"twelve\ncaf\xe9\n", capture_output=True, timeout=300,
@@ -382,6 +384,7 @@ def test_workdir_without_a_finished_checkpoint(tmp_path, capsys):
   assert unfinished.exists()  # reading never deletes anything
 
 
+@pytest.mark.slow
 def test_incompatible_workdir_is_refused_untouched(baseline_copy, env):
   before = tree_digest(os.path.join(baseline_copy, "checkpoints"))
   config_before = open(os.path.join(baseline_copy, "config.json")).read()
@@ -398,6 +401,7 @@ def test_incompatible_workdir_is_refused_untouched(baseline_copy, env):
 # Faults: signals, kill -9
 # ---------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_sigint_and_sigterm_save_and_the_same_command_resumes_exactly(baseline, env, tmp_path):
   """SIGINT, the same command again, SIGTERM, the same command again to the end."""
   workdir = tmp_path / "run"
@@ -427,6 +431,7 @@ def test_sigint_and_sigterm_save_and_the_same_command_resumes_exactly(baseline, 
   assert trained_numbers(workdir) == trained_numbers(baseline)
 
 
+@pytest.mark.slow
 def test_kill_9_at_any_moment_then_resume(baseline, env, tmp_path):
   """Three kill -9 (first save, a later save, between steps), then the same command."""
   workdir = tmp_path / "run"
@@ -524,6 +529,7 @@ def damage_truncate_without_manifest(step_dir):
 
 @pytest.mark.parametrize("damage", [damage_truncate, damage_delete_state, damage_garbled_meta,
                                     damage_flipped_bytes, damage_truncate_without_manifest])
+@pytest.mark.slow
 def test_damaged_newest_checkpoint_falls_back(baseline, baseline_copy, capfd, damage):
   damage(os.path.join(baseline_copy, "checkpoints", str(TOTAL_STEPS)))
   with captured_logs() as messages:
@@ -540,6 +546,7 @@ def test_damaged_newest_checkpoint_falls_back(baseline, baseline_copy, capfd, da
   assert "Traceback" not in capfd.readouterr().err
 
 
+@pytest.mark.slow
 def test_damaged_metrics_leave_the_checkpoint_usable(baseline_copy):
   """The metrics in a step's manifest (Orbax writes no metrics file of its own)."""
   path = os.path.join(baseline_copy, "checkpoints", str(TOTAL_STEPS), MANIFEST)
@@ -558,6 +565,7 @@ def test_damaged_metrics_leave_the_checkpoint_usable(baseline_copy):
   assert any(f"metrics of checkpoint {TOTAL_STEPS} are unreadable" in m for m in messages)
 
 
+@pytest.mark.slow
 def test_translate_falls_back_from_a_damaged_newest_checkpoint(baseline_copy, env):
   for step in (EPOCH_11_STEP, TOTAL_STEPS):  # as written by a version without manifests
     os.remove(os.path.join(baseline_copy, "checkpoints", str(step), MANIFEST))
@@ -570,6 +578,7 @@ def test_translate_falls_back_from_a_damaged_newest_checkpoint(baseline_copy, en
   assert no_traceback(result.stderr), result.stderr
 
 
+@pytest.mark.slow
 def test_all_checkpoints_damaged_is_a_clear_error(baseline_copy, env):
   for step in (EPOCH_11_STEP, TOTAL_STEPS):
     damage_truncate(os.path.join(baseline_copy, "checkpoints", str(step)))
@@ -581,6 +590,7 @@ def test_all_checkpoints_damaged_is_a_clear_error(baseline_copy, env):
   assert no_traceback(result.stderr)
 
 
+@pytest.mark.slow
 def test_resume_after_a_damaged_newest_checkpoint(baseline, baseline_copy, env):
   newest = os.path.join(baseline_copy, "checkpoints", str(TOTAL_STEPS))
   damage_truncate(newest)
@@ -671,6 +681,7 @@ def test_checkpoint_path_that_is_a_file(tmp_path):
     Checkpointer(str(tmp_path))
 
 
+@pytest.mark.slow
 def test_full_disk_during_training_is_a_clear_error(baseline, env, tmp_path):
   """The command line with writes over 64 KB refused: the first save fails cleanly."""
   del baseline  # trained first: the compilation cache holds every program, nothing is written

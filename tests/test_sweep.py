@@ -144,6 +144,7 @@ def test_dropout_at_a_traced_rate_equals_flax_dropout():
     np.testing.assert_allclose(got, expected, rtol=1e-6)  # XLA may fuse the scaling otherwise
 
 
+@pytest.mark.slow
 def test_optimizer_with_array_hyperparameters_equals_build_optimizer():
   """learning_rate, rmsprop_decay and clip_norm as per-trial arrays under vmap."""
   from seq2seq_jax.optim import build_optimizer, build_optimizer_with
@@ -191,6 +192,7 @@ def swept(tmp_path_factory):
   return sweep, workdir, result.stdout
 
 
+@pytest.mark.slow
 def test_sweep_writes_one_workdir_per_trial_and_tables(swept):
   sweep, workdir, stdout = swept
   assert len(sweep.trials) == 4 and sweep.vectorize
@@ -216,6 +218,7 @@ def test_sweep_writes_one_workdir_per_trial_and_tables(swept):
   assert_png(os.path.join(workdir, "curves.png"))
 
 
+@pytest.mark.slow
 def test_vectorised_trial_equals_its_sequential_run(swept, tmp_path):
   """The trial furthest from the group's first config, alone and without vmap."""
   sweep, workdir, _ = swept
@@ -229,6 +232,7 @@ def test_vectorised_trial_equals_its_sequential_run(swept, tmp_path):
   assert_same_run(os.path.join(workdir, trial.name), os.path.join(sequential, trial.name), 1e-4)
 
 
+@pytest.mark.slow
 def test_rerunning_a_finished_sweep_redoes_nothing(swept):
   _, workdir, _ = swept
   before = file_times(workdir)
@@ -241,6 +245,7 @@ def test_rerunning_a_finished_sweep_redoes_nothing(swept):
   assert all(os.path.dirname(p) == workdir for p in changed), changed  # only the tables
 
 
+@pytest.mark.slow
 def test_a_trial_workdir_translates_and_plots(swept, tmp_path):
   sweep, workdir, _ = swept
   trial_dir = os.path.join(workdir, sweep.trials[0].name)
@@ -258,6 +263,7 @@ def test_a_trial_workdir_translates_and_plots(swept, tmp_path):
   assert_png(sweep_png)
 
 
+@pytest.mark.slow
 def test_interrupted_sweep_continues_only_unfinished_trials(swept, tmp_path):
   sweep, finished, _ = swept
   workdir = str(tmp_path / "copy")
@@ -279,6 +285,7 @@ def test_interrupted_sweep_continues_only_unfinished_trials(swept, tmp_path):
       assert json.load(f) == pytest.approx(expected, rel=1e-6)
 
 
+@pytest.mark.slow
 def test_a_diverging_trial_is_recorded_and_the_others_go_on(tmp_path):
   base = sweep_lib.load_sweep(SWEEP_TINY).base
   base = dataclasses.replace(base, num_epochs=1, latent_dim=8, embed_dim=4, attention="none",
@@ -296,6 +303,7 @@ def test_a_diverging_trial_is_recorded_and_the_others_go_on(tmp_path):
   assert not os.path.exists(os.path.join(diverged, "results.json"))
 
 
+@pytest.mark.slow
 def test_tensorboard_export_round_trips(swept):
   pytest.importorskip("tensorboardX")
   from tensorboardX.proto import event_pb2

@@ -38,6 +38,7 @@ def test_rmsprop_is_keras_rmsprop():
   np.testing.assert_allclose(params["w"], w, rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_tiny_model_overfits_tiny_data(tmp_path):
   """Reversing short strings: a real task the model must read the source for."""
   rng = np.random.default_rng(0)
@@ -55,6 +56,7 @@ def test_tiny_model_overfits_tiny_data(tmp_path):
   assert outputs == [t for _, t in pairs]
 
 
+@pytest.mark.slow
 def test_resume_equals_uninterrupted(tmp_path):
   # one batch shape (bucket_width=0): four runs, each compiling its programs once
   config = tiny_config(num_epochs=3, checkpoint_every_steps=3, log_every_steps=1, dropout=0.1,
@@ -102,6 +104,7 @@ def test_workdir_contents(trained_workdir):
   assert len(steps) >= 2
 
 
+@pytest.mark.slow
 def test_nan_loss_stops_with_a_clear_error(tmp_path, monkeypatch):
   from seq2seq_jax import steps
   from seq2seq_jax.loop import NonFiniteLoss
@@ -121,6 +124,7 @@ def test_nan_loss_stops_with_a_clear_error(tmp_path, monkeypatch):
   assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["7"]
 
 
+@pytest.mark.slow
 def test_no_compilation_after_the_first_epoch(tmp_path):
   """Length buckets fix the set of batch shapes, so epochs 2 and 3 reuse every program
   (train step, eval step, decoder) that epoch 1 compiled: counted, not timed."""

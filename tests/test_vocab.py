@@ -145,6 +145,7 @@ def test_old_config_without_tokenizer_keys_loads_and_resumes(tmp_path):
     check_workdir_config(str(tmp_path), tiny_config(tokenizer="word"))
 
 
+@pytest.mark.slow
 def test_old_char_checkpoint_without_tokenizer_loads(tmp_path, monkeypatch):
   """A checkpoint written before word tokens existed: no `tokenizer` anywhere."""
   original_meta = CheckpointMeta.to_json
@@ -168,6 +169,7 @@ def test_old_char_checkpoint_without_tokenizer_loads(tmp_path, monkeypatch):
   assert task.translate(params, ["twelve"]) == rebuilt.translate(params, ["twelve"])
 
 
+@pytest.mark.slow
 def test_word_model_trains_saves_and_translates_identically(tmp_path):
   config = tiny_config(tokenizer="word", max_vocab_size=20, num_epochs=1, numbers_train=96,
                        bucket_width=0, max_source_len=12, max_target_len=12)
