@@ -55,6 +55,13 @@ class NonFiniteLoss(UserError):
   """The loss became NaN or infinite."""
 
 
+@dataclasses.dataclass
+class Pruned:
+  """A trial stopped by the sweep's pruner after an epoch's evaluation."""
+  epoch: int
+  metrics: dict[str, float]
+
+
 class ProgressDiffers(Exception):
   """The trials' checkpoints are at different positions: they cannot share a program."""
 
@@ -138,6 +145,11 @@ class TrialRun:
   schedule: Any  # optax schedule: the logged learning rate
   sums: RunningSums = dataclasses.field(default_factory=RunningSums)
   failure: NonFiniteLoss | None = None
+  pruned: Pruned | None = None
+
+  @property
+  def stopped(self) -> bool:
+    return self.failure is not None or self.pruned is not None
 
   @property
   def name(self) -> str:
@@ -168,6 +180,8 @@ class Group:
   steps_per_epoch: int
   base_rng: jax.Array
   progress: Progress = dataclasses.field(default_factory=Progress)
+  hyper: Any = None  # the jitted step's per-trial values (placed on the devices)
+  prune: Any = None  # prune(trial index, epoch, val metrics) -> stop that trial?
 
   @property
   def size(self) -> int:
@@ -179,7 +193,14 @@ class Group:
     return self.size > 1
 
   def live(self) -> list[tuple[int, TrialRun]]:
-    return [(i, t) for i, t in enumerate(self.trials) if t.failure is None]
+    return [(i, t) for i, t in enumerate(self.trials) if not t.stopped]
+
+  def stop_updating(self) -> None:
+    """A vectorised group's stopped trials keep their state: the mask is an input of the
+    same program, so nothing compiles again."""
+    if self.stacked:
+      active = np.array([not t.stopped for t in self.trials])
+      self.hyper = dict(self.hyper, active=self.parallel.replicate(active))
 
   def label(self, trial: TrialRun) -> str:
     return f"{trial.name}  " if self.stacked else ""
@@ -300,6 +321,7 @@ def _jitted_step(group: Group):
            for k in varied if k != "dropout"}
   if "dropout" in varied:
     hyper["dropout"] = np.array([traced_dropout_rate(c.dropout) for c in configs], np.float32)
+  hyper["active"] = np.ones(len(configs), bool)
   log.info("vmap: %d trials in one program (%s differ), %d step(s)/epoch, %d epoch(s)",
            group.size, ", ".join(varied) or "nothing", group.steps_per_epoch, base.num_epochs)
   step = functools.partial(vectorized_train_step, model=model, config=base,
@@ -328,6 +350,7 @@ def _read_steps(group: Group, pending: list[tuple[int, dict[str, jax.Array]]],
             "Train again in a new --workdir with a lower learning_rate or with clip_norm.")
         if group.stacked:
           log.info("trial %s: %s", trial.name, trial.failure)
+          group.stop_updating()
         continue
       counts = {key: float(host_N[key][i]) for key in ("loss_sum", "weight", "correct", "tokens")}
       trial.sums.window.add(counts)
@@ -346,8 +369,8 @@ def _log_window(group: Group, step: int, host_N: dict[str, np.ndarray], clock: E
   rate = clock.rate()
   losses = []
   for i, trial in enumerate(group.trials):
-    if trial.failure is not None:
-      losses.append("failed")
+    if trial.stopped:
+      losses.append("failed" if trial.failure is not None else "pruned")
       continue
     window_loss = trial.sums.window.loss
     losses.append(f"{window_loss:.4f}")
@@ -369,11 +392,14 @@ def _log_window(group: Group, step: int, host_N: dict[str, np.ndarray], clock: E
              losses[0], rate)
 
 
-def _save(group: Group, state, metrics_per_trial: list[dict[str, float] | None] | None = None) -> None:
-  """A checkpoint of every live trial at the current step, with its meta."""
+def _save(group: Group, state, metrics_per_trial: list[dict[str, float] | None] | None = None,
+          only: int | None = None) -> None:
+  """A checkpoint of every live trial (or trial `only`) at the current step, with its meta."""
   rng = np.asarray(jax.random.key_data(group.base_rng)).tolist()
   trial_states = _trial_states(group, state)
   for i, trial in group.live():
+    if only is not None and i != only:
+      continue
     metrics = metrics_per_trial[i] if metrics_per_trial else None
     meta = group.translator.checkpoint_meta(
         trial.config, progress=copy.copy(group.progress), sums=copy.deepcopy(trial.sums),
@@ -401,7 +427,7 @@ def _end_epoch(group: Group, state, clock: EpochClock, compilations: Compilation
   checkpoint_metrics: list[dict[str, float] | None] = [None] * group.size
   for i, trial in enumerate(group.trials):
     epoch_sums, trial.sums.epoch = trial.sums.epoch, Totals()
-    if trial.failure is not None:
+    if trial.stopped:
       continue
     record = {"step": group.progress.step, "epoch": epoch + 1,
               "train/loss": epoch_sums.loss, "train/token_accuracy": epoch_sums.token_accuracy,
@@ -421,11 +447,20 @@ def _end_epoch(group: Group, state, clock: EpochClock, compilations: Compilation
              group.label(trial), epoch + 1, base.num_epochs, record["step"], record["train/loss"],
              "  ".join(f"{k} {v:.4f}" for k, v in record.items() if k.startswith("val/")),
              epoch_time, record["train/samples_per_sec"])
+    if evaluate and not last and group.prune is not None and group.prune(i, epoch + 1,
+                                                                         checkpoint_metrics[i]):
+      _save(group, state, checkpoint_metrics, only=i)  # its last evaluated state stays
+      trial.pruned = Pruned(epoch + 1, checkpoint_metrics[i])
+      log.info("%spruned after epoch %d", group.label(trial) or f"{trial.name}  ", epoch + 1)
+  if group.stacked:
+    group.stop_updating()
   if new_compilations and epoch > first_epoch:
     log.warning("epoch %d compiled %d new program(s): batch shapes are not settling.",
                 epoch + 1, new_compilations)
   if (epoch + 1) % base.checkpoint_every_epochs == 0 or last:
     _save(group, state, checkpoint_metrics)
+  if not group.live():
+    raise _EveryTrialFailed
 
 
 def _final_evaluation(group: Group, state) -> list[dict[str, Any] | NonFiniteLoss]:
@@ -436,8 +471,8 @@ def _final_evaluation(group: Group, state) -> list[dict[str, Any] | NonFiniteLos
   abstract = group.parallel.abstract_replicated(trial_states[0])
   translator = group.translator
   for trial, trial_state in zip(group.trials, trial_states):
-    if trial.failure is not None:
-      outcomes.append(trial.failure)
+    if trial.stopped:
+      outcomes.append(trial.failure or trial.pruned)
       continue
     final_step = trial.checkpointer.best_step() or trial.checkpointer.latest_step()
     params = trial_state["params"]
@@ -481,13 +516,15 @@ def _log_samples(group: Group, params) -> None:
 
 def train_trials(configs: list[Config], workdirs: list[str], argv: list[str] | None = None,
                  progress: bool | None = None, stop_after_step: int | None = None,
-                 ) -> list[dict[str, Any] | NonFiniteLoss]:
+                 prune=None) -> list[dict[str, Any] | NonFiniteLoss | Pruned]:
   """Trains (or resumes) N trials as one program: configs that differ only in
   VECTORIZED_KEYS (N = 1: a run). Each workdir ends as a run of its config alone leaves
-  it. Returns each trial's final metrics, or the NonFiniteLoss that stopped it.
+  it. Returns each trial's final metrics, the NonFiniteLoss that stopped it, or Pruned.
 
   stop_after_step: behave as if interrupted after that step (checkpoint, then
   TrainingInterrupted), as SIGINT/SIGTERM do.
+  prune(trial index, epoch, val metrics) -> bool: asked after each evaluation but the
+  last; True stops that trial there (its slot of a vectorised group stops updating).
   """
   if len({vmap_group_key(c) for c in configs}) != 1:
     raise ValueError(f"train_trials: the configs differ in more than {', '.join(VECTORIZED_KEYS)}")
@@ -500,7 +537,8 @@ def train_trials(configs: list[Config], workdirs: list[str], argv: list[str] | N
     stack.enter_context(_run_log(workdirs))
     group = _open_group(configs, workdirs, argv, parallel, stack)
     state = _initial_state(group)
-    step_fn, hyper = _jitted_step(group)
+    step_fn, group.hyper = _jitted_step(group)
+    group.prune = prune
     log.info("model: %s parameters, %d step(s)/epoch, %d epoch(s); mesh data=%d (%d x %s, "
              "%d process(es)), %d pairs per device per step",
              f"{count_params(jax.tree.map(lambda x: x[0], state['params']) if group.stacked else state['params']):,}",
@@ -509,13 +547,13 @@ def train_trials(configs: list[Config], workdirs: list[str], argv: list[str] | N
              group.base.batch_size // parallel.size)
     show_bar = sys.stderr.isatty() if progress is None else progress
     try:
-      state = _train(group, state, step_fn, hyper, show_bar, stop_after_step)
+      state = _train(group, state, step_fn, show_bar, stop_after_step)
     except _EveryTrialFailed:
-      return [t.failure for t in group.trials]
+      return [t.failure or t.pruned for t in group.trials]
     return _final_evaluation(group, state)
 
 
-def _train(group: Group, state, step_fn, hyper, show_bar: bool, stop_after_step: int | None):
+def _train(group: Group, state, step_fn, show_bar: bool, stop_after_step: int | None):
   """The epochs from where the group stands to the last; returns the final state."""
   from tqdm import tqdm
   base, parallel = group.base, group.parallel
@@ -536,7 +574,7 @@ def _train(group: Group, state, step_fn, hyper, show_bar: bool, stop_after_step:
         rows = batches[progress.batch]
         batch = data_lib.make_batch(group.train_data, rows, base.batch_size, base.bucket_width)
         state, metrics_N = parallel.settle(step_fn(state, parallel.shard_batch(batch),
-                                                   group.base_rng, hyper))
+                                                   group.base_rng, group.hyper))
         progress.batch += 1
         progress.step += 1
         clock.samples += len(rows)

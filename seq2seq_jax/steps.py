@@ -110,12 +110,17 @@ def vectorized_train_step(states_N: dict[str, Any], batch: dict[str, jax.Array],
                           model: Seq2Seq, config: Config, total_steps: int,
                           ) -> tuple[dict[str, Any], dict[str, jax.Array]]:
   """train_step for N trials at once under vmap; hyper_N: one value per trial of each
-  varied optimizer setting (learning_rate, rmsprop_decay, clip_norm) and of `dropout`."""
+  varied optimizer setting (learning_rate, rmsprop_decay, clip_norm), of `dropout`, and
+  `active` (False: the trial's state stays as it is)."""
 
   def one_trial(state, hyper):
-    optimizer_values = {k: v for k, v in hyper.items() if k != "dropout"}
+    optimizer_values = {k: v for k, v in hyper.items() if k not in ("dropout", "active")}
     tx = build_optimizer_with(config, total_steps, **optimizer_values)
-    return train_step(state, batch, base_rng, model=model, tx=tx, config=config,
-                      dropout_rate=hyper.get("dropout"))
+    new_state, metrics = train_step(state, batch, base_rng, model=model, tx=tx, config=config,
+                                    dropout_rate=hyper.get("dropout"))
+    if "active" in hyper:  # a stopped trial (pruned, diverged) keeps its state, same program
+      new_state = jax.tree.map(lambda new, old: jnp.where(hyper["active"], new, old),
+                               new_state, state)
+    return new_state, metrics
 
   return jax.vmap(one_trial)(states_N, hyper_N)
