@@ -206,6 +206,35 @@ def cmd_benchmark(args) -> int:
   return 0
 
 
+def _int_list(text: str, flag: str) -> tuple[int, ...]:
+  """1,4,16 -> (1, 4, 16); "" or none -> ()."""
+  if text.strip().lower() in ("", "none"):
+    return ()
+  try:
+    values = tuple(int(part) for part in text.split(","))
+  except ValueError:
+    values = ()
+  if not values or any(v <= 0 for v in values):
+    raise UserError(f"{flag} takes positive whole numbers separated by commas (e.g. 1,4,16), "
+                    f"got '{text}'.")
+  return values
+
+
+def cmd_export(args) -> int:
+  from seq2seq_jax.export import describe_artifact, export_workdir
+  configure_logging(sys.stderr)
+  beam_sizes = None if args.beam_sizes is None else _int_list(args.beam_sizes, "--beam-sizes")
+  platforms = tuple(p.strip() for p in args.platforms.split(",") if p.strip())
+  unknown = [p for p in platforms if p not in ("cpu", "cuda", "rocm", "tpu")]
+  if not platforms or unknown:
+    raise UserError(f"--platforms takes cpu, cuda, rocm and tpu, comma-separated; got "
+                    f"'{args.platforms}'.")
+  artifact = export_workdir(args.workdir, args.out, args.checkpoint, beam_sizes=beam_sizes,
+                            length_penalty=args.length_penalty, platforms=platforms)
+  print(describe_artifact(artifact, args.out))
+  return 0
+
+
 def _positive_int(text: str) -> int:
   try:
     value = int(text)
@@ -299,6 +328,21 @@ def build_parser() -> argparse.ArgumentParser:
                             help="the example's num_samples (default 10000)")
   import_keras.add_argument("--workdir", required=True)
   import_keras.set_defaults(func=cmd_import_keras)
+
+  export = sub.add_parser("export", help="write a trained model as jax.export (StableHLO) "
+                          "functions, its parameters and vocabularies, for exported.py or serve")
+  export.add_argument("--workdir", required=True)
+  export.add_argument("--out", required=True, help="the directory to write (replaced whole)")
+  export.add_argument("--checkpoint", default="best",
+                      help="best (default), latest, or a step number")
+  export.add_argument("--beam-sizes", metavar="K,K",
+                      help="beam sizes to export beside greedy (default 5; none: greedy only)")
+  export.add_argument("--length-penalty", type=float, default=0.6, metavar="A",
+                      help="the beams' GNMT length penalty alpha (default 0.6, as translate)")
+  export.add_argument("--platforms", default="cpu,cuda",
+                      help="platforms lowered into one artifact (default cpu,cuda; one that "
+                      "this host cannot lower is left out and the manifest says why)")
+  export.set_defaults(func=cmd_export)
 
   bench = sub.add_parser("benchmark", help="time training and decoding against Keras 3 and "
                          "PyTorch on the same work, side by side (peers: pip install '.[bench]')")

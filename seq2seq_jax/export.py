@@ -1,0 +1,228 @@
+"""Writes a trained model as a portable artifact: its encoder, greedy and beam decoders
+serialised with `jax.export` (StableHLO, symbolic batch and source length), its
+parameters as arrays, its vocabularies and a JSON manifest (`seq2seq-jax export`).
+
+DIR/ holds
+  manifest.json       model settings, versions, checkpoint, beam sizes, decode_max_len,
+                      platforms, symbolic shapes, one entry per function
+  params.npz          the parameters, flat: "encoder_lstm_0/kernel", ...
+  vocab.json          tokenizer level and both vocabularies' tokens
+  encoder.stablehlo   (params, src_BxS) -> (carries per layer, enc_BxSxH, mask_BxS)
+  greedy.stablehlo    (params, src_BxS) -> ids_BxL
+  beamK.stablehlo     (params, src_BxS) -> ids_BxL for each beam size K
+
+Parameters are arguments, not constants baked into the modules: the encoder and every
+decoder share one copy (baking would store it in each module), the modules stay a few
+hundred kB whatever the model size, and XLA cannot constant-fold the weights into
+something computed differently from the jitted program that `translate` runs.
+exported.py reads DIR with jax and numpy alone.
+"""
+
+from __future__ import annotations
+
+import datetime
+import functools
+import importlib.metadata
+import json
+import logging
+import os
+import platform
+import shutil
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import export as jax_export
+
+from seq2seq_jax import __version__
+from seq2seq_jax.decode import _check_beam_model, beam_search, greedy_decode
+from seq2seq_jax.errors import UserError
+from seq2seq_jax.exported import (FORMAT, FORMAT_VERSION, MANIFEST_FILE, PARAMS_FILE,
+                                  VOCAB_FILE, ExportedTranslator, flatten_params,
+                                  unflatten_params)
+from seq2seq_jax.model import MODEL_FIELDS, Seq2Seq
+from seq2seq_jax.workdir import write_atomically
+
+log = logging.getLogger(__name__)
+
+DEFAULT_BEAM_SIZES = (5,)
+DEFAULT_PLATFORMS = ("cpu", "cuda")
+# symbolic dimensions of every function's source input (>= 1 each, jax.export's default)
+SHAPE_SPEC = "b, s"
+
+
+def _functions(model: Seq2Seq, max_len: int, beam_sizes: tuple[int, ...],
+               length_penalty: float) -> dict[str, Callable]:
+  """name -> fn(flat_params, src_BxS): the functions to export. They take the flat
+  parameter dict of params.npz, so a loader passes np.load's arrays as they are."""
+
+  def encoder(flat_params, src_BxS):
+    variables = {"params": unflatten_params(flat_params)}
+    carries, enc_BxSxH, mask_BxS = model.apply(variables, src_BxS, method=Seq2Seq.encode)
+    return [list(carry) for carry in carries], enc_BxSxH, mask_BxS
+
+  def greedy(flat_params, src_BxS):
+    return greedy_decode(unflatten_params(flat_params), src_BxS, model=model, max_len=max_len)
+
+  def beam(flat_params, src_BxS, *, beam_size):
+    return beam_search(unflatten_params(flat_params), src_BxS, model=model, max_len=max_len,
+                       beam_size=beam_size, length_penalty=length_penalty)
+
+  functions = {"encoder": encoder, "greedy": greedy}
+  for k in beam_sizes:
+    functions[f"beam{k}"] = functools.partial(beam, beam_size=k)
+  return functions
+
+
+def _export_one(fn: Callable, flat_params: dict[str, np.ndarray],
+                platforms: tuple[str, ...]) -> jax_export.Exported:
+  params_spec = {key: jax.ShapeDtypeStruct(value.shape, value.dtype)
+                 for key, value in flat_params.items()}
+  src_spec = jax.ShapeDtypeStruct(jax_export.symbolic_shape(SHAPE_SPEC), jnp.int32)
+  return jax_export.export(jax.jit(fn), platforms=platforms)(params_spec, src_spec)
+
+
+def _describe(exported: jax_export.Exported) -> dict[str, Any]:
+  """The shapes of one function as text: inputs past the parameters, and outputs."""
+  shape = lambda aval: f"{aval.dtype}[{', '.join(str(d) for d in aval.shape)}]"
+  return {"inputs": {"src_BxS": shape(exported.in_avals[-1])},
+          "outputs": [shape(aval) for aval in exported.out_avals],
+          "platforms": list(exported.platforms),
+          "calling_convention_version": exported.calling_convention_version}
+
+
+def check_exportable(translator) -> None:
+  """Refuses models the artifact does not describe yet, with the reason."""
+  if translator.is_series:
+    raise UserError("export covers text models; this workdir holds a series model "
+                    "(series:PATH), whose forecasts need its scaler: use Translator.forecast.")
+  if translator.keras_dims:
+    raise UserError("export does not cover keras_compat models (their space-padded "
+                    "fixed-width inputs); translate them with `seq2seq-jax translate`.")
+
+
+def build_artifact(translator, params, step: int, *, which: str = "best",
+                   workdir: str | None = None, beam_sizes: tuple[int, ...] | None = None,
+                   length_penalty: float = 0.6,
+                   platforms: tuple[str, ...] = DEFAULT_PLATFORMS) -> ExportedTranslator:
+  """The exported functions of a restored model, in memory (write_artifact saves them).
+
+  beam_sizes None: DEFAULT_BEAM_SIZES, or none for a decoder_input=repeat model (its
+  greedy output is already the best). A platform that cannot be lowered on this host is
+  left out, and the manifest says why (platform_notes); so is one lowered but not run.
+  """
+  check_exportable(translator)
+  model = translator.model
+  can_beam = model.config.decoder_input == "previous"
+  if beam_sizes is None:
+    beam_sizes = DEFAULT_BEAM_SIZES if can_beam else ()
+  beam_sizes = tuple(sorted(set(beam_sizes)))
+  if beam_sizes:
+    _check_beam_model(model)
+  if any(k < 1 for k in beam_sizes):
+    raise UserError(f"beam sizes must be at least 1, got {list(beam_sizes)}.")
+  flat_params = flatten_params(jax.tree.map(np.asarray, params))
+  max_len = translator.decode_max_len
+  functions = _functions(model, max_len, beam_sizes, length_penalty)
+  notes = {}
+  try:
+    exported = {name: _export_one(fn, flat_params, platforms) for name, fn in functions.items()}
+  except Exception as error:  # a platform this host cannot lower for: export the CPU one alone
+    if "cpu" not in platforms or len(platforms) == 1:
+      raise
+    notes = {p: f"lowering failed on this host: {type(error).__name__}: {error}"[:500]
+             for p in platforms if p != "cpu"}
+    platforms = ("cpu",)
+    exported = {name: _export_one(fn, flat_params, platforms) for name, fn in functions.items()}
+  here = jax_export.default_export_platform()
+  for lowered in platforms:
+    if lowered != here:  # lowering checks the ops, not the numbers: say it was not run
+      notes[lowered] = (f"lowered on a {here} host, not run on {lowered} by this export; "
+                        "jax.export checks the platform when the function is called")
+  config = translator.config
+  manifest = {
+      "format": FORMAT,
+      "format_version": FORMAT_VERSION,
+      "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+      "versions": {"seq2seq_jax": __version__, "jax": jax.__version__,
+                   "jaxlib": importlib.metadata.version("jaxlib"),
+                   "numpy": np.__version__, "python": platform.python_version()},
+      "checkpoint": {"workdir": os.path.abspath(workdir) if workdir else None,
+                     "which": which, "step": int(step)},
+      "model": {**{name: getattr(model.config, name) for name in MODEL_FIELDS},
+                "src_vocab_size": model.src_vocab_size, "tgt_vocab_size": model.tgt_vocab_size},
+      "settings": {"max_source_len": config.max_source_len, "max_target_len": config.max_target_len,
+                   "bucket_width": config.bucket_width, "source_lowercase": config.source_lowercase,
+                   "tokenizer": translator.src_vocab.level, "batch_size": config.batch_size},
+      "decode_max_len": max_len,
+      "beam_sizes": list(beam_sizes),
+      "length_penalty": length_penalty,
+      "platforms": list(platforms),
+      "platform_notes": notes,
+      "shapes": {"symbolic": SHAPE_SPEC, "batch": "b", "source_length": "s",
+                 "src_BxS": "int32[b, s]", "ids_BxL": f"int32[b, {max_len}]",
+                 "params": "the arrays of params.npz, a flat dict by '/'-joined path"},
+      "functions": {name: {"file": f"{name}.stablehlo", **_describe(e)}
+                    for name, e in exported.items()},
+      "params": {"file": PARAMS_FILE, "arrays": len(flat_params),
+                 "count": int(sum(v.size for v in flat_params.values()))},
+      "vocab": VOCAB_FILE,
+  }
+  vocab = {"tokenizer": translator.src_vocab.level, "src": translator.src_vocab.to_list(),
+           "tgt": translator.tgt_vocab.to_list(), "tgt_start_text": translator.tgt_vocab.start_text}
+  return ExportedTranslator(manifest, vocab, flat_params, exported)
+
+
+def write_artifact(artifact: ExportedTranslator, out: str) -> None:
+  """DIR as the module docstring describes; written into a temporary folder beside it
+  and renamed, so DIR is never half-written (an older DIR is replaced whole)."""
+  out = os.path.abspath(out)
+  if os.path.exists(out) and not os.path.isdir(out):
+    raise UserError(f"--out '{out}' is a file; name a directory.")
+  if os.path.isdir(out) and os.listdir(out) and not os.path.exists(os.path.join(out, MANIFEST_FILE)):
+    raise UserError(f"--out '{out}' holds files that are not an export; name a new or "
+                    "empty directory.")
+  staging = out + ".partial"
+  shutil.rmtree(staging, ignore_errors=True)
+  os.makedirs(staging)
+  for name, exported in artifact.exported.items():
+    with open(os.path.join(staging, f"{name}.stablehlo"), "wb") as f:
+      f.write(exported.serialize())
+  np.savez(os.path.join(staging, PARAMS_FILE), **artifact.flat_params)
+  write_atomically(os.path.join(staging, VOCAB_FILE),
+                   json.dumps(artifact.vocab, ensure_ascii=False, indent=1) + "\n")
+  write_atomically(os.path.join(staging, MANIFEST_FILE),
+                   json.dumps(artifact.manifest, ensure_ascii=False, indent=2) + "\n")
+  if os.path.isdir(out):
+    old = out + ".old"
+    shutil.rmtree(old, ignore_errors=True)
+    os.replace(out, old)
+    os.replace(staging, out)
+    shutil.rmtree(old, ignore_errors=True)
+  else:
+    os.replace(staging, out)
+
+
+def export_workdir(workdir: str, out: str | None, which: str = "best", **options) -> ExportedTranslator:
+  """Restores workdir's checkpoint `which` and exports it (to out, when given)."""
+  from seq2seq_jax.inference import load_trained
+  translator, params, step = load_trained(workdir, which)
+  check_exportable(translator)
+  artifact = build_artifact(translator, params, step, which=which, workdir=workdir, **options)
+  if out:
+    write_artifact(artifact, out)
+  return artifact
+
+
+def describe_artifact(artifact: ExportedTranslator, out: str) -> str:
+  """What export prints: where, what and for which platforms."""
+  m = artifact.manifest
+  beams = ", ".join(f"beam {k}" for k in m["beam_sizes"]) or "no beam"
+  lines = [f"exported checkpoint {m['checkpoint']['step']} to {out}: encoder, greedy, {beams}; "
+           f"src int32[{m['shapes']['batch']}, {m['shapes']['source_length']}] -> "
+           f"ids int32[{m['shapes']['batch']}, {m['decode_max_len']}]; platforms "
+           f"{', '.join(m['platforms'])}; {m['params']['count']:,} parameters in {PARAMS_FILE}"]
+  for name, note in m["platform_notes"].items():
+    lines.append(f"{name}: {note}")
+  return "\n".join(lines)

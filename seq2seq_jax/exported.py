@@ -1,0 +1,198 @@
+"""Translates with an exported model (`seq2seq-jax export`'s DIR), using jax, numpy and
+seq2seq_jax.vocab alone (and errors.py's exception type): no Flax, Orbax or optax, no
+training code.
+
+    translator = ExportedTranslator.load("exported/")
+    translator.translate(["twelve", "three hundred"])          # greedy
+    translator.translate(["twelve"], beam=5)                   # a beam size it was exported with
+
+translate() batches as `seq2seq-jax translate` does (rows sorted by length, batches of
+batch_size rows, widths rounded up to bucket_width), so it gives the same text.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import jax
+import numpy as np
+from jax import export as jax_export
+
+from seq2seq_jax.errors import UserError
+from seq2seq_jax.vocab import PAD_ID, Vocab
+
+FORMAT = "seq2seq_jax.exported"
+FORMAT_VERSION = 1
+MANIFEST_FILE = "manifest.json"
+PARAMS_FILE = "params.npz"
+VOCAB_FILE = "vocab.json"
+TRANSLATE_BATCH_SIZE = 256  # `seq2seq-jax translate`'s default --batch-size
+
+
+class ExportError(UserError):
+  """An export directory that cannot be read (missing, damaged, a newer format)."""
+
+
+def flatten_params(tree: dict[str, Any], prefix: str = "") -> dict[str, np.ndarray]:
+  """{"a/b/kernel": array} from nested dicts of arrays."""
+  flat = {}
+  for key, value in tree.items():
+    path = f"{prefix}{key}"
+    if isinstance(value, dict):
+      flat.update(flatten_params(value, path + "/"))
+    else:
+      flat[path] = value
+  return flat
+
+
+def unflatten_params(flat: dict[str, Any]) -> dict[str, Any]:
+  """The nested dicts flatten_params came from."""
+  tree: dict[str, Any] = {}
+  for path, value in flat.items():
+    *parents, leaf = path.split("/")
+    node = tree
+    for parent in parents:
+      node = node.setdefault(parent, {})
+    node[leaf] = value
+  return tree
+
+
+def _read_json(path: str) -> Any:
+  try:
+    with open(path, encoding="utf-8") as f:
+      return json.load(f)
+  except OSError as error:
+    raise ExportError(f"cannot read {path}: {error.strerror or error}") from None
+  except ValueError as error:
+    raise ExportError(f"{path} is not valid JSON ({error}); export again.") from None
+
+
+class ExportedTranslator:
+  """An exported model: the manifest, the vocabularies, the parameters and the
+  jax.export functions (encoder, greedy, beamK), each compiled once per input shape."""
+
+  def __init__(self, manifest: dict[str, Any], vocab: dict[str, Any],
+               flat_params: dict[str, np.ndarray], exported: dict[str, jax_export.Exported]):
+    self.manifest = manifest
+    self.vocab = vocab
+    self.flat_params = flat_params
+    self.exported = exported
+    level = vocab["tokenizer"]
+    self.src_vocab = Vocab(vocab["src"], level=level)
+    self.tgt_vocab = Vocab(vocab["tgt"], start_text=vocab.get("tgt_start_text", ""), level=level)
+    settings = manifest["settings"]
+    self.max_source_len = int(settings["max_source_len"])
+    self.bucket_width = int(settings["bucket_width"])
+    self.source_lowercase = bool(settings["source_lowercase"])
+    self.decode_max_len = int(manifest["decode_max_len"])
+    self.beam_sizes = tuple(int(k) for k in manifest["beam_sizes"])
+    self._params = None  # on the device at the first call
+    self._calls = {name: jax.jit(e.call) for name, e in exported.items()}
+
+  @classmethod
+  def load(cls, directory: str) -> "ExportedTranslator":
+    """Reads DIR as export.write_artifact wrote it."""
+    if not os.path.isdir(directory):
+      raise ExportError(f"export directory '{directory}' does not exist; create it with "
+                        f"`seq2seq-jax export --workdir W --out {directory}`.")
+    manifest = _read_json(os.path.join(directory, MANIFEST_FILE))
+    if manifest.get("format") != FORMAT:
+      raise ExportError(f"{directory} is not a seq2seq_jax export (no '{FORMAT}' manifest).")
+    if int(manifest.get("format_version", 0)) > FORMAT_VERSION:
+      raise ExportError(f"{directory} was written in export format "
+                        f"{manifest['format_version']}, newer than this loader's "
+                        f"{FORMAT_VERSION}; upgrade seq2seq_jax.")
+    vocab = _read_json(os.path.join(directory, manifest.get("vocab", VOCAB_FILE)))
+    try:
+      with np.load(os.path.join(directory, manifest["params"]["file"])) as arrays:
+        flat_params = {key: arrays[key] for key in arrays.files}
+      exported = {}
+      for name, entry in manifest["functions"].items():
+        with open(os.path.join(directory, entry["file"]), "rb") as f:
+          exported[name] = jax_export.deserialize(bytearray(f.read()))
+    except (OSError, KeyError, ValueError) as error:
+      raise ExportError(f"cannot read the export in {directory}: {error}; export again.") from None
+    return cls(manifest, vocab, flat_params, exported)
+
+  @property
+  def params(self) -> dict[str, jax.Array]:
+    if self._params is None:
+      self._params = jax.device_put(self.flat_params)
+    return self._params
+
+  @property
+  def platforms(self) -> tuple[str, ...]:
+    return tuple(self.manifest["platforms"])
+
+  # -- inputs --------------------------------------------------------------------
+  def _seen_as(self, texts: list[str]) -> list[str]:
+    return [t.lower() for t in texts] if self.source_lowercase else list(texts)
+
+  def encode_sources(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """(src_NxS ids, PAD after each row, at most max_source_len tokens; lengths_N), as
+    translate encodes: lower-cased when the model was, longer inputs cut."""
+    ids = [self.src_vocab.encode(t)[:self.max_source_len] for t in self._seen_as(texts)]
+    lengths_N = np.array([len(x) for x in ids], np.int32)
+    src_NxS = np.full((len(ids), max(1, int(lengths_N.max(initial=0)))), PAD_ID, np.int32)
+    for row, x in enumerate(ids):
+      src_NxS[row, :len(x)] = x
+    return src_NxS, lengths_N
+
+  def input_warnings(self, texts: list[str]) -> list[str]:
+    """What translate() does silently to these inputs (inference.Translator's wording)."""
+    seen_as = self._seen_as(texts)
+    unknown = sorted({token for t in seen_as for token in self.src_vocab.unknown_tokens(t)})
+    unit = "characters" if self.src_vocab.level == "char" else "words"
+    warnings = []
+    if unknown:
+      warnings.append(f"{unit} never seen in training (read as unknown): "
+                      + " ".join(repr(token) for token in unknown))
+    too_long = sum(len(self.src_vocab.tokenize(t)) > self.max_source_len for t in seen_as)
+    if too_long:
+      warnings.append(f"{too_long} input(s) longer than max_source_len={self.max_source_len} "
+                      f"{unit} were truncated")
+    return warnings
+
+  # -- decoding -------------------------------------------------------------------
+  def function_name(self, beam: int | None) -> str:
+    """The exported function of a decoding: greedy (beam None) or beamK."""
+    if beam is None:
+      return "greedy"
+    if beam not in self.beam_sizes:
+      exported = ", ".join(str(k) for k in self.beam_sizes) or "none"
+      raise ValueError(f"beam {beam} was not exported (beam sizes: {exported}); export "
+                       "again with --beam-sizes, or decode greedily.")
+    return f"beam{beam}"
+
+  def decode_ids(self, src_BxS: np.ndarray, beam: int | None = None) -> np.ndarray:
+    """ids_BxL of a batch of source ids: greedy, or beam search of `beam` beams."""
+    call = self._calls[self.function_name(beam)]
+    return np.asarray(call(self.params, np.asarray(src_BxS, np.int32)))
+
+  def encode(self, src_BxS: np.ndarray):
+    """The encoder's (final (h, c) per layer, outputs BxSxH, mask BxS) of source ids."""
+    return jax.tree.map(np.asarray, self._calls["encoder"](self.params,
+                                                           np.asarray(src_BxS, np.int32)))
+
+  def translate(self, texts: list[str], beam: int | None = None,
+                batch_size: int = TRANSLATE_BATCH_SIZE) -> list[str]:
+    """Translations of texts in order, batched as `seq2seq-jax translate` batches; an
+    empty text gives an empty translation (translate's empty line)."""
+    self.function_name(beam)  # an unknown beam size fails before any work
+    if not texts:
+      return []
+    src_NxS, lengths_N = self.encode_sources(texts)
+    order = np.argsort(lengths_N, kind="stable")
+    outputs: list[str] = [""] * len(texts)
+    for start in range(0, len(order), batch_size):
+      rows = order[start:start + batch_size]
+      width = max(1, int(lengths_N[rows].max(initial=1)))
+      if self.bucket_width:
+        width = min(-(-width // self.bucket_width) * self.bucket_width, src_NxS.shape[1])
+      src_BxS = np.zeros((batch_size, width), np.int32)
+      src_BxS[:len(rows)] = src_NxS[rows, :width]
+      for row, ids in zip(rows, self.decode_ids(src_BxS, beam)):
+        outputs[row] = self.tgt_vocab.decode(ids) if texts[row] else ""
+    return outputs

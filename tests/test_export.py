@@ -1,0 +1,149 @@
+"""export.py and exported.py: a workdir's model as jax.export functions, loaded with jax
+and numpy alone, translating exactly as `seq2seq-jax translate` does."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+from seq2seq_jax.errors import UserError
+from seq2seq_jax.exported import ExportedTranslator, flatten_params, unflatten_params
+from tests.conftest import ROOT, run_cli
+
+BEAM = 3
+
+
+def sentences_200() -> list[str]:
+  """200 English number words of the tiny model's range, an empty line, one too long for
+  its max_source_len (40) and one with characters it never saw."""
+  from num2words import num2words
+  rng = random.Random(20)
+  texts = [num2words(n) for n in rng.sample(range(1000), 197)]
+  return texts + ["", "nine hundred and ninety-nine thousand, nine hundred and ninety-nine",
+                  "twelve!?"]
+
+
+def test_flat_params_round_trip():
+  tree = {"encoder_lstm_0": {"kernel": np.ones((2, 8)), "bias": np.zeros(8)},
+          "attention_query": np.eye(2)}
+  flat = flatten_params(tree)
+  assert sorted(flat) == ["attention_query", "encoder_lstm_0/bias", "encoder_lstm_0/kernel"]
+  assert unflatten_params(flat).keys() == tree.keys()
+  assert unflatten_params(flat)["encoder_lstm_0"]["kernel"] is tree["encoder_lstm_0"]["kernel"]
+
+
+def test_load_errors_say_what_to_do(tmp_path):
+  with pytest.raises(UserError, match="does not exist"):
+    ExportedTranslator.load(str(tmp_path / "nowhere"))
+  (tmp_path / "manifest.json").write_text("{not json")
+  with pytest.raises(UserError, match="not valid JSON"):
+    ExportedTranslator.load(str(tmp_path))
+  (tmp_path / "manifest.json").write_text('{"format": "other"}')
+  with pytest.raises(UserError, match="not a seq2seq_jax export"):
+    ExportedTranslator.load(str(tmp_path))
+
+
+# The loader in a fresh process: what it translates, and which modules it imported.
+LOADER = textwrap.dedent("""
+    import json, sys
+    from seq2seq_jax.exported import ExportedTranslator
+    translator = ExportedTranslator.load(sys.argv[1])
+    texts = json.loads(sys.stdin.read())
+    out = {"greedy": translator.translate(texts), "beam": translator.translate(texts, beam=%d),
+           "warnings": translator.input_warnings(texts),
+           "modules": sorted(m for m in sys.modules if m.split(".")[0] in
+                             ("flax", "orbax", "optax", "seq2seq_jax", "tensorstore"))}
+    print(json.dumps(out))
+""" % BEAM)
+
+
+@pytest.fixture(scope="module")
+def exported_dir(trained_workdir, tmp_path_factory):
+  out = str(tmp_path_factory.mktemp("export") / "tiny")
+  result = run_cli("export", "--workdir", trained_workdir, "--out", out,
+                   "--beam-sizes", f"{BEAM},2")
+  assert result.returncode == 0, result.stderr
+  assert "exported checkpoint" in result.stdout
+  return out
+
+
+@pytest.mark.slow
+def test_export_then_load_in_a_fresh_process_translates_as_translate(trained_workdir, exported_dir):
+  texts = sentences_200()
+  stdin = "\n".join(texts) + "\n"
+  greedy = run_cli("translate", "--workdir", trained_workdir, input_text=stdin)
+  beam = run_cli("translate", "--workdir", trained_workdir, "--beam", str(BEAM), input_text=stdin)
+  assert greedy.returncode == 0 and beam.returncode == 0, greedy.stderr + beam.stderr
+  loaded = subprocess.run([sys.executable, "-c", LOADER, exported_dir], input=json.dumps(texts),
+                          capture_output=True, text=True, timeout=300, cwd=ROOT)
+  assert loaded.returncode == 0, loaded.stderr
+  out = json.loads(loaded.stdout)
+  assert out["greedy"] == greedy.stdout.split("\n")[:-1]
+  assert out["beam"] == beam.stdout.split("\n")[:-1]
+  assert out["beam"] != out["greedy"] or len(set(out["greedy"])) > 1  # not all one text
+  # translate's warnings, word for word: one unknown-characters line, one truncation
+  assert [w for w in out["warnings"]] == [line.removeprefix("warning: ") for line in
+                                          greedy.stderr.splitlines() if line.startswith("warning:")]
+  assert not [m for m in out["modules"] if m.split(".")[0] in ("flax", "orbax", "optax")]
+  assert set(out["modules"]) <= {"seq2seq_jax", "seq2seq_jax.exported", "seq2seq_jax.vocab",
+                                 "seq2seq_jax.errors"}
+
+
+@pytest.mark.slow
+def test_the_manifest_describes_the_artifact(exported_dir, trained_workdir):
+  manifest = json.load(open(os.path.join(exported_dir, "manifest.json")))
+  assert manifest["beam_sizes"] == [2, BEAM]
+  assert sorted(manifest["functions"]) == ["beam2", f"beam{BEAM}", "encoder", "greedy"]
+  assert manifest["shapes"]["src_BxS"] == "int32[b, s]"
+  assert manifest["decode_max_len"] == 41  # tiny: max_target_len 40 + 1
+  assert manifest["checkpoint"]["which"] == "best"
+  assert manifest["checkpoint"]["workdir"] == os.path.abspath(trained_workdir)
+  assert manifest["model"]["latent_dim"] == 32 and manifest["model"]["attention"] == "general"
+  assert {"seq2seq_jax", "jax", "jaxlib", "numpy"} <= set(manifest["versions"])
+  # cpu always; cuda where this host could lower it, else a note says why not
+  assert "cpu" in manifest["platforms"]
+  assert "cuda" in manifest["platforms"] or "cuda" in manifest["platform_notes"]
+  for name, entry in manifest["functions"].items():
+    assert os.path.getsize(os.path.join(exported_dir, entry["file"])) > 0
+    assert entry["platforms"] == manifest["platforms"]
+    assert entry["inputs"]["src_BxS"] == "int32[b, s]"
+  assert manifest["functions"]["greedy"]["outputs"] == ["int32[b, 41]"]
+  params = np.load(os.path.join(exported_dir, "params.npz"))
+  assert sum(params[k].size for k in params.files) == manifest["params"]["count"]
+
+
+@pytest.mark.slow
+def test_one_artifact_any_batch_and_length(exported_dir):
+  """The symbolic batch and source length: shapes never exported one by one."""
+  translator = ExportedTranslator.load(exported_dir)
+  src_NxS, _ = translator.encode_sources(["twelve", "three hundred and forty-five"])
+  for rows, width in ((1, 7), (3, src_NxS.shape[1]), (5, 33)):
+    src_BxS = np.zeros((rows, width), np.int32)
+    n = min(rows, 2)
+    cut = min(width, src_NxS.shape[1])
+    src_BxS[:n, :cut] = src_NxS[:n, :cut]
+    assert translator.decode_ids(src_BxS).shape == (rows, 41)
+    assert translator.decode_ids(src_BxS, beam=2).shape == (rows, 41)
+  carries, enc_BxSxH, mask_BxS = translator.encode(np.ones((2, 5), np.int32) * 4)
+  assert enc_BxSxH.shape == (2, 5, 32) and mask_BxS.shape == (2, 5)
+  assert [np.shape(part) for part in carries[0]] == [(2, 32), (2, 32)]
+  with pytest.raises(ValueError, match="beam 7 was not exported"):
+    translator.translate(["one"], beam=7)
+
+
+@pytest.mark.slow
+def test_export_refuses_clearly(trained_workdir, tmp_path):
+  bad = run_cli("export", "--workdir", trained_workdir, "--out", str(tmp_path / "x"),
+                "--beam-sizes", "0")
+  assert bad.returncode == 2 and "positive whole numbers" in bad.stderr
+  (tmp_path / "notes.txt").write_text("mine")
+  taken = run_cli("export", "--workdir", trained_workdir, "--out", str(tmp_path))
+  assert taken.returncode == 2 and "not an export" in taken.stderr
+  assert (tmp_path / "notes.txt").read_text() == "mine"
