@@ -235,6 +235,50 @@ def cmd_export(args) -> int:
   return 0
 
 
+def cmd_serve(args) -> int:
+  from seq2seq_jax.serve import ServeOptions, serve
+  try:
+    import starlette  # noqa: F401
+    import uvicorn  # noqa: F401
+  except ImportError:
+    raise UserError("serve needs Starlette and uvicorn: pip install 'seq2seq_jax[serve]'.") from None
+  configure_logging(sys.stderr)
+  if args.exported:
+    if args.beam_sizes is not None or args.length_penalty is not None or args.checkpoint:
+      raise UserError("--beam-sizes, --length-penalty and --checkpoint are export settings: "
+                      "give them to `seq2seq-jax export`, or serve --workdir.")
+    from seq2seq_jax.exported import ExportedTranslator
+    translator = ExportedTranslator.load(args.exported)
+    where = f"export {args.exported}"
+  else:
+    from jax import export as jax_export
+    from seq2seq_jax.export import export_workdir
+    beam_sizes = None if args.beam_sizes is None else _int_list(args.beam_sizes, "--beam-sizes")
+    translator = export_workdir(  # in memory: the same functions an export writes
+        args.workdir, None, args.checkpoint or "best", beam_sizes=beam_sizes,
+        length_penalty=0.6 if args.length_penalty is None else args.length_penalty,
+        platforms=(jax_export.default_export_platform(),))
+    where = f"workdir {args.workdir}"
+  options = ServeOptions(max_wait_ms=args.max_wait_ms, max_batch=args.max_batch,
+                         max_texts=args.max_texts, max_body_bytes=args.max_body_bytes,
+                         batch_buckets=_int_list(args.batch_buckets or "", "--batch-buckets"),
+                         length_buckets=_int_list(args.length_buckets or "", "--length-buckets"))
+  if options.batch_buckets and max(options.batch_buckets) < options.max_batch:
+    raise UserError(f"--batch-buckets must reach --max-batch={options.max_batch}.")
+  if options.length_buckets and max(options.length_buckets) < translator.max_source_len:
+    raise UserError(f"--length-buckets must reach the model's max_source_len="
+                    f"{translator.max_source_len} (longer inputs are cut to it).")
+  if args.host not in ("127.0.0.1", "localhost", "::1"):
+    log.warning("warning: listening on %s, not only on this machine's loopback", args.host)
+  step = translator.manifest["checkpoint"]["step"]
+  log.info("serving checkpoint %s of %s on http://%s:%d (beam sizes: %s); warming up",
+           step, where, args.host, args.port,
+           ", ".join(map(str, translator.beam_sizes)) or "none")
+  about = {"checkpoint": step, "source": where}
+  serve(translator, args.host, args.port, options, about, access_log=args.access_log)
+  return 0
+
+
 def _positive_int(text: str) -> int:
   try:
     value = int(text)
@@ -343,6 +387,36 @@ def build_parser() -> argparse.ArgumentParser:
                       help="platforms lowered into one artifact (default cpu,cuda; one that "
                       "this host cannot lower is left out and the manifest says why)")
   export.set_defaults(func=cmd_export)
+
+  serve = sub.add_parser("serve", help="an HTTP translation server (POST /translate, GET "
+                         "/health, GET /metrics) batching concurrent requests "
+                         "(pip install '.[serve]')")
+  model = serve.add_mutually_exclusive_group(required=True)
+  model.add_argument("--workdir", help="serve this workdir's checkpoint")
+  model.add_argument("--exported", metavar="DIR", help="serve a `seq2seq-jax export` directory")
+  serve.add_argument("--checkpoint", help="with --workdir: best (default), latest, or a step")
+  serve.add_argument("--beam-sizes", metavar="K,K",
+                     help="with --workdir: beam sizes served beside greedy (default 5; none)")
+  serve.add_argument("--length-penalty", type=float, metavar="A",
+                     help="with --workdir: the beams' length penalty (default 0.6)")
+  serve.add_argument("--host", default="127.0.0.1",
+                     help="address to listen on (default 127.0.0.1: this machine only)")
+  serve.add_argument("--port", type=int, default=8000, help="default 8000")
+  serve.add_argument("--max-wait-ms", type=float, default=5.0, metavar="MS",
+                     help="how long a request waits for others to share its batch (default 5)")
+  serve.add_argument("--max-batch", type=_positive_int, default=32, metavar="N",
+                     help="sentences decoded together at most (default 32)")
+  serve.add_argument("--max-texts", type=_positive_int, default=256, metavar="N",
+                     help="texts in one request at most; more get 413 (default 256)")
+  serve.add_argument("--max-body-bytes", type=_positive_int, default=1 << 20, metavar="N",
+                     help="request body size at most; more get 413 (default 1048576)")
+  serve.add_argument("--batch-buckets", metavar="N,N",
+                     help="batch sizes compiled at start-up (default 1, 4, 16, ... and --max-batch)")
+  serve.add_argument("--length-buckets", metavar="N,N",
+                     help="source widths compiled at start-up (default: multiples of the "
+                     "model's bucket_width up to its max_source_len)")
+  serve.add_argument("--access-log", action="store_true", help="log every request")
+  serve.set_defaults(func=cmd_serve)
 
   bench = sub.add_parser("benchmark", help="time training and decoding against Keras 3 and "
                          "PyTorch on the same work, side by side (peers: pip install '.[bench]')")

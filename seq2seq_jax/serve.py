@@ -1,0 +1,473 @@
+"""The translation service (`seq2seq-jax serve`): a Starlette app on uvicorn whose
+requests are decoded together, in batches padded to fixed shapes, by one worker thread.
+
+  POST /translate  {"text": ["...", ...], "beam": k}  ->  {"translations": [...], "warnings": [...]}
+  GET  /health     {"status": "ok", ...}
+  GET  /metrics    requests, sentences, batch sizes, latency percentiles, errors, compilations
+
+How a request is decoded: the handler checks and encodes its texts and hands them to
+the worker (a thread-safe queue); the event loop awaits the result and never runs a
+device computation. The worker takes the first waiting request, then whatever else
+arrives within max_wait_ms (up to max_batch sentences), sorts the sentences of each
+decoding (greedy, beam k) by length and decodes them max_batch at a time, each batch
+padded up to the next batch bucket (rows) and length bucket (tokens). Every bucket is
+compiled at start-up, before the port opens, so serving compiles nothing.
+
+Nothing a request says is used as a path: texts are only tokenized.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import concurrent.futures
+import dataclasses
+import json
+import logging
+import queue
+import threading
+import time
+from typing import Any
+
+import numpy as np
+
+from seq2seq_jax.errors import UserError
+from seq2seq_jax.exported import ExportedTranslator
+from seq2seq_jax.runtime import CompilationCounter
+from seq2seq_jax.vocab import PAD_ID, UNK_ID
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class ServeOptions:
+  """The limits and batching of a server (the serve command's flags)."""
+  max_wait_ms: float = 5.0  # how long the first waiting request waits for others to join
+  max_batch: int = 32  # sentences decoded together at most
+  max_texts: int = 256  # texts in one request at most (more: 413)
+  max_body_bytes: int = 1 << 20  # request body at most (more: 413)
+  batch_buckets: tuple[int, ...] = ()  # () = batch_buckets_for(max_batch)
+  length_buckets: tuple[int, ...] = ()  # () = length_buckets_for(the model)
+  latency_window: int = 10_000  # percentiles over the latest N requests
+
+
+def batch_buckets_for(max_batch: int) -> tuple[int, ...]:
+  """1, 4, 16, ... below max_batch, and max_batch: a batch of n rows is padded to at most
+  4n, and there are few programs to compile (log4 of max_batch per length bucket)."""
+  buckets, size = [], 1
+  while size < max_batch:
+    buckets.append(size)
+    size *= 4
+  return tuple(buckets) + (max_batch,)
+
+
+def length_buckets_for(max_source_len: int, bucket_width: int) -> tuple[int, ...]:
+  """Multiples of bucket_width below max_source_len, and max_source_len (inputs are cut
+  to it): the widths training and translate pad to."""
+  if not bucket_width:
+    return (max_source_len,)
+  return tuple(range(bucket_width, max_source_len, bucket_width)) + (max_source_len,)
+
+
+def bucket_for(n: int, buckets: tuple[int, ...]) -> int:
+  """The smallest bucket that holds n (buckets sorted; n at most the last)."""
+  for bucket in buckets:
+    if n <= bucket:
+      return bucket
+  raise ValueError(f"{n} is over the largest bucket {buckets[-1]}")
+
+
+class RequestError(Exception):
+  """A request refused with an HTTP status and a one-line reason."""
+
+  def __init__(self, status: int, message: str):
+    super().__init__(message)
+    self.status = status
+
+
+def parse_request(body: bytes, options: ServeOptions,
+                  beam_sizes: tuple[int, ...]) -> tuple[list[str], int | None]:
+  """(texts, beam) of a /translate body, or RequestError 400 / 413 saying what is wrong."""
+  try:
+    payload = json.loads(body)
+  except UnicodeDecodeError:
+    raise RequestError(400, "the body is not UTF-8 text") from None
+  except ValueError as error:
+    raise RequestError(400, f"malformed JSON: {error}") from None
+  if not isinstance(payload, dict):
+    raise RequestError(400, 'the body must be a JSON object: {"text": ["..."], "beam": k}')
+  unknown = sorted(set(payload) - {"text", "beam"})
+  if unknown:
+    raise RequestError(400, f"unknown key(s) {', '.join(map(repr, unknown))}: "
+                       "the keys are 'text' and 'beam'")
+  if "text" not in payload:
+    raise RequestError(400, "missing 'text': a list of strings to translate")
+  texts = payload["text"]
+  if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
+    raise RequestError(400, "'text' must be a list of strings")
+  if len(texts) > options.max_texts:
+    raise RequestError(413, f"{len(texts)} texts in one request; at most {options.max_texts}")
+  beam = payload.get("beam")
+  if beam is not None:
+    if isinstance(beam, bool) or not isinstance(beam, int):
+      raise RequestError(400, "'beam' must be a whole number (or null for greedy)")
+    if beam not in beam_sizes:
+      sizes = ", ".join(map(str, beam_sizes)) or "none"
+      raise RequestError(400, f"beam {beam} is not served (beam sizes: {sizes}); omit "
+                         "'beam' for greedy decoding")
+  return texts, beam
+
+
+class Metrics:
+  """Counters and recent latencies, shared by the event loop and the worker."""
+
+  def __init__(self, latency_window: int):
+    self._lock = threading.Lock()
+    self.started = time.time()
+    self.requests = 0  # /translate requests received
+    self.ok = 0
+    self.sentences = 0  # texts translated
+    self.batches = 0
+    self.batch_sizes: collections.Counter[int] = collections.Counter()  # real rows per batch
+    self.padded_shapes: collections.Counter[str] = collections.Counter()  # "BxS" run
+    self.errors: collections.Counter[int] = collections.Counter()  # by HTTP status
+    self.latencies_ms: collections.deque[float] = collections.deque(maxlen=latency_window)
+
+  def request(self) -> None:
+    with self._lock:
+      self.requests += 1
+
+  def finished(self, sentences: int, latency_ms: float) -> None:
+    with self._lock:
+      self.ok += 1
+      self.sentences += sentences
+      self.latencies_ms.append(latency_ms)
+
+  def error(self, status: int) -> None:
+    with self._lock:
+      self.errors[status] += 1
+
+  def batch(self, rows: int, shape: tuple[int, int]) -> None:
+    with self._lock:
+      self.batches += 1
+      self.batch_sizes[rows] += 1
+      self.padded_shapes[f"{shape[0]}x{shape[1]}"] += 1
+
+  def snapshot(self) -> dict[str, Any]:
+    with self._lock:
+      latencies = np.array(self.latencies_ms, np.float64)
+      percentiles = ({f"p{q}": round(float(np.percentile(latencies, q)), 3) for q in (50, 90, 99)}
+                     if len(latencies) else {"p50": None, "p90": None, "p99": None})
+      return {"requests": self.requests, "requests_ok": self.ok, "sentences": self.sentences,
+              "batches": self.batches,
+              "batch_sizes": {str(k): v for k, v in sorted(self.batch_sizes.items())},
+              "padded_shapes": dict(sorted(self.padded_shapes.items())),
+              "latency_ms": {**percentiles, "window": len(latencies)},
+              "errors": {str(k): v for k, v in sorted(self.errors.items())},
+              "errors_total": sum(self.errors.values()),
+              "uptime_s": round(time.time() - self.started, 3)}
+
+
+def _settle(future: concurrent.futures.Future, result: Any = None,
+            error: BaseException | None = None) -> None:
+  """Completes future unless it is done already (its request gone: the client left)."""
+  try:
+    if error is not None:
+      future.set_exception(error)
+    else:
+      future.set_result(result)
+  except concurrent.futures.InvalidStateError:
+    pass
+
+
+@dataclasses.dataclass
+class _Job:
+  """One request's sentences waiting for the worker; outputs fill in as batches finish."""
+  src_rows: list[np.ndarray]  # source ids per sentence (empty: nothing to decode)
+  beam: int | None
+  future: concurrent.futures.Future
+  outputs: list[str | None]
+  left: int
+
+
+class BatchWorker:
+  """The one thread that runs device computations: warm-up, then batches of requests."""
+
+  def __init__(self, translator: ExportedTranslator, options: ServeOptions, metrics: Metrics):
+    self.translator = translator
+    self.options = options
+    self.metrics = metrics
+    self.batch_buckets = tuple(sorted(options.batch_buckets or batch_buckets_for(options.max_batch)))
+    self.length_buckets = tuple(sorted(options.length_buckets or length_buckets_for(
+        translator.max_source_len, translator.bucket_width)))
+    if self.batch_buckets[-1] < options.max_batch:
+      raise ValueError(f"the largest batch bucket {self.batch_buckets[-1]} is below "
+                       f"max_batch={options.max_batch}")
+    if self.length_buckets[-1] < translator.max_source_len:
+      raise ValueError(f"the largest length bucket {self.length_buckets[-1]} is below "
+                       f"max_source_len={translator.max_source_len}")
+    self.decodings: tuple[int | None, ...] = (None, *translator.beam_sizes)
+    self._queue: queue.Queue[_Job] = queue.Queue()
+    self._stop = threading.Event()
+    self.ready = threading.Event()
+    self.failed: BaseException | None = None
+    self.compilations = CompilationCounter()
+    self.warmup_compilations = 0
+    self.warmup_programs = 0
+    self.warmup_seconds = 0.0
+    self._thread = threading.Thread(target=self._run, name="seq2seq-jax-decoder", daemon=True)
+
+  # -- the event loop's side --------------------------------------------------------
+  def start(self) -> None:
+    self.compilations.__enter__()
+    self._counting = True
+    self._thread.start()
+
+  def stop(self, timeout: float = 30.0) -> None:
+    self._stop.set()
+    if self._thread.is_alive():
+      self._thread.join(timeout)
+    if getattr(self, "_counting", False):
+      self.compilations.__exit__(None, None, None)
+      self._counting = False
+    while True:  # nothing is decoded any more: whoever still waits is told so
+      try:
+        job = self._queue.get_nowait()
+      except queue.Empty:
+        break
+      _settle(job.future, error=RuntimeError("the server is shutting down"))
+
+  @property
+  def alive(self) -> bool:
+    return self._thread.is_alive() and self.failed is None
+
+  def submit(self, src_rows: list[np.ndarray], beam: int | None,
+             skip: list[bool] | None = None) -> concurrent.futures.Future:
+    """A future of the translations of these source rows (thread-safe); rows where skip
+    is True are not decoded and read as "" (translate's line for an empty text)."""
+    future: concurrent.futures.Future = concurrent.futures.Future()
+    outputs: list[str | None] = ["" if skip and skip[i] else None for i in range(len(src_rows))]
+    left = sum(output is None for output in outputs)
+    job = _Job(src_rows, beam, future, outputs, left)
+    if not left:  # only empty texts: translate's empty lines, no decoding
+      future.set_result(outputs)
+    else:
+      self._queue.put(job)
+    return future
+
+  def pending(self) -> int:
+    return self._queue.qsize()
+
+  # -- the worker thread -------------------------------------------------------------
+  def _run(self) -> None:
+    try:
+      self._warm_up()
+    except BaseException as error:  # the server must not open; start-up reports it
+      self.failed = error
+      self.ready.set()
+      return
+    self.ready.set()
+    while not self._stop.is_set():
+      try:
+        jobs = self._collect()
+      except queue.Empty:
+        continue
+      try:
+        self._decode_jobs(jobs)
+      except Exception as error:  # never seen; the failed requests get 500, serving goes on
+        log.exception("decoding failed")
+        for job in jobs:
+          _settle(job.future, error=error)
+
+  def _warm_up(self) -> None:
+    """Runs every (decoding, batch bucket, length bucket) program once: each compiles
+    now, and serving finds them all cached."""
+    started = time.perf_counter()
+    before = self.compilations.count
+    for beam in self.decodings:
+      for rows in self.batch_buckets:
+        for width in self.length_buckets:
+          self.translator.decode_ids(np.full((rows, width), UNK_ID, np.int32), beam)
+          self.warmup_programs += 1
+    self.warmup_compilations = self.compilations.count - before
+    self.warmup_seconds = time.perf_counter() - started
+
+  def _collect(self) -> list[_Job]:
+    """The first waiting job and those arriving within max_wait_ms of it, up to
+    max_batch sentences (raises queue.Empty after 0.1 s without any, to look at stop)."""
+    jobs = [self._queue.get(timeout=0.1)]
+    sentences = jobs[0].left
+    deadline = time.monotonic() + self.options.max_wait_ms / 1000
+    while sentences < self.options.max_batch:
+      remaining = deadline - time.monotonic()
+      try:
+        job = self._queue.get(timeout=remaining) if remaining > 0 else self._queue.get_nowait()
+      except queue.Empty:
+        break
+      jobs.append(job)
+      sentences += job.left
+    return jobs
+
+  def _decode_jobs(self, jobs: list[_Job]) -> None:
+    """Decodes the jobs' sentences, per decoding, shortest first, max_batch at a time."""
+    by_beam: dict[int | None, list[tuple[_Job, int]]] = collections.defaultdict(list)
+    for job in jobs:
+      by_beam[job.beam].extend((job, i) for i, out in enumerate(job.outputs) if out is None)
+    for beam, entries in by_beam.items():
+      entries.sort(key=lambda entry: len(entry[0].src_rows[entry[1]]))
+      for start in range(0, len(entries), self.options.max_batch):
+        chunk = entries[start:start + self.options.max_batch]
+        try:
+          texts = self._decode_batch([job.src_rows[i] for job, i in chunk], beam)
+        except Exception as error:
+          log.exception("decoding a batch failed")
+          for job, _ in chunk:
+            _settle(job.future, error=error)
+          continue
+        for (job, i), text in zip(chunk, texts):
+          job.outputs[i] = text
+          job.left -= 1
+          if job.left == 0:
+            _settle(job.future, job.outputs)
+
+  def _decode_batch(self, rows: list[np.ndarray], beam: int | None) -> list[str]:
+    """Translations of source rows, decoded as one batch padded to its buckets."""
+    batch = bucket_for(len(rows), self.batch_buckets)
+    width = bucket_for(max(len(row) for row in rows), self.length_buckets)
+    src_BxS = np.full((batch, width), PAD_ID, np.int32)
+    for r, row in enumerate(rows):
+      src_BxS[r, :len(row)] = row
+    ids_BxL = self.translator.decode_ids(src_BxS, beam)
+    self.metrics.batch(len(rows), (batch, width))
+    return [self.translator.tgt_vocab.decode(ids) for ids in ids_BxL[:len(rows)]]
+
+  def describe(self) -> dict[str, Any]:
+    return {"total": self.compilations.count, "warmup": self.warmup_compilations,
+            "after_warmup": self.compilations.count - self.warmup_compilations,
+            "warmup_programs": self.warmup_programs,
+            "warmup_s": round(self.warmup_seconds, 3)}
+
+
+async def _read_body(request, limit: int) -> bytes:
+  """The body, or 413 as soon as it is known to exceed limit (from Content-Length, or
+  while streaming one that did not say)."""
+  declared = request.headers.get("content-length")
+  if declared is not None:
+    try:
+      if int(declared) > limit:
+        raise RequestError(413, f"the body is {int(declared)} bytes; at most {limit}")
+    except ValueError:
+      raise RequestError(400, "Content-Length is not a number") from None
+  chunks, size = [], 0
+  async for chunk in request.stream():
+    size += len(chunk)
+    if size > limit:
+      raise RequestError(413, f"the body is over {limit} bytes")
+    chunks.append(chunk)
+  return b"".join(chunks)
+
+
+def create_app(translator: ExportedTranslator, options: ServeOptions = ServeOptions(),
+               about: dict[str, Any] | None = None):
+  """The Starlette app; its lifespan starts the worker and warms every bucket before
+  the server accepts a connection, and stops the worker at shutdown."""
+  import contextlib
+  from starlette.applications import Starlette
+  from starlette.exceptions import HTTPException
+  from starlette.responses import JSONResponse
+  from starlette.routing import Route
+
+  metrics = Metrics(options.latency_window)
+  worker = BatchWorker(translator, options, metrics)
+  about = dict(about or {})
+
+  def error_response(status: int, message: str) -> JSONResponse:
+    metrics.error(status)
+    return JSONResponse({"error": message.splitlines()[0] if message else "error"}, status)
+
+  async def translate(request):
+    started = time.perf_counter()
+    metrics.request()
+    try:
+      body = await _read_body(request, options.max_body_bytes)
+      texts, beam = parse_request(body, options, translator.beam_sizes)
+      warnings = translator.input_warnings(texts)
+      src_NxS, lengths_N = translator.encode_sources(texts) if texts else (None, [])
+      rows = [src_NxS[i, :n] for i, n in enumerate(lengths_N)]
+      if not worker.alive:
+        raise RequestError(503, "the decoder is not running")
+      # an empty text is not decoded: its translation is empty, as translate's line
+      future = worker.submit(rows, beam, skip=[not text for text in texts])
+      translations = await asyncio.wrap_future(future)
+    except RequestError as error:
+      return error_response(error.status, str(error))
+    except Exception as error:  # a bug, not the client's fault: say so and keep serving
+      log.exception("request failed")
+      return error_response(500, f"internal error: {type(error).__name__}: {error}")
+    metrics.finished(len(texts), (time.perf_counter() - started) * 1000)
+    return JSONResponse({"translations": translations, "warnings": warnings})
+
+  async def health(request):
+    del request
+    ok = worker.alive
+    return JSONResponse({"status": "ok" if ok else "decoder stopped", **about,
+                         "beam_sizes": list(translator.beam_sizes),
+                         "platforms": list(translator.platforms)}, 200 if ok else 503)
+
+  async def metrics_endpoint(request):
+    del request
+    return JSONResponse({**metrics.snapshot(), "compilations": worker.describe(),
+                         "queue": worker.pending(),
+                         "buckets": {"batch": list(worker.batch_buckets),
+                                     "length": list(worker.length_buckets),
+                                     "decodings": ["greedy" if b is None else f"beam{b}"
+                                                   for b in worker.decodings]},
+                         "limits": {"max_wait_ms": options.max_wait_ms,
+                                    "max_batch": options.max_batch,
+                                    "max_texts": options.max_texts,
+                                    "max_body_bytes": options.max_body_bytes}})
+
+  async def http_error(request, error: HTTPException):
+    del request
+    return error_response(error.status_code, str(error.detail))
+
+  async def internal_error(request, error: Exception):
+    del request
+    return error_response(500, f"internal error: {type(error).__name__}")
+
+  @contextlib.asynccontextmanager
+  async def lifespan(app):
+    del app
+    worker.start()
+    await asyncio.get_running_loop().run_in_executor(None, worker.ready.wait)
+    if worker.failed is not None:
+      worker.stop()
+      raise RuntimeError(f"warm-up failed: {worker.failed}") from worker.failed
+    log.info("warm-up: %d programs (%d compilations) in %.1fs",
+             worker.warmup_programs, worker.warmup_compilations, worker.warmup_seconds)
+    try:
+      yield
+    finally:
+      worker.stop()
+
+  app = Starlette(routes=[Route("/translate", translate, methods=["POST"]),
+                          Route("/health", health, methods=["GET"]),
+                          Route("/metrics", metrics_endpoint, methods=["GET"])],
+                  exception_handlers={HTTPException: http_error, Exception: internal_error},
+                  lifespan=lifespan)
+  app.state.worker = worker
+  app.state.metrics = metrics
+  return app
+
+
+def serve(translator: ExportedTranslator, host: str, port: int, options: ServeOptions,
+          about: dict[str, Any] | None = None, access_log: bool = False) -> None:
+  """Runs the app on uvicorn until SIGINT / SIGTERM."""
+  import uvicorn
+  app = create_app(translator, options, about)
+  config = uvicorn.Config(app, host=host, port=port, lifespan="on", access_log=access_log,
+                          log_level="info", timeout_graceful_shutdown=10)
+  server = uvicorn.Server(config)
+  server.run()
+  if not server.started:  # uvicorn has logged why (warm-up failed, port taken)
+    raise UserError(f"the server did not start on {host}:{port}; see the messages above.")

@@ -1,0 +1,282 @@
+"""serve.py: request checks, batching into fixed buckets, and the server itself on a free
+loopback port, under concurrent requests and bad input."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import httpx
+import numpy as np
+import pytest
+
+from seq2seq_jax.serve import (RequestError, ServeOptions, batch_buckets_for, bucket_for,
+                               create_app, length_buckets_for, parse_request)
+from seq2seq_jax.vocab import END_ID, PAD_ID, Vocab
+from tests.conftest import ROOT, cli_in_process, run_cli
+
+
+def test_buckets():
+  assert batch_buckets_for(32) == (1, 4, 16, 32)
+  assert batch_buckets_for(64) == (1, 4, 16, 64)
+  assert batch_buckets_for(1) == (1,)
+  assert length_buckets_for(80, 16) == (16, 32, 48, 64, 80)
+  assert length_buckets_for(40, 16) == (16, 32, 40)
+  assert length_buckets_for(40, 0) == (40,)
+  assert [bucket_for(n, (1, 4, 16)) for n in (1, 2, 4, 5, 16)] == [1, 4, 4, 16, 16]
+
+
+@pytest.mark.parametrize("body, status, reason", [
+    (b"{", 400, "malformed JSON"),
+    (b"\xff\xfe{", 400, ""),
+    (b"[1, 2]", 400, "JSON object"),
+    (b'{"texts": ["a"]}', 400, "unknown key"),
+    (b'{"beam": 2}', 400, "missing 'text'"),
+    (b'{"text": "one"}', 400, "list of strings"),
+    (b'{"text": ["one", 2]}', 400, "list of strings"),
+    (b'{"text": ["one"], "beam": true}', 400, "whole number"),
+    (b'{"text": ["one"], "beam": 2.0}', 400, "whole number"),
+    (b'{"text": ["one"], "beam": 3}', 400, "beam 3 is not served"),
+    (b'{"text": ["a", "b", "c"]}', 413, "at most 2"),
+])
+def test_parse_request_refuses_with_one_line(body, status, reason):
+  with pytest.raises(RequestError) as refused:
+    parse_request(body, ServeOptions(max_texts=2), beam_sizes=(2,))
+  assert refused.value.status == status
+  assert reason in str(refused.value) and "\n" not in str(refused.value)
+
+
+def test_parse_request_accepts():
+  options = ServeOptions(max_texts=2)
+  assert parse_request(b'{"text": ["a", ""]}', options, (2,)) == (["a", ""], None)
+  assert parse_request(b'{"text": [], "beam": null}', options, (2,)) == ([], None)
+  assert parse_request('{"text": ["été"], "beam": 2}'.encode(), options, (2,)) == (["été"], 2)
+
+
+class EchoTranslator:
+  """ExportedTranslator's serving interface without a model: 'translates' a text into
+  itself reversed (beam k: reversed, then k exclamation marks), with numpy alone."""
+
+  def __init__(self):
+    self.src_vocab = Vocab(list("abcdefghijklmnopqrstuvwxyz !"))
+    self.tgt_vocab = self.src_vocab
+    self.max_source_len, self.bucket_width, self.decode_max_len = 12, 4, 16
+    self.beam_sizes, self.platforms = (2,), ("cpu",)
+    self.shapes = []
+
+  def input_warnings(self, texts):
+    too_long = sum(len(t) > self.max_source_len for t in texts)
+    return [f"{too_long} input(s) longer than max_source_len=12 characters were truncated"] \
+        if too_long else []
+
+  def encode_sources(self, texts):
+    ids = [self.src_vocab.encode(t)[:self.max_source_len] for t in texts]
+    src_NxS = np.zeros((len(ids), max(1, max(map(len, ids)))), np.int32)
+    for row, x in enumerate(ids):
+      src_NxS[row, :len(x)] = x
+    return src_NxS, np.array([len(x) for x in ids])
+
+  def decode_ids(self, src_BxS, beam=None):
+    self.shapes.append(src_BxS.shape)
+    out_BxL = np.full((src_BxS.shape[0], self.decode_max_len), PAD_ID, np.int32)
+    bang = self.src_vocab.encode("!")[0]
+    for r, row in enumerate(src_BxS):
+      ids = [int(i) for i in row if i != PAD_ID][::-1] + [bang] * (beam or 0) + [END_ID]
+      out_BxL[r, :len(ids)] = ids
+    return out_BxL
+
+
+@contextlib.contextmanager
+def server_thread(app):
+  """The base URL of app served by uvicorn.Server in a thread on a free loopback port."""
+  import uvicorn
+  server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=_free_port(),
+                                         log_level="warning", lifespan="on"))
+  thread = threading.Thread(target=server.run, daemon=True)
+  thread.start()
+  deadline = time.monotonic() + 30
+  while not server.started and thread.is_alive() and time.monotonic() < deadline:
+    time.sleep(0.02)
+  assert server.started, "the server did not start"
+  try:
+    yield f"http://127.0.0.1:{server.config.port}"
+  finally:
+    server.should_exit = True
+    thread.join(30)
+
+
+def test_the_app_batches_into_buckets_and_refuses_bad_input():
+  translator = EchoTranslator()
+  options = ServeOptions(max_wait_ms=50, max_batch=8, max_texts=10, max_body_bytes=400)
+  app = create_app(translator, options)
+  with server_thread(app) as url, httpx.Client(base_url=url, timeout=10) as client:
+    worker = app.state.worker
+    # warm-up ran every (decoding, batch bucket, length bucket) once
+    assert sorted(set(translator.shapes)) == sorted(
+        {(b, s) for b in (1, 4, 8) for s in (4, 8, 12)})
+    assert len(translator.shapes) == 2 * 9 and worker.warmup_programs == 18
+    translator.shapes.clear()
+    ok = client.post("/translate", json={"text": ["abc", "", "hello world", "z" * 20]})
+    assert ok.status_code == 200
+    assert ok.json()["translations"] == ["cba", "", "dlrow olleh", "z" * 12]
+    assert "truncated" in ok.json()["warnings"][0]
+    assert translator.shapes == [(4, 12)]  # three texts to decode, padded to bucket 4 x 12
+    assert client.post("/translate", json={"text": ["ab"], "beam": 2}).json() == {
+        "translations": ["ba!!"], "warnings": []}
+    for body, status in ((b"{", 400), (b'{"text": [1]}', 400), (b'{"text": ["a"], "beam": 5}', 400),
+                         (json.dumps({"text": ["a"] * 11}).encode(), 413),
+                         (json.dumps({"text": ["a" * 500]}).encode(), 413)):
+      refused = client.post("/translate", content=body)
+      assert refused.status_code == status
+      assert set(refused.json()) == {"error"} and "\n" not in refused.json()["error"]
+    assert client.get("/translate").status_code == 405
+    assert client.get("/nowhere").json() == {"error": "Not Found"}
+    many = client.post("/translate", json={"text": ["abcdefgh"[:n] for n in range(1, 11)]})
+    assert many.json()["translations"] == ["abcdefgh"[:n][::-1] for n in range(1, 11)]
+    metrics = client.get("/metrics").json()
+    assert metrics["errors"] == {"400": 3, "404": 1, "405": 1, "413": 2}
+    assert metrics["requests"] == 8 and metrics["requests_ok"] == 3
+    assert metrics["sentences"] == 4 + 1 + 10
+    assert client.get("/health").json()["status"] == "ok"
+
+
+# --- the real server, in its own process --------------------------------------------------
+
+def _free_port() -> int:
+  with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def start_server(args: list[str], log_path: str, timeout: float = 240.0):
+  """(process, base URL) of `seq2seq-jax serve ARGS` once /health answers."""
+  port = _free_port()
+  log = open(log_path, "w")
+  process = subprocess.Popen([sys.executable, "-m", "seq2seq_jax", "serve", *args,
+                              "--port", str(port)], stdout=log, stderr=subprocess.STDOUT,
+                             cwd=ROOT)
+  url = f"http://127.0.0.1:{port}"
+  deadline = time.monotonic() + timeout
+  while time.monotonic() < deadline:
+    if process.poll() is not None:
+      raise AssertionError(f"serve exited with {process.returncode}:\n{open(log_path).read()}")
+    try:
+      if httpx.get(url + "/health", timeout=2).status_code == 200:
+        return process, url
+    except httpx.TransportError:
+      pass
+    time.sleep(0.3)
+  process.kill()
+  raise AssertionError(f"serve did not answer within {timeout}s:\n{open(log_path).read()}")
+
+
+def stop_server(process) -> int:
+  process.send_signal(signal.SIGINT)
+  try:
+    return process.wait(timeout=30)
+  except subprocess.TimeoutExpired:
+    process.kill()
+    return process.wait()
+
+
+@pytest.fixture(scope="module")
+def server(trained_workdir, tmp_path_factory):
+  log_path = str(tmp_path_factory.mktemp("serve") / "serve.log")
+  process, url = start_server(["--workdir", trained_workdir, "--beam-sizes", "2",
+                               "--max-wait-ms", "100", "--max-batch", "16", "--max-texts", "8",
+                               "--max-body-bytes", "2000"], log_path)
+  yield url
+  assert stop_server(process) in (0, 130), open(log_path).read()
+
+
+TEXTS = ["twelve", "three hundred and forty-five", "nine", "one hundred", "", "eighty-one",
+         "seven hundred and seventy-seven", "two", "forty", "five hundred and six", "sixty",
+         "nine hundred and ninety-nine thousand, nine hundred and ninety-nine"]
+
+
+@pytest.mark.slow
+def test_concurrent_requests_are_batched_in_order(server, trained_workdir):
+  expected = run_cli("translate", "--workdir", trained_workdir,
+                     input_text="\n".join(TEXTS) + "\n").stdout.split("\n")[:-1]
+  expected_beam = run_cli("translate", "--workdir", trained_workdir, "--beam", "2",
+                          input_text="\n".join(TEXTS) + "\n").stdout.split("\n")[:-1]
+  # 12 requests at once, each its own slice of TEXTS (1 to 3 texts), half of them beam 2
+  requests = [(i, TEXTS[i:i + 1 + i % 3], 2 if i % 2 else None) for i in range(12)]
+  with httpx.Client(base_url=server, timeout=60) as client:
+    def send(request):
+      _, texts, beam = request
+      return client.post("/translate", json={"text": texts, "beam": beam})
+    with concurrent.futures.ThreadPoolExecutor(12) as pool:
+      responses = list(pool.map(send, requests))
+    for (start, texts, beam), response in zip(requests, responses):
+      assert response.status_code == 200, response.text
+      reference = expected_beam if beam else expected
+      assert response.json()["translations"] == reference[start:start + len(texts)]
+    truncated = [r for (_, texts, _), r in zip(requests, responses) if TEXTS[-1] in texts]
+    assert truncated and all("truncated" in " ".join(r.json()["warnings"]) for r in truncated)
+    metrics = client.get("/metrics").json()
+  assert max(int(size) for size in metrics["batch_sizes"]) > 1  # requests shared a batch
+  assert metrics["compilations"]["warmup"] > 0
+  assert metrics["compilations"]["after_warmup"] == 0  # every shape was warmed
+  assert metrics["latency_ms"]["p50"] > 0 and metrics["latency_ms"]["window"] >= 12
+
+
+@pytest.mark.slow
+def test_bad_input_is_refused_and_serving_goes_on(server):
+  with httpx.Client(base_url=server, timeout=60) as client:
+    cases = [(b"{", 400), (b'{"text": [1]}', 400), (b"null", 400),
+             (b'{"text": ["one"], "beam": 4}', 400),
+             (json.dumps({"text": ["one"] * 9}).encode(), 413),
+             (json.dumps({"text": ["x" * 3000]}).encode(), 413)]
+    for body, status in cases:
+      refused = client.post("/translate", content=body,
+                            headers={"content-type": "application/json"})
+      assert refused.status_code == status, refused.text
+      assert list(refused.json()) == ["error"]
+    # a body bigger than it says, streamed without Content-Length
+    streamed = client.post("/translate", content=iter([b'{"text": ["', b"y" * 2500, b'"]}']))
+    assert streamed.status_code == 413
+    # a path is text to translate, never a file to open
+    path = client.post("/translate", json={"text": ["/etc/passwd"]})
+    assert path.status_code == 200 and "root" not in path.json()["translations"][0]
+    after = client.post("/translate", json={"text": ["twelve", "nine"]})
+    assert after.status_code == 200 and len(after.json()["translations"]) == 2
+    assert client.get("/health").json()["status"] == "ok"
+    metrics = client.get("/metrics").json()
+  assert metrics["errors"]["400"] >= 4 and metrics["errors"]["413"] >= 3
+  assert metrics["compilations"]["after_warmup"] == 0
+
+
+@pytest.mark.slow
+def test_serve_an_export_directory(trained_workdir, tmp_path):
+  out = str(tmp_path / "exported")
+  assert run_cli("export", "--workdir", trained_workdir, "--out", out, "--beam-sizes", "none",
+                 "--platforms", "cpu").returncode == 0
+  process, url = start_server(["--exported", out, "--max-batch", "4", "--length-buckets", "40"],
+                              str(tmp_path / "serve.log"))
+  try:
+    health = httpx.get(url + "/health").json()
+    assert health["beam_sizes"] == [] and health["source"] == f"export {out}"
+    answer = httpx.post(url + "/translate", json={"text": ["twelve"]}, timeout=60)
+    assert answer.status_code == 200 and len(answer.json()["translations"]) == 1
+    assert httpx.post(url + "/translate", json={"text": ["a"], "beam": 2}).status_code == 400
+    metrics = httpx.get(url + "/metrics").json()
+    assert metrics["compilations"]["warmup_programs"] == 2  # batch 1 and 4 x width 40, greedy
+    assert metrics["compilations"]["after_warmup"] == 0
+  finally:
+    assert stop_server(process) in (0, 130)
+
+
+def test_serve_flags_are_checked(capsys):
+  code, _, err = cli_in_process(capsys, "serve", "--exported", "/nonexistent", "--beam-sizes", "2")
+  assert code == 2 and "export settings" in err
+  code, _, err = cli_in_process(capsys, "serve", "--exported", os.path.join(ROOT, "no-such-export"))
+  assert code == 2 and "does not exist" in err
