@@ -162,12 +162,33 @@ def cmd_sweep(args) -> int:
     from seq2seq_jax.runtime import maybe_reexec
     maybe_reexec(None)  # mimalloc only: trials stack along the batch (sweep.py)
   from seq2seq_jax.config import resolve_config_path
-  from seq2seq_jax.sweep import load_sweep, run_sweep
+  from seq2seq_jax.sweep import load_sweep, run_sweep, work
   sweep = load_sweep(resolve_config_path(args.config), args.set or [])
   configure_logging(sys.stdout)
+  if args.worker:  # one of --workers N, or a worker joining from another machine
+    os.environ.setdefault("SEQ2SEQ_JAX_SWEEP_JOINED", "1")  # its own sampler seed
+    work(sweep, args.workdir, vectorize=args.vectorize, tensorboard=args.tensorboard,
+         argv=sys.argv, storage=args.storage)
+    return 0
+  # the workers run this command again with --worker (and the same settings)
   run_sweep(sweep, args.workdir, vectorize=args.vectorize, tensorboard=args.tensorboard,
-            argv=sys.argv)
+            argv=sys.argv, workers=args.workers, storage=args.storage,
+            worker_argv=argv_of_command(args) + ["--worker"])
   return 0
+
+
+def argv_of_command(args) -> list[str]:
+  """The sweep command's own arguments, to start its workers with."""
+  items = ["sweep", "--config", args.config, "--workdir", args.workdir]
+  for item in args.set or []:
+    items += ["--set", item]
+  if args.vectorize is not None:
+    items.append("--vectorize" if args.vectorize else "--no-vectorize")
+  if args.tensorboard:
+    items.append("--tensorboard")
+  if args.storage:
+    items += ["--storage", args.storage]
+  return items
 
 
 def cmd_plot(args) -> int:
@@ -355,6 +376,13 @@ def build_parser() -> argparse.ArgumentParser:
                      "clip_norm or dropout together under vmap (default: the sweep file's choice)")
   sweep.add_argument("--tensorboard", action="store_true",
                      help="also write each trial's metrics as TensorBoard event files")
+  sweep.add_argument("--workers", type=_positive_int, default=1, metavar="N",
+                     help="run N worker processes that share the study (default 1: this "
+                     "process); the same command on other machines joins the study")
+  sweep.add_argument("--storage", metavar="URL",
+                     help="the Optuna study's storage: an RDB URL (sqlite:///study.db, "
+                     "postgresql://...); default: WORKDIR/study.journal")
+  sweep.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
   sweep.set_defaults(func=cmd_sweep)
 
   plot = sub.add_parser("plot", help="draw the learning curves of a run or a sweep to PNG")

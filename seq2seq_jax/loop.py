@@ -181,7 +181,7 @@ class Group:
   base_rng: jax.Array
   progress: Progress = dataclasses.field(default_factory=Progress)
   hyper: Any = None  # the jitted step's per-trial values (placed on the devices)
-  prune: Any = None  # prune(trial index, epoch, val metrics) -> stop that trial?
+  prune: Any = None  # prune(epoch, {trial index: val metrics}) -> the trials to stop
 
   @property
   def size(self) -> int:
@@ -447,13 +447,15 @@ def _end_epoch(group: Group, state, clock: EpochClock, compilations: Compilation
              group.label(trial), epoch + 1, base.num_epochs, record["step"], record["train/loss"],
              "  ".join(f"{k} {v:.4f}" for k, v in record.items() if k.startswith("val/")),
              epoch_time, record["train/samples_per_sec"])
-    if evaluate and not last and group.prune is not None and group.prune(i, epoch + 1,
-                                                                         checkpoint_metrics[i]):
+  if evaluate and not last and group.prune is not None:
+    evaluated = {i: checkpoint_metrics[i] for i, _ in group.live()}
+    for i in sorted(set(group.prune(epoch + 1, evaluated)) & set(evaluated)):
       _save(group, state, checkpoint_metrics, only=i)  # its last evaluated state stays
+      trial = group.trials[i]
       trial.pruned = Pruned(epoch + 1, checkpoint_metrics[i])
       log.info("%spruned after epoch %d", group.label(trial) or f"{trial.name}  ", epoch + 1)
-  if group.stacked:
-    group.stop_updating()
+    if group.stacked:
+      group.stop_updating()
   if new_compilations and epoch > first_epoch:
     log.warning("epoch %d compiled %d new program(s): batch shapes are not settling.",
                 epoch + 1, new_compilations)
@@ -523,8 +525,9 @@ def train_trials(configs: list[Config], workdirs: list[str], argv: list[str] | N
 
   stop_after_step: behave as if interrupted after that step (checkpoint, then
   TrainingInterrupted), as SIGINT/SIGTERM do.
-  prune(trial index, epoch, val metrics) -> bool: asked after each evaluation but the
-  last; True stops that trial there (its slot of a vectorised group stops updating).
+  prune(epoch, {trial index: val metrics}) -> the indexes to stop: asked after each
+  evaluation but the last, with every live trial's metrics (their slots of a vectorised
+  group stop updating).
   """
   if len({vmap_group_key(c) for c in configs}) != 1:
     raise ValueError(f"train_trials: the configs differ in more than {', '.join(VECTORIZED_KEYS)}")

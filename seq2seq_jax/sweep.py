@@ -22,6 +22,7 @@ different seeds are different programs. Shape-changing keys are different progra
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import importlib.util
@@ -32,6 +33,8 @@ import logging
 import math
 import os
 import re
+import subprocess
+import sys
 import time
 from typing import Any
 
@@ -44,10 +47,15 @@ from seq2seq_jax import workdir as workdir_lib
 from seq2seq_jax.config import Config
 from seq2seq_jax.errors import UserError
 from seq2seq_jax.loop import VECTORIZED_KEYS, vmap_group_key  # noqa: F401 (sweep.VECTORIZED_KEYS)
+from seq2seq_jax.study import PRUNERS, SAMPLERS
 
 log = logging.getLogger(__name__)
 METRICS = ("val/loss", "val/token_accuracy", "val/exact_match")
 DISTRIBUTIONS = ("uniform", "log_uniform", "int")
+FORMS = ("grid", "random", "trials", "search")
+SPEC_KEYS = ("grid", "random", "trials", "search", "num_trials", "seed", "metric", "mode",
+             "vectorize", "sampler", "sampler_settings", "pruner", "pruner_settings",
+             "group_size", "heartbeat_seconds", "grace_seconds", "enqueue")
 TRIAL_FILE = "trial.json"
 RESULTS_CSV = "results.csv"
 RESULTS_MD = "results.md"
@@ -64,10 +72,28 @@ class Trial:
 class Sweep:
   base: Config
   keys: list[str]  # the swept keys, in declaration order
-  trials: list[Trial]
+  trials: list[Trial]  # the declared trials (a search: its `enqueue`d first ones)
   metric: str = "val/exact_match"
   mode: str = "max"
   vectorize: bool = False
+  # the search: `space` holds each key's choices (a list) or (kind, low, high)
+  space: dict[str, Any] = dataclasses.field(default_factory=dict)
+  searched: bool = False  # True: the sampler proposes num_trials trials (search form)
+  num_trials: int = 0
+  sampler: str = "random"
+  sampler_settings: dict[str, Any] = dataclasses.field(default_factory=dict)
+  pruner: str = "none"
+  pruner_settings: dict[str, Any] = dataclasses.field(default_factory=dict)
+  seed: int = 0
+  group_size: int = 4  # trials a worker asks for at once to train as one program
+  heartbeat_seconds: float = 10.0
+  grace_seconds: float = 60.0  # a running trial without a heartbeat for this long is retried
+
+  def trial_for(self, values: dict[str, Any]) -> Trial:
+    """The trial of these swept values (typed as the Config fields)."""
+    config = config_lib.apply_overrides(self.base, [f"{k}={_as_text(v)}" for k, v in values.items()])
+    typed = {key: getattr(config, key) for key in values}
+    return Trial(trial_name(typed), typed, config)
 
 
 # ---------------------------------------------------------------------------
@@ -110,14 +136,15 @@ def _draw(rng: np.random.Generator, key: str, space: Any, where: str) -> Any:
 
 def expand(spec: dict[str, Any], where: str = "get_sweep()") -> list[dict[str, Any]]:
   """The declared trials as override dicts (untyped: as written in the sweep file)."""
-  known = {"grid", "random", "trials", "num_trials", "seed", "metric", "mode", "vectorize"}
-  unknown = sorted(set(spec) - known)
+  unknown = sorted(set(spec) - set(SPEC_KEYS))
   if unknown:
     raise UserError(f"{where}: unknown sweep key(s) {', '.join(unknown)}; use "
-                    f"{', '.join(sorted(known))}.")
-  forms = [form for form in ("grid", "random", "trials") if form in spec]
+                    f"{', '.join(sorted(SPEC_KEYS))}.")
+  forms = [form for form in FORMS if form in spec]
   if len(forms) != 1:
-    raise UserError(f"{where}: declare exactly one of 'grid', 'random' or 'trials'.")
+    raise UserError(f"{where}: declare exactly one of 'grid', 'random', 'trials' or 'search'.")
+  if "search" in spec:
+    return []  # asked from the sampler as the sweep runs
   if "grid" in spec:
     grid = spec["grid"]
     for key, values in grid.items():
@@ -136,8 +163,17 @@ def expand(spec: dict[str, Any], where: str = "get_sweep()") -> list[dict[str, A
           for _ in range(spec["num_trials"])]
 
 
+def _check_space(space: Any, where: str) -> dict[str, Any]:
+  if not isinstance(space, dict) or not space:
+    raise UserError(f"{where}: 'search' must be a non-empty dict of key: [choices] or "
+                    "(kind, low, high).")
+  for key, values in space.items():
+    _draw(np.random.default_rng(0), key, values, where)  # the same checks as random's
+  return {k: tuple(v) if isinstance(v, tuple) else list(v) for k, v in space.items()}
+
+
 def make_sweep(base: Config, spec: dict[str, Any], where: str = "get_sweep()") -> Sweep:
-  """Typed, validated trials (each a full Config) from a sweep declaration."""
+  """Typed, validated trials (each a full Config) and the search from a declaration."""
   trials, seen = [], set()
   keys: list[str] = []
   for overrides in expand(spec, where):
@@ -159,7 +195,53 @@ def make_sweep(base: Config, spec: dict[str, Any], where: str = "get_sweep()") -
   mode = spec.get("mode", "min" if metric.endswith("loss") else "max")
   if mode not in ("max", "min"):
     raise UserError(f"{where}: mode must be 'max' or 'min', got {mode!r}.")
-  return Sweep(base, keys, trials, metric, mode, bool(spec.get("vectorize", False)))
+  searched = "search" in spec
+  sampler = spec.get("sampler", "tpe" if searched else "random")
+  pruner = spec.get("pruner", "none")
+  if sampler not in SAMPLERS or (searched and sampler == "grid"):
+    raise UserError(f"{where}: sampler must be one of {', '.join(SAMPLERS)} "
+                    f"(a 'search' needs random or tpe); got {sampler!r}.")
+  if not searched and sampler == "tpe":
+    raise UserError(f"{where}: sampler 'tpe' proposes its own trials: declare a 'search' "
+                    "space with num_trials instead of grid/random/trials.")
+  if pruner not in PRUNERS:
+    raise UserError(f"{where}: pruner must be one of {', '.join(PRUNERS)}; got {pruner!r}.")
+  if searched:
+    space = _check_space(spec["search"], where)
+    keys = list(space)
+    first = spec.get("enqueue", [])
+    if not isinstance(first, list) or not all(isinstance(t, dict) and set(t) == set(keys)
+                                              for t in first):
+      raise UserError(f"{where}: 'enqueue' must be a list of {{key: value}} dicts giving "
+                      f"every searched key ({', '.join(keys)}).")
+    trials = [Sweep(base, keys, []).trial_for(values) for values in first]
+    if not isinstance(spec.get("num_trials"), int) or spec["num_trials"] <= 0:
+      raise UserError(f"{where}: a search needs num_trials, a positive whole number.")
+    for key in keys:
+      config_lib.apply_overrides(base, [f"{key}={_as_text(_draw(np.random.default_rng(0), key, space[key], where))}"])
+  else:  # each key's declared values, in declaration order: the study's choices
+    if "enqueue" in spec:
+      raise UserError(f"{where}: 'enqueue' goes with a 'search'; grid/random/trials are "
+                      "all enqueued already.")
+    space = {key: list(dict.fromkeys(t.overrides[key] for t in trials if key in t.overrides))
+             for key in keys}
+  numbers = {}
+  for name in ("group_size", "heartbeat_seconds", "grace_seconds"):
+    value = spec.get(name, Sweep.__dataclass_fields__[name].default)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+      raise UserError(f"{where}: {name} must be a positive number, got {value!r}.")
+    numbers[name] = value
+  for name in ("sampler_settings", "pruner_settings"):
+    if not isinstance(spec.get(name, {}), dict):
+      raise UserError(f"{where}: {name} must be a dict of the Optuna {name[:-9]}'s arguments.")
+  return Sweep(base, keys, trials, metric, mode, bool(spec.get("vectorize", False)),
+               space=space, searched=searched,
+               num_trials=spec["num_trials"] if searched else len(trials),
+               sampler=sampler, sampler_settings=dict(spec.get("sampler_settings", {})),
+               pruner=pruner, pruner_settings=dict(spec.get("pruner_settings", {})),
+               seed=int(spec.get("seed", 0)), group_size=int(numbers["group_size"]),
+               heartbeat_seconds=float(numbers["heartbeat_seconds"]),
+               grace_seconds=float(numbers["grace_seconds"]))
 
 
 def load_sweep(path: str, overrides: list[str] | tuple[str, ...] = ()) -> Sweep:
@@ -195,12 +277,12 @@ def _read_json(path: str) -> dict[str, Any] | None:
 
 
 def trial_status(trial_dir: str) -> str:
-  """'done' (results.json), 'failed' (diverged), 'started' (checkpoints) or 'new'."""
+  """'done' (results.json), 'failed' (diverged), 'pruned', 'started' (checkpoints) or 'new'."""
   if os.path.exists(os.path.join(trial_dir, "results.json")):
     return "done"
   info = _read_json(os.path.join(trial_dir, TRIAL_FILE)) or {}
-  if info.get("status") == "failed":
-    return "failed"
+  if info.get("status") in ("failed", "pruned"):
+    return info["status"]
   return "started" if _checkpoint_steps(trial_dir) else "new"
 
 
@@ -225,68 +307,171 @@ def _write_trial_info(trial: Trial, trial_dir: str, status: str, seconds: float,
   workdir_lib.write_json(path, info)
 
 
-def _plan(trials: list[Trial], workdir: str, vectorize: bool) -> list[list[Trial]]:
-  """Groups of trials that run as one program: same vmap key and same checkpoint step."""
+def _plan(trials: list, workdir: str, vectorize: bool) -> list[list]:
+  """Groups of (optuna trial, Trial) that run as one program: same vmap key and same
+  checkpoint step (in the order asked)."""
   if not vectorize:
     return [[t] for t in trials]
-  groups: dict[tuple, list[Trial]] = {}
-  for trial in trials:
+  groups: dict[tuple, list] = {}
+  for pair in trials:
+    trial = pair[1]
     steps = _checkpoint_steps(os.path.join(workdir, trial.name))
     key = (vmap_group_key(trial.config), steps[-1] if steps else None)
-    groups.setdefault(key, []).append(trial)
+    groups.setdefault(key, []).append(pair)
   return list(groups.values())
+
+
+def _final_value(sweep: Sweep, summary: dict[str, Any]) -> float:
+  value = summary.get(sweep.metric)
+  return float("nan") if value is None else float(value)
+
+
+def _tell_finished(study, sweep: Sweep, optuna_trial, trial: Trial, trial_dir: str) -> bool:
+  """A trial whose workdir already finished (an earlier run of the sweep): told, not run."""
+  status = trial_status(trial_dir)
+  if status == "done":
+    study.complete(optuna_trial, _final_value(sweep, _read_json(
+        os.path.join(trial_dir, workdir_lib.RESULTS_FILE)) or {}))
+  elif status in ("failed", "pruned"):
+    (study.fail if status == "failed" else study.prune)(optuna_trial)
+  else:
+    return False
+  return True
+
+
+def _run_group(study, sweep: Sweep, group: list, workdir: str, progress, stop_after_step,
+               argv, tensorboard: bool) -> None:
+  """Trains one group of asked trials as one program and tells the study each outcome."""
+  dirs = [os.path.join(workdir, trial.name) for _, trial in group]
+  todo = [(pair, d) for pair, d in zip(group, dirs)
+          if not _tell_finished(study, sweep, pair[0], pair[1], d)]
+  if not todo:
+    return
+  group, dirs = [pair for pair, _ in todo], [d for _, d in todo]
+  optuna_trials = [ot for ot, _ in group]
+  if len(group) == 1:
+    log.info("trial %s", group[0][1].name)
+  else:
+    log.info("vmap group of %d: %s", len(group), ", ".join(t.name for _, t in group))
+
+  def prune(epoch: int, metrics_by_trial: dict[int, dict[str, float]]) -> list[int]:
+    """Every trial reports, then each is judged, best first: an asynchronous pruner
+    (ASHA) compares a trial with those judged before it, so group-mates count as if
+    they had finished the epoch one after another, the best earliest."""
+    values = {i: float(metrics[sweep.metric]) for i, metrics in metrics_by_trial.items()
+              if sweep.metric in metrics}
+    for i, value in values.items():
+      study.report(optuna_trials[i], value, epoch)
+    best_first = sorted(values, key=lambda i: values[i], reverse=sweep.mode == "max")
+    return [i for i in best_first if study.should_prune(optuna_trials[i])]
+
+  start = time.time()
+  try:
+    with study.beating(optuna_trials):
+      outcomes = loop.train_trials([t.config for _, t in group], dirs, argv=argv,
+                                   progress=progress, stop_after_step=stop_after_step,
+                                   prune=prune)
+  except loop.ProgressDiffers as why:  # e.g. a damaged checkpoint fell back to an older step
+    log.info("trials resume from different positions (%s): running them one by one", why)
+    for pair in group:
+      _run_group(study, sweep, [pair], workdir, progress, stop_after_step, argv, tensorboard)
+    return
+  except BaseException:  # interrupted (signal, stop_after_step) or broken: run again later
+    for (optuna_trial, trial), trial_dir in zip(group, dirs):
+      _write_trial_info(trial, trial_dir, "interrupted", (time.time() - start) / len(group),
+                        len(group))
+      with contextlib.suppress(Exception):
+        study.requeue(optuna_trial)
+    raise
+  seconds = (time.time() - start) / len(group)
+  for (optuna_trial, trial), trial_dir, outcome in zip(group, dirs, outcomes):
+    if isinstance(outcome, loop.NonFiniteLoss):
+      log.info("trial %s diverged: %s", trial.name, outcome)
+      _write_trial_info(trial, trial_dir, "failed", seconds, len(group), str(outcome))
+      study.fail(optuna_trial)
+    elif isinstance(outcome, loop.Pruned):
+      _write_trial_info(trial, trial_dir, "pruned", seconds, len(group),
+                        f"pruned after epoch {outcome.epoch}")
+      study.prune(optuna_trial)
+    else:
+      _write_trial_info(trial, trial_dir, "done", seconds, len(group))
+      study.complete(optuna_trial, _final_value(sweep, outcome))
+    if tensorboard:
+      tracking.export_tensorboard(trial_dir)
+
+
+def work(sweep: Sweep, workdir: str, vectorize: bool | None = None, progress: bool | None = None,
+         stop_after_step: int | None = None, tensorboard: bool = False,
+         argv: list[str] | None = None, storage: str | None = None) -> None:
+  """One worker: asks the study for trials (a group at a time when vectorised) until
+  none is left, trains them, and tells their outcomes."""
+  from seq2seq_jax.study import SweepStudy
+  vectorize = sweep.vectorize if vectorize is None else vectorize
+  study = SweepStudy(sweep, workdir, storage)
+  study.enqueue_declared()
+  while True:
+    asked = study.ask_group(sweep.group_size if vectorize else 1)
+    if not asked:
+      break
+    for group in _plan(asked, workdir, vectorize):
+      _run_group(study, sweep, group, workdir, progress, stop_after_step, argv, tensorboard)
+    write_outputs(sweep, workdir, study)
+
+
+def _spawn_workers(count: int, worker_argv: list[str]) -> None:
+  """count worker processes of this sweep, waited for; a failed worker is an error."""
+  env = dict(os.environ, SEQ2SEQ_JAX_CPU_DEVICES="1")  # the workers share the cores
+  procs = [subprocess.Popen([sys.executable, "-m", "seq2seq_jax", *worker_argv],
+                            env=dict(env, SEQ2SEQ_JAX_SWEEP_WORKER=str(k + 1)))
+           for k in range(count)]
+  try:
+    codes = [p.wait() for p in procs]
+  except BaseException:
+    for p in procs:
+      p.terminate()
+    for p in procs:
+      p.wait()
+    raise
+  bad = [c for c in codes if c != 0]
+  if bad:
+    raise UserError(f"{len(bad)} of {count} sweep worker(s) failed (exit {bad[0]}); run the "
+                    "same command again: finished trials are kept and the others resume.")
 
 
 def run_sweep(sweep: Sweep, workdir: str, vectorize: bool | None = None,
               progress: bool | None = None, stop_after_step: int | None = None,
-              tensorboard: bool = False, argv: list[str] | None = None) -> list[dict[str, Any]]:
-  """Runs every unfinished trial in workdir/<trial>/, then writes results.csv, results.md
-  and curves.png; returns the table's rows, best first.
+              tensorboard: bool = False, argv: list[str] | None = None,
+              workers: int = 1, storage: str | None = None,
+              worker_argv: list[str] | None = None) -> list[dict[str, Any]]:
+  """Runs every unfinished trial (in this process, or in `workers` worker processes that
+  share the study), then writes results.csv, results.md and curves.png; returns the
+  table's rows, best first.
 
   stop_after_step: each program stops after that step, as on SIGINT (for tests).
+  worker_argv: the `seq2seq-jax` arguments that start one worker (workers > 1).
   """
+  from seq2seq_jax.study import SweepStudy
   vectorize = sweep.vectorize if vectorize is None else vectorize
   os.makedirs(workdir, exist_ok=True)
   workdir_lib.write_json(os.path.join(workdir, tracking.SWEEP_FILE), {
       "keys": sweep.keys, "metric": sweep.metric, "mode": sweep.mode,
       "vectorize": vectorize, "trials": [t.name for t in sweep.trials],
-      "overrides": {t.name: t.overrides for t in sweep.trials}, "base": sweep.base.to_dict()})
-  todo = [t for t in sweep.trials
-          if trial_status(os.path.join(workdir, t.name)) not in ("done", "failed")]
-  log.info("sweep: %d trial(s) in %s, %d done, %d to run%s", len(sweep.trials), workdir,
-           len(sweep.trials) - len(todo), len(todo), " (vectorised)" if vectorize else "")
-  groups = _plan(todo, workdir, vectorize)
-  while groups:
-    group = groups.pop(0)
-    dirs = [os.path.join(workdir, t.name) for t in group]
-    start = time.time()
-    if len(group) == 1:
-      log.info("trial %s", group[0].name)
-    else:
-      log.info("vmap group of %d: %s", len(group), ", ".join(t.name for t in group))
-    try:
-      outcomes = loop.train_trials([t.config for t in group], dirs, argv=argv,
-                                   progress=progress, stop_after_step=stop_after_step)
-    except loop.ProgressDiffers as why:  # e.g. a damaged checkpoint fell back to an older step
-      log.info("trials resume from different positions (%s): running them one by one", why)
-      groups[:0] = [[t] for t in group]
-      continue
-    except loop.TrainingInterrupted:
-      for trial, trial_dir in zip(group, dirs):
-        _write_trial_info(trial, trial_dir, "interrupted", (time.time() - start) / len(group),
-                          len(group))
-      raise
-    seconds = (time.time() - start) / len(group)
-    for trial, trial_dir, outcome in zip(group, dirs, outcomes):
-      if isinstance(outcome, loop.NonFiniteLoss):
-        log.info("trial %s diverged: %s", trial.name, outcome)
-        _write_trial_info(trial, trial_dir, "failed", seconds, len(group), str(outcome))
-      else:
-        _write_trial_info(trial, trial_dir, "done", seconds, len(group))
-      if tensorboard:
-        tracking.export_tensorboard(trial_dir)
-    write_outputs(sweep, workdir)
-  rows = write_outputs(sweep, workdir)
+      "overrides": {t.name: t.overrides for t in sweep.trials}, "base": sweep.base.to_dict(),
+      "sampler": sweep.sampler, "pruner": sweep.pruner, "num_trials": sweep.num_trials})
+  study = SweepStudy(sweep, workdir, storage)
+  study.enqueue_declared()
+  study.reconcile(lambda name: trial_status(os.path.join(workdir, name)) in
+                  ("done", "failed", "pruned"))
+  states = study.states()
+  done = sum(state in ("complete", "pruned", "failed") for state in states.values())
+  log.info("sweep: %d trial(s) in %s, %d done, %d to run%s; %s sampler, %s pruner",
+           sweep.num_trials, workdir, done, max(sweep.num_trials - done, 0),
+           " (vectorised)" if vectorize else "", sweep.sampler, sweep.pruner)
+  if workers > 1:
+    _spawn_workers(workers, worker_argv or [])
+  else:
+    work(sweep, workdir, vectorize, progress, stop_after_step, tensorboard, argv, storage)
+  rows = write_outputs(sweep, workdir, study)
   log.info("\n%s", markdown_table(sweep, rows))
   return rows
 
@@ -303,7 +488,7 @@ def trial_row(sweep: Sweep, trial: Trial, trial_dir: str) -> dict[str, Any] | No
   """One finished trial: swept values, final (last epoch) and best (over epochs) validation
   metrics, steps, wall time and training throughput; None if it has not finished."""
   status = trial_status(trial_dir)
-  if status not in ("done", "failed"):
+  if status not in ("done", "failed", "pruned"):
     return None
   records = workdir_lib.read_metrics(trial_dir)
   epochs = [r for r in records if not r.get("final") and "train/epoch_seconds" in r]
@@ -323,6 +508,7 @@ def trial_row(sweep: Sweep, trial: Trial, trial_dir: str) -> dict[str, Any] | No
   row["samples_per_sec"] = float(np.median(rates)) if rates else None
   row["vmap_trials"] = info.get("vmap_trials", 1)
   row["status"] = status
+  row["state"] = {"done": "complete"}.get(status, status)  # Optuna's word
   return row
 
 
@@ -340,8 +526,15 @@ def sort_rows(sweep: Sweep, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
   return sorted(rows, key=key)
 
 
-def collect_rows(sweep: Sweep, workdir: str) -> list[dict[str, Any]]:
-  rows = [trial_row(sweep, t, os.path.join(workdir, t.name)) for t in sweep.trials]
+def study_trials(sweep: Sweep, study=None) -> list[Trial]:
+  """The sweep's trials, each once: the declared ones, or those the study asked."""
+  if not sweep.searched or study is None:
+    return sweep.trials
+  return [sweep.trial_for(values) for values in study.params_by_name().values()]
+
+
+def collect_rows(sweep: Sweep, workdir: str, study=None) -> list[dict[str, Any]]:
+  rows = [trial_row(sweep, t, os.path.join(workdir, t.name)) for t in study_trials(sweep, study)]
   return sort_rows(sweep, [r for r in rows if r is not None])
 
 
@@ -349,7 +542,7 @@ def _columns(sweep: Sweep) -> list[str]:
   metrics = list(METRICS) + ([sweep.metric] if sweep.metric not in METRICS else [])
   return (["trial", *sweep.keys]
           + [_metric_column(p, m) for p in ("final", "best") for m in metrics]
-          + ["steps", "wall_seconds", "samples_per_sec", "vmap_trials", "status"])
+          + ["steps", "wall_seconds", "samples_per_sec", "vmap_trials", "status", "state"])
 
 
 def _format(column: str, value: Any) -> str:
@@ -366,8 +559,8 @@ def _format(column: str, value: Any) -> str:
 
 def markdown_table(sweep: Sweep, rows: list[dict[str, Any]]) -> str:
   """The results as a Markdown table, best first, with what the sweep cost."""
-  columns = [c for c in _columns(sweep) if c != "status"
-             or any(r["status"] != "done" for r in rows)]
+  columns = [c for c in _columns(sweep) if c not in ("status", "state")
+             or (c == "state" and any(r["status"] != "done" for r in rows))]
   lines = [f"Sorted by best {sweep.metric} ({sweep.mode}); final = last epoch, best = best epoch.",
            "", "| " + " | ".join(columns) + " |", "|" + " --- |" * len(columns)]
   for row in rows:
@@ -380,9 +573,10 @@ def markdown_table(sweep: Sweep, rows: list[dict[str, Any]]) -> str:
   return "\n".join(lines)
 
 
-def write_outputs(sweep: Sweep, workdir: str) -> list[dict[str, Any]]:
-  """results.csv, results.md and curves.png from the trials' workdirs; returns the rows."""
-  rows = collect_rows(sweep, workdir)
+def write_outputs(sweep: Sweep, workdir: str, study=None) -> list[dict[str, Any]]:
+  """results.csv, results.md and curves.png from the study's trials' workdirs; returns
+  the rows."""
+  rows = collect_rows(sweep, workdir, study)
   columns = _columns(sweep)
   table = io.StringIO(newline="")
   writer = csv.DictWriter(table, fieldnames=columns, extrasaction="ignore")

@@ -1,0 +1,281 @@
+"""The Optuna study behind a sweep: its storage, sampler and pruner, trials asked in
+groups that can share one program, heartbeats, and the retry of a dead worker's trials.
+
+Every worker (a process on this machine or another) opens the same study; Optuna hands
+each trial to one worker only. A declared sweep (grid, random, trials) enqueues its
+trials once, in order; a searched one (`search` with TPE) asks the sampler for new ones
+until `num_trials` exist. A worker records a heartbeat on its running trials; any worker
+finding a running trial whose heartbeat is older than the grace period marks it failed
+and enqueues it again with the same values, so its workdir, and its newest checkpoint,
+are picked up where the dead worker left them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import threading
+import time
+from typing import Any
+
+from seq2seq_jax.errors import UserError
+
+log = logging.getLogger(__name__)
+
+JOURNAL_FILE = "study.journal"
+STUDY_NAME = "seq2seq_jax"
+SAMPLERS = ("grid", "random", "tpe")
+PRUNERS = ("none", "median", "asha")
+SPARE = "spare"  # user attr: a trial asked beyond the budget, told failed and not listed
+HEARTBEAT = "heartbeat"  # user attr: time.time() of the worker's last sign of life
+
+
+def _optuna():
+  try:
+    import optuna
+  except ImportError:
+    raise UserError("sweeps need Optuna: pip install optuna (a dependency of seq2seq_jax).") from None
+  optuna.logging.set_verbosity(optuna.logging.WARNING)
+  return optuna
+
+
+def open_storage(workdir: str, url: str | None = None):
+  """The study's storage: an RDB URL (sqlite:///..., postgresql://...), or by default a
+  journal file in the sweep's workdir (one machine, or a shared file system)."""
+  optuna = _optuna()
+  if url:
+    try:
+      return optuna.storages.RDBStorage(url)
+    except Exception as error:  # a wrong URL or a missing driver
+      raise UserError(f"--storage {url}: {error}") from None
+  from optuna.storages.journal import JournalFileBackend
+  os.makedirs(workdir, exist_ok=True)
+  return optuna.storages.JournalStorage(JournalFileBackend(os.path.join(workdir, JOURNAL_FILE)))
+
+
+def worker_seed() -> int:
+  """0 for a sweep run in one process; for worker k of --workers N, k (the workers' samplers
+  must not propose the same values); for a worker started by hand elsewhere, its pid."""
+  if os.environ.get("SEQ2SEQ_JAX_SWEEP_WORKER"):
+    return int(os.environ["SEQ2SEQ_JAX_SWEEP_WORKER"])
+  return 0 if os.environ.get("SEQ2SEQ_JAX_SWEEP_JOINED") is None else os.getpid()
+
+
+def make_sampler(name: str, settings: dict[str, Any], seed: int):
+  optuna = _optuna()
+  if name == "tpe":
+    return optuna.samplers.TPESampler(seed=seed, **settings)
+  # declared trials are enqueued with their values: the sampler only fills a spare ask
+  return optuna.samplers.RandomSampler(seed=seed)
+
+
+def make_pruner(name: str, settings: dict[str, Any]):
+  optuna = _optuna()
+  if name == "median":
+    return optuna.pruners.MedianPruner(**settings)
+  if name == "asha":
+    return optuna.pruners.SuccessiveHalvingPruner(**settings)
+  return optuna.pruners.NopPruner()
+
+
+class SweepStudy:
+  """The study of one sweep, as one worker sees it."""
+
+  def __init__(self, sweep, workdir: str, storage_url: str | None = None):
+    optuna = _optuna()
+    self.optuna = optuna
+    self.sweep = sweep
+    self.storage = open_storage(workdir, storage_url)
+    self.study = optuna.create_study(
+        study_name=STUDY_NAME, storage=self.storage, load_if_exists=True,
+        direction="maximize" if sweep.mode == "max" else "minimize",
+        sampler=make_sampler(sweep.sampler, sweep.sampler_settings, sweep.seed + worker_seed()),
+        pruner=make_pruner(sweep.pruner, sweep.pruner_settings))
+    self._running: dict[int, Any] = {}  # trial number -> optuna.Trial, for heartbeats
+    self._lock = threading.Lock()
+
+  # -- trials -----------------------------------------------------------------------
+  def enqueue_declared(self) -> None:
+    """The declared trials (a search: those it enqueues before sampling), in order,
+    once (a trial whose values exist is skipped)."""
+    for trial in self.sweep.trials:
+      self.study.enqueue_trial(dict(trial.overrides), user_attrs={"trial": trial.name},
+                               skip_if_exists=True)
+
+  def _listed(self, trials, every=None) -> list:
+    """trials less the spare ones and those enqueued again since (`retry_of` a later one)."""
+    trials = list(trials)
+    every = trials if every is None else every
+    superseded = {t.user_attrs["retry_of"] for t in every if "retry_of" in t.user_attrs}
+    return [t for t in trials if not t.user_attrs.get(SPARE) and t.number not in superseded]
+
+  def _suggest(self, optuna_trial) -> dict[str, Any]:
+    """The trial's values, suggested through the distributions of the declaration."""
+    values = {}
+    for key, space in self.sweep.space.items():
+      if isinstance(space, tuple):
+        kind, low, high = space
+        if kind == "int":
+          values[key] = optuna_trial.suggest_int(key, low, high)
+        else:
+          values[key] = optuna_trial.suggest_float(key, low, high, log=kind == "log_uniform")
+      else:
+        values[key] = optuna_trial.suggest_categorical(key, list(space))
+    return values
+
+  def ask(self):
+    """(optuna trial, sweep Trial), or None when nothing is left to run."""
+    TrialState = self.optuna.trial.TrialState
+    self.retry_stale()
+    if not self.sweep.searched and not self.study.get_trials(deepcopy=False,
+                                                             states=(TrialState.WAITING,)):
+      return None
+    optuna_trial = self.study.ask()
+    frozen = self.study.get_trials(deepcopy=False)
+    earlier = self._listed([t for t in frozen if t.number < optuna_trial.number], frozen)
+    over_budget = (len(earlier) >= self.sweep.num_trials if self.sweep.searched
+                   else not self._was_enqueued(optuna_trial, frozen))
+    if over_budget:  # another worker took the last one meanwhile
+      optuna_trial.set_user_attr(SPARE, True)
+      self.study.tell(optuna_trial, state=TrialState.FAIL)
+      return None
+    values = self._suggest(optuna_trial)
+    trial = self.sweep.trial_for(values)
+    optuna_trial.set_user_attr("trial", trial.name)
+    optuna_trial.set_user_attr(HEARTBEAT, time.time())
+    if self._taken(optuna_trial.number, trial.name):  # the same values, asked by another
+      optuna_trial.set_user_attr(SPARE, True)
+      self.study.tell(optuna_trial, state=TrialState.FAIL)
+      return self.ask() if self._asks_left() else None
+    return optuna_trial, trial
+
+  def _taken(self, number: int, name: str) -> bool:
+    """Another trial holds this name (values) and was asked first: the lower number runs."""
+    every = self.study.get_trials(deepcopy=False)
+    return any(t.number < number and t.user_attrs.get("trial") == name
+               for t in self._listed(every, every))
+
+  def _asks_left(self) -> bool:
+    self._asks = getattr(self, "_asks", 0) + 1
+    return self._asks % 50 != 0  # a search space with fewer values than num_trials ends
+
+  def _was_enqueued(self, optuna_trial, frozen) -> bool:
+    for t in frozen:
+      if t.number == optuna_trial.number:
+        return "fixed_params" in t.system_attrs
+    return False
+
+  def ask_group(self, size: int) -> list:
+    """Up to size (optuna trial, Trial) pairs; [] when the study is finished. While other
+    workers still run the last trials, waits: a dead worker's trials come back (retry_stale)."""
+    asked = []
+    while len(asked) < size:
+      pair = self.ask()
+      if pair is not None:
+        asked.append(pair)
+        continue
+      if asked or not self.others_running():
+        break
+      time.sleep(min(self.sweep.heartbeat_seconds, self.sweep.grace_seconds / 4))
+    return asked
+
+  def others_running(self) -> bool:
+    TrialState = self.optuna.trial.TrialState
+    return any(t.number not in self._running
+               for t in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
+
+  def reconcile(self, finished) -> None:
+    """Trials the study has finished whose workdir is not (finished(name) is False: e.g.
+    its results were deleted) are enqueued again, so their workdirs decide, as always."""
+    TrialState = self.optuna.trial.TrialState
+    done = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+    every = self.study.get_trials(deepcopy=False)
+    for t in self._listed([t for t in every if t.state in done], every):
+      name = t.user_attrs.get("trial")
+      if name and t.params and not finished(name):
+        self.study.enqueue_trial(dict(t.params), user_attrs={"retry_of": t.number})
+
+  # -- outcomes ---------------------------------------------------------------------
+  def complete(self, optuna_trial, value: float) -> None:
+    self.study.tell(optuna_trial, value)
+
+  def prune(self, optuna_trial) -> None:
+    self.study.tell(optuna_trial, state=self.optuna.trial.TrialState.PRUNED)
+
+  def fail(self, optuna_trial) -> None:
+    self.study.tell(optuna_trial, state=self.optuna.trial.TrialState.FAIL)
+
+  def requeue(self, optuna_trial) -> None:
+    """An interrupted trial: failed, and enqueued again with its values (its workdir
+    keeps its checkpoints, so the next worker resumes it)."""
+    params = dict(optuna_trial.params)
+    self.fail(optuna_trial)
+    self.study.enqueue_trial(params, user_attrs={"retry_of": optuna_trial.number})
+
+  def report(self, optuna_trial, value: float, epoch: int) -> None:
+    """Records an epoch's validation value (the pruner's evidence)."""
+    optuna_trial.report(value, epoch)
+
+  def should_prune(self, optuna_trial) -> bool:
+    return optuna_trial.should_prune()
+
+  # -- liveness ---------------------------------------------------------------------
+  def retry_stale(self) -> None:
+    """Running trials whose worker stopped beating: failed and enqueued again."""
+    TrialState = self.optuna.trial.TrialState
+    now = time.time()
+    for t in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+      if t.number in self._running:
+        continue
+      beat = t.user_attrs.get(HEARTBEAT, t.datetime_start.timestamp() if t.datetime_start else now)
+      if now - beat <= self.sweep.grace_seconds:
+        continue
+      try:
+        self.storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+      except Exception:  # another worker retried it first
+        continue
+      self.study.enqueue_trial(dict(t.params), user_attrs={"retry_of": t.number})
+      log.info("trial %s: its worker stopped (no heartbeat for %.0f s); enqueued again",
+               t.user_attrs.get("trial", t.number), now - beat)
+
+  @contextlib.contextmanager
+  def beating(self, optuna_trials: list):
+    """Records a heartbeat on these trials every heartbeat_seconds while inside."""
+    for t in optuna_trials:
+      self._running[t.number] = t
+    stop = threading.Event()
+
+    def beat():
+      while not stop.wait(self.sweep.heartbeat_seconds):
+        for t in optuna_trials:
+          with contextlib.suppress(Exception):  # a trial told meanwhile
+            t.set_user_attr(HEARTBEAT, time.time())
+
+    thread = threading.Thread(target=beat, name="seq2seq_jax-heartbeat", daemon=True)
+    thread.start()
+    try:
+      yield
+    finally:
+      stop.set()
+      thread.join()
+      for t in optuna_trials:
+        self._running.pop(t.number, None)
+
+  # -- reading ----------------------------------------------------------------------
+  def states(self) -> dict[str, str]:
+    """trial name -> complete | pruned | failed | running | waiting (a retried trial:
+    its retry's state)."""
+    names = {}
+    for t in sorted(self.study.get_trials(deepcopy=False), key=lambda t: t.number):
+      if t.user_attrs.get(SPARE) or "trial" not in t.user_attrs:
+        continue
+      names[t.user_attrs["trial"]] = {"COMPLETE": "complete", "PRUNED": "pruned",
+                                      "FAIL": "failed", "RUNNING": "running",
+                                      "WAITING": "waiting"}[t.state.name]
+    return names
+
+  def params_by_name(self) -> dict[str, dict[str, Any]]:
+    return {t.user_attrs["trial"]: dict(t.params)
+            for t in self.study.get_trials(deepcopy=False)
+            if "trial" in t.user_attrs and not t.user_attrs.get(SPARE) and t.params}

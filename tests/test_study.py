@@ -1,0 +1,127 @@
+"""Sweeps through an Optuna study: declared trials keep their order, a search asks
+num_trials, several workers share one study without running a trial twice, a pruner stops
+a bad trial inside a vectorised group, and a dead worker's trial is finished by another."""
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from seq2seq_jax import sweep as sweep_lib
+from seq2seq_jax.study import SweepStudy
+from tests.conftest import ROOT, run_cli
+
+SWEEP_TINY = os.path.join(ROOT, "configs", "sweep_tiny.py")
+SWEEP_ASHA = os.path.join(ROOT, "configs", "sweep_tiny_asha.py")
+
+
+def results(workdir):
+  with open(os.path.join(workdir, "results.csv")) as f:
+    return list(csv.DictReader(f))
+
+
+def test_a_declared_sweep_gives_its_trials_in_order_once(tmp_path):
+  sweep = sweep_lib.load_sweep(SWEEP_TINY)
+  study = SweepStudy(sweep, str(tmp_path))
+  study.enqueue_declared()
+  study.enqueue_declared()  # a second worker, or the same command again
+  asked = study.ask_group(10)
+  assert [trial.name for _, trial in asked] == [t.name for t in sweep.trials]
+  for optuna_trial, _ in asked:
+    study.complete(optuna_trial, 0.5)
+  assert study.ask() is None
+  assert set(study.states().values()) == {"complete"}
+
+
+def test_a_search_asks_its_enqueued_trial_first_then_the_sampler_up_to_num_trials(tmp_path):
+  sweep = sweep_lib.load_sweep(SWEEP_ASHA)
+  assert (sweep.searched, sweep.sampler, sweep.pruner, sweep.num_trials) == (True, "tpe", "asha", 6)
+  study = SweepStudy(sweep, str(tmp_path))
+  study.enqueue_declared()
+  asked = study.ask_group(10)
+  names = [trial.name for _, trial in asked]
+  assert len(names) == len(set(names)) == 6
+  assert names[0] == "learning_rate=1e-05,dropout=0.0"
+  for _, trial in asked:
+    assert 1e-5 <= trial.config.learning_rate <= 3e-2 and trial.config.dropout in (0.0, 0.1)
+
+
+def test_a_running_trial_without_heartbeat_is_enqueued_again(tmp_path):
+  sweep = sweep_lib.load_sweep(SWEEP_TINY)
+  first_worker = SweepStudy(sweep, str(tmp_path))
+  first_worker.enqueue_declared()
+  [(dead, trial)] = first_worker.ask_group(1)
+  dead.set_user_attr("heartbeat", time.time() - 2 * sweep.grace_seconds)  # its worker died
+  other_worker = SweepStudy(sweep, str(tmp_path))
+  asked = [t.name for _, t in other_worker.ask_group(10)]
+  assert sorted(asked) == sorted(t.name for t in sweep.trials)  # the dead one's included
+  assert other_worker.states()[trial.name] == "running"
+
+
+def test_search_declaration_errors_name_the_problem():
+  from seq2seq_jax.config import Config
+  from seq2seq_jax.errors import UserError
+  with pytest.raises(UserError, match="needs num_trials"):
+    sweep_lib.make_sweep(Config(), {"search": {"learning_rate": ("log_uniform", 1e-4, 1e-2)}})
+  with pytest.raises(UserError, match="pruner must be one of none, median, asha"):
+    sweep_lib.make_sweep(Config(), {"grid": {"learning_rate": [1e-3]}, "pruner": "hyperband"})
+  with pytest.raises(UserError, match="sampler 'tpe' proposes its own trials"):
+    sweep_lib.make_sweep(Config(), {"grid": {"learning_rate": [1e-3]}, "sampler": "tpe"})
+
+
+@pytest.mark.slow
+def test_two_workers_complete_the_tpe_asha_sweep_each_trial_once_pruning_the_bad_one(tmp_path):
+  workdir = str(tmp_path / "asha")
+  result = run_cli("sweep", "--config", SWEEP_ASHA, "--workdir", workdir, "--workers", "2")
+  assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+  rows = results(workdir)
+  assert len(rows) == len({r["trial"] for r in rows}) == 6  # each trial once
+  assert {r["state"] for r in rows} <= {"complete", "pruned", "failed"}
+  assert "complete" in {r["state"] for r in rows}
+  bad = next(r for r in rows if r["trial"] == "learning_rate=1e-05,dropout=0.0")
+  assert bad["state"] == "pruned" and int(bad["steps"]) < 21  # before its last epoch
+  # its group-mates went on in the same program, compiling nothing after the first epoch
+  for row in rows:
+    with open(os.path.join(workdir, row["trial"], "metrics.jsonl")) as f:
+      epochs = [json.loads(line) for line in f if '"train/compilations"' in line]
+    assert [e["train/compilations"] for e in epochs[1:]] == [0] * (len(epochs) - 1)
+  assert any(int(r["steps"]) == 21 and int(r["vmap_trials"]) == 3 for r in rows)
+
+
+@pytest.mark.slow
+def test_a_killed_worker_s_trial_is_finished_by_another_from_its_checkpoint(tmp_path):
+  workdir = str(tmp_path / "killed")
+  # four epochs with a checkpoint every 3 steps: a worker is killed mid-trial
+  args = ["sweep", "--config", SWEEP_ASHA, "--workdir", workdir, "--worker",
+          "--set", "checkpoint_every_steps=3", "--set", "num_epochs=4"]
+  env = dict(os.environ, SEQ2SEQ_JAX_SWEEP_WORKER="1")
+  victim = subprocess.Popen([sys.executable, "-m", "seq2seq_jax", *args], cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  deadline = time.time() + 240
+  killed_trial = None
+  while time.time() < deadline and killed_trial is None:
+    time.sleep(0.2)
+    for name in os.listdir(workdir) if os.path.isdir(workdir) else []:
+      steps = os.path.join(workdir, name, "checkpoints")
+      if (os.path.isdir(steps) and any(s.isdigit() for s in os.listdir(steps))
+          and not os.path.exists(os.path.join(workdir, name, "results.json"))):
+        killed_trial = name
+  victim.send_signal(signal.SIGKILL)
+  victim.wait()
+  assert killed_trial is not None, "no trial reached a checkpoint"
+  survivor = run_cli(*args, env_extra={"SEQ2SEQ_JAX_SWEEP_WORKER": "2"})
+  assert survivor.returncode == 0, survivor.stdout[-3000:] + survivor.stderr[-3000:]
+  assert "its worker stopped" in survivor.stdout
+  with open(os.path.join(workdir, killed_trial, "train.log")) as f:
+    assert "resumed" in f.read()  # from its checkpoint, not step 0
+  rows = results(workdir) if os.path.exists(os.path.join(workdir, "results.csv")) else []
+  study = SweepStudy(sweep_lib.load_sweep(SWEEP_ASHA, ["checkpoint_every_steps=3",
+                                                       "num_epochs=4"]), workdir)
+  states = study.states()
+  assert len(states) == 6 and "running" not in states.values() and "waiting" not in states.values()
+  assert len(rows) == 6
