@@ -1,14 +1,25 @@
 #!/usr/bin/env bash
 # Train on a GPU or TPU host. JAX picks the accelerator up by itself once the matching
 # jax build is installed:
-#   GPU (CUDA 12/13):  pip install -U "jax[cuda13]"      TPU VM:  pip install -U "jax[tpu]"
+#   GPU (CUDA 12/13):  pip install -U "jax[cuda12]"      TPU VM:  pip install -U "jax[tpu]"
+# There lstm_impl=auto runs the LSTM layers through cuDNN on one NVIDIA GPU and lax.scan
+# elsewhere, and neither mimalloc nor the CPU device flags are used (docs/accelerators.md).
+#
 # Usage: experiments/launch_accelerator.sh [WORKDIR] [extra --set key=value ...]
+#        experiments/launch_accelerator.sh --check [OUTPUT_DIR]
+#          the device check instead: a fresh venv with the CUDA builds, the GPU tests and the
+#          benchmark (experiments/accelerator_check.sh)
 set -euo pipefail
+if [[ "${1:-}" == "--check" ]]; then
+  shift
+  exec "$(dirname "${BASH_SOURCE[0]}")/accelerator_check.sh" "$@"
+fi
 WORKDIR=${1:-runs/accelerator}
 shift || true
 # Let XLA take GPU memory as it needs it instead of 75% up front (shared machines).
 export XLA_PYTHON_CLIENT_PREALLOCATE=${XLA_PYTHON_CLIENT_PREALLOCATE:-false}
-# The CPU allocator trick (mimalloc) does not matter on an accelerator.
+# The CPU allocator trick (mimalloc) does not matter on an accelerator (runtime.py also
+# leaves it out wherever a GPU/TPU backend is installed).
 export SEQ2SEQ_JAX_MIMALLOC=0
 python -c "import jax; print('devices:', jax.devices())"
 # Accelerators want big batches: the per-step cost of a small LSTM step is launch
