@@ -191,6 +191,10 @@ class Config:
   log_every_steps: int = 100
   # Sample translations printed in the final summary.
   num_summary_samples: int = 8
+  # Write TensorBoard event files while training (WORKDIR/tensorboard/, tensorboardX):
+  # log steps under step/, epochs under their metric names, hyperparameters with the final
+  # metrics for the HParams view.
+  tensorboard: bool = False
 
   def to_dict(self) -> dict[str, Any]:
     return dataclasses.asdict(self)

@@ -146,6 +146,13 @@ class TrialRun:
   sums: RunningSums = dataclasses.field(default_factory=RunningSums)
   failure: NonFiniteLoss | None = None
   pruned: Pruned | None = None
+  writer: Any = None  # tracking.LiveWriter when config.tensorboard
+
+  def record(self, record: dict[str, Any]) -> None:
+    """A metrics.jsonl record, also to TensorBoard while training when asked."""
+    workdir_lib.append_metrics(self.workdir, record)
+    if self.writer is not None and is_primary():
+      self.writer.record(record)
 
   @property
   def stopped(self) -> bool:
@@ -253,8 +260,13 @@ def _open_group(configs: list[Config], workdirs: list[str], argv, parallel: Data
   for config, workdir in zip(configs, workdirs):
     checkpointer = Checkpointer(workdir, config.keep_checkpoints, config.best_metric)
     stack.callback(checkpointer.close)
+    writer = None
+    if config.tensorboard and is_primary():
+      from seq2seq_jax.tracking import LiveWriter
+      writer = LiveWriter(workdir)
+      stack.callback(writer.close)
     trials.append(TrialRun(config, workdir, checkpointer,
-                           learning_rate_schedule(config, total_steps)))
+                           learning_rate_schedule(config, total_steps), writer=writer))
   latest = [t.checkpointer.latest_step() for t in trials]
   if len(set(latest)) != 1:
     raise ProgressDiffers(f"checkpoints at steps {latest}")
@@ -374,7 +386,7 @@ def _log_window(group: Group, step: int, host_N: dict[str, np.ndarray], clock: E
       continue
     window_loss = trial.sums.window.loss
     losses.append(f"{window_loss:.4f}")
-    workdir_lib.append_metrics(trial.workdir, {
+    trial.record({
         "step": step, "epoch": group.progress.epoch + 1, "train/loss": window_loss,
         "lr": float(trial.schedule(step - 1)), "grad_norm": float(host_N["grad_norm"][i]),
         "samples_per_sec": rate})
@@ -442,7 +454,7 @@ def _end_epoch(group: Group, state, clock: EpochClock, compilations: Compilation
       record.update(checkpoint_metrics[i])
     # batch shapes come from fixed length buckets: only a process's first epoch compiles
     record["train/compilations"] = new_compilations
-    workdir_lib.append_metrics(trial.workdir, record)
+    trial.record(record)
     log.info("%sepoch %d/%d  step %d  train loss %.4f  %s  %.0fs (%.0f samples/s)",
              group.label(trial), epoch + 1, base.num_epochs, record["step"], record["train/loss"],
              "  ".join(f"{k} {v:.4f}" for k, v in record.items() if k.startswith("val/")),
@@ -485,13 +497,24 @@ def _final_evaluation(group: Group, state) -> list[dict[str, Any] | NonFiniteLos
       if len(pairs):
         split_metrics, _ = evaluate_pairs(translator, params, pairs)
         summary.update({f"{name}/{k}": v for k, v in split_metrics.items()})
-    workdir_lib.append_metrics(trial.workdir, dict(summary, final=True))
+    trial.record(dict(summary, final=True))
     workdir_lib.write_json(os.path.join(trial.workdir, workdir_lib.RESULTS_FILE), summary)
+    if trial.writer is not None:
+      trial.writer.hparams(_hparams(group, trial), summary)
     log.info("\n%sfinal (checkpoint %s): %s", group.label(trial), final_step,
              "  ".join(f"{k} {v:.4f}" for k, v in summary.items() if k != "step"))
     _log_samples(group, params)
     outcomes.append(summary)
   return outcomes
+
+
+def _hparams(group: Group, trial: TrialRun) -> dict[str, Any]:
+  """What TensorBoard's HParams view compares: the values a group's trials vary, and
+  every setting the run changed from the defaults."""
+  defaults = Config().to_dict()
+  values = trial.config.to_dict()
+  keys = [k for k in values if k in VECTORIZED_KEYS or values[k] != defaults[k]]
+  return {k: values[k] for k in keys}
 
 
 def _log_samples(group: Group, params) -> None:

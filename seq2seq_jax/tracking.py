@@ -114,6 +114,50 @@ def plot_workdir(workdir: str, out: str | None = None) -> str:
   return plot_runs(runs, out or os.path.join(workdir, CURVES_PNG), title)
 
 
+def _summary_writer(logdir: str):
+  try:
+    from tensorboardX import SummaryWriter
+  except ImportError:
+    raise UserError("TensorBoard files need tensorboardX (no TensorFlow): "
+                    "pip install 'seq2seq_jax[tensorboard]' or pip install tensorboardX.") from None
+  return SummaryWriter(logdir)
+
+
+def tensorboard_scalars(record: dict[str, Any]) -> list[tuple[str, float, int]]:
+  """(tag, value, step) of a metrics.jsonl record: a log step's record under step/ (its
+  window's loss, lr, gradient norm, speed), an epoch's under its own keys (train/loss is
+  the epoch's), the final one under final/."""
+  prefix = "final/" if record.get("final") else "step/" if "lr" in record else ""
+  step = record.get("step") or 0
+  return [(prefix + key, float(value), step) for key, value in record.items()
+          if key not in ("step", "epoch", "final") and not isinstance(value, bool)
+          and isinstance(value, (int, float))]
+
+
+class LiveWriter:
+  """TensorBoard event files written while a run trains (config tensorboard=true):
+  workdir/tensorboard/, the same tags as `plot --tensorboard`, and the run's
+  hyperparameters with its final metrics for TensorBoard's HParams view."""
+
+  def __init__(self, workdir: str):
+    self.logdir = os.path.join(workdir, TENSORBOARD_DIR)
+    self.writer = _summary_writer(self.logdir)
+
+  def record(self, record: dict[str, Any]) -> None:
+    for tag, value, step in tensorboard_scalars(record):
+      self.writer.add_scalar(tag, value, step)
+    self.writer.flush()
+
+  def hparams(self, values: dict[str, Any], metrics: dict[str, float]) -> None:
+    values = {k: v for k, v in values.items() if isinstance(v, (bool, str, int, float))}
+    self.writer.add_hparams(values, {f"hparam/{k}": float(v) for k, v in metrics.items()
+                                     if isinstance(v, (int, float)) and not isinstance(v, bool)},
+                            name="hparams")
+
+  def close(self) -> None:
+    self.writer.close()
+
+
 def export_tensorboard(workdir: str) -> list[str]:
   """Writes metrics.jsonl as TensorBoard scalars into workdir/tensorboard/ (replacing an
   earlier export); for a sweep directory, into each trial's. Returns the log directories:
@@ -122,11 +166,6 @@ def export_tensorboard(workdir: str) -> list[str]:
   if trials is not None:
     return [d for t in trials if os.path.exists(os.path.join(workdir, t, METRICS_FILE))
             for d in export_tensorboard(os.path.join(workdir, t))]
-  try:
-    from tensorboardX import SummaryWriter
-  except ImportError:
-    raise UserError("TensorBoard files need tensorboardX (no TensorFlow): "
-                    "pip install 'seq2seq_jax[tensorboard]' or pip install tensorboardX.") from None
   records = read_metrics(workdir)
   if not records:
     raise UserError(f"no {METRICS_FILE} in '{workdir}': train first.")
@@ -134,14 +173,9 @@ def export_tensorboard(workdir: str) -> list[str]:
   os.makedirs(logdir, exist_ok=True)
   for old in glob.glob(os.path.join(logdir, "events.out.tfevents.*")):
     os.remove(old)
-  writer = SummaryWriter(logdir)
+  writer = _summary_writer(logdir)
   for record in records:
-    prefix = "final/" if record.get("final") else ""
-    step = record.get("step") or 0
-    for key, value in record.items():
-      if key in ("step", "epoch", "final") or isinstance(value, bool):
-        continue
-      if isinstance(value, (int, float)):
-        writer.add_scalar(prefix + key, value, step)
+    for tag, value, step in tensorboard_scalars(record):
+      writer.add_scalar(tag, value, step)
   writer.close()
   return [logdir]

@@ -37,7 +37,7 @@ RESULTS_FILE = "results.json"
 LOG_FILE = "train.log"
 # Settings that may differ when a run is resumed: they change no trained number.
 RESUMABLE_CHANGES = ("log_every_steps", "num_summary_samples", "eval_decode_samples",
-                     "keep_checkpoints", "checkpoint_every_steps")
+                     "keep_checkpoints", "checkpoint_every_steps", "tensorboard")
 
 
 def _is_primary() -> bool:
