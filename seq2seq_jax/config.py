@@ -140,6 +140,10 @@ class Config:
   # Matmul operands: "float32", or "bfloat16" (mixed precision: products summed in float32,
   # parameters, optimizer and activations float32; ~1.6x the matmul rate on AVX512-BF16 CPUs).
   matmul_dtype: str = "float32"
+  # LSTM layers: "auto" (cuDNN on an NVIDIA GPU where it applies, else lax.scan), "scan" or "cudnn".
+  lstm_impl: str = "auto"
+  # Time steps per iteration of the recurrent scans; 0 = the platform's default (1; CPU measured).
+  scan_unroll: int = 0
 
   # --- optimisation -----------------------------------------------------------
   # Sentence pairs per batch (global).
@@ -214,6 +218,7 @@ _CHOICES = {
     "best_metric": ("val/exact_match", "val/token_accuracy", "val/loss"),
     "tokenizer": ("char", "word"),
     "matmul_dtype": ("float32", "bfloat16"),
+    "lstm_impl": ("auto", "scan", "cudnn"),
 }
 _POSITIVE = ("latent_dim", "num_layers", "batch_size", "num_epochs", "embed_dim",
              "max_source_len", "max_target_len", "eval_every_epochs",
@@ -225,7 +230,7 @@ _NON_NEGATIVE = ("task_val", "task_test", "num_samples", "numbers_val", "numbers
                  "clip_norm", "rmsprop_momentum", "bucket_width",
                  "eval_decode_samples", "decode_max_len", "checkpoint_every_steps",
                  "num_summary_samples", "learning_rate", "rmsprop_eps",
-                 "max_vocab_size")
+                 "max_vocab_size", "scan_unroll")
 
 
 def field_names() -> list[str]:
@@ -287,6 +292,10 @@ def validate(config: Config) -> Config:
   if config.keras_compat and config.bucket_width:
     raise UserError("keras_compat pads every batch to the longest pair, as the Keras example: "
                     "set bucket_width=0.")
+  if config.lstm_impl == "cudnn" and (config.cell != "lstm" or config.matmul_dtype != "float32"):
+    raise UserError("lstm_impl=cudnn runs float32 LSTM layers only (cuDNN through "
+                    "jax.experimental.rnn): set cell=lstm and matmul_dtype=float32, or "
+                    "lstm_impl=auto (cuDNN where it applies, else the scan) or lstm_impl=scan.")
   if config.val_fraction + config.test_fraction >= 1.0:
     raise UserError("val_fraction + test_fraction must leave some training data (sum < 1).")
   return config

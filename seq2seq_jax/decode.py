@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from seq2seq_jax.errors import UserError
-from seq2seq_jax.model import Seq2Seq
+from seq2seq_jax.model import Seq2Seq, resolve_scan_unroll
 from seq2seq_jax.vocab import END_ID, PAD_ID, START_ID, Vocab
 
 
@@ -43,6 +43,7 @@ def _scan_decode(params: Any, src_BxS: jax.Array, choose: Callable[[jax.Array, j
   The steps run as a `lax.scan` over chunks of DECODE_CHUNK steps inside a
   `lax.while_loop` that stops once every row of the batch has ended: a batch of short
   sentences costs short-sentence time, with the same output as running all max_len steps.
+  The chunk's scan unrolls the model's scan_unroll steps per iteration (at most a chunk).
   """
   variables = {"params": params}
   if model.config.decoder_input == "repeat":  # no feedback: every step in one pass
@@ -52,6 +53,7 @@ def _scan_decode(params: Any, src_BxS: jax.Array, choose: Callable[[jax.Array, j
   batch = src_BxS.shape[0]
   chunk = min(DECODE_CHUNK, max_len)
   num_chunks = -(-max_len // chunk)
+  unroll = min(resolve_scan_unroll(model.config.scan_unroll), chunk)
 
   def step(carry, t):
     state, prev_B, done_B = carry
@@ -63,7 +65,7 @@ def _scan_decode(params: Any, src_BxS: jax.Array, choose: Callable[[jax.Array, j
 
   def run_chunk(loop):
     k, carry, ids_BxCL = loop
-    carry, ids_CxB = jax.lax.scan(step, carry, k * chunk + jnp.arange(chunk))
+    carry, ids_CxB = jax.lax.scan(step, carry, k * chunk + jnp.arange(chunk), unroll=unroll)
     ids_BxCL = jax.lax.dynamic_update_slice_in_dim(ids_BxCL, ids_CxB.T, k * chunk, axis=1)
     return k + 1, carry, ids_BxCL
 

@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from seq2seq_jax import cudnn
 from seq2seq_jax.config import Config
 from seq2seq_jax.vocab import PAD_ID
 
@@ -32,7 +33,7 @@ MATMUL_DTYPES = {"float32": None, "bfloat16": jnp.bfloat16}
 # The run settings the model reads (config.py documents each); everything else stays out.
 MODEL_FIELDS = ("input_mode", "embed_dim", "latent_dim", "num_layers", "cell", "decoder_input",
                 "dropout", "reverse_source", "attention", "input_feeding",
-                "bidirectional_encoder", "fused_lstm", "matmul_dtype")
+                "bidirectional_encoder", "fused_lstm", "matmul_dtype", "lstm_impl", "scan_unroll")
 
 
 def _model_config_from(cls, config: Any) -> "ModelConfig":
@@ -48,6 +49,22 @@ ModelConfig = dataclasses.make_dataclass(
     frozen=True, namespace={"from_config": classmethod(_model_config_from), "__module__": __name__})
 Carry = tuple[jax.Array, ...]  # LSTM (h_BxH, c_BxH), Keras order; GRU (h_BxH,)
 NEG_INF = -1e9
+
+# scan_unroll 0: time steps per scan iteration by platform (docs/accelerators.md). cpu:
+# measured, 1 (unrolled by 2, 4 or 8, lstm_sequence's saving and backward scans copy the
+# whole T x B x 4H gate buffer every iteration instead of updating it in place: training
+# at the seed shapes 1.6-2.4x slower; decoding and forward-only scans within noise). gpu
+# and tpu: 1, a guess, unmeasured: unrolling saves a loop iteration's overhead there, but
+# the same copies would be made; the benchmark's per-step table measures 1, 2, 4 and 8.
+PLATFORM_SCAN_UNROLL = {"cpu": 1, "gpu": 1, "tpu": 1}
+
+
+def resolve_scan_unroll(scan_unroll: int, platform: str | None = None) -> int:
+  """Time steps per iteration of the recurrent scans: scan_unroll, or for 0 the platform's
+  default (PLATFORM_SCAN_UNROLL; 1 for a platform it does not name)."""
+  if scan_unroll > 0:
+    return scan_unroll
+  return PLATFORM_SCAN_UNROLL.get(platform or jax.default_backend(), 1)
 
 
 def matmul_operand(x: jax.Array, dtype: Any = None) -> jax.Array:
@@ -143,7 +160,7 @@ def lstm_scan(xproj_BxTx4H: jax.Array, carry: Carry, recurrent_kernel_Hx4H: jax.
 
 
 def _lstm_forward(xproj_TxBx4H, h0_BxH, c0_BxH, recurrent_kernel_Hx4H, keep_TxB, dtype,
-                  save=False):
+                  save=False, unroll=1):
   """The LSTM over time, time-major: outputs h_TxBxH and cells c_TxBxH. With save, also
   what the backward pass reads: the gate activations (i, f, g, o) of every step,
   written over that step's input projection in xproj's own buffer (XLA updates it in
@@ -167,7 +184,8 @@ def _lstm_forward(xproj_TxBx4H, h0_BxH, c0_BxH, recurrent_kernel_Hx4H, keep_TxB,
       h_BxH, c_BxH, _ = cell(*carry, *inputs)
       return (h_BxH, c_BxH), (h_BxH, c_BxH)
 
-    _, (h_TxBxH, c_TxBxH) = jax.lax.scan(step, (h0_BxH, c0_BxH), (xproj_TxBx4H, keep_TxB))
+    _, (h_TxBxH, c_TxBxH) = jax.lax.scan(step, (h0_BxH, c0_BxH), (xproj_TxBx4H, keep_TxB),
+                                         unroll=unroll)
     return h_TxBxH, c_TxBxH
 
   def saving_step(carry, inputs):
@@ -181,31 +199,35 @@ def _lstm_forward(xproj_TxBx4H, h0_BxH, c0_BxH, recurrent_kernel_Hx4H, keep_TxB,
 
   h_prev_HxTxB = jnp.zeros((h0_BxH.shape[1], steps, batch), h0_BxH.dtype)
   (_, _, gates_TxBx4H, h_prev_HxTxB), (h_TxBxH, c_TxBxH) = jax.lax.scan(
-      saving_step, (h0_BxH, c0_BxH, xproj_TxBx4H, h_prev_HxTxB), (keep_TxB, jnp.arange(steps)))
+      saving_step, (h0_BxH, c0_BxH, xproj_TxBx4H, h_prev_HxTxB), (keep_TxB, jnp.arange(steps)),
+      unroll=unroll)
   return h_TxBxH, c_TxBxH, gates_TxBx4H, h_prev_HxTxB
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(5,))
-def lstm_sequence(xproj_TxBx4H, h0_BxH, c0_BxH, recurrent_kernel_Hx4H, keep_TxB, dtype=None):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6))
+def lstm_sequence(xproj_TxBx4H, h0_BxH, c0_BxH, recurrent_kernel_Hx4H, keep_TxB, dtype=None,
+                  unroll=1):
   """An LSTM layer over a whole (time-major) sequence: (h_TxBxH, final c_BxH); the
   final h is h_TxBxH[-1]. Steps where keep is 0 hold the carry. Equal to scanning lstm_cell; its gradient is hand-written the way
   cuDNN and oneDNN do it: the backward scan computes only the per-step gate gradients
   and the carry's, and the recurrent kernel's gradient is then one large matmul over
   all steps instead of a small outer-product accumulation inside every step. dtype: the
-  matmuls' operand dtype (see matmul)."""
+  matmuls' operand dtype (see matmul); unroll: time steps per iteration of both scans."""
   h_TxBxH, c_TxBxH = _lstm_forward(xproj_TxBx4H, h0_BxH, c0_BxH, recurrent_kernel_Hx4H,
-                                   keep_TxB, dtype)
+                                   keep_TxB, dtype, unroll=unroll)
   return h_TxBxH, c_TxBxH[-1]
 
 
-def _lstm_sequence_fwd(xproj_TxBx4H, h0_BxH, c0_BxH, recurrent_kernel_Hx4H, keep_TxB, dtype):
+def _lstm_sequence_fwd(xproj_TxBx4H, h0_BxH, c0_BxH, recurrent_kernel_Hx4H, keep_TxB, dtype,
+                       unroll):
   h_TxBxH, c_TxBxH, gates_TxBx4H, h_prev_HxTxB = _lstm_forward(
-      xproj_TxBx4H, h0_BxH, c0_BxH, recurrent_kernel_Hx4H, keep_TxB, dtype, save=True)
+      xproj_TxBx4H, h0_BxH, c0_BxH, recurrent_kernel_Hx4H, keep_TxB, dtype, save=True,
+      unroll=unroll)
   return (h_TxBxH, c_TxBxH[-1]), (h_prev_HxTxB, c_TxBxH, gates_TxBx4H, c0_BxH,
                                   recurrent_kernel_Hx4H, keep_TxB)
 
 
-def _lstm_sequence_bwd(dtype, residuals, cotangents):
+def _lstm_sequence_bwd(dtype, unroll, residuals, cotangents):
   """The backward scan writes each step's gate gradient dz over that step's gate
   activations, in their buffer, which so becomes dz_TxBx4H. Each step reads the previous
   step's gates only after that write: the buffer then has one user per step, the update,
@@ -239,7 +261,7 @@ def _lstm_sequence_bwd(dtype, residuals, cotangents):
 
   (dh0_BxH, dc0_BxH, _, dz_TxBx4H), _ = jax.lax.scan(
       step, (jnp.zeros_like(c0_BxH), dc_last_BxH, gates_TxBx4H[last], gates_TxBx4H),
-      (dh_TxBxH, c_TxBxH, keep_TxB, jnp.arange(last + 1)), reverse=True)
+      (dh_TxBxH, c_TxBxH, keep_TxB, jnp.arange(last + 1)), reverse=True, unroll=unroll)
   d_kernel_Hx4H = jax.lax.dot_general(  # sum over steps and batch rows of h_{t-1}^T dz_t
       matmul_operand(h_prev_HxTxB, dtype), matmul_operand(dz_TxBx4H, dtype),
       (((1, 2), (0, 1)), ((), ())), preferred_element_type=jnp.float32)
@@ -250,22 +272,24 @@ lstm_sequence.defvjp(_lstm_sequence_fwd, _lstm_sequence_bwd)
 
 
 def lstm_time_major(xproj_TxBx4H: jax.Array, carry: Carry, recurrent_kernel_Hx4H: jax.Array,
-                    mask_BxT: jax.Array | None = None, dtype: Any = None) -> tuple[Carry, jax.Array]:
+                    mask_BxT: jax.Array | None = None, dtype: Any = None,
+                    unroll: int = 1) -> tuple[Carry, jax.Array]:
   """lstm_sequence over time-major projections: (final (h, c), h_TxBxH)."""
   h0_BxH, c0_BxH = carry
   steps, batch = xproj_TxBx4H.shape[:2]
   keep_TxB = (jnp.ones((steps, batch), jnp.float32) if mask_BxT is None
               else jnp.swapaxes(mask_BxT, 0, 1).astype(jnp.float32))
   h_TxBxH, c_BxH = lstm_sequence(xproj_TxBx4H, h0_BxH, c0_BxH, recurrent_kernel_Hx4H, keep_TxB,
-                                 dtype)
+                                 dtype, unroll)
   return (h_TxBxH[-1], c_BxH), h_TxBxH
 
 
 def lstm_layer_scan(xproj_BxTx4H: jax.Array, carry: Carry, recurrent_kernel_Hx4H: jax.Array,
-                    mask_BxT: jax.Array | None = None, dtype: Any = None) -> tuple[Carry, jax.Array]:
+                    mask_BxT: jax.Array | None = None, dtype: Any = None,
+                    unroll: int = 1) -> tuple[Carry, jax.Array]:
   """rnn_scan of lstm_cell through lstm_sequence: (final (h, c), h_BxTxH)."""
   carry, h_TxBxH = lstm_time_major(jnp.swapaxes(xproj_BxTx4H, 0, 1), carry,
-                                   recurrent_kernel_Hx4H, mask_BxT, dtype)
+                                   recurrent_kernel_Hx4H, mask_BxT, dtype, unroll)
   return carry, jnp.swapaxes(h_TxBxH, 0, 1)
 
 
@@ -285,6 +309,8 @@ class RecurrentLayer(nn.Module):
   feed_dim: int = 0  # > 0: a second input (attentional state, "input feeding")
   fused: bool = True  # LSTM: lstm_sequence's hand-written gradient (False: autodiff of the scan)
   matmul_dtype: Any = None  # None: float32 matmuls; jnp.bfloat16: mixed precision (see matmul)
+  lstm_impl: str = "scan"  # LSTM over a sequence: "scan", or "cudnn" (cudnn.lstm_layer)
+  unroll: int = 1  # time steps per scan iteration
 
   def setup(self):
     gates = (4 if self.cell == "lstm" else 3) * self.hidden
@@ -320,12 +346,28 @@ class RecurrentLayer(nn.Module):
   def project(self, x: jax.Array) -> jax.Array:
     return self.project_fn()(x)
 
-  def __call__(self, x, carry: Carry, mask_BxT=None, unroll: int = 1):
+  @property
+  def runs_cudnn(self) -> bool:
+    """Its sequences run through cuDNN (an LSTM layer with lstm_impl "cudnn", no second input)."""
+    return self.cell == "lstm" and self.lstm_impl == "cudnn" and not self.feed_dim
+
+  def cudnn_inputs(self, x: jax.Array) -> jax.Array:
+    """x as cuDNN's float32 input features: ids one-hot (cuDNN multiplies by the kernel)."""
+    return jax.nn.one_hot(x, self.in_dim, dtype=jnp.float32) if self.onehot else x
+
+  def cudnn_params(self) -> cudnn.Params:
+    return self.kernel, self.recurrent_kernel, self.bias
+
+  def __call__(self, x, carry: Carry, mask_BxT=None, unroll: int | None = None):
+    unroll = self.unroll if unroll is None else unroll
+    if self.runs_cudnn:
+      return cudnn.lstm_layer(self.cudnn_inputs(x), carry, self.cudnn_params(), mask_BxT)
     if self.cell == "lstm" and self.fused:
       # inputs go time-major before the projection: the T x B x 4H projections are then
       # written once, in the order the scan reads them (no 4H-wide transpose)
       carry, h_TxBxH = lstm_time_major(self.project(jnp.swapaxes(x, 0, 1)), carry,
-                                       self.recurrent_kernel, mask_BxT, self.matmul_dtype)
+                                       self.recurrent_kernel, mask_BxT, self.matmul_dtype,
+                                       unroll)
       return carry, jnp.swapaxes(h_TxBxH, 0, 1)
     return rnn_scan(self.cell_fn(), self.project(x), carry, mask_BxT, unroll)
 
@@ -422,6 +464,9 @@ class Seq2Seq(nn.Module):
     onehot = cfg.input_mode == "onehot"
     H = cfg.latent_dim
     self.matmul_dtype = MATMUL_DTYPES[cfg.matmul_dtype]
+    # what the LSTM layers run here (cudnn.resolve_lstm_impl), and the scans' unroll
+    lstm_impl = cudnn.resolve_lstm_impl(cfg.lstm_impl, cell=cfg.cell, matmul_dtype=cfg.matmul_dtype)
+    self.unroll = resolve_scan_unroll(cfg.scan_unroll)
     self.repeat = cfg.decoder_input == "repeat"
     self.feeding = cfg.attention != "none" and cfg.input_feeding and not self.repeat
     if cfg.input_mode == "embed":
@@ -435,6 +480,7 @@ class Seq2Seq(nn.Module):
       return [RecurrentLayer(H, first_in if k == 0 else rest_in, cfg.cell,
                              onehot=first_onehot and k == 0, feed_dim=feed_dim if k == 0 else 0,
                              fused=cfg.fused_lstm, matmul_dtype=self.matmul_dtype,
+                             lstm_impl=lstm_impl, unroll=self.unroll,
                              name=f"{prefix}_{cfg.cell}_{k}")
               for k in range(cfg.num_layers)]
     src_in = {"onehot": self.src_vocab_size, "embed": cfg.embed_dim,
@@ -485,6 +531,14 @@ class Seq2Seq(nn.Module):
       if k > 0 or self.config.input_mode == "embed":
         x = self.dropout(x, self._rate(dropout_rate), train)
       zero_carry = layer.zero_carry(src_BxS.shape[0])
+      if self.bidirectional and layer.runs_cudnn:  # both directions in one cuDNN call
+        backward = self.encoder_backward[k]
+        carry, backward_carry, x = cudnn.lstm_bidirectional(
+            layer.cudnn_inputs(x), zero_carry, zero_carry, layer.cudnn_params(),
+            backward.cudnn_params(), mask_BxS)
+        carries.append(tuple(bridge(jnp.concatenate([f, b], -1)) for bridge, f, b in
+                             zip(self.encoder_bridges[k], carry, backward_carry)))
+        continue
       carry, forward_BxSxH = layer(x, zero_carry, mask_BxS)
       if not self.bidirectional:
         carries.append(carry)
@@ -572,7 +626,7 @@ class Seq2Seq(nn.Module):
       xproj0_BxTxG = self.decoder[0].project(x)
       step = self._step_fn(enc_BxSxH, mask_BxS)
       _, readout_TxBxH = jax.lax.scan(step, self.initial_decoder_state(carries),
-                                      jnp.swapaxes(xproj0_BxTxG, 0, 1))
+                                      jnp.swapaxes(xproj0_BxTxG, 0, 1), unroll=self.unroll)
       readout_BxTxH = jnp.swapaxes(readout_TxBxH, 0, 1)
     else:  # layer by layer, attention over all steps at once afterwards
       for k, layer in enumerate(self.decoder):
@@ -598,8 +652,20 @@ class Seq2Seq(nn.Module):
 
 
 def build_model(config: Any, src_vocab_size: int, tgt_vocab_size: int) -> Seq2Seq:
-  """The model of a run config (Config or ModelConfig): it keeps only its own settings."""
-  return Seq2Seq(src_vocab_size, tgt_vocab_size, ModelConfig.from_config(config))
+  """The model of a run config (Config or ModelConfig): it keeps only its own settings.
+  lstm_impl=cudnn where it cannot run is a UserError now, not at the first step."""
+  model_config = ModelConfig.from_config(config)
+  if model_config.lstm_impl == "cudnn":
+    cudnn.resolve_lstm_impl("cudnn", cell=model_config.cell, matmul_dtype=model_config.matmul_dtype)
+  return Seq2Seq(src_vocab_size, tgt_vocab_size, model_config)
+
+
+def with_scan_lstm(model: Seq2Seq) -> Seq2Seq:
+  """The same model with its LSTM layers on the scan whatever its lstm_impl: for code under
+  jax.vmap (the vectorised sweep step), since cuDNN's primitive has no batching rule."""
+  if model.config.lstm_impl == "scan":
+    return model
+  return model.clone(config=dataclasses.replace(model.config, lstm_impl="scan"))
 
 
 def init_params(model: Seq2Seq, rng: jax.Array) -> Any:

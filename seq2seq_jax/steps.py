@@ -10,7 +10,7 @@ import optax
 
 from seq2seq_jax.config import Config
 from seq2seq_jax.decode import first_argmax
-from seq2seq_jax.model import Seq2Seq, init_params
+from seq2seq_jax.model import Seq2Seq, init_params, with_scan_lstm
 from seq2seq_jax.optim import build_optimizer_with
 
 def loss_and_counts(params, batch, *, model: Seq2Seq, config: Config, train: bool,
@@ -111,7 +111,9 @@ def vectorized_train_step(states_N: dict[str, Any], batch: dict[str, jax.Array],
                           ) -> tuple[dict[str, Any], dict[str, jax.Array]]:
   """train_step for N trials at once under vmap; hyper_N: one value per trial of each
   varied optimizer setting (learning_rate, rmsprop_decay, clip_norm), of `dropout`, and
-  `active` (False: the trial's state stays as it is)."""
+  `active` (False: the trial's state stays as it is). The LSTM layers run the scan: cuDNN's primitive (lstm_impl auto/cudnn on a GPU) has no
+  batching rule."""
+  model = with_scan_lstm(model)
 
   def one_trial(state, hyper):
     optimizer_values = {k: v for k, v in hyper.items() if k not in ("dropout", "active")}
