@@ -5,7 +5,9 @@ with them in its environment:
 
 - mimalloc preloaded (from the cmeel-mimalloc wheel): XLA's CPU buffers otherwise come
   from glibc's allocator, and a step spends much of its time in page faults.
-  SEQ2SEQ_JAX_MIMALLOC=0 turns it off.
+  SEQ2SEQ_JAX_MIMALLOC=0 turns it off. Not where a GPU/TPU backend is installed: the
+  step's buffers live on the accelerator there, and an allocator preloaded under the
+  accelerator's driver is a risk that buys nothing measured.
 - one XLA CPU device per core, each running its ops on one thread, and the batch split
   over them by the data-parallel mesh (parallel.py). An LSTM step is a chain of small
   matmuls and elementwise loops; one device spreading every small op over all cores
@@ -86,9 +88,9 @@ def accelerator_installed(environ=os.environ) -> bool:
 
 def allocator_environment(environ=os.environ) -> dict[str, str]:
   """The variables that preload mimalloc ({} when it is off, already preloaded, not
-  installed, or not on Linux)."""
+  installed, not on Linux, or when a GPU/TPU backend is installed)."""
   if sys.platform != "linux" or environ.get("SEQ2SEQ_JAX_MIMALLOC", "1") == "0" \
-      or "mimalloc" in environ.get("LD_PRELOAD", ""):
+      or "mimalloc" in environ.get("LD_PRELOAD", "") or accelerator_installed(environ):
     return {}
   library = find_mimalloc()
   if library is None:

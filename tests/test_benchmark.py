@@ -88,6 +88,7 @@ def test_report_gives_measurements_and_ratios_against_the_peers_no_goals():
     assert "torch skipped: torch is not installed" in text
 
 
+@pytest.mark.slow
 def test_quick_benchmark_runs_every_measurement(tmp_path):
   """Tiny shapes, one round, seq2seq_jax beside Keras (PyTorch when installed): every
   section of the report is filled, with ratios against the peers and no goals."""
@@ -108,6 +109,75 @@ def test_quick_benchmark_runs_every_measurement(tmp_path):
     assert "torch" not in report["train_samples_per_s"]
   else:
     assert report["train_samples_per_s"]["torch"] > 0
+  recurrent = report["recurrent"]  # microseconds per step of one layer, our scan by unroll
+  assert set(recurrent["us_per_step"]["8"]) >= {"scan/1", "scan/4"}
+  assert recurrent["us_per_step"]["8"]["scan/1"]["forward_backward"] > 0
+  assert "| lax.scan (lstm_sequence), unroll 1 |" in result.stdout
+  if report["device"]["platform"] == "cpu":
+    assert recurrent["cudnn"].startswith("not measured") and "cudnn" not in recurrent["us_per_step"]["8"]
+    assert "seq2seq_jax_scan" not in report["train_samples_per_s"]  # auto is the scan here
+
+
+def test_workers_on_an_accelerator_get_no_cpu_settings(monkeypatch):
+  """Where a GPU/TPU backend is installed: no mimalloc, no XLA CPU device flags, and the
+  JAX workers share the device's memory instead of taking 75% each."""
+  from seq2seq_jax import runtime
+  monkeypatch.setattr(runtime, "ACCELERATOR_PLUGINS", ("json",))  # an installed module
+  for name in ("XLA_PYTHON_CLIENT_PREALLOCATE", "JAX_PLATFORMS", "XLA_FLAGS", "SEQ2SEQ_JAX_CPU_DEVICES"):
+    monkeypatch.delenv(name, raising=False)
+  env, allocator = harness.worker_env("mimalloc")
+  assert "LD_PRELOAD" not in env and allocator == "system (an accelerator backend is installed)"
+  assert env["XLA_PYTHON_CLIENT_PREALLOCATE"] == "false"
+  assert "XLA_FLAGS" not in harness.worker_devices(env, 64)
+  assert runtime.allocator_environment({}) == {} and runtime.launch_environment(64, {}) == {}
+
+
+def test_report_on_a_gpu_gives_the_device_steps_and_the_peers_by_batch():
+  """An accelerator's report: the device and its float32 / bfloat16 matmul rates, our
+  scan's microseconds per step by unroll beside cuDNN's, our train step with the scan
+  beside cuDNN's, and the peers at the larger batches, with ratios and no goals; the
+  tables read the same from the JSON file."""
+  samples = _samples(2.0)
+  samples.update({"train/seq2seq_jax_scan": [60.0], "train/torch": [80.0],
+                  "train_batch/256": [300.0], "train_batch_scan/256": [200.0],
+                  "train_batch_peer/torch/256": [150.0], "train_batch_peer/keras/256": [100.0]})
+  step = lambda f, b: {"forward_us_per_step": f, "forward_backward_us_per_step": b, "compile_s": 1.0}
+  report = {"samples": samples, "shapes": dict(work.QUICK_SHAPES),
+            "matmul_gflops": {"seq2seq_jax": 50_000.0, "torch": 48_000.0}, "matmul_n": 4096,
+            "matmul_gflops_bf16": 700_000.0, "matmul_gflops_default_precision": 400_000.0,
+            "compile_s": {"seq2seq_jax": 0.5, "keras": 1.0, "torch": 0.0},
+            "machine": {"cpu": "cpu", "cores": 16, "platform": "linux", "allocator": "system",
+                        "versions": {"jax": "0.10"}},
+            "device": {"platform": "gpu", "name": "NVIDIA H200", "count": 1, "lstm_impl": "cudnn",
+                       "default_matmul_precision": None,
+                       "peers": {"keras": {"platform": "gpu"},
+                                 "torch": {"platform": "cuda", "name": "NVIDIA H200", "cudnn": 91000,
+                                           "cudnn_allow_tf32": True, "matmul_allow_tf32": False}}},
+            "rounds": 1, "skipped": {}, "seq2seq_jax_devices": {"devices": 1, "xla_flags": ""},
+            "peak_rss_mib": {"seq2seq_jax": 1.0}, "device_peak_mib": {"seq2seq_jax": 900.0},
+            "recurrent": {"steps": 9, "latent": 16, "cudnn": "measured", "samples": {
+                "8/scan/1": [step(30.0, 90.0)], "8/scan/4": [step(20.0, 60.0)],
+                "8/cudnn": [step(10.0, 20.0)]}},
+            "real_data": {"data": "numbers:fr", "train_pairs": 256, "test_pairs": 64,
+                          "mean_src_len": 5.0, "max_src_len": 9, "mean_tgt_len": 6.0,
+                          "max_tgt_len": 11, "chosen": "--quick", "steps_over_real": {"keras": 2.0}}}
+  report_lib.summarise(report)
+  fastest = report["recurrent"]["fastest_scan"][8]
+  assert fastest["unroll"] == 4 and fastest["scan_over_cudnn"]["forward_backward"] == pytest.approx(3.0)
+  assert report["matmul_limit_gflops"] == 50_000.0
+  assert report["train_by_batch"]["seq2seq_jax_scan"] == {8: 60.0, 256: 200.0}
+  assert report["ratios"]["train batch 256 vs torch"] == pytest.approx(2.0)
+  assert report["ratios"]["train batch 256 vs keras"] == pytest.approx(3.0)
+  assert report["train_pct_of_bf16_matmul_limit"]["seq2seq_jax_bf16"] > 0
+  assert not _keys(json.loads(json.dumps(report))) & GOAL_KEYS
+  for text in (report_lib.format_report(report), report_lib.format_report(json.loads(json.dumps(report)))):
+    assert "1 GPU device(s), NVIDIA H200" in text and "bfloat16 700,000" in text
+    assert "| seq2seq_jax train step, lstm_impl=scan | 60 |" in text
+    assert "| lax.scan (lstm_sequence), unroll 4 | 20.0 | 60.0 |" in text
+    assert "| cuDNN (jax.experimental.rnn.lstm) | 10.0 | 20.0 |" in text
+    assert "Fastest scan unroll at batch 8: 4; its time over cuDNN's: 2.00x forward, 3.00x" in text
+    assert "| batch 256 | 300 | 200 | 150 | 100 |" in text
+    assert not {"goal", "goals", "met"} & set(text.replace("|", " ").split())
 
 
 def _tab_file(path, pairs):

@@ -20,6 +20,16 @@ The work:
   a batched PyTorch loop; at the seed shapes with END suppressed (all 59 steps, equal
   work everywhere) and on held-out real pairs after training (each stops at its END).
 
+- microseconds per time step of one LSTM layer: our scan at several unrolls (forward, and
+  forward plus backward), and on an NVIDIA GPU cuDNN's (jax.experimental.rnn) beside it.
+
+Wherever JAX has a GPU (a jax[cuda...] build installed) every worker runs there: no
+mimalloc and no CPU device flags, XLA_PYTHON_CLIENT_PREALLOCATE=false so that the three
+processes share the GPU, training batches 64, 256, 1024 and 4096, decoding batches up to
+4096, our train step with lstm_impl=auto (cuDNN) and =scan side by side, and the matmul
+limit is the device's float32 rate on a 4096 x 4096 matmul at the highest precision
+(bfloat16 and JAX's default precision measured beside it). On a CPU it runs as before.
+
 The shapes and the real-length pairs are in work.py, the workers in workers.py, the
 medians, ratios and tables in report.py.
 """
@@ -40,6 +50,11 @@ from seq2seq_jax.bench.work import (BUCKET_WIDTH, QUICK_SHAPES, SEED_SHAPES, rea
                                     resolve_real_data)
 
 PEERS = ("keras", "torch")
+# by the platform JAX's worker finds: (training batches beyond the seed batch, decoding batches)
+BATCHES = {"cpu": ((256, 1024), (1, 64, 512, 2048)),
+           "accelerator": ((256, 1024, 4096), (1, 64, 256, 1024, 4096))}
+SCAN_UNROLLS = (1, 2, 4, 8)  # the scan's unrolls measured per recurrent step
+ACCELERATOR_MATMUL = 4096  # n of the n x n matmuls that give an accelerator's limit
 
 
 # ---------------------------------------------------------------------------
@@ -87,17 +102,25 @@ class WorkerProcess:
 
 def worker_env(allocator: str) -> tuple[dict[str, str], str]:
   """The environment every worker runs in, and the allocator it names. Every worker gets
-  the allocator `seq2seq-jax train` preloads (runtime.allocator_environment); the
-  seq2seq_jax worker also gets its CPU devices, added by worker_devices."""
-  from seq2seq_jax.runtime import allocator_environment
+  the allocator `seq2seq-jax train` preloads (runtime.allocator_environment: none where a
+  GPU/TPU backend is installed); the seq2seq_jax worker also gets its CPU devices, added
+  by worker_devices. With an accelerator backend, the JAX processes (ours and Keras')
+  allocate its memory as they need it instead of 75% each up front."""
+  from seq2seq_jax.runtime import accelerator_installed, allocator_environment
   env = dict(os.environ, KERAS_BACKEND="jax")
   env.pop("LD_PRELOAD", None)
   env.pop("SEQ2SEQ_JAX_MIMALLOC", None)
+  accelerator = accelerator_installed(env)
+  if accelerator:
+    env.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
   preload = allocator_environment(env) if allocator == "mimalloc" else {}
   env.update(preload, SEQ2SEQ_JAX_MIMALLOC="0")
   if preload:
     return env, "mimalloc"
-  return env, "system (mimalloc not installed)" if allocator == "mimalloc" else "system"
+  if allocator == "mimalloc":
+    return env, ("system (an accelerator backend is installed)" if accelerator
+                 else "system (mimalloc not installed)")
+  return env, "system"
 
 
 def worker_devices(env: dict[str, str], batch: int) -> dict[str, str]:
@@ -136,10 +159,11 @@ def available_peers(wanted: tuple[str, ...]) -> tuple[list[str], dict[str, str]]
 
 def run_benchmark(rounds: int = 5, peers: tuple[str, ...] = PEERS, quick: bool = False,
                   allocator: str = "mimalloc", data: str = "auto", train_steps: int = 30,
-                  big_batches: tuple[int, ...] = (256, 1024),
-                  decode_batches: tuple[int, ...] = (1, 64, 512, 2048),
+                  big_batches: tuple[int, ...] | None = None,
+                  decode_batches: tuple[int, ...] | None = None,
                   progress=None) -> dict[str, Any]:
-  """Runs the whole comparison; returns the report (see report.format_report)."""
+  """Runs the whole comparison; returns the report (see report.format_report). Batches
+  None: BATCHES for the platform JAX's worker runs on."""
   say = progress or (lambda message: None)
   shapes = dict(QUICK_SHAPES if quick else SEED_SHAPES)
   if quick:
@@ -161,16 +185,34 @@ def run_benchmark(rounds: int = 5, peers: tuple[str, ...] = PEERS, quick: bool =
         say(f"starting the {name} worker")
         workers[name] = WorkerProcess(
             name, spec, worker_devices(env, shapes["batch"]) if name == "seq2seq_jax" else env, tmp)
-      report["compile_s"] = {}
+      report["compile_s"], setups = {}, {}
       for name, worker in workers.items():
-        setup = worker("setup")
+        setups[name] = setup = worker("setup")
         report["compile_s"][name] = setup["compile_s"]
         if name == "seq2seq_jax":
           report["seq2seq_jax_devices"] = {"devices": setup["devices"], "xla_flags": setup["xla_flags"]}
-      report["matmul_gflops"] = {name: workers[name]("matmul")["gflops"]
-                                 for name in workers if name != "keras"}
-      report.update(_rounds(workers, rounds, shapes, train_steps, big_batches, decode_batches, say))
-      report["peak_rss_mib"] = {name: w.close()["peak_rss_mib"] for name, w in workers.items()}
+      ours = setups["seq2seq_jax"]
+      accelerator = ours["platform"] != "cpu"
+      report["device"] = {
+          "platform": ours["platform"], "name": ours["device_kind"], "count": ours["devices"],
+          "lstm_impl": ours["lstm_impl"], "default_matmul_precision": ours["default_matmul_precision"],
+          "peers": {name: {k: v for k, v in setups[name].items() if k != "compile_s"}
+                    for name in found if name in setups}}
+      default_big, default_decodes = BATCHES["accelerator" if accelerator else "cpu"]
+      if accelerator and not quick:  # steps of a few milliseconds: time more of them
+        train_steps = max(train_steps, 100)
+      big_batches = default_big if big_batches is None else big_batches
+      decode_batches = default_decodes if decode_batches is None else decode_batches
+      report.update(_matmul_rates(workers, accelerator and not quick))
+      report.update(_rounds(workers, rounds, shapes, train_steps, big_batches, decode_batches, say,
+                            scan_beside=ours["lstm_impl"] != "scan", peer_batches=accelerator))
+      report["recurrent"] = _recurrent_steps(workers["seq2seq_jax"], rounds, shapes, quick,
+                                             cudnn=ours["cuda"], accelerator=accelerator, say=say)
+      finished = {name: w.close() for name, w in workers.items()}
+      report["peak_rss_mib"] = {name: f["peak_rss_mib"] for name, f in finished.items()}
+      device_peaks = {name: f["device_peak_mib"] for name, f in finished.items() if "device_peak_mib" in f}
+      if device_peaks:
+        report["device_peak_mib"] = device_peaks
       workers = {}
     finally:
       for worker in workers.values():
@@ -179,11 +221,52 @@ def run_benchmark(rounds: int = 5, peers: tuple[str, ...] = PEERS, quick: bool =
   return report
 
 
-def _rounds(workers, rounds, shapes, train_steps, big_batches, decode_batches, say) -> dict[str, Any]:
+def _matmul_rates(workers, accelerator: bool) -> dict[str, Any]:
+  """The matmul limit: on a CPU the best f32 1024 x 1024 rate of XLA and PyTorch; on an
+  accelerator the 4096 x 4096 float32 rate at the highest precision (XLA, and PyTorch's
+  own float32), with bfloat16 and JAX's default float32 precision (TF32 where the GPU has
+  it) beside it."""
+  if not accelerator:
+    return {"matmul_gflops": {name: workers[name]("matmul")["gflops"]
+                              for name in workers if name != "keras"}}
+  n, repeats = ACCELERATOR_MATMUL, 10
+  ours = workers["seq2seq_jax"]
+  rates = {"seq2seq_jax": ours("matmul", n=n, repeats=repeats, precision="highest")["gflops"]}
+  if "torch" in workers:
+    rates["torch"] = workers["torch"]("matmul", n=n, repeats=repeats)["gflops"]
+  return {"matmul_gflops": rates, "matmul_n": n,
+          "matmul_gflops_bf16": ours("matmul", n=n, repeats=repeats, dtype="bfloat16")["gflops"],
+          "matmul_gflops_default_precision": ours("matmul", n=n, repeats=repeats)["gflops"]}
+
+
+def _recurrent_steps(worker, rounds, shapes, quick, cudnn, accelerator, say) -> dict[str, Any]:
+  """Per-step times of one LSTM layer at the seed shapes' batch, latent and target length
+  (on an accelerator also at batch 1024): the scan at SCAN_UNROLLS, cuDNN beside it on an
+  NVIDIA GPU. Per-round samples; report.py takes the medians."""
+  unrolls = (1, 4) if quick else SCAN_UNROLLS
+  batches = (shapes["batch"],) + ((1024,) if accelerator and not quick else ())
+  variants = [("scan", u) for u in unrolls] + ([("cudnn", 1)] if cudnn else [])
+  samples: dict[str, list] = {}
+  for r in range(rounds):
+    say(f"recurrent steps: round {r + 1}/{rounds}")
+    for batch in batches:
+      for impl, unroll in variants:
+        key = f"{batch}/{impl}" + (f"/{unroll}" if impl == "scan" else "")
+        samples.setdefault(key, []).append(worker(
+            "recurrent", batch=batch, steps=shapes["tgt_len"], impl=impl, unroll=unroll,
+            repeats=3 if quick else 5))
+  return {"steps": shapes["tgt_len"], "latent": shapes["latent"], "samples": samples,
+          "cudnn": "measured" if cudnn else "not measured: no NVIDIA GPU with JAX's CUDA build"}
+
+
+def _rounds(workers, rounds, shapes, train_steps, big_batches, decode_batches, say,
+            scan_beside: bool = False, peer_batches: bool = False) -> dict[str, Any]:
   """Alternating rounds (the order rotates each round), in phases: the seed-shape work at
   the example's batch size and the real-length epochs; then memory over consecutive
   epochs; then larger batches (which raise every allocator's high-water mark, so they come
-  after the memory readings); then decoding the real pairs with the trained models."""
+  after the memory readings); then decoding the real pairs with the trained models.
+  scan_beside: also our train step with lstm_impl=scan (where auto runs cuDNN);
+  peer_batches: the peers train at the larger batches too (on an accelerator)."""
   batch = shapes["batch"]
   samples: dict[str, list] = {}
   names = list(workers)
@@ -197,6 +280,7 @@ def _rounds(workers, rounds, shapes, train_steps, big_batches, decode_batches, s
       for name in names[r % len(names):] + names[:r % len(names)]:
         measure(name, workers[name])
 
+  min_steps = 5 if peer_batches else 2  # the timed steps at the larger batches
   small_decodes = [b for b in decode_batches if b <= batch]
   large_decodes = [b for b in decode_batches if b > batch]
 
@@ -205,6 +289,9 @@ def _rounds(workers, rounds, shapes, train_steps, big_batches, decode_batches, s
     if name == "seq2seq_jax":  # mixed precision, beside it (the peers run float32)
       record("train/seq2seq_jax_bf16", w("train", batch=batch, steps=train_steps,
                                          matmul_dtype="bfloat16")["samples_per_s"])
+    if name == "seq2seq_jax" and scan_beside:  # cuDNN's layers above; our scan beside them
+      record("train/seq2seq_jax_scan", w("train", batch=batch, steps=train_steps,
+                                         lstm_impl="scan")["samples_per_s"])
     if name == "keras":
       record("train/keras_fit", w("train", batch=batch, steps=train_steps, mode="fit")["samples_per_s"])
     record(f"epoch/{name}", w("epoch"))
@@ -220,8 +307,15 @@ def _rounds(workers, rounds, shapes, train_steps, big_batches, decode_batches, s
   def large_batches(name, w):
     if name == "seq2seq_jax":
       for big in big_batches:
-        steps = max(2, train_steps * batch // big)
+        steps = max(min_steps, train_steps * batch // big)
         record(f"train_batch/{big}", w("train", batch=big, steps=steps)["samples_per_s"])
+        if scan_beside:
+          record(f"train_batch_scan/{big}", w("train", batch=big, steps=steps,
+                                              lstm_impl="scan")["samples_per_s"])
+    elif peer_batches:
+      for big in big_batches:
+        steps = max(min_steps, train_steps * batch // big)
+        record(f"train_batch_peer/{name}/{big}", w("train", batch=big, steps=steps)["samples_per_s"])
     if name != "keras":
       for b in large_decodes:
         record(f"decode_seed/{name}/{b}",

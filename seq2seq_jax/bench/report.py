@@ -31,6 +31,14 @@ def summarise(report: dict[str, Any]) -> None:
   batches[shapes["batch"]] = train["seq2seq_jax"]
   report["seq2seq_jax_by_batch"] = {b: {"samples_per_s": v, "pct_of_matmul_limit": pct(v)}
                                     for b, v in sorted(batches.items())}
+  if report.get("matmul_gflops_bf16") and "seq2seq_jax_bf16" in train:
+    report["train_pct_of_bf16_matmul_limit"] = {"seq2seq_jax_bf16": 100.0 * train["seq2seq_jax_bf16"]
+                                                * flops / (report["matmul_gflops_bf16"] * 1e9)}
+  by_framework = _by_framework(samples, shapes["batch"], train)
+  if set(by_framework) != {"seq2seq_jax"}:  # the scan beside cuDNN, or the peers at every batch
+    report["train_by_batch"] = by_framework
+  if "recurrent" in report:
+    _summarise_recurrent(report["recurrent"])
   epoch = {}
   for key in samples:
     if key.startswith("epoch/"):
@@ -74,30 +82,88 @@ def summarise(report: dict[str, Any]) -> None:
         decode_seed.get("keras_predict_on_batch/1"))
   ratio("decode best batch vs torch best batch", best_decode,
         max((v for k, v in decode_seed.items() if k.startswith("torch/")), default=None))
+  for peer in ("torch", "keras"):  # the larger batches, where the peers trained at them too
+    for b, theirs in sorted(report.get("train_by_batch", {}).get(peer, {}).items()):
+      if b != shapes["batch"]:
+        ratio(f"train batch {b} vs {peer}", report["train_by_batch"]["seq2seq_jax"].get(b), theirs)
   report["peak_rss_mib_at_batch"] = {k.split("/", 1)[1]: v[0] for k, v in samples.items()
                                      if k.startswith("peak_rss_batch")}
   report["ratios"] = ratios
+
+
+def _by_framework(samples, seed_batch: int, train: dict[str, float]) -> dict[str, dict[int, float]]:
+  """Training samples/s by framework and batch: ours (lstm_impl auto), ours with the scan
+  where auto ran cuDNN, and the peers where they trained at the larger batches."""
+  out: dict[str, dict[int, float]] = {}
+  for key, values in samples.items():
+    parts = key.split("/")
+    if parts[0] == "train_batch":
+      out.setdefault("seq2seq_jax", {})[int(parts[1])] = _median(values)
+    elif parts[0] == "train_batch_scan":
+      out.setdefault("seq2seq_jax_scan", {})[int(parts[1])] = _median(values)
+    elif parts[0] == "train_batch_peer":
+      out.setdefault(parts[1], {})[int(parts[2])] = _median(values)
+  for name in list(out) + ["seq2seq_jax"]:
+    if name in train:
+      out.setdefault(name, {})[seed_batch] = train[name]
+  return {name: dict(sorted(rates.items())) for name, rates in out.items()}
+
+
+def _summarise_recurrent(recurrent: dict[str, Any]) -> None:
+  """Medians of the per-step times by batch and variant, the fastest scan unroll, and the
+  scan's time over cuDNN's (> 1: cuDNN is faster) where cuDNN was measured."""
+  by_batch: dict[int, dict[str, dict[str, float]]] = {}
+  for key, runs in recurrent["samples"].items():
+    batch, variant = key.split("/", 1)
+    by_batch.setdefault(int(batch), {})[variant] = {
+        name: _median([r[f"{name}_us_per_step"] for r in runs])
+        for name in ("forward", "forward_backward")}
+  recurrent["us_per_step"] = by_batch
+  best = {}
+  for batch, variants in by_batch.items():
+    scans = {v: t for v, t in variants.items() if v.startswith("scan/")}
+    unroll = min(scans, key=lambda v: scans[v]["forward_backward"])
+    best[batch] = {"unroll": int(unroll.split("/")[1]), **scans[unroll]}
+    if "cudnn" in variants:
+      best[batch]["scan_over_cudnn"] = {
+          name: scans[unroll][name] / variants["cudnn"][name] for name in ("forward", "forward_backward")}
+  recurrent["fastest_scan"] = best
 
 
 def format_report(report: dict[str, Any]) -> str:
   """The report as Markdown tables (what the README carries)."""
   m, s = report["machine"], report["shapes"]
   fmt = lambda v, d=0: "-" if v is None else f"{v:,.{d}f}"
+  device = report.get("device", {"platform": "cpu"})
+  accelerator = device["platform"] != "cpu"
+  if accelerator:
+    where = (f"seq2seq_jax ran on {device['count']} {device['platform'].upper()} device(s), "
+             f"{device['name']}, its LSTM layers through {_impl_name(device['lstm_impl'])} "
+             f"(lstm_impl=auto), JAX's default matmul precision "
+             f"{device['default_matmul_precision'] or 'unset (float32 may round to TF32)'}; "
+             + "; ".join(f"{name} on {_peer_device(info)}" for name, info in device["peers"].items())
+             + ".")
+    limit = (f"measured matmul limit {report['matmul_limit_gflops']:,.0f} GFLOP/s (float32, "
+             f"{report.get('matmul_n', 4096)} x {report.get('matmul_n', 4096)}, highest precision; "
+             f"bfloat16 {fmt(report.get('matmul_gflops_bf16'))}, float32 at JAX's default precision "
+             f"{fmt(report.get('matmul_gflops_default_precision'))} GFLOP/s).")
+  else:
+    where = (f"seq2seq_jax ran on {report['seq2seq_jax_devices']['devices']} XLA CPU device(s), as "
+             "`seq2seq-jax train` does on this machine (XLA_FLAGS "
+             f"`{report['seq2seq_jax_devices']['xla_flags'] or 'none'}`); Keras and PyTorch as their "
+             "users run them, one process with every core.")
+    limit = f"measured matmul limit {report['matmul_limit_gflops']:.0f} GFLOP/s."
   lines = [f"Machine: {m['cpu']}, {m['cores']} cores, {m['platform']}; allocator {m['allocator']}; "
            + ", ".join(f"{k} {v}" for k, v in m["versions"].items() if v)
-           + f". Medians of {report['rounds']} alternating rounds.", "",
-           f"seq2seq_jax ran on {report['seq2seq_jax_devices']['devices']} XLA CPU device(s), as "
-           "`seq2seq-jax train` does on this machine (XLA_FLAGS "
-           f"`{report['seq2seq_jax_devices']['xla_flags'] or 'none'}`); Keras and PyTorch as their "
-           "users run them, one process with every core.", "",
+           + f". Medians of {report['rounds']} alternating rounds.", "", where, "",
            f"Seed shapes: batch {s['batch']}, source {s['src_len']} x {s['src_vocab']}, target "
            f"{s['tgt_len']} x {s['tgt_vocab']}, LSTM {s['latent']}; "
-           f"{report['train_flops_per_sample'] / 1e6:.0f} MFLOP per training sample; measured matmul "
-           f"limit {report['matmul_limit_gflops']:.0f} GFLOP/s.", "",
+           f"{report['train_flops_per_sample'] / 1e6:.0f} MFLOP per training sample; {limit}", "",
            f"| training (seed shapes) | samples/s | % of matmul limit | compile s | peak RSS MiB at batch {s['batch']} |",
            "|---|---|---|---|---|"]
   train = report["train_samples_per_s"]
   for key, label in (("seq2seq_jax", "seq2seq_jax train step"),
+                     ("seq2seq_jax_scan", "seq2seq_jax train step, lstm_impl=scan"),
                      ("seq2seq_jax_bf16", "seq2seq_jax, bfloat16 matmuls (matmul_dtype)"),
                      ("keras", "Keras 3 train_on_batch"),
                      ("keras_fit", "Keras 3 fit"), ("torch", "PyTorch nn.LSTM")):
@@ -108,9 +174,25 @@ def format_report(report: dict[str, Any]) -> str:
   lines.append("")
   lines.append("Peak RSS over the whole run, larger batches included: " + ", ".join(
       f"{name} {fmt(v)} MiB" for name, v in report["peak_rss_mib"].items()) + ".")
-  lines += ["", "| seq2seq_jax by batch size | samples/s | % of matmul limit |", "|---|---|---|"]
-  for b, v in report["seq2seq_jax_by_batch"].items():
-    lines.append(f"| batch {b} | {fmt(v['samples_per_s'])} | {fmt(v['pct_of_matmul_limit'], 1)} |")
+  if "train_pct_of_bf16_matmul_limit" in report:
+    lines.append("The bfloat16 row is {:.1f}% of the measured bfloat16 matmul rate.".format(
+        report["train_pct_of_bf16_matmul_limit"]["seq2seq_jax_bf16"]))
+  if "device_peak_mib" in report:
+    lines.append("Peak device memory: " + ", ".join(
+        f"{name} {fmt(v)} MiB" for name, v in report["device_peak_mib"].items()) + ".")
+  if "train_by_batch" in report:
+    names = list(report["train_by_batch"])
+    batches = sorted({b for rates in report["train_by_batch"].values() for b in rates}, key=int)
+    lines += ["", "| training samples/s by batch size | " + " | ".join(names)
+              + " | seq2seq_jax % of matmul limit |", "|---" * (len(names) + 2) + "|"]
+    for b in batches:
+      ours = report["seq2seq_jax_by_batch"].get(b, {}).get("pct_of_matmul_limit")
+      lines.append(f"| batch {b} | " + " | ".join(fmt(report["train_by_batch"][n].get(b)) for n in names)
+                   + f" | {fmt(ours, 1)} |")
+  else:
+    lines += ["", "| seq2seq_jax by batch size | samples/s | % of matmul limit |", "|---|---|---|"]
+    for b, v in report["seq2seq_jax_by_batch"].items():
+      lines.append(f"| batch {b} | {fmt(v['samples_per_s'])} | {fmt(v['pct_of_matmul_limit'], 1)} |")
   real = report["real_data"]
   lines += ["", f"Real-length epoch: {real['train_pairs']} {real['data']} pairs, source mean "
             f"{real['mean_src_len']:.1f} / max {real['max_src_len']}, target mean {real['mean_tgt_len']:.1f} "
@@ -133,6 +215,8 @@ def format_report(report: dict[str, Any]) -> str:
   for key, v in report["decode_real"].items():
     name, batch = key.rsplit("/", 1)
     lines.append(f"| {name}, batch {batch} | {fmt(v['sentences_per_s'], 1)} | {fmt(v['mean_output_len'], 1)} |")
+  if "recurrent" in report:
+    lines += _recurrent_lines(report["recurrent"], s, fmt)
   if report["ratios"]:
     lines += ["", "| seq2seq_jax's rate over the peer's | ratio |", "|---|---|"]
     for name, v in report["ratios"].items():
@@ -140,3 +224,38 @@ def format_report(report: dict[str, Any]) -> str:
   for peer, why in report["skipped"].items():
     lines.append(f"\n{peer} skipped: {why}")
   return "\n".join(lines)
+
+
+def _impl_name(impl: str) -> str:
+  return {"cudnn": "cuDNN (jax.experimental.rnn.lstm)", "scan": "lax.scan"}.get(impl, impl)
+
+
+def _peer_device(info: dict[str, Any]) -> str:
+  """Where a peer ran, from its setup answer."""
+  if info.get("platform") == "cuda":
+    return (f"{info['name']} (cuDNN {info.get('cudnn')}, cudnn.allow_tf32 {info.get('cudnn_allow_tf32')}, "
+            f"matmul allow_tf32 {info.get('matmul_allow_tf32')})")
+  return info.get("platform", "?")
+
+
+def _recurrent_lines(recurrent: dict[str, Any], shapes: dict[str, int], fmt) -> list[str]:
+  """One table per batch: microseconds per time step of one LSTM layer, by implementation."""
+  lines = []
+  for batch, variants in recurrent["us_per_step"].items():
+    lines += ["", f"| one LSTM layer, batch {batch}, {recurrent['steps']} steps, LSTM "
+              f"{recurrent['latent']} (input {recurrent['latent']}) | forward us/step | "
+              "forward + backward us/step |", "|---|---|---|"]
+    for variant, times in variants.items():
+      label = (f"lax.scan (lstm_sequence), unroll {variant.split('/')[1]}" if variant.startswith("scan/")
+               else _impl_name(variant))
+      lines.append(f"| {label} | {fmt(times['forward'], 1)} | {fmt(times['forward_backward'], 1)} |")
+    best = recurrent["fastest_scan"][batch]
+    line = f"Fastest scan unroll at batch {batch}: {best['unroll']}"
+    if "scan_over_cudnn" in best:
+      over = best["scan_over_cudnn"]
+      line += (f"; its time over cuDNN's: {over['forward']:.2f}x forward, "
+               f"{over['forward_backward']:.2f}x forward + backward")
+    else:
+      line += f"; cuDNN {recurrent['cudnn']}"
+    lines += ["", line + "."]
+  return lines

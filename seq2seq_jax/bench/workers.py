@@ -1,6 +1,6 @@
 """The benchmark's workers: one per framework, each in its own process (a JAX thread
 pool in the same process starves PyTorch's), answering the coordinator's ops (setup,
-train, epoch, decode, matmul, finish) one JSON line at a time on stdin / stdout.
+train, epoch, decode, matmul, recurrent, finish) one JSON line at a time on stdin / stdout.
 
   python -m seq2seq_jax.bench.workers --worker {seq2seq_jax,keras,torch}
 """
@@ -79,10 +79,12 @@ class JaxWorker(Worker):
     self.tx = build_optimizer(self.config, 1)
     self.rng = jax.random.key(0)
     self.build_model = build_model
-    # (model, step) per matmul dtype: float32 as the peers, and bfloat16 mixed precision
+    self.device = jax.devices()[0]
+    # (model, step) per (matmul dtype, lstm_impl): float32 as the peers, bfloat16 mixed
+    # precision beside it; lstm_impl auto (cuDNN on a GPU) and, on a GPU, the scan beside it
     self.seed_programs = {}
     self.seed_model, self.seed_step = self._seed_program("float32")
-    self.states = {(shapes["batch"], "float32"): self._new_state(self.seed_model)}
+    self.states = {(shapes["batch"], "float32", "auto"): self._new_state(self.seed_model)}
     self.real_model = build_model(self.config, int(self.real["src_vocab"]), int(self.real["tgt_vocab"]))
     self.real_state = self._new_state(self.real_model)
     self.real_step = self._jit_step(self.real_model, self.config)
@@ -90,6 +92,7 @@ class JaxWorker(Worker):
                                        self.real["train_tgt"], self.real["train_tgt_len"])
     self.epochs = 0
     self.decoders = {}
+    self.recurrent_programs = {}
 
   def _jit_step(self, model, config):
     """The library's train step for model, jitted as `seq2seq-jax train` jits it."""
@@ -110,7 +113,7 @@ class JaxWorker(Worker):
     size = self.shapes["batch"]
     batch = self._place(seed_batch(self.shapes, size))
     start = time.perf_counter()
-    key = (size, "float32")
+    key = (size, "float32", "auto")
     lowered = self.seed_step.lower(self.states[key], batch, self.rng)
     trace_s = time.perf_counter() - start
     lowered.compile()
@@ -118,21 +121,26 @@ class JaxWorker(Worker):
     for _ in range(2):  # warm the jit cache (a second, cached, compile of the same program)
       self.states[key], _ = self.seed_step(self.states[key], batch, self.rng)
     jax.block_until_ready(self.states[key])
+    from seq2seq_jax import cudnn
     return {"compile_s": compile_s, "trace_s": trace_s, "devices": self.parallel.size,
-            "xla_flags": os.environ.get("XLA_FLAGS", "")}
+            "xla_flags": os.environ.get("XLA_FLAGS", ""), "platform": self.device.platform,
+            "device_kind": self.device.device_kind, "cuda": cudnn.cuda_gpu(),
+            "lstm_impl": cudnn.resolve_lstm_impl(self.config.lstm_impl),
+            "default_matmul_precision": jax.config.jax_default_matmul_precision}
 
-  def _seed_program(self, matmul_dtype: str):
-    if matmul_dtype not in self.seed_programs:
-      config = dataclasses.replace(self.config, matmul_dtype=matmul_dtype)
+  def _seed_program(self, matmul_dtype: str, lstm_impl: str = "auto"):
+    if (matmul_dtype, lstm_impl) not in self.seed_programs:
+      config = dataclasses.replace(self.config, matmul_dtype=matmul_dtype, lstm_impl=lstm_impl)
       model = self.build_model(config, self.shapes["src_vocab"], self.shapes["tgt_vocab"])
-      self.seed_programs[matmul_dtype] = (model, self._jit_step(model, config))
-    return self.seed_programs[matmul_dtype]
+      self.seed_programs[(matmul_dtype, lstm_impl)] = (model, self._jit_step(model, config))
+    return self.seed_programs[(matmul_dtype, lstm_impl)]
 
-  def train(self, batch: int, steps: int, matmul_dtype: str = "float32") -> dict[str, Any]:
+  def train(self, batch: int, steps: int, matmul_dtype: str = "float32",
+            lstm_impl: str = "auto") -> dict[str, Any]:
     jax = self.jax
     arrays = self._place(seed_batch(self.shapes, batch))
-    model, train_step = self._seed_program(matmul_dtype)
-    state = self.states.get((batch, matmul_dtype))
+    model, train_step = self._seed_program(matmul_dtype, lstm_impl)
+    state = self.states.get((batch, matmul_dtype, lstm_impl))
     if state is None:  # another batch size or dtype: its own state, compiled and warmed once
       state = self._new_state(model)
       state, _ = train_step(state, arrays, self.rng)
@@ -142,7 +150,7 @@ class JaxWorker(Worker):
       state, metrics = self.parallel.settle(train_step(state, arrays, self.rng))
     jax.block_until_ready(state)
     seconds = time.perf_counter() - start
-    self.states[(batch, matmul_dtype)] = state
+    self.states[(batch, matmul_dtype, lstm_impl)] = state
     return {"samples_per_s": batch * steps / seconds, "seconds": seconds}
 
   def epoch(self) -> dict[str, Any]:
@@ -176,7 +184,7 @@ class JaxWorker(Worker):
     shapes: with the float32 step's parameters, through float32 or bfloat16 matmuls)."""
     jax = self.jax
     if which == "seed":
-      params = jax.tree.map(lambda x: x, self.states[(self.shapes["batch"], "float32")]["params"])
+      params = jax.tree.map(lambda x: x, self.states[(self.shapes["batch"], "float32", "auto")]["params"])
       bias = params["output_dense"]["bias"]
       params["output_dense"]["bias"] = bias.at[END_ID].set(END_SUPPRESSED)
       src = seed_batch(self.shapes, batch)["src"]
@@ -200,16 +208,18 @@ class JaxWorker(Worker):
     lengths = np.concatenate([_output_length(o[:n]) for o, n in zip(outputs, real_rows)])
     return {"sentences_per_s": sum(real_rows) / seconds, "mean_output_len": float(lengths.mean())}
 
-  def matmul(self) -> dict[str, Any]:
+  def matmul(self, n: int = 1024, repeats: int = 20, dtype: str = "float32",
+             precision: str | None = None) -> dict[str, Any]:
+    """The best rate of a chain of n x n matmuls (dtype operands; precision None: JAX's
+    default, "highest": full float32 where the default would round, e.g. TF32 on a GPU)."""
     jax = self.jax
-    n, repeats = 1024, 20
-    a = self.parallel.replicate(jax.random.normal(jax.random.key(0), (n, n)))
+    a = self.parallel.replicate(jax.random.normal(jax.random.key(0), (n, n)).astype(dtype))
     x = jax.device_put(a, self.parallel.batch_sharding)  # rows split over the devices
 
     @jax.jit
     def chain(x):
-      for _ in range(repeats):
-        x = (x @ a) * 0.03  # a dependent chain: each matmul really runs
+      for _ in range(repeats):  # a dependent chain: each matmul really runs
+        x = (jax.numpy.matmul(x, a, precision=precision) * 0.03).astype(dtype)
       return x
 
     jax.block_until_ready(chain(x))
@@ -218,6 +228,58 @@ class JaxWorker(Worker):
       seconds = _timed(lambda: jax.block_until_ready(chain(x)))
       best = max(best, 2 * n ** 3 * repeats / seconds / 1e9)
     return {"gflops": best}
+
+  def recurrent(self, batch: int, steps: int, impl: str = "scan", unroll: int = 1,
+                repeats: int = 5) -> dict[str, Any]:
+    """Microseconds per time step of one LSTM layer (hidden size latent, an input of the
+    same width, every step valid) over `steps` steps: forward (h at every step) and forward
+    plus backward (gradients of the parameters and inputs); impl "scan" (lstm_sequence, the
+    hand-written gradient, `unroll` steps per iteration) or "cudnn" (cudnn.lstm_layer).
+    On one device; medians of `repeats` runs after a compiled warm-up."""
+    key = (batch, steps, impl, unroll)
+    if key not in self.recurrent_programs:
+      self.recurrent_programs[key] = self._recurrent_program(batch, steps, impl, unroll)
+    (forward, both), (params, x), compile_s = self.recurrent_programs[key]
+    jax = self.jax
+    timings = {}
+    for name, fn in (("forward", forward), ("forward_backward", both)):
+      runs = sorted(_timed(lambda: jax.block_until_ready(fn(params, x))) for _ in range(repeats))
+      timings[f"{name}_us_per_step"] = runs[len(runs) // 2] / steps * 1e6
+    return dict(timings, compile_s=compile_s)
+
+  def _recurrent_program(self, batch: int, steps: int, impl: str, unroll: int):
+    """((forward, forward and backward), their arguments, seconds to compile and warm)."""
+    jax, jnp = self.jax, self.jax.numpy
+    from seq2seq_jax import cudnn
+    from seq2seq_jax import model as model_lib
+    hidden = self.shapes["latent"]
+    keys = jax.random.split(jax.random.key(1), 3)
+    params = (jax.random.normal(keys[0], (hidden, 4 * hidden)) * hidden ** -0.5,
+              jax.random.normal(keys[1], (hidden, 4 * hidden)) * hidden ** -0.5,
+              jnp.zeros((4 * hidden,)).at[hidden:2 * hidden].set(1.0))
+    x = jax.random.normal(keys[2], (batch, steps, hidden))
+    params, x = jax.device_put((params, x), self.device)
+    carry = (jnp.zeros((batch, hidden)), jnp.zeros((batch, hidden)))
+    if impl == "cudnn":
+      layer = lambda p, x: cudnn.lstm_layer(x, carry, p)[1]
+    else:
+      def layer(p, x):
+        kernel, recurrent_kernel, bias = p
+        xproj_TxBx4H = model_lib.matmul(jnp.swapaxes(x, 0, 1), kernel) + bias
+        return model_lib.lstm_time_major(xproj_TxBx4H, carry, recurrent_kernel, None, None,
+                                         unroll)[1]
+    forward = jax.jit(layer)
+    both = jax.jit(jax.grad(lambda p, x: jnp.sum(layer(p, x)), argnums=(0, 1)))
+    start = time.perf_counter()
+    jax.block_until_ready((forward(params, x), both(params, x)))
+    return (forward, both), (params, x), time.perf_counter() - start
+
+  def finish(self) -> dict[str, Any]:
+    result = super().finish()
+    stats = getattr(self.device, "memory_stats", lambda: None)() or {}
+    if "peak_bytes_in_use" in stats and self.device.platform != "cpu":
+      result["device_peak_mib"] = stats["peak_bytes_in_use"] / 2 ** 20
+    return result
 
 
 def _output_length(ids_BxL: np.ndarray, end_id: int = END_ID) -> np.ndarray:
@@ -252,7 +314,8 @@ class KerasWorker(Worker):
     first = _timed(self.seed_model.train_on_batch, x, y)
     steady = min(_timed(self.seed_model.train_on_batch, x, y) for _ in range(3))
     self.seed_model.fit(x, y, batch_size=self.shapes["batch"], epochs=1, verbose=0)  # build fit's step
-    return {"compile_s": first - steady}
+    import jax
+    return {"compile_s": first - steady, "platform": jax.devices()[0].platform}
 
   def train(self, batch: int, steps: int, mode: str = "train_on_batch") -> dict[str, Any]:
     x, y = self._seed_arrays(batch)
@@ -317,12 +380,12 @@ class TorchWorker(Worker):
 
   def setup(self) -> dict[str, Any]:
     self.train(self.shapes["batch"], 2)
-    return {"compile_s": 0.0}
+    return {"compile_s": 0.0, **self.peer.describe_device()}
 
   def train(self, batch: int, steps: int) -> dict[str, Any]:
     b = seed_batch(self.shapes, batch)
     step = lambda: self.peer.train_step(self.seed_model, self.seed_opt, b["src"], b["tgt_in"], b["tgt_out"])
-    seconds = _timed(lambda: [step() for _ in range(steps)])
+    seconds = _timed(lambda: [step() for _ in range(steps)])  # each step reads its loss back
     return {"samples_per_s": batch * steps / seconds, "seconds": seconds}
 
   def epoch(self) -> dict[str, Any]:
@@ -357,8 +420,15 @@ class TorchWorker(Worker):
     return {"sentences_per_s": sum(len(s) for s in sources) / seconds,
             "mean_output_len": float(lengths.mean())}
 
-  def matmul(self) -> dict[str, Any]:
-    return {"gflops": self.peer.matmul_gflops()}
+  def matmul(self, n: int = 1024, repeats: int = 20) -> dict[str, Any]:
+    return {"gflops": self.peer.matmul_gflops(n, repeats)}
+
+  def finish(self) -> dict[str, Any]:
+    result = super().finish()
+    peak = self.peer.peak_device_mib()
+    if peak is not None:
+      result["device_peak_mib"] = peak
+    return result
 
 
 WORKERS = {"seq2seq_jax": JaxWorker, "keras": KerasWorker, "torch": TorchWorker}
