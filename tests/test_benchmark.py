@@ -132,6 +132,70 @@ def test_workers_on_an_accelerator_get_no_cpu_settings(monkeypatch):
   assert runtime.allocator_environment({}) == {} and runtime.launch_environment(64, {}) == {}
 
 
+class _FakeWorker:
+  """A worker answering every op with a plausible measurement, recording what it was asked."""
+
+  def __init__(self, name, log):
+    self.name, self.log = name, log
+
+  def __call__(self, op, **kwargs):
+    self.log.append((self.name, op, kwargs))
+    if op == "matmul":
+      return {"gflops": 1000.0}
+    if op == "recurrent":
+      return {"forward_us_per_step": 10.0, "forward_backward_us_per_step": 30.0, "compile_s": 1.0}
+    if op == "epoch":
+      return {"samples_per_s": 100.0, "seconds": 1.0, "loss": 1.0, "rss_mib": 10.0, "compilations": 0}
+    if op == "decode":
+      return {"sentences_per_s": 100.0, "mean_output_len": 5.0}
+    if op == "finish":
+      return {"rss_mib": 10.0, "peak_rss_mib": 20.0}
+    return {"samples_per_s": 100.0, "seconds": 1.0}
+
+
+def test_the_accelerator_schedule_asks_every_framework_for_the_gpu_work():
+  """The harness' GPU path without a GPU: the matmul limit at 4096 x 4096 (highest precision,
+  bfloat16, default precision), every framework training at the larger batches, ours also
+  with lstm_impl=scan, decoding up to 4096, and the per-step table with cuDNN at two
+  batches; the report built from it formats."""
+  log = []
+  workers = {name: _FakeWorker(name, log) for name in ("seq2seq_jax", "keras", "torch")}
+  shapes = dict(work.SEED_SHAPES)
+  rates = harness._matmul_rates(workers, accelerator=True)
+  assert rates["matmul_n"] == 4096 and {"matmul_gflops_bf16", "matmul_gflops_default_precision"} <= set(rates)
+  assert ("seq2seq_jax", "matmul", {"n": 4096, "repeats": 10, "precision": "highest"}) in log
+  big, decodes = harness.BATCHES["accelerator"]
+  assert big == (256, 1024, 4096) and max(decodes) == 4096
+  result = harness._rounds(workers, 1, shapes, 100, big, decodes, lambda _: None,
+                           scan_beside=True, peer_batches=True)
+  trained = {(name, kw["batch"], kw.get("lstm_impl", "auto")) for name, op, kw in log if op == "train"}
+  for name in ("seq2seq_jax", "keras", "torch"):
+    assert {(name, b, "auto") for b in (64, 256, 1024, 4096)} <= trained
+  assert {("seq2seq_jax", b, "scan") for b in (64, 256, 1024, 4096)} <= trained
+  decoded = {(name, kw["batch"]) for name, op, kw in log if op == "decode" and kw["which"] == "seed"}
+  assert ("seq2seq_jax", 4096) in decoded and ("torch", 4096) in decoded
+  recurrent = harness._recurrent_steps(workers["seq2seq_jax"], 1, shapes, False, cudnn=True,
+                                       accelerator=True, say=lambda _: None)
+  assert set(recurrent["samples"]) == {f"{b}/{v}" for b in (64, 1024)
+                                       for v in ("scan/1", "scan/2", "scan/4", "scan/8", "cudnn")}
+  report = dict(result, **rates, recurrent=recurrent, shapes=shapes, rounds=1, skipped={},
+                compile_s={"seq2seq_jax": 1.0}, peak_rss_mib={"seq2seq_jax": 20.0},
+                machine={"cpu": "cpu", "cores": 16, "platform": "linux", "allocator": "system",
+                         "versions": {}},
+                device={"platform": "gpu", "name": "NVIDIA H200", "count": 1, "lstm_impl": "cudnn",
+                        "default_matmul_precision": None, "peers": {}},
+                seq2seq_jax_devices={"devices": 1, "xla_flags": ""},
+                real_data={"data": "numbers:fr", "train_pairs": 256, "test_pairs": 64,
+                           "mean_src_len": 5.0, "max_src_len": 9, "mean_tgt_len": 6.0,
+                           "max_tgt_len": 11, "chosen": "--quick", "steps_over_real": {}})
+  report_lib.summarise(report)
+  assert set(report["train_by_batch"]) == {"seq2seq_jax", "seq2seq_jax_scan", "keras", "torch"}
+  assert report["ratios"]["train batch 4096 vs torch"] == pytest.approx(1.0)
+  text = report_lib.format_report(report)
+  assert "| one LSTM layer, batch 1024, 59 steps, LSTM 256 (input 256) |" in text
+  assert not _keys(json.loads(json.dumps(report))) & GOAL_KEYS
+
+
 def test_report_on_a_gpu_gives_the_device_steps_and_the_peers_by_batch():
   """An accelerator's report: the device and its float32 / bfloat16 matmul rates, our
   scan's microseconds per step by unroll beside cuDNN's, our train step with the scan
