@@ -70,7 +70,7 @@ def platform_name() -> str:
 
 def resolve_lstm_impl(requested: str, *, cell: str = "lstm", matmul_dtype: str = "float32",
                       cuda: bool | None = None, devices: int | None = None) -> str:
-  """"scan" or "cudnn": what an LSTM layer runs for lstm_impl `requested` here.
+  """What an LSTM layer runs here for lstm_impl `requested`: "scan" or "cudnn".
 
   auto: cuDNN for float32 LSTM layers on one NVIDIA GPU; the scan elsewhere (CPU, TPU,
   ROCm, several devices, bfloat16 matmuls, GRU). cudnn: cuDNN, or a UserError where there
