@@ -41,7 +41,7 @@ from seq2seq_jax.errors import UserError
 from seq2seq_jax.exported import (FORMAT, FORMAT_VERSION, MANIFEST_FILE, PARAMS_FILE,
                                   VOCAB_FILE, ExportedTranslator, flatten_params,
                                   unflatten_params)
-from seq2seq_jax.model import MODEL_FIELDS, Seq2Seq
+from seq2seq_jax.model import MODEL_FIELDS, Seq2Seq, with_scan_lstm
 from seq2seq_jax.workdir import write_atomically
 
 log = logging.getLogger(__name__)
@@ -113,7 +113,8 @@ def build_artifact(translator, params, step: int, *, which: str = "best",
   left out, and the manifest says why (platform_notes); so is one lowered but not run.
   """
   check_exportable(translator)
-  model = translator.model
+  # the scan: portable (cuDNN's custom call has no CPU lowering and needs fixed shapes)
+  model = with_scan_lstm(translator.model)
   can_beam = model.config.decoder_input == "previous"
   if beam_sizes is None:
     beam_sizes = DEFAULT_BEAM_SIZES if can_beam else ()
