@@ -21,7 +21,7 @@ import numpy as np
 from jax import export as jax_export
 
 from seq2seq_jax.errors import UserError
-from seq2seq_jax.vocab import PAD_ID, Vocab
+from seq2seq_jax.vocab import PAD_ID, Vocab, input_warnings
 
 FORMAT = "seq2seq_jax.exported"
 FORMAT_VERSION = 1
@@ -142,18 +142,7 @@ class ExportedTranslator:
 
   def input_warnings(self, texts: list[str]) -> list[str]:
     """What translate() does silently to these inputs (inference.Translator's wording)."""
-    seen_as = self._seen_as(texts)
-    unknown = sorted({token for t in seen_as for token in self.src_vocab.unknown_tokens(t)})
-    unit = "characters" if self.src_vocab.level == "char" else "words"
-    warnings = []
-    if unknown:
-      warnings.append(f"{unit} never seen in training (read as unknown): "
-                      + " ".join(repr(token) for token in unknown))
-    too_long = sum(len(self.src_vocab.tokenize(t)) > self.max_source_len for t in seen_as)
-    if too_long:
-      warnings.append(f"{too_long} input(s) longer than max_source_len={self.max_source_len} "
-                      f"{unit} were truncated")
-    return warnings
+    return input_warnings(self.src_vocab, self._seen_as(texts), self.max_source_len)
 
   # -- decoding -------------------------------------------------------------------
   def function_name(self, beam: int | None) -> str:

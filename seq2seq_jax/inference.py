@@ -22,7 +22,7 @@ from seq2seq_jax.metrics import exact_match, text_metrics
 from seq2seq_jax.model import Seq2Seq, build_model
 from seq2seq_jax.parallel import DataParallel, to_numpy
 from seq2seq_jax.steps import eval_step
-from seq2seq_jax.vocab import Vocab
+from seq2seq_jax.vocab import Vocab, input_warnings
 
 
 @dataclasses.dataclass
@@ -96,17 +96,7 @@ class Translator:
   def input_warnings(self, sources: list[str]) -> list[str]:
     """What translate() will do silently to these inputs: unknown tokens, truncation."""
     seen_as = [s.lower() for s in sources] if self.config.source_lowercase else sources
-    unknown = sorted({token for s in seen_as for token in self.src_vocab.unknown_tokens(s)})
-    unit = "characters" if self.src_vocab.level == "char" else "words"
-    warnings = []
-    if unknown:
-      warnings.append(f"{unit} never seen in training (read as unknown): "
-                      + " ".join(repr(token) for token in unknown))
-    too_long = sum(len(self.src_vocab.tokenize(s)) > self.config.max_source_len for s in seen_as)
-    if too_long:
-      warnings.append(f"{too_long} input(s) longer than max_source_len={self.config.max_source_len} "
-                      f"{unit} were truncated")
-    return warnings
+    return input_warnings(self.src_vocab, seen_as, self.config.max_source_len)
 
   def checkpoint_meta(self, config: Config | None = None, **fields) -> workdir_lib.CheckpointMeta:
     """The meta a checkpoint of this model stores (config: a trial's own, default ours)."""

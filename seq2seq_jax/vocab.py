@@ -165,3 +165,19 @@ class Vocab:
   @classmethod
   def from_list(cls, tokens: Sequence[str], level: str = "char") -> "Vocab":
     return cls(tokens, level=level)
+
+
+def input_warnings(vocab: "Vocab", sources: list[str], max_source_len: int) -> list[str]:
+  """What translating these (already lower-cased, where the model does) sources does
+  silently: tokens never seen in training, and inputs cut at max_source_len."""
+  unknown = sorted({token for s in sources for token in vocab.unknown_tokens(s)})
+  unit = "characters" if vocab.level == "char" else "words"
+  warnings = []
+  if unknown:
+    warnings.append(f"{unit} never seen in training (read as unknown): "
+                    + " ".join(repr(token) for token in unknown))
+  too_long = sum(len(vocab.tokenize(s)) > max_source_len for s in sources)
+  if too_long:
+    warnings.append(f"{too_long} input(s) longer than max_source_len={max_source_len} "
+                    f"{unit} were truncated")
+  return warnings

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
 import os
+import struct
 import subprocess
 import sys
 
@@ -63,3 +65,33 @@ def trained_workdir(tmp_path_factory):
   result = run_cli("train", "--config", "configs/tiny.py", "--workdir", str(workdir))
   assert result.returncode == 0, result.stdout + result.stderr
   return str(workdir)
+
+
+def tree_digest(path) -> str:
+  """SHA-256 over every file's relative path and bytes under path: equal means untouched."""
+  digest = hashlib.sha256()
+  for root, dirs, files in sorted(os.walk(path)):
+    dirs.sort()
+    for name in sorted(files):
+      full = os.path.join(root, name)
+      digest.update(os.path.relpath(full, path).encode())
+      with open(full, "rb") as f:
+        digest.update(f.read())
+  return digest.hexdigest()
+
+
+def event_scalars(logdir) -> dict[str, list[tuple[int, float]]]:
+  """{tag: [(step, value), ...]} of the TensorBoard event files directly in logdir."""
+  from tensorboardX.proto import event_pb2
+  scalars: dict[str, list[tuple[int, float]]] = {}
+  for name in sorted(os.listdir(logdir)):
+    if not name.startswith("events.out.tfevents"):
+      continue
+    with open(os.path.join(logdir, name), "rb") as f:
+      while header := f.read(12):
+        (length,) = struct.unpack("<Q", header[:8])
+        event = event_pb2.Event.FromString(f.read(length))
+        f.read(4)
+        for value in event.summary.value:
+          scalars.setdefault(value.tag, []).append((event.step, value.simple_value))
+  return scalars

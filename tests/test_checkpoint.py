@@ -4,7 +4,6 @@ changed process-wide by importing it, and clean exits of commands that fail earl
 from __future__ import annotations
 
 import concurrent.futures
-import hashlib
 import json
 import logging
 import os
@@ -16,20 +15,9 @@ import numpy as np
 import pytest
 
 from seq2seq_jax.checkpoint import MANIFEST, Checkpointer
-from tests.conftest import ROOT
+from tests.conftest import ROOT, tree_digest
 
 FIXTURE = os.path.join(ROOT, "tests", "fixtures", "workdir_0.1")
-
-
-def tree_digest(path):
-  digest = hashlib.sha256()
-  for root, dirs, files in sorted(os.walk(path)):
-    dirs.sort()
-    for name in sorted(files):
-      full = os.path.join(root, name)
-      digest.update(os.path.relpath(full, path).encode())
-      digest.update(open(full, "rb").read())
-  return digest.hexdigest()
 
 
 def small_state(value):

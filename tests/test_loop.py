@@ -15,7 +15,7 @@ from seq2seq_jax import loop
 from seq2seq_jax.decode import make_beam_decoder
 from seq2seq_jax.inference import evaluate_pairs, load_trained
 from seq2seq_jax.workdir import CheckpointMeta, Progress, read_metrics
-from tests.conftest import ROOT, tiny_config
+from tests.conftest import ROOT, event_scalars, tiny_config
 
 FIXTURE = os.path.join(ROOT, "tests", "fixtures", "workdir_0.1")
 
@@ -123,25 +123,6 @@ def test_a_workdir_of_version_0_1_resumes_as_if_never_interrupted(old_workdir, t
   jax.tree.map(np.testing.assert_array_equal, resumed_params, fresh_params)
 
 
-def _event_scalars(logdir):
-  """{tag: [(step, value)]} of the TensorBoard event files directly in logdir."""
-  import struct
-
-  from tensorboardX.proto import event_pb2
-  scalars = {}
-  for name in sorted(os.listdir(logdir)):
-    if not name.startswith("events.out.tfevents"):
-      continue
-    with open(os.path.join(logdir, name), "rb") as f:
-      while header := f.read(12):
-        (length,) = struct.unpack("<Q", header[:8])
-        event = event_pb2.Event.FromString(f.read(length))
-        f.read(4)
-        for value in event.summary.value:
-          scalars.setdefault(value.tag, []).append((event.step, value.simple_value))
-  return scalars
-
-
 @pytest.mark.slow
 def test_tensorboard_true_writes_step_and_epoch_losses_and_hparams_while_training(tmp_path):
   pytest.importorskip("tensorboardX")
@@ -149,12 +130,12 @@ def test_tensorboard_true_writes_step_and_epoch_losses_and_hparams_while_trainin
   config = tiny_config(num_epochs=2, numbers_train=64, bucket_width=0, log_every_steps=1,
                        tensorboard=True, dropout=0.1)
   loop.train_and_evaluate(config, workdir, progress=False)
-  scalars = _event_scalars(os.path.join(workdir, "tensorboard"))
+  scalars = event_scalars(os.path.join(workdir, "tensorboard"))
   records = read_metrics(workdir)
   steps = [r for r in records if "lr" in r]
   epochs = [r for r in records if "train/epoch_seconds" in r]
   assert scalars["step/train/loss"] == [(r["step"], pytest.approx(r["train/loss"])) for r in steps]
   assert scalars["train/loss"] == [(r["step"], pytest.approx(r["train/loss"])) for r in epochs]
   assert "final/test/loss" in scalars
-  hparams = _event_scalars(os.path.join(workdir, "tensorboard", "hparams"))
+  hparams = event_scalars(os.path.join(workdir, "tensorboard", "hparams"))
   assert "hparam/test/loss" in hparams

@@ -19,7 +19,8 @@ SCRIPT = textwrap.dedent("""
     from seq2seq_jax.inference import load_trained
     from seq2seq_jax.loop import train_and_evaluate
     workdir = sys.argv[1]
-    config = tiny_config(num_epochs=2, log_every_steps=1, batch_size=32, dropout=0.1)
+    config = tiny_config(num_epochs=2, log_every_steps=1, batch_size=32, dropout=0.1,
+                         bucket_width=0)  # one batch shape: one program per process to compile
     summary = train_and_evaluate(config, workdir, progress=False)
     task, params, _ = load_trained(workdir, "latest")
     sources = %r

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import hashlib
 import json
 import logging
 import os
@@ -33,7 +32,7 @@ from seq2seq_jax import data as data_lib
 from seq2seq_jax.checkpoint import MANIFEST, Checkpointer
 from seq2seq_jax.errors import CheckpointError, DataError
 from seq2seq_jax.vocab import UNK_ID, Vocab
-from tests.conftest import ROOT, cli_in_process, tiny_config, write_tsv
+from tests.conftest import ROOT, cli_in_process, tiny_config, tree_digest, write_tsv
 
 # configs/tiny.py for 12 epochs (7 steps each: 200 pairs in batches of 32, the last one
 # short), long enough to interrupt, seconds to run.
@@ -138,17 +137,6 @@ def trained_numbers(workdir):
 def step_dirs(workdir):
   directory = os.path.join(workdir, "checkpoints")
   return sorted(int(name) for name in os.listdir(directory) if name.isdigit())
-
-
-def tree_digest(path):
-  digest = hashlib.sha256()
-  for root, dirs, files in sorted(os.walk(path)):
-    dirs.sort()
-    for name in sorted(files):
-      full = os.path.join(root, name)
-      digest.update(os.path.relpath(full, path).encode())
-      digest.update(open(full, "rb").read())
-  return digest.hexdigest()
 
 
 def largest_state_file(step_dir):

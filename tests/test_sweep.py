@@ -19,7 +19,7 @@ from seq2seq_jax.config import Config
 from seq2seq_jax.errors import UserError
 from seq2seq_jax.inference import load_trained
 from seq2seq_jax.loop import TrainingInterrupted
-from tests.conftest import ROOT, run_cli
+from tests.conftest import ROOT, event_scalars, run_cli
 
 SWEEP_TINY = os.path.join(ROOT, "configs", "sweep_tiny.py")
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -306,20 +306,11 @@ def test_a_diverging_trial_is_recorded_and_the_others_go_on(tmp_path):
 @pytest.mark.slow
 def test_tensorboard_export_round_trips(swept):
   pytest.importorskip("tensorboardX")
-  from tensorboardX.proto import event_pb2
-
   sweep, workdir, _ = swept
   trial_dir = os.path.join(workdir, sweep.trials[0].name)
   (logdir,) = tracking.export_tensorboard(trial_dir)
-  (events,) = [f for f in os.listdir(logdir) if f.startswith("events.out.tfevents")]
-  scalars = {}
-  with open(os.path.join(logdir, events), "rb") as f:
-    while header := f.read(12):
-      (length,) = struct.unpack("<Q", header[:8])
-      event = event_pb2.Event.FromString(f.read(length))
-      f.read(4)
-      for value in event.summary.value:
-        scalars[(value.tag, event.step)] = value.simple_value
+  scalars = {(tag, step): value for tag, values in event_scalars(logdir).items()
+             for step, value in values}
   for record in tracking.read_metrics(trial_dir):
     if "val/loss" in record and not record.get("final"):
       assert scalars[("val/loss", record["step"])] == pytest.approx(record["val/loss"], rel=1e-6)
