@@ -46,15 +46,22 @@ def losses(workdir):
             and "val/loss" not in r}
 
 
+@pytest.fixture(scope="module")
+def one_device(tmp_path_factory):
+  """The reference: the same training on one device (its workdir and its RESULT)."""
+  workdir = tmp_path_factory.mktemp("one") / "run"
+  return workdir, run_with_devices(workdir, 1)
+
+
 @pytest.mark.slow
-def test_eight_devices_match_one(tmp_path):
-  one = run_with_devices(tmp_path / "one", 1)
+def test_eight_devices_match_one(tmp_path, one_device):
+  one_workdir, one = one_device
   eight = run_with_devices(tmp_path / "eight", 8)
   assert (one["devices"], eight["devices"]) == (1, 8)
   # several CPU devices in one process: each step finishes everywhere before the next
   # is dispatched (parallel.DataParallel.one_program_at_a_time: queued programs deadlock)
   assert (one["one_program_at_a_time"], eight["one_program_at_a_time"]) == (False, True)
-  one_losses, eight_losses = losses(tmp_path / "one"), losses(tmp_path / "eight")
+  one_losses, eight_losses = losses(one_workdir), losses(tmp_path / "eight")
   assert one_losses.keys() == eight_losses.keys() and len(one_losses) >= 10
   for step in one_losses:
     assert eight_losses[step] == pytest.approx(one_losses[step], rel=2e-4, abs=1e-5)
@@ -79,7 +86,7 @@ def test_batch_size_must_divide_over_devices(tmp_path):
 
 
 @pytest.mark.slow
-def test_two_processes_through_jax_distributed_match_one_device(tmp_path):
+def test_two_processes_through_jax_distributed_match_one_device(tmp_path, one_device):
   """Two localhost processes x 4 CPU devices (gloo collectives), each feeding its own shard."""
   import socket
   with socket.socket() as s:
@@ -100,8 +107,8 @@ def test_two_processes_through_jax_distributed_match_one_device(tmp_path):
   results = [json.loads([l for l in out.splitlines() if l.startswith("RESULT ")][-1][7:])
              for out, _ in outputs]
   assert [r["devices"] for r in results] == [8, 8]
-  one = run_with_devices(tmp_path / "one", 1)
-  one_losses, two_losses = losses(tmp_path / "one"), losses(workdir)
+  one_workdir, one = one_device
+  one_losses, two_losses = losses(one_workdir), losses(workdir)
   assert one_losses.keys() == two_losses.keys()
   for step in one_losses:
     assert two_losses[step] == pytest.approx(one_losses[step], rel=2e-4, abs=1e-5)
