@@ -64,6 +64,7 @@ def test_scan_decoder_equals_step_by_step_loop_and_stops_at_end(overrides):
   assert ended, "the biased model should end some rows before max_len"
 
 
+@pytest.mark.slow
 def test_batched_decoding_does_not_depend_on_batch_or_padding():
   config = tiny_config()
   model = model_lib.build_model(config, 12, 9)
@@ -130,6 +131,7 @@ def model_score(model, params, src, ids, alpha):
     dict(attention="general", num_layers=2), dict(attention="dot", input_feeding=False),
     dict(attention="none", input_mode="onehot"), dict(cell="gru", attention="dot"),
     dict(attention="additive", bidirectional_encoder=True, cell="gru")])
+@pytest.mark.slow
 def test_beam_size_one_is_greedy(overrides):
   config = tiny_config(**overrides)
   model = model_lib.build_model(config, 12, 9)
@@ -248,6 +250,7 @@ def test_beam_finds_the_sentence_greedy_misses():
   np.testing.assert_allclose(scores, [np.log(0.36) / (7 / 6) ** 0.6] * 2, rtol=1e-4)
 
 
+@pytest.mark.slow
 def test_length_penalty_decides_between_short_and_long():
   """"</s>" 0.3 against "a</s>" 0.6 x 0.45 = 0.27: plain log-prob (alpha 0) picks the short
   one; alpha 1 divides by (5 + length) / 6 and picks "a</s>" (-1.309 / (7/6) > -1.204)."""
@@ -297,6 +300,7 @@ def test_sampling_is_seeded_and_approaches_greedy():
   np.testing.assert_array_equal(sample(params, src, key, temperature=1.0, top_k=1), greedy)
 
 
+@pytest.mark.slow
 def test_top_k_sampling_draws_only_from_the_k_most_likely():
   config = tiny_config(cell="gru", attention="dot")
   model = model_lib.build_model(config, 12, 9)

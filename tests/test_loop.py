@@ -20,6 +20,7 @@ from tests.conftest import ROOT, event_scalars, tiny_config
 FIXTURE = os.path.join(ROOT, "tests", "fixtures", "workdir_0.1")
 
 
+@pytest.mark.slow
 def test_steps_run_without_reading_the_device_except_to_log_evaluate_and_checkpoint(
     tmp_path, monkeypatch):
   """Between log, checkpoint and epoch points nothing is copied to the host, and the
@@ -91,6 +92,7 @@ def old_workdir(tmp_path):
     return workdir, json.load(f)
 
 
+@pytest.mark.slow
 def test_a_workdir_of_version_0_1_restores_and_translates_as_it_did(old_workdir):
   workdir, expected = old_workdir
   translator, params, step = load_trained(workdir, "latest")

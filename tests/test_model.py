@@ -171,6 +171,7 @@ def test_reverse_source_reverses_only_the_real_characters():
     dict(bidirectional_encoder=True, num_layers=2, attention="general"),
     dict(bidirectional_encoder=True, cell="gru", attention="dot", input_feeding=False),
     dict(bidirectional_encoder=True, attention="none", input_mode="onehot")])
+@pytest.mark.slow
 def test_teacher_forced_decoder_equals_step_by_step_loop(overrides):
   """The training path (one scan, or layer by layer then attention over all steps) gives
   the logits of decode_step called once per target character, as decoding uses."""

@@ -61,6 +61,7 @@ def test_windows_slide_over_rows():
   np.testing.assert_array_equal(data.tgt_NxT[1, 1:, 0], values[4:6, 1])
 
 
+@pytest.mark.slow
 def test_train_beats_last_value_baseline_and_restores(tmp_path):
   path = write_csv(tmp_path / "s.csv")
   workdir = str(tmp_path / "run")

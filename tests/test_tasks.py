@@ -40,6 +40,7 @@ def test_impossible_task_sizes_are_clear_errors():
     data_lib.load_splits(tiny_config(data="echo", task_min_len=5, task_max_len=3))
 
 
+@pytest.mark.slow
 def test_repeat_gru_model_learns_echo(tmp_path):
   """The RepeatVector architecture, with GRU cells, end to end: train, restore, decode."""
   config = tiny_config(data="echo", task_train=600, task_val=50, task_test=50, task_min_len=2,

@@ -76,6 +76,7 @@ def test_resume_equals_uninterrupted(tmp_path):
   jax.tree.map(np.testing.assert_array_equal, params_full, params_resumed)
 
 
+@pytest.mark.slow
 def test_workdir_with_other_config_is_refused(tmp_path, trained_workdir):
   from seq2seq_jax.errors import CheckpointError
   import shutil
