@@ -93,7 +93,6 @@ class SweepStudy:
         sampler=make_sampler(sweep.sampler, sweep.sampler_settings, sweep.seed + worker_seed()),
         pruner=make_pruner(sweep.pruner, sweep.pruner_settings))
     self._running: dict[int, Any] = {}  # trial number -> optuna.Trial, for heartbeats
-    self._lock = threading.Lock()
 
   # -- trials -----------------------------------------------------------------------
   def enqueue_declared(self) -> None:

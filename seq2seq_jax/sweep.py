@@ -90,10 +90,14 @@ class Sweep:
   grace_seconds: float = 60.0  # a running trial without a heartbeat for this long is retried
 
   def trial_for(self, values: dict[str, Any]) -> Trial:
-    """The trial of these swept values (typed as the Config fields)."""
-    config = config_lib.apply_overrides(self.base, [f"{k}={_as_text(v)}" for k, v in values.items()])
-    typed = {key: getattr(config, key) for key in values}
-    return Trial(trial_name(typed), typed, config)
+    return make_trial(self.base, values)
+
+
+def make_trial(base: Config, values: dict[str, Any]) -> Trial:
+  """The trial of these swept values on base (typed and checked as the Config fields)."""
+  config = config_lib.apply_overrides(base, [f"{k}={_as_text(v)}" for k, v in values.items()])
+  typed = {key: getattr(config, key) for key in values}
+  return Trial(trial_name(typed), typed, config)
 
 
 # ---------------------------------------------------------------------------
@@ -180,14 +184,12 @@ def make_sweep(base: Config, spec: dict[str, Any], where: str = "get_sweep()") -
     for key in overrides:
       if key not in keys:
         keys.append(key)
-    config = config_lib.apply_overrides(base, [f"{k}={_as_text(v)}" for k, v in overrides.items()])
-    typed = {key: getattr(config, key) for key in overrides}
-    name = trial_name(typed)
-    if name in seen:
-      log.info("%s: trial %s is declared twice; running it once", where, name)
+    trial = make_trial(base, overrides)
+    if trial.name in seen:
+      log.info("%s: trial %s is declared twice; running it once", where, trial.name)
       continue
-    seen.add(name)
-    trials.append(Trial(name, typed, config))
+    seen.add(trial.name)
+    trials.append(trial)
   metric = spec.get("metric", "val/exact_match")
   if not metric.startswith("val/"):
     raise UserError(f"{where}: metric must be a validation metric such as "
@@ -214,11 +216,11 @@ def make_sweep(base: Config, spec: dict[str, Any], where: str = "get_sweep()") -
                                               for t in first):
       raise UserError(f"{where}: 'enqueue' must be a list of {{key: value}} dicts giving "
                       f"every searched key ({', '.join(keys)}).")
-    trials = [Sweep(base, keys, []).trial_for(values) for values in first]
+    trials = [make_trial(base, values) for values in first]
     if not isinstance(spec.get("num_trials"), int) or spec["num_trials"] <= 0:
       raise UserError(f"{where}: a search needs num_trials, a positive whole number.")
-    for key in keys:
-      config_lib.apply_overrides(base, [f"{key}={_as_text(_draw(np.random.default_rng(0), key, space[key], where))}"])
+    make_trial(base, {key: _draw(np.random.default_rng(0), key, space[key], where)
+                      for key in keys})  # the keys are config fields of the drawn types
   else:  # each key's declared values, in declaration order: the study's choices
     if "enqueue" in spec:
       raise UserError(f"{where}: 'enqueue' goes with a 'search'; grid/random/trials are "
@@ -402,13 +404,14 @@ def _run_group(study, sweep: Sweep, group: list, workdir: str, progress, stop_af
 
 def work(sweep: Sweep, workdir: str, vectorize: bool | None = None, progress: bool | None = None,
          stop_after_step: int | None = None, tensorboard: bool = False,
-         argv: list[str] | None = None, storage: str | None = None) -> None:
-  """One worker: asks the study for trials (a group at a time when vectorised) until
-  none is left, trains them, and tells their outcomes."""
+         argv: list[str] | None = None, storage: str | None = None, study=None) -> None:
+  """One worker: asks the study (opened here unless given) for trials, a group at a time
+  when vectorised, until none is left, trains them, and tells their outcomes."""
   from seq2seq_jax.study import SweepStudy
   vectorize = sweep.vectorize if vectorize is None else vectorize
-  study = SweepStudy(sweep, workdir, storage)
-  study.enqueue_declared()
+  if study is None:
+    study = SweepStudy(sweep, workdir, storage)
+    study.enqueue_declared()
   while True:
     asked = study.ask_group(sweep.group_size if vectorize else 1)
     if not asked:
@@ -470,7 +473,7 @@ def run_sweep(sweep: Sweep, workdir: str, vectorize: bool | None = None,
   if workers > 1:
     _spawn_workers(workers, worker_argv or [])
   else:
-    work(sweep, workdir, vectorize, progress, stop_after_step, tensorboard, argv, storage)
+    work(sweep, workdir, vectorize, progress, stop_after_step, tensorboard, argv, storage, study)
   rows = write_outputs(sweep, workdir, study)
   log.info("\n%s", markdown_table(sweep, rows))
   return rows
