@@ -238,8 +238,7 @@ def _trial_states(group: Group, state) -> list[Any]:
 def _open_group(configs: list[Config], workdirs: list[str], argv, parallel: DataParallel,
                 stack: contextlib.ExitStack) -> Group:
   base = configs[0]
-  for config, workdir in zip(configs, workdirs):
-    os.makedirs(workdir, exist_ok=True)
+  for config, workdir in zip(configs, workdirs):  # train_trials made the directories
     workdir_lib.check_workdir_config(workdir, config)
 
   # data first: a bad data file stops here, before any checkpoint directory is opened
