@@ -300,6 +300,22 @@ def cmd_serve(args) -> int:
   return 0
 
 
+def cmd_data(args) -> int:
+  """`data download SPEC`: fetch what a data spec reads (today: libreoffice:LANG)."""
+  from seq2seq_jax.data import libreoffice, parse_spec
+  kind, arg = parse_spec(args.spec)
+  if kind != "libreoffice":
+    raise UserError(f"`data download` fetches libreoffice:LANG packages; {args.spec} needs no "
+                    "download (numbers and the tasks are embedded, files are yours to give).")
+  lang, _, directory = arg.partition(":")
+  directory, files = libreoffice.download(lang, args.dir or directory or None)
+  for file in files:
+    print(f"{file}  ({libreoffice.deb_version(file)})")
+  where = "" if directory == os.path.abspath(libreoffice.cache_dir()) else f":{directory}"
+  print(f"ready: train with --data libreoffice:{lang}{where}")
+  return 0
+
+
 def _positive_int(text: str) -> int:
   try:
     value = int(text)
@@ -321,7 +337,8 @@ def build_parser() -> argparse.ArgumentParser:
                      "(default: configs/default.py)")
   train.add_argument("--workdir", default="runs/default",
                      help="where checkpoints, metrics and logs go (default: runs/default)")
-  train.add_argument("--data", help="data spec: numbers:LANG, anki:PATH, tsv:PATH, gettext:PATH, series:PATH "
+  train.add_argument("--data", help="data spec: numbers:LANG, anki:PATH, tsv:PATH, gettext:PATH, "
+                     "libreoffice:LANG[:DIR], series:PATH "
                      "or a task (addition, echo, reverse)")
   train.add_argument("--set", action="append", metavar="KEY=VALUE",
                      help="override a config value; repeatable")
@@ -445,6 +462,17 @@ def build_parser() -> argparse.ArgumentParser:
                      "model's bucket_width up to its max_source_len)")
   serve.add_argument("--access-log", action="store_true", help="log every request")
   serve.set_defaults(func=cmd_serve)
+
+  data = sub.add_parser("data", help="get a data set's files: data download libreoffice:LANG")
+  data_sub = data.add_subparsers(dest="action", required=True)
+  download = data_sub.add_parser(
+      "download", help="fetch LibreOffice's English and LANG help packages and LANG's UI "
+      "catalogs with `apt-get download` (no root, nothing installed)")
+  download.add_argument("spec", metavar="libreoffice:LANG", help="e.g. libreoffice:fr")
+  download.add_argument("--dir", help="where to put the .deb files (default: $SEQ2SEQ_JAX_DATA/"
+                        "libreoffice or ~/.cache/seq2seq_jax/libreoffice); then pass "
+                        "libreoffice:LANG:DIR")
+  download.set_defaults(func=cmd_data)
 
   bench = sub.add_parser("benchmark", help="time training and decoding against Keras 3 and "
                          "PyTorch on the same work, side by side (peers: pip install '.[bench]')")

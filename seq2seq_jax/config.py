@@ -39,16 +39,20 @@ class Config:
 
   # --- data -----------------------------------------------------------------
   # Data source: numbers:LANG (embedded English -> LANG number words, num2words: no download),
-  # anki:PATH, tsv:PATH or gettext:PATH (.mo catalogs).
+  # anki:PATH, tsv:PATH, gettext:PATH (.mo catalogs) or libreoffice:LANG[:DIR] (help pages).
   data: str = "numbers:fr"
   # Seed for data generation, splits, shuffling, initialisation and dropout.
   seed: int = 0
-  # anki/tsv: use the first N pairs of the file; gettext: a seeded sample of N (0 = all).
+  # anki/tsv: use the first N pairs of the file; gettext: a seeded sample of N;
+  # libreoffice: the first N training pairs (0 = all).
   num_samples: int = 0
-  # anki/tsv/gettext: held-out fraction for validation.
+  # anki/tsv/gettext/libreoffice: held-out fraction for validation (libreoffice: whole pages).
   val_fraction: float = 0.1
-  # anki/tsv/gettext: held-out fraction for test.
+  # anki/tsv/gettext/libreoffice: held-out fraction for test (libreoffice: whole pages).
   test_fraction: float = 0.1
+  # libreoffice: also train on the UI messages of libreoffice-l10n-LANG (the .deb beside
+  # the help packages), minus any source held out in validation or test.
+  libreoffice_ui: bool = False
   # anki/tsv/gettext: "random" (seeded) or "last" (Keras validation_split: tail of file).
   split_mode: str = "random"
   # anki/tsv: skip malformed lines, gettext: unreadable .mo files (and count them)

@@ -35,6 +35,7 @@ class Translator:
   parallel: DataParallel = dataclasses.field(default_factory=DataParallel)
   scaler: Any = None  # series.Scaler for series:PATH models
   keras_dims: dict[str, int] | None = None  # keras_compat: the example's padded lengths
+  data_info: dict[str, Any] | None = None  # data.Splits.info() of the data it was built for
 
   @property
   def is_series(self) -> bool:
@@ -104,7 +105,7 @@ class Translator:
         config=(config or self.config).to_dict(), src_vocab=self.src_vocab.to_list(),
         tgt_vocab=self.tgt_vocab.to_list(), tokenizer=self.src_vocab.level,
         series=self.scaler.to_dict() if self.scaler is not None else None,
-        keras=dict(self.keras_dims) if self.keras_dims else None, **fields)
+        keras=dict(self.keras_dims) if self.keras_dims else None, data=self.data_info, **fields)
 
 
 def make_translator(config: Config, src_vocab: Vocab, tgt_vocab: Vocab,
@@ -136,10 +137,12 @@ def load_run_data(config: Config, parallel: DataParallel | None = None):
   if config.keras_compat:
     src_vocab, tgt_vocab, dims = data_lib.keras_vocabs(train_pairs + val_pairs + test_pairs)
     translator = make_translator(config, src_vocab, tgt_vocab, parallel, keras_dims=dims)
+    translator.data_info = splits.info()
     return translator, train_pairs, val_pairs, test_pairs
   src_vocab, tgt_vocab = data_lib.build_vocabs(train_pairs, config.tokenizer,
                                                config.max_vocab_size, config.min_token_freq)
   translator = make_translator(config, src_vocab, tgt_vocab, parallel)
+  translator.data_info = splits.info()
   return translator, train_pairs, val_pairs, test_pairs
 
 
@@ -210,5 +213,6 @@ def load_trained(workdir: str, which: str = "best") -> tuple[Translator, Any, in
                     level=meta.tokenizer)
   translator = make_translator(config, Vocab.from_list(meta.src_vocab, meta.tokenizer), tgt_vocab,
                                scaler=scaler, keras_dims=meta.keras)
+  translator.data_info = meta.data
   params = translator.parallel.replicate(jax.tree.map(np.asarray, state["params"]))
   return translator, params, step

@@ -497,7 +497,8 @@ def _final_evaluation(group: Group, state) -> list[dict[str, Any] | NonFiniteLos
         split_metrics, _ = evaluate_pairs(translator, params, pairs)
         summary.update({f"{name}/{k}": v for k, v in split_metrics.items()})
     trial.record(dict(summary, final=True))
-    workdir_lib.write_json(os.path.join(trial.workdir, workdir_lib.RESULTS_FILE), summary)
+    results = dict(summary, data=translator.data_info) if translator.data_info else summary
+    workdir_lib.write_json(os.path.join(trial.workdir, workdir_lib.RESULTS_FILE), results)
     if trial.writer is not None:
       trial.writer.hparams(_hparams(group, trial), summary)
     log.info("\n%sfinal (checkpoint %s): %s", group.label(trial), final_step,

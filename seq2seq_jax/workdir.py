@@ -243,6 +243,7 @@ class CheckpointMeta:
   series: dict[str, Any] | None = None  # series.Scaler of series:PATH models
   keras: dict[str, int] | None = None  # keras_compat: the example's padded lengths
   imported_from: str | None = None  # import-keras: the Keras model file
+  data: dict[str, Any] | None = None  # the data read: pair counts, split fingerprints, packages
   version: int = META_VERSION
 
   def to_json(self) -> dict[str, Any]:
@@ -255,7 +256,7 @@ class CheckpointMeta:
                  "epoch": dataclasses.asdict(self.sums.epoch)},
         "rng": self.rng, "metrics": self.metrics,
     }
-    for key in ("series", "keras", "imported_from"):
+    for key in ("series", "keras", "imported_from", "data"):
       if getattr(self, key) is not None:
         value[key] = getattr(self, key)
     return value
@@ -280,7 +281,7 @@ class CheckpointMeta:
                           value.get("step", 0)),
         sums=running, rng=value.get("rng") or [], metrics=value.get("metrics"),
         series=value.get("series"), keras=value.get("keras"),
-        imported_from=value.get("imported_from"), version=META_VERSION)
+        imported_from=value.get("imported_from"), data=value.get("data"), version=META_VERSION)
 
   def data_facts(self) -> dict[str, Any]:
     """What the data decided (vocabularies, scaler, Keras lengths): vocab.json, and equal

@@ -4,14 +4,17 @@ Sources (`--data SPEC`):
   numbers:LANG  English number words -> LANG number words (num2words), embedded.
   anki:PATH     manythings.org/Tatoeba `English<TAB>Other[<TAB>attribution]` files.
   tsv:PATH      any `source<TAB>target` UTF-8 file.
+  libreoffice:LANG[:DIR]  LibreOffice's help pages, English -> LANG (data/libreoffice.py).
   gettext:PATH  (msgid, msgstr) pairs of GNU gettext catalogs: PATH is one .mo file or a
                 directory whose *.mo files are read in sorted order, e.g.
-                /usr/share/locale/fr/LC_MESSAGES (English -> French UI messages). Kept:
+                /usr/share/locale/fr/LC_MESSAGES (English -> French UI messages), or a
+                .deb package holding catalogs (libreoffice-l10n-fr_*.deb). Kept:
                 single messages (no header, no plural forms; a msgctxt is dropped) that
                 are translated and differ from their source, with no control character
                 (newline, tab) and no format placeholder (%s, %1$d, %(name)s, %%, %1, {0},
                 {name}, $VAR, ${VAR}), after no-break spaces (U+00A0, U+202F) become
-                spaces and surrounding whitespace is stripped. The first catalog holding
+                spaces, surrounding whitespace is stripped and a single accelerator
+                marker is removed (LibreOffice's "Ou~vrir", GTK's "_Open"). The first catalog holding
                 a source wins; pairs are sorted by source, then split as anki/tsv.
 """
 
@@ -43,10 +46,12 @@ def parse_spec(spec: str) -> tuple[str, str]:
   kind, sep, arg = spec.partition(":")
   if kind in TASKS and not arg:  # embedded tasks take no argument
     return kind, ""
-  if not sep or not arg or kind not in ("numbers", "anki", "tsv", "gettext", "series"):
+  if not sep or not arg or kind not in ("numbers", "anki", "tsv", "gettext",
+                                            "libreoffice", "series"):
     raise DataError(f"data spec '{spec}' is not understood: use numbers:LANG "
                     "(e.g. numbers:fr), anki:PATH (e.g. anki:fra.txt), tsv:PATH, "
                     "gettext:PATH (.mo catalogs, e.g. gettext:/usr/share/locale/fr/LC_MESSAGES), "
+                    "libreoffice:LANG[:DIR] (LibreOffice's help, e.g. libreoffice:fr), "
                     "series:PATH (a CSV) or one of the tasks addition, echo, reverse.")
   return kind, arg
 
@@ -163,14 +168,16 @@ _PLACEHOLDER_RE = re.compile(
 _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f-\x9f]")  # newline, tab and the other controls
 
 
-def read_mo(path: str) -> list[tuple[str, str]]:
-  """(msgid, msgstr) of every entry of a GNU .mo file, in file order, decoded with the
-  catalog's charset; plural entries keep their NUL-separated forms, contexts their EOT."""
-  try:
-    with open(path, "rb") as f:
-      raw = f.read()
-  except OSError as error:
-    raise DataError(f"gettext catalog '{path}' cannot be read: {error.strerror or error}.") from None
+def read_mo(path: str, raw: bytes | None = None) -> list[tuple[str, str]]:
+  """(msgid, msgstr) of every entry of a GNU .mo file (or of its bytes raw, path naming
+  it), in file order, decoded with the catalog's charset; plural entries keep their
+  NUL-separated forms, contexts their EOT."""
+  if raw is None:
+    try:
+      with open(path, "rb") as f:
+        raw = f.read()
+    except OSError as error:
+      raise DataError(f"gettext catalog '{path}' cannot be read: {error.strerror or error}.") from None
   # msgfmt writes the host's byte order: the magic number tells which
   endian = next((e for e in "<>" if raw[:4] == struct.pack(e + "I", MO_MAGIC)), None)
   if endian is None:
@@ -204,21 +211,44 @@ def read_mo(path: str) -> list[tuple[str, str]]:
                     f"({error.reason} at byte {error.start}).") from None
 
 
-def _catalog_files(path: str) -> list[str]:
+def _catalogs(path: str) -> list[tuple[str, bytes | None]]:
+  """(name, bytes or None to read from the file) of the catalogs at path, in sorted order."""
   if not os.path.exists(path):
-    raise DataError(f"gettext catalog path '{path}' does not exist. Pass a .mo file or a "
-                    "directory of them, e.g. gettext:/usr/share/locale/fr/LC_MESSAGES.")
+    raise DataError(f"gettext catalog path '{path}' does not exist. Pass a .mo file, a "
+                    "directory of them (e.g. gettext:/usr/share/locale/fr/LC_MESSAGES) or a "
+                    ".deb package holding them (e.g. libreoffice-l10n-fr).")
+  if path.endswith(".deb") and os.path.isfile(path):
+    from seq2seq_jax.data.libreoffice import deb_tar
+    with deb_tar(path) as tar:
+      found = sorted((m.name, tar.extractfile(m).read()) for m in tar.getmembers()
+                     if m.isfile() and m.name.endswith(".mo"))
+    if not found:
+      raise DataError(f"package '{path}' holds no .mo catalog.")
+    return found
   if not os.path.isdir(path):
-    return [path]
+    return [(path, None)]
   files = sorted(os.path.join(path, name) for name in os.listdir(path)
                  if name.endswith(".mo") and os.path.isfile(os.path.join(path, name)))
   if not files:
     raise DataError(f"gettext catalog directory '{path}' holds no .mo file.")
-  return files
+  return [(file, None) for file in files]
+
+
+# A keyboard accelerator marker: LibreOffice's "~" (Ou~vrir) or GTK's "_" (_Open), before a
+# letter or digit; stripped where the message holds exactly one of them.
+_ACCELERATOR_RE = re.compile(r"[~_](?=[^\W_])")
+
+
+def strip_accelerator(text: str) -> str:
+  """'Ou~vrir' -> 'Ouvrir', '_Open' -> 'Open'; text with several '~'/'_' is kept as it is."""
+  markers = _ACCELERATOR_RE.findall(text)
+  if len(markers) == 1 and text.count(markers[0]) == 1:
+    return _ACCELERATOR_RE.sub("", text)
+  return text
 
 
 def _clean_message(text: str) -> str:
-  return text.replace("\u00a0", " ").replace("\u202f", " ").strip()
+  return strip_accelerator(text.replace("\u00a0", " ").replace("\u202f", " ").strip())
 
 
 def gettext_skip_reason(msgid: str, msgstr: str) -> str | None:
@@ -246,10 +276,10 @@ def gettext_pairs(path: str, num_samples: int = 0, seed: int = 0,
   by_source: dict[str, str] = {}
   skipped: Counter[str] = Counter()
   bad_files = []
-  files = _catalog_files(path)
-  for file in files:
+  files = _catalogs(path)
+  for file, raw in files:
     try:
-      entries = read_mo(file)
+      entries = read_mo(file, raw)
     except DataError:
       if not skip_bad_files:
         raise

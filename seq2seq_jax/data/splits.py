@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
+import os
 
 import numpy as np
 
@@ -30,11 +32,29 @@ def split_pairs(pairs: list[Pair], config: Config) -> tuple[list[Pair], list[Pai
   return pairs[:n_train], pairs[n_train + n_test:], pairs[n_train:n_train + n_test]
 
 
+def fingerprint(pairs: list[Pair]) -> str:
+  """A short digest of a split's pairs, in order: equal fingerprints, equal data."""
+  digest = hashlib.sha256()
+  for source, target in pairs:
+    digest.update(f"{source}\t{target}\n".encode("utf-8"))
+  return digest.hexdigest()[:16]
+
+
 @dataclasses.dataclass
 class Splits:
   train: list[Pair]
   val: list[Pair]
   test: list[Pair]
+  packages: dict[str, str] | None = None  # libreoffice: {language: package and version}
+
+  def info(self) -> dict:
+    """What the run was trained on: pair counts, a fingerprint of each split (as read,
+    before length limits) and the packages read; stored in checkpoints and results.json."""
+    info = {"pairs": {name: len(self.get(name)) for name in ("train", "val", "test")},
+            "fingerprints": {name: fingerprint(self.get(name)) for name in ("train", "val", "test")}}
+    if self.packages:
+      info["packages"] = dict(self.packages)
+    return info
 
   def get(self, name: str) -> list[Pair]:
     if name not in ("train", "val", "test"):
@@ -48,6 +68,7 @@ def load_splits(config: Config, spec: str | None = None) -> Splits:
   if kind == "series":
     raise DataError("series:PATH data are real-valued windows, not text pairs: "
                     "load them with seq2seq_jax.series.load_series.")
+  packages = None
   if kind == "numbers":
     train, val, test = number_pairs(arg, config)
   elif kind in TASKS:
@@ -55,12 +76,27 @@ def load_splits(config: Config, spec: str | None = None) -> Splits:
   elif kind == "gettext":
     pairs = gettext_pairs(arg, config.num_samples, config.seed, config.skip_bad_lines)
     train, val, test = split_pairs(pairs, config)
+  elif kind == "libreoffice":
+    from seq2seq_jax.data import libreoffice
+    train, val, test, packages = libreoffice.libreoffice_splits(
+        arg, config.val_fraction, config.test_fraction, config.seed)
+    if config.num_samples:
+      train = train[:config.num_samples]
+    if config.libreoffice_ui:
+      lang, _, directory = arg.partition(":")
+      catalogs = libreoffice.ui_catalogs(lang, directory or None)
+      held_out = {source for source, _ in val + test} | {source for source, _ in train}
+      ui = [pair for pair in gettext_pairs(catalogs) if pair[0] not in held_out]
+      log.info("libreoffice_ui: %d UI message pairs added to training", len(ui))
+      train = train + ui
+      packages = {**packages, "ui": (libreoffice.deb_version(catalogs) if catalogs.endswith(".deb")
+                                     else f"directory {os.path.abspath(catalogs)}")}
   else:
     pairs = tab_pairs(arg, kind, config.num_samples, config.skip_bad_lines)
     train, val, test = split_pairs(pairs, config)
   if config.source_lowercase:
     train, val, test = ([(s.lower(), t) for s, t in part] for part in (train, val, test))
-  return Splits(train, val, test)
+  return Splits(train, val, test, packages)
 
 
 def drop_long(pairs: list[Pair], config: Config, name: str) -> list[Pair]:
