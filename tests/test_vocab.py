@@ -321,7 +321,9 @@ def test_sentencepiece_model_trains_and_translates_from_the_workdir_alone(tmp_pa
   config = tiny_config(tokenizer="sentencepiece", vocab_size=80, num_epochs=1, numbers_train=96,
                        max_source_len=12, max_target_len=12)
   workdir = str(tmp_path / "spm")
-  train_and_evaluate(config, workdir, progress=False)
+  with pytest.raises(TrainingInterrupted):
+    train_and_evaluate(config, workdir, progress=False, stop_after_step=1)
+  train_and_evaluate(config, workdir, progress=False)  # resumes: the retrained models match
   rebuilt, _, _, test_pairs = load_run_data(config)
   for side, vocab in (("src", rebuilt.src_vocab), ("tgt", rebuilt.tgt_vocab)):
     with open(os.path.join(workdir, f"sentencepiece.{side}.model"), "rb") as f:
