@@ -141,7 +141,8 @@ def cmd_evaluate(args) -> int:
     pairs = load_series(config, path, translator.scaler).get(args.split)
   else:
     splits = data_lib.load_splits(config, args.data)
-    pairs = data_lib.drop_long(splits.get(args.split), config, args.split)
+    pairs = data_lib.drop_long(splits.get(args.split), config, args.split,
+                               (translator.src_vocab, translator.tgt_vocab))
   if not pairs:
     raise UserError(f"split '{args.split}' of {args.data or config.data} is empty.")
   # series models have no text to decode

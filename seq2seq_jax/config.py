@@ -25,6 +25,7 @@ ARCHITECTURE_FIELDS = (
     "input_mode", "embed_dim", "latent_dim", "num_layers", "cell",
     "attention", "input_feeding", "reverse_source", "decoder_input", "data", "seed", "source_lowercase",
     "bidirectional_encoder", "tokenizer", "max_vocab_size", "min_token_freq",
+    "vocab_size", "sentencepiece_model", "sentencepiece_joint",
 )
 
 
@@ -63,12 +64,21 @@ class Config:
   keras_compat: bool = False
   # Lower-case the source side before building the vocabulary.
   source_lowercase: bool = False
-  # Tokens: "char" (every character) or "word" (words and punctuation, see vocab.py).
+  # Tokens: "char" (every character), "word" (words and punctuation, see vocab.py) or
+  # "sentencepiece" (subwords of a SentencePiece model trained on the training split).
   tokenizer: str = "char"
-  # Most frequent training tokens kept per side, the 4 special ones not counted (0 = all).
+  # char/word: most frequent training tokens kept per side, the 4 special ones not counted
+  # (0 = all).
   max_vocab_size: int = 0
-  # Training tokens seen fewer times than this are read as unknown.
+  # char/word: training tokens seen fewer times than this are read as unknown.
   min_token_freq: int = 1
+  # sentencepiece: pieces per side, the 4 special tokens included (joint: of the one model);
+  # fewer, with a warning, where the training text has fewer.
+  vocab_size: int = 4000
+  # sentencepiece: "unigram" (Kudo 2018, SentencePiece's default) or "bpe".
+  sentencepiece_model: str = "unigram"
+  # sentencepiece: one model trained on sources and targets together, used on both sides.
+  sentencepiece_joint: bool = False
   # numbers: largest number generated (inclusive): numbers from 0 to 999,999.
   numbers_max: int = 999_999
   # numbers: training pairs (distinct numbers).
@@ -220,7 +230,8 @@ _CHOICES = {
     "split_mode": ("random", "last"),
     "numbers_sampling": ("digits", "uniform"),
     "best_metric": ("val/exact_match", "val/token_accuracy", "val/loss"),
-    "tokenizer": ("char", "word"),
+    "tokenizer": ("char", "word", "sentencepiece"),
+    "sentencepiece_model": ("unigram", "bpe"),
     "matmul_dtype": ("float32", "bfloat16"),
     "lstm_impl": ("auto", "scan", "cudnn"),
 }
@@ -288,11 +299,15 @@ def validate(config: Config) -> Config:
   if config.input_mode == "real" and (config.decoder_input != "repeat"
                                       or config.best_metric != "val/loss"):
     raise UserError("series:PATH models use decoder_input=repeat and best_metric=val/loss.")
-  if config.tokenizer == "word" and config.keras_compat:
+  if config.vocab_size <= 4:
+    raise UserError(f"config key 'vocab_size' must be more than the 4 special tokens; "
+                    f"got {config.vocab_size!r}.")
+  if config.tokenizer != "char" and config.keras_compat:
     raise UserError("keras_compat reproduces the Keras example's character encoding: "
-                    "set tokenizer=char (or keras_compat=false for words).")
-  if config.tokenizer == "word" and config.input_mode == "real":
-    raise UserError("tokenizer=word applies to text data; series:PATH data have no tokens.")
+                    f"set tokenizer=char (or keras_compat=false for tokenizer={config.tokenizer}).")
+  if config.tokenizer != "char" and config.input_mode == "real":
+    raise UserError(f"tokenizer={config.tokenizer} applies to text data; series:PATH data "
+                    "have no tokens.")
   if config.keras_compat and config.bucket_width:
     raise UserError("keras_compat pads every batch to the longest pair, as the Keras example: "
                     "set bucket_width=0.")

@@ -6,7 +6,10 @@ DIR/ holds
   manifest.json       model settings, versions, checkpoint, beam sizes, decode_max_len,
                       platforms, symbolic shapes, one entry per function
   params.npz          the parameters, flat: "encoder_lstm_0/kernel", ...
-  vocab.json          tokenizer level and both vocabularies' tokens
+  vocab.json          tokenizer level and both vocabularies' tokens (sentencepiece: and the
+                      names of the two model files)
+  sentencepiece.src.model, sentencepiece.tgt.model
+                      tokenizer=sentencepiece: the source and target SentencePiece models
   encoder.stablehlo   (params, src_BxS) -> (carries per layer, enc_BxSxH, mask_BxS)
   greedy.stablehlo    (params, src_BxS) -> ids_BxL
   beamK.stablehlo     (params, src_BxS) -> ids_BxL for each beam size K
@@ -15,7 +18,7 @@ Parameters are arguments, not constants baked into the modules: the encoder and 
 decoder share one copy (baking would store it in each module), the modules stay a few
 hundred kB whatever the model size, and XLA cannot constant-fold the weights into
 something computed differently from the jitted program that `translate` runs.
-exported.py reads DIR with jax and numpy alone.
+exported.py reads DIR with jax and numpy alone (and sentencepiece for subword models).
 """
 
 from __future__ import annotations
@@ -42,7 +45,7 @@ from seq2seq_jax.exported import (FORMAT, FORMAT_VERSION, MANIFEST_FILE, PARAMS_
                                   VOCAB_FILE, ExportedTranslator, flatten_params,
                                   unflatten_params)
 from seq2seq_jax.model import MODEL_FIELDS, Seq2Seq, with_scan_lstm
-from seq2seq_jax.workdir import write_atomically
+from seq2seq_jax.workdir import SENTENCEPIECE_FILES, write_atomically
 
 log = logging.getLogger(__name__)
 
@@ -172,7 +175,11 @@ def build_artifact(translator, params, step: int, *, which: str = "best",
   }
   vocab = {"tokenizer": translator.src_vocab.level, "src": translator.src_vocab.to_list(),
            "tgt": translator.tgt_vocab.to_list(), "tgt_start_text": translator.tgt_vocab.start_text}
-  return ExportedTranslator(manifest, vocab, flat_params, exported)
+  models = None
+  if translator.src_vocab.level == "sentencepiece":
+    vocab["sentencepiece"] = dict(SENTENCEPIECE_FILES)
+    models = {"src": translator.src_vocab.model_proto, "tgt": translator.tgt_vocab.model_proto}
+  return ExportedTranslator(manifest, vocab, flat_params, exported, models)
 
 
 def write_artifact(artifact: ExportedTranslator, out: str) -> None:
@@ -191,6 +198,8 @@ def write_artifact(artifact: ExportedTranslator, out: str) -> None:
     with open(os.path.join(staging, f"{name}.stablehlo"), "wb") as f:
       f.write(exported.serialize())
   np.savez(os.path.join(staging, PARAMS_FILE), **artifact.flat_params)
+  for side, model in (artifact.sentencepiece_models or {}).items():
+    write_atomically(os.path.join(staging, artifact.vocab["sentencepiece"][side]), model)
   write_atomically(os.path.join(staging, VOCAB_FILE),
                    json.dumps(artifact.vocab, ensure_ascii=False, indent=1) + "\n")
   write_atomically(os.path.join(staging, MANIFEST_FILE),

@@ -1,6 +1,6 @@
 """Translates with an exported model (`seq2seq-jax export`'s DIR), using jax, numpy and
-seq2seq_jax.vocab alone (and errors.py's exception type): no Flax, Orbax or optax, no
-training code.
+seq2seq_jax.vocab alone (and errors.py's exception type; sentencepiece for subword
+models): no Flax, Orbax or optax, no training code.
 
     translator = ExportedTranslator.load("exported/")
     translator.translate(["twelve", "three hundred"])          # greedy
@@ -74,14 +74,22 @@ class ExportedTranslator:
   jax.export functions (encoder, greedy, beamK), each compiled once per input shape."""
 
   def __init__(self, manifest: dict[str, Any], vocab: dict[str, Any],
-               flat_params: dict[str, np.ndarray], exported: dict[str, jax_export.Exported]):
+               flat_params: dict[str, np.ndarray], exported: dict[str, jax_export.Exported],
+               sentencepiece_models: dict[str, bytes] | None = None):
+    """sentencepiece_models: {"src", "tgt"}: the models' bytes, for tokenizer sentencepiece."""
     self.manifest = manifest
     self.vocab = vocab
     self.flat_params = flat_params
     self.exported = exported
+    self.sentencepiece_models = sentencepiece_models
     level = vocab["tokenizer"]
-    self.src_vocab = Vocab(vocab["src"], level=level)
-    self.tgt_vocab = Vocab(vocab["tgt"], start_text=vocab.get("tgt_start_text", ""), level=level)
+    if level == "sentencepiece":
+      self.src_vocab, self.tgt_vocab = (Vocab.from_sentencepiece(sentencepiece_models[side])
+                                        for side in ("src", "tgt"))
+    else:
+      self.src_vocab = Vocab(vocab["src"], level=level)
+      self.tgt_vocab = Vocab(vocab["tgt"], start_text=vocab.get("tgt_start_text", ""),
+                             level=level)
     settings = manifest["settings"]
     self.max_source_len = int(settings["max_source_len"])
     self.bucket_width = int(settings["bucket_width"])
@@ -105,7 +113,13 @@ class ExportedTranslator:
                         f"{manifest['format_version']}, newer than this loader's "
                         f"{FORMAT_VERSION}; upgrade seq2seq_jax.")
     vocab = _read_json(os.path.join(directory, manifest.get("vocab", VOCAB_FILE)))
+    models = None
     try:
+      if vocab.get("tokenizer") == "sentencepiece":  # the model files vocab.json names
+        models = {}
+        for side in ("src", "tgt"):
+          with open(os.path.join(directory, vocab["sentencepiece"][side]), "rb") as f:
+            models[side] = f.read()
       with np.load(os.path.join(directory, manifest["params"]["file"])) as arrays:
         flat_params = {key: arrays[key] for key in arrays.files}
       exported = {}
@@ -114,7 +128,7 @@ class ExportedTranslator:
           exported[name] = jax_export.deserialize(bytearray(f.read()))
     except (OSError, KeyError, ValueError) as error:
       raise ExportError(f"cannot read the export in {directory}: {error}; export again.") from None
-    return cls(manifest, vocab, flat_params, exported)
+    return cls(manifest, vocab, flat_params, exported, models)
 
   @property
   def params(self) -> dict[str, jax.Array]:

@@ -105,7 +105,11 @@ class Translator:
         config=(config or self.config).to_dict(), src_vocab=self.src_vocab.to_list(),
         tgt_vocab=self.tgt_vocab.to_list(), tokenizer=self.src_vocab.level,
         series=self.scaler.to_dict() if self.scaler is not None else None,
-        keras=dict(self.keras_dims) if self.keras_dims else None, data=self.data_info, **fields)
+        keras=dict(self.keras_dims) if self.keras_dims else None,
+        sentencepiece=(workdir_lib.sentencepiece_field(self.src_vocab.model_proto,
+                                                       self.tgt_vocab.model_proto)
+                       if self.src_vocab.level == "sentencepiece" else None),
+        data=self.data_info, **fields)
 
 
 def make_translator(config: Config, src_vocab: Vocab, tgt_vocab: Vocab,
@@ -129,9 +133,14 @@ def load_run_data(config: Config, parallel: DataParallel | None = None):
     translator = make_translator(config, Vocab([]), Vocab([]), parallel, splits.scaler)
     return translator, splits.train, splits.val, splits.test
   splits = data_lib.load_splits(config)
-  train_pairs = data_lib.drop_long(splits.train, config, "train")
-  val_pairs = data_lib.drop_long(splits.val, config, "val")
-  test_pairs = data_lib.drop_long(splits.test, config, "test")
+  # subword lengths need the models, trained on the whole training split first; char and
+  # word vocabularies hold the tokens of the pairs kept
+  vocabs = None
+  if config.tokenizer == "sentencepiece":
+    vocabs = data_lib.build_vocabs(splits.train, config)
+  train_pairs = data_lib.drop_long(splits.train, config, "train", vocabs)
+  val_pairs = data_lib.drop_long(splits.val, config, "val", vocabs)
+  test_pairs = data_lib.drop_long(splits.test, config, "test", vocabs)
   if not train_pairs:
     raise UserError("no training pair fits max_source_len/max_target_len; raise them.")
   if config.keras_compat:
@@ -139,8 +148,7 @@ def load_run_data(config: Config, parallel: DataParallel | None = None):
     translator = make_translator(config, src_vocab, tgt_vocab, parallel, keras_dims=dims)
     translator.data_info = splits.info()
     return translator, train_pairs, val_pairs, test_pairs
-  src_vocab, tgt_vocab = data_lib.build_vocabs(train_pairs, config.tokenizer,
-                                               config.max_vocab_size, config.min_token_freq)
+  src_vocab, tgt_vocab = vocabs or data_lib.build_vocabs(train_pairs, config)
   translator = make_translator(config, src_vocab, tgt_vocab, parallel)
   translator.data_info = splits.info()
   return translator, train_pairs, val_pairs, test_pairs
@@ -209,10 +217,16 @@ def load_trained(workdir: str, which: str = "best") -> tuple[Translator, Any, in
   if meta.series is not None:
     from seq2seq_jax.series import Scaler
     scaler = Scaler.from_dict(meta.series)
-  tgt_vocab = Vocab(meta.tgt_vocab, start_text=data_lib.KERAS_START if meta.keras else "",
-                    level=meta.tokenizer)
-  translator = make_translator(config, Vocab.from_list(meta.src_vocab, meta.tokenizer), tgt_vocab,
-                               scaler=scaler, keras_dims=meta.keras)
+  if meta.tokenizer == "sentencepiece":
+    if meta.sentencepiece is None:
+      raise CheckpointError(f"{where} has tokenizer=sentencepiece but no models; train again.")
+    models = workdir_lib.sentencepiece_models(meta.sentencepiece)
+    src_vocab, tgt_vocab = (Vocab.from_sentencepiece(models[side]) for side in ("src", "tgt"))
+  else:
+    src_vocab = Vocab.from_list(meta.src_vocab, meta.tokenizer)
+    tgt_vocab = Vocab(meta.tgt_vocab, start_text=data_lib.KERAS_START if meta.keras else "",
+                      level=meta.tokenizer)
+  translator = make_translator(config, src_vocab, tgt_vocab, scaler=scaler, keras_dims=meta.keras)
   translator.data_info = meta.data
   params = translator.parallel.replicate(jax.tree.map(np.asarray, state["params"]))
   return translator, params, step

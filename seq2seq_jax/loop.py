@@ -273,7 +273,7 @@ def _open_group(configs: list[Config], workdirs: list[str], argv, parallel: Data
   for trial in trials:
     workdir_lib.write_config(trial.workdir, trial.config)
     workdir_lib.write_run_info(trial.workdir, argv, parallel.describe())
-    workdir_lib.write_json(os.path.join(trial.workdir, workdir_lib.VOCAB_FILE), facts)
+    workdir_lib.write_vocab(trial.workdir, facts)
   return Group(base, trials, translator, train_data, val_pairs, test_pairs, parallel,
                steps_per_epoch, jax.random.fold_in(jax.random.key(base.seed), 2))
 

@@ -1,15 +1,19 @@
-"""Character or word vocabularies with reserved pad / start / end / unknown ids.
+"""Character, word or subword vocabularies with reserved pad / start / end / unknown ids.
 
-Two tokenizers (config `tokenizer`):
+Three tokenizers (config `tokenizer`):
   char  every character is a token (the Keras example's encoding).
-  word  words and punctuation, by one regular expression, no lower-casing:
-        - a word is a run of Unicode letters and digits ("naïve", "Straße", "42");
-        - a number with inner separators stays whole ("3.14", "1,000", "10:30");
-        - an apostrophe (' or ’) between two letters ends the word before it, French
-          elision style: "l'homme" -> "l'" "homme", "don't" -> "don'" "t";
-        - a hyphen between two letters or digits becomes the joiner token "@-@" (Moses'
-          convention): "quatre-vingts" -> "quatre" "@-@" "vingts";
-        - any other non-space character is a token of its own; whitespace separates.
+  word  words and punctuation, by one regular expression, no lower-casing (below);
+  sentencepiece  subword pieces of a SentencePiece model (unigram or BPE, the
+        sentencepiece library) trained on the training split (below).
+
+Words:
+  - a word is a run of Unicode letters and digits ("naïve", "Straße", "42");
+  - a number with inner separators stays whole ("3.14", "1,000", "10:30");
+  - an apostrophe (' or ’) between two letters ends the word before it, French
+    elision style: "l'homme" -> "l'" "homme", "don't" -> "don'" "t";
+  - a hyphen between two letters or digits becomes the joiner token "@-@" (Moses'
+    convention): "quatre-vingts" -> "quatre" "@-@" "vingts";
+  - any other non-space character is a token of its own; whitespace separates.
 
 `detokenize` joins tokens with spaces, then removes the space before closing punctuation
 (. , ! ? ; : ) ] } » ” ’ % …), after opening punctuation (( [ { « “ ‘ ¿ ¡), around "@-@",
@@ -23,23 +27,42 @@ punctuation placed as in English. It is not exact where spacing carries no token
   - abbreviations gain one ("i.e." -> "i. e."), and symbols not listed above get spaces
     around them ("and/or" -> "and / or", "$5" -> "$ 5", "C++" -> "C + +"), as do a lone
     apostrophe ("dogs' ") and a hyphen not between two letters or digits ("-5" -> "- 5").
+
+Subwords (train_sentencepiece): ids 0-3 are SentencePiece's own pad, start, end and
+unknown ids; no normalisation, no folding of spaces, every character of the training text
+a piece, a space kept as the "▁" starting the next piece, so decode(encode(s)) == s exactly
+("Va !", "« Oui »", "C++", "and/or", "  a  b "); a character never seen in training reads
+as U+FFFD. The model's bytes (Vocab.model_proto) are the vocabulary: checkpoints, the
+workdir and exports store them, and Vocab.from_sentencepiece rebuilds it. Training is
+seeded and single-threaded: the same text gives the same bytes.
+
 Metrics always compare detokenized text with the raw reference.
 """
 
 from __future__ import annotations
 
+import io
+import logging
 import re
 from collections import Counter
 from collections.abc import Iterable, Sequence
 
 import numpy as np
 
+from seq2seq_jax.errors import UserError
+
+log = logging.getLogger(__name__)
+
 PAD_ID, START_ID, END_ID, UNK_ID = 0, 1, 2, 3
 SPECIAL_TOKENS = ("<pad>", "<s>", "</s>", "<unk>")
-TOKENIZERS = ("char", "word")
+TOKENIZERS = ("char", "word", "sentencepiece")
+SENTENCEPIECE_MODELS = ("unigram", "bpe")
 
 # What an unknown id reads as in decoded text, per tokenizer.
-UNK_TEXT = {"char": "\ufffd", "word": "<unk>"}
+UNK_TEXT = {"char": "\ufffd", "word": "<unk>", "sentencepiece": "\ufffd"}
+# Units of input_warnings: (what an unknown is, what max_source_len counts), per tokenizer.
+_UNITS = {"char": ("characters", "characters"), "word": ("words", "words"),
+          "sentencepiece": ("characters", "subword tokens")}
 HYPHEN_JOINER = "@-@"
 _WORD = r"[^\W_]"  # a Unicode letter or digit (\w without the underscore)
 _TOKEN_RE = re.compile(
@@ -80,29 +103,107 @@ def detokenize(tokens: Iterable[str]) -> str:
 
 
 def tokenize(text: str, level: str) -> list[str]:
-  """Tokens of text at level "char" or "word"."""
+  """Tokens of text at level "char" or "word" (subword pieces need their model: Vocab.tokenize)."""
   if level == "char":
     return list(text)
   if level == "word":
     return word_tokenize(text)
+  if level == "sentencepiece":
+    raise ValueError("sentencepiece tokens come from a trained model: use Vocab.tokenize")
   raise ValueError(f"unknown tokenizer '{level}': use one of {', '.join(TOKENIZERS)}")
 
 
-class Vocab:
-  """Maps tokens (characters or words) to int ids and back; ids 0-3 are the special tokens."""
+_TOO_FEW_PIECES = re.compile(r"smaller than required_chars\. (\d+) vs (\d+)")
 
-  def __init__(self, tokens: Sequence[str], start_text: str = "", level: str = "char"):
+
+def train_sentencepiece(texts: Iterable[str], vocab_size: int, model_type: str = "unigram",
+                        seed: int = 0, what: str = "the training text") -> bytes:
+  """The bytes of a SentencePiece model of texts, vocab_size pieces with the 4 specials
+  (fewer, with a warning, where the text has fewer); the same bytes for the same arguments.
+
+  Trained in memory, one thread, seeded, with SentencePiece's ids equal to ours (pad 0,
+  start 1, end 2, unknown 3), no normalisation and no whitespace folding (exact text back),
+  every character covered and unknowns decoded as U+FFFD."""
+  import sentencepiece as spm  # only sentencepiece vocabularies need it
+
+  if model_type not in SENTENCEPIECE_MODELS:
+    raise ValueError(f"unknown sentencepiece model '{model_type}': use one of "
+                     f"{', '.join(SENTENCEPIECE_MODELS)}")
+  texts = [text for text in texts if text]
+  if not texts:
+    raise UserError(f"tokenizer=sentencepiece: {what} is empty; there is nothing to train on.")
+  model = io.BytesIO()
+  spm.set_random_generator_seed(seed)
+  try:
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(texts), model_writer=model, vocab_size=vocab_size,
+        model_type=model_type, pad_id=PAD_ID, bos_id=START_ID, eos_id=END_ID, unk_id=UNK_ID,
+        pad_piece=SPECIAL_TOKENS[PAD_ID], bos_piece=SPECIAL_TOKENS[START_ID],
+        eos_piece=SPECIAL_TOKENS[END_ID], unk_piece=SPECIAL_TOKENS[UNK_ID],
+        unk_surface=UNK_TEXT["sentencepiece"], normalization_rule_name="identity",
+        remove_extra_whitespaces=False, character_coverage=1.0, hard_vocab_limit=False,
+        num_threads=1, minloglevel=2)
+  except RuntimeError as error:
+    too_few = _TOO_FEW_PIECES.search(str(error))
+    if too_few:
+      raise UserError(f"vocab_size={vocab_size} is below the {too_few.group(2)} pieces "
+                      f"SentencePiece needs for {what} (every character and the 4 special "
+                      f"tokens): set vocab_size={too_few.group(2)} or more.") from None
+    raise UserError(f"tokenizer=sentencepiece: training failed: {error}") from None
+  proto = model.getvalue()
+  pieces = len(Vocab.from_sentencepiece(proto))
+  if pieces < vocab_size:
+    log.warning("sentencepiece: vocab_size=%d is more than %s allows: the vocabulary has "
+                "%d pieces", vocab_size, what, pieces)
+  return proto
+
+
+class Vocab:
+  """Maps tokens (characters, words or subword pieces) to int ids and back; ids 0-3 are
+  the special tokens."""
+
+  def __init__(self, tokens: Sequence[str], start_text: str = "", level: str = "char",
+               model_proto: bytes | None = None):
     """start_text: what a START id in an output reads as ("\t" for Keras-example models,
-    whose vocabulary has the start marker as an ordinary, predictable character)."""
-    tokens = list(tokens)
+    whose vocabulary has the start marker as an ordinary, predictable character).
+    model_proto: level "sentencepiece"'s model, whose pieces are the tokens (tokens unused)."""
     if level not in TOKENIZERS:
       raise ValueError(f"unknown tokenizer '{level}': use one of {', '.join(TOKENIZERS)}")
     self.level = level
     self.start_text = start_text
+    self.model_proto = model_proto
+    self._processor = None
+    if level == "sentencepiece":
+      if model_proto is None:
+        raise ValueError("a sentencepiece vocabulary needs its model: Vocab.from_sentencepiece")
+      pieces = [self.processor.id_to_piece(i) for i in range(self.processor.get_piece_size())]
+      if tuple(pieces[:len(SPECIAL_TOKENS)]) != SPECIAL_TOKENS:
+        raise ValueError(f"sentencepiece model's first pieces are {pieces[:4]}, "
+                         f"not {SPECIAL_TOKENS}")
+      tokens = pieces[len(SPECIAL_TOKENS):]
+    elif model_proto is not None:
+      raise ValueError(f"tokenizer '{level}' has no model")
+    tokens = list(tokens)
     if len(set(tokens)) != len(tokens):
       raise ValueError("vocabulary tokens must be unique")
     self.tokens = list(SPECIAL_TOKENS) + tokens
     self._ids = {token: i + len(SPECIAL_TOKENS) for i, token in enumerate(tokens)}
+
+  @classmethod
+  def from_sentencepiece(cls, model_proto: bytes) -> "Vocab":
+    """The vocabulary of a SentencePiece model's bytes (train_sentencepiece's)."""
+    return cls((), level="sentencepiece", model_proto=bytes(model_proto))
+
+  @property
+  def processor(self):
+    """The sentencepiece.SentencePieceProcessor of a sentencepiece vocabulary."""
+    if self._processor is None and self.model_proto is not None:
+      import sentencepiece as spm
+      self._processor = spm.SentencePieceProcessor(model_proto=self.model_proto)
+    return self._processor
+
+  def __getstate__(self):
+    return dict(self.__dict__, _processor=None)  # rebuilt from model_proto when used
 
   @classmethod
   def build(cls, texts: Iterable[str], level: str = "char", max_size: int = 0,
@@ -110,6 +211,8 @@ class Vocab:
     """The tokens of texts seen at least min_freq times, the max_size most frequent
     (0 = all; ties broken by the token). Characters are then sorted, as the Keras example;
     words stay most frequent first."""
+    if level == "sentencepiece":
+      raise ValueError("sentencepiece vocabularies are trained: use train_sentencepiece")
     counts: Counter[str] = Counter()
     for text in texts:
       counts.update(tokenize(text, level))
@@ -128,26 +231,47 @@ class Vocab:
     return len(self.tokens)
 
   def __eq__(self, other) -> bool:
-    return isinstance(other, Vocab) and (self.tokens, self.level) == (other.tokens, other.level)
+    return isinstance(other, Vocab) and ((self.tokens, self.level, self.model_proto)
+                                         == (other.tokens, other.level, other.model_proto))
 
   def tokenize(self, text: str) -> list[str]:
+    if self.level == "sentencepiece":
+      return self.processor.encode(text, out_type=str)
     return tokenize(text, self.level)
 
   def encode(self, text: str) -> list[int]:
     """Token ids of text; unseen tokens map to UNK_ID."""
+    if self.level == "sentencepiece":
+      return self.processor.encode(text)
     return [self._ids.get(token, UNK_ID) for token in self.tokenize(text)]
 
   def unknown_tokens(self, text: str) -> set[str]:
-    """Tokens of text that the vocabulary reads as unknown."""
+    """Tokens of text that the vocabulary reads as unknown (characters, for subwords)."""
+    if self.level == "sentencepiece":
+      unknown = set()
+      for piece in self.processor.encode(text, out_type="proto").pieces:
+        if piece.id == UNK_ID:  # a run of unknown characters, maybe with known ones
+          unknown |= {ch for ch in piece.surface
+                      if self.processor.piece_to_id("▁" if ch == " " else ch) == UNK_ID}
+      return unknown
     return {token for token in self.tokenize(text) if token not in self._ids}
 
   unknown_chars = unknown_tokens  # the name from character-only days
 
   def decode(self, ids: Iterable[int]) -> str:
     """Text of ids up to the first END_ID; pad is skipped, unknown ids read as
-    U+FFFD (characters) or <unk> (words)."""
+    U+FFFD (characters, subwords) or <unk> (words)."""
     out = []
-    for i in np.asarray(list(ids)).tolist():
+    ids = np.asarray(list(ids)).tolist()
+    if self.level == "sentencepiece":
+      kept = []
+      for i in ids:
+        if i == END_ID:
+          break
+        if i == UNK_ID or len(SPECIAL_TOKENS) <= i < len(self.tokens):
+          kept.append(i)
+      return self.processor.decode(kept)
+    for i in ids:
       if i == END_ID:
         break
       if i == UNK_ID:
@@ -164,6 +288,7 @@ class Vocab:
 
   @classmethod
   def from_list(cls, tokens: Sequence[str], level: str = "char") -> "Vocab":
+    """A char or word vocabulary of its saved tokens (sentencepiece: from_sentencepiece)."""
     return cls(tokens, level=level)
 
 
@@ -171,13 +296,13 @@ def input_warnings(vocab: "Vocab", sources: list[str], max_source_len: int) -> l
   """What translating these (already lower-cased, where the model does) sources does
   silently: tokens never seen in training, and inputs cut at max_source_len."""
   unknown = sorted({token for s in sources for token in vocab.unknown_tokens(s)})
-  unit = "characters" if vocab.level == "char" else "words"
+  unknown_unit, length_unit = _UNITS[vocab.level]
   warnings = []
   if unknown:
-    warnings.append(f"{unit} never seen in training (read as unknown): "
+    warnings.append(f"{unknown_unit} never seen in training (read as unknown): "
                     + " ".join(repr(token) for token in unknown))
-  too_long = sum(len(vocab.tokenize(s)) > max_source_len for s in sources)
+  too_long = sum(len(vocab.encode(s)) > max_source_len for s in sources)
   if too_long:
     warnings.append(f"{too_long} input(s) longer than max_source_len={max_source_len} "
-                    f"{unit} were truncated")
+                    f"{length_unit} were truncated")
   return warnings

@@ -4,6 +4,8 @@ and the typed, versioned meta stored with every checkpoint.
 A workdir holds
   config.json     the run's Config (checked when the run resumes)
   vocab.json      vocabularies and data facts (the checkpoint holds them too)
+  sentencepiece.src.model, sentencepiece.tgt.model
+                  tokenizer=sentencepiece: the two models (the same with joint), as files
   run.json        command, versions and devices of the last start
   metrics.jsonl   one JSON record per log step and per epoch, then the final one
   results.json    the final metrics
@@ -13,6 +15,7 @@ A workdir holds
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import json
 import logging
@@ -35,6 +38,8 @@ RUN_FILE = "run.json"
 METRICS_FILE = "metrics.jsonl"
 RESULTS_FILE = "results.json"
 LOG_FILE = "train.log"
+# tokenizer=sentencepiece: the models of the source and target side, beside vocab.json.
+SENTENCEPIECE_FILES = {"src": "sentencepiece.src.model", "tgt": "sentencepiece.tgt.model"}
 # Settings that may differ when a run is resumed: they change no trained number.
 RESUMABLE_CHANGES = ("log_every_steps", "num_summary_samples", "eval_decode_samples",
                      "keep_checkpoints", "checkpoint_every_steps", "tensorboard")
@@ -52,9 +57,10 @@ def _json_default(value):
   raise TypeError(type(value))
 
 
-def write_atomically(path: str, text: str) -> None:
+def write_atomically(path: str, text: str | bytes) -> None:
   """A kill at any moment leaves the old file or the new one, never half of one."""
-  with open(path + ".tmp", "w", encoding="utf-8") as f:
+  with (open(path + ".tmp", "wb") if isinstance(text, bytes)
+        else open(path + ".tmp", "w", encoding="utf-8")) as f:
     f.write(text)
   os.replace(path + ".tmp", path)
 
@@ -64,6 +70,26 @@ def write_json(path: str, value: Any) -> None:
   if _is_primary():
     write_atomically(path, json.dumps(value, indent=2, ensure_ascii=False,
                                       default=_json_default) + "\n")
+
+
+def write_vocab(workdir: str, facts: dict[str, Any]) -> None:
+  """vocab.json of a run's data facts (CheckpointMeta.data_facts), and its SentencePiece
+  models as files beside it (process 0 only)."""
+  write_json(os.path.join(workdir, VOCAB_FILE), facts)
+  if facts.get("sentencepiece") and _is_primary():
+    for side, model in sentencepiece_models(facts["sentencepiece"]).items():
+      write_atomically(os.path.join(workdir, SENTENCEPIECE_FILES[side]), model)
+
+
+def sentencepiece_field(src_model: bytes, tgt_model: bytes) -> dict[str, str]:
+  """CheckpointMeta.sentencepiece of two SentencePiece models: base64 of their bytes."""
+  return {"src": base64.b64encode(src_model).decode("ascii"),
+          "tgt": base64.b64encode(tgt_model).decode("ascii")}
+
+
+def sentencepiece_models(field: dict[str, str]) -> dict[str, bytes]:
+  """{"src": bytes, "tgt": bytes} of a CheckpointMeta.sentencepiece field."""
+  return {side: base64.b64decode(field[side]) for side in ("src", "tgt")}
 
 
 # ---------------------------------------------------------------------------
@@ -243,6 +269,8 @@ class CheckpointMeta:
   series: dict[str, Any] | None = None  # series.Scaler of series:PATH models
   keras: dict[str, int] | None = None  # keras_compat: the example's padded lengths
   imported_from: str | None = None  # import-keras: the Keras model file
+  # tokenizer=sentencepiece: {"src", "tgt"}: base64 of each side's model (sentencepiece_field)
+  sentencepiece: dict[str, str] | None = None
   data: dict[str, Any] | None = None  # the data read: pair counts, split fingerprints, packages
   version: int = META_VERSION
 
@@ -256,7 +284,7 @@ class CheckpointMeta:
                  "epoch": dataclasses.asdict(self.sums.epoch)},
         "rng": self.rng, "metrics": self.metrics,
     }
-    for key in ("series", "keras", "imported_from", "data"):
+    for key in ("series", "keras", "imported_from", "sentencepiece", "data"):
       if getattr(self, key) is not None:
         value[key] = getattr(self, key)
     return value
@@ -281,14 +309,17 @@ class CheckpointMeta:
                           value.get("step", 0)),
         sums=running, rng=value.get("rng") or [], metrics=value.get("metrics"),
         series=value.get("series"), keras=value.get("keras"),
-        imported_from=value.get("imported_from"), data=value.get("data"), version=META_VERSION)
+        imported_from=value.get("imported_from"), sentencepiece=value.get("sentencepiece"),
+        data=value.get("data"), version=META_VERSION)
 
   def data_facts(self) -> dict[str, Any]:
-    """What the data decided (vocabularies, scaler, Keras lengths): vocab.json, and equal
-    across a resumed run and its checkpoint."""
+    """What the data decided (vocabularies, SentencePiece models, scaler, Keras lengths):
+    vocab.json, and equal across a resumed run and its checkpoint."""
     facts = {"src_vocab": self.src_vocab, "tgt_vocab": self.tgt_vocab, "tokenizer": self.tokenizer}
     if self.series is not None:
       facts["series"] = self.series
     if self.keras is not None:
       facts["keras"] = self.keras
+    if self.sentencepiece is not None:
+      facts["sentencepiece"] = self.sentencepiece
     return facts

@@ -1,5 +1,6 @@
-"""Tokenizers and vocabularies: characters and words, limits, unknowns, saved levels."""
+"""Tokenizers and vocabularies: characters, words and subwords, limits, unknowns, saved levels."""
 
+import dataclasses
 import json
 import os
 
@@ -12,9 +13,10 @@ from seq2seq_jax.errors import UserError
 from seq2seq_jax.inference import evaluate_pairs, load_run_data, load_trained
 from seq2seq_jax.loop import TrainingInterrupted, train_and_evaluate
 from seq2seq_jax.workdir import CheckpointMeta, check_workdir_config
-from seq2seq_jax.vocab import (END_ID, HYPHEN_JOINER, SPECIAL_TOKENS, UNK_ID, Vocab, detokenize,
+from seq2seq_jax.vocab import (END_ID, HYPHEN_JOINER, PAD_ID, SPECIAL_TOKENS, START_ID, UNK_ID,
+                               Vocab, detokenize, input_warnings, train_sentencepiece,
                                word_tokenize)
-from tests.conftest import tiny_config
+from tests.conftest import cli_in_process, tiny_config, write_tsv
 
 NEW_KEYS = ("tokenizer", "max_vocab_size", "min_token_freq")
 
@@ -114,13 +116,15 @@ def test_lengths_count_tokens_at_word_level():
   assert data_lib.drop_long(pairs, tiny_config(tokenizer="word", max_source_len=3,
                                                 max_target_len=3), "train") == pairs[:1]
   assert data_lib.drop_long(pairs, tiny_config(max_source_len=3, max_target_len=3), "train") == []
-  src, tgt = data_lib.build_vocabs(pairs, "word")
+  src, tgt = data_lib.build_vocabs(pairs, tiny_config(tokenizer="word"))
   encoded = data_lib.encode_pairs(pairs, src, tgt)
   assert encoded.src_len_N.tolist() == [3, 4] and encoded.tgt_len_N.tolist() == [3, 2]
 
 
 @pytest.mark.parametrize("item, message", [
-    ("tokenizer=bpe", "must be one of char, word"),
+    ("tokenizer=bpe", "must be one of char, word, sentencepiece"),
+    ("sentencepiece_model=wordpiece", "must be one of unigram, bpe"),
+    ("vocab_size=4", "more than the 4 special tokens"),
     ("max_vocab_size=-1", "must not be negative"),
     ("min_token_freq=0", "must be positive"),
 ])
@@ -129,9 +133,10 @@ def test_bad_tokenizer_settings_are_clear_errors(item, message):
     config_lib.apply_overrides(config_lib.Config(), [item])
 
 
-def test_word_tokenizer_with_keras_compat_is_refused():
+@pytest.mark.parametrize("tokenizer", ["word", "sentencepiece"])
+def test_word_tokenizer_with_keras_compat_is_refused(tokenizer):
   with pytest.raises(UserError, match="keras_compat.*tokenizer=char"):
-    config_lib.apply_overrides(config_lib.Config(), ["tokenizer=word", "keras_compat=true",
+    config_lib.apply_overrides(config_lib.Config(), [f"tokenizer={tokenizer}", "keras_compat=true",
                                                      "bucket_width=0"])
 
 
@@ -194,3 +199,154 @@ def test_word_model_trains_saves_and_translates_identically(tmp_path):
   assert any("'zillion'" in w and "words" in w for w in task.input_warnings(sources))
   outputs = task.translate(params, sources)
   assert len(outputs) == 2 and outputs[1] == task.translate(params, ["seven"])[0]
+
+
+# --- sentencepiece ------------------------------------------------------------------
+
+EXACT = ["Va !", "« Oui »", "l'homme", "C++", "and/or", "Ça va, Zoë ? Très bien, merci !",
+         "  deux  espaces ", "Qu’est-ce que c’est ?", "i.e. this", "3.50 €"]
+
+
+@pytest.fixture(scope="module")
+def subwords() -> Vocab:
+  return Vocab.from_sentencepiece(train_sentencepiece(EXACT * 3 + ORDINARY, 120, seed=0))
+
+
+@pytest.mark.parametrize("model_type", ["unigram", "bpe"])
+def test_sentencepiece_round_trips_text_exactly(model_type):
+  vocab = Vocab.from_sentencepiece(train_sentencepiece(EXACT + ORDINARY, 100, model_type))
+  assert vocab.level == "sentencepiece" and len(vocab) == vocab.processor.get_piece_size()
+  assert vocab.tokens[:4] == list(SPECIAL_TOKENS)
+  for text in EXACT + ORDINARY:
+    ids = vocab.encode(text)
+    assert UNK_ID not in ids and len(ids) == len(vocab.tokenize(text))
+    assert vocab.decode(ids) == text  # "Va !" keeps its space, "« Oui »" its inner ones
+    assert vocab.decode([START_ID] + ids + [END_ID, 7, 8]) == text  # start skipped, stops at end
+    assert vocab.decode(ids + [PAD_ID, PAD_ID]) == text
+
+
+def test_sentencepiece_training_is_seeded_and_byte_identical():
+  texts = [t.lower() for t in EXACT + ORDINARY] * 2
+  first = train_sentencepiece(texts, 90, "unigram", seed=3)
+  assert train_sentencepiece(list(texts), 90, "unigram", seed=3) == first
+  assert train_sentencepiece(texts, 90, "bpe", seed=3) == train_sentencepiece(texts, 90, "bpe", seed=3)
+  assert Vocab.from_sentencepiece(first) == Vocab.from_sentencepiece(first)
+  assert Vocab.from_sentencepiece(first) != Vocab.from_sentencepiece(
+      train_sentencepiece(texts, 90, "bpe", seed=3))
+
+
+def test_sentencepiece_unknowns_read_as_replacement_characters(subwords):
+  assert subwords.unknown_tokens("Va ! Zut ~") >= {"~"}
+  assert not subwords.unknown_tokens("Va !")
+  assert subwords.decode(subwords.encode("Va ~ !")) == "Va \ufffd !"
+  assert subwords.decode([UNK_ID]) == "\ufffd"
+  warnings = input_warnings(subwords, ["Va ~", "Va ! " * 20], max_source_len=8)
+  assert warnings[0] == "characters never seen in training (read as unknown): '~'"
+  assert warnings[1] == "1 input(s) longer than max_source_len=8 subword tokens were truncated"
+
+
+def test_sentencepiece_vocab_rebuilds_from_its_bytes_and_pickles(subwords):
+  import pickle
+  again = Vocab.from_sentencepiece(subwords.model_proto)
+  assert again == subwords and again.tokens == subwords.tokens
+  assert pickle.loads(pickle.dumps(subwords)) == subwords
+  assert pickle.loads(pickle.dumps(subwords)).encode("Va !") == subwords.encode("Va !")
+  assert Vocab(subwords.chars, level="word") != subwords  # the model is the vocabulary
+  with pytest.raises(ValueError, match="trained"):
+    Vocab.build(["abc"], "sentencepiece")
+
+
+def test_sentencepiece_vocab_size_too_big_is_lowered_too_small_is_an_error(caplog):
+  with caplog.at_level("WARNING", logger="seq2seq_jax.vocab"):
+    vocab = Vocab.from_sentencepiece(train_sentencepiece(["ab ba", "abba"], 4000))
+  assert len(vocab) < 4000
+  assert f"vocab_size=4000 is more than the training text allows: the vocabulary has {len(vocab)} pieces" in caplog.text
+  with pytest.raises(UserError, match=r"vocab_size=6 is below the \d+ pieces.*set vocab_size=\d+ or more"):
+    train_sentencepiece(["abcdefgh"], 6)
+
+
+def test_sentencepiece_vocabularies_come_from_the_training_split_only(tmp_path):
+  # split_mode=last: the first 8 pairs train; "ß" and "ñ" appear in the held-out tail only
+  pairs = [(f"strasse {i}", f"manana {i}") for i in range(8)] + [("straße", "mañana")] * 2
+  config = tiny_config(data="tsv:" + write_tsv(tmp_path / "p.tsv", pairs), split_mode="last",
+                       val_fraction=0.1, test_fraction=0.1, tokenizer="sentencepiece",
+                       vocab_size=40)
+  translator, train, val, test = load_run_data(config)
+  assert len(train) == 8 and val == test == [pairs[-1]]
+  assert translator.src_vocab.unknown_tokens("straße") == {"ß"}
+  assert translator.tgt_vocab.unknown_tokens("mañana") == {"ñ"}
+  assert "ß" not in "".join(translator.src_vocab.chars) and translator.src_vocab.encode("strasse")
+  assert translator.src_vocab != translator.tgt_vocab
+  joint, _, _, _ = load_run_data(dataclasses.replace(config, sentencepiece_joint=True))
+  assert joint.src_vocab == joint.tgt_vocab  # one model, both sides
+  assert not joint.src_vocab.unknown_tokens("strasse manana 7")
+
+
+def test_sentencepiece_length_limits_count_subword_tokens():
+  config = tiny_config(tokenizer="sentencepiece", vocab_size=200, max_source_len=3,
+                       max_target_len=4)
+  translator, train, val, test = load_run_data(config)
+  src, tgt = translator.src_vocab, translator.tgt_vocab
+  assert len(train) > 10 and val
+  for s, t in train + val + test:
+    assert len(src.encode(s)) <= 3 and len(tgt.encode(t)) <= 4
+  assert max(len(s) for s, _ in train) > 3  # characters do not count
+  # trained before the limits: pieces of sources dropped for length are in the vocabulary
+  dropped = [s for s, _ in data_lib.load_splits(config).train if len(src.encode(s)) > 3]
+  assert dropped and not src.unknown_tokens(dropped[0])
+  with pytest.raises(ValueError, match="need the vocabularies"):
+    data_lib.drop_long(train, config, "train")
+  chars = tiny_config(max_source_len=3)
+  assert data_lib.drop_long(train, chars, "train") == data_lib.drop_long(
+      train, chars, "train", (Vocab.build(["x"]), Vocab.build(["y"])))  # characters as before
+
+
+def test_checkpoint_meta_carries_the_sentencepiece_models(subwords):
+  from seq2seq_jax import workdir as workdir_lib
+  field = workdir_lib.sentencepiece_field(subwords.model_proto, b"target")
+  meta = CheckpointMeta(config={}, src_vocab=subwords.to_list(), tgt_vocab=[],
+                        tokenizer="sentencepiece", sentencepiece=field)
+  value = json.loads(json.dumps(meta.to_json()))
+  again = CheckpointMeta.from_json(value)
+  assert again.sentencepiece == field and again.data_facts()["sentencepiece"] == field
+  assert workdir_lib.sentencepiece_models(again.sentencepiece) == {
+      "src": subwords.model_proto, "tgt": b"target"}
+  plain = CheckpointMeta(config={}, src_vocab=["a"], tgt_vocab=["b"]).to_json()
+  assert "sentencepiece" not in plain and CheckpointMeta.from_json(plain).sentencepiece is None
+  assert "sentencepiece" not in CheckpointMeta.from_json(plain).data_facts()
+
+
+@pytest.mark.slow
+def test_sentencepiece_model_trains_and_translates_from_the_workdir_alone(tmp_path, capsys):
+  config = tiny_config(tokenizer="sentencepiece", vocab_size=80, num_epochs=1, numbers_train=96,
+                       max_source_len=12, max_target_len=12)
+  workdir = str(tmp_path / "spm")
+  with pytest.raises(TrainingInterrupted):
+    train_and_evaluate(config, workdir, progress=False, stop_after_step=1)
+  train_and_evaluate(config, workdir, progress=False)  # resumes: the retrained models match
+  rebuilt, _, _, test_pairs = load_run_data(config)
+  for side, vocab in (("src", rebuilt.src_vocab), ("tgt", rebuilt.tgt_vocab)):
+    with open(os.path.join(workdir, f"sentencepiece.{side}.model"), "rb") as f:
+      assert f.read() == vocab.model_proto
+  with open(os.path.join(workdir, "vocab.json")) as f:
+    assert json.load(f)["tokenizer"] == "sentencepiece"
+  # the checkpoint alone: no data, no model files beside it
+  for side in ("src", "tgt"):
+    os.remove(os.path.join(workdir, f"sentencepiece.{side}.model"))
+  task, params, _ = load_trained(workdir)
+  assert task.src_vocab == rebuilt.src_vocab and task.tgt_vocab == rebuilt.tgt_vocab
+  assert task.checkpoint_meta().sentencepiece is not None
+  sources = [s for s, _ in test_pairs[:4]]
+  expected = rebuilt.translate(params, sources)
+  assert task.translate(params, sources) == expected
+  code, out, _ = cli_in_process(capsys, "translate", "--workdir", workdir, *sources)
+  assert code == 0 and out.splitlines() == expected
+  # the export carries the models and translates the same
+  from seq2seq_jax.export import export_workdir
+  from seq2seq_jax.exported import ExportedTranslator
+  out_dir = str(tmp_path / "export")
+  export_workdir(workdir, out_dir, beam_sizes=(), platforms=("cpu",))
+  assert os.path.isfile(os.path.join(out_dir, "sentencepiece.src.model"))
+  exported = ExportedTranslator.load(out_dir)
+  assert exported.src_vocab == task.src_vocab and exported.tgt_vocab == task.tgt_vocab
+  assert exported.translate(sources) == expected

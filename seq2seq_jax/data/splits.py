@@ -13,7 +13,7 @@ from seq2seq_jax.config import Config
 from seq2seq_jax.data.sources import Pair, gettext_pairs, number_pairs, parse_spec, tab_pairs
 from seq2seq_jax.data.tasks import TASKS, task_pairs
 from seq2seq_jax.errors import DataError
-from seq2seq_jax.vocab import Vocab, tokenize
+from seq2seq_jax.vocab import Vocab, tokenize, train_sentencepiece
 
 log = logging.getLogger(__name__)
 
@@ -99,13 +99,22 @@ def load_splits(config: Config, spec: str | None = None) -> Splits:
   return Splits(train, val, test, packages)
 
 
-def drop_long(pairs: list[Pair], config: Config, name: str) -> list[Pair]:
-  """Pairs whose source and target fit max_source_len / max_target_len tokens."""
-  def length(text: str) -> int:
-    return len(text) if config.tokenizer == "char" else len(tokenize(text, config.tokenizer))
+def drop_long(pairs: list[Pair], config: Config, name: str,
+              vocabs: tuple[Vocab, Vocab] | None = None) -> list[Pair]:
+  """Pairs whose source and target fit max_source_len / max_target_len tokens: those of
+  vocabs (source, target), which subword tokens need; char and word tokens count alone."""
+  def counter(vocab: Vocab | None):
+    if vocab is not None and vocab.level == "sentencepiece":
+      return lambda text: len(vocab.encode(text))
+    if config.tokenizer == "sentencepiece":
+      raise ValueError("drop_long: subword lengths need the vocabularies (build_vocabs)")
+    if config.tokenizer == "char":
+      return len
+    return lambda text: len(tokenize(text, config.tokenizer))
 
+  src_len, tgt_len = (counter(v) for v in (vocabs or (None, None)))
   kept = [(s, t) for s, t in pairs
-          if length(s) <= config.max_source_len and length(t) <= config.max_target_len]
+          if src_len(s) <= config.max_source_len and tgt_len(t) <= config.max_target_len]
   if len(kept) < len(pairs):
     log.info("%s: dropped %d of %d pairs longer than max_source_len=%d / "
              "max_target_len=%d", name, len(pairs) - len(kept), len(pairs),
@@ -113,11 +122,22 @@ def drop_long(pairs: list[Pair], config: Config, name: str) -> list[Pair]:
   return kept
 
 
-def build_vocabs(train: list[Pair], tokenizer: str = "char", max_size: int = 0,
-                 min_freq: int = 1) -> tuple[Vocab, Vocab]:
-  """Source and target vocabularies from the training split only (see Vocab.build)."""
-  return (Vocab.build((s for s, _ in train), tokenizer, max_size, min_freq),
-          Vocab.build((t for _, t in train), tokenizer, max_size, min_freq))
+def build_vocabs(train: list[Pair], config: Config | None = None) -> tuple[Vocab, Vocab]:
+  """Source and target vocabularies of config's tokenizer (default: characters) from the
+  training split only: Vocab.build's tokens, or SentencePiece models trained on it
+  (vocab_size pieces per side, or one joint model of both sides)."""
+  config = config or Config()
+  sources, targets = [s for s, _ in train], [t for _, t in train]
+  if config.tokenizer != "sentencepiece":
+    return (Vocab.build(sources, config.tokenizer, config.max_vocab_size, config.min_token_freq),
+            Vocab.build(targets, config.tokenizer, config.max_vocab_size, config.min_token_freq))
+  train_side = lambda texts, what: Vocab.from_sentencepiece(train_sentencepiece(
+      texts, config.vocab_size, config.sentencepiece_model, config.seed, what))
+  if config.sentencepiece_joint:
+    joint = train_side(sources + targets, "the training split's sources and targets")
+    return joint, joint
+  return (train_side(sources, "the training split's sources"),
+          train_side(targets, "the training split's targets"))
 
 
 # The Keras example wraps targets in "\t" ... "\n": here they are START and END.
