@@ -57,7 +57,9 @@ class Translator:
   @property
   def source_width(self) -> int:
     """The most source tokens the model reads: longer inputs are cut to it."""
-    return self.keras_dims["max_encoder_seq_length"] if self.keras_dims else self.config.max_source_len
+    if self.keras_dims:
+      return self.keras_dims["max_encoder_seq_length"]
+    return self.config.max_source_len
 
   def encode(self, pairs) -> data_lib.Encoded:
     """Pairs as ids, sources cut to source_width as translate cuts them (the training
