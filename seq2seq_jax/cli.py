@@ -131,14 +131,32 @@ def cmd_translate(args) -> int:
 
 def cmd_evaluate(args) -> int:
   from seq2seq_jax import data as data_lib
-  from seq2seq_jax.inference import evaluate_pairs, load_trained
+  from seq2seq_jax.inference import all_pairs, evaluate_pairs, load_trained
+  from seq2seq_jax.metrics import sacrebleu_signatures
+  from seq2seq_jax.workdir import write_atomically
   configure_logging(sys.stderr)
+  if args.hyps is not None:  # refused before the model loads and decodes
+    folder = os.path.dirname(os.path.abspath(args.hyps))
+    if os.path.isdir(args.hyps):
+      raise UserError(f"--hyps {args.hyps} is a directory: give a file path.")
+    if not os.path.isdir(folder):
+      raise UserError(f"--hyps {args.hyps}: directory '{folder}' does not exist.")
   translator, params, step = load_trained(args.workdir, args.checkpoint)
   config = translator.config
+  if translator.is_series and (args.split == "all" or args.hyps is not None):
+    raise UserError("--split all and --hyps are for text models: a series model's windows "
+                    "take --split train, val or test.")
   if translator.is_series:  # windows of the CSV, scaled as in training
     from seq2seq_jax.series import load_series
     _, path = data_lib.parse_spec(args.data or config.data)
     pairs = load_series(config, path, translator.scaler).get(args.split)
+  elif args.split == "all":  # every pair, in file order; long ones cut as translate cuts
+    pairs = all_pairs(config, args.data)
+    long = translator.count_long(pairs)
+    if long:
+      log.warning("warning: %d of %d pairs are longer than the model's max_source_len=%d / "
+                  "max_target_len=%d tokens: scored anyway, sources cut as translate cuts them",
+                  long, len(pairs), translator.source_width, translator.decode_max_len - 1)
   else:
     splits = data_lib.load_splits(config, args.data)
     pairs = data_lib.drop_long(splits.get(args.split), config, args.split,
@@ -147,14 +165,21 @@ def cmd_evaluate(args) -> int:
     raise UserError(f"split '{args.split}' of {args.data or config.data} is empty.")
   # series models have no text to decode
   decoder = _beam_decoder(args, None if translator.is_series else translator)
-  metrics, _ = evaluate_pairs(translator, params, pairs, decoder=decoder)
+  # decode_limit 0: the text metrics and outputs cover every pair, in input order
+  metrics, hypotheses = evaluate_pairs(translator, params, pairs, decoder=decoder)
+  if args.hyps is not None:
+    write_atomically(args.hyps, "".join(h + "\n" for h in hypotheses))
+  signatures = {} if translator.is_series else sacrebleu_signatures()
   if args.json:
-    print(json.dumps(metrics))
+    print(json.dumps(dict(metrics, pairs=len(pairs),
+                          **({"signatures": signatures} if signatures else {}))))
   else:
     print(f"checkpoint {step}, {args.split} split of {args.data or config.data} "
           f"({len(pairs)} {'windows' if translator.is_series else 'pairs'})")
     for key, value in metrics.items():
       print(f"  {key:15s} {value:.4f}")
+    if signatures:  # as sacrebleu names them: BLEU|nrefs:1|..., chrF2|nrefs:1|...
+      print(f"  {'signatures':15s} BLEU|{signatures['bleu']}  chrF2|{signatures['chrf']}")
   return 0
 
 
@@ -371,13 +396,19 @@ def build_parser() -> argparse.ArgumentParser:
   evaluate = sub.add_parser("evaluate", help="metrics of a trained workdir on a data split")
   evaluate.add_argument("--workdir", required=True)
   evaluate.add_argument("--data", help="data spec (default: the one trained on)")
-  evaluate.add_argument("--split", default="test", choices=("train", "val", "test"))
+  evaluate.add_argument("--split", default="test", choices=("train", "val", "test", "all"),
+                        help="the split scored (default test); all: every pair of --data in "
+                        "file order, none cut off or dropped (an external test file)")
   evaluate.add_argument("--beam", type=_positive_int, metavar="N",
                         help="decode with beam search of N beams (default: greedy)")
   evaluate.add_argument("--length-penalty", type=float, metavar="A",
                         help="with --beam: GNMT length penalty alpha (default 0.6)")
   evaluate.add_argument("--json", action="store_true",
-                        help="print one JSON object: loss, token_accuracy, exact_match, cer, chrf, bleu")
+                        help="print one JSON object: loss, token_accuracy, exact_match, cer, "
+                        "chrf, bleu, pairs and sacrebleu's signatures of BLEU and chrF")
+  evaluate.add_argument("--hyps", metavar="FILE",
+                        help="write the decoded outputs to FILE, one per line (UTF-8), in "
+                        "input order")
   evaluate.add_argument("--checkpoint", default="best",
                         help="best (default), latest, or a step number")
   evaluate.set_defaults(func=cmd_evaluate)

@@ -55,10 +55,29 @@ class Translator:
   def eval_step(self):
     return jax.jit(functools.partial(eval_step, model=self.model, config=self.config))
 
+  @property
+  def source_width(self) -> int:
+    """The most source tokens the model reads: longer inputs are cut to it."""
+    if self.keras_dims:
+      return self.keras_dims["max_encoder_seq_length"]
+    return self.config.max_source_len
+
   def encode(self, pairs) -> data_lib.Encoded:
+    """Pairs as ids, sources cut to source_width as translate cuts them (the training
+    splits hold none longer; evaluate --split all may)."""
     if self.is_series:  # already windows
       return pairs
-    return data_lib.encode_pairs(pairs, self.src_vocab, self.tgt_vocab, self.keras_dims)
+    encoded = data_lib.encode_pairs(pairs, self.src_vocab, self.tgt_vocab, self.keras_dims)
+    if encoded.src_NxS.shape[1] > self.source_width:
+      encoded = dataclasses.replace(encoded, src_NxS=encoded.src_NxS[:, :self.source_width],
+                                    src_len_N=np.minimum(encoded.src_len_N, self.source_width))
+    return encoded
+
+  def count_long(self, pairs) -> int:
+    """Pairs longer than the model reads or writes: a source over source_width tokens (cut
+    to it), a target over max_target_len (outputs stop at decode_max_len)."""
+    return sum(len(self.src_vocab.encode(s)) > self.source_width
+               or len(self.tgt_vocab.encode(t)) > self.decode_max_len - 1 for s, t in pairs)
 
   @functools.cached_property
   def forward(self):
@@ -152,6 +171,16 @@ def load_run_data(config: Config, parallel: DataParallel | None = None):
   translator = make_translator(config, src_vocab, tgt_vocab, parallel)
   translator.data_info = splits.info()
   return translator, train_pairs, val_pairs, test_pairs
+
+
+def all_pairs(config: Config, spec: str | None = None) -> list[data_lib.Pair]:
+  """Every pair of a data spec (default config.data), in file order: no train/val/test
+  cut, no num_samples limit, none dropped for length (evaluate --split all). An embedded
+  source (numbers:LANG, a task) gives its train, val and test pairs in turn."""
+  uncut = dataclasses.replace(config, val_fraction=0.0, test_fraction=0.0, split_mode="last",
+                              num_samples=0)
+  splits = data_lib.load_splits(uncut, spec)
+  return splits.train + splits.val + splits.test
 
 
 def evaluate_pairs(translator: Translator, params, pairs, decode_limit: int = 0,

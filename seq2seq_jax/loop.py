@@ -34,6 +34,7 @@ from seq2seq_jax.checkpoint import Checkpointer
 from seq2seq_jax.config import Config
 from seq2seq_jax.errors import CheckpointError, UserError
 from seq2seq_jax.inference import Translator, evaluate_pairs, load_run_data
+from seq2seq_jax.metrics import sacrebleu_signatures
 from seq2seq_jax.model import count_params, traced_dropout_rate
 from seq2seq_jax.optim import build_optimizer, learning_rate_schedule
 from seq2seq_jax.parallel import DataParallel, is_primary, maybe_initialize_distributed, to_numpy
@@ -497,8 +498,12 @@ def _final_evaluation(group: Group, state) -> list[dict[str, Any] | NonFiniteLos
         split_metrics, _ = evaluate_pairs(translator, params, pairs)
         summary.update({f"{name}/{k}": v for k, v in split_metrics.items()})
     trial.record(dict(summary, final=True))
-    results = dict(summary, data=translator.data_info) if translator.data_info else summary
-    workdir_lib.write_json(os.path.join(trial.workdir, workdir_lib.RESULTS_FILE), results)
+    # sacrebleu's signatures and what was read beside the numbers (not logged as metrics)
+    extra = {} if translator.is_series else {"signatures": sacrebleu_signatures()}
+    if translator.data_info:
+      extra["data"] = translator.data_info
+    workdir_lib.write_json(os.path.join(trial.workdir, workdir_lib.RESULTS_FILE),
+                           dict(summary, **extra))
     if trial.writer is not None:
       trial.writer.hparams(_hparams(group, trial), summary)
     log.info("\n%sfinal (checkpoint %s): %s", group.label(trial), final_step,

@@ -34,11 +34,27 @@ def character_error_rate(hypotheses: list[str], references: list[str]) -> float:
   return edits / max(1, sum(len(r) for r in references))
 
 
+def _sacrebleu_metrics() -> dict:
+  """chrF and BLEU as sacrebleu.corpus_chrf / corpus_bleu build them by default."""
+  from sacrebleu.metrics import BLEU, CHRF  # corpus-level chrF/BLEU as the field reports them
+  return {"chrf": CHRF(), "bleu": BLEU()}
+
+
 def text_metrics(hypotheses: list[str], references: list[str]) -> dict[str, float]:
-  import sacrebleu  # corpus-level chrF/BLEU as the field reports them
-  return {
-      "exact_match": exact_match(hypotheses, references),
-      "cer": character_error_rate(hypotheses, references),
-      "chrf": float(sacrebleu.corpus_chrf(hypotheses, [references]).score),
-      "bleu": float(sacrebleu.corpus_bleu(hypotheses, [references]).score),
-  }
+  scores = {"exact_match": exact_match(hypotheses, references),
+            "cer": character_error_rate(hypotheses, references)}
+  for name, metric in _sacrebleu_metrics().items():
+    scores[name] = float(metric.corpus_score(hypotheses, [references]).score)
+  return scores
+
+
+def sacrebleu_signatures() -> dict[str, str]:
+  """sacrebleu's signatures of text_metrics' BLEU and chrF, as sacrebleu prints them
+  (e.g. nrefs:1|case:mixed|eff:no|tok:13a|smooth:exp|version:2.6.0). They name the
+  settings, the one reference per output and sacrebleu's version, never the text: a
+  signature is only known once its metric has scored, so each scores one sentence."""
+  signatures = {}
+  for name, metric in _sacrebleu_metrics().items():
+    metric.corpus_score(["a"], [["a"]])
+    signatures[name] = metric.get_signature().format()
+  return signatures

@@ -4,7 +4,8 @@ import os
 import pytest
 
 from seq2seq_jax.inference import load_trained
-from tests.conftest import run_cli
+from seq2seq_jax.metrics import text_metrics
+from tests.conftest import cli_in_process, run_cli, write_tsv
 
 
 @pytest.mark.slow
@@ -34,9 +35,71 @@ def test_evaluate_json_keys(trained_workdir):
   result = run_cli("evaluate", "--workdir", trained_workdir, "--json")
   assert result.returncode == 0, result.stderr
   metrics = json.loads(result.stdout.strip().splitlines()[-1])
-  assert set(metrics) == {"loss", "token_accuracy", "exact_match", "cer", "chrf", "bleu"}
+  assert set(metrics) == {"loss", "token_accuracy", "exact_match", "cer", "chrf", "bleu",
+                          "pairs", "signatures"}
   results = json.load(open(os.path.join(trained_workdir, "results.json")))
   assert abs(results["test/loss"] - metrics["loss"]) < 1e-5  # same checkpoint, same split
+
+
+def _number_pairs(numbers):
+  from num2words import num2words
+  return [(num2words(n, lang="en"), num2words(n, lang="fr")) for n in numbers]
+
+
+def _evaluate_all(capsys, workdir, tmp_path):
+  """`evaluate --split all --json --hyps` on a 20-line tsv of lengths in mixed order, 2
+  of its sources longer than the tiny model's max_source_len=40: (pairs, JSON, stderr,
+  output lines)."""
+  numbers = [987_654, 3, 451, 78, 200, 999, 12, 640, 5, 333] * 2
+  pairs = _number_pairs(numbers)
+  assert sum(len(s) > 40 for s, _ in pairs) == 2
+  data = write_tsv(tmp_path / "test.tsv", pairs)
+  hyps = tmp_path / "hyps.txt"
+  code, out, err = cli_in_process(capsys, "evaluate", "--workdir", workdir, "--data",
+                                  f"tsv:{data}", "--split", "all", "--json", "--hyps", str(hyps))
+  assert code == 0, err
+  lines = hyps.read_text(encoding="utf-8").split("\n")
+  assert lines[-1] == ""  # every output ends its line
+  return pairs, json.loads(out), err, lines[:-1]
+
+
+def test_evaluate_split_all_scores_every_line_of_a_file(trained_workdir, tmp_path, capsys):
+  """--split all: every line of an external file, a source longer than max_source_len
+  included (cut, counted in one warning); --hyps: one output per line; the metrics are
+  those of all the outputs; --json carries sacrebleu's signatures."""
+  pairs, result, err, outputs = _evaluate_all(capsys, trained_workdir, tmp_path)
+  assert result["pairs"] == len(outputs) == len(pairs) == 20
+  warnings = [line for line in err.splitlines() if "longer than" in line]
+  assert len(warnings) == 1 and warnings[0].startswith("warning: 2 of 20 pairs")
+  scores = text_metrics(outputs, [t for _, t in pairs])  # over all 20, not a decoded subset
+  assert {k: result[k] for k in scores} == scores
+  for name in ("bleu", "chrf"):
+    assert "nrefs:1|" in result["signatures"][name] and "|version:" in result["signatures"][name]
+  assert "tok:13a" in result["signatures"]["bleu"]
+
+
+@pytest.mark.slow
+def test_evaluate_hyps_are_translates_outputs_in_input_order(trained_workdir, tmp_path, capsys):
+  """Evaluate decodes in length-sorted order; --hyps is in the file's order all
+  the same, line for line what translate gives for the same sources."""
+  pairs, _, _, outputs = _evaluate_all(capsys, trained_workdir, tmp_path)
+  code, translated, _ = cli_in_process(capsys, "translate", "--workdir", trained_workdir,
+                                       *[s for s, _ in pairs])
+  assert code == 0 and outputs == translated.splitlines()
+
+
+def test_evaluate_prints_the_signatures_and_refuses_a_hyps_file_nowhere(
+    trained_workdir, tmp_path, capsys):
+  code, out, _ = cli_in_process(capsys, "evaluate", "--workdir", trained_workdir)
+  assert code == 0
+  [line] = [line for line in out.splitlines() if "signatures" in line]
+  assert "BLEU|nrefs:1|" in line and "chrF2|nrefs:1|" in line
+  for bad in (tmp_path / "nowhere" / "hyps.txt", tmp_path):
+    code, out, err = cli_in_process(capsys, "evaluate", "--workdir", trained_workdir,
+                                    "--hyps", str(bad))
+    assert code == 2 and out == "" and len(err.strip().splitlines()) == 1
+    assert "--hyps" in err and "Traceback" not in err
+  assert os.listdir(tmp_path) == []
 
 
 def test_clear_errors_without_traceback(tmp_path):

@@ -92,6 +92,12 @@ def test_workdir_contents(trained_workdir):
   names = set(os.listdir(trained_workdir))
   assert {"config.json", "run.json", "metrics.jsonl", "checkpoints", "results.json"} <= names
   records = read_metrics(trained_workdir)
+  # results.json: the final numbers, and sacrebleu's signatures beside them (not in metrics.jsonl)
+  results = json.load(open(os.path.join(trained_workdir, "results.json")))
+  assert all(isinstance(v, float) for k, v in results.items() if "/" in k)
+  assert set(results["signatures"]) == {"bleu", "chrf"}
+  assert all("nrefs:1|" in s and "|version:" in s for s in results["signatures"].values())
+  assert not any("signatures" in r for r in records)
   epoch_records = [r for r in records if "val/loss" in r and "final" not in r]
   assert len(epoch_records) == 2
   for key in ("step", "epoch", "train/loss", "val/loss", "val/token_accuracy", "val/exact_match"):
