@@ -191,7 +191,7 @@ class Config:
   label_smoothing: float = 0.0
 
   # --- evaluation, checkpoints, logging ----------------------------------------
-  # Validate (loss, token accuracy, greedy exact match) every N epochs.
+  # Validate (loss, token accuracy; greedy exact match, CER, chrF, BLEU) every N epochs.
   eval_every_epochs: int = 1
   # Validation sentences decoded greedily for exact match at each evaluation (0 = all).
   eval_decode_samples: int = 500
@@ -201,7 +201,9 @@ class Config:
   checkpoint_every_epochs: int = 1
   # Number of most recent checkpoints kept (the best checkpoint is kept besides them).
   keep_checkpoints: int = 2
-  # Validation metric used to keep the best checkpoint, the one translate and evaluate use.
+  # Validation metric used to keep the best checkpoint, the one translate and evaluate use:
+  # val/exact_match, val/token_accuracy, val/loss, val/chrf or val/bleu (the last two over
+  # the eval_decode_samples decoded sentences).
   best_metric: str = "val/exact_match"
   # Also write a checkpoint every N steps inside an epoch (0 = only at epoch ends).
   checkpoint_every_steps: int = 0
@@ -229,7 +231,7 @@ _CHOICES = {
     "lr_schedule": ("constant", "cosine", "linear"),
     "split_mode": ("random", "last"),
     "numbers_sampling": ("digits", "uniform"),
-    "best_metric": ("val/exact_match", "val/token_accuracy", "val/loss"),
+    "best_metric": ("val/exact_match", "val/token_accuracy", "val/loss", "val/chrf", "val/bleu"),
     "tokenizer": ("char", "word", "sentencepiece"),
     "sentencepiece_model": ("unigram", "bpe"),
     "matmul_dtype": ("float32", "bfloat16"),

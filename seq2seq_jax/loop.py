@@ -190,6 +190,7 @@ class Group:
   progress: Progress = dataclasses.field(default_factory=Progress)
   hyper: Any = None  # the jitted step's per-trial values (placed on the devices)
   prune: Any = None  # prune(epoch, {trial index: val metrics}) -> the trials to stop
+  started: float = dataclasses.field(default_factory=time.time)  # this command's start of work
 
   @property
   def size(self) -> int:
@@ -444,12 +445,13 @@ def _end_epoch(group: Group, state, clock: EpochClock, compilations: Compilation
     record = {"step": group.progress.step, "epoch": epoch + 1,
               "train/loss": epoch_sums.loss, "train/token_accuracy": epoch_sums.token_accuracy,
               "train/epoch_seconds": epoch_time,
-              "train/samples_per_sec": clock.samples / max(epoch_time, 1e-9)}
+              "train/samples_per_sec": clock.samples / max(epoch_time, 1e-9),
+              "elapsed_seconds": time.time() - group.started}
     if group.stacked:
       record["vmap_trials"] = group.size
     if evaluate:
       val_metrics, _ = evaluate_pairs(group.translator, params[i], group.val_pairs,
-                                      base.eval_decode_samples, full_text_metrics=False)
+                                      base.eval_decode_samples)
       checkpoint_metrics[i] = {f"val/{k}": v for k, v in val_metrics.items()}
       record.update(checkpoint_metrics[i])
     # batch shapes come from fixed length buckets: only a process's first epoch compiles
@@ -559,6 +561,7 @@ def train_trials(configs: list[Config], workdirs: list[str], argv: list[str] | N
   """
   if len({vmap_group_key(c) for c in configs}) != 1:
     raise ValueError(f"train_trials: the configs differ in more than {', '.join(VECTORIZED_KEYS)}")
+  started = time.time()  # before the data are read: elapsed_seconds counts their preparation
   maybe_initialize_distributed()
   parallel = DataParallel()
   parallel.check_batch_size(configs[0].batch_size)
@@ -567,6 +570,7 @@ def train_trials(configs: list[Config], workdirs: list[str], argv: list[str] | N
   with contextlib.ExitStack() as stack:
     stack.enter_context(_run_log(workdirs))
     group = _open_group(configs, workdirs, argv, parallel, stack)
+    group.started = started
     state = _initial_state(group)
     step_fn, group.hyper = _jitted_step(group)
     group.prune = prune
