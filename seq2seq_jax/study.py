@@ -110,9 +110,15 @@ class SweepStudy:
     return [t for t in trials if not t.user_attrs.get(SPARE) and t.number not in superseded]
 
   def _suggest(self, optuna_trial) -> dict[str, Any]:
-    """The trial's values, suggested through the distributions of the declaration."""
+    """The trial's values, suggested through the distributions of the declaration; a
+    declared trial (grid, random, trials) only the keys it sets: the others stay the
+    base config's, never drawn."""
+    declared = None if self.sweep.searched else self.sweep.declared(
+        optuna_trial.user_attrs.get("trial"))
     values = {}
     for key, space in self.sweep.space.items():
+      if declared is not None and key not in declared.overrides:
+        continue
       if isinstance(space, tuple):
         kind, low, high = space
         if kind == "int":

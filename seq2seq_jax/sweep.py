@@ -92,6 +92,10 @@ class Sweep:
   def trial_for(self, values: dict[str, Any]) -> Trial:
     return make_trial(self.base, values)
 
+  def declared(self, name: str | None) -> Trial | None:
+    """The declared trial of this name, if any."""
+    return next((trial for trial in self.trials if trial.name == name), None)
+
 
 def make_trial(base: Config, values: dict[str, Any]) -> Trial:
   """The trial of these swept values on base (typed and checked as the Config fields)."""

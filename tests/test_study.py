@@ -14,6 +14,7 @@ import pytest
 
 from seq2seq_jax import sweep as sweep_lib
 from seq2seq_jax.study import SweepStudy
+from tests.conftest import tiny_config
 from tests.conftest import ROOT, run_cli
 
 SWEEP_TINY = os.path.join(ROOT, "configs", "sweep_tiny.py")
@@ -36,6 +37,18 @@ def test_a_declared_sweep_gives_its_trials_in_order_once(tmp_path):
     study.complete(optuna_trial, 0.5)
   assert study.ask() is None
   assert set(study.states().values()) == {"complete"}
+
+
+def test_declared_trials_that_set_different_keys_keep_the_base_for_the_others(tmp_path):
+  spec = {"trials": [{"latent_dim": 64}, {"dropout": 0.1}, {"latent_dim": 16, "dropout": 0.2}]}
+  sweep = sweep_lib.make_sweep(tiny_config(), spec)
+  study = SweepStudy(sweep, str(tmp_path))
+  study.enqueue_declared()
+  asked = [trial for _, trial in study.ask_group(10)]
+  assert [trial.name for trial in asked] == ["latent_dim=64", "dropout=0.1",
+                                             "latent_dim=16,dropout=0.2"]
+  assert asked[0].config.dropout == tiny_config().dropout  # not drawn from the others' values
+  assert asked[1].config.latent_dim == tiny_config().latent_dim
 
 
 def test_a_search_asks_its_enqueued_trial_first_then_the_sampler_up_to_num_trials(tmp_path):

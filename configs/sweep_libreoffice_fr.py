@@ -1,0 +1,37 @@
+"""The search behind configs/libreoffice_fr.py: its settings varied one at a time, 3 epochs each.
+
+Each trial changes one thing from configs/libreoffice_fr.py and trains 3 epochs (about 4
+minutes on 2 CPU cores); results.md ranks them by validation chrF, with their wall time,
+so the subword vocabulary, precision, batch and width are compared at (nearly) equal time.
+
+  seq2seq-jax data download libreoffice:fr
+  seq2seq-jax sweep --config configs/sweep_libreoffice_fr.py --workdir runs/sweep_libreoffice_fr
+"""
+
+import dataclasses
+import importlib.util
+import os
+
+_spec = importlib.util.spec_from_file_location(
+    "_libreoffice_fr", os.path.join(os.path.dirname(os.path.abspath(__file__)), "libreoffice_fr.py"))
+_base = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_base)
+
+
+def get_config():
+  # Short trials: 3 passes over the training pages.
+  return dataclasses.replace(_base.get_config(), num_epochs=3)
+
+
+def get_sweep() -> dict:
+  return {
+      "trials": [
+          {"vocab_size": 4000},                 # the base
+          {"vocab_size": 2000},                 # a smaller softmax, longer sequences
+          {"vocab_size": 8000},                 # a larger softmax, shorter sequences
+          {"matmul_dtype": "bfloat16"},         # AVX512-BF16 matmuls
+          {"batch_size": 128},                  # fewer, larger steps
+          {"latent_dim": 512},                  # a wider LSTM
+      ],
+      "metric": "val/chrf",
+  }
