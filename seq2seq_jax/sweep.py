@@ -445,6 +445,29 @@ def _spawn_workers(count: int, worker_argv: list[str]) -> None:
                     "same command again: finished trials are kept and the others resume.")
 
 
+def _space_json(space: dict[str, Any]) -> dict[str, Any]:
+  return {key: list(values) for key, values in space.items()}
+
+
+def _check_same_space(sweep: Sweep, workdir: str) -> None:
+  """Optuna keeps one distribution per key for a whole study: a sweep whose keys or values
+  changed since its study began cannot continue in the same workdir."""
+  saved = _read_json(os.path.join(workdir, tracking.SWEEP_FILE))
+  if not saved:
+    return
+  before = saved.get("space")
+  if before is None:  # a sweep.json written before "space" was: the declared values
+    before = {key: list(dict.fromkeys(o[key] for o in saved.get("overrides", {}).values() if key in o))
+              for key in saved.get("keys", [])}
+  if before is not None and before != _space_json(sweep.space):
+    changed = sorted(set(before) ^ set(sweep.space)
+                     | {k for k in set(before) & set(sweep.space)
+                        if before[k] != _space_json(sweep.space)[k]})
+    raise UserError(f"the sweep's declared keys or values changed ({', '.join(changed)}) since "
+                    f"its study in {workdir} began; Optuna cannot mix them in one study: run the "
+                    "changed sweep with a new --workdir (the finished trials stay as they are).")
+
+
 def run_sweep(sweep: Sweep, workdir: str, vectorize: bool | None = None,
               progress: bool | None = None, stop_after_step: int | None = None,
               tensorboard: bool = False, argv: list[str] | None = None,
@@ -460,11 +483,13 @@ def run_sweep(sweep: Sweep, workdir: str, vectorize: bool | None = None,
   from seq2seq_jax.study import SweepStudy
   vectorize = sweep.vectorize if vectorize is None else vectorize
   os.makedirs(workdir, exist_ok=True)
+  _check_same_space(sweep, workdir)
   workdir_lib.write_json(os.path.join(workdir, tracking.SWEEP_FILE), {
       "keys": sweep.keys, "metric": sweep.metric, "mode": sweep.mode,
       "vectorize": vectorize, "trials": [t.name for t in sweep.trials],
       "overrides": {t.name: t.overrides for t in sweep.trials}, "base": sweep.base.to_dict(),
-      "sampler": sweep.sampler, "pruner": sweep.pruner, "num_trials": sweep.num_trials})
+      "sampler": sweep.sampler, "pruner": sweep.pruner, "num_trials": sweep.num_trials,
+      "space": _space_json(sweep.space)})
   study = SweepStudy(sweep, workdir, storage)
   study.enqueue_declared()
   study.reconcile(lambda name: trial_status(os.path.join(workdir, name)) in

@@ -318,3 +318,17 @@ def test_tensorboard_export_round_trips(swept):
     if "val/loss" in record and not record.get("final"):
       assert scalars[("val/loss", record["step"])] == pytest.approx(record["val/loss"], rel=1e-6)
   assert any(tag == "final/test/loss" for tag, _ in scalars)
+
+
+def test_a_sweep_whose_values_changed_is_refused_in_its_old_workdir(tmp_path):
+  """Optuna keeps one set of values per key for a study: a changed declaration is told to
+  use a new workdir before anything runs."""
+  workdir = str(tmp_path / "sweep")
+  sweep = sweep_lib.load_sweep(SWEEP_TINY)
+  os.makedirs(workdir)
+  with open(os.path.join(workdir, "sweep.json"), "w") as f:
+    json.dump({"keys": ["learning_rate", "dropout"],
+               "space": {"learning_rate": [0.003, 0.01], "dropout": [0.0, 0.5]}}, f)
+  with pytest.raises(UserError, match=r"changed \(dropout\).*new --workdir"):
+    sweep_lib.run_sweep(sweep, workdir, progress=False)
+  assert os.listdir(workdir) == ["sweep.json"]  # nothing started

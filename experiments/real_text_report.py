@@ -1,0 +1,92 @@
+"""The README's real-text figures from one trained workdir: greedy and beam test metrics,
+validation chrF against minutes, and translations drawn at random from the test pages.
+
+  python experiments/real_text_report.py --workdir runs/libreoffice_fr --out runs/libreoffice_fr/report.md
+
+Test metrics are computed twice: on the test pairs within the model's length limits (what
+`train` prints and `evaluate --split test` reports) and on every pair of the test pages,
+longer sources cut as `translate` cuts them. The samples are drawn with --seed from the
+length-limited test pairs, good and bad alike.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from seq2seq_jax import data as data_lib  # noqa: E402
+from seq2seq_jax.decode import make_beam_decoder  # noqa: E402
+from seq2seq_jax.inference import evaluate_pairs, load_trained  # noqa: E402
+from seq2seq_jax.workdir import read_metrics  # noqa: E402
+
+COLUMNS = ("chrf", "bleu", "cer", "exact_match")
+
+
+def row(name: str, pairs: str, metrics: dict, seconds: float) -> str:
+  return (f"| {name} | {pairs} | {metrics['chrf']:.1f} | {metrics['bleu']:.1f} | "
+          f"{metrics['cer']:.3f} | {metrics['exact_match']:.3f} | {seconds:.0f} s |")
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--workdir", required=True)
+  parser.add_argument("--beam", type=int, default=5)
+  parser.add_argument("--length-penalty", type=float, default=0.6)
+  parser.add_argument("--samples", type=int, default=10)
+  parser.add_argument("--seed", type=int, default=0)
+  parser.add_argument("--out", help="also write the Markdown here")
+  args = parser.parse_args()
+
+  translator, params, step = load_trained(args.workdir)
+  config = translator.config
+  splits = data_lib.load_splits(config)
+  vocabs = (translator.src_vocab, translator.tgt_vocab)
+  limited = data_lib.drop_long(splits.test, config, "test", vocabs)
+  beam = make_beam_decoder(translator.model, translator.decode_max_len, args.beam,
+                           args.length_penalty)
+  lines = [f"checkpoint {step} of {args.workdir}; test pages: {len(splits.test)} pairs, "
+           f"{len(limited)} within max_source_len={config.max_source_len} / "
+           f"max_target_len={config.max_target_len} tokens", "",
+           "| decoding | test pairs | chrF | BLEU | CER | exact match | decode time |",
+           "| --- | --- | --- | --- | --- | --- | --- |"]
+  outputs = {}
+  for name, decoder in (("greedy", None), (f"beam {args.beam}", beam)):
+    for label, pairs in (("within the limits", limited), ("all", splits.test)):
+      start = time.time()
+      metrics, hypotheses = evaluate_pairs(translator, params, pairs, decoder=decoder)
+      lines.append(row(name, f"{label} ({len(pairs):,})", metrics, time.time() - start))
+      if label != "all":
+        outputs[name] = hypotheses
+      print(lines[-1], flush=True)
+
+  lines += ["", "Validation chrF (500 greedy outputs) against wall time of the command:", "",
+            "| epoch | minutes | val chrF | val BLEU |", "| --- | --- | --- | --- |"]
+  for record in read_metrics(args.workdir):
+    if "val/chrf" in record and "elapsed_seconds" in record:
+      lines.append(f"| {record['epoch']} | {record['elapsed_seconds'] / 60:.1f} | "
+                   f"{record['val/chrf']:.1f} | {record['val/bleu']:.1f} |")
+
+  rng = np.random.default_rng(args.seed)
+  chosen = sorted(rng.choice(len(limited), size=min(args.samples, len(limited)), replace=False))
+  lines += ["", f"{len(chosen)} test pairs drawn at random (seed {args.seed}):", ""]
+  for i in chosen.tolist() if hasattr(chosen, "tolist") else chosen:
+    source, reference = limited[i]
+    lines += [f"- EN: {source}", f"  - reference: {reference}",
+              f"  - greedy: {outputs['greedy'][i]}",
+              f"  - beam {args.beam}: {outputs[f'beam {args.beam}'][i]}"]
+  text = "\n".join(lines) + "\n"
+  print(text)
+  if args.out:
+    with open(args.out, "w", encoding="utf-8") as f:
+      f.write(text)
+
+
+if __name__ == "__main__":
+  main()
