@@ -29,8 +29,8 @@ def get_config() -> Config:
       test_fraction=0.1,
       # SentencePiece subwords: sequences 4x shorter than characters.
       tokenizer="sentencepiece",
-      # Subword vocabulary per side.
-      vocab_size=4000,
+      # Subword vocabulary per side: 2,000 learned faster than 4,000 or 8,000 at equal time.
+      vocab_size=2000,
       # Subword tokens: about 95% of the English paragraphs.
       max_source_len=48,
       # French runs longer.
@@ -47,10 +47,14 @@ def get_config() -> Config:
       dropout=0.2,
       # Label smoothing: better-calibrated outputs for beam search.
       label_smoothing=0.1,
-      # Pairs per batch.
-      batch_size=64,
-      # Passes over the training data.
-      num_epochs=12,
+      # Pairs per batch: 32 gives twice batch 64's updates for 15% less throughput,
+      # the largest gain of the search (validation chrF 39.7 against 25.9 after 3 epochs).
+      batch_size=32,
+      # bfloat16 matmul operands: 7-9% faster on AVX512-BF16, the same chrF after 3 epochs.
+      matmul_dtype="bfloat16",
+      # Passes over the training data: what fits 15 minutes with the preparation, the
+      # compilation and the final evaluation.
+      num_epochs=11,
       # Validation chrF of 500 greedy outputs picks the checkpoint translate uses.
       best_metric="val/chrf",
       eval_decode_samples=500,
