@@ -56,7 +56,7 @@ def get_config() -> Config:
       # bfloat16 matmul operands: 7-9% faster on AVX512-BF16, the same chrF after 3 epochs.
       matmul_dtype="bfloat16",
       # Passes over the training data: what fits 15 minutes with the preparation, the
-      # compilation and the final evaluation (an epoch is 80-90 s; 10 would take 16.5 min).
+      # compilation and the final evaluation (an epoch is 80-110 s; 10 would take ~16.5 min).
       num_epochs=8,
       # Validation chrF of 500 greedy outputs picks the checkpoint translate uses.
       best_metric="val/chrf",

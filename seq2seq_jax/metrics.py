@@ -43,8 +43,8 @@ def _sacrebleu_metrics() -> dict:
 def text_metrics(hypotheses: list[str], references: list[str]) -> dict[str, float]:
   scores = {"exact_match": exact_match(hypotheses, references),
             "cer": character_error_rate(hypotheses, references)}
-  for name, metric in _sacrebleu_metrics().items():
-    scores[name] = float(metric.corpus_score(hypotheses, [references]).score)
+  for name, metric in _sacrebleu_metrics().items():  # sacrebleu refuses an empty corpus
+    scores[name] = float(metric.corpus_score(hypotheses, [references]).score) if references else 0.0
   return scores
 
 
