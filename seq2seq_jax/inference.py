@@ -165,10 +165,9 @@ def load_run_data(config: Config, parallel: DataParallel | None = None):
   if config.keras_compat:
     src_vocab, tgt_vocab, dims = data_lib.keras_vocabs(train_pairs + val_pairs + test_pairs)
     translator = make_translator(config, src_vocab, tgt_vocab, parallel, keras_dims=dims)
-    translator.data_info = splits.info()
-    return translator, train_pairs, val_pairs, test_pairs
-  src_vocab, tgt_vocab = vocabs or data_lib.build_vocabs(train_pairs, config)
-  translator = make_translator(config, src_vocab, tgt_vocab, parallel)
+  else:
+    src_vocab, tgt_vocab = vocabs or data_lib.build_vocabs(train_pairs, config)
+    translator = make_translator(config, src_vocab, tgt_vocab, parallel)
   translator.data_info = splits.info()
   return translator, train_pairs, val_pairs, test_pairs
 

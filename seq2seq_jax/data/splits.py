@@ -85,8 +85,8 @@ def load_splits(config: Config, spec: str | None = None) -> Splits:
     if config.libreoffice_ui:
       lang, _, directory = arg.partition(":")
       catalogs = libreoffice.ui_catalogs(lang, directory or None)
-      held_out = {source for source, _ in val + test} | {source for source, _ in train}
-      ui = [pair for pair in gettext_pairs(catalogs) if pair[0] not in held_out]
+      seen = {source for source, _ in train + val + test}  # a help paragraph stays where it is
+      ui = [pair for pair in gettext_pairs(catalogs) if pair[0] not in seen]
       log.info("libreoffice_ui: %d UI message pairs added to training", len(ui))
       train = train + ui
       packages = {**packages, "ui": (libreoffice.deb_version(catalogs) if catalogs.endswith(".deb")
