@@ -111,18 +111,25 @@ def test_a_workdir_of_version_0_1_restores_and_translates_as_it_did(old_workdir)
 
 @pytest.mark.slow
 def test_a_workdir_of_version_0_1_resumes_as_if_never_interrupted(old_workdir, tmp_path):
+  """Resuming the old workdir ends where an uninterrupted run of today's code ends.
+
+  The fixture's first 10 steps ran on the CPU that wrote it; XLA's CPU kernels may sum in
+  another order on this one, so the two runs agree to float32 rounding here, not to the
+  bit (bit-exact resume on one machine: test_train's resume tests).
+  """
   workdir, _ = old_workdir
   with open(os.path.join(workdir, "config.json"), encoding="utf-8") as f:
     config = config_lib.from_dict(json.load(f), "the fixture's config.json")
   resumed = loop.train_and_evaluate(config, workdir, progress=False)
   fresh = loop.train_and_evaluate(config, str(tmp_path / "fresh"), progress=False)
-  assert resumed == fresh
+  assert resumed == pytest.approx(fresh, rel=1e-4, abs=1e-6)
   for run in (workdir, str(tmp_path / "fresh")):
     steps = [r["step"] for r in read_metrics(run) if "lr" in r]
     assert steps == sorted(set(steps))  # one record per step, in order
   _, resumed_params, _ = load_trained(workdir, "latest")
   _, fresh_params, _ = load_trained(str(tmp_path / "fresh"), "latest")
-  jax.tree.map(np.testing.assert_array_equal, resumed_params, fresh_params)
+  close = lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+  jax.tree.map(close, resumed_params, fresh_params)
 
 
 @pytest.mark.slow

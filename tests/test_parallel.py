@@ -30,9 +30,13 @@ SCRIPT = textwrap.dedent("""
 """) % (SOURCES,)
 
 
+def device_flags(count: int) -> str:
+  """XLA_FLAGS for count simulated CPU devices, after the flags the suite already sets."""
+  return f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={count}".strip()
+
+
 def run_with_devices(workdir, count):
-  env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={count}",
-             JAX_PLATFORMS="cpu")
+  env = dict(os.environ, XLA_FLAGS=device_flags(count), JAX_PLATFORMS="cpu")
   result = subprocess.run([sys.executable, "-c", SCRIPT, str(workdir)], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=600)
   assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -75,7 +79,7 @@ def test_eight_devices_match_one(tmp_path, one_device):
 
 
 def test_batch_size_must_divide_over_devices(tmp_path):
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
+  env = dict(os.environ, XLA_FLAGS=device_flags(8), JAX_PLATFORMS="cpu")
   result = subprocess.run(
       [sys.executable, "-m", "seq2seq_jax", "train", "--config", "configs/tiny.py",
        "--workdir", str(tmp_path / "w"), "--set", "batch_size=20"],
@@ -95,7 +99,7 @@ def test_two_processes_through_jax_distributed_match_one_device(tmp_path, one_de
   workdir = tmp_path / "two"
   processes = []
   for process_id in range(2):
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
+    env = dict(os.environ, XLA_FLAGS=device_flags(4),
                JAX_PLATFORMS="cpu", JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}",
                JAX_NUM_PROCESSES="2", JAX_PROCESS_ID=str(process_id))
     processes.append(subprocess.Popen([sys.executable, "-c", SCRIPT, str(workdir)], cwd=ROOT,
