@@ -44,9 +44,12 @@ def pytest_configure(config):
     os.environ["XLA_FLAGS"] = f"{flags} {_FAST_COMPILE_FLAG}".strip()
   if "jax" in sys.modules:  # imported before this hook (-n 0 with a plugin that imports it)
     import jax
-    for name, value in os.environ.items():
-      if name in _CACHE_ENV or name == "JAX_COMPILATION_CACHE_DIR":
-        jax.config.update(name.lower(), int(value) if value.isdigit() else value)
+    jax.config.update("jax_compilation_cache_dir", _made_cache_dir)
+    jax.config.update("jax_compilation_cache_max_size", int(_CACHE_ENV["JAX_COMPILATION_CACHE_MAX_SIZE"]))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs",
+                      float(_CACHE_ENV["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"]))
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes",
+                      int(_CACHE_ENV["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"]))
 
 
 def pytest_unconfigure(config):
