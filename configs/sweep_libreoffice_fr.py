@@ -3,7 +3,7 @@
 Each trial changes one thing from a first cut of configs/libreoffice_fr.py (get_config
 below: 4,000 subwords per side, batch 64, float32) and trains 3 epochs (4 to 10 minutes on
 2 CPU cores); results.md ranks them by validation chrF, with their wall time. The second
-round is configs/sweep_libreoffice_fr_2.py; the README shows both.
+and third rounds are configs/sweep_libreoffice_fr_2.py and _3.py; the README shows all three.
 
   seq2seq-jax data download libreoffice:fr
   seq2seq-jax sweep --config configs/sweep_libreoffice_fr.py --workdir runs/sweep_libreoffice_fr

@@ -6,16 +6,15 @@ A new sweep file and workdir: Optuna keeps one set of values per key for a whole
   seq2seq-jax sweep --config configs/sweep_libreoffice_fr_2.py --workdir runs/sweep_libreoffice_fr_2
 """
 
-import importlib.util
 import os
 
-_spec = importlib.util.spec_from_file_location(
-    "_sweep_libreoffice_fr", os.path.join(os.path.dirname(os.path.abspath(__file__)),
-                                          "sweep_libreoffice_fr.py"))
-_first = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_first)
+from seq2seq_jax.config import Config, load_config_file
 
-get_config = _first.get_config
+
+def get_config() -> Config:
+  """The first round's base config (its trials differ; this file declares its own)."""
+  return load_config_file(os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                       "sweep_libreoffice_fr.py"))
 
 
 def get_sweep() -> dict:

@@ -33,7 +33,8 @@ _made_cache_dir: str | None = None
 
 
 def pytest_configure(config):
-  """In the controlling process (before xdist starts its workers), a fresh cache directory."""
+  """In the controlling process (before xdist starts its workers, and before anything imports
+  jax, which reads these variables when imported), a fresh cache directory."""
   global _made_cache_dir
   if hasattr(config, "workerinput") or os.environ.get("JAX_COMPILATION_CACHE_DIR"):
     return  # a worker inherits the controller's; a directory set by the user is kept
@@ -42,14 +43,6 @@ def pytest_configure(config):
   flags = os.environ.get("XLA_FLAGS", "")
   if "xla_backend_optimization_level" not in flags:
     os.environ["XLA_FLAGS"] = f"{flags} {_FAST_COMPILE_FLAG}".strip()
-  if "jax" in sys.modules:  # imported before this hook (-n 0 with a plugin that imports it)
-    import jax
-    jax.config.update("jax_compilation_cache_dir", _made_cache_dir)
-    jax.config.update("jax_compilation_cache_max_size", int(_CACHE_ENV["JAX_COMPILATION_CACHE_MAX_SIZE"]))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs",
-                      float(_CACHE_ENV["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"]))
-    jax.config.update("jax_persistent_cache_min_entry_size_bytes",
-                      int(_CACHE_ENV["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"]))
 
 
 def pytest_unconfigure(config):
