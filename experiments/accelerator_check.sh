@@ -1,35 +1,47 @@
 #!/usr/bin/env bash
-# The device check, one command on an NVIDIA GPU machine: installs JAX's CUDA build
-# (jax[cuda12] at the version of this checkout's .venv) and PyTorch's CUDA build into a fresh
-# virtual environment, runs the GPU tests (tests/test_cudnn.py and any test marked gpu) and
-# `seq2seq-jax benchmark --json`, and writes everything under one directory.
+# The device check, one command on an NVIDIA GPU machine, offline: the GPU tests, the default
+# model trained twice (lstm_impl=auto and lstm_impl=scan, side by side on the one GPU) with
+# both test exact matches, and a short benchmark. Each phase runs under its own time limit
+# and writes its report under the output directory as it goes. Meant to finish in 4 minutes
+# on one H200.
 #
-# Needs: an NVIDIA GPU with its CUDA driver (nvidia-smi must run), Python 3.11+ (python3, or
-# $PYTHON), network access to PyPI, about 10 GB of disk for the environment. Without a working
-# nvidia-smi it stops at once with one line and installs nothing. Meant to finish within
-# 8 minutes on one GPU, most of it the installs (not yet timed on a GPU: none was available).
-#
-# Usage: experiments/accelerator_check.sh [OUTPUT_DIR]     (from anywhere in the checkout)
+# Usage: experiments/accelerator_check.sh [--help] [OUTPUT_DIR]   (from anywhere in the checkout)
 #   OUTPUT_DIR     default runs/accelerator_check/<UTC date-time>
+#
+# Needs: an NVIDIA GPU with its CUDA driver (nvidia-smi must run; without it the check stops
+# at once with one line), and a Python 3.11+ interpreter whose JAX is a CUDA build with flax,
+# optax, orbax-checkpoint, numpy, num2words, sacrebleu, sentencepiece and pytest (torch and
+# keras are used by the benchmark where present). The interpreter is $PYTHON when set, else
+# the first python3 on PATH whose JAX sees a GPU. Such an interpreter installs nothing: the
+# project runs from this source tree (PYTHONPATH). Only with ACCEL_INSTALL=1 and no such
+# interpreter does it make a fresh virtual environment and install jax[$JAX_CUDA], PyTorch
+# and this checkout from PyPI (network needed, ~10 GB of disk).
 # Environment:
-#   PYTHON         the interpreter that makes the venv (default python3)
-#   ACCEL_VENV     the fresh venv, replaced on every run (default .venv-accelerator in the checkout)
-#   JAX_VERSION    default: the jax version of the checkout's .venv (else the newest)
-#   JAX_CUDA       the jax extra (default cuda12; cuda13 for a CUDA 13 driver)
-#   TORCH_INDEX_URL  a PyTorch wheel index, e.g. https://download.pytorch.org/whl/cu126
-#                  (default PyPI, whose Linux torch wheels are CUDA builds)
-#   BENCH_ROUNDS   benchmark rounds (default 3, to fit the 8 minutes; the CPU figures use 5)
-#   CUDA_VISIBLE_DEVICES  the GPU the tests and the benchmark use (default 0: the first one)
-# Writes: nvidia-smi.txt, versions.txt, pytest.txt, benchmark.json (the report), benchmark.md
-#   (its tables), benchmark.log (progress), summary.txt (what passed, how long each part took).
-set -euo pipefail
+#   PYTHON             the interpreter to use (must have a CUDA JAX)
+#   ACCEL_INSTALL=1    no such interpreter: install into ACCEL_VENV (default .venv-accelerator)
+#   JAX_CUDA           the jax extra for ACCEL_INSTALL (default cuda12; cuda13 for CUDA 13)
+#   CHECK_TESTS        gpu (default: tests/test_cudnn.py, its GPU tests included) or all (the suite)
+#   TEST_TIMEOUT       seconds one test may take (default 120; needs pytest-timeout, else the
+#                      phase limit alone applies)
+#   TESTS_LIMIT, TRAIN_LIMIT, BENCH_LIMIT   each phase's limit in seconds (default 90, 150, 120)
+#   CUDA_VISIBLE_DEVICES  the GPU used (default 0)
+# Writes: nvidia-smi.txt, versions.txt, pytest.txt, train_auto.log, train_scan.log (and their
+#   workdirs), trainings.txt, benchmark.json, benchmark.md, benchmark.log, summary.txt.
+# Exit status: 0 all passed; 1 a phase failed or ran out of time; 2 the machine lacks what it
+#   needs; 3 the two trainings disagree (one line saying so).
+set -uo pipefail
 
 fail() {
   echo "accelerator_check: $*" >&2
   exit 2
 }
 
-# What it needs, checked before anything is installed (shell builtins only up to here).
+if [[ "${1:-}" == "--help" || "${1:-}" == "-h" ]]; then
+  sed -n '2,/^set -uo/p' "${BASH_SOURCE[0]}" | sed '$d' | sed 's/^# \{0,1\}//'
+  exit 0
+fi
+
+# What it needs, checked before anything is written (shell builtins only up to here).
 if ! command -v nvidia-smi >/dev/null 2>&1; then
   fail "needs an NVIDIA GPU and its CUDA driver: nvidia-smi is not on PATH; nothing was installed."
 fi
@@ -37,80 +49,140 @@ if ! gpus=$(nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv
   fail "needs a working CUDA driver: nvidia-smi failed (${gpus%%$'\n'*}); nothing was installed."
 fi
 
-cd "$(dirname "${BASH_SOURCE[0]}")/.."
+cd "$(dirname "${BASH_SOURCE[0]}")/.." || exit 2
 root=$(pwd)
-out=${1:-runs/accelerator_check/$(date -u +%Y%m%d-%H%M%S)}
-mkdir -p "$out"
-out=$(cd "$out" && pwd)
-python=${PYTHON:-python3}
-venv=${ACCEL_VENV:-$root/.venv-accelerator}
-jax_cuda=${JAX_CUDA:-cuda12}
-rounds=${BENCH_ROUNDS:-3}
-jax_version=${JAX_VERSION:-}
-if [[ -z "$jax_version" && -x "$root/.venv/bin/python" ]]; then
-  jax_version=$("$root/.venv/bin/python" -c "import importlib.metadata as m; print(m.version('jax'))" 2>/dev/null || true)
+sees_gpu='import jax, sys; sys.exit(0 if jax.default_backend() == "gpu" else 1)'
+python=""
+if [[ -n "${PYTHON:-}" ]]; then
+  "$PYTHON" -c "$sees_gpu" >/dev/null 2>&1 ||
+    fail "PYTHON=$PYTHON has no JAX that sees a GPU (a CUDA build: pip install 'jax[cuda12]')."
+  python=$PYTHON
+elif command -v python3 >/dev/null 2>&1 && python3 -c "$sees_gpu" >/dev/null 2>&1; then
+  python=$(command -v python3)
+elif [[ "${ACCEL_INSTALL:-0}" != 1 ]]; then
+  fail "no python3 here has a JAX that sees the GPU: set PYTHON to one, or ACCEL_INSTALL=1 to install jax[cuda12] and PyTorch into a fresh venv (network needed)."
 fi
-jax_spec="jax[$jax_cuda]${jax_version:+==$jax_version}"
+
+out=${1:-runs/accelerator_check/$(date -u +%Y%m%d-%H%M%S)}
+mkdir -p "$out" || fail "cannot make the output directory $out"
+out=$(cd "$out" && pwd)
 summary="$out/summary.txt"
 : >"$summary"
 note() { echo "$*" | tee -a "$summary"; }
 phase_start=$SECONDS
 phase() {  # phase NAME STATUS: one line of the summary with the seconds since the last one
-  note "$(printf '%-28s %-8s %4ds' "$1" "$2" $((SECONDS - phase_start)))"
+  note "$(printf '%-28s %-9s %4ds' "$1" "$2" $((SECONDS - phase_start)))"
   phase_start=$SECONDS
 }
-
 export XLA_PYTHON_CLIENT_PREALLOCATE=${XLA_PYTHON_CLIENT_PREALLOCATE:-false}
-# one GPU: lstm_impl=auto runs cuDNN on one device (several would be data parallel, the scan)
 export CUDA_VISIBLE_DEVICES=${CUDA_VISIBLE_DEVICES:-0}
-{ echo "$gpus"; echo; nvidia-smi; } >"$out/nvidia-smi.txt" 2>&1 || true
+export PYTHONUNBUFFERED=1
+{ echo "$gpus"; echo; nvidia-smi; } >"$out/nvidia-smi.txt" 2>&1
 note "accelerator_check: $(echo "$gpus" | head -1); output in $out"
 
-echo "installing $jax_spec and PyTorch's CUDA build into a fresh $venv ..." >&2
-rm -rf "$venv"
-"$python" -m venv "$venv"
-pip=("$venv/bin/python" -m pip install --quiet --disable-pip-version-check)
-# PyTorch first (it pins its CUDA libraries exactly); jax's CUDA plugin asks lower bounds of them
-"${pip[@]}" ${TORCH_INDEX_URL:+--index-url "$TORCH_INDEX_URL"} torch || fail "could not install PyTorch (above)."
-"${pip[@]}" "$jax_spec" || fail "could not install $jax_spec (above)."
-"${pip[@]}" -e "$root[dev,bench]" || fail "could not install this checkout (above)."
-phase install done
-
-"$venv/bin/python" - >"$out/versions.txt" 2>&1 <<'EOF' || fail "the installed JAX or PyTorch sees no GPU: see $out/versions.txt"
-import jax, torch
-print("jax", jax.__version__, jax.devices())
-print("torch", torch.__version__, "cuda", torch.version.cuda, "available", torch.cuda.is_available())
-assert jax.default_backend() == "gpu", f"JAX runs on {jax.default_backend()}"
-assert torch.cuda.is_available(), "PyTorch has no CUDA device"
-EOF
-"$venv/bin/python" -m pip freeze >>"$out/versions.txt" 2>&1 || true
-phase "devices seen" ok
-
-status=0
-if "$venv/bin/python" -m pytest tests/test_cudnn.py -q -rs -p no:cacheprovider >"$out/pytest.txt" 2>&1; then
-  phase "tests/test_cudnn.py" passed
-else
-  phase "tests/test_cudnn.py" FAILED
-  status=1
+if [[ -z "$python" ]]; then  # ACCEL_INSTALL=1
+  venv=${ACCEL_VENV:-$root/.venv-accelerator}
+  echo "installing jax[${JAX_CUDA:-cuda12}], PyTorch and this checkout into a fresh $venv ..." >&2
+  rm -rf "$venv"
+  python3 -m venv "$venv" || fail "could not make the venv $venv"
+  pip=("$venv/bin/python" -m pip install --quiet --disable-pip-version-check)
+  # PyTorch first (it pins its CUDA libraries exactly); jax's CUDA plugin asks lower bounds
+  "${pip[@]}" torch || fail "could not install PyTorch (above)."
+  "${pip[@]}" "jax[${JAX_CUDA:-cuda12}]" || fail "could not install jax[${JAX_CUDA:-cuda12}] (above)."
+  "${pip[@]}" -e "$root[dev,bench]" || fail "could not install this checkout (above)."
+  python=$venv/bin/python
+  phase install done
 fi
-gpu_rc=0
-"$venv/bin/python" -m pytest tests -m gpu -q -rs -p no:cacheprovider >>"$out/pytest.txt" 2>&1 || gpu_rc=$?
-case $gpu_rc in
-  0) phase "tests marked gpu" passed ;;
-  5) phase "tests marked gpu" none ;;  # pytest: no test collected
-  *) phase "tests marked gpu" FAILED; status=1 ;;
-esac
+# the project from this tree, before anything installed of it
+export PYTHONPATH="$root${PYTHONPATH:+:$PYTHONPATH}"
+s2s=("$python" -m seq2seq_jax)
 
-if "$venv/bin/seq2seq-jax" benchmark --json --rounds "$rounds" --output "$out/benchmark.json" \
-    >/dev/null 2>"$out/benchmark.log"; then
-  "$venv/bin/python" -c 'import json, sys
+"$python" - >"$out/versions.txt" 2>&1 <<'EOF' || fail "the interpreter's packages are incomplete: see $out/versions.txt"
+import importlib.metadata as metadata, importlib.util, sys
+import jax
+print("python", sys.version.split()[0], sys.executable)
+print("jax", jax.__version__, jax.devices())
+for name in ("jaxlib", "flax", "optax", "orbax-checkpoint", "numpy", "num2words", "sacrebleu",
+             "sentencepiece", "pytest", "pytest-timeout", "pytest-xdist", "torch", "keras"):
+  try:
+    print(name, metadata.version(name))
+  except metadata.PackageNotFoundError:
+    print(name, "missing")
+for needed in ("flax", "optax", "orbax.checkpoint", "num2words", "sacrebleu", "pytest"):
+  assert importlib.util.find_spec(needed), f"{needed} is missing"
+import seq2seq_jax
+print("seq2seq_jax from", seq2seq_jax.__file__)
+EOF
+phase "devices seen" ok
+status=0
+
+# --- the trainings start first and run beside the tests: the GPU has room for all ---------
+train() {  # train IMPL: the default config, workdir and log under $out
+  timeout --signal=INT --kill-after=10 "${TRAIN_LIMIT:-150}" "${s2s[@]}" train \
+    --workdir "$out/train_$1" --set "lstm_impl=$1" >"$out/train_$1.log" 2>&1
+}
+train auto & auto_pid=$!
+train scan & scan_pid=$!
+
+timeout_args=()
+if "$python" -c "import pytest_timeout" >/dev/null 2>&1; then
+  timeout_args=(-p timeout --timeout "${TEST_TIMEOUT:-120}")
+fi
+if [[ "${CHECK_TESTS:-gpu}" == all ]]; then
+  tests=(tests)
+else
+  tests=(tests/test_cudnn.py)
+fi
+test_rc=0
+timeout --kill-after=10 "${TESTS_LIMIT:-90}" "$python" -m pytest "${tests[@]}" -rfEs \
+  -p no:cacheprovider "${timeout_args[@]}" >"$out/pytest.txt" 2>&1 || test_rc=$?
+case $test_rc in
+  0) phase "tests (${CHECK_TESTS:-gpu})" passed ;;
+  124|137) phase "tests (${CHECK_TESTS:-gpu})" TIMEOUT; status=1 ;;
+  *) phase "tests (${CHECK_TESTS:-gpu})" FAILED; status=1 ;;
+esac
+grep -E "[0-9]+ (passed|failed|error)" "$out/pytest.txt" | tail -n 1 | tee -a "$summary"
+auto_rc=0; scan_rc=0
+wait "$auto_pid" || auto_rc=$?
+wait "$scan_pid" || scan_rc=$?
+exact() {  # the test exact match of a finished training, or "none"
+  "$python" -c 'import json, sys
+try:
+  print(json.load(open(sys.argv[1]))["test/exact_match"])
+except (OSError, KeyError, ValueError):
+  print("none")' "$out/train_$1/results.json"
+}
+auto_em=$(exact auto); scan_em=$(exact scan)
+echo "lstm_impl=auto test exact match $auto_em (exit $auto_rc); lstm_impl=scan $scan_em (exit $scan_rc)" \
+  | tee "$out/trainings.txt" | tee -a "$summary"
+agree=0
+if [[ $auto_em == none || $scan_em == none ]]; then
+  phase trainings FAILED; status=1
+  tail -n 3 "$out/train_auto.log" "$out/train_scan.log" >&2
+elif "$python" -c 'import sys; a, b = map(float, sys.argv[1:]); sys.exit(0 if abs(a - b) <= 0.02 and min(a, b) >= 0.9 else 1)' \
+    "$auto_em" "$scan_em"; then
+  phase trainings agree; agree=1
+else
+  phase trainings DISAGREE
+fi
+
+bench_rc=0
+timeout --kill-after=10 "${BENCH_LIMIT:-120}" "${s2s[@]}" benchmark --json --rounds 1 \
+  --batches 256,4096 --decode-batches 64,4096 --allocator system \
+  --output "$out/benchmark.json" >/dev/null 2>"$out/benchmark.log" || bench_rc=$?
+if [[ $bench_rc == 0 ]]; then
+  "$python" -c 'import json, sys
 from seq2seq_jax.bench.report import format_report
 print(format_report(json.load(open(sys.argv[1]))))' "$out/benchmark.json" >"$out/benchmark.md"
   phase benchmark done
 else
-  phase benchmark FAILED
-  tail -5 "$out/benchmark.log" >&2
+  phase benchmark "$([[ $bench_rc == 124 || $bench_rc == 137 ]] && echo TIMEOUT || echo FAILED)"
+  tail -n 3 "$out/benchmark.log" >&2
   status=1
 fi
-note "total $SECONDS s; the report: $out/benchmark.json (tables: $out/benchmark.md)"
+note "total $SECONDS s; reports in $out"
+if [[ $agree == 0 && $auto_em != none && $scan_em != none ]]; then
+  echo "accelerator_check: the two trainings disagree: lstm_impl=auto test exact match $auto_em, lstm_impl=scan $scan_em (logs: $out/train_auto.log, $out/train_scan.log)." >&2
+  exit 3
+fi
 exit $status

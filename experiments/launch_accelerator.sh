@@ -2,13 +2,14 @@
 # Train on a GPU or TPU host. JAX picks the accelerator up by itself once the matching
 # jax build is installed:
 #   GPU (CUDA 12/13):  pip install -U "jax[cuda12]"      TPU VM:  pip install -U "jax[tpu]"
-# There lstm_impl=auto runs the LSTM layers through cuDNN on one NVIDIA GPU and lax.scan
-# elsewhere, and neither mimalloc nor the CPU device flags are used (docs/accelerators.md).
+# There lstm_impl=auto runs the LSTM layers through lax.scan, as everywhere (measured faster
+# and right on an H200; cuDNN is withdrawn), and neither mimalloc nor the CPU device flags
+# are used (docs/accelerators.md).
 #
 # Usage: experiments/launch_accelerator.sh [WORKDIR] [extra --set key=value ...]
 #        experiments/launch_accelerator.sh --check [OUTPUT_DIR]
-#          the device check instead: a fresh venv with the CUDA builds, the GPU tests and the
-#          benchmark (experiments/accelerator_check.sh)
+#          the device check instead: the GPU tests, the default model trained with auto and
+#          scan, a short benchmark (experiments/accelerator_check.sh; --help says what it needs)
 set -euo pipefail
 if [[ "${1:-}" == "--check" ]]; then
   shift

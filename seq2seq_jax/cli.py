@@ -244,8 +244,11 @@ def cmd_benchmark(args) -> int:
     raise UserError(f"--peers: unknown peer(s) {', '.join(unknown)}; choose from "
                     f"{','.join(PEERS)} or none.")
   say = lambda message: print(f"benchmark: {message}", file=sys.stderr, flush=True)
+  batches = {name: None if text is None else _int_list(text, flag)
+             for name, text, flag in (("big_batches", args.batches, "--batches"),
+                                      ("decode_batches", args.decode_batches, "--decode-batches"))}
   report = run_benchmark(rounds=args.rounds, peers=peers, quick=args.quick,
-                         allocator=args.allocator, data=args.data, progress=say)
+                         allocator=args.allocator, data=args.data, progress=say, **batches)
   text = json.dumps(report, indent=2)
   if args.output:
     write_atomically(args.output, text + "\n")
@@ -523,6 +526,13 @@ def build_parser() -> argparse.ArgumentParser:
                      "100 / 120 characters dropped, 4,096 + 2,048 drawn), or auto (default): "
                      "gettext:/usr/share/locale/fr/LC_MESSAGES when this machine has "
                      "enough French catalogs, else numbers:fr")
+  bench.add_argument("--batches", default=None,
+                     help="training batch sizes measured beside the seed shapes' batch, e.g. "
+                     "256,4096 (default: 256,1024 on a CPU, 256,1024,4096 on an accelerator; "
+                     "none: the seed batch only)")
+  bench.add_argument("--decode-batches", default=None,
+                     help="greedy-decoding batch sizes, e.g. 1,64 (default: 1,64,512,2048 on a "
+                     "CPU, 1,64,256,1024,4096 on an accelerator)")
   bench.add_argument("--quick", action="store_true",
                      help="tiny shapes and data: checks that everything runs, measures nothing useful")
   bench.set_defaults(func=cmd_benchmark)

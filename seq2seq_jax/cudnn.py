@@ -1,8 +1,18 @@
-"""cuDNN LSTM layers (jax.experimental.rnn) on our Keras-layout parameters, and when to use them.
+"""cuDNN LSTM layers (jax.experimental.rnn) on our Keras-layout parameters: withdrawn from
+runs, kept for diagnosis and the benchmark.
 
-`resolve_lstm_impl` decides what an LSTM layer runs (lstm_impl: auto, scan, cudnn);
-`pack_cudnn_weights` packs our parameters into cuDNN's flat weight vector; `lstm_layer`
-and `lstm_bidirectional` run a layer, or a forward and backward pair, in one cuDNN call.
+On one NVIDIA H200 (2026-12-04, jax 0.11.2) the default model trained through these layers
+translated nothing (test exact match 0.000; the scan 0.996 on the same GPU) and trained
+slower than the scan at every batch measured. The cause was not found there; the CPU
+reference (lstm_ref) on the same code path trains exactly as the scan. So runs never take
+this path: `auto` is the scan everywhere and config.py refuses lstm_impl=cudnn. What stays:
+the per-step cuDNN timing of `seq2seq-jax benchmark`, experiments/cudnn_probe.py (the GPU
+probe that compares this path with the scan), and the tests of its semantics on a CPU.
+docs/accelerators.md has the figures and what the probe is to measure next.
+
+`resolve_lstm_impl` decides what an LSTM layer runs; `pack_cudnn_weights` packs our
+parameters into cuDNN's flat weight vector; `lstm_layer` and `lstm_bidirectional` run a
+layer, or a forward and backward pair, in one cuDNN call.
 
 Parameters stay in Keras' layout (kernel in x 4H, recurrent_kernel H x 4H, bias 4H, gates
 i, f, c, o): they are packed inside the jitted function on every call, so a checkpoint is
@@ -12,16 +22,12 @@ Keras' c, the cell candidate (tanh) gate: the order is the same, the matrices ar
 transposed (W_ih 4H x in, W_hh 4H x H), and cuDNN has two biases where Keras has one.
 `pack_cudnn_weights` writes our bias as cuDNN's input bias and a zero recurrent bias: the
 bias then enters once, with the input projection, as in our scan (x W + b, then + h U),
-and its gradient is the input bias' gradient alone (the zero bias is a constant). A
-half/half split would give the same sum (halving is exact), added as two terms, and a
-gradient to be summed from two slices; nothing is gained by it.
+and its gradient is the input bias' gradient alone (the zero bias is a constant).
 
 What cuDNN's call does not do, the scan does: bfloat16 matmuls (the call is float32 only),
 vmap (the primitive has no batching rule: the vectorised sweep step asks for the scan,
 `model.with_scan_lstm`), dropout inside the call (ours stays between layers), GRU cells,
-and the decoder's step-by-step decoding (one step per call: the scan's cell). `auto` uses
-it on one NVIDIA GPU; with several devices the data-parallel partitioner would have to
-replicate the custom call's batch, so `auto` keeps the scan there (unmeasured).
+and the decoder's step-by-step decoding (one step per call: the scan's cell).
 """
 
 from __future__ import annotations
@@ -72,29 +78,24 @@ def resolve_lstm_impl(requested: str, *, cell: str = "lstm", matmul_dtype: str =
                       cuda: bool | None = None, devices: int | None = None) -> str:
   """What an LSTM layer runs here for lstm_impl `requested`: "scan" or "cudnn".
 
-  auto: cuDNN for float32 LSTM layers on one NVIDIA GPU; the scan elsewhere (CPU, TPU,
-  ROCm, several devices, bfloat16 matmuls, GRU). cudnn: cuDNN, or a UserError where there
-  is no CUDA GPU. cuda / devices: the machine's (None: asked of JAX)."""
+  auto: the scan, on every platform. On one H200 (2026-12-04) the scan trained faster than
+  cuDNN at every batch measured (64 to 4096) and was right where cuDNN was not
+  (docs/accelerators.md). cudnn: cuDNN, or a UserError where there is no CUDA GPU.
+  cuda: the machine's (None: asked of JAX); devices: unused, kept for callers."""
+  del devices
   if requested not in LSTM_IMPLS:
     raise UserError(f"lstm_impl must be one of {', '.join(LSTM_IMPLS)}; got {requested!r}.")
-  if requested == "scan" or cell != "lstm":
+  if requested != "cudnn" or cell != "lstm":
     return "scan"
-  if requested == "cudnn" and matmul_dtype != "float32":
+  if matmul_dtype != "float32":
     raise UserError("lstm_impl=cudnn runs float32 matmuls only: set matmul_dtype=float32, "
                     "or lstm_impl=auto or lstm_impl=scan.")
-  if matmul_dtype != "float32":
-    return "scan"
   cuda = cuda_gpu() if cuda is None else cuda
-  if requested == "cudnn":
-    if not cuda:
-      raise UserError(f"lstm_impl=cudnn needs an NVIDIA GPU with JAX's CUDA build "
-                      f"(jax[cuda12]); JAX runs on {platform_name()} here: set lstm_impl=auto "
-                      "or lstm_impl=scan.")
-    return "cudnn"
   if not cuda:
-    return "scan"
-  devices = device_count() if devices is None else devices
-  return "cudnn" if devices == 1 else "scan"
+    raise UserError(f"lstm_impl=cudnn needs an NVIDIA GPU with JAX's CUDA build "
+                    f"(jax[cuda12]); JAX runs on {platform_name()} here: set lstm_impl=auto "
+                    "or lstm_impl=scan.")
+  return "cudnn"
 
 
 def _gates_as_rows(matrix_Nx4H: jax.Array) -> jax.Array:

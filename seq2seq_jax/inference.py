@@ -239,8 +239,6 @@ def load_trained(workdir: str, which: str = "best") -> tuple[Translator, Any, in
   where = f"checkpoint {step} of {workdir}"
   meta = workdir_lib.CheckpointMeta.from_json(meta_json, where)
   config = config_lib.from_dict(meta.config, where)
-  if config.lstm_impl == "cudnn":  # the parameters are the same either way: run where we are
-    config = dataclasses.replace(config, lstm_impl="auto")
   scaler = None
   if meta.series is not None:
     from seq2seq_jax.series import Scaler

@@ -53,9 +53,10 @@ NEG_INF = -1e9
 # scan_unroll 0: time steps per scan iteration by platform (docs/accelerators.md). cpu:
 # measured, 1 (unrolled by 2, 4 or 8, lstm_sequence's saving and backward scans copy the
 # whole T x B x 4H gate buffer every iteration instead of updating it in place: training
-# at the seed shapes 1.6-2.4x slower; decoding and forward-only scans within noise). gpu
-# and tpu: 1, a guess, unmeasured: unrolling saves a loop iteration's overhead there, but
-# the same copies would be made; the benchmark's per-step table measures 1, 2, 4 and 8.
+# at the seed shapes 1.6-2.4x slower; decoding and forward-only scans within noise). gpu:
+# measured once on an H200, 1 (one layer's forward + backward per step: at batch 64 unroll
+# 2 was 3% faster, within noise; at batch 1024 unroll 1 fastest, 4 and 8 up to 2.4x slower).
+# tpu: 1, unmeasured (the same copies would be made).
 PLATFORM_SCAN_UNROLL = {"cpu": 1, "gpu": 1, "tpu": 1}
 
 

@@ -41,8 +41,10 @@ LOG_FILE = "train.log"
 # tokenizer=sentencepiece: the models of the source and target side, beside vocab.json.
 SENTENCEPIECE_FILES = {"src": "sentencepiece.src.model", "tgt": "sentencepiece.tgt.model"}
 # Settings that may differ when a run is resumed: they change no trained number.
+# settings a run may resume with changed; lstm_impl changes the implementation, not the
+# parameters (a run trained with the withdrawn lstm_impl=cudnn resumes on the scan)
 RESUMABLE_CHANGES = ("log_every_steps", "num_summary_samples", "eval_decode_samples",
-                     "keep_checkpoints", "checkpoint_every_steps", "tensorboard")
+                     "keep_checkpoints", "checkpoint_every_steps", "tensorboard", "lstm_impl")
 
 
 def _is_primary() -> bool:
