@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
 import signal
 import sys
+import time
 
 from seq2seq_jax.errors import UserError
 
 log = logging.getLogger("seq2seq_jax")
+# the wall time `train` began, handed to the process it re-executes (runtime.maybe_reexec)
+COMMAND_START_ENV = "SEQ2SEQ_JAX_COMMAND_START"
 
 
 def configure_logging(stream) -> None:
@@ -46,12 +50,18 @@ def cmd_train(args) -> int:
     print(config_lib.describe_fields())
     return 0
   config = _load_config(args)
+  # time_budget_minutes counts from the command's start, the re-executed process included
+  started = float(os.environ.pop(COMMAND_START_ENV, "") or args.started)
   if args.from_command_line:  # allocator and CPU devices are set before JAX starts
     from seq2seq_jax.runtime import maybe_reexec
-    maybe_reexec(config.batch_size)
+    os.environ[COMMAND_START_ENV] = repr(started)
+    try:
+      maybe_reexec(config.batch_size)
+    finally:  # not re-executed
+      os.environ.pop(COMMAND_START_ENV, None)
   from seq2seq_jax.loop import train_and_evaluate
   configure_logging(sys.stdout)
-  train_and_evaluate(config, args.workdir, argv=sys.argv)
+  train_and_evaluate(config, args.workdir, argv=sys.argv, started=started)
   return 0
 
 
@@ -119,9 +129,10 @@ def cmd_translate(args) -> int:
                     "Translator.forecast from Python.")
   decoder = _translate_decoder(args, translator)
   sources = _read_inputs(args.text)
-  for warning in translator.input_warnings(sources):
+  for warning in translator.input_warnings(sources, args.split_sentences):
     log.warning("warning: %s", warning)
-  outputs = translator.translate(params, sources, args.batch_size, decoder=decoder)
+  outputs = translator.translate(params, sources, args.batch_size, decoder=decoder,
+                                 split_sentences=args.split_sentences)
   for source, output in zip(sources, outputs):
     # an empty input gives an empty line: one output line per input line, always
     sys.stdout.write((output if source else "") + "\n")
@@ -153,20 +164,29 @@ def cmd_evaluate(args) -> int:
   elif args.split == "all":  # every pair, in file order; long ones cut as translate cuts
     pairs = all_pairs(config, args.data)
     long = translator.count_long(pairs)
-    if long:
+    split = config.split_sentences if args.split_sentences is None else args.split_sentences
+    if long and split:
+      log.info("%d of %d pairs are longer than the model's max_source_len=%d / "
+               "max_target_len=%d tokens: their sources are translated sentence by sentence",
+               long, len(pairs), translator.source_width, translator.decode_max_len - 1)
+    elif long:
       log.warning("warning: %d of %d pairs are longer than the model's max_source_len=%d / "
                   "max_target_len=%d tokens: scored anyway, sources cut as translate cuts them",
                   long, len(pairs), translator.source_width, translator.decode_max_len - 1)
   else:
     splits = data_lib.load_splits(config, args.data)
+    if args.split_sentences is not None:  # which pairs a split holds follows the flag too
+      config = dataclasses.replace(config, split_sentences=args.split_sentences)
     pairs = data_lib.drop_long(splits.get(args.split), config, args.split,
-                               (translator.src_vocab, translator.tgt_vocab))
+                               (translator.src_vocab, translator.tgt_vocab),
+                               {s for s, _ in splits.val + splits.test})
   if not pairs:
     raise UserError(f"split '{args.split}' of {args.data or config.data} is empty.")
   # series models have no text to decode
   decoder = _beam_decoder(args, None if translator.is_series else translator)
   # decode_limit 0: the text metrics and outputs cover every pair, in input order
-  metrics, hypotheses = evaluate_pairs(translator, params, pairs, decoder=decoder)
+  metrics, hypotheses = evaluate_pairs(translator, params, pairs, decoder=decoder,
+                                       split_sentences=args.split_sentences)
   if args.hyps is not None:
     write_atomically(args.hyps, "".join(h + "\n" for h in hypotheses))
   signatures = {} if translator.is_series else sacrebleu_signatures()
@@ -355,6 +375,11 @@ def _positive_int(text: str) -> int:
   return value
 
 
+SPLIT_SENTENCES_HELP = ("translate an input longer than the model reads (max_source_len) in "
+                        "pieces of whole sentences, joined by spaces, instead of cutting it "
+                        "(default: the run's split_sentences setting)")
+
+
 def build_parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(
       prog="seq2seq-jax",
@@ -394,6 +419,8 @@ def build_parser() -> argparse.ArgumentParser:
                          help="with --sample: draw from the K most likely tokens only")
   translate.add_argument("--seed", type=int, metavar="S",
                          help="with --sample: random seed (default 0); same seed, same output")
+  translate.add_argument("--split-sentences", action=argparse.BooleanOptionalAction,
+                         default=None, help=SPLIT_SENTENCES_HELP)
   translate.set_defaults(func=cmd_translate)
 
   evaluate = sub.add_parser("evaluate", help="metrics of a trained workdir on a data split")
@@ -414,6 +441,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "input order")
   evaluate.add_argument("--checkpoint", default="best",
                         help="best (default), latest, or a step number")
+  evaluate.add_argument("--split-sentences", action=argparse.BooleanOptionalAction,
+                        default=None, help=SPLIT_SENTENCES_HELP + "; with it --split val or "
+                        "test keeps every pair of the split, long ones included")
   evaluate.set_defaults(func=cmd_evaluate)
 
   sweep = sub.add_parser("sweep", help="run every unfinished trial of a declared sweep")
@@ -545,7 +575,9 @@ def _sigterm_as_interrupt(signum, frame):
 
 
 def main(argv: list[str] | None = None) -> int:
+  started = time.time()
   args = build_parser().parse_args(argv)
+  args.started = started
   from seq2seq_jax.checkpoint import quiet_orbax_background_errors  # the process is ours
   quiet_orbax_background_errors()
   # SIGTERM (a scheduler's stop, `kill`) ends a command as Ctrl-C does, with a message;

@@ -119,6 +119,10 @@ class Config:
   # Length-bucket width in tokens: batches hold similar lengths, padded to a multiple of it
   # (0 = pad every batch to the split maximum).
   bucket_width: int = 16
+  # Long texts by sentences: inputs over max_source_len are translated sentence by sentence
+  # and joined, held-out pairs are all kept and scored, and a training pair over the limits
+  # gives its sentence pairs (both sides with as many sentences); False: long pairs dropped.
+  split_sentences: bool = False
 
   # --- model ----------------------------------------------------------------
   # "embed" (learned character or word embeddings), "onehot" (one-hot inputs, as Keras) or
@@ -164,6 +168,9 @@ class Config:
   batch_size: int = 128
   # Passes over the training split.
   num_epochs: int = 6
+  # Stop training at this wall time from the command's start (minutes; 0 = no limit), then
+  # evaluate and save as a finished run does; the same command again resumes it.
+  time_budget_minutes: float = 0.0
   # Peak learning rate.
   learning_rate: float = 3e-3
   # "constant", "cosine" (warmup then cosine decay) or "linear" (warmup then linear decay).
@@ -243,7 +250,7 @@ _POSITIVE = ("latent_dim", "num_layers", "batch_size", "num_epochs", "embed_dim"
              "numbers_train", "numbers_max", "task_train", "task_min_len",
              "task_max_len", "task_vocab_size", "addition_digits", "series_input_steps",
              "series_output_steps", "min_token_freq")
-_NON_NEGATIVE = ("task_val", "task_test", "num_samples", "numbers_val", "numbers_test", "warmup_steps",
+_NON_NEGATIVE = ("time_budget_minutes", "task_val", "task_test", "num_samples", "numbers_val", "numbers_test", "warmup_steps",
                  "clip_norm", "rmsprop_momentum", "bucket_width",
                  "eval_decode_samples", "decode_max_len", "checkpoint_every_steps",
                  "num_summary_samples", "learning_rate", "rmsprop_eps",

@@ -16,6 +16,7 @@ from seq2seq_jax import data as data_lib
 from seq2seq_jax import workdir as workdir_lib
 from seq2seq_jax.checkpoint import Checkpointer
 from seq2seq_jax.config import Config
+from seq2seq_jax.data import sentences as sentences_lib
 from seq2seq_jax.decode import decode_texts, make_greedy_decoder
 from seq2seq_jax.errors import CheckpointError, UserError
 from seq2seq_jax.metrics import exact_match, text_metrics
@@ -73,11 +74,15 @@ class Translator:
                                     src_len_N=np.minimum(encoded.src_len_N, self.source_width))
     return encoded
 
+  def long_pairs(self, pairs) -> list[bool]:
+    """Each pair: longer than the model reads or writes? (a source over source_width
+    tokens, a target over max_target_len: outputs stop at decode_max_len)."""
+    return [len(self.src_vocab.encode(s)) > self.source_width
+            or len(self.tgt_vocab.encode(t)) > self.decode_max_len - 1 for s, t in pairs]
+
   def count_long(self, pairs) -> int:
-    """Pairs longer than the model reads or writes: a source over source_width tokens (cut
-    to it), a target over max_target_len (outputs stop at decode_max_len)."""
-    return sum(len(self.src_vocab.encode(s)) > self.source_width
-               or len(self.tgt_vocab.encode(t)) > self.decode_max_len - 1 for s, t in pairs)
+    """Pairs longer than the model reads or writes (long_pairs)."""
+    return sum(self.long_pairs(pairs))
 
   @functools.cached_property
   def forward(self):
@@ -97,11 +102,22 @@ class Translator:
     return outputs
 
   def translate(self, params, sources: list[str], batch_size: int | None = None,
-                decoder=None) -> list[str]:
-    """Translations of raw source strings (inputs longer than the maximum are cut): greedy,
-    or by decoder(params, src_BxS) -> ids_BxL (decode.make_beam_decoder, make_sample_decoder)."""
+                decoder=None, split_sentences: bool | None = None) -> list[str]:
+    """Translations of raw source strings: greedy, or by decoder(params, src_BxS) -> ids_BxL
+    (decode.make_beam_decoder, make_sample_decoder). An input longer than the model reads
+    is cut, or with split_sentences (None: the config's) translated in pieces of whole
+    sentences that fit (data.sentences.pieces) whose translations are joined by spaces."""
     if not sources:
       return []
+    if split_sentences is None:
+      split_sentences = self.config.split_sentences
+    if split_sentences and not self.keras_dims:
+      seen_as = (lambda s: s.lower()) if self.config.source_lowercase else (lambda s: s)
+      fits = lambda text: len(self.src_vocab.encode(seen_as(text))) <= self.source_width
+      parts = [sentences_lib.pieces(source, fits) for source in sources]
+      outputs = iter(self.translate(params, [p for ps in parts for p in ps], batch_size,
+                                    decoder, split_sentences=False))
+      return [" ".join(next(outputs) for _ in ps) for ps in parts]
     if self.config.source_lowercase:
       sources = [s.lower() for s in sources]
     keras_width = self.keras_dims["max_encoder_seq_length"] if self.keras_dims else 0
@@ -113,10 +129,14 @@ class Translator:
                         place=lambda src: self.parallel.shard_batch({"src": src})["src"],
                         fetch=to_numpy)
 
-  def input_warnings(self, sources: list[str]) -> list[str]:
-    """What translate() will do silently to these inputs: unknown tokens, truncation."""
+  def input_warnings(self, sources: list[str], split_sentences: bool | None = None) -> list[str]:
+    """What translate() will do silently to these inputs: unknown tokens, truncation (none
+    with split_sentences: long inputs are translated in pieces)."""
+    if split_sentences is None:
+      split_sentences = self.config.split_sentences
     seen_as = [s.lower() for s in sources] if self.config.source_lowercase else sources
-    return input_warnings(self.src_vocab, seen_as, self.config.max_source_len)
+    split = split_sentences and not self.keras_dims
+    return input_warnings(self.src_vocab, seen_as, None if split else self.config.max_source_len)
 
   def checkpoint_meta(self, config: Config | None = None, **fields) -> workdir_lib.CheckpointMeta:
     """The meta a checkpoint of this model stores (config: a trial's own, default ours)."""
@@ -157,7 +177,8 @@ def load_run_data(config: Config, parallel: DataParallel | None = None):
   vocabs = None
   if config.tokenizer == "sentencepiece":
     vocabs = data_lib.build_vocabs(splits.train, config)
-  train_pairs = data_lib.drop_long(splits.train, config, "train", vocabs)
+  held_out = {s for s, _ in splits.val + splits.test}  # no training sentence equals them
+  train_pairs = data_lib.drop_long(splits.train, config, "train", vocabs, held_out)
   val_pairs = data_lib.drop_long(splits.val, config, "val", vocabs)
   test_pairs = data_lib.drop_long(splits.test, config, "test", vocabs)
   if not train_pairs:
@@ -183,7 +204,8 @@ def all_pairs(config: Config, spec: str | None = None) -> list[data_lib.Pair]:
 
 
 def evaluate_pairs(translator: Translator, params, pairs, decode_limit: int = 0,
-                   full_text_metrics: bool = True, decoder=None) -> tuple[dict[str, float], list[str]]:
+                   full_text_metrics: bool = True, decoder=None,
+                   split_sentences: bool | None = None) -> tuple[dict[str, float], list[str]]:
   """Loss and token accuracy over all pairs; output metrics over the first decode_limit,
   decoded greedily or with decoder (e.g. make_beam_decoder's).
 
@@ -207,7 +229,8 @@ def evaluate_pairs(translator: Translator, params, pairs, decode_limit: int = 0,
     totals.add({key: float(to_numpy(value)) for key, value in counts.items()})
   metrics = {"loss": totals.loss, "token_accuracy": totals.token_accuracy}
   subset = pairs[:decode_limit] if decode_limit else pairs
-  hypotheses = translator.translate(params, [s for s, _ in subset], decoder=decoder)
+  hypotheses = translator.translate(params, [s for s, _ in subset], decoder=decoder,
+                                    split_sentences=split_sentences)
   references = [t for _, t in subset]
   if full_text_metrics:
     metrics.update(text_metrics(hypotheses, references))

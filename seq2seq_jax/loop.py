@@ -34,7 +34,7 @@ from seq2seq_jax.checkpoint import Checkpointer
 from seq2seq_jax.config import Config
 from seq2seq_jax.errors import CheckpointError, UserError
 from seq2seq_jax.inference import Translator, evaluate_pairs, load_run_data
-from seq2seq_jax.metrics import sacrebleu_signatures
+from seq2seq_jax.metrics import sacrebleu_signatures, text_metrics
 from seq2seq_jax.model import count_params, traced_dropout_rate
 from seq2seq_jax.optim import build_optimizer, learning_rate_schedule
 from seq2seq_jax.parallel import DataParallel, is_primary, maybe_initialize_distributed, to_numpy
@@ -191,6 +191,21 @@ class Group:
   hyper: Any = None  # the jitted step's per-trial values (placed on the devices)
   prune: Any = None  # prune(epoch, {trial index: val metrics}) -> the trials to stop
   started: float = dataclasses.field(default_factory=time.time)  # this command's start of work
+  stopped_by_budget: bool = False  # time_budget_minutes ended this command's training
+
+  def past_budget(self) -> bool:
+    """time_budget_minutes (if set) has passed since the command's start."""
+    budget = self.base.time_budget_minutes
+    return budget > 0 and time.time() - self.started >= budget * 60
+
+  def budget_facts(self) -> dict[str, Any]:
+    """What results.json records of a run with a time budget (nothing without one)."""
+    if not self.base.time_budget_minutes:
+      return {}
+    reached = self.progress.epoch + self.progress.batch / max(self.steps_per_epoch, 1)
+    return {"time_budget_minutes": self.base.time_budget_minutes,
+            "stopped_by_time_budget": self.stopped_by_budget,
+            "epochs_reached": round(reached, 3)}
 
   @property
   def size(self) -> int:
@@ -479,6 +494,24 @@ def _end_epoch(group: Group, state, clock: EpochClock, compilations: Compilation
     raise _EveryTrialFailed
 
 
+def _stop_on_budget(group: Group, state) -> None:
+  """Training ends inside an epoch at the time budget: the validation metrics of this
+  state (so it may become the best checkpoint) and a checkpoint at this position, from
+  which the same command resumes the epoch."""
+  base, progress = group.base, group.progress
+  params = _trial_params(group, state)
+  metrics: list[dict[str, float] | None] = [None] * group.size
+  for i, trial in group.live():
+    val_metrics, _ = evaluate_pairs(group.translator, params[i], group.val_pairs,
+                                    base.eval_decode_samples)
+    metrics[i] = {f"val/{k}": v for k, v in val_metrics.items()}
+    trial.record({"step": progress.step, "epoch": progress.epoch + 1, "time_budget_stop": True,
+                  "elapsed_seconds": time.time() - group.started, **metrics[i]})
+    log.info("%stime budget stop at step %d  %s", group.label(trial), progress.step,
+             "  ".join(f"{k} {v:.4f}" for k, v in metrics[i].items()))
+  _save(group, state, metrics)
+
+
 def _final_evaluation(group: Group, state) -> list[dict[str, Any] | NonFiniteLoss]:
   """Each trial's val and test metrics with the checkpoint `translate` uses (the best,
   else the newest), written to results.json; sample outputs logged."""
@@ -497,11 +530,14 @@ def _final_evaluation(group: Group, state) -> list[dict[str, Any] | NonFiniteLos
     summary: dict[str, Any] = {"step": final_step}
     for name, pairs in (("val", group.val_pairs), ("test", group.test_pairs)):
       if len(pairs):
-        split_metrics, _ = evaluate_pairs(translator, params, pairs)
+        split_metrics, hypotheses = evaluate_pairs(translator, params, pairs)
         summary.update({f"{name}/{k}": v for k, v in split_metrics.items()})
-    trial.record(dict(summary, final=True))
+        if trial.config.split_sentences and not translator.is_series:
+          summary.update(_within_limits(translator, name, pairs, hypotheses))
+    trial.record(dict(summary, final=True, **group.budget_facts()))
     # sacrebleu's signatures and what was read beside the numbers (not logged as metrics)
     extra = {} if translator.is_series else {"signatures": sacrebleu_signatures()}
+    extra.update(group.budget_facts())
     if translator.data_info:
       extra["data"] = translator.data_info
     workdir_lib.write_json(os.path.join(trial.workdir, workdir_lib.RESULTS_FILE),
@@ -513,6 +549,15 @@ def _final_evaluation(group: Group, state) -> list[dict[str, Any] | NonFiniteLos
     _log_samples(group, params)
     outcomes.append(summary)
   return outcomes
+
+
+def _within_limits(translator: Translator, name: str, pairs, hypotheses) -> dict[str, float]:
+  """The text metrics of a split's pairs that fit the model's limits (a split_sentences
+  run scores every pair; these are the ones a run without it would have kept)."""
+  fitting = [(h, t) for h, (_, t), long in zip(hypotheses, pairs, translator.long_pairs(pairs))
+             if not long]
+  metrics = text_metrics([h for h, _ in fitting], [t for _, t in fitting]) if fitting else {}
+  return {f"{name}_within_limits/{k}": v for k, v in dict(metrics, pairs=len(fitting)).items()}
 
 
 def _hparams(group: Group, trial: TrialRun) -> dict[str, Any]:
@@ -548,7 +593,8 @@ def _log_samples(group: Group, params) -> None:
 
 def train_trials(configs: list[Config], workdirs: list[str], argv: list[str] | None = None,
                  progress: bool | None = None, stop_after_step: int | None = None,
-                 prune=None) -> list[dict[str, Any] | NonFiniteLoss | Pruned]:
+                 prune=None, started: float | None = None,
+                 ) -> list[dict[str, Any] | NonFiniteLoss | Pruned]:
   """Trains (or resumes) N trials as one program: configs that differ only in
   VECTORIZED_KEYS (N = 1: a run). Each workdir ends as a run of its config alone leaves
   it. Returns each trial's final metrics, the NonFiniteLoss that stopped it, or Pruned.
@@ -558,10 +604,12 @@ def train_trials(configs: list[Config], workdirs: list[str], argv: list[str] | N
   prune(epoch, {trial index: val metrics}) -> the indexes to stop: asked after each
   evaluation but the last, with every live trial's metrics (their slots of a vectorised
   group stop updating).
+  started: the wall time time_budget_minutes counts from (None: now, before the data).
   """
   if len({vmap_group_key(c) for c in configs}) != 1:
     raise ValueError(f"train_trials: the configs differ in more than {', '.join(VECTORIZED_KEYS)}")
-  started = time.time()  # before the data are read: elapsed_seconds counts their preparation
+  # before the data are read: elapsed_seconds and the time budget count their preparation
+  started = time.time() if started is None else started
   maybe_initialize_distributed()
   parallel = DataParallel()
   parallel.check_batch_size(configs[0].batch_size)
@@ -628,6 +676,12 @@ def _train(group: Group, state, step_fn, show_bar: bool, stop_after_step: int | 
               f"stopped by signal {signals.signum} at step {progress.step}; "
               f"checkpoint{'s' if group.stacked else ''} saved. "
               "Run the same command again to resume.")
+        if progress.batch < len(batches) and group.past_budget():
+          _read_steps(group, pending, clock, bar)
+          bar.close()
+          _budget_reached(group)
+          _stop_on_budget(group, state)
+          return state
         if base.checkpoint_every_steps and progress.step % base.checkpoint_every_steps == 0 \
             and progress.batch < len(batches):
           _read_steps(group, pending, clock, bar)
@@ -639,14 +693,28 @@ def _train(group: Group, state, step_fn, show_bar: bool, stop_after_step: int | 
         log.info("epoch %d/%d: %.0fs for %d trials (%.0f samples/s per trial)",
                  group.progress.epoch, base.num_epochs, time.time() - clock.start, group.size,
                  clock.samples / max(time.time() - clock.start, 1e-9))
+      if group.progress.epoch < base.num_epochs and group.past_budget():
+        _budget_reached(group)  # the epoch's evaluation and checkpoint are the stop's
+        return state
   return state
+
+
+def _budget_reached(group: Group) -> None:
+  group.stopped_by_budget = True
+  progress = group.progress
+  where = (f"after epoch {progress.epoch}" if progress.batch == 0 else
+           f"in epoch {progress.epoch + 1}, batch {progress.batch} of {group.steps_per_epoch}")
+  log.info("time budget of %g minutes reached after %.0f s: training stops at step %d (%s); "
+           "the same command again resumes it", group.base.time_budget_minutes,
+           time.time() - group.started, progress.step, where)
 
 
 def train_and_evaluate(config: Config, workdir: str, argv: list[str] | None = None,
                        progress: bool | None = None, stop_after_step: int | None = None,
-                       ) -> dict[str, Any]:
+                       started: float | None = None) -> dict[str, Any]:
   """Trains (or resumes) a run in workdir; returns the final metrics (a group of one)."""
-  [outcome] = train_trials([config], [workdir], argv, progress, stop_after_step)
+  [outcome] = train_trials([config], [workdir], argv, progress, stop_after_step,
+                           started=started)
   if isinstance(outcome, Exception):
     raise outcome
   return outcome

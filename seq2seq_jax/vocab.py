@@ -292,16 +292,18 @@ class Vocab:
     return cls(tokens, level=level)
 
 
-def input_warnings(vocab: "Vocab", sources: list[str], max_source_len: int) -> list[str]:
+def input_warnings(vocab: "Vocab", sources: list[str], max_source_len: int | None) -> list[str]:
   """What translating these (already lower-cased, where the model does) sources does
-  silently: tokens never seen in training, and inputs cut at max_source_len."""
+  silently: tokens never seen in training, and inputs cut at max_source_len (None: none
+  is cut, long ones are translated in pieces)."""
   unknown = sorted({token for s in sources for token in vocab.unknown_tokens(s)})
   unknown_unit, length_unit = _UNITS[vocab.level]
   warnings = []
   if unknown:
     warnings.append(f"{unknown_unit} never seen in training (read as unknown): "
                     + " ".join(repr(token) for token in unknown))
-  too_long = sum(len(vocab.encode(s)) > max_source_len for s in sources)
+  too_long = 0 if max_source_len is None else sum(len(vocab.encode(s)) > max_source_len
+                                                  for s in sources)
   if too_long:
     warnings.append(f"{too_long} input(s) longer than max_source_len={max_source_len} "
                     f"{length_unit} were truncated")

@@ -44,7 +44,8 @@ SENTENCEPIECE_FILES = {"src": "sentencepiece.src.model", "tgt": "sentencepiece.t
 # settings a run may resume with changed; lstm_impl changes the implementation, not the
 # parameters (a run trained with the withdrawn lstm_impl=cudnn resumes on the scan)
 RESUMABLE_CHANGES = ("log_every_steps", "num_summary_samples", "eval_decode_samples",
-                     "keep_checkpoints", "checkpoint_every_steps", "tensorboard", "lstm_impl")
+                     "keep_checkpoints", "checkpoint_every_steps", "tensorboard", "lstm_impl",
+                     "time_budget_minutes")
 
 
 def _is_primary() -> bool:

@@ -148,3 +148,47 @@ def test_tensorboard_true_writes_step_and_epoch_losses_and_hparams_while_trainin
   assert "final/test/loss" in scalars
   hparams = event_scalars(os.path.join(workdir, "tensorboard", "hparams"))
   assert "hparam/test/loss" in hparams
+
+
+# --- time_budget_minutes ---------------------------------------------------------------
+
+@pytest.mark.slow
+def test_a_time_budget_stops_training_evaluates_saves_and_the_run_resumes_cleanly(tmp_path):
+  """A budget already spent when training starts: one step, then the validation metrics of
+  that state, a checkpoint, the final evaluation and results.json saying where it stopped.
+  The same run without the budget resumes from there to exactly an uninterrupted run's
+  per-step losses and parameters."""
+  import dataclasses
+  import time
+  config = tiny_config(num_epochs=3, log_every_steps=1, bucket_width=0, dropout=0.1)
+  full_dir, budget_dir = str(tmp_path / "full"), str(tmp_path / "budget")
+  loop.train_and_evaluate(config, full_dir, progress=False)
+  budgeted = dataclasses.replace(config, time_budget_minutes=1.0)
+  final = loop.train_and_evaluate(budgeted, budget_dir, progress=False, started=time.time() - 60)
+  assert {"val/loss", "test/loss", "test/chrf", "test/exact_match"} <= set(final)
+  results = json.load(open(os.path.join(budget_dir, "results.json")))
+  assert results["stopped_by_time_budget"] is True and results["time_budget_minutes"] == 1.0
+  steps_per_epoch = next(r["step"] for r in read_metrics(full_dir) if r.get("epoch") == 1
+                         and "train/epoch_seconds" in r)
+  assert results["epochs_reached"] == round(1 / steps_per_epoch, 3)
+  records = read_metrics(budget_dir)
+  stop = [r for r in records if r.get("time_budget_stop")]
+  assert len(stop) == 1 and stop[0]["step"] == 1 and "val/chrf" in stop[0]
+  assert records[-1]["final"] and records[-1]["stopped_by_time_budget"] is True
+
+  resumed = loop.train_and_evaluate(config, budget_dir, progress=False)  # no budget now
+  losses = lambda d: {r["step"]: r["train/loss"] for r in read_metrics(d) if "train/loss" in r}
+  assert losses(budget_dir) == losses(full_dir)
+  assert json.load(open(os.path.join(budget_dir, "results.json"))).get("time_budget_minutes") is None
+  assert resumed["step"] is not None
+  _, params_full, _ = load_trained(full_dir, "latest")
+  _, params_resumed, _ = load_trained(budget_dir, "latest")
+  jax.tree.map(np.testing.assert_array_equal, params_full, params_resumed)
+
+
+def test_the_budget_counts_from_the_command_start_and_is_a_resumable_setting():
+  from seq2seq_jax.workdir import RESUMABLE_CHANGES
+  assert "time_budget_minutes" in RESUMABLE_CHANGES
+  assert config_lib.Config().time_budget_minutes == 0.0
+  with pytest.raises(config_lib.UserError, match="time_budget_minutes' must not be negative"):
+    config_lib.apply_overrides(config_lib.Config(), ["time_budget_minutes=-1"])

@@ -10,6 +10,7 @@ import os
 import numpy as np
 
 from seq2seq_jax.config import Config
+from seq2seq_jax.data.sentences import split_long_pairs
 from seq2seq_jax.data.sources import Pair, gettext_pairs, number_pairs, parse_spec, tab_pairs
 from seq2seq_jax.data.tasks import TASKS, task_pairs
 from seq2seq_jax.errors import DataError
@@ -100,9 +101,14 @@ def load_splits(config: Config, spec: str | None = None) -> Splits:
 
 
 def drop_long(pairs: list[Pair], config: Config, name: str,
-              vocabs: tuple[Vocab, Vocab] | None = None) -> list[Pair]:
+              vocabs: tuple[Vocab, Vocab] | None = None,
+              held_out_sources: set[str] = frozenset()) -> list[Pair]:
   """Pairs whose source and target fit max_source_len / max_target_len tokens: those of
-  vocabs (source, target), which subword tokens need; char and word tokens count alone."""
+  vocabs (source, target), which subword tokens need; char and word tokens count alone.
+
+  With split_sentences, none is dropped from a held-out split (its long inputs are
+  translated sentence by sentence), and a training pair over the limits gives its sentence
+  pairs that fit (sentences.split_long_pairs) whose source is none of held_out_sources."""
   def counter(vocab: Vocab | None):
     if vocab is not None and vocab.level == "sentencepiece":
       return lambda text: len(vocab.encode(text))
@@ -113,12 +119,25 @@ def drop_long(pairs: list[Pair], config: Config, name: str,
     return lambda text: len(tokenize(text, config.tokenizer))
 
   src_len, tgt_len = (counter(v) for v in (vocabs or (None, None)))
-  kept = [(s, t) for s, t in pairs
-          if src_len(s) <= config.max_source_len and tgt_len(t) <= config.max_target_len]
+  fits = lambda s, t: src_len(s) <= config.max_source_len and tgt_len(t) <= config.max_target_len
+  limits = f"max_source_len={config.max_source_len} / max_target_len={config.max_target_len}"
+  if config.split_sentences and name != "train":
+    long = sum(not fits(s, t) for s, t in pairs)
+    if long:
+      log.info("%s: %d of %d pairs longer than %s kept: their sources are translated "
+               "sentence by sentence", name, long, len(pairs), limits)
+    return list(pairs)
+  if config.split_sentences:
+    kept, split, added = split_long_pairs(pairs, fits, held_out_sources)
+    long = sum(not fits(s, t) for s, t in pairs)
+    if long:
+      log.info("%s: %d of %d pairs longer than %s: %d split into %d sentence pairs, %d "
+               "dropped", name, long, len(pairs), limits, split, added, long - split)
+    return kept
+  kept = [(s, t) for s, t in pairs if fits(s, t)]
   if len(kept) < len(pairs):
-    log.info("%s: dropped %d of %d pairs longer than max_source_len=%d / "
-             "max_target_len=%d", name, len(pairs) - len(kept), len(pairs),
-             config.max_source_len, config.max_target_len)
+    log.info("%s: dropped %d of %d pairs longer than %s", name, len(pairs) - len(kept),
+             len(pairs), limits)
   return kept
 
 

@@ -1,0 +1,124 @@
+"""Sentence boundaries: long texts cut into pieces a model reads whole, long pairs into sentence pairs.
+
+`split_sentences` cuts a paragraph after a sentence's end (. ! ? … and what closes it:
+quotes, brackets) where the next word starts like a sentence (a capital, a digit, an
+opening quote or bracket); abbreviations (e.g., i.e., etc., Mr., a single letter) and
+numbers (3.14) are no boundary. French spacing ("Quoi ?") is handled.
+
+`pieces` packs a text's sentences, in order, into as few pieces as fit a length test
+(a model's source limit in tokens): a sentence too long alone is cut at its last comma,
+semicolon or colon that fits, else between words. Joining the pieces' translations with
+a space gives the text's translation (translate and evaluate `--split-sentences`).
+
+`split_long_pairs` turns a training pair over the length limits into its sentence pairs
+when both sides have the same number of sentences (the usual case in translated help
+text), so long paragraphs still teach the model.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Callable
+
+# A sentence ends at . ! ? … (runs of them), then maybe closing quotes or brackets, then
+# whitespace; the next one begins with an opening quote/bracket, a capital or a digit.
+_BOUNDARY_RE = re.compile(
+    r"(?<=[.!?…])[\"'»”’)\]]*(\s+)(?=[\"'«“‘(\[¿¡]?[^\W\d_a-zà-ÿ]|[\"'«“‘(\[]?\d)", re.UNICODE)
+_ABBREVIATIONS = frozenset(
+    "e.g i.e etc vs cf approx no nr fig figs mr mrs ms dr st z.b bzw ggf usw vgl ca bspw "
+    "p ex p.ex env resp".split())
+_SOFT_BREAK_RE = re.compile(r"(?<=[,;:])\s+")
+
+
+def _ends_in_abbreviation(text: str) -> bool:
+  """The text before a candidate boundary ends in an abbreviation or a lone letter."""
+  match = re.search(r"(\S+)[.]\s*$", text)
+  if not match:
+    return False
+  word = match.group(1).lstrip("(\"'«“‘[").lower()
+  return word in _ABBREVIATIONS or (len(word) == 1 and word.isalpha())
+
+
+def split_sentences(text: str) -> list[str]:
+  """The sentences of a paragraph, in order, whitespace at the cuts dropped."""
+  text = text.strip()
+  if not text:
+    return []
+  sentences, start = [], 0
+  for match in _BOUNDARY_RE.finditer(text):
+    cut = match.start(1)
+    before = text[start:cut]
+    # French puts a (narrow) space before ? ! : the mark belongs to this sentence
+    if before.rstrip().endswith(".") and _ends_in_abbreviation(before):
+      continue
+    sentences.append(before.strip())
+    start = match.end(1)
+  sentences.append(text[start:].strip())
+  return [s for s in sentences if s]
+
+
+def _cut_to_fit(sentence: str, fits: Callable[[str], bool]) -> list[str]:
+  """A sentence too long for `fits`: parts cut at commas, semicolons or colons where they
+  fit, else between words (a single word that does not fit stays whole: the model cuts it)."""
+  for splitter in (_SOFT_BREAK_RE, re.compile(r"\s+")):
+    units = [u for u in splitter.split(sentence) if u]
+    if len(units) < 2:
+      continue
+    parts = _pack(units, fits, lambda part: [part])
+    if all(fits(p) for p in parts):
+      return parts
+  return [sentence]
+
+
+def _pack(units: list[str], fits: Callable[[str], bool],
+          too_long: Callable[[str], list[str]]) -> list[str]:
+  """Consecutive units joined by spaces into the fewest pieces that fit, in order."""
+  pieces: list[str] = []
+  current = ""
+  for unit in units:
+    candidate = f"{current} {unit}" if current else unit
+    if fits(candidate):
+      current = candidate
+      continue
+    if current:
+      pieces.append(current)
+    if fits(unit):
+      current = unit
+    else:
+      pieces.extend(too_long(unit))
+      current = ""
+  if current:
+    pieces.append(current)
+  return pieces
+
+
+def pieces(text: str, fits: Callable[[str], bool]) -> list[str]:
+  """The text itself if it fits, else its sentences packed in order into the fewest
+  pieces that fit (a sentence too long alone cut further, see `_cut_to_fit`)."""
+  if fits(text) or not text.strip():
+    return [text]
+  return _pack(split_sentences(text), fits, lambda s: _cut_to_fit(s, fits))
+
+
+def split_long_pairs(pairs: list[tuple[str, str]], fits: Callable[[str, str], bool],
+                     excluded_sources: set[str] = frozenset()
+                     ) -> tuple[list[tuple[str, str]], int, int]:
+  """Pairs that fit, as they are; a pair that does not: its sentence pairs (i-th source
+  sentence with the i-th target sentence) that fit, when both sides have the same number
+  of sentences, more than one. Sentence pairs whose source is in excluded_sources (a later
+  split's) are left out. Returns (pairs, long pairs split, sentence pairs added)."""
+  kept, split, added = [], 0, 0
+  for source, target in pairs:
+    if fits(source, target):
+      kept.append((source, target))
+      continue
+    source_sentences, target_sentences = split_sentences(source), split_sentences(target)
+    if len(source_sentences) < 2 or len(source_sentences) != len(target_sentences):
+      continue
+    new = [(s, t) for s, t in zip(source_sentences, target_sentences)
+           if fits(s, t) and s not in excluded_sources]
+    if new:
+      split += 1
+      added += len(new)
+      kept.extend(new)
+  return kept, split, added

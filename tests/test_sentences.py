@@ -1,0 +1,83 @@
+"""data/sentences.py and split_sentences: long texts translated whole, sentence by sentence;
+long training pairs turned into sentence pairs."""
+
+import dataclasses
+
+import pytest
+
+from seq2seq_jax.config import Config
+from seq2seq_jax.data import drop_long
+from seq2seq_jax.data.sentences import pieces, split_long_pairs, split_sentences
+from seq2seq_jax.inference import load_trained
+from tests.conftest import cli_in_process
+
+
+def test_sentences_end_at_stops_before_a_capital_or_digit_not_at_abbreviations_or_decimals():
+  text = ('Choose Format - Cells. Click the Numbers tab! Enter e.g. 3.14 in the box. '
+          'Is it SUMIF? "Yes." (See below.) 2 rows remain.')
+  assert split_sentences(text) == [
+      "Choose Format - Cells.", "Click the Numbers tab!", "Enter e.g. 3.14 in the box.",
+      "Is it SUMIF?", '"Yes."', "(See below.)", "2 rows remain."]
+  # French spaces before ? and !; a lower-case word after a stop is no new sentence
+  assert split_sentences("Que faire ? Cliquez sur OK ! Voir la fig. 3 et cf. page 2.") == [
+      "Que faire ?", "Cliquez sur OK !", "Voir la fig. 3 et cf. page 2."]
+  assert split_sentences("Column A. Then OK.") == ["Column A. Then OK."]  # a lone letter
+  assert split_sentences("  ") == [] and split_sentences("One") == ["One"]
+
+
+def test_pieces_are_the_text_if_it_fits_else_whole_sentences_packed_in_order():
+  fits = lambda text: len(text) <= 30
+  assert pieces("Short. Text.", fits) == ["Short. Text."]
+  text = "First one here. Second one. Third sentence is long, with a comma, and more words."
+  got = pieces(text, fits)
+  assert got == ["First one here. Second one.", "Third sentence is long,",
+                 "with a comma, and more words."]
+  assert all(fits(p) for p in got) and " ".join(got) == text
+  # no comma: cut between words; one word longer than the limit stays whole
+  assert pieces("aaaa bbbb cccc dddd", lambda t: len(t) <= 9) == ["aaaa bbbb", "cccc dddd"]
+  assert pieces("abcdefghijkl", lambda t: len(t) <= 5) == ["abcdefghijkl"]
+
+
+def test_a_long_training_pair_gives_its_sentence_pairs_when_both_sides_have_as_many():
+  fits = lambda s, t: len(s) <= 20 and len(t) <= 20
+  pairs = [("Short.", "Court."),
+           ("Open the menu. Click OK.", "Ouvrez le menu. Cliquez sur OK."),
+           ("One. Two. Three long one.", "Un. Deux."),  # 3 sentences against 2: dropped
+           ("A very long sentence without any stop", "Une phrase longue sans point final")]
+  kept, split, added = split_long_pairs(pairs, fits)
+  assert kept == [("Short.", "Court."), ("Open the menu.", "Ouvrez le menu."),
+                  ("Click OK.", "Cliquez sur OK.")]
+  assert (split, added) == (1, 2)
+  kept, _, _ = split_long_pairs(pairs, fits, excluded_sources={"Click OK."})
+  assert ("Click OK.", "Cliquez sur OK.") not in kept  # a held-out split's source
+
+
+def test_split_sentences_keeps_every_held_out_pair_and_splits_long_training_pairs():
+  pairs = [("ab. Cd.", "xy. Zw."), ("ef", "gh")]
+  config = Config(max_source_len=4, max_target_len=4)
+  assert drop_long(pairs, config, "test") == [("ef", "gh")]
+  split = dataclasses.replace(config, split_sentences=True)
+  assert drop_long(pairs, split, "test") == pairs
+  assert drop_long(pairs, split, "train") == [("ab.", "xy."), ("Cd.", "Zw."), ("ef", "gh")]
+  assert drop_long(pairs, split, "train", held_out_sources={"Cd."}) == [("ab.", "xy."), ("ef", "gh")]
+
+
+@pytest.mark.slow
+def test_a_text_longer_than_the_model_reads_is_translated_whole_by_sentences(
+    trained_workdir, capsys):
+  """The tiny model reads 40 characters: two sentences of 30 give the translations of each,
+  joined by a space; without split_sentences the input is cut (and a warning says so)."""
+  translator, params, _ = load_trained(trained_workdir)
+  first, second = "nine hundred and ninety-nine.", "Eight hundred and eighty-eight."
+  assert len(first) <= translator.source_width < len(f"{first} {second}")
+  whole = translator.translate(params, [f"{first} {second}"], split_sentences=True)
+  assert whole == [" ".join(translator.translate(params, [first, second]))]
+  assert translator.translate(params, [f"{first} {second}"]) != whole  # cut at 40
+  assert not any("truncated" in w for w in translator.input_warnings(
+      [f"{first} {second}"], split_sentences=True))
+  code, out, err = cli_in_process(capsys, "translate", "--workdir", trained_workdir,
+                                  "--split-sentences", f"{first} {second}")
+  assert code == 0 and out == whole[0] + "\n" and "truncated" not in err
+  code, out, err = cli_in_process(capsys, "translate", "--workdir", trained_workdir,
+                                  f"{first} {second}")
+  assert code == 0 and "truncated" in err
