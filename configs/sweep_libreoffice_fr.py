@@ -26,7 +26,10 @@ def get_config():
       # Short trials: 3 passes over the training pages.
       num_epochs=3,
       # The first cut's settings, which the search then changed.
-      vocab_size=4000, batch_size=64, matmul_dtype="float32")
+      vocab_size=4000, batch_size=64, matmul_dtype="float32", learning_rate=3e-3,
+      # Added to configs/libreoffice_fr.py after these rounds: off, as they ran.
+      split_sentences=False, time_budget_minutes=0.0, sentencepiece_joint=False,
+      tie_embeddings=False, tie_output=False)
 
 
 def get_sweep() -> dict:

@@ -25,7 +25,7 @@ ARCHITECTURE_FIELDS = (
     "input_mode", "embed_dim", "latent_dim", "num_layers", "cell",
     "attention", "input_feeding", "reverse_source", "decoder_input", "data", "seed", "source_lowercase",
     "bidirectional_encoder", "tokenizer", "max_vocab_size", "min_token_freq",
-    "vocab_size", "sentencepiece_model", "sentencepiece_joint",
+    "vocab_size", "sentencepiece_model", "sentencepiece_joint", "tie_embeddings", "tie_output",
 )
 
 
@@ -130,6 +130,13 @@ class Config:
   input_mode: str = "embed"
   # Embedding size when input_mode is "embed".
   embed_dim: int = 64
+  # One embedding table for source and target tokens (needs one vocabulary for both:
+  # tokenizer=sentencepiece with sentencepiece_joint=true): a token copied from the source,
+  # an identifier or a number, is the same vector on both sides.
+  tie_embeddings: bool = False
+  # The output layer's weights are the target embedding table, transposed (plus a bias of
+  # its own; needs embed_dim == latent_dim).
+  tie_output: bool = False
   # LSTM hidden size (Keras' latent_dim): 128 is enough for numbers:fr and twice as fast as
   # 256 on a CPU.
   latent_dim: int = 128
@@ -292,6 +299,15 @@ def validate(config: Config) -> Config:
       setattr(config, name, float(value))
   if config.lstm_impl == "cudnn":
     raise UserError(CUDNN_WITHDRAWN)
+  if config.tie_embeddings and not (config.input_mode == "embed" and config.tokenizer ==
+                                    "sentencepiece" and config.sentencepiece_joint):
+    raise UserError("tie_embeddings shares one table between source and target tokens: set "
+                    "input_mode=embed, tokenizer=sentencepiece and sentencepiece_joint=true.")
+  if config.tie_output and not (config.input_mode == "embed" and config.decoder_input ==
+                                "previous" and config.embed_dim == config.latent_dim):
+    raise UserError(f"tie_output uses the target embedding as the output layer: set "
+                    f"input_mode=embed, decoder_input=previous and embed_dim=latent_dim "
+                    f"(now {config.embed_dim} and {config.latent_dim}).")
   for name, choices in _CHOICES.items():
     if getattr(config, name) not in choices:
       raise UserError(f"config key '{name}' must be one of {', '.join(choices)}; "

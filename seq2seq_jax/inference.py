@@ -206,21 +206,29 @@ def all_pairs(config: Config, spec: str | None = None) -> list[data_lib.Pair]:
 def evaluate_pairs(translator: Translator, params, pairs, decode_limit: int = 0,
                    full_text_metrics: bool = True, decoder=None,
                    split_sentences: bool | None = None) -> tuple[dict[str, float], list[str]]:
-  """Loss and token accuracy over all pairs; output metrics over the first decode_limit,
-  decoded greedily or with decoder (e.g. make_beam_decoder's).
+  """Loss and token accuracy over all pairs (with split_sentences, None: the config's,
+  over those within the model's limits); output metrics over the first decode_limit,
+  decoded greedily or with decoder (e.g. make_beam_decoder's), long sources translated
+  sentence by sentence with split_sentences.
 
   For series models `pairs` are windows: loss (scaled MSE), MSE/MAE in the data's units
   and those of the naive last-value forecast.
   """
-  encoded = translator.encode(pairs)
   if translator.is_series:
     from seq2seq_jax.series import series_metrics
+    encoded = translator.encode(pairs)
     predictions = translator.forecast(params, encoded)
     truth = encoded.tgt_NxT[:, 1:]
     metrics = {"loss": float(np.mean((predictions - truth) ** 2)) if len(encoded) else 0.0}
     if len(encoded):
       metrics.update(series_metrics(predictions, encoded, translator.scaler))
     return metrics, []
+  if split_sentences is None:
+    split_sentences = translator.config.split_sentences
+  scored = pairs
+  if split_sentences:  # teacher-forced over the pairs that fit (a long source would be cut)
+    scored = [p for p, long in zip(pairs, translator.long_pairs(pairs)) if not long]
+  encoded = translator.encode(scored)
   totals = workdir_lib.Totals()
   parallel = translator.parallel
   batch_size = parallel.round_batch_size(translator.config.batch_size)

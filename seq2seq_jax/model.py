@@ -31,7 +31,7 @@ MATMUL_DTYPES = {"float32": None, "bfloat16": jnp.bfloat16}
 
 
 # The run settings the model reads (config.py documents each); everything else stays out.
-MODEL_FIELDS = ("input_mode", "embed_dim", "latent_dim", "num_layers", "cell", "decoder_input",
+MODEL_FIELDS = ("input_mode", "embed_dim", "tie_embeddings", "tie_output", "latent_dim", "num_layers", "cell", "decoder_input",
                 "dropout", "reverse_source", "attention", "input_feeding",
                 "bidirectional_encoder", "fused_lstm", "matmul_dtype", "lstm_impl", "scan_unroll")
 
@@ -472,7 +472,7 @@ class Seq2Seq(nn.Module):
     self.feeding = cfg.attention != "none" and cfg.input_feeding and not self.repeat
     if cfg.input_mode == "embed":
       self.src_embed = nn.Embed(self.src_vocab_size, cfg.embed_dim, name="src_embed")
-      if not self.repeat:
+      if not self.repeat and not cfg.tie_embeddings:
         self.tgt_embed = nn.Embed(self.tgt_vocab_size, cfg.embed_dim, name="tgt_embed")
 
     glorot = nn.initializers.glorot_uniform()
@@ -507,8 +507,12 @@ class Seq2Seq(nn.Module):
           in_axis=0, out_axis=()), (H,))
     if cfg.attention != "none":
       self.attention_combine = self.param("attention_combine", glorot, (2 * H, H))
-    self.output_dense = nn.Dense(self.tgt_vocab_size, kernel_init=glorot, name="output_dense",
-                                 dot_general=mixed_dot_general(self.matmul_dtype))
+    if cfg.tie_output:  # logits = readout @ target embedding^T + output_bias
+      self.output_bias = self.param("output_bias", nn.initializers.zeros_init(),
+                                    (self.tgt_vocab_size,))
+    else:
+      self.output_dense = nn.Dense(self.tgt_vocab_size, kernel_init=glorot, name="output_dense",
+                                   dot_general=mixed_dot_general(self.matmul_dtype))
     self.dropout = Dropout()
 
   # -- encoder -----------------------------------------------------------------
@@ -622,7 +626,7 @@ class Seq2Seq(nn.Module):
     elif self.config.input_mode == "onehot":
       x = tgt_in_BxT
     else:
-      x = self.dropout(self.tgt_embed(tgt_in_BxT), self._rate(dropout_rate), train)
+      x = self.dropout(self._target_embed()(tgt_in_BxT), self._rate(dropout_rate), train)
     if self.feeding:  # the attentional vector feeds the next step: one scan over all layers
       xproj0_BxTxG = self.decoder[0].project(x)
       step = self._step_fn(enc_BxSxH, mask_BxS)
@@ -635,13 +639,25 @@ class Seq2Seq(nn.Module):
           x = self.dropout(x, self._rate(dropout_rate), train)
         _, x = layer(x, carries[k])
       readout_BxTxH = self._attend(x, enc_BxSxH, mask_BxS)
-    return self.output_dense(self.dropout(readout_BxTxH, self._rate(dropout_rate), train))
+    return self._output(self.dropout(readout_BxTxH, self._rate(dropout_rate), train))
 
   def decode_step(self, state: DecoderState, enc_BxSxH, mask_BxS, prev_B) -> tuple[DecoderState, jax.Array]:
     """One decoding step from the previous token ids: (state, logits BxV)."""
-    x = prev_B if self.config.input_mode == "onehot" else self.tgt_embed(prev_B)
+    x = prev_B if self.config.input_mode == "onehot" else self._target_embed()(prev_B)
     state, readout_BxH = self._step_fn(enc_BxSxH, mask_BxS)(state, self.decoder[0].project(x))
-    return state, self.output_dense(readout_BxH)
+    return state, self._output(readout_BxH)
+
+  def _target_embed(self) -> nn.Embed:
+    """The target tokens' embedding: the source's with tie_embeddings."""
+    return self.src_embed if self.config.tie_embeddings else self.tgt_embed
+
+  def _output(self, readout: jax.Array) -> jax.Array:
+    """Logits (or values) over the target vocabulary: the output Dense, or with tie_output
+    the target embedding transposed plus output_bias."""
+    if not self.config.tie_output:
+      return self.output_dense(readout)
+    table_VxE = self._target_embed().embedding
+    return matmul(readout, table_VxE.T, self.matmul_dtype) + self.output_bias
 
   def _rate(self, dropout_rate: float | jax.Array | None) -> float | jax.Array:
     return self.config.dropout if dropout_rate is None else dropout_rate

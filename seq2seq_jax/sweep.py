@@ -517,15 +517,19 @@ def _metric_column(prefix: str, metric: str) -> str:
 
 
 def trial_row(sweep: Sweep, trial: Trial, trial_dir: str) -> dict[str, Any] | None:
-  """One finished trial: swept values, final (last epoch) and best (over epochs) validation
-  metrics, steps, wall time and training throughput; None if it has not finished."""
+  """One finished trial: swept values, final (last epoch, or the time-budget stop after it)
+  and best (over them) validation metrics, steps, epochs reached under a time budget, wall
+  time and training throughput; None if it has not finished."""
   status = trial_status(trial_dir)
   if status not in ("done", "failed", "pruned"):
     return None
   records = workdir_lib.read_metrics(trial_dir)
   epochs = [r for r in records if not r.get("final") and "train/epoch_seconds" in r]
-  evals = [r for r in epochs if any(k.startswith("val/") for k in r)]
+  evals = [r for r in records if not r.get("final") and ("train/epoch_seconds" in r
+                                                          or r.get("time_budget_stop"))
+           and any(k.startswith("val/") for k in r)]
   info = _read_json(os.path.join(trial_dir, TRIAL_FILE)) or {}
+  results = _read_json(os.path.join(trial_dir, workdir_lib.RESULTS_FILE)) or {}
   row: dict[str, Any] = {"trial": trial.name, **trial.overrides}
   metrics = list(METRICS) + ([sweep.metric] if sweep.metric not in METRICS else [])
   for metric in metrics:
@@ -536,6 +540,7 @@ def trial_row(sweep: Sweep, trial: Trial, trial_dir: str) -> dict[str, Any] | No
   rates = [r["train/samples_per_sec"] for r in epochs[1:] or epochs]  # the first compiles
   row["steps"] = max((r["step"] for r in records if "step" in r and r["step"] is not None),
                      default=0)
+  row["epochs_reached"] = results.get("epochs_reached")  # runs with time_budget_minutes
   row["wall_seconds"] = info.get("wall_seconds")
   row["samples_per_sec"] = float(np.median(rates)) if rates else None
   row["vmap_trials"] = info.get("vmap_trials", 1)
@@ -574,7 +579,8 @@ def _columns(sweep: Sweep) -> list[str]:
   metrics = list(METRICS) + ([sweep.metric] if sweep.metric not in METRICS else [])
   return (["trial", *sweep.keys]
           + [_metric_column(p, m) for p in ("final", "best") for m in metrics]
-          + ["steps", "wall_seconds", "samples_per_sec", "vmap_trials", "status", "state"])
+          + ["steps"] + (["epochs_reached"] if sweep.base.time_budget_minutes else [])
+          + ["wall_seconds", "samples_per_sec", "vmap_trials", "status", "state"])
 
 
 def _format(column: str, value: Any) -> str:
@@ -584,6 +590,8 @@ def _format(column: str, value: Any) -> str:
     return f"{value:.1f}"
   if column == "samples_per_sec":
     return f"{value:.0f}"
+  if column == "epochs_reached":
+    return f"{value:.2f}"
   if isinstance(value, float):
     return f"{value:.4f}"
   return str(value)

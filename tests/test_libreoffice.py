@@ -275,3 +275,44 @@ def test_a_run_records_its_data_in_checkpoints_and_results(trained_workdir):
   finally:
     checkpointer.close()
   assert CheckpointMeta.from_json(meta).data == expected
+
+
+DE = {
+    "text/shared/open.html": page(
+        "hd_id1", "Öffnen",
+        ("par_id2", '<span class="avis">Öffnet eine lokale oder entfernte Datei.</span>'),
+        ("par_id3", 'Wählen Sie <span class="menuitem">Datei - Öffnen</span>.'),
+        ("par_id9", "Verwandte Themen")),
+    "text/shared/save.html": page(
+        "hd_id11", "Speichern",
+        ("par_id12", "Speichert das aktuelle Dokument."),
+        ("par_id9", "Verwandte Themen")),
+    "text/shared/print.html": page(
+        "hd_id21", "Drucken",
+        ("par_id22", "Druckt das aktuelle Dokument."),
+        ("par_id9", "Verwandte Themen")),
+}
+
+
+def test_the_german_config_reads_english_german_pairs_by_the_same_command_shape(tmp_path,
+                                                                               monkeypatch):
+  """configs/libreoffice_de.py is libreoffice_fr.py's recipe on libreoffice:de: the same
+  cache directory and packages of German (help-de, l10n-de), the same page split."""
+  from seq2seq_jax.config import load_config_file
+  from tests.conftest import ROOT
+  german = load_config_file(os.path.join(ROOT, "configs", "libreoffice_de.py"))
+  french = load_config_file(os.path.join(ROOT, "configs", "libreoffice_fr.py"))
+  assert german.data == "libreoffice:de"
+  differing = {k for k, v in german.to_dict().items() if french.to_dict()[k] != v}
+  assert differing <= {"data"}, differing
+  assert libreoffice.packages_for("de") == ["libreoffice-help-en-us", "libreoffice-help-de",
+                                            "libreoffice-l10n-de"]
+  cache = tmp_path / "cache"
+  monkeypatch.setenv("SEQ2SEQ_JAX_DATA", str(cache))
+  (cache / "libreoffice").mkdir(parents=True)
+  write_deb(cache / "libreoffice", "libreoffice-help-en-us", help_files("en-US", EN))
+  write_deb(cache / "libreoffice", "libreoffice-help-de", help_files("de", DE))
+  config = tiny_config(data=german.data, val_fraction=0.0, test_fraction=0.0)
+  splits = data_lib.load_splits(config)
+  assert ("Opens a local or remote file.", "Öffnet eine lokale oder entfernte Datei.") in splits.train
+  assert ("Prints the current document.", "Druckt das aktuelle Dokument.") in splits.train

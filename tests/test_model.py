@@ -367,3 +367,32 @@ def test_the_model_keeps_only_its_own_settings():
   other_run = dc.replace(run, learning_rate=0.5, data="tsv:x.tsv", num_epochs=99)
   assert build_model(other_run, 7, 9).config == model.config
   assert ModelConfig() == ModelConfig.from_config(Config())  # one set of defaults
+
+
+def test_tied_embeddings_are_one_table_and_tie_output_reads_logits_from_it():
+  """tie_embeddings: source and target tokens index one table (a target token's gradient
+  reaches it); tie_output: logits = readout @ table^T + output_bias, no output Dense."""
+  from seq2seq_jax.config import apply_overrides
+  config = apply_overrides(Config(), ["tokenizer=sentencepiece", "sentencepiece_joint=true",
+                                      "tie_embeddings=true", "tie_output=true", "embed_dim=16",
+                                      "latent_dim=16"])
+  model = model_lib.build_model(config, 11, 11)
+  params = model_lib.init_params(model, jax.random.key(0))
+  assert "tgt_embed" not in params and "output_dense" not in params
+  assert params["src_embed"]["embedding"].shape == (11, 16) and params["output_bias"].shape == (11,)
+  src, tgt = jnp.array([[4, 5, 0]]), jnp.array([[1, 9, 2]])
+  grad = jax.grad(lambda p: model.apply({"params": p}, src, tgt).sum())(params)
+  assert np.abs(np.asarray(grad["src_embed"]["embedding"][9])).sum() > 0  # 9: a target token
+  readout = jax.random.normal(jax.random.key(1), (2, 16))
+  table = params["src_embed"]["embedding"]
+  logits = model.apply({"params": params}, readout, method=lambda m, r: m._output(r))
+  np.testing.assert_allclose(logits, readout @ table.T + params["output_bias"], rtol=1e-6)
+
+
+def test_tying_is_refused_where_the_tables_cannot_be_one():
+  from seq2seq_jax.config import apply_overrides
+  from seq2seq_jax.errors import UserError
+  with pytest.raises(UserError, match="tie_embeddings .*sentencepiece_joint=true"):
+    apply_overrides(Config(), ["tie_embeddings=true"])  # characters: two vocabularies
+  with pytest.raises(UserError, match=r"tie_output .*embed_dim=latent_dim \(now 64 and 128\)"):
+    apply_overrides(Config(), ["tie_output=true"])

@@ -1,5 +1,6 @@
 import json
 import os
+import re
 
 import jax
 import jax.numpy as jnp
@@ -149,3 +150,46 @@ def test_no_compilation_after_the_first_epoch(tmp_path):
                   and "train/compilations" in r]
   assert len(compilations) == 3 and compilations[0] > 3, compilations
   assert compilations[1:] == [0, 0], compilations
+
+
+def _identifier_pairs(rng, count):
+  """Help-like sentences naming a spreadsheet function and a number, English -> French:
+  both must be copied."""
+  functions = ["SUMIF", "VLOOKUP", "COUNTIF", "HLOOKUP", "AVERAGE", "CONCAT", "ROUND", "INDEX",
+               "MATCH", "TRIM", "DATEDIF", "NETWORKDAYS"]
+  templates = [("The {f} function returns {n} values.", "La fonction {f} renvoie {n} valeurs."),
+               ("Use {f} with {n} cells.", "Utilisez {f} avec {n} cellules."),
+               ("Enter {n} in the {f} dialog.", "Saisissez {n} dans la boîte de dialogue {f}.")]
+  pairs = set()
+  while len(pairs) < count:
+    (en, fr), f, n = templates[rng.integers(3)], rng.choice(functions), int(rng.integers(1, 1000))
+    pairs.add((en.format(f=f, n=n), fr.format(f=f, n=n)))
+  return sorted(pairs)
+
+
+@pytest.mark.slow
+def test_a_joint_vocabulary_with_tied_embeddings_copies_function_names_and_numbers(tmp_path):
+  """A tiny model on one joint SentencePiece vocabulary with tied embeddings, trained on
+  help-like sentences: held-out sentences keep their function name (SUMIF, VLOOKUP) and
+  their number in the output."""
+  rng = np.random.default_rng(0)
+  pairs = _identifier_pairs(rng, 3000)
+  held_out = [("Use SUMIF with 42 cells.", "Utilisez SUMIF avec 42 cellules."),
+              ("The VLOOKUP function returns 317 values.", "La fonction VLOOKUP renvoie 317 valeurs."),
+              ("Enter 86 in the COUNTIF dialog.", "Saisissez 86 dans la boîte de dialogue COUNTIF.")]
+  train = [p for p in pairs if p not in held_out]
+  path = write_tsv(tmp_path / "ids.tsv", train)
+  config = tiny_config(data=f"tsv:{path}", val_fraction=0.05, test_fraction=0.0,
+                       tokenizer="sentencepiece", sentencepiece_joint=True, vocab_size=150,
+                       tie_embeddings=True, tie_output=True, embed_dim=64, latent_dim=64,
+                       max_source_len=40, max_target_len=40, batch_size=32, num_epochs=30,
+                       learning_rate=1e-2, warmup_steps=20, log_every_steps=1000,
+                       best_metric="val/exact_match")
+  workdir = str(tmp_path / "run")
+  train_and_evaluate(config, workdir, progress=False)
+  translator, params, _ = load_trained(workdir)
+  outputs = translator.translate(params, [s for s, _ in held_out])
+  for (source, target), output in zip(held_out, outputs):
+    function, number = re.search(r"[A-Z]{4,}", source).group(), re.search(r"\d+", source).group()
+    assert function in output.split() or function + "." in output.split(), (source, output)
+    assert re.search(rf"\b{number}\b", output), (source, output)
