@@ -23,7 +23,10 @@
 #   CHECK_TESTS        gpu (default: tests/test_cudnn.py, its GPU tests included) or all (the suite)
 #   TEST_TIMEOUT       seconds one test may take (default 120; needs pytest-timeout, else the
 #                      phase limit alone applies)
-#   TESTS_LIMIT, TRAIN_LIMIT, BENCH_LIMIT   each phase's limit in seconds (default 90, 150, 120)
+#   CHECK_PROBE=1      also run experiments/cudnn_probe.py beside the trainings (the withdrawn
+#                      cuDNN path against the scan; cudnn_probe.json, cudnn_probe.log)
+#   TESTS_LIMIT, TRAIN_LIMIT, BENCH_LIMIT, PROBE_LIMIT   each phase's limit in seconds
+#                      (default 90, 150, 120, 240)
 #   CUDA_VISIBLE_DEVICES  the GPU used (default 0)
 # Writes: nvidia-smi.txt, versions.txt, pytest.txt, train_auto.log, train_scan.log (and their
 #   workdirs), trainings.txt, benchmark.json, benchmark.md, benchmark.log, summary.txt.
@@ -123,6 +126,11 @@ train() {  # train IMPL: the default config, workdir and log under $out
 }
 train auto & auto_pid=$!
 train scan & scan_pid=$!
+probe_pid=""
+if [[ "${CHECK_PROBE:-0}" == 1 ]]; then
+  timeout --kill-after=10 "${PROBE_LIMIT:-240}" "$python" experiments/cudnn_probe.py \
+    --output "$out/cudnn_probe.json" >"$out/cudnn_probe.log" 2>&1 & probe_pid=$!
+fi
 
 timeout_args=()
 if "$python" -c "import pytest_timeout" >/dev/null 2>&1; then
@@ -153,6 +161,11 @@ except (OSError, KeyError, ValueError):
   print("none")' "$out/train_$1/results.json"
 }
 auto_em=$(exact auto); scan_em=$(exact scan)
+if [[ -n "$probe_pid" ]]; then
+  probe_rc=0
+  wait "$probe_pid" || probe_rc=$?
+  phase "cuDNN probe" "$([[ $probe_rc == 0 ]] && echo done || echo "FAILED($probe_rc)")"
+fi
 echo "lstm_impl=auto test exact match $auto_em (exit $auto_rc); lstm_impl=scan $scan_em (exit $scan_rc)" \
   | tee "$out/trainings.txt" | tee -a "$summary"
 agree=0
