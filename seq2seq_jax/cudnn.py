@@ -64,25 +64,19 @@ def cuda_gpu() -> bool:
   return gpu_rnn is not None and getattr(gpu_rnn, "_cuda_rnn", None) is not None
 
 
-def device_count() -> int:
-  """JAX's devices, over every process."""
-  return jax.device_count()
-
-
 def platform_name() -> str:
   """The platform of JAX's default devices: cpu, gpu or tpu."""
   return jax.default_backend()
 
 
 def resolve_lstm_impl(requested: str, *, cell: str = "lstm", matmul_dtype: str = "float32",
-                      cuda: bool | None = None, devices: int | None = None) -> str:
+                      cuda: bool | None = None) -> str:
   """What an LSTM layer runs here for lstm_impl `requested`: "scan" or "cudnn".
 
   auto: the scan, on every platform. On one H200 (2026-12-04) the scan trained faster than
   cuDNN at every batch measured (64 to 4096) and was right where cuDNN was not
   (docs/accelerators.md). cudnn: cuDNN, or a UserError where there is no CUDA GPU.
-  cuda: the machine's (None: asked of JAX); devices: unused, kept for callers."""
-  del devices
+  cuda: the machine's (None: asked of JAX)."""
   if requested not in LSTM_IMPLS:
     raise UserError(f"lstm_impl must be one of {', '.join(LSTM_IMPLS)}; got {requested!r}.")
   if requested != "cudnn" or cell != "lstm":
