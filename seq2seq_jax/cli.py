@@ -179,7 +179,7 @@ def cmd_evaluate(args) -> int:
       config = dataclasses.replace(config, split_sentences=args.split_sentences)
     pairs = data_lib.drop_long(splits.get(args.split), config, args.split,
                                (translator.src_vocab, translator.tgt_vocab),
-                               {s for s, _ in splits.val + splits.test})
+                               splits.held_out_sources())
   if not pairs:
     raise UserError(f"split '{args.split}' of {args.data or config.data} is empty.")
   # series models have no text to decode

@@ -177,8 +177,8 @@ def load_run_data(config: Config, parallel: DataParallel | None = None):
   vocabs = None
   if config.tokenizer == "sentencepiece":
     vocabs = data_lib.build_vocabs(splits.train, config)
-  held_out = {s for s, _ in splits.val + splits.test}  # no training sentence equals them
-  train_pairs = data_lib.drop_long(splits.train, config, "train", vocabs, held_out)
+  train_pairs = data_lib.drop_long(splits.train, config, "train", vocabs,
+                                   splits.held_out_sources())
   val_pairs = data_lib.drop_long(splits.val, config, "val", vocabs)
   test_pairs = data_lib.drop_long(splits.test, config, "test", vocabs)
   if not train_pairs:

@@ -57,6 +57,10 @@ class Splits:
       info["packages"] = dict(self.packages)
     return info
 
+  def held_out_sources(self) -> set[str]:
+    """The validation and test sources: no training sentence pair may have one."""
+    return {source for source, _ in self.val + self.test}
+
   def get(self, name: str) -> list[Pair]:
     if name not in ("train", "val", "test"):
       raise DataError(f"unknown split '{name}': use train, val or test.")
@@ -129,7 +133,7 @@ def drop_long(pairs: list[Pair], config: Config, name: str,
     return list(pairs)
   if config.split_sentences:
     kept, split, added = split_long_pairs(pairs, fits, held_out_sources)
-    long = sum(not fits(s, t) for s, t in pairs)
+    long = len(pairs) - (len(kept) - added)  # kept: the pairs that fit, then the sentence pairs
     if long:
       log.info("%s: %d of %d pairs longer than %s: %d split into %d sentence pairs, %d "
                "dropped", name, long, len(pairs), limits, split, added, long - split)
