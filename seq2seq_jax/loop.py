@@ -442,6 +442,13 @@ def _trial_params(group: Group, state) -> list[Any]:
   return [group.parallel.replicate(_unstack(host_params, i)) for i in range(group.size)]
 
 
+def _validate(group: Group, params) -> dict[str, float]:
+  """One trial's periodic validation: "val/" metrics, eval_decode_samples outputs decoded."""
+  val_metrics, _ = evaluate_pairs(group.translator, params, group.val_pairs,
+                                  group.base.eval_decode_samples)
+  return {f"val/{k}": v for k, v in val_metrics.items()}
+
+
 def _end_epoch(group: Group, state, clock: EpochClock, compilations: CompilationCounter,
                first_epoch: int) -> None:
   """The epoch's records (validation too, when due), then its checkpoint."""
@@ -465,9 +472,7 @@ def _end_epoch(group: Group, state, clock: EpochClock, compilations: Compilation
     if group.stacked:
       record["vmap_trials"] = group.size
     if evaluate:
-      val_metrics, _ = evaluate_pairs(group.translator, params[i], group.val_pairs,
-                                      base.eval_decode_samples)
-      checkpoint_metrics[i] = {f"val/{k}": v for k, v in val_metrics.items()}
+      checkpoint_metrics[i] = _validate(group, params[i])
       record.update(checkpoint_metrics[i])
     # batch shapes come from fixed length buckets: only a process's first epoch compiles
     record["train/compilations"] = new_compilations
@@ -498,13 +503,11 @@ def _stop_on_budget(group: Group, state) -> None:
   """Training ends inside an epoch at the time budget: the validation metrics of this
   state (so it may become the best checkpoint) and a checkpoint at this position, from
   which the same command resumes the epoch."""
-  base, progress = group.base, group.progress
+  progress = group.progress
   params = _trial_params(group, state)
   metrics: list[dict[str, float] | None] = [None] * group.size
   for i, trial in group.live():
-    val_metrics, _ = evaluate_pairs(group.translator, params[i], group.val_pairs,
-                                    base.eval_decode_samples)
-    metrics[i] = {f"val/{k}": v for k, v in val_metrics.items()}
+    metrics[i] = _validate(group, params[i])
     trial.record({"step": progress.step, "epoch": progress.epoch + 1, "time_budget_stop": True,
                   "elapsed_seconds": time.time() - group.started, **metrics[i]})
     log.info("%stime budget stop at step %d  %s", group.label(trial), progress.step,
