@@ -236,6 +236,42 @@ def test_model_trains_the_same_on_the_cudnn_path(one_cuda_gpu, case):
   jax.tree.map(lambda g, w: np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-6), got, want)
 
 
+def _eval_batches():
+  """Batches as evaluation cuts them: rows shortest first (data.eval_batches), the second
+  with padding-only rows and another source width; then one longest first."""
+  src = jnp.array([[5, 0, 0, 0, 0, 0, 0, 0], [6, 7, 0, 0, 0, 0, 0, 0], [8, 9, 5, 6, 0, 0, 0, 0],
+                   [5, 6, 7, 8, 9, 10, 11, 0]], jnp.int32)
+  tgt = jnp.array([[1, 5, 2, 0, 0], [1, 6, 7, 2, 0], [1, 8, 9, 5, 2], [1, 5, 6, 7, 2]], jnp.int32)
+  first = {"src": src, "tgt_in": tgt[:, :-1], "tgt_out": tgt[:, 1:], "tgt_mask": tgt[:, 1:] != 0,
+           "index": jnp.arange(4)}
+  return [first, _batch(), jax.tree.map(lambda x: x[::-1], first)]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", sorted(MODEL_CASES))
+def test_evaluation_and_decoding_on_the_cudnn_path_equal_the_scan_on_several_batches(
+    one_cuda_gpu, case):
+  """What failed on the H200 was evaluation, not training: the eval program's loss
+  (train=False) and greedy decoding, on batches of several shapes (rows shortest first, a
+  padding-only row, rows longest first), through the packed call and through the scan."""
+  config = tiny_config(**MODEL_CASES[case])
+  params = _init(config, "scan")
+  models = {impl: model_lib.build_model(Config(**{**config.to_dict(), "lstm_impl": impl}), 12, 12)
+            for impl in ("scan", "cudnn")}
+  for batch in _eval_batches():
+    results = {}
+    for impl, model in models.items():
+      one_cuda_gpu.clear()
+      loss = jax.jit(lambda p, b: loss_and_counts(p, b, model=model, config=config,
+                                                  train=False)[0])
+      decode = jax.jit(functools.partial(greedy_decode, model=model, max_len=6))
+      with jax.default_matmul_precision("highest"):
+        results[impl] = (float(loss(params, batch)), np.asarray(decode(params, batch["src"])))
+      assert bool(one_cuda_gpu) == (impl == "cudnn")  # the packed call ran, or did not
+    np.testing.assert_allclose(results["cudnn"][0], results["scan"][0], rtol=1e-5)
+    np.testing.assert_array_equal(results["cudnn"][1], results["scan"][1])
+
+
 # --- what auto picks -------------------------------------------------------------
 
 def test_auto_is_the_scan_on_every_platform():
