@@ -164,32 +164,41 @@ def _identifier_pairs(rng, count):
   while len(pairs) < count:
     (en, fr), f, n = templates[rng.integers(3)], rng.choice(functions), int(rng.integers(1, 1000))
     pairs.add((en.format(f=f, n=n), fr.format(f=f, n=n)))
-  return sorted(pairs)
+  pairs = sorted(pairs)
+  rng.shuffle(pairs)
+  return pairs
 
 
 @pytest.mark.slow
 def test_a_joint_vocabulary_with_tied_embeddings_copies_function_names_and_numbers(tmp_path):
-  """A tiny model on one joint SentencePiece vocabulary with tied embeddings, trained on
-  help-like sentences: held-out sentences keep their function name (SUMIF, VLOOKUP) and
-  their number in the output."""
+  """A small model on one joint SentencePiece vocabulary with tied embeddings, trained on
+  help-like sentences: 90 held-out sentences (their function names seen in other sentences,
+  their numbers made of pieces seen in other numbers) keep their function name (SUMIF,
+  VLOOKUP...) and their number.
+
+  The model is the default one's kind (bidirectional encoder, attention with input
+  feeding) at a small size: on these data a model learns to copy numbers suddenly, and this
+  one does so by epoch 10 at every seed tried (0-4; 14 epochs leave the margin)."""
   rng = np.random.default_rng(0)
-  pairs = _identifier_pairs(rng, 3000)
-  held_out = [("Use SUMIF with 42 cells.", "Utilisez SUMIF avec 42 cellules."),
-              ("The VLOOKUP function returns 317 values.", "La fonction VLOOKUP renvoie 317 valeurs."),
-              ("Enter 86 in the COUNTIF dialog.", "Saisissez 86 dans la boîte de dialogue COUNTIF.")]
-  train = [p for p in pairs if p not in held_out]
+  pairs = _identifier_pairs(rng, 3090)
+  held_out, train = pairs[:90], pairs[90:]
   path = write_tsv(tmp_path / "ids.tsv", train)
   config = tiny_config(data=f"tsv:{path}", val_fraction=0.05, test_fraction=0.0,
                        tokenizer="sentencepiece", sentencepiece_joint=True, vocab_size=150,
                        tie_embeddings=True, tie_output=True, embed_dim=64, latent_dim=64,
-                       max_source_len=40, max_target_len=40, batch_size=32, num_epochs=30,
+                       bidirectional_encoder=True, input_feeding=True,
+                       max_source_len=40, max_target_len=40, batch_size=16, num_epochs=14,
                        learning_rate=1e-2, warmup_steps=20, log_every_steps=1000,
                        best_metric="val/exact_match")
   workdir = str(tmp_path / "run")
   train_and_evaluate(config, workdir, progress=False)
   translator, params, _ = load_trained(workdir)
   outputs = translator.translate(params, [s for s, _ in held_out])
-  for (source, target), output in zip(held_out, outputs):
+  lost = []
+  for (source, _), output in zip(held_out, outputs):
     function, number = re.search(r"[A-Z]{4,}", source).group(), re.search(r"\d+", source).group()
-    assert function in output.split() or function + "." in output.split(), (source, output)
-    assert re.search(rf"\b{number}\b", output), (source, output)
+    words = output.split()
+    if not ((function in words or function + "." in words)
+            and re.search(rf"\b{number}\b", output)):
+      lost.append((source, output))
+  assert len(lost) <= 4, lost  # 95% of the held-out sentences at least
