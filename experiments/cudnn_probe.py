@@ -54,6 +54,11 @@ def layer_probes(records, cudnn, model_lib, B=128, I=64, H=128):
             jax.random.normal(k[1], (H, 4 * H)) / np.sqrt(H),
             jax.random.normal(k[2], (4 * H,)) * 0.1)
   zero = (jnp.zeros((B, H)), jnp.zeros((B, H)))
+  # the decoder starts from the encoder's final (h, c): with attention=none the H200 run
+  # stalled where a model ignoring its source would, so initial and final states are
+  # probed apart from outputs, from a zero carry and from a random one
+  given = (jax.random.normal(jax.random.fold_in(key, 7), (B, H)) * 0.5,
+           jax.random.normal(jax.random.fold_in(key, 8), (B, H)) * 0.5)
 
   def scan(x, carry, params, mask):
     kernel, recurrent, bias = params
@@ -84,21 +89,24 @@ def layer_probes(records, cudnn, model_lib, B=128, I=64, H=128):
                 "mixed, longest first": np.sort(mixed)[::-1].copy(),
                 "mixed, shortest first": np.sort(mixed),
                 "mixed+empty rows": np.concatenate([rng.integers(1, T + 1, B - 8), np.zeros(8, int)])}
-    for name, lengths in patterns.items():
+    cases = [(name, lengths, zero, "zero") for name, lengths in patterns.items()]
+    cases += [(name, patterns[name], given, "random") for name in ("full", "mixed, random order",
+                                                                   "mixed, shortest first")]
+    for name, lengths, carry, carry_name in cases:
       x = jax.random.normal(jax.random.fold_in(k[3], T), (B, T, I))
       w = jax.random.normal(jax.random.fold_in(k[4], T), (B, T, H))
       mask = jnp.asarray(np.arange(T)[None, :] < lengths[:, None])
       with jax.default_matmul_precision("highest"):
-        want = jax.jit(scan)(x, zero, params, mask)
+        want = jax.jit(scan)(x, carry, params, mask)
         want_g = jax.jit(jax.grad(functools.partial(loss, scan), argnums=(0, 2)))(
-            x, zero, params, mask, w)
+            x, carry, params, mask, w)
       for label, run in (("ours", ours), ("raw", raw)):
-        got = jax.jit(run)(x, zero, params, mask)
+        got = jax.jit(run)(x, carry, params, mask)
         # the forward values as the train program computes them (under value_and_grad)
         (_, got_in_grad), got_g = jax.jit(jax.value_and_grad(
-            lambda x, p: (loss(run, x, zero, p, mask, w), run(x, zero, p, mask)), argnums=(0, 1),
+            lambda x, p: (loss(run, x, carry, p, mask, w), run(x, carry, p, mask)), argnums=(0, 1),
             has_aux=True))(x, params)
-        emit(records, probe="layer", impl=label, T=T, lengths=name,
+        emit(records, probe="layer", impl=label, T=T, lengths=name, initial_carry=carry_name,
              fwd_y=round(rel(jnp.where(mask[..., None], got[1], 0), jnp.where(mask[..., None], want[1], 0)), 6),
              fwd_h=round(rel(got[0][0], want[0][0]), 6), fwd_c=round(rel(got[0][1], want[0][1]), 6),
              train_fwd_y=round(rel(jnp.where(mask[..., None], got_in_grad[1], 0),
