@@ -34,7 +34,8 @@ _made_cache_dir: str | None = None
 
 def pytest_configure(config):
   """In the controlling process (before xdist starts its workers, and before anything imports
-  jax, which reads these variables when imported), a fresh cache directory."""
+  jax, which reads these variables when imported): float32 matmuls at full precision and a
+  fresh cache directory."""
   global _made_cache_dir
   # float32 in the tests means float32: their comparisons' tolerances are float32's. JAX's
   # default precision rounds float32 matmul inputs to TF32 (10-bit mantissa) on NVIDIA GPUs,

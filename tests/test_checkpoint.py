@@ -260,12 +260,12 @@ def _train_on(data, workdir):
     (b"one\tun\n\xff\xfe\tdeux\n", ":2: not UTF-8"),
 ])
 def test_bad_data_exits_with_one_line_every_time(tmp_path, content, expected):
-  """Six runs each, three at a time: Orbax's start-up work used to print a thread's
-  traceback after the error in about half of them (six runs catch that 98 times in 100)."""
+  """Ten runs each, three at a time: Orbax's start-up work used to print a thread's
+  traceback after the error in about half of them."""
   data = tmp_path / "data.tsv"
   data.write_bytes(content)
   with concurrent.futures.ThreadPoolExecutor(3) as pool:
-    results = list(pool.map(lambda i: _train_on(data, tmp_path / f"run{i}"), range(6)))
+    results = list(pool.map(lambda i: _train_on(data, tmp_path / f"run{i}"), range(10)))
   for result in results:
     assert result.returncode == 2, result.stderr
     lines = result.stderr.splitlines()
@@ -294,7 +294,7 @@ def test_a_program_exiting_right_after_opening_checkpoints_prints_nothing_more(t
     return result, os.listdir(workdir / "checkpoints")
 
   with concurrent.futures.ThreadPoolExecutor(3) as pool:
-    for result, left in pool.map(open_then_fail, range(6)):
+    for result, left in pool.map(open_then_fail, range(10)):
       assert result.returncode == 2
       assert result.stderr == "seq2seq-jax train: error: stopped\n", result.stderr
       assert left == []
