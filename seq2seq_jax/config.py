@@ -169,6 +169,10 @@ class Config:
   lstm_impl: str = "auto"
   # Time steps per iteration of the recurrent scans; 0 = the platform's default (1; CPU measured).
   scan_unroll: int = 0
+  # Before training, the devices' forward pass against the host CPU's on two validation
+  # batches; a difference rounding cannot explain stops the run (docs/accelerators.md).
+  # "auto" (on a GPU or TPU), "always" or "never".
+  cpu_crosscheck: str = "auto"
 
   # --- optimisation -----------------------------------------------------------
   # Sentence pairs per batch (global).
@@ -250,6 +254,7 @@ _CHOICES = {
     "sentencepiece_model": ("unigram", "bpe"),
     "matmul_dtype": ("float32", "bfloat16"),
     "lstm_impl": ("auto", "scan"),  # cudnn: withdrawn (CUDNN_WITHDRAWN)
+    "cpu_crosscheck": ("auto", "always", "never"),
 }
 _POSITIVE = ("latent_dim", "num_layers", "batch_size", "num_epochs", "embed_dim",
              "max_source_len", "max_target_len", "eval_every_epochs",

@@ -29,6 +29,7 @@ import jax
 import numpy as np
 
 from seq2seq_jax import data as data_lib
+from seq2seq_jax import crosscheck
 from seq2seq_jax import workdir as workdir_lib
 from seq2seq_jax.checkpoint import Checkpointer
 from seq2seq_jax.config import Config
@@ -293,6 +294,18 @@ def _open_group(configs: list[Config], workdirs: list[str], argv, parallel: Data
     workdir_lib.write_vocab(trial.workdir, facts)
   return Group(base, trials, translator, train_data, val_pairs, test_pairs, parallel,
                steps_per_epoch, jax.random.fold_in(jax.random.key(base.seed), 2))
+
+
+def _crosscheck(group: Group, state) -> None:
+  """Before any step: the devices' forward pass against the host CPU's on validation
+  batches (config cpu_crosscheck; crosscheck.py says why)."""
+  parallel = group.parallel
+  if not crosscheck.wanted(group.base.cpu_crosscheck, parallel.devices[0].platform):
+    return
+  params = jax.tree.map(lambda x: x[0], state["params"]) if group.stacked else state["params"]
+  data = group.translator.encode(group.val_pairs) if group.val_pairs else group.train_data
+  crosscheck.check_against_cpu(group.translator, params, crosscheck.check_batches(
+      data, parallel.round_batch_size(group.base.batch_size), group.base.bucket_width))
 
 
 def _same_facts(a: dict[str, Any], b: dict[str, Any]) -> bool:
@@ -631,6 +644,7 @@ def train_trials(configs: list[Config], workdirs: list[str], argv: list[str] | N
              group.steps_per_epoch, group.base.num_epochs, parallel.size, parallel.size,
              parallel.devices[0].device_kind, jax.process_count(),
              group.base.batch_size // parallel.size)
+    _crosscheck(group, state)
     show_bar = sys.stderr.isatty() if progress is None else progress
     try:
       state = _train(group, state, step_fn, show_bar, stop_after_step)

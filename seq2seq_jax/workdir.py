@@ -45,7 +45,7 @@ SENTENCEPIECE_FILES = {"src": "sentencepiece.src.model", "tgt": "sentencepiece.t
 # parameters (a run trained with the withdrawn lstm_impl=cudnn resumes on the scan)
 RESUMABLE_CHANGES = ("log_every_steps", "num_summary_samples", "eval_decode_samples",
                      "keep_checkpoints", "checkpoint_every_steps", "tensorboard", "lstm_impl",
-                     "time_budget_minutes")
+                     "time_budget_minutes", "cpu_crosscheck")
 
 
 def _is_primary() -> bool:
