@@ -168,6 +168,9 @@ if [[ -n "$probe_pid" ]]; then
 fi
 echo "lstm_impl=auto test exact match $auto_em (exit $auto_rc); lstm_impl=scan $scan_em (exit $scan_rc)" \
   | tee "$out/trainings.txt" | tee -a "$summary"
+# each training's CPU cross-check (before its first step): what it measured, or its error
+grep -h "CPU cross-check" "$out/train_auto.log" "$out/train_scan.log" 2>/dev/null \
+  | tee -a "$out/trainings.txt" | tee -a "$summary" || true
 agree=0
 if [[ $auto_em == none || $scan_em == none ]]; then
   phase trainings FAILED; status=1

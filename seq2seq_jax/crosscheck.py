@@ -22,6 +22,7 @@ tests/test_crosscheck.py pins both.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from typing import Iterable
 
@@ -68,8 +69,29 @@ def scored_positions(batch: dict[str, np.ndarray], series: bool) -> np.ndarray:
   return batch["tgt_mask"]
 
 
-def host_cpu() -> jax.Device:
-  return jax.local_devices(backend="cpu")[0]
+def host_cpu() -> jax.Device | None:
+  """The host's first CPU device; None where JAX runs without its CPU backend (JAX_PLATFORMS)."""
+  try:
+    return jax.local_devices(backend="cpu")[0]
+  except RuntimeError:
+    return None
+
+
+def before_training(translator, params, data, required: bool) -> float | None:
+  """What a run whose cpu_crosscheck wants it does before its first step: check_against_cpu
+  on data's first and last evaluation batches. Without a CPU backend: a UserError where the
+  check is required (cpu_crosscheck=always), else a warning and None."""
+  if host_cpu() is None:
+    message = (f"CPU cross-check: JAX runs without its CPU backend here (JAX_PLATFORMS="
+               f"{os.environ.get('JAX_PLATFORMS', '')!r}); add cpu to JAX_PLATFORMS (e.g. "
+               "cuda,cpu) to check the devices, or set cpu_crosscheck=never")
+    if required:
+      raise UserError(message + ".")
+    log.warning("%s; not checked.", message)
+    return None
+  batch_size = translator.parallel.round_batch_size(translator.config.batch_size)
+  return check_against_cpu(translator, params, check_batches(data, batch_size,
+                                                             translator.config.bucket_width))
 
 
 def reference_outputs(model, host_params, batch: dict[str, np.ndarray]) -> np.ndarray:

@@ -299,13 +299,12 @@ def _open_group(configs: list[Config], workdirs: list[str], argv, parallel: Data
 def _crosscheck(group: Group, state) -> None:
   """Before any step: the devices' forward pass against the host CPU's on validation
   batches (config cpu_crosscheck; crosscheck.py says why)."""
-  parallel = group.parallel
-  if not crosscheck.wanted(group.base.cpu_crosscheck, parallel.devices[0].platform):
+  setting = group.base.cpu_crosscheck
+  if not crosscheck.wanted(setting, group.parallel.devices[0].platform):
     return
   params = jax.tree.map(lambda x: x[0], state["params"]) if group.stacked else state["params"]
   data = group.translator.encode(group.val_pairs) if group.val_pairs else group.train_data
-  crosscheck.check_against_cpu(group.translator, params, crosscheck.check_batches(
-      data, parallel.round_batch_size(group.base.batch_size), group.base.bucket_width))
+  crosscheck.before_training(group.translator, params, data, required=setting == "always")
 
 
 def _same_facts(a: dict[str, Any], b: dict[str, Any]) -> bool:

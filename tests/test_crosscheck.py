@@ -23,6 +23,7 @@ from seq2seq_jax import data as data_lib
 from seq2seq_jax import crosscheck
 from seq2seq_jax import loop
 from seq2seq_jax.checkpoint import Checkpointer
+from seq2seq_jax.errors import UserError
 from seq2seq_jax.inference import load_run_data, load_trained
 from seq2seq_jax.model import build_model
 from seq2seq_jax.optim import build_optimizer
@@ -147,12 +148,22 @@ def test_a_run_whose_device_disagrees_stops_before_training_with_one_line(tmp_pa
   assert not os.path.exists(os.path.join(workdir, "results.json"))
 
 
+def test_without_a_cpu_backend_a_required_check_stops_with_one_line(monkeypatch):
+  translator, params, data = _fresh(tiny_config())
+  monkeypatch.setattr(crosscheck, "host_cpu", lambda: None)  # as under JAX_PLATFORMS=cuda
+  with pytest.raises(UserError, match="JAX_PLATFORMS") as error:
+    crosscheck.before_training(translator, params, data, required=True)
+  assert "\n" not in str(error.value) and "cpu_crosscheck=never" in str(error.value)
+  assert crosscheck.before_training(translator, params, data, required=False) is None
+
+
 @pytest.mark.slow
 def test_a_run_whose_device_agrees_logs_the_check_and_trains(tmp_path, lstm_through, caplog):
   lstm_through(fault=False)
-  config = tiny_config(num_epochs=1, numbers_train=64, cpu_crosscheck="always")
-  with caplog.at_level("INFO", logger="seq2seq_jax"):
-    results = loop.train_and_evaluate(config, str(tmp_path / "run"), progress=False)
-  assert "test/loss" in results
+  config = tiny_config(numbers_train=64, cpu_crosscheck="always")
+  workdir = str(tmp_path / "run")
+  with caplog.at_level("INFO", logger="seq2seq_jax"), pytest.raises(loop.TrainingInterrupted):
+    loop.train_and_evaluate(config, workdir, progress=False, stop_after_step=1)
+  assert Checkpointer(workdir).latest_step() == 1
   [record] = [r.getMessage() for r in caplog.records if "CPU cross-check" in r.getMessage()]
   assert "computes the host CPU's outputs on 1 batch(es)" in record  # 20 pairs: one batch
