@@ -28,8 +28,8 @@ from typing import Any
 import jax
 import numpy as np
 
-from seq2seq_jax import data as data_lib
 from seq2seq_jax import crosscheck
+from seq2seq_jax import data as data_lib
 from seq2seq_jax import workdir as workdir_lib
 from seq2seq_jax.checkpoint import Checkpointer
 from seq2seq_jax.config import Config

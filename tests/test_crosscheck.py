@@ -18,10 +18,8 @@ import jax
 import numpy as np
 import pytest
 
-from seq2seq_jax import cudnn
+from seq2seq_jax import crosscheck, cudnn, loop
 from seq2seq_jax import data as data_lib
-from seq2seq_jax import crosscheck
-from seq2seq_jax import loop
 from seq2seq_jax.checkpoint import Checkpointer
 from seq2seq_jax.errors import UserError
 from seq2seq_jax.inference import load_run_data, load_trained
@@ -37,6 +35,7 @@ def lstm_through(monkeypatch):
   call (with fault=True, each row reads another row's length); the host reference stays the
   scan. Returns the calls made."""
   calls = []
+  resolve = cudnn.resolve_lstm_impl
 
   def install(fault: bool):
     def call(x, h_0, c_0, weights, seq_lengths, **kwargs):
@@ -45,7 +44,6 @@ def lstm_through(monkeypatch):
       return cudnn.reference_lstm(x, h_0, c_0, weights, lengths, **kwargs)
     monkeypatch.setattr(cudnn, "lstm_call", call)
     monkeypatch.setattr(cudnn, "cuda_gpu", lambda: True)
-    resolve = cudnn.resolve_lstm_impl
     monkeypatch.setattr(cudnn, "resolve_lstm_impl", lambda requested, **kw:
                         "cudnn" if requested == "auto" else resolve(requested, **kw))
     return calls
@@ -59,8 +57,7 @@ def _fresh(config):
 
 
 def _check(translator, params, data):
-  return crosscheck.check_against_cpu(translator, params, crosscheck.check_batches(
-      data, translator.config.batch_size, translator.config.bucket_width))
+  return crosscheck.before_training(translator, params, data, required=True)
 
 
 def test_auto_checks_a_gpu_or_tpu_and_never_a_cpu():
