@@ -54,10 +54,10 @@ def main() -> None:
     cells = []
     for name, (model, call) in variants.items():
       cudnn.lstm_call = call
-      forward = jax.jit(lambda p, s, t, model=model: model.apply({"params": p}, s, t))
+      forward = dataclasses.replace(translator, model=model).forward
       values = []
       for batch in batches:
-        reference = crosscheck.reference_outputs(translator.model, host_params, batch)
+        reference = crosscheck.reference_outputs(translator, host_params, batch)
         with jax.default_matmul_precision("highest"):
           outputs = np.asarray(forward(params, batch["src"], batch["tgt_in"]))
         values.append(crosscheck.discrepancy(outputs, reference,

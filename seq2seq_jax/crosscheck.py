@@ -21,6 +21,7 @@ tests/test_crosscheck.py pins both.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import time
@@ -94,13 +95,13 @@ def before_training(translator, params, data, required: bool) -> float | None:
                                                              translator.config.bucket_width))
 
 
-def reference_outputs(model, host_params, batch: dict[str, np.ndarray]) -> np.ndarray:
-  """The model's outputs through the scan on the host CPU at float32's full precision."""
-  cpu_model = with_scan_lstm(model)
-  forward = jax.jit(lambda params, src, tgt_in: cpu_model.apply({"params": params}, src, tgt_in))
+def reference_outputs(translator, host_params, batch: dict[str, np.ndarray]) -> np.ndarray:
+  """The translator's model outputs (its forward pass) through the scan on the host CPU at
+  float32's full precision."""
+  reference = dataclasses.replace(translator, model=with_scan_lstm(translator.model))
   with jax.default_matmul_precision("highest"):
     placed = jax.device_put((host_params, batch["src"], batch["tgt_in"]), host_cpu())
-    return np.asarray(forward(*placed))
+    return np.asarray(reference.forward(*placed))
 
 
 def check_against_cpu(translator, params, batches: Iterable[dict[str, np.ndarray]],
@@ -114,7 +115,7 @@ def check_against_cpu(translator, params, batches: Iterable[dict[str, np.ndarray
   for batch in batches:
     placed = parallel.shard_batch(batch)
     outputs = to_numpy(parallel.settle(translator.forward(params, placed["src"], placed["tgt_in"])))
-    reference = reference_outputs(translator.model, host_params, batch)
+    reference = reference_outputs(translator, host_params, batch)
     worst = max(worst, discrepancy(outputs, reference, scored_positions(batch, translator.is_series)))
     count += 1
   device = parallel.devices[0]

@@ -117,8 +117,8 @@ def test_on_a_trained_model_bfloat16_rounding_passes_and_the_fault_stands_out(tr
   bfloat16 = build_model(dataclasses.replace(translator.config, matmul_dtype="bfloat16"),
                          len(translator.src_vocab), len(translator.tgt_vocab))
   for batch in batches:
-    reference = crosscheck.reference_outputs(translator.model, host_params, batch)
-    rounded = np.asarray(jax.jit(lambda p, s, t: bfloat16.apply({"params": p}, s, t))(
+    reference = crosscheck.reference_outputs(translator, host_params, batch)
+    rounded = np.asarray(dataclasses.replace(translator, model=bfloat16).forward(
         params, batch["src"], batch["tgt_in"]))
     scored = crosscheck.scored_positions(batch, series=False)
     assert 0 < crosscheck.discrepancy(rounded, reference, scored) < crosscheck.TOLERANCE / 5
