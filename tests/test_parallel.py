@@ -20,7 +20,8 @@ SCRIPT = textwrap.dedent("""
     from seq2seq_jax.loop import train_and_evaluate
     workdir = sys.argv[1]
     config = tiny_config(num_epochs=2, log_every_steps=1, batch_size=32, dropout=0.1,
-                         bucket_width=0)  # one batch shape: one program per process to compile
+                         bucket_width=0,  # one batch shape: one program per process to compile
+                         cpu_crosscheck="always")  # the devices against the host CPU first
     summary = train_and_evaluate(config, workdir, progress=False)
     task, params, _ = load_trained(workdir, "latest")
     sources = %r
@@ -119,3 +120,5 @@ def test_two_processes_through_jax_distributed_match_one_device(tmp_path, one_de
   assert results[0]["translations"] == results[1]["translations"] == one["translations"]
   run = json.load(open(workdir / "run.json"))
   assert run["num_processes"] == 2 and run["mesh"] == {"data": 8}
+  # the cross-check ran over the 8 devices of both processes, which agreed to go on
+  assert "CPU cross-check: 8 x cpu computes the host CPU's outputs" in (workdir / "train.log").read_text()
