@@ -73,6 +73,7 @@ def main() -> None:
                                         cudnn.reference_lstm),
               "lengths of other rows": (build_model(dataclasses.replace(config, lstm_impl="cudnn"), *sizes),
                                         _faulty_lstm)}
+  reference = crosscheck.reference_translator(translator)
   batches = crosscheck.check_batches(translator.encode(val_pairs), config.batch_size,
                                      config.bucket_width)
 
@@ -85,10 +86,10 @@ def main() -> None:
       rounding = _every_matmul_in_bfloat16 if call == "bfloat16" else contextlib.nullcontext
       values = []
       for batch in batches:
-        reference = crosscheck.reference_outputs(translator, host_params, batch)
+        expected = crosscheck.reference_outputs(reference, host_params, batch)
         with jax.default_matmul_precision("highest"), rounding():
           outputs = np.asarray(forward(params, batch["src"], batch["tgt_in"]))
-        values.append(crosscheck.discrepancy(outputs, reference,
+        values.append(crosscheck.discrepancy(outputs, expected,
                                              crosscheck.scored_positions(batch, series=False)))
       cells.append(f"{name}: " + " / ".join(f"{v:.2g}" for v in values))
     print(f"{label:<14} " + "   ".join(cells), flush=True)

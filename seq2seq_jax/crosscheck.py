@@ -106,10 +106,15 @@ def reference_model(model: Seq2Seq) -> Seq2Seq:
                                                 matmul_dtype="float32"))
 
 
-def reference_outputs(translator, host_params, batch: dict[str, np.ndarray]) -> np.ndarray:
-  """The translator's model outputs (its forward pass) as defined (reference_model) on the
-  host CPU at float32's full precision."""
-  reference = dataclasses.replace(translator, model=reference_model(translator.model))
+def reference_translator(translator):
+  """A copy of translator whose forward pass (compiled once per batch shape) is the model as
+  defined (reference_model)."""
+  return dataclasses.replace(translator, model=reference_model(translator.model))
+
+
+def reference_outputs(reference, host_params, batch: dict[str, np.ndarray]) -> np.ndarray:
+  """The outputs of a reference_translator's forward pass on the host CPU at float32's full
+  precision."""
   with jax.default_matmul_precision("highest"):
     placed = jax.device_put((host_params, batch["src"], batch["tgt_in"]), host_cpu())
     return np.asarray(reference.forward(*placed))
@@ -122,12 +127,13 @@ def check_against_cpu(translator, params, batches: Iterable[dict[str, np.ndarray
   parallel = translator.parallel
   started = time.time()
   host_params = jax.tree.map(to_numpy, params)
+  reference = reference_translator(translator)
   worst, count = 0.0, 0
   for batch in batches:
     placed = parallel.shard_batch(batch)
     outputs = to_numpy(parallel.settle(translator.forward(params, placed["src"], placed["tgt_in"])))
-    reference = reference_outputs(translator, host_params, batch)
-    worst = max(worst, discrepancy(outputs, reference, scored_positions(batch, translator.is_series)))
+    expected = reference_outputs(reference, host_params, batch)
+    worst = max(worst, discrepancy(outputs, expected, scored_positions(batch, translator.is_series)))
     count += 1
   if jax.process_count() > 1:  # one decision for all processes: none goes on alone
     from jax.experimental import multihost_utils
