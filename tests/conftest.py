@@ -57,6 +57,27 @@ def pytest_unconfigure(config):
     shutil.rmtree(_made_cache_dir, ignore_errors=True)
 
 
+def cli_env_for_long_runs() -> dict[str, str]:
+  """`run_cli`'s env_extra for a command that mostly runs (thousands of steps) rather than
+  compiles: XLA's default backend optimisation, which halves its running time there."""
+  flags = os.environ.get("XLA_FLAGS", "").replace(_FAST_COMPILE_FLAG, "")
+  return {"XLA_FLAGS": " ".join(flags.split())}
+
+
+# The fixtures that train before their tests (10-20 s each). pytest-xdist builds a fixture
+# in every worker that runs one of its tests: the tests of each of these go to one worker
+# together (`--dist loadgroup` in pyproject.toml), which builds it once.
+SHARED_TRAINED_FIXTURES = ("trained_workdir", "baseline", "swept", "one_device")
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups into the tests' ids
+def pytest_collection_modifyitems(items):
+  for item in items:
+    shared = [name for name in SHARED_TRAINED_FIXTURES if name in item.fixturenames]
+    if shared:
+      item.add_marker(pytest.mark.xdist_group(shared[0]))
+
+
 def tiny_config(**overrides) -> Config:
   config = load_config_file(os.path.join(ROOT, "configs", "tiny.py"))
   return dataclasses.replace(config, **overrides)
