@@ -11,6 +11,7 @@ import struct
 import subprocess
 import sys
 import tempfile
+import warnings
 
 import pytest
 
@@ -76,6 +77,20 @@ def pytest_collection_modifyitems(items):
     shared = [name for name in SHARED_TRAINED_FIXTURES if name in item.fixturenames]
     if shared:
       item.add_marker(pytest.mark.xdist_group(shared[0]))
+
+
+@pytest.hookimpl(trylast=True)  # after xdist has put (or not) each test's group in its id
+def pytest_collection_finish(session):
+  """Says so where the groups did not take (a pytest that pytest-xdist cannot group in)."""
+  if not session.config.getvalue("loadgroup"):
+    return  # not an xdist worker of a --dist loadgroup run
+  lost = [item.nodeid for item in session.items
+          if any(item.iter_markers("xdist_group")) and "@" not in item.nodeid]
+  if lost:
+    warnings.warn(pytest.PytestWarning(
+        f"the tests that share a fixture that trains are not grouped on one worker ({len(lost)} "
+        f"tests; pytest-xdist#1386 with pytest {pytest.__version__}): each such fixture trains "
+        "once per worker; install pytest<9.2"))
 
 
 def tiny_config(**overrides) -> Config:
