@@ -241,6 +241,11 @@ def _unstack(tree_N, i: int):
   return jax.tree.map(lambda x: to_numpy(x)[i], tree_N)
 
 
+def _first_trial_params(group: Group, state):
+  """The parameters of the group's first trial (a run's own), where they are."""
+  return jax.tree.map(lambda x: x[0], state["params"]) if group.stacked else state["params"]
+
+
 def _trial_states(group: Group, state) -> list[Any]:
   """Each trial's state (device arrays for a run; replicated host slices for a group)."""
   if not group.stacked:
@@ -302,9 +307,9 @@ def _crosscheck(group: Group, state) -> None:
   setting = group.base.cpu_crosscheck
   if not crosscheck.wanted(setting, group.parallel.devices[0].platform):
     return
-  params = jax.tree.map(lambda x: x[0], state["params"]) if group.stacked else state["params"]
   data = group.translator.encode(group.val_pairs) if group.val_pairs else group.train_data
-  crosscheck.before_training(group.translator, params, data, required=setting == "always")
+  crosscheck.before_training(group.translator, _first_trial_params(group, state), data,
+                             required=setting == "always")
 
 
 def _same_facts(a: dict[str, Any], b: dict[str, Any]) -> bool:
@@ -639,7 +644,7 @@ def train_trials(configs: list[Config], workdirs: list[str], argv: list[str] | N
     group.prune = prune
     log.info("model: %s parameters, %d step(s)/epoch, %d epoch(s); mesh data=%d (%d x %s, "
              "%d process(es)), %d pairs per device per step",
-             f"{count_params(jax.tree.map(lambda x: x[0], state['params']) if group.stacked else state['params']):,}",
+             f"{count_params(_first_trial_params(group, state)):,}",
              group.steps_per_epoch, group.base.num_epochs, parallel.size, parallel.size,
              parallel.devices[0].device_kind, jax.process_count(),
              group.base.batch_size // parallel.size)
