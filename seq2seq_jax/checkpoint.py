@@ -181,6 +181,35 @@ def _orbax_noise_dropped():
       sys.unraisablehook = previous_hook
 
 
+# The longest wait for the reads in flight when an Orbax read failed (milliseconds on a
+# local disk).
+_SETTLE_SECONDS = 5.0
+
+
+def _abandoned_tasks() -> list:
+  """asyncio tasks left pending on an event loop that was closed: an aborted read's."""
+  import asyncio
+  return [o for o in gc.get_objects()
+          if isinstance(o, asyncio.Future) and not o.done() and o.get_loop().is_closed()]
+
+
+def _settle_aborted_read() -> None:
+  """After a failed read: Orbax closes its event loop with the rest of the reads still
+  pending there (asyncio tasks), and TensorStore's threads finish the chunk reads in flight
+  and then call back into that closed loop ("Event loop is closed"). Until the last
+  callback has run, the abandoned tasks are still referenced; then they are garbage, and
+  collecting them reports each ("Task was destroyed but it is pending", "exception was
+  never retrieved", with tracebacks). Waiting until none is left makes all of that happen
+  now, while _orbax_noise_dropped drops it, rather than on stderr at some later garbage
+  collection in the caller's program."""
+  deadline = time.monotonic() + _SETTLE_SECONDS
+  while True:
+    gc.collect()
+    if not _abandoned_tasks() or time.monotonic() > deadline:
+      return
+    time.sleep(0.01)
+
+
 _quieted = False
 
 
@@ -525,7 +554,7 @@ class Checkpointer:
         cause = _root_cause(error)
         why = f"{type(cause).__name__}: {_short(cause)}"
         del error, cause
-      gc.collect()  # Orbax's aborted reads: reported (and dropped) now rather than later
+      _settle_aborted_read()
     return None, why
 
   def restore(self, abstract_state: Any | None = None, step: int | None = None,

@@ -82,8 +82,8 @@ def pytest_collection_modifyitems(items):
 @pytest.hookimpl(trylast=True)  # after xdist has put (or not) each test's group in its id
 def pytest_collection_finish(session):
   """Says so where the groups did not take (a pytest that pytest-xdist cannot group in)."""
-  if not session.config.getvalue("loadgroup"):
-    return  # not an xdist worker of a --dist loadgroup run
+  if not getattr(session.config.option, "loadgroup", False):
+    return  # not an xdist worker of a --dist loadgroup run (-n 0 runs in one process)
   lost = [item.nodeid for item in session.items
           if any(item.iter_markers("xdist_group")) and "@" not in item.nodeid]
   if lost:
