@@ -98,21 +98,24 @@ def layer_probes(records, cudnn, model_lib, B=128, I=64, H=128):
       mask = jnp.asarray(np.arange(T)[None, :] < lengths[:, None])
       with jax.default_matmul_precision("highest"):
         want = jax.jit(scan)(x, carry, params, mask)
-        want_g = jax.jit(jax.grad(functools.partial(loss, scan), argnums=(0, 2)))(
+        # argnums: the input, the initial carry (without attention, the decoder's gradient
+        # reaches the encoder only through it: dh_0, dc_0) and the parameters
+        want_g = jax.jit(jax.grad(functools.partial(loss, scan), argnums=(0, 1, 2)))(
             x, carry, params, mask, w)
       for label, run in (("ours", ours), ("raw", raw)):
         got = jax.jit(run)(x, carry, params, mask)
         # the forward values as the train program computes them (under value_and_grad)
         (_, got_in_grad), got_g = jax.jit(jax.value_and_grad(
-            lambda x, p: (loss(run, x, carry, p, mask, w), run(x, carry, p, mask)), argnums=(0, 1),
-            has_aux=True))(x, params)
+            lambda x, c, p: (loss(run, x, c, p, mask, w), run(x, c, p, mask)),
+            argnums=(0, 1, 2), has_aux=True))(x, carry, params)
         emit(records, probe="layer", impl=label, T=T, lengths=name, initial_carry=carry_name,
              fwd_y=round(rel(jnp.where(mask[..., None], got[1], 0), jnp.where(mask[..., None], want[1], 0)), 6),
              fwd_h=round(rel(got[0][0], want[0][0]), 6), fwd_c=round(rel(got[0][1], want[0][1]), 6),
              train_fwd_y=round(rel(jnp.where(mask[..., None], got_in_grad[1], 0),
                                    jnp.where(mask[..., None], want[1], 0)), 6),
              grad_x=round(rel(got_g[0], want_g[0]), 6),
-             grad_params=[round(rel(g, wg), 6) for g, wg in zip(got_g[1], want_g[1])])
+             grad_initial_carry=[round(rel(g, wg), 6) for g, wg in zip(got_g[1], want_g[1])],
+             grad_params=[round(rel(g, wg), 6) for g, wg in zip(got_g[2], want_g[2])])
   # does one call's result depend on an earlier call? the same gradient three times
   grad = jax.jit(jax.grad(functools.partial(loss, ours), argnums=2))
   T = 32
