@@ -148,7 +148,7 @@ class _OrbaxNoiseFilter(logging.Filter):
 
 
 # Orbax's (de)serialization coroutines, by name
-_UNAWAITED = (r"coroutine '(_read_\w*|_open_and_write|_background_serialize|write_fragment|"
+_UNAWAITED = (r"coroutine '(?:\w+\.)*(_read_\w*|_open_and_write|_background_serialize|write_fragment|"
               r"async_(de)?serialize\w*)' was never awaited")
 
 
@@ -181,16 +181,24 @@ def _orbax_noise_dropped():
       sys.unraisablehook = previous_hook
 
 
+# What Orbax (run_sync, without uvloop) raises when called inside a running event loop.
+_NO_NESTED_LOOP = "nest_asyncio is not installed"
+
 # The longest wait for the reads in flight when an Orbax read failed (milliseconds on a
 # local disk).
 _SETTLE_SECONDS = 5.0
 
 
-def _abandoned_tasks() -> list:
-  """asyncio tasks left pending on an event loop that was closed: an aborted read's."""
-  import asyncio
-  return [o for o in gc.get_objects()
-          if isinstance(o, asyncio.Future) and not o.done() and o.get_loop().is_closed()]
+def _orbax_task(obj: Any, asyncio: Any) -> bool:
+  """An asyncio task of Orbax's left pending on its closed event loop. Any other object,
+  a task of the caller's own included, is not one (whatever its state)."""
+  try:
+    if not issubclass(type(obj), asyncio.Task) or obj.done() or not obj.get_loop().is_closed():
+      return False
+    code = getattr(obj.get_coro(), "cr_code", None)
+    return code is not None and f"{os.sep}orbax{os.sep}" in code.co_filename
+  except Exception:  # e.g. a future whose __init__ never ran: not Orbax's
+    return False
 
 
 def _settle_aborted_read() -> None:
@@ -199,15 +207,22 @@ def _settle_aborted_read() -> None:
   and then call back into that closed loop ("Event loop is closed"). Until the last
   callback has run, the abandoned tasks are still referenced; then they are garbage, and
   collecting them reports each ("Task was destroyed but it is pending", "exception was
-  never retrieved", with tracebacks). Waiting until none is left makes all of that happen
-  now, while _orbax_noise_dropped drops it, rather than on stderr at some later garbage
-  collection in the caller's program."""
+  never retrieved", with tracebacks). Waiting until none of Orbax's is left makes all of
+  that happen now, while _orbax_noise_dropped drops it, rather than on stderr at some later
+  garbage collection in the caller's program. Best effort: it never raises, and gives up
+  after _SETTLE_SECONDS (reads in flight on a slow file system)."""
+  import asyncio
   deadline = time.monotonic() + _SETTLE_SECONDS
-  while True:
-    gc.collect()
-    if not _abandoned_tasks() or time.monotonic() > deadline:
-      return
-    time.sleep(0.01)
+  try:
+    while True:
+      gc.collect()
+      if not any(_orbax_task(obj, asyncio) for obj in gc.get_objects()):
+        return
+      if time.monotonic() > deadline:
+        return
+      time.sleep(0.01)
+  except Exception as error:  # the fallback to an older step matters more than the noise
+    log.debug("could not settle Orbax's aborted read: %r", error)
 
 
 _quieted = False
@@ -555,6 +570,11 @@ class Checkpointer:
         why = f"{type(cause).__name__}: {_short(cause)}"
         del error, cause
       _settle_aborted_read()
+    if _NO_NESTED_LOOP in why:  # not damage: no step would read in this program
+      raise CheckpointError(
+          f"Orbax cannot read a checkpoint from inside a running asyncio event loop (a "
+          f"notebook, a server) in this installation ({why}): pip install uvloop (Linux, "
+          "macOS) or nest_asyncio, or call restore from another thread.")
     return None, why
 
   def restore(self, abstract_state: Any | None = None, step: int | None = None,

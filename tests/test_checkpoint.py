@@ -316,3 +316,24 @@ def test_a_damaged_read_leaves_hooks_and_filters_as_they_were(tmp_path):
   assert step == 1 and meta == {"n": 1}
   assert sys.unraisablehook is hook and warnings.filters == filters
   assert logging.getLogger("asyncio").filters == asyncio_filters
+
+
+def test_a_read_orbax_cannot_run_inside_an_event_loop_is_not_called_damage(tmp_path, monkeypatch):
+  """Orbax without uvloop (older releases, Windows) cannot read inside a running asyncio
+  event loop, a notebook's or a server's: that is one error saying so and what to do, not
+  every intact step reported as damaged and a hint to restore files from a backup."""
+  import orbax.checkpoint as ocp
+  from seq2seq_jax.errors import CheckpointError
+  with Checkpointer(str(tmp_path)) as checkpointer:
+    checkpointer.save(1, small_state(1.0), {"n": 1})
+
+  def restore_without_uvloop(*args, **kwargs):  # what orbax's run_sync raises there
+    raise RuntimeError("nest_asyncio is not installed. Please install it to use run_sync with "
+                       "an existing event loop.")
+
+  monkeypatch.setattr(ocp.CheckpointManager, "restore", restore_without_uvloop)
+  with pytest.raises(CheckpointError, match="inside a running asyncio event loop.*pip install "
+                     "uvloop") as caught:
+    Checkpointer(str(tmp_path), read_only=True).restore()
+  assert "damaged" not in str(caught.value) and "backup" not in str(caught.value)
+  assert step_dirs(str(tmp_path)) == [1]

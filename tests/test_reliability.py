@@ -21,6 +21,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 
 import jax
 import numpy as np
@@ -520,8 +521,9 @@ def damage_truncate_without_manifest(step_dir):
 
 @contextlib.contextmanager
 def reports_left_behind():
-  """What reaches sys.unraisablehook or the asyncio logger in the block, or at a garbage
-  collection after it: where a program's stray "Exception ignored" tracebacks come from."""
+  """What reaches sys.unraisablehook, the asyncio logger or a RuntimeWarning in the block,
+  or at a garbage collection after it: where a program's stray "Exception ignored"
+  tracebacks and "never awaited" warnings come from."""
   reports: list[str] = []
 
   class Collect(logging.Handler):
@@ -532,10 +534,13 @@ def reports_left_behind():
   sys.unraisablehook = lambda unraisable: reports.append(repr(unraisable.exc_value)[:200])
   logging.getLogger("asyncio").addHandler(handler)
   try:
-    yield reports
-    gc.collect()
-    time.sleep(0.2)  # the callbacks of reads still in flight, if any were left running
-    gc.collect()
+    with warnings.catch_warnings(record=True) as caught:  # "coroutine ... was never awaited"
+      warnings.simplefilter("always", RuntimeWarning)
+      yield reports
+      gc.collect()
+      time.sleep(0.2)  # the callbacks of reads still in flight, if any were left running
+      gc.collect()
+    reports += [str(w.message)[:200] for w in caught if issubclass(w.category, RuntimeWarning)]
   finally:
     logging.getLogger("asyncio").removeHandler(handler)
     sys.unraisablehook = previous_hook
