@@ -569,44 +569,74 @@ def build_parser() -> argparse.ArgumentParser:
   return parser
 
 
-def _sigterm_as_interrupt(signum, frame):
-  del frame
-  raise KeyboardInterrupt(signal.Signals(signum).name)
-
-
 def main(argv: list[str] | None = None) -> int:
   started = time.time()
   args = build_parser().parse_args(argv)
   args.started = started
   from seq2seq_jax.checkpoint import quiet_orbax_background_errors  # the process is ours
   quiet_orbax_background_errors()
+  # the `seq2seq-jax` command itself, not main([...]) inside another program: only it
+  # re-executes, and only it ends the process at once when interrupted
+  args.from_command_line = argv is None and sys.argv[1:2] == [args.command]
+  if args.from_command_line:
+    sys.unraisablehook = _drop_handled_interrupts(sys.unraisablehook)
+  code = _run(args)
+  if code == 130 and args.from_command_line:
+    _exit_now(code)
+  return code
+
+
+def _drop_handled_interrupts(previous_hook):
+  """sys.unraisablehook that drops a KeyboardInterrupt Python could not raise (inside a
+  callback of XLA's): the signal behind it is recorded, and the command stops on it."""
+  from seq2seq_jax import runtime
+
+  def hook(unraisable):
+    if isinstance(unraisable.exc_value, KeyboardInterrupt) and runtime.stop_signal_received():
+      return
+    previous_hook(unraisable)
+  return hook
+
+
+def _exit_now(code: int) -> None:
+  """Ends an interrupted command without the interpreter's shutdown: stopped in the
+  middle of an import or a compilation, XLA's and TensorStore's threads are still running
+  and tearing down the interpreter under them crashed the process (exit 139 after the
+  message). What was saved is on disk by now: every file is written in a `with` block
+  that has closed, and a checkpoint only counts once its save has finished."""
+  for stream in (sys.stdout, sys.stderr):
+    try:
+      stream.flush()
+    except (OSError, ValueError):
+      pass
+  logging.shutdown()
+  os._exit(code)
+
+
+def _interrupted(args: argparse.Namespace, how: str) -> int:
+  saved = (" Checkpoints saved before are kept: run the same command again to resume."
+           if args.command in ("train", "sweep") else "")
+  print(f"seq2seq-jax {args.command}: interrupted{how}.{saved}", file=sys.stderr)
+  return 130
+
+
+def _run(args: argparse.Namespace) -> int:
   # SIGTERM (a scheduler's stop, `kill`) ends a command as Ctrl-C does, with a message;
   # training's loop catches both itself and checkpoints first
+  from seq2seq_jax import runtime
+  previous_handlers = {}
   try:
-    previous_sigterm = signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
-  except ValueError:  # not the main thread: leave signals alone
-    previous_sigterm = None
-  try:
-    return _run(args, argv)
-  finally:
-    if previous_sigterm is not None:
-      signal.signal(signal.SIGTERM, previous_sigterm)
-
-
-def _run(args: argparse.Namespace, argv: list[str] | None) -> int:
-  # the `seq2seq-jax` command itself, not main([...]) inside another program: only it re-executes
-  args.from_command_line = argv is None and sys.argv[1:2] == [args.command]
-  try:
-    return args.func(args)
+    previous_handlers = runtime.install_stop_handlers()
+    code = args.func(args)
+    received = runtime.stop_signal_received()
+    if received is not None:  # its KeyboardInterrupt was lost, and the command went on
+      return _interrupted(args, f" by {received}")
+    return code
   except UserError as error:
     print(f"seq2seq-jax {args.command}: error: {error}", file=sys.stderr)
     return 2
   except KeyboardInterrupt as interrupt:
-    how = f" by {interrupt.args[0]}" if interrupt.args else ""
-    saved = (" Checkpoints saved before are kept: run the same command again to resume."
-             if args.command in ("train", "sweep") else "")
-    print(f"seq2seq-jax {args.command}: interrupted{how}.{saved}", file=sys.stderr)
-    return 130
+    return _interrupted(args, f" by {interrupt.args[0]}" if interrupt.args else "")
   except BrokenPipeError:  # e.g. `seq2seq-jax translate ... | head -1`
     os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return 141
@@ -620,4 +650,9 @@ def _run(args: argparse.Namespace, argv: list[str] | None) -> int:
     if isinstance(error, TrainingInterrupted):
       print(f"seq2seq-jax {args.command}: {error}", file=sys.stderr)
       return 130
+    received = runtime.stop_signal_received()
+    if received is not None:  # what the interrupt broke, e.g. an import it stopped halfway
+      return _interrupted(args, f" by {received}")
     raise
+  finally:
+    runtime.restore_handlers(previous_handlers)

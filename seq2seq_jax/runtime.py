@@ -22,8 +22,11 @@ from __future__ import annotations
 import glob
 import importlib.util
 import os
+import signal
 import sys
 import sysconfig
+
+from typing import Any
 
 from seq2seq_jax.errors import UserError
 
@@ -118,14 +121,67 @@ def launch_environment(batch_size: int | None, environ=os.environ) -> dict[str, 
 
 def maybe_reexec(batch_size: int | None) -> None:
   """Re-runs this command (`python -m seq2seq_jax ...`) with launch_environment's
-  variables, unless it has none to add or JAX has already started."""
+  variables, unless it has none to add or JAX has already started. SIGINT and SIGTERM
+  are blocked across the exec: one that comes meanwhile waits, pending, for the new
+  process's handlers (unblock_stop_signals) instead of being lost with this image."""
   changes = launch_environment(batch_size)
   if not changes or "jax" in sys.modules:
     return
   sys.stdout.flush()
   sys.stderr.flush()
-  os.execve(sys.executable, [sys.executable, "-m", "seq2seq_jax", *sys.argv[1:]],
-            dict(os.environ, **changes))
+  signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+  try:
+    os.execve(sys.executable, [sys.executable, "-m", "seq2seq_jax", *sys.argv[1:]],
+              dict(os.environ, **changes, **{_SIGNALS_BLOCKED_ENV: "1"}))
+  finally:  # only if the exec failed
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+
+
+# -- stopping the command: SIGINT (Ctrl-C) and SIGTERM (kill, a scheduler) ----------------
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+_SIGNALS_BLOCKED_ENV = "SEQ2SEQ_JAX_SIGNALS_BLOCKED"  # set by maybe_reexec for the new image
+_received: list[int] = []
+
+
+def _stop(signum, frame):
+  del frame
+  _received.append(signum)
+  raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
+def install_stop_handlers() -> dict[int, Any]:
+  """For the command line: SIGINT and SIGTERM raise KeyboardInterrupt (named by the
+  signal) and are recorded. The record matters where the KeyboardInterrupt is lost:
+  Python drops one raised inside a callback of XLA's (jax's garbage-collection hook) and
+  the command would go on as if nothing happened; the training loop checks the record
+  before its first step (stop_signal_received). A SIGINT ignored by whoever started the
+  process (nohup, `cmd &` in a script) stays ignored. Returns the previous handlers for
+  restore_handlers; outside the main thread it changes nothing."""
+  _received.clear()
+  previous = {}
+  for signum in STOP_SIGNALS:
+    try:
+      if signum == signal.SIGINT and signal.getsignal(signum) == signal.SIG_IGN:
+        continue
+      previous[signum] = signal.signal(signum, _stop)
+    except ValueError:  # not the main thread
+      return previous
+  if os.environ.pop(_SIGNALS_BLOCKED_ENV, None):
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)  # a pending one is raised here
+  return previous
+
+
+def restore_handlers(previous: dict[int, Any]) -> None:
+  """Puts back what install_stop_handlers replaced, and forgets what it recorded."""
+  for signum, handler in previous.items():
+    signal.signal(signum, handler)
+  _received.clear()
+
+
+def stop_signal_received() -> str | None:
+  """The name of the first SIGINT/SIGTERM the command line's handlers received (None:
+  none), whether or not its KeyboardInterrupt reached the command."""
+  return signal.Signals(_received[0]).name if _received else None
 
 
 _COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"

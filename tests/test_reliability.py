@@ -421,6 +421,58 @@ def test_sigint_and_sigterm_save_and_the_same_command_resumes_exactly(baseline, 
   assert trained_numbers(workdir) == trained_numbers(baseline)
 
 
+STARTUP_STOP = ("seq2seq-jax train: interrupted by {}. Checkpoints saved before are kept: run the "
+                "same command again to resume.")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signum, delay", [(signal.SIGINT, 0.7), (signal.SIGTERM, 1.2)])
+def test_a_signal_while_training_starts_ends_it_with_one_line(env, tmp_path, signum, delay):
+  """Between the data and the first step (JAX starting, compiling: XLA's threads busy)
+  a signal used to be lost (the run trained to the end) or to crash the process after its
+  message (exit 139). It ends the command with its message, exit 130, nothing after it (on
+  a slow machine the signal may come after the first step: the loop's message then)."""
+  workdir, logs = tmp_path / "run", tmp_path / "logs"
+  process = start(train_command(workdir), env, logs)
+  wait_for(lambda: "data " in output_of(logs)[0], process, "the data line")
+  time.sleep(delay)
+  process.send_signal(signum)
+  assert process.wait(timeout=120) == 130
+  out, err = output_of(logs)
+  last = err.strip().splitlines()[-1]
+  in_training = re.fullmatch(rf"seq2seq-jax train: stopped by signal {int(signum)} at step (\d+); "
+                             r"checkpoint saved\. Run the same command again to resume\.", last)
+  assert last == STARTUP_STOP.format(signal.Signals(signum).name) or in_training, err
+  assert "Fatal Python error" not in err and no_traceback(err)
+  assert logged_step(workdir) == (int(in_training.group(1)) if in_training else 0)
+
+
+def test_a_signal_whose_interrupt_is_lost_still_stops_training(tmp_path, capsys, monkeypatch):
+  """Python drops a KeyboardInterrupt raised inside a callback of XLA's (jax's garbage-
+  collection hook), and the command went on to train to the end as if nothing had
+  happened. The signal is recorded, and training does not start."""
+  from seq2seq_jax import loop
+  open_group = loop._open_group
+
+  def open_group_losing_a_sigint(*args, **kwargs):
+    group = open_group(*args, **kwargs)
+    try:
+      os.kill(os.getpid(), signal.SIGINT)
+      time.sleep(5)  # the handler raises here
+    except KeyboardInterrupt:
+      pass  # what XLA's callback does with it
+    return group
+
+  monkeypatch.setattr(loop, "_open_group", open_group_losing_a_sigint)
+  handler = signal.getsignal(signal.SIGINT)
+  code, out, err = cli_in_process(capsys, "train", "--config", "configs/tiny.py", "--workdir",
+                                  str(tmp_path / "run"), "--set", "num_epochs=1")
+  assert code == 130
+  assert err.strip().splitlines()[-1] == STARTUP_STOP.format("SIGINT")
+  assert "step " not in out and logged_step(tmp_path / "run") == 0
+  assert signal.getsignal(signal.SIGINT) is handler  # the command's handlers are gone
+
+
 @pytest.mark.slow
 def test_kill_9_at_any_moment_then_resume(baseline, env, tmp_path):
   """Three kill -9 (first save, a later save, between steps), then the same command."""
