@@ -181,7 +181,9 @@ def cmd_evaluate(args) -> int:
                                (translator.src_vocab, translator.tgt_vocab),
                                splits.held_out_sources())
   if not pairs:
-    raise UserError(f"split '{args.split}' of {args.data or config.data} is empty.")
+    hint = (" To score every pair of a file of test pairs, use --split all." if args.data and
+            args.split != "all" and not translator.is_series else "")
+    raise UserError(f"split '{args.split}' of {args.data or config.data} is empty.{hint}")
   # series models have no text to decode
   decoder = _beam_decoder(args, None if translator.is_series else translator)
   # decode_limit 0: the text metrics and outputs cover every pair, in input order
@@ -312,6 +314,7 @@ def cmd_serve(args) -> int:
     import uvicorn  # noqa: F401
   except ImportError:
     raise UserError("serve needs Starlette and uvicorn: pip install 'seq2seq_jax[serve]'.") from None
+  _check_can_listen(args.host, args.port)
   configure_logging(sys.stderr)
   if args.exported:
     if args.beam_sizes is not None or args.length_penalty is not None or args.checkpoint:
@@ -373,6 +376,36 @@ def _positive_int(text: str) -> int:
   if value <= 0:
     raise argparse.ArgumentTypeError(f"must be a positive whole number, got '{text}'")
   return value
+
+
+def _port(text: str) -> int:
+  try:
+    value = int(text)
+  except ValueError:
+    value = -1
+  if not 0 <= value <= 65535:
+    raise argparse.ArgumentTypeError(f"must be a TCP port, 0 to 65535, got '{text}'")
+  return value
+
+
+def _check_can_listen(host: str, port: int) -> None:
+  """Refuses, before the model loads and warms up, an address the server could not
+  listen on (a busy port, an unknown host): uvicorn would find out only after."""
+  import socket
+  try:
+    family, kind, proto, _, address = socket.getaddrinfo(
+        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+  except socket.gaierror as error:
+    raise UserError(f"--host {host}: {error.strerror}; give a name or address of this "
+                    "machine, e.g. 127.0.0.1 (this machine only) or 0.0.0.0 (every "
+                    "interface).") from None
+  with socket.socket(family, kind, proto) as probe:
+    probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+    try:
+      probe.bind(address)
+    except OSError as error:
+      raise UserError(f"cannot listen on {host}:{port}: {error.strerror}; choose another "
+                      "--port, or stop what listens there.") from None
 
 
 SPLIT_SENTENCES_HELP = ("translate an input longer than the model reads (max_source_len) in "
@@ -511,7 +544,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="with --workdir: the beams' length penalty (default 0.6)")
   serve.add_argument("--host", default="127.0.0.1",
                      help="address to listen on (default 127.0.0.1: this machine only)")
-  serve.add_argument("--port", type=int, default=8000, help="default 8000")
+  serve.add_argument("--port", type=_port, default=8000, help="default 8000")
   serve.add_argument("--max-wait-ms", type=float, default=5.0, metavar="MS",
                      help="how long a request waits for others to share its batch (default 5)")
   serve.add_argument("--max-batch", type=_positive_int, default=32, metavar="N",

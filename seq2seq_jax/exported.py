@@ -105,6 +105,11 @@ class ExportedTranslator:
     if not os.path.isdir(directory):
       raise ExportError(f"export directory '{directory}' does not exist; create it with "
                         f"`seq2seq-jax export --workdir W --out {directory}`.")
+    if not os.path.exists(os.path.join(directory, MANIFEST_FILE)) and \
+        os.path.isdir(os.path.join(directory, "checkpoints")):
+      raise ExportError(f"{directory} is a training workdir, not an export: serve it with "
+                        f"--workdir {directory}, or export it first with `seq2seq-jax export "
+                        f"--workdir {directory} --out DIR`.")
     manifest = _read_json(os.path.join(directory, MANIFEST_FILE))
     if manifest.get("format") != FORMAT:
       raise ExportError(f"{directory} is not a seq2seq_jax export (no '{FORMAT}' manifest).")

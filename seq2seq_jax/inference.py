@@ -250,6 +250,9 @@ def evaluate_pairs(translator: Translator, params, pairs, decode_limit: int = 0,
 def load_trained(workdir: str, which: str = "best") -> tuple[Translator, Any, int]:
   """(translator, params, step) from a workdir: config and vocabularies come from the
   checkpoint. which: best, latest or a step number."""
+  if os.path.exists(workdir) and not os.path.isdir(workdir):
+    raise CheckpointError(f"workdir '{workdir}' is a file, not a directory: give the "
+                          "directory that `seq2seq-jax train --workdir` wrote.")
   if not os.path.isdir(workdir):
     raise CheckpointError(f"workdir '{workdir}' does not exist. Train first with "
                           f"`seq2seq-jax train --workdir {workdir}`.")

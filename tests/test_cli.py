@@ -106,6 +106,9 @@ def test_clear_errors_without_traceback(tmp_path):
   missing = run_cli("translate", "--workdir", str(tmp_path / "nowhere"), "one")
   assert missing.returncode == 2 and "does not exist" in missing.stderr
   assert "Traceback" not in missing.stderr
+  (tmp_path / "notes.txt").write_text("not a workdir")
+  a_file = run_cli("translate", "--workdir", str(tmp_path / "notes.txt"), "one")
+  assert a_file.returncode == 2 and "is a file, not a directory" in a_file.stderr
   bad_key = run_cli("train", "--config", "configs/tiny.py", "--workdir", str(tmp_path / "x"),
                     "--set", "hidden=3")
   assert bad_key.returncode == 2 and "unknown config key 'hidden'" in bad_key.stderr

@@ -86,8 +86,10 @@ def test_empty_file(tmp_path, content):
 
 
 def test_missing_file_and_bad_spec(tmp_path):
-  with pytest.raises(DataError, match="does not exist"):
+  with pytest.raises(DataError, match="does not exist. Download e.g. fra-eng.zip"):
     data_lib.load_splits(tiny_config(data=f"anki:{tmp_path}/nope.txt"))
+  with pytest.raises(DataError, match=r"does not exist. Check the path\.$"):  # not anki's advice
+    data_lib.load_splits(tiny_config(data=f"tsv:{tmp_path}/nope.tsv"))
   with pytest.raises(DataError, match="not understood"):
     data_lib.parse_spec("fra.txt")
 

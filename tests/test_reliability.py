@@ -239,11 +239,13 @@ def test_long_pairs_are_counted_in_the_log():
 
 
 @pytest.mark.parametrize("content, expected", [
-    (b"one\tun\nno tab here\n", r"bad.tsv:2: expected source<TAB>target.*skip_bad_lines=true"),
+    (b"one\tun\nno tab here\n", r"bad.tsv:2: expected source<TAB>target, found 1 column\(s\).*"
+                                 r"skip_bad_lines=true"),
+    (b"one\tun\n\tvide\n", r"bad.tsv:2: expected source<TAB>target, found an empty source"),
     (b"one\tun\ncaf\xe9\tcoffee\n", r"bad.tsv:2: not UTF-8"),
     (b"", r"bad.tsv: no usable source<TAB>target pair found \(the file is empty"),
     (b"\n\t\n \r\n", r"bad.tsv: no usable .*only blank lines"),
-    (None, r"data file '.*missing.tsv' does not exist"),
+    (None, r"data file '.*missing.tsv' does not exist\. Check the path\.$"),
 ])
 def test_train_stops_on_bad_data_with_a_clear_error(tmp_path, capsys, content, expected):
   path = tmp_path / ("missing.tsv" if content is None else "bad.tsv")

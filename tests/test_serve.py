@@ -280,3 +280,27 @@ def test_serve_flags_are_checked(capsys):
   assert code == 2 and "export settings" in err
   code, _, err = cli_in_process(capsys, "serve", "--exported", os.path.join(ROOT, "no-such-export"))
   assert code == 2 and "does not exist" in err
+
+
+def test_where_it_cannot_listen_is_refused_before_the_model_loads(capsys, tmp_path):
+  """A busy port, an out-of-range port or an unknown host: one line at once, not after
+  the model has loaded and warmed up (the workdir here is never read)."""
+  with socket.socket() as busy:
+    busy.bind(("127.0.0.1", 0))
+    busy.listen()
+    port = busy.getsockname()[1]
+    code, _, err = cli_in_process(capsys, "serve", "--workdir", str(tmp_path), "--port", str(port))
+  assert code == 2 and err == (f"seq2seq-jax serve: error: cannot listen on 127.0.0.1:{port}: "
+                               "Address already in use; choose another --port, or stop what "
+                               "listens there.\n")
+  with pytest.raises(SystemExit) as exit_:
+    cli_in_process(capsys, "serve", "--workdir", str(tmp_path), "--port", "99999")
+  assert exit_.value.code == 2
+  assert "argument --port: must be a TCP port, 0 to 65535, got '99999'" in capsys.readouterr().err
+  code, _, err = cli_in_process(capsys, "serve", "--workdir", str(tmp_path), "--host", "no.such.host.invalid")
+  assert code == 2 and "--host no.such.host.invalid:" in err and "127.0.0.1" in err
+
+
+def test_a_workdir_given_as_an_export_is_named(capsys, trained_workdir):
+  code, _, err = cli_in_process(capsys, "serve", "--exported", trained_workdir)
+  assert code == 2 and "is a training workdir, not an export: serve it with --workdir" in err

@@ -99,11 +99,16 @@ def number_pairs(lang: str, config: Config) -> tuple[list[Pair], list[Pair], lis
   return pairs[:a], pairs[a:b], pairs[b:]
 
 
-def read_text(path: str) -> str:
-  """A UTF-8 file's text; BOM and CRLF accepted; clear errors otherwise."""
+ANKI_HINT = "Download e.g. fra-eng.zip from manythings.org/anki and pass anki:PATH/fra.txt."
+
+
+def read_text(path: str, missing_hint: str | None = None) -> str:
+  """A UTF-8 file's text; BOM and CRLF accepted; clear errors otherwise (missing_hint:
+  what to do where the file does not exist; default: check the path)."""
   if not os.path.exists(path):
-    raise DataError(f"data file '{path}' does not exist. Download e.g. fra-eng.zip "
-                    "from manythings.org/anki and pass anki:PATH/fra.txt.")
+    hint = missing_hint or (f"Check the path (a relative one is read from {os.getcwd()})."
+                            if not os.path.isabs(path) else "Check the path.")
+    raise DataError(f"data file '{path}' does not exist. {hint}")
   if os.path.isdir(path):
     raise DataError(f"data file '{path}' is a directory, not a file.")
   try:
@@ -128,7 +133,7 @@ def read_text(path: str) -> str:
 def tab_pairs(path: str, kind: str, num_samples: int = 0,
               skip_bad_lines: bool = False) -> list[Pair]:
   """Pairs from a tab-separated file (`anki` allows a third, attribution column)."""
-  text = read_text(path)
+  text = read_text(path, ANKI_HINT if kind == "anki" else None)
   pairs: list[Pair] = []
   bad = 0
   max_columns = 3 if kind == "anki" else 2
@@ -139,8 +144,10 @@ def tab_pairs(path: str, kind: str, num_samples: int = 0,
     if len(columns) < 2 or len(columns) > max_columns or not columns[0] or not columns[1]:
       if not skip_bad_lines:
         want = "source<TAB>target" + ("[<TAB>attribution]" if kind == "anki" else "")
-        raise DataError(f"{path}:{number}: expected {want}, found {len(columns)} "
-                        f"column(s): {line[:60]!r}. Fix the line or set skip_bad_lines=true.")
+        found = (f"found {len(columns)} column(s)" if not 2 <= len(columns) <= max_columns
+                 else f"found an empty {'source' if not columns[0] else 'target'}")
+        raise DataError(f"{path}:{number}: expected {want}, {found}: {line[:60]!r}. Fix the "
+                        "line (train skips such lines with --set skip_bad_lines=true).")
       bad += 1
       continue
     pairs.append((columns[0], columns[1]))
