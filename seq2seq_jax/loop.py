@@ -344,9 +344,11 @@ def _initial_state(group: Group):
     if any(p != progresses[0] for p in progresses):
       raise ProgressDiffers(f"positions {progresses}")
     group.progress = progresses[0]
-    log.info("resumed %sfrom checkpoint %d (epoch %d, batch %d)",
-             f"{group.size} trials " if group.stacked else "", group.progress.step,
-             group.progress.epoch + 1, group.progress.batch)
+    where = (f"epoch {group.progress.epoch + 1}, batch {group.progress.batch}"
+             if group.progress.epoch < group.base.num_epochs else
+             f"after its last epoch, {group.progress.epoch} of {group.base.num_epochs}")
+    log.info("resumed %sfrom checkpoint %d (%s)",
+             f"{group.size} trials " if group.stacked else "", group.progress.step, where)
   for trial in group.trials:  # records of a killed run beyond its checkpoint (or all: none)
     workdir_lib.rewind_metrics(trial.workdir, group.progress.step)
   if group.stacked:
@@ -643,6 +645,9 @@ def train_trials(configs: list[Config], workdirs: list[str], argv: list[str] | N
     group = _open_group(configs, workdirs, argv, parallel, stack)
     group.started = started
     state = _initial_state(group)
+    finished = _finished_results(group)
+    if finished is not None:
+      return finished
     step_fn, group.hyper = _jitted_step(group)
     group.prune = prune
     log.info("model: %s parameters, %d step(s)/epoch, %d epoch(s); mesh data=%d (%d x %s, "
@@ -658,6 +663,33 @@ def train_trials(configs: list[Config], workdirs: list[str], argv: list[str] | N
     except _EveryTrialFailed:
       return [t.failure or t.pruned for t in group.trials]
     return _final_evaluation(group, state)
+
+
+def _finished_results(group: Group) -> list[dict[str, Any]] | None:
+  """Each trial's saved final metrics where the run is complete (every epoch trained, the
+  final evaluation written to results.json for the checkpoint it evaluates): the same
+  command again then has nothing to do, and says so. None where anything is left."""
+  if group.progress.epoch < group.base.num_epochs:
+    return None
+  outcomes = []
+  for trial in group.trials:
+    try:
+      with open(os.path.join(trial.workdir, workdir_lib.RESULTS_FILE), encoding="utf-8") as f:
+        results = json.load(f)
+    except (OSError, ValueError):
+      return None  # stopped before or during its final evaluation: that runs now
+    final_step = trial.checkpointer.best_step() or trial.checkpointer.latest_step()
+    if not isinstance(results, dict) or results.get("step") != final_step:
+      return None
+    outcomes.append({k: v for k, v in results.items() if k in ("step",) or "/" in k})
+  for trial, summary in zip(group.trials, outcomes):
+    log.info("%sthe run in %s is complete (checkpoint %d, epoch %d of %d): nothing to "
+             "train. Its final evaluation (%s): %s. To train another run, use a new --workdir.",
+             group.label(trial), trial.workdir, group.progress.step, group.progress.epoch,
+             group.base.num_epochs, workdir_lib.RESULTS_FILE,
+             "  ".join(f"{k} {v:.4f}" for k, v in summary.items()
+                       if k != "step" and isinstance(v, (int, float))))
+  return outcomes
 
 
 def _train(group: Group, state, step_fn, show_bar: bool, stop_after_step: int | None):

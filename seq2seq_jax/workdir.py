@@ -159,8 +159,11 @@ def write_run_info(workdir: str, argv: list[str] | None, devices: dict[str, Any]
   import jax
   import optax
   import orbax.checkpoint
+  command = list(argv if argv is not None else sys.argv)
+  if command and command[0].endswith(os.path.join("seq2seq_jax", "__main__.py")):
+    command[0] = "seq2seq-jax"  # `python -m seq2seq_jax`, as train re-executes itself
   write_json(os.path.join(workdir, RUN_FILE), {
-      "command": argv if argv is not None else sys.argv,
+      "command": command,
       "versions": {"python": platform.python_version(), "jax": jax.__version__,
                    "jaxlib": jax.lib.__version__ if hasattr(jax.lib, "__version__") else None,
                    "flax": flax.__version__, "optax": optax.__version__,

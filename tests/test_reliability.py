@@ -423,6 +423,24 @@ def test_sigint_and_sigterm_save_and_the_same_command_resumes_exactly(baseline, 
   assert trained_numbers(workdir) == trained_numbers(baseline)
 
 
+@pytest.mark.slow
+def test_the_same_command_on_a_finished_run_has_nothing_to_do(baseline_copy, env):
+  """It says so with the saved final metrics; no evaluation again, no second final record
+  in metrics.jsonl, nothing in the workdir's results or checkpoints changed."""
+  files = ("metrics.jsonl", "results.json")
+  before = [open(os.path.join(baseline_copy, name)).read() for name in files]
+  checkpoints = tree_digest(os.path.join(baseline_copy, "checkpoints"))
+  result = run(train_command(baseline_copy), env)
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert (f"resumed from checkpoint {TOTAL_STEPS} (after its last epoch, 12 of 12)"
+          in result.stdout)
+  assert (f"is complete (checkpoint {TOTAL_STEPS}, epoch 12 of 12): nothing to train. Its final "
+          "evaluation (results.json): val/loss " in result.stdout)
+  assert "final (checkpoint" not in result.stdout  # not evaluated again
+  assert [open(os.path.join(baseline_copy, name)).read() for name in files] == before
+  assert tree_digest(os.path.join(baseline_copy, "checkpoints")) == checkpoints
+
+
 STARTUP_STOP = ("seq2seq-jax train: interrupted by {}. Checkpoints saved before are kept: run the "
                 "same command again to resume.")
 
