@@ -697,7 +697,9 @@ def _train(group: Group, state, step_fn, show_bar: bool, stop_after_step: int | 
   from tqdm import tqdm
   base, parallel = group.base, group.parallel
   with SignalCatcher() as signals, CompilationCounter() as compilations:
-    first_epoch = group.progress.epoch
+    # the first epoch this process runs whole (a run resumed mid-epoch has not yet seen
+    # every batch shape in the part it ran, so new compilations then are no warning sign)
+    first_epoch = group.progress.epoch + (1 if group.progress.batch else 0)
     while group.progress.epoch < base.num_epochs:
       progress = group.progress
       batches = data_lib.epoch_batches(group.train_data, base.batch_size, base.seed,
