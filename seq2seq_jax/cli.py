@@ -7,7 +7,6 @@ import dataclasses
 import json
 import logging
 import os
-import signal
 import sys
 import time
 

@@ -1,4 +1,4 @@
-"""How a training process runs on its host: the allocator and the CPU devices.
+"""How a training process runs on its host: the allocator, the CPU devices, the stop signals.
 
 Both must be settled before JAX starts, so `seq2seq-jax train` re-executes itself once
 with them in its environment:
@@ -15,6 +15,9 @@ with them in its environment:
   each half of the batch without waiting. SEQ2SEQ_JAX_CPU_DEVICES=N sets the count (1:
   off). Nothing changes where XLA_FLAGS already sets a device count, on multi-process
   runs, or where a GPU/TPU backend is installed (training runs there).
+
+The command line's SIGINT/SIGTERM handlers live here too (install_stop_handlers): the
+training loop reads what they recorded, and the re-exec keeps a signal pending across it.
 """
 
 from __future__ import annotations
