@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import logging
@@ -29,6 +30,18 @@ def configure_logging(stream) -> None:
     log.addHandler(handler)
   for noisy in ("absl", "orbax"):
     logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+@contextlib.contextmanager
+def _importing():
+  """Around a command's first imports: JAX's and Orbax's compiled extensions load beneath
+  them, and a signal meanwhile is only recorded, then raised once they are done
+  (runtime.stop_deferred)."""
+  from seq2seq_jax import runtime
+  with runtime.stop_deferred():
+    import jax  # noqa: F401
+    import orbax.checkpoint  # noqa: F401  (checkpoint.py imports it at its first read)
+    yield
 
 
 def _load_config(args):
@@ -58,7 +71,8 @@ def cmd_train(args) -> int:
       maybe_reexec(config.batch_size)
     finally:  # not re-executed
       os.environ.pop(COMMAND_START_ENV, None)
-  from seq2seq_jax.loop import train_and_evaluate
+  with _importing():
+    from seq2seq_jax.loop import train_and_evaluate
   configure_logging(sys.stdout)
   train_and_evaluate(config, args.workdir, argv=sys.argv, started=started)
   return 0
@@ -119,7 +133,8 @@ def _translate_decoder(args, translator):
 
 
 def cmd_translate(args) -> int:
-  from seq2seq_jax.inference import load_trained
+  with _importing():
+    from seq2seq_jax.inference import load_trained
   configure_logging(sys.stderr)  # stdout holds the translations only
   translator, params, step = load_trained(args.workdir, args.checkpoint)
   if translator.is_series:
@@ -141,7 +156,8 @@ def cmd_translate(args) -> int:
 
 def cmd_evaluate(args) -> int:
   from seq2seq_jax import data as data_lib
-  from seq2seq_jax.inference import all_pairs, evaluate_pairs, load_trained
+  with _importing():
+    from seq2seq_jax.inference import all_pairs, evaluate_pairs, load_trained
   from seq2seq_jax.metrics import sacrebleu_signatures
   from seq2seq_jax.workdir import write_atomically
   configure_logging(sys.stderr)
@@ -209,7 +225,8 @@ def cmd_sweep(args) -> int:
     from seq2seq_jax.runtime import maybe_reexec
     maybe_reexec(None)  # mimalloc only: trials stack along the batch (sweep.py)
   from seq2seq_jax.config import resolve_config_path
-  from seq2seq_jax.sweep import load_sweep, run_sweep, work
+  with _importing():
+    from seq2seq_jax.sweep import load_sweep, run_sweep, work
   sweep = load_sweep(resolve_config_path(args.config), args.set or [])
   configure_logging(sys.stdout)
   if args.worker:  # one of --workers N, or a worker joining from another machine
@@ -247,7 +264,8 @@ def cmd_plot(args) -> int:
 
 
 def cmd_import_keras(args) -> int:
-  from seq2seq_jax.keras_import import import_keras
+  with _importing():
+    from seq2seq_jax.keras_import import import_keras
   configure_logging(sys.stderr)
   import_keras(args.model, args.data, args.num_samples, args.workdir)
   print(f"imported {args.model} into {args.workdir}; translate with: "
@@ -292,7 +310,8 @@ def _int_list(text: str, flag: str) -> tuple[int, ...]:
 
 
 def cmd_export(args) -> int:
-  from seq2seq_jax.export import describe_artifact, export_workdir
+  with _importing():
+    from seq2seq_jax.export import describe_artifact, export_workdir
   configure_logging(sys.stderr)
   beam_sizes = None if args.beam_sizes is None else _int_list(args.beam_sizes, "--beam-sizes")
   platforms = tuple(p.strip() for p in args.platforms.split(",") if p.strip())
@@ -307,7 +326,8 @@ def cmd_export(args) -> int:
 
 
 def cmd_serve(args) -> int:
-  from seq2seq_jax.serve import ServeOptions, serve
+  with _importing():
+    from seq2seq_jax.serve import ServeOptions, serve
   try:
     import starlette  # noqa: F401
     import uvicorn  # noqa: F401
@@ -389,22 +409,32 @@ def _port(text: str) -> int:
 
 def _check_can_listen(host: str, port: int) -> None:
   """Refuses, before the model loads and warms up, an address the server could not
-  listen on (a busy port, an unknown host): uvicorn would find out only after."""
+  listen on (a busy port, an unknown host): uvicorn would find out only after. Binds
+  every address the host resolves to as asyncio's server does (IPv6 sockets IPv6 only,
+  families this machine lacks skipped, "" for every interface)."""
   import socket
   try:
-    family, kind, proto, _, address = socket.getaddrinfo(
-        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+    infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM,
+                               flags=socket.AI_PASSIVE)
   except socket.gaierror as error:
     raise UserError(f"--host {host}: {error.strerror}; give a name or address of this "
                     "machine, e.g. 127.0.0.1 (this machine only) or 0.0.0.0 (every "
                     "interface).") from None
-  with socket.socket(family, kind, proto) as probe:
-    probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+  for family, kind, proto, _, address in infos:
     try:
-      probe.bind(address)
-    except OSError as error:
-      raise UserError(f"cannot listen on {host}:{port}: {error.strerror}; choose another "
-                      "--port, or stop what listens there.") from None
+      probe = socket.socket(family, kind, proto)
+    except OSError:  # e.g. IPv6 switched off here: asyncio skips it too
+      continue
+    with probe:
+      probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+      if family == socket.AF_INET6 and hasattr(socket, "IPPROTO_IPV6"):
+        probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+      try:
+        probe.bind(address)
+      except OSError as error:
+        where = f"[{address[0]}]" if family == socket.AF_INET6 else address[0]
+        raise UserError(f"cannot listen on {where}:{port}: {error.strerror}; choose another "
+                        "--port, or stop what listens there.") from None
 
 
 SPLIT_SENTENCES_HELP = ("translate an input longer than the model reads (max_source_len) in "
@@ -659,6 +689,7 @@ def _run(args: argparse.Namespace) -> int:
   previous_handlers = {}
   try:
     previous_handlers = runtime.install_stop_handlers()
+    runtime.unblock_stop_signals()
     code = args.func(args)
     received = runtime.stop_signal_received()
     if received is not None:  # its KeyboardInterrupt was lost, and the command went on
@@ -678,13 +709,13 @@ def _run(args: argparse.Namespace) -> int:
           "the path is right, writable, and that the disk has free space.", file=sys.stderr)
     return 2
   except Exception as error:
-    from seq2seq_jax.loop import TrainingInterrupted
-    if isinstance(error, TrainingInterrupted):
-      print(f"seq2seq-jax {args.command}: {error}", file=sys.stderr)
-      return 130
     received = runtime.stop_signal_received()
     if received is not None:  # what the interrupt broke, e.g. an import it stopped halfway
       return _interrupted(args, f" by {received}")
+    loop = sys.modules.get("seq2seq_jax.loop")  # not imported here: it may be what failed
+    if loop is not None and isinstance(error, loop.TrainingInterrupted):
+      print(f"seq2seq-jax {args.command}: {error}", file=sys.stderr)
+      return 130
     raise
   finally:
     runtime.restore_handlers(previous_handlers)

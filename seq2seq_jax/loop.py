@@ -679,7 +679,8 @@ def _finished_results(group: Group) -> list[dict[str, Any]] | None:
     except (OSError, ValueError):
       return None  # stopped before or during its final evaluation: that runs now
     final_step = trial.checkpointer.best_step() or trial.checkpointer.latest_step()
-    if not isinstance(results, dict) or results.get("step") != final_step:
+    if (not isinstance(results, dict) or results.get("step") != final_step
+        or results.get("stopped_by_time_budget")):  # an earlier, budget-stopped evaluation
       return None
     outcomes.append({k: v for k, v in results.items() if k in ("step",) or "/" in k})
   for trial, summary in zip(group.trials, outcomes):

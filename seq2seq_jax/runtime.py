@@ -22,6 +22,7 @@ training loop reads what they recorded, and the re-exec keeps a signal pending a
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import importlib.util
 import os
@@ -132,24 +133,48 @@ def maybe_reexec(batch_size: int | None) -> None:
     return
   sys.stdout.flush()
   sys.stderr.flush()
-  signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+  blockable = hasattr(signal, "pthread_sigmask")  # not on Windows
+  before = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS) if blockable else None
+  # the new process unblocks them only where they were not blocked already
+  marker = {_SIGNALS_BLOCKED_ENV: "1"} if blockable and not set(STOP_SIGNALS) & before else {}
   try:
     os.execve(sys.executable, [sys.executable, "-m", "seq2seq_jax", *sys.argv[1:]],
-              dict(os.environ, **changes, **{_SIGNALS_BLOCKED_ENV: "1"}))
+              dict(os.environ, **changes, **marker))
   finally:  # only if the exec failed
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+    if blockable:
+      signal.pthread_sigmask(signal.SIG_SETMASK, before)
 
 
 # -- stopping the command: SIGINT (Ctrl-C) and SIGTERM (kill, a scheduler) ----------------
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 _SIGNALS_BLOCKED_ENV = "SEQ2SEQ_JAX_SIGNALS_BLOCKED"  # set by maybe_reexec for the new image
 _received: list[int] = []
+_deferred = False  # inside stop_deferred(): record only
 
 
 def _stop(signum, frame):
   del frame
   _received.append(signum)
-  raise KeyboardInterrupt(signal.Signals(signum).name)
+  if not _deferred:
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
+@contextlib.contextmanager
+def stop_deferred():
+  """While JAX's and TensorStore's compiled extensions import (a command's first import of
+  its modules), a signal is only recorded: a KeyboardInterrupt raised inside an extension's
+  initialisation crashed the process with no message (exit 139) or left a half-imported
+  module behind. It is raised when the block ends."""
+  global _deferred
+  outer = _deferred
+  _deferred = True
+  try:
+    yield
+  finally:
+    _deferred = outer
+  received = stop_signal_received()
+  if received is not None and not _deferred:
+    raise KeyboardInterrupt(received)
 
 
 def install_stop_handlers() -> dict[int, Any]:
@@ -169,9 +194,14 @@ def install_stop_handlers() -> dict[int, Any]:
       previous[signum] = signal.signal(signum, _stop)
     except ValueError:  # not the main thread
       return previous
-  if os.environ.pop(_SIGNALS_BLOCKED_ENV, None):
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)  # a pending one is raised here
   return previous
+
+
+def unblock_stop_signals() -> None:
+  """In the process maybe_reexec started, once install_stop_handlers has run: the signals
+  it blocked across the exec are delivered now (one that came meanwhile raises here)."""
+  if os.environ.pop(_SIGNALS_BLOCKED_ENV, None) and hasattr(signal, "pthread_sigmask"):
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
 
 
 def restore_handlers(previous: dict[int, Any]) -> None:

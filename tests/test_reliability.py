@@ -468,6 +468,24 @@ def test_a_signal_while_training_starts_ends_it_with_one_line(env, tmp_path, sig
   assert logged_step(workdir) == (int(in_training.group(1)) if in_training else 0)
 
 
+def test_a_signal_during_a_commands_first_imports_is_raised_once_they_are_done():
+  """A KeyboardInterrupt raised inside a compiled extension's initialisation (jaxlib,
+  TensorStore) crashed the process with no message or left a half-imported module: during
+  those imports the signal is only recorded, and raised when they are done."""
+  from seq2seq_jax import runtime
+  previous = runtime.install_stop_handlers()
+  imports_done = False
+  try:
+    with pytest.raises(KeyboardInterrupt, match="SIGTERM"):
+      with runtime.stop_deferred():
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.2)  # the handler runs meanwhile: it records and does not raise
+        imports_done = True
+  finally:
+    runtime.restore_handlers(previous)
+  assert imports_done and runtime.stop_signal_received() is None  # forgotten with the handlers
+
+
 def test_a_signal_whose_interrupt_is_lost_still_stops_training(tmp_path, capsys, monkeypatch):
   """Python drops a KeyboardInterrupt raised inside a callback of XLA's (jax's garbage-
   collection hook), and the command went on to train to the end as if nothing had
