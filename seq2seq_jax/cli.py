@@ -367,6 +367,8 @@ def cmd_serve(args) -> int:
            step, where, args.host, args.port,
            ", ".join(map(str, translator.beam_sizes)) or "none")
   about = {"checkpoint": step, "source": where}
+  from seq2seq_jax import runtime
+  runtime.raise_if_stopped()  # a signal while the model loaded, whose KeyboardInterrupt was lost
   serve(translator, args.host, args.port, options, about, access_log=args.access_log)
   return 0
 

@@ -39,7 +39,7 @@ from seq2seq_jax.metrics import sacrebleu_signatures, text_metrics
 from seq2seq_jax.model import count_params, traced_dropout_rate
 from seq2seq_jax.optim import build_optimizer, learning_rate_schedule
 from seq2seq_jax.parallel import DataParallel, is_primary, maybe_initialize_distributed, to_numpy
-from seq2seq_jax.runtime import CompilationCounter, stop_signal_received
+from seq2seq_jax.runtime import CompilationCounter, raise_if_stopped
 from seq2seq_jax.steps import create_state, trial_train_step, vectorized_train_step
 from seq2seq_jax.workdir import CheckpointMeta, Progress, RunningSums, Totals
 
@@ -89,9 +89,7 @@ class SignalCatcher:
     self._previous = {}
 
   def __enter__(self):
-    received = stop_signal_received()
-    if received is not None:  # before training, and its KeyboardInterrupt was lost
-      raise KeyboardInterrupt(received)
+    raise_if_stopped()  # a signal before training whose KeyboardInterrupt was lost
     for signum in (signal.SIGINT, signal.SIGTERM):
       try:
         self._previous[signum] = signal.signal(signum, self._handle)

@@ -172,9 +172,8 @@ def stop_deferred():
     yield
   finally:
     _deferred = outer
-  received = stop_signal_received()
-  if received is not None and not _deferred:
-    raise KeyboardInterrupt(received)
+  if not _deferred:
+    raise_if_stopped()
 
 
 def install_stop_handlers() -> dict[int, Any]:
@@ -182,9 +181,9 @@ def install_stop_handlers() -> dict[int, Any]:
   signal) and are recorded. The record matters where the KeyboardInterrupt is lost:
   Python drops one raised inside a callback of XLA's (jax's garbage-collection hook) and
   the command would go on as if nothing happened; the training loop checks the record
-  before its first step (stop_signal_received). A SIGINT ignored by whoever started the
-  process (nohup, `cmd &` in a script) stays ignored. Returns the previous handlers for
-  restore_handlers; outside the main thread it changes nothing."""
+  before its first step, serve before it listens (raise_if_stopped). A SIGINT ignored by
+  whoever started the process (nohup, `cmd &` in a script) stays ignored. Returns the
+  previous handlers for restore_handlers; outside the main thread it changes nothing."""
   _received.clear()
   previous = {}
   for signum in STOP_SIGNALS:
@@ -215,6 +214,14 @@ def stop_signal_received() -> str | None:
   """The name of the first SIGINT/SIGTERM the command line's handlers received (None:
   none), whether or not its KeyboardInterrupt reached the command."""
   return signal.Signals(_received[0]).name if _received else None
+
+
+def raise_if_stopped() -> None:
+  """Raises the KeyboardInterrupt of a signal received earlier whose own was lost or
+  deferred: before a command's long phase (training, serving) starts."""
+  received = stop_signal_received()
+  if received is not None:
+    raise KeyboardInterrupt(received)
 
 
 _COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"

@@ -304,3 +304,26 @@ def test_where_it_cannot_listen_is_refused_before_the_model_loads(capsys, tmp_pa
 def test_a_workdir_given_as_an_export_is_named(capsys, trained_workdir):
   code, _, err = cli_in_process(capsys, "serve", "--exported", trained_workdir)
   assert code == 2 and "is a training workdir, not an export: serve it with --workdir" in err
+
+
+def test_a_signal_lost_while_the_model_loads_stops_serve_before_it_listens(capsys, monkeypatch,
+                                                                            tmp_path):
+  """Its KeyboardInterrupt dropped inside a callback of XLA's, the server used to start
+  anyway; the signal was recorded, and serve stops with its line instead."""
+  import types
+  from seq2seq_jax import export
+  from seq2seq_jax import serve as serve_lib
+
+  def load_losing_a_sigint(*args, **kwargs):
+    try:
+      os.kill(os.getpid(), signal.SIGINT)
+      time.sleep(5)  # the handler raises here
+    except KeyboardInterrupt:
+      pass  # what XLA's callback does with it
+    return types.SimpleNamespace(manifest={"checkpoint": {"step": 1}}, max_source_len=8,
+                                 beam_sizes=())
+
+  monkeypatch.setattr(export, "export_workdir", load_losing_a_sigint)
+  monkeypatch.setattr(serve_lib, "serve", lambda *args, **kwargs: pytest.fail("it listened"))
+  code, _, err = cli_in_process(capsys, "serve", "--workdir", str(tmp_path), "--port", "0")
+  assert code == 130 and err.strip().splitlines()[-1] == "seq2seq-jax serve: interrupted by SIGINT."
