@@ -39,7 +39,7 @@ from seq2seq_jax.metrics import sacrebleu_signatures, text_metrics
 from seq2seq_jax.model import count_params, traced_dropout_rate
 from seq2seq_jax.optim import build_optimizer, learning_rate_schedule
 from seq2seq_jax.parallel import DataParallel, is_primary, maybe_initialize_distributed, to_numpy
-from seq2seq_jax.runtime import CompilationCounter, raise_if_stopped
+from seq2seq_jax.runtime import STOP_SIGNALS, CompilationCounter, raise_if_stopped
 from seq2seq_jax.steps import create_state, trial_train_step, vectorized_train_step
 from seq2seq_jax.workdir import CheckpointMeta, Progress, RunningSums, Totals
 
@@ -90,7 +90,7 @@ class SignalCatcher:
 
   def __enter__(self):
     raise_if_stopped()  # a signal before training whose KeyboardInterrupt was lost
-    for signum in (signal.SIGINT, signal.SIGTERM):
+    for signum in STOP_SIGNALS:
       try:
         self._previous[signum] = signal.signal(signum, self._handle)
       except ValueError:  # not the main thread
@@ -671,16 +671,13 @@ def _finished_results(group: Group) -> list[dict[str, Any]] | None:
     return None
   outcomes = []
   for trial in group.trials:
-    try:
-      with open(os.path.join(trial.workdir, workdir_lib.RESULTS_FILE), encoding="utf-8") as f:
-        results = json.load(f)
-    except (OSError, ValueError):
-      return None  # stopped before or during its final evaluation: that runs now
+    # none where the run stopped before or during its final evaluation: that runs now
+    results = workdir_lib.read_json(os.path.join(trial.workdir, workdir_lib.RESULTS_FILE))
     final_step = trial.checkpointer.best_step() or trial.checkpointer.latest_step()
     if (not isinstance(results, dict) or results.get("step") != final_step
         or results.get("stopped_by_time_budget")):  # an earlier, budget-stopped evaluation
       return None
-    outcomes.append({k: v for k, v in results.items() if k in ("step",) or "/" in k})
+    outcomes.append({k: v for k, v in results.items() if k == "step" or "/" in k})
   for trial, summary in zip(group.trials, outcomes):
     log.info("%sthe run in %s is complete (checkpoint %d, epoch %d of %d): nothing to "
              "train. Its final evaluation (%s): %s. To train another run, use a new --workdir.",

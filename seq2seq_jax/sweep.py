@@ -28,7 +28,6 @@ import dataclasses
 import importlib.util
 import io
 import itertools
-import json
 import logging
 import math
 import os
@@ -274,19 +273,11 @@ def load_sweep(path: str, overrides: list[str] | tuple[str, ...] = ()) -> Sweep:
 # Running a sweep
 # ---------------------------------------------------------------------------
 
-def _read_json(path: str) -> dict[str, Any] | None:
-  try:
-    with open(path) as f:
-      return json.load(f)
-  except (OSError, ValueError):
-    return None
-
-
 def trial_status(trial_dir: str) -> str:
   """'done' (results.json), 'failed' (diverged), 'pruned', 'started' (checkpoints) or 'new'."""
   if os.path.exists(os.path.join(trial_dir, "results.json")):
     return "done"
-  info = _read_json(os.path.join(trial_dir, TRIAL_FILE)) or {}
+  info = workdir_lib.read_json(os.path.join(trial_dir, TRIAL_FILE)) or {}
   if info.get("status") in ("failed", "pruned"):
     return info["status"]
   return "started" if _checkpoint_steps(trial_dir) else "new"
@@ -304,7 +295,7 @@ def _write_trial_info(trial: Trial, trial_dir: str, status: str, seconds: float,
                       vmap_trials: int, error: str | None = None) -> None:
   """trial.json: the trial's overrides, status and wall time (summed over resumptions)."""
   path = os.path.join(trial_dir, TRIAL_FILE)
-  before = _read_json(path) or {}
+  before = workdir_lib.read_json(path) or {}
   info = {"name": trial.name, "overrides": trial.overrides, "status": status,
           "wall_seconds": before.get("wall_seconds", 0.0) + seconds,
           "vmap_trials": vmap_trials, "error": error,
@@ -336,7 +327,7 @@ def _tell_finished(study, sweep: Sweep, optuna_trial, trial: Trial, trial_dir: s
   """A trial whose workdir already finished (an earlier run of the sweep): told, not run."""
   status = trial_status(trial_dir)
   if status == "done":
-    study.complete(optuna_trial, _final_value(sweep, _read_json(
+    study.complete(optuna_trial, _final_value(sweep, workdir_lib.read_json(
         os.path.join(trial_dir, workdir_lib.RESULTS_FILE)) or {}))
   elif status in ("failed", "pruned"):
     (study.fail if status == "failed" else study.prune)(optuna_trial)
@@ -452,7 +443,7 @@ def _space_json(space: dict[str, Any]) -> dict[str, Any]:
 def _check_same_space(sweep: Sweep, workdir: str) -> None:
   """Optuna keeps one distribution per key for a whole study: a sweep whose keys or values
   changed since its study began cannot continue in the same workdir."""
-  saved = _read_json(os.path.join(workdir, tracking.SWEEP_FILE))
+  saved = workdir_lib.read_json(os.path.join(workdir, tracking.SWEEP_FILE))
   if not saved:
     return
   before = saved.get("space")
@@ -528,8 +519,8 @@ def trial_row(sweep: Sweep, trial: Trial, trial_dir: str) -> dict[str, Any] | No
   evals = [r for r in records if not r.get("final") and ("train/epoch_seconds" in r
                                                           or r.get("time_budget_stop"))
            and any(k.startswith("val/") for k in r)]
-  info = _read_json(os.path.join(trial_dir, TRIAL_FILE)) or {}
-  results = _read_json(os.path.join(trial_dir, workdir_lib.RESULTS_FILE)) or {}
+  info = workdir_lib.read_json(os.path.join(trial_dir, TRIAL_FILE)) or {}
+  results = workdir_lib.read_json(os.path.join(trial_dir, workdir_lib.RESULTS_FILE)) or {}
   row: dict[str, Any] = {"trial": trial.name, **trial.overrides}
   metrics = list(METRICS) + ([sweep.metric] if sweep.metric not in METRICS else [])
   for metric in metrics:

@@ -68,6 +68,16 @@ def write_atomically(path: str, text: str | bytes) -> None:
   os.replace(path + ".tmp", path)
 
 
+def read_json(path: str) -> Any | None:
+  """A JSON file's value; None where it is missing or unreadable (e.g. a run stopped while
+  writing it)."""
+  try:
+    with open(path, encoding="utf-8") as f:
+      return json.load(f)
+  except (OSError, ValueError):
+    return None
+
+
 def write_json(path: str, value: Any) -> None:
   """value as indented JSON, atomically (process 0 only)."""
   if _is_primary():
