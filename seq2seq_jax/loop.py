@@ -39,7 +39,8 @@ from seq2seq_jax.metrics import sacrebleu_signatures, text_metrics
 from seq2seq_jax.model import count_params, traced_dropout_rate
 from seq2seq_jax.optim import build_optimizer, learning_rate_schedule
 from seq2seq_jax.parallel import DataParallel, is_primary, maybe_initialize_distributed, to_numpy
-from seq2seq_jax.runtime import STOP_SIGNALS, CompilationCounter, raise_if_stopped
+from seq2seq_jax.runtime import (STOP_SIGNALS, CompilationCounter, parent_forwards_stops,
+                                 raise_if_stopped)
 from seq2seq_jax.steps import create_state, trial_train_step, vectorized_train_step
 from seq2seq_jax.workdir import CheckpointMeta, Progress, RunningSums, Totals
 
@@ -50,7 +51,12 @@ VECTORIZED_KEYS = ("learning_rate", "rmsprop_decay", "clip_norm", "dropout")
 
 
 class TrainingInterrupted(Exception):
-  """SIGINT/SIGTERM arrived; a checkpoint was saved."""
+  """SIGINT/SIGTERM arrived; a checkpoint was saved. stopped: for each trial, the
+  NonFiniteLoss or Pruned that had stopped it before (None: it was still training)."""
+
+  def __init__(self, message: str, stopped: list | None = None):
+    super().__init__(message)
+    self.stopped = stopped
 
 
 class NonFiniteLoss(UserError):
@@ -99,8 +105,10 @@ class SignalCatcher:
 
   def _handle(self, signum, frame):
     del frame
-    if self.signum is not None:  # a second signal: stop now
-      raise KeyboardInterrupt
+    if self.signum is not None:  # a second signal: stop now (a worker's parent kills it)
+      if parent_forwards_stops():
+        return
+      raise KeyboardInterrupt(signal.Signals(signum).name)
     self.signum = signum
 
   def __exit__(self, *exc):
@@ -729,7 +737,8 @@ def _train(group: Group, state, step_fn, show_bar: bool, stop_after_step: int | 
           raise TrainingInterrupted(
               f"stopped by signal {signals.signum} at step {progress.step}; "
               f"checkpoint{'s' if group.stacked else ''} saved. "
-              "Run the same command again to resume.")
+              "Run the same command again to resume.",
+              [t.failure or t.pruned for t in group.trials])
         if progress.batch < len(batches) and group.past_budget():
           _read_steps(group, pending, clock, bar)
           bar.close()

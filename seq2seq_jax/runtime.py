@@ -148,14 +148,31 @@ def maybe_reexec(batch_size: int | None) -> None:
 # -- stopping the command: SIGINT (Ctrl-C) and SIGTERM (kill, a scheduler) ----------------
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 _SIGNALS_BLOCKED_ENV = "SEQ2SEQ_JAX_SIGNALS_BLOCKED"  # set by maybe_reexec for the new image
+_STOPPING_PARENT_ENV = "SEQ2SEQ_JAX_STOPPING_PARENT"  # the pid of a parent that forwards stops
 _received: list[int] = []
 _deferred = False  # inside stop_deferred(): record only
 
 
+def forwarding_environment() -> dict[str, str]:
+  """For the worker processes a command starts and stops itself (a sweep's --workers):
+  the parent forwards its first signal to each worker, and kills them on its second."""
+  return {_STOPPING_PARENT_ENV: str(os.getpid())}
+
+
+def parent_forwards_stops() -> bool:
+  """This process is a worker whose parent (still alive: it is still our parent) forwards
+  the user's stop to it. A terminal's Ctrl-C reaches both, so a repeated signal here is
+  the same stop forwarded, not the "stop now" it is elsewhere: that one is the parent's
+  to give, by killing the worker. Without this, the forward cut a worker's checkpoint
+  save short."""
+  return os.environ.get(_STOPPING_PARENT_ENV) == str(os.getppid())
+
+
 def _stop(signum, frame):
   del frame
+  repeated = bool(_received)
   _received.append(signum)
-  if not _deferred:
+  if not _deferred and not (repeated and parent_forwards_stops()):
     raise KeyboardInterrupt(signal.Signals(signum).name)
 
 

@@ -41,6 +41,7 @@ import numpy as np
 
 from seq2seq_jax import config as config_lib
 from seq2seq_jax import loop
+from seq2seq_jax import runtime
 from seq2seq_jax import tracking
 from seq2seq_jax import workdir as workdir_lib
 from seq2seq_jax.config import Config
@@ -373,28 +374,44 @@ def _run_group(study, sweep: Sweep, group: list, workdir: str, progress, stop_af
     for pair in group:
       _run_group(study, sweep, [pair], workdir, progress, stop_after_step, argv, tensorboard)
     return
-  except BaseException:  # interrupted (signal, stop_after_step) or broken: run again later
-    for (optuna_trial, trial), trial_dir in zip(group, dirs):
-      _write_trial_info(trial, trial_dir, "interrupted", (time.time() - start) / len(group),
-                        len(group))
+  except BaseException as error:  # interrupted (signal, stop_after_step) or broken
+    # a trial the pruner (or a NaN) had stopped before keeps that outcome; the others
+    # run again later, from their checkpoints
+    stopped = getattr(error, "stopped", None) or [None] * len(group)
+    seconds = (time.time() - start) / len(group)
+    for (optuna_trial, trial), trial_dir, outcome in zip(group, dirs, stopped):
+      if outcome is not None:
+        with contextlib.suppress(Exception):
+          _record_outcome(study, sweep, optuna_trial, trial, trial_dir, outcome, seconds,
+                          len(group), tensorboard)
+        continue
+      _write_trial_info(trial, trial_dir, "interrupted", seconds, len(group))
       with contextlib.suppress(Exception):
         study.requeue(optuna_trial)
     raise
   seconds = (time.time() - start) / len(group)
   for (optuna_trial, trial), trial_dir, outcome in zip(group, dirs, outcomes):
-    if isinstance(outcome, loop.NonFiniteLoss):
-      log.info("trial %s diverged: %s", trial.name, outcome)
-      _write_trial_info(trial, trial_dir, "failed", seconds, len(group), str(outcome))
-      study.fail(optuna_trial)
-    elif isinstance(outcome, loop.Pruned):
-      _write_trial_info(trial, trial_dir, "pruned", seconds, len(group),
-                        f"pruned after epoch {outcome.epoch}")
-      study.prune(optuna_trial)
-    else:
-      _write_trial_info(trial, trial_dir, "done", seconds, len(group))
-      study.complete(optuna_trial, _final_value(sweep, outcome))
-    if tensorboard:
-      tracking.export_tensorboard(trial_dir)
+    _record_outcome(study, sweep, optuna_trial, trial, trial_dir, outcome, seconds, len(group),
+                    tensorboard)
+
+
+def _record_outcome(study, sweep: Sweep, optuna_trial, trial: Trial, trial_dir: str, outcome,
+                    seconds: float, group_size: int, tensorboard: bool) -> None:
+  """What a trial ended with (its final metrics, a NonFiniteLoss or loop.Pruned): its
+  trial.json, the study, and its TensorBoard events when asked."""
+  if isinstance(outcome, loop.NonFiniteLoss):
+    log.info("trial %s diverged: %s", trial.name, outcome)
+    _write_trial_info(trial, trial_dir, "failed", seconds, group_size, str(outcome))
+    study.fail(optuna_trial)
+  elif isinstance(outcome, loop.Pruned):
+    _write_trial_info(trial, trial_dir, "pruned", seconds, group_size,
+                      f"pruned after epoch {outcome.epoch}")
+    study.prune(optuna_trial)
+  else:
+    _write_trial_info(trial, trial_dir, "done", seconds, group_size)
+    study.complete(optuna_trial, _final_value(sweep, outcome))
+  if tensorboard:
+    tracking.export_tensorboard(trial_dir)
 
 
 def work(sweep: Sweep, workdir: str, vectorize: bool | None = None, progress: bool | None = None,
@@ -418,22 +435,40 @@ def work(sweep: Sweep, workdir: str, vectorize: bool | None = None, progress: bo
 
 def _spawn_workers(count: int, worker_argv: list[str]) -> None:
   """count worker processes of this sweep, waited for; a failed worker is an error."""
-  env = dict(os.environ, SEQ2SEQ_JAX_CPU_DEVICES="1")  # the workers share the cores
+  # the workers share the cores; this process forwards a stop to them
+  env = dict(os.environ, SEQ2SEQ_JAX_CPU_DEVICES="1", **runtime.forwarding_environment())
   procs = [subprocess.Popen([sys.executable, "-m", "seq2seq_jax", *worker_argv],
                             env=dict(env, SEQ2SEQ_JAX_SWEEP_WORKER=str(k + 1)))
            for k in range(count)]
   try:
     codes = [p.wait() for p in procs]
   except BaseException:
-    for p in procs:
-      p.terminate()
-    for p in procs:
-      p.wait()
+    _stop_workers(procs)
     raise
   bad = [c for c in codes if c != 0]
   if bad:
     raise UserError(f"{len(bad)} of {count} sweep worker(s) failed (exit {bad[0]}); run the "
                     "same command again: finished trials are kept and the others resume.")
+
+
+def _stop_workers(procs: list[subprocess.Popen]) -> None:
+  """This process was stopped (a signal, or a fault of its own): each worker is sent
+  SIGTERM, which it takes as a run does, saving its trials' checkpoints before it ends;
+  one that had the signal already (a terminal's Ctrl-C reaches every process) takes the
+  forward as the same stop (runtime.parent_forwards_stops). A second signal here kills
+  them at once, as a second Ctrl-C stops a run without saving."""
+  for p in procs:
+    if p.poll() is None:
+      p.terminate()
+  try:
+    for p in procs:
+      p.wait()
+  except BaseException:
+    for p in procs:
+      p.kill()
+    for p in procs:
+      p.wait()
+    raise
 
 
 def _space_json(space: dict[str, Any]) -> dict[str, Any]:

@@ -1,8 +1,18 @@
-"""runtime.py: the CPU devices and allocator `seq2seq-jax train` runs with."""
+"""runtime.py: the CPU devices and allocator `seq2seq-jax train` runs with, and how the
+command line and a sweep's workers take SIGINT/SIGTERM."""
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
 
 import pytest
 
+from seq2seq_jax import loop
 from seq2seq_jax import runtime
+from seq2seq_jax import sweep as sweep_lib
 from seq2seq_jax.errors import UserError
 from tests.conftest import run_cli
 
@@ -68,3 +78,79 @@ def test_an_installed_accelerator_is_used_unless_jax_platforms_says_cpu(monkeypa
   monkeypatch.setattr(runtime, "ACCELERATOR_PLUGINS", ("json",))  # an installed module
   assert runtime.accelerator_installed({})
   assert not runtime.accelerator_installed({"JAX_PLATFORMS": "cpu"})
+
+
+# ---------------------------------------------------------------------------
+# Stop signals: a repeated one stops now, except in a worker whose parent forwards stops
+# ---------------------------------------------------------------------------
+
+def _send_twice(signum=signal.SIGINT) -> list[str]:
+  """What each of two signals to this process raised ("" where nothing)."""
+  raised = []
+  for _ in range(2):
+    try:
+      os.kill(os.getpid(), signum)
+      time.sleep(0.05)  # the handler runs at the next bytecode
+      raised.append("")
+    except KeyboardInterrupt as interrupt:
+      raised.append(f"KeyboardInterrupt{interrupt.args}")
+  return raised
+
+
+def test_a_second_signal_interrupts_the_command_again():
+  previous = runtime.install_stop_handlers()
+  try:
+    assert _send_twice() == ["KeyboardInterrupt('SIGINT',)"] * 2
+    assert runtime.stop_signal_received() == "SIGINT"
+  finally:
+    runtime.restore_handlers(previous)
+
+
+def test_a_sweep_worker_takes_its_parents_forward_of_a_ctrl_c_as_the_same_stop(monkeypatch):
+  """A terminal's Ctrl-C reaches the sweep's parent and its workers; the parent then
+  forwards a SIGTERM to each. That second signal must not cut short the checkpoint save
+  the first one started: the parent kills the workers on the user's second Ctrl-C."""
+  monkeypatch.setenv("SEQ2SEQ_JAX_STOPPING_PARENT", str(os.getppid()))
+  assert runtime.parent_forwards_stops()
+  previous = runtime.install_stop_handlers()
+  try:
+    assert _send_twice() == ["KeyboardInterrupt('SIGINT',)", ""]
+  finally:
+    runtime.restore_handlers(previous)
+  with loop.SignalCatcher() as catcher:
+    assert _send_twice(signal.SIGTERM) == ["", ""]  # the loop saves, then stops
+    assert catcher.signum == signal.SIGTERM
+  monkeypatch.setenv("SEQ2SEQ_JAX_STOPPING_PARENT", "1")  # not our parent (it died)
+  assert not runtime.parent_forwards_stops()
+  with loop.SignalCatcher() as catcher:
+    assert _send_twice(signal.SIGTERM) == ["", "KeyboardInterrupt('SIGTERM',)"]
+
+
+def test_the_sweep_parent_forwards_one_stop_and_kills_on_a_second(tmp_path):
+  """sweep._stop_workers: each worker gets SIGTERM and is waited for while it saves; a
+  second interrupt of the parent meanwhile kills the workers instead."""
+  child = ("import signal, sys, time\n"
+           "signal.signal(signal.SIGTERM, lambda *a: (open(sys.argv[1], 'w').write('term'),"
+           " sys.exit(130)))\n"
+           "open(sys.argv[1] + '.up', 'w').close()\n"
+           "time.sleep(60)\n")
+  marks = [str(tmp_path / f"worker{k}") for k in range(2)]
+  procs = [subprocess.Popen([sys.executable, "-c", child, mark]) for mark in marks]
+  while not all(os.path.exists(mark + ".up") for mark in marks):
+    time.sleep(0.05)
+  sweep_lib._stop_workers(procs)
+  assert [p.returncode for p in procs] == [130, 130]
+  assert [open(mark).read() for mark in marks] == ["term", "term"]
+
+  stubborn = "import signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\ntime.sleep(60)\n"
+  procs = [subprocess.Popen([sys.executable, "-c", stubborn])]
+  time.sleep(0.5)
+  timer = threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGINT))
+  previous = runtime.install_stop_handlers()
+  try:
+    timer.start()
+    with pytest.raises(KeyboardInterrupt):
+      sweep_lib._stop_workers(procs)  # waits for the worker, until the second Ctrl-C
+  finally:
+    runtime.restore_handlers(previous)
+  assert procs[0].returncode == -signal.SIGKILL

@@ -13,6 +13,7 @@ import time
 import pytest
 
 from seq2seq_jax import sweep as sweep_lib
+from seq2seq_jax.loop import Pruned, TrainingInterrupted
 from seq2seq_jax.study import SweepStudy
 from tests.conftest import tiny_config
 from tests.conftest import ROOT, run_cli
@@ -138,3 +139,27 @@ def test_a_killed_worker_s_trial_is_finished_by_another_from_its_checkpoint(tmp_
   states = study.states()
   assert len(states) == 6 and "running" not in states.values() and "waiting" not in states.values()
   assert len(rows) == 6
+
+
+def test_an_interrupted_group_keeps_the_outcome_of_a_trial_pruned_before(tmp_path, monkeypatch):
+  """Ctrl-C in epoch 2 of a vectorised group whose bad trial the pruner stopped after
+  epoch 1: that trial is recorded as pruned (the same command again does not train it
+  on), the others run again from their checkpoints."""
+  sweep = sweep_lib.load_sweep(SWEEP_ASHA)
+  study = SweepStudy(sweep, str(tmp_path))
+  study.enqueue_declared()
+  group = study.ask_group(3)
+  pruned = Pruned(epoch=1, metrics={"val/loss": 3.26})
+
+  def interrupted(configs, workdirs, **kwargs):
+    del configs, workdirs, kwargs
+    raise TrainingInterrupted("stopped by signal 2 at step 10", [None, pruned, None])
+  monkeypatch.setattr(sweep_lib.loop, "train_trials", interrupted)
+  with pytest.raises(TrainingInterrupted):
+    sweep_lib._run_group(study, sweep, group, str(tmp_path), False, None, [], False)
+  statuses = [sweep_lib.trial_status(os.path.join(tmp_path, t.name)) for _, t in group]
+  assert statuses == ["new", "pruned", "new"]  # trial.json says "interrupted" for the others
+  assert study.states()[group[1][1].name] == "pruned"
+  again = [trial.name for _, trial in study.ask_group(3)]
+  assert again[:2] == [group[0][1].name, group[2][1].name]  # the study asks them again first
+  assert group[1][1].name not in again

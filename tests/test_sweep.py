@@ -182,8 +182,9 @@ def swept(tmp_path_factory):
   """configs/sweep_tiny.py interrupted at step 3 (in-process), then finished by the CLI."""
   workdir = str(tmp_path_factory.mktemp("sweep") / "tiny")
   sweep = sweep_lib.load_sweep(SWEEP_TINY)
-  with pytest.raises(TrainingInterrupted):
+  with pytest.raises(TrainingInterrupted) as interrupted:
     sweep_lib.run_sweep(sweep, workdir, progress=False, stop_after_step=3)
+  assert interrupted.value.stopped == [None] * 4  # every trial was still training
   for trial in sweep.trials:
     assert sweep_lib.trial_status(os.path.join(workdir, trial.name)) == "started"
   result = run_cli("sweep", "--config", SWEEP_TINY, "--workdir", workdir)
