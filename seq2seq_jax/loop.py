@@ -97,6 +97,8 @@ class SignalCatcher:
   def __enter__(self):
     raise_if_stopped()  # a signal before training whose KeyboardInterrupt was lost
     for signum in STOP_SIGNALS:
+      if signum == signal.SIGINT and signal.getsignal(signum) == signal.SIG_IGN:
+        continue  # ignored by whoever started us (nohup, `cmd &` in a script): it stays so
       try:
         self._previous[signum] = signal.signal(signum, self._handle)
       except ValueError:  # not the main thread
@@ -697,68 +699,86 @@ def _finished_results(group: Group) -> list[dict[str, Any]] | None:
 
 
 def _train(group: Group, state, step_fn, show_bar: bool, stop_after_step: int | None):
-  """The epochs from where the group stands to the last; returns the final state."""
+  """The epochs from where the group stands to the last; returns the final state. A
+  signal stops it after the step it came in, with a checkpoint there (TrainingInterrupted);
+  one that came in the last epoch's evaluation or save stops it once they are done, before
+  the final evaluation."""
+  with SignalCatcher() as signals, CompilationCounter() as compilations:
+    state = _epochs(group, state, step_fn, show_bar, stop_after_step, signals, compilations)
+    if signals.signum is not None:
+      if any(trial.checkpointer.latest_step() != group.progress.step for _, trial in group.live()):
+        _save(group, state)
+      raise _interrupted(group, signals.signum)
+  return state
+
+
+def _interrupted(group: Group, signum) -> TrainingInterrupted:
+  return TrainingInterrupted(
+      f"stopped by signal {signum} at step {group.progress.step}; "
+      f"checkpoint{'s' if group.stacked else ''} saved. Run the same command again to resume.",
+      [t.failure or t.pruned for t in group.trials])
+
+
+def _epochs(group: Group, state, step_fn, show_bar: bool, stop_after_step: int | None,
+            signals: SignalCatcher, compilations: CompilationCounter):
+  """_train's epochs; returns the state where they end (the last epoch, or the time
+  budget), and raises TrainingInterrupted at the step after a signal."""
   from tqdm import tqdm
   base, parallel = group.base, group.parallel
-  with SignalCatcher() as signals, CompilationCounter() as compilations:
-    # the first epoch this process runs whole (a run resumed mid-epoch has not yet seen
-    # every batch shape in the part it ran, so new compilations then are no warning sign)
-    first_epoch = group.progress.epoch + (1 if group.progress.batch else 0)
-    while group.progress.epoch < base.num_epochs:
-      progress = group.progress
-      batches = data_lib.epoch_batches(group.train_data, base.batch_size, base.seed,
-                                       progress.epoch, base.bucket_width)
-      where = f"vmap {group.size}" if group.stacked else \
-          f"{parallel.size}x {parallel.devices[0].platform}"
-      bar = tqdm(total=len(batches), initial=progress.batch, disable=not show_bar,
-                 desc=f"epoch {progress.epoch + 1}/{base.num_epochs} [{where}]", unit="step",
-                 leave=False)
-      clock = EpochClock(time.time(), compilations_before=compilations.count)
-      pending: list[tuple[int, dict[str, jax.Array]]] = []  # dispatched, metrics not yet read
-      while progress.batch < len(batches):
-        rows = batches[progress.batch]
-        batch = data_lib.make_batch(group.train_data, rows, base.batch_size, base.bucket_width)
-        state, metrics_N = parallel.settle(step_fn(state, parallel.shard_batch(batch),
-                                                   group.base_rng, group.hyper))
-        progress.batch += 1
-        progress.step += 1
-        clock.samples += len(rows)
-        pending.append((progress.step, metrics_N))
-        bar.update(1)
-        if len(pending) > 1 and pending[-2][0] % base.log_every_steps == 0:
-          _read_steps(group, pending[:-1], clock, bar)  # step n, now that n + 1 is dispatched
-          del pending[:-1]
-        if stop_after_step is not None and progress.step >= stop_after_step:
-          signals.signum = signals.signum or "stop_after_step"
-        if signals.signum is not None:
-          _read_steps(group, pending, clock, bar)
-          _save(group, state)
-          bar.close()
-          raise TrainingInterrupted(
-              f"stopped by signal {signals.signum} at step {progress.step}; "
-              f"checkpoint{'s' if group.stacked else ''} saved. "
-              "Run the same command again to resume.",
-              [t.failure or t.pruned for t in group.trials])
-        if progress.batch < len(batches) and group.past_budget():
-          _read_steps(group, pending, clock, bar)
-          bar.close()
-          _budget_reached(group)
-          _stop_on_budget(group, state)
-          return state
-        if base.checkpoint_every_steps and progress.step % base.checkpoint_every_steps == 0 \
-            and progress.batch < len(batches):
-          _read_steps(group, pending, clock, bar)
-          _save(group, state)
-      _read_steps(group, pending, clock, bar)
-      bar.close()
-      _end_epoch(group, state, clock, compilations, first_epoch)
-      if group.stacked:
-        log.info("epoch %d/%d: %.0fs for %d trials (%.0f samples/s per trial)",
-                 group.progress.epoch, base.num_epochs, time.time() - clock.start, group.size,
-                 clock.samples / max(time.time() - clock.start, 1e-9))
-      if group.progress.epoch < base.num_epochs and group.past_budget():
-        _budget_reached(group)  # the epoch's evaluation and checkpoint are the stop's
+  # the first epoch this process runs whole (a run resumed mid-epoch has not yet seen
+  # every batch shape in the part it ran, so new compilations then are no warning sign)
+  first_epoch = group.progress.epoch + (1 if group.progress.batch else 0)
+  while group.progress.epoch < base.num_epochs:
+    progress = group.progress
+    batches = data_lib.epoch_batches(group.train_data, base.batch_size, base.seed,
+                                     progress.epoch, base.bucket_width)
+    where = f"vmap {group.size}" if group.stacked else \
+        f"{parallel.size}x {parallel.devices[0].platform}"
+    bar = tqdm(total=len(batches), initial=progress.batch, disable=not show_bar,
+               desc=f"epoch {progress.epoch + 1}/{base.num_epochs} [{where}]", unit="step",
+               leave=False)
+    clock = EpochClock(time.time(), compilations_before=compilations.count)
+    pending: list[tuple[int, dict[str, jax.Array]]] = []  # dispatched, metrics not yet read
+    while progress.batch < len(batches):
+      rows = batches[progress.batch]
+      batch = data_lib.make_batch(group.train_data, rows, base.batch_size, base.bucket_width)
+      state, metrics_N = parallel.settle(step_fn(state, parallel.shard_batch(batch),
+                                                 group.base_rng, group.hyper))
+      progress.batch += 1
+      progress.step += 1
+      clock.samples += len(rows)
+      pending.append((progress.step, metrics_N))
+      bar.update(1)
+      if len(pending) > 1 and pending[-2][0] % base.log_every_steps == 0:
+        _read_steps(group, pending[:-1], clock, bar)  # step n, now that n + 1 is dispatched
+        del pending[:-1]
+      if stop_after_step is not None and progress.step >= stop_after_step:
+        signals.signum = signals.signum or "stop_after_step"
+      if signals.signum is not None:
+        _read_steps(group, pending, clock, bar)
+        _save(group, state)
+        bar.close()
+        raise _interrupted(group, signals.signum)
+      if progress.batch < len(batches) and group.past_budget():
+        _read_steps(group, pending, clock, bar)
+        bar.close()
+        _budget_reached(group)
+        _stop_on_budget(group, state)
         return state
+      if base.checkpoint_every_steps and progress.step % base.checkpoint_every_steps == 0 \
+          and progress.batch < len(batches):
+        _read_steps(group, pending, clock, bar)
+        _save(group, state)
+    _read_steps(group, pending, clock, bar)
+    bar.close()
+    _end_epoch(group, state, clock, compilations, first_epoch)
+    if group.stacked:
+      log.info("epoch %d/%d: %.0fs for %d trials (%.0f samples/s per trial)",
+               group.progress.epoch, base.num_epochs, time.time() - clock.start, group.size,
+               clock.samples / max(time.time() - clock.start, 1e-9))
+    if group.progress.epoch < base.num_epochs and group.past_budget():
+      _budget_reached(group)  # the epoch's evaluation and checkpoint are the stop's
+      return state
   return state
 
 

@@ -4,6 +4,7 @@ vectorised groups, and workdirs written by seq2seq_jax 0.1 restore, translate an
 import json
 import os
 import shutil
+import signal
 
 import jax
 import numpy as np
@@ -69,6 +70,31 @@ def test_a_run_is_a_group_of_one(tmp_path):
   strip = lambda records: [{k: v for k, v in r.items() if "seconds" not in k and "per_sec" not in k}
                            for r in records]
   assert strip(read_metrics(str(tmp_path / "alone"))) == strip(read_metrics(str(tmp_path / "grouped")))
+
+
+@pytest.mark.slow
+def test_a_signal_during_the_last_evaluation_stops_before_the_final_one(tmp_path, monkeypatch):
+  """Ctrl-C while the last epoch validates (or saves) used to be lost: the final
+  evaluation ran and the command ended 0. The run stops once that epoch's checkpoint is
+  saved, and the same command resumes with only the final evaluation left."""
+  config = tiny_config(num_epochs=1, numbers_train=64, bucket_width=0)  # 2 steps, one shape
+  workdir = str(tmp_path / "run")
+  real_validate = loop._validate
+
+  def validate_then_ctrl_c(group, params):
+    metrics = real_validate(group, params)
+    os.kill(os.getpid(), signal.SIGINT)  # SignalCatcher's handler records it
+    return metrics
+
+  monkeypatch.setattr(loop, "_validate", validate_then_ctrl_c)
+  with pytest.raises(loop.TrainingInterrupted, match=r"stopped by signal 2 at step 2; checkpoint saved"):
+    loop.train_and_evaluate(config, workdir, progress=False)
+  assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["2"]
+  assert not os.path.exists(os.path.join(workdir, "results.json"))
+  monkeypatch.setattr(loop, "_validate", real_validate)
+  summary = loop.train_and_evaluate(config, workdir, progress=False)
+  assert summary["step"] == 2 and "test/exact_match" in summary
+  assert [r["step"] for r in read_metrics(workdir) if "train/epoch_seconds" in r] == [2]
 
 
 def test_checkpoint_meta_reads_both_versions():

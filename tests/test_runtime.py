@@ -154,3 +154,16 @@ def test_the_sweep_parent_forwards_one_stop_and_kills_on_a_second(tmp_path):
   finally:
     runtime.restore_handlers(previous)
   assert procs[0].returncode == -signal.SIGKILL
+
+
+def test_a_sigint_ignored_by_whoever_started_the_run_stays_ignored_while_it_trains():
+  """`cmd &` in a script, nohup: Ctrl-C is not for this process, at any moment."""
+  before = signal.signal(signal.SIGINT, signal.SIG_IGN)
+  try:
+    previous = runtime.install_stop_handlers()
+    with loop.SignalCatcher():
+      assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+      assert signal.getsignal(signal.SIGTERM) != signal.SIG_DFL  # SIGTERM still saves
+    runtime.restore_handlers(previous)
+  finally:
+    signal.signal(signal.SIGINT, before)
