@@ -88,10 +88,16 @@ class RequestError(Exception):
 def parse_request(body: bytes, options: ServeOptions,
                   beam_sizes: tuple[int, ...]) -> tuple[list[str], int | None]:
   """(texts, beam) of a /translate body, or RequestError 400 / 413 saying what is wrong."""
-  try:
-    payload = json.loads(body)
+  try:  # UTF-8 alone: json.loads would guess UTF-16 or UTF-32 from the bytes
+    text = body.decode("utf-8")
   except UnicodeDecodeError:
     raise RequestError(400, "the body is not UTF-8 text") from None
+  if "\0" in text:  # never in JSON text; a UTF-16 or UTF-32 body decodes to it
+    raise RequestError(400, "the body is not UTF-8 text (it holds NUL bytes: UTF-16?)")
+  try:
+    payload = json.loads(text)
+  except RecursionError:
+    raise RequestError(400, "malformed JSON: nested too deeply") from None
   except ValueError as error:
     raise RequestError(400, f"malformed JSON: {error}") from None
   if not isinstance(payload, dict):

@@ -36,7 +36,10 @@ def test_buckets():
 
 @pytest.mark.parametrize("body, status, reason", [
     (b"{", 400, "malformed JSON"),
-    (b"\xff\xfe{", 400, ""),
+    (b"\xff\xfe{", 400, "not UTF-8"),
+    ('{"text": ["one"]}'.encode("utf-16"), 400, "not UTF-8"),  # json.loads alone takes it
+    ('{"text": ["one"]}'.encode("utf-16-le"), 400, "not UTF-8"),
+    (b'{"text": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", 400, "nested too deeply"),
     (b"[1, 2]", 400, "JSON object"),
     (b'{"texts": ["a"]}', 400, "unknown key"),
     (b'{"beam": 2}', 400, "missing 'text'"),
