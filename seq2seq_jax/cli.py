@@ -7,6 +7,7 @@ import contextlib
 import dataclasses
 import json
 import logging
+import math
 import os
 import sys
 import time
@@ -124,8 +125,6 @@ def _translate_decoder(args, translator):
     return beam
   if args.sample:
     temperature = 1.0 if args.temperature is None else args.temperature
-    if temperature < 0:
-      raise UserError(f"--temperature must not be negative, got {temperature}.")
     return make_sample_decoder(translator.model, translator.decode_max_len, temperature,
                                args.top_k or 0,
                                args.seed or 0)
@@ -221,6 +220,8 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_sweep(args) -> int:
+  if args.tensorboard:
+    _require_tensorboardx()
   if args.from_command_line:
     from seq2seq_jax.runtime import maybe_reexec
     maybe_reexec(None)  # mimalloc only: trials stack along the batch (sweep.py)
@@ -255,8 +256,20 @@ def argv_of_command(args) -> list[str]:
   return items
 
 
+def _require_tensorboardx() -> None:
+  """--tensorboard's dependency, checked before anything is written or trained."""
+  try:
+    import tensorboardX  # noqa: F401
+  except ImportError:
+    raise UserError("--tensorboard needs tensorboardX (no TensorFlow): pip install "
+                    "'seq2seq_jax[tensorboard]' or pip install tensorboardX; nothing was "
+                    "written.") from None
+
+
 def cmd_plot(args) -> int:
   from seq2seq_jax import tracking
+  if args.tensorboard:
+    _require_tensorboardx()
   print(tracking.plot_workdir(args.workdir, args.out))
   if args.tensorboard:
     print("\n".join(tracking.export_tensorboard(args.workdir)))
@@ -399,6 +412,34 @@ def _positive_int(text: str) -> int:
   return value
 
 
+def _seed(text: str) -> int:
+  from seq2seq_jax.config import SEED_RANGE, seed_range_text
+  try:
+    value = int(text)
+  except ValueError:
+    value = -1
+  if not SEED_RANGE[0] <= value <= SEED_RANGE[1]:
+    raise argparse.ArgumentTypeError(f"must be {seed_range_text()}, got '{text}'")
+  return value
+
+
+def _finite_float(text: str) -> float:
+  try:
+    value = float(text)
+  except ValueError:
+    value = math.nan
+  if not math.isfinite(value):
+    raise argparse.ArgumentTypeError(f"must be a finite number, got '{text}'")
+  return value
+
+
+def _non_negative_float(text: str) -> float:
+  value = _finite_float(text)
+  if value < 0:
+    raise argparse.ArgumentTypeError(f"must not be negative, got '{text}'")
+  return value
+
+
 def _port(text: str) -> int:
   try:
     value = int(text)
@@ -474,14 +515,14 @@ def build_parser() -> argparse.ArgumentParser:
                         help="beam search with N beams per sentence (default: greedy)")
   strategy.add_argument("--sample", action="store_true",
                         help="draw each token at random from the model's distribution")
-  translate.add_argument("--length-penalty", type=float, metavar="A",
+  translate.add_argument("--length-penalty", type=_finite_float, metavar="A",
                          help="with --beam: rank by log-prob / ((5 + length) / 6) ** A "
                          "(GNMT; default 0.6; 0 = plain log-prob)")
-  translate.add_argument("--temperature", type=float, metavar="T",
+  translate.add_argument("--temperature", type=_non_negative_float, metavar="T",
                          help="with --sample: softmax temperature (default 1; 0 = greedy)")
   translate.add_argument("--top-k", type=_positive_int, metavar="K",
                          help="with --sample: draw from the K most likely tokens only")
-  translate.add_argument("--seed", type=int, metavar="S",
+  translate.add_argument("--seed", type=_seed, metavar="S",
                          help="with --sample: random seed (default 0); same seed, same output")
   translate.add_argument("--split-sentences", action=argparse.BooleanOptionalAction,
                          default=None, help=SPLIT_SENTENCES_HELP)
@@ -495,7 +536,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "file order, none cut off or dropped (an external test file)")
   evaluate.add_argument("--beam", type=_positive_int, metavar="N",
                         help="decode with beam search of N beams (default: greedy)")
-  evaluate.add_argument("--length-penalty", type=float, metavar="A",
+  evaluate.add_argument("--length-penalty", type=_finite_float, metavar="A",
                         help="with --beam: GNMT length penalty alpha (default 0.6)")
   evaluate.add_argument("--json", action="store_true",
                         help="print one JSON object: loss, token_accuracy, exact_match, cer, "
@@ -555,7 +596,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="best (default), latest, or a step number")
   export.add_argument("--beam-sizes", metavar="K,K",
                       help="beam sizes to export beside greedy (default 5; none: greedy only)")
-  export.add_argument("--length-penalty", type=float, default=0.6, metavar="A",
+  export.add_argument("--length-penalty", type=_finite_float, default=0.6, metavar="A",
                       help="the beams' GNMT length penalty alpha (default 0.6, as translate)")
   export.add_argument("--platforms", default="cpu,cuda",
                       help="platforms lowered into one artifact (default cpu,cuda; one that "
@@ -571,12 +612,12 @@ def build_parser() -> argparse.ArgumentParser:
   serve.add_argument("--checkpoint", help="with --workdir: best (default), latest, or a step")
   serve.add_argument("--beam-sizes", metavar="K,K",
                      help="with --workdir: beam sizes served beside greedy (default 5; none)")
-  serve.add_argument("--length-penalty", type=float, metavar="A",
+  serve.add_argument("--length-penalty", type=_finite_float, metavar="A",
                      help="with --workdir: the beams' length penalty (default 0.6)")
   serve.add_argument("--host", default="127.0.0.1",
                      help="address to listen on (default 127.0.0.1: this machine only)")
   serve.add_argument("--port", type=_port, default=8000, help="default 8000")
-  serve.add_argument("--max-wait-ms", type=float, default=5.0, metavar="MS",
+  serve.add_argument("--max-wait-ms", type=_non_negative_float, default=5.0, metavar="MS",
                      help="how long a request waits for others to share its batch (default 5)")
   serve.add_argument("--max-batch", type=_positive_int, default=32, metavar="N",
                      help="sentences decoded together at most (default 32)")

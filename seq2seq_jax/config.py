@@ -14,6 +14,7 @@ import difflib
 import importlib.resources
 import importlib.util
 import json
+import math
 import os
 import typing
 from typing import Any
@@ -280,6 +281,16 @@ def _unknown_key_error(key: str, where: str) -> UserError:
                    "Run `seq2seq-jax train --help-config` for every key.")
 
 
+# The seeds JAX and NumPy both take: jax.random.key reads an int64, NumPy's generators
+# refuse negative seeds.
+SEED_RANGE = (0, 2**63 - 1)
+
+
+def seed_range_text() -> str:
+  """The seeds allowed, in words, for messages."""
+  return f"a whole number from {SEED_RANGE[0]} to {SEED_RANGE[1]} (2**63 - 1)"
+
+
 # lstm_impl=cudnn for a new run: refused (saved configs that hold it load as the scan).
 CUDNN_WITHDRAWN = ("lstm_impl=cudnn is withdrawn: on an NVIDIA H200 the default model trained "
                    "through cuDNN translated nothing (test exact match 0.000, 0.996 with the "
@@ -287,8 +298,11 @@ CUDNN_WITHDRAWN = ("lstm_impl=cudnn is withdrawn: on an NVIDIA H200 the default 
                    "(docs/accelerators.md).")
 
 
-def validate(config: Config) -> Config:
-  """Checks types and values; raises UserError naming the bad field."""
+def validate(config: Config, finite: bool = True) -> Config:
+  """Checks types and values; raises UserError naming the bad field.
+
+  finite=False lets a float be nan or inf: a run saved before they were refused still loads
+  (e.g. clip_norm=inf trained as no clipping)."""
   hints = typing.get_type_hints(Config)
   for name in field_names():
     value = getattr(config, name)
@@ -302,6 +316,10 @@ def validate(config: Config) -> Config:
                       f"got {value!r} ({type(value).__name__}).")
     if want is float:
       setattr(config, name, float(value))
+      if finite and not math.isfinite(getattr(config, name)):
+        raise UserError(f"config key '{name}' must be a finite number; got {value!r}.")
+  if not SEED_RANGE[0] <= config.seed <= SEED_RANGE[1]:
+    raise UserError(f"config key 'seed' must be {seed_range_text()}; got {config.seed!r}.")
   if config.lstm_impl == "cudnn":
     raise UserError(CUDNN_WITHDRAWN)
   if config.tie_embeddings and not (config.input_mode == "embed" and config.tokenizer ==
@@ -396,7 +414,17 @@ def from_dict(values: dict[str, Any], where: str) -> Config:
       raise _unknown_key_error(key, where)
   if values.get("lstm_impl") == "cudnn":
     values = dict(values, lstm_impl="scan")
-  return validate(Config(**values))
+  return validate(Config(**values), finite=False)
+
+
+def changed_keys(saved: dict[str, Any], config: Config,
+                 allowed: tuple[str, ...] | set[str] = ()) -> list[str]:
+  """The keys whose value in config differs from a saved config's (a config.json, a
+  sweep's base), a key saved before it existed counting as its default; keys in allowed
+  are not compared."""
+  saved = dict(Config().to_dict(), **saved)
+  current = config.to_dict()
+  return [key for key in current if key not in allowed and saved.get(key) != current[key]]
 
 
 def shipped_configs_dir() -> str:
@@ -445,17 +473,40 @@ def resolve_config_path(name_or_path: str | os.PathLike) -> str:
                   f"({', '.join(names)}).")
 
 
-def load_config_file(path: str | os.PathLike) -> Config:
-  """Imports a config file and calls its get_config()."""
-  path = os.fspath(path)
-  if not os.path.isfile(path):
-    raise UserError(f"config file '{path}' does not exist.")
-  spec = importlib.util.spec_from_file_location("_seq2seq_jax_user_config", path)
+def load_module(path: str, module_name: str):
+  """Executes a user's Python file (a config or sweep file) as a module; an exception it
+  raises is one line naming the file."""
+  spec = importlib.util.spec_from_file_location(module_name, path)
   module = importlib.util.module_from_spec(spec)
   try:
     spec.loader.exec_module(module)
   except Exception as error:  # a user's file: report, do not crash
     raise UserError(f"config file '{path}' failed to load: {error!r}") from error
+  return module
+
+
+def _raised(path: str, function: str, error: Exception) -> UserError:
+  """The one-line error of an exception raised by a user file's function."""
+  message = " ".join(str(error).split())  # one line
+  what = f"{type(error).__name__}: {message}" if message else type(error).__name__
+  return UserError(f"config file '{path}': {function}() raised {what}")
+
+
+def call_in_file(path: str, module, function: str) -> Any:
+  """module.function() of a user's file; an exception it raises is one line naming the
+  file, the function and the exception."""
+  try:
+    return getattr(module, function)()
+  except Exception as error:  # a user's code: report, do not crash
+    raise _raised(path, function, error) from error
+
+
+def load_config_file(path: str | os.PathLike) -> Config:
+  """Imports a config file and calls its get_config()."""
+  path = os.fspath(path)
+  if not os.path.isfile(path):
+    raise UserError(f"config file '{path}' does not exist.")
+  module = load_module(path, "_seq2seq_jax_user_config")
   if not hasattr(module, "get_config"):
     raise UserError(f"config file '{path}' has no get_config() function.")
   try:
@@ -465,7 +516,9 @@ def load_config_file(path: str | os.PathLike) -> Config:
     if "unexpected keyword argument" in message:
       key = message.split("'")[-2]
       raise _unknown_key_error(key, path) from None
-    raise UserError(f"config file '{path}': {message}") from error
+    raise _raised(path, "get_config", error) from error
+  except Exception as error:  # a user's code: report, do not crash
+    raise _raised(path, "get_config", error) from error
   if not isinstance(config, Config):
     raise UserError(f"config file '{path}': get_config() must return seq2seq_jax.config.Config.")
   return validate(config)

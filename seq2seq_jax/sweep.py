@@ -25,7 +25,6 @@ from __future__ import annotations
 import contextlib
 import csv
 import dataclasses
-import importlib.util
 import io
 import itertools
 import logging
@@ -253,13 +252,11 @@ def make_sweep(base: Config, spec: dict[str, Any], where: str = "get_sweep()") -
 def load_sweep(path: str, overrides: list[str] | tuple[str, ...] = ()) -> Sweep:
   """A sweep file's declaration; `overrides` (key=value) change the base config."""
   base = config_lib.load_config_file(path)  # get_config(), validated
-  spec_loader = importlib.util.spec_from_file_location("_seq2seq_jax_sweep", path)
-  module = importlib.util.module_from_spec(spec_loader)
-  spec_loader.loader.exec_module(module)
+  module = config_lib.load_module(path, "_seq2seq_jax_sweep")
   if not hasattr(module, "get_sweep"):
     raise UserError(f"'{path}' has no get_sweep(): it is a plain config; run it with "
                     "`seq2seq-jax train --config`, or add get_sweep() (see configs/sweep_lr.py).")
-  spec = module.get_sweep()
+  spec = config_lib.call_in_file(path, module, "get_sweep")
   if not isinstance(spec, dict):
     raise UserError(f"'{path}': get_sweep() must return a dict.")
   base = config_lib.apply_overrides(base, list(overrides))
@@ -421,7 +418,8 @@ def work(sweep: Sweep, workdir: str, vectorize: bool | None = None, progress: bo
   when vectorised, until none is left, trains them, and tells their outcomes."""
   from seq2seq_jax.study import SweepStudy
   vectorize = sweep.vectorize if vectorize is None else vectorize
-  if study is None:
+  if study is None:  # a worker: the same base as the sweep it joins
+    _check_same_base(sweep, workdir)
     study = SweepStudy(sweep, workdir, storage)
     study.enqueue_declared()
   while True:
@@ -494,6 +492,26 @@ def _check_same_space(sweep: Sweep, workdir: str) -> None:
                     "changed sweep with a new --workdir (the finished trials stay as they are).")
 
 
+def _check_same_base(sweep: Sweep, workdir: str) -> None:
+  """The trials in workdir ran on the base config its sweep.json holds: a changed base
+  (--set, an edited config file) would count them done for settings they never ran with.
+  The swept keys, and the settings a run may resume with changed
+  (workdir.RESUMABLE_CHANGES: time budget, logging, cpu_crosscheck, ...), may differ."""
+  saved = workdir_lib.read_json(os.path.join(workdir, tracking.SWEEP_FILE)) or {}
+  before = saved.get("base")
+  if not isinstance(before, dict):  # no sweep yet, or a sweep.json written before "base" was
+    return
+  allowed = {*workdir_lib.RESUMABLE_CHANGES, *sweep.keys, *saved.get("keys", [])}
+  changed = config_lib.changed_keys(before, sweep.base, allowed)
+  if changed:
+    old = dict(Config().to_dict(), **before)
+    diffs = "; ".join(f"{k}: {old[k]!r} -> {getattr(sweep.base, k)!r}" for k in changed)
+    raise UserError(f"the sweep's base config changed since its trials in {workdir} began "
+                    f"({diffs}): run it with the same settings as before (the base in "
+                    f"{tracking.SWEEP_FILE}), or with a new --workdir (the finished trials "
+                    "stay as they are).")
+
+
 def run_sweep(sweep: Sweep, workdir: str, vectorize: bool | None = None,
               progress: bool | None = None, stop_after_step: int | None = None,
               tensorboard: bool = False, argv: list[str] | None = None,
@@ -508,8 +526,9 @@ def run_sweep(sweep: Sweep, workdir: str, vectorize: bool | None = None,
   """
   from seq2seq_jax.study import SweepStudy
   vectorize = sweep.vectorize if vectorize is None else vectorize
-  os.makedirs(workdir, exist_ok=True)
   _check_same_space(sweep, workdir)
+  _check_same_base(sweep, workdir)
+  os.makedirs(workdir, exist_ok=True)
   workdir_lib.write_json(os.path.join(workdir, tracking.SWEEP_FILE), {
       "keys": sweep.keys, "metric": sweep.metric, "mode": sweep.mode,
       "vectorize": vectorize, "trials": [t.name for t in sweep.trials],

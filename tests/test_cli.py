@@ -145,3 +145,64 @@ def test_sigterm_outside_the_training_loop_is_a_clear_interrupt(monkeypatch, cap
   assert "interrupted by SIGTERM" in err and "run the same command again" in err
   assert "Traceback" not in err
   assert signal.getsignal(signal.SIGTERM) is before
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["translate", "--workdir", "w", "--sample", "--seed", "99999999999999999999", "x"],
+     "argument --seed: must be a whole number from 0 to 9223372036854775807 (2**63 - 1), "
+     "got '99999999999999999999'"),
+    (["translate", "--workdir", "w", "--beam", "5", "--length-penalty", "nan"],
+     "argument --length-penalty: must be a finite number, got 'nan'"),
+    (["translate", "--workdir", "w", "--sample", "--temperature", "inf"],
+     "argument --temperature: must be a finite number, got 'inf'"),
+    (["translate", "--workdir", "w", "--sample", "--temperature", "-0.5"],
+     "argument --temperature: must not be negative, got '-0.5'"),
+    (["evaluate", "--workdir", "w", "--beam", "2", "--length-penalty", "inf"],
+     "argument --length-penalty: must be a finite number, got 'inf'"),
+    (["export", "--workdir", "w", "--out", "o", "--length-penalty", "nan"],
+     "argument --length-penalty: must be a finite number, got 'nan'"),
+    (["serve", "--workdir", "w", "--length-penalty=-inf"],
+     "argument --length-penalty: must be a finite number, got '-inf'"),
+])
+def test_numbers_a_decoder_cannot_use_are_refused_in_one_line(argv, message, capsys):
+  """Refused by the parser before a model loads: a seed JAX cannot take (it was a
+  traceback), a nan or inf (garbage output, or exact match 0)."""
+  from seq2seq_jax.cli import build_parser
+  with pytest.raises(SystemExit) as exit_:
+    build_parser().parse_args(argv)
+  assert exit_.value.code == 2
+  assert capsys.readouterr().err.splitlines()[-1] == f"seq2seq-jax {argv[0]}: error: {message}"
+
+
+def test_the_largest_seed_is_accepted():
+  from seq2seq_jax.cli import build_parser
+  args = build_parser().parse_args(["translate", "--workdir", "w", "--sample", "--seed",
+                                    str(2**63 - 1), "x"])
+  assert args.seed == 2**63 - 1
+
+
+def test_a_config_file_that_raises_is_one_line_error(tmp_path, capsys):
+  path = tmp_path / "raises.py"
+  path.write_text("def get_config():\n  raise ValueError('boom')\n")
+  code, out, err = cli_in_process(capsys, "train", "--config", str(path), "--workdir",
+                                  str(tmp_path / "run"))
+  assert code == 2 and out == ""
+  assert err == f"seq2seq-jax train: error: config file '{path}': get_config() raised ValueError: boom\n"
+  assert not (tmp_path / "run").exists()
+
+
+def test_tensorboard_without_tensorboardx_writes_nothing(tmp_path, capsys, monkeypatch):
+  """plot --tensorboard and sweep --tensorboard check for tensorboardX first: no
+  curves.png, no empty tensorboard/, no trial trained whose events could not be written."""
+  monkeypatch.setitem(__import__("sys").modules, "tensorboardX", None)  # import fails
+  run = tmp_path / "run"
+  run.mkdir()
+  (run / "metrics.jsonl").write_text('{"step": 1, "train/loss": 2.0, "epoch": 1}\n')
+  code, out, err = cli_in_process(capsys, "plot", "--workdir", str(run), "--tensorboard")
+  assert code == 2 and out == "" and len(err.splitlines()) == 1
+  assert "--tensorboard needs tensorboardX" in err and "pip install" in err
+  assert os.listdir(run) == ["metrics.jsonl"]
+  code, _, err = cli_in_process(capsys, "sweep", "--config", "sweep_tiny", "--workdir",
+                                str(tmp_path / "sweep"), "--tensorboard")
+  assert code == 2 and "--tensorboard needs tensorboardX" in err
+  assert os.listdir(tmp_path) == ["run"]

@@ -53,3 +53,47 @@ def test_config_file_with_unknown_keyword(tmp_path):
                   "def get_config():\n  return Config(batch_sise=3)\n")
   with pytest.raises(UserError, match="batch_sise.*batch_size"):
     config_lib.load_config_file(str(path))
+
+
+@pytest.mark.parametrize("item, message", [
+    ("learning_rate=nan", "'learning_rate' must be a finite number; got nan"),
+    ("clip_norm=inf", "'clip_norm' must be a finite number; got inf"),
+    ("time_budget_minutes=-inf", "'time_budget_minutes' must be a finite number"),
+    ("seed=-1", r"'seed' must be a whole number from 0 to 9223372036854775807"),
+    ("seed=9223372036854775808", r"'seed' must be a whole number from 0 to 9223372036854775807"),
+])
+def test_non_finite_floats_and_seeds_out_of_range_are_refused(item, message):
+  """Refused before a run starts: they failed only at a later step, or with a traceback."""
+  with pytest.raises(UserError, match=message):
+    config_lib.apply_overrides(config_lib.Config(), [item])
+
+
+def test_the_seed_range_is_what_jax_and_numpy_take():
+  import jax
+  import numpy as np
+  low, high = config_lib.SEED_RANGE
+  for seed in (low, high):
+    config_lib.apply_overrides(config_lib.Config(), [f"seed={seed}"])
+    jax.random.key(seed)
+    np.random.default_rng([seed, 17])
+
+
+def test_a_saved_run_with_an_infinite_setting_still_loads():
+  """clip_norm=inf trained before non-finite values were refused: its workdir still
+  translates."""
+  config = config_lib.from_dict(dict(config_lib.Config().to_dict(), clip_norm=float("inf")),
+                                "checkpoint 1 of run")
+  assert config.clip_norm == float("inf")
+
+
+@pytest.mark.parametrize("body, message", [
+    ("def get_config():\n  raise ValueError('boom')\n", "get_config() raised ValueError: boom"),
+    ("def get_config():\n  return {}['x']\n", "get_config() raised KeyError: 'x'"),
+    ("def get_config():\n  raise TypeError('bad')\n", "get_config() raised TypeError: bad"),
+])
+def test_a_config_file_that_raises_is_one_line(tmp_path, body, message):
+  path = tmp_path / "raises.py"
+  path.write_text(body)
+  with pytest.raises(UserError) as error:
+    config_lib.load_config_file(str(path))
+  assert str(error.value) == f"config file '{path}': {message}"

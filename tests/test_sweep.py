@@ -333,3 +333,50 @@ def test_a_sweep_whose_values_changed_is_refused_in_its_old_workdir(tmp_path):
   with pytest.raises(UserError, match=r"changed \(dropout\).*new --workdir"):
     sweep_lib.run_sweep(sweep, workdir, progress=False)
   assert os.listdir(workdir) == ["sweep.json"]  # nothing started
+
+
+@pytest.mark.filterwarnings("ignore:The value nan is not acceptable")  # no metrics: not trained
+def test_a_sweep_whose_base_changed_is_refused_in_its_old_workdir(tmp_path, monkeypatch):
+  """Trials finished on one base config are not reported done for another (--set, an
+  edited config file): refused before anything is written, naming the changed base keys.
+  Settings a run may resume with changed (time budget, cpu_crosscheck) may change, and a
+  sweep.json written before it recorded its base still runs."""
+  monkeypatch.setattr(tracking, "plot_runs", lambda *args, **kwargs: None)  # not tested here
+  workdir = str(tmp_path / "sweep")
+  sweep = sweep_lib.load_sweep(SWEEP_TINY)
+  for trial in sweep.trials:  # finished: running the sweep again trains nothing
+    os.makedirs(os.path.join(workdir, trial.name))
+    with open(os.path.join(workdir, trial.name, "results.json"), "w") as f:
+      f.write("{}")
+  sweep_lib.run_sweep(sweep, workdir, progress=False)
+  before = file_times(workdir)
+  changed = sweep_lib.load_sweep(SWEEP_TINY, ["num_epochs=3", "latent_dim=64",
+                                              "time_budget_minutes=5"])
+  with pytest.raises(UserError) as refused:
+    sweep_lib.run_sweep(changed, workdir, progress=False)
+  message = str(refused.value)
+  assert (f"(latent_dim: {sweep.base.latent_dim} -> 64; num_epochs: {sweep.base.num_epochs} "
+          "-> 3)") in message
+  assert "new --workdir" in message and "same settings" in message
+  assert file_times(workdir) == before
+  sweep_lib.run_sweep(sweep_lib.load_sweep(SWEEP_TINY, ["time_budget_minutes=5",
+                                                        "cpu_crosscheck=never"]),
+                      workdir, progress=False)
+  path = os.path.join(workdir, "sweep.json")
+  with open(path) as f:
+    older = {k: v for k, v in json.load(f).items() if k != "base"}
+  with open(path, "w") as f:
+    json.dump(older, f)
+  sweep_lib.run_sweep(changed, workdir, progress=False)
+  with open(path) as f:
+    assert json.load(f)["base"]["latent_dim"] == 64  # recorded from now on
+
+
+def test_a_sweep_file_whose_get_sweep_raises_is_one_line(tmp_path):
+  path = tmp_path / "raises.py"
+  path.write_text("from seq2seq_jax.config import Config\n"
+                  "def get_config():\n  return Config()\n"
+                  "def get_sweep():\n  raise ValueError('boom')\n")
+  with pytest.raises(UserError, match=r"^config file '.*raises.py': get_sweep\(\) raised "
+                     r"ValueError: boom$"):
+    sweep_lib.load_sweep(str(path))
