@@ -288,6 +288,11 @@ def _open_group(configs: list[Config], workdirs: list[str], argv, parallel: Data
             "target(s)" if translator.is_series
             else f"vocab {len(translator.src_vocab)} -> {len(translator.tgt_vocab)}"),
            time.time() - t0)
+  if not len(val_pairs):
+    log.warning("no validation %s (val_fraction, or every one longer than max_source_len / "
+                "max_target_len): epochs are not validated, no checkpoint is kept as the best by "
+                "%s, and the newest is the run's result.",
+                "windows" if translator.is_series else "pairs", base.best_metric)
 
   trials = []
   for config, workdir in zip(configs, workdirs):
@@ -473,7 +478,10 @@ def _trial_params(group: Group, state) -> list[Any]:
 
 
 def _validate(group: Group, params) -> dict[str, float]:
-  """One trial's periodic validation: "val/" metrics, eval_decode_samples outputs decoded."""
+  """One trial's periodic validation: "val/" metrics, eval_decode_samples outputs decoded
+  ({} without validation pairs)."""
+  if not len(group.val_pairs):
+    return {}
   val_metrics, _ = evaluate_pairs(group.translator, params, group.val_pairs,
                                   group.base.eval_decode_samples)
   return {f"val/{k}": v for k, v in val_metrics.items()}
@@ -485,7 +493,7 @@ def _end_epoch(group: Group, state, clock: EpochClock, compilations: Compilation
   base, epoch = group.base, group.progress.epoch
   epoch_time = time.time() - clock.start
   last = epoch + 1 == base.num_epochs
-  evaluate = (epoch + 1) % base.eval_every_epochs == 0 or last
+  evaluate = ((epoch + 1) % base.eval_every_epochs == 0 or last) and len(group.val_pairs) > 0
   params = _trial_params(group, state) if evaluate else None
   new_compilations = compilations.count - clock.compilations_before
   group.progress = Progress(epoch + 1, 0, group.progress.step)
@@ -578,7 +586,8 @@ def _final_evaluation(group: Group, state) -> list[dict[str, Any] | NonFiniteLos
     if trial.writer is not None:
       trial.writer.hparams(_hparams(group, trial), summary)
     log.info("\n%sfinal (checkpoint %s): %s", group.label(trial), final_step,
-             "  ".join(f"{k} {v:.4f}" for k, v in summary.items() if k != "step"))
+             "  ".join(f"{k} {v:.4f}" for k, v in summary.items() if k != "step")
+             or "no validation or test pairs to evaluate")
     _log_samples(group, params)
     outcomes.append(summary)
   return outcomes

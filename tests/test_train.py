@@ -40,8 +40,9 @@ def test_rmsprop_is_keras_rmsprop():
 
 
 @pytest.mark.slow
-def test_tiny_model_overfits_tiny_data(tmp_path):
-  """Reversing short strings: a real task the model must read the source for."""
+def test_tiny_model_overfits_tiny_data(tmp_path, caplog):
+  """Reversing short strings: a real task the model must read the source for. Without
+  validation pairs (val_fraction=0) nothing is validated: no made-up val/ metrics."""
   rng = np.random.default_rng(0)
   words = {"".join(rng.choice(list("abcdef"), rng.integers(2, 6))) for _ in range(80)}
   pairs = sorted((w, w[::-1]) for w in words)
@@ -50,7 +51,11 @@ def test_tiny_model_overfits_tiny_data(tmp_path):
                        num_epochs=40, learning_rate=1e-2, latent_dim=48, warmup_steps=10,
                        eval_every_epochs=40, checkpoint_every_epochs=40, log_every_steps=1000)
   workdir = str(tmp_path / "run")
-  train_and_evaluate(config, workdir, progress=False)
+  with caplog.at_level("WARNING", logger="seq2seq_jax"):
+    summary = train_and_evaluate(config, workdir, progress=False)
+  assert "no validation pairs (val_fraction, " in caplog.text
+  assert summary == {"step": 200}
+  assert not [k for r in read_metrics(workdir) for k in r if k.startswith("val/")]
   task, params, _ = load_trained(workdir, "latest")
   sources = [s for s, _ in pairs]
   outputs = task.translate(params, sources)
