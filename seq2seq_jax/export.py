@@ -30,6 +30,7 @@ import json
 import logging
 import os
 import platform
+import secrets
 import shutil
 from typing import Any, Callable
 
@@ -182,36 +183,69 @@ def build_artifact(translator, params, step: int, *, which: str = "best",
   return ExportedTranslator(manifest, vocab, flat_params, exported, models)
 
 
+def _new_private_dir(parent: str, name: str, what: str) -> str:
+  """A new empty directory `.NAME.RANDOM.WHAT` in parent, made here (os.mkdir refuses a
+  name that exists, so it is never someone else's), with the umask's permissions."""
+  while True:
+    path = os.path.join(parent, f".{name}.{secrets.token_hex(4)}.{what}")
+    try:
+      os.mkdir(path)
+      return path
+    except FileExistsError:
+      continue
+
+
 def write_artifact(artifact: ExportedTranslator, out: str) -> None:
   """DIR as the module docstring describes; written into a temporary folder beside it
-  and renamed, so DIR is never half-written (an older DIR is replaced whole)."""
+  and renamed, so DIR is never half-written (an older DIR is replaced whole). The
+  temporary folders are hidden ones of its own, made and removed here: a user's
+  DIR.old or DIR.partial is left alone."""
   out = os.path.abspath(out)
   if os.path.exists(out) and not os.path.isdir(out):
     raise UserError(f"--out '{out}' is a file; name a directory.")
   if os.path.isdir(out) and os.listdir(out) and not os.path.exists(os.path.join(out, MANIFEST_FILE)):
     raise UserError(f"--out '{out}' holds files that are not an export; name a new or "
                     "empty directory.")
-  staging = out + ".partial"
-  shutil.rmtree(staging, ignore_errors=True)
-  os.makedirs(staging)
-  for name, exported in artifact.exported.items():
-    with open(os.path.join(staging, f"{name}.stablehlo"), "wb") as f:
-      f.write(exported.serialize())
-  np.savez(os.path.join(staging, PARAMS_FILE), **artifact.flat_params)
-  for side, model in (artifact.sentencepiece_models or {}).items():
-    write_atomically(os.path.join(staging, artifact.vocab["sentencepiece"][side]), model)
-  write_atomically(os.path.join(staging, VOCAB_FILE),
-                   json.dumps(artifact.vocab, ensure_ascii=False, indent=1) + "\n")
-  write_atomically(os.path.join(staging, MANIFEST_FILE),
-                   json.dumps(artifact.manifest, ensure_ascii=False, indent=2) + "\n")
-  if os.path.isdir(out):
-    old = out + ".old"
-    shutil.rmtree(old, ignore_errors=True)
+  parent, name = os.path.split(out)
+  os.makedirs(parent, exist_ok=True)
+  staging = _new_private_dir(parent, name, "partial")
+  try:
+    for function, exported in artifact.exported.items():
+      with open(os.path.join(staging, f"{function}.stablehlo"), "wb") as f:
+        f.write(exported.serialize())
+    np.savez(os.path.join(staging, PARAMS_FILE), **artifact.flat_params)
+    for side, model in (artifact.sentencepiece_models or {}).items():
+      write_atomically(os.path.join(staging, artifact.vocab["sentencepiece"][side]), model)
+    write_atomically(os.path.join(staging, VOCAB_FILE),
+                     json.dumps(artifact.vocab, ensure_ascii=False, indent=1) + "\n")
+    write_atomically(os.path.join(staging, MANIFEST_FILE),
+                     json.dumps(artifact.manifest, ensure_ascii=False, indent=2) + "\n")
+    if os.path.isdir(out):
+      _replace_dir(staging, out)
+    else:
+      os.replace(staging, out)
+  finally:
+    if os.path.isdir(staging):  # it failed before its rename
+      shutil.rmtree(staging, ignore_errors=True)
+
+
+def _replace_dir(new: str, out: str) -> None:
+  """Puts directory new in place of directory out; out's old contents are deleted only
+  once new is there, and put back if it could not be."""
+  retired = _new_private_dir(os.path.dirname(out), os.path.basename(out), "old")
+  old = os.path.join(retired, "export")
+  try:
     os.replace(out, old)
-    os.replace(staging, out)
-    shutil.rmtree(old, ignore_errors=True)
-  else:
-    os.replace(staging, out)
+  except BaseException:
+    os.rmdir(retired)
+    raise
+  try:
+    os.replace(new, out)
+  except BaseException:
+    os.replace(old, out)
+    os.rmdir(retired)
+    raise
+  shutil.rmtree(retired, ignore_errors=True)
 
 
 def export_workdir(workdir: str, out: str | None, which: str = "best", **options) -> ExportedTranslator:

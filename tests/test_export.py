@@ -50,6 +50,48 @@ def test_load_errors_say_what_to_do(tmp_path):
     ExportedTranslator.load(str(tmp_path))
 
 
+class _FakeExported:
+  """What write_artifact reads of a jax.export function: its bytes."""
+
+  def __init__(self, data: bytes):
+    self.data = data
+
+  def serialize(self) -> bytes:
+    if isinstance(self.data, Exception):
+      raise self.data
+    return self.data
+
+
+def _artifact(version: int, serialized=b"stablehlo"):
+  """An ExportedTranslator as write_artifact reads it, without a model behind it."""
+  import types
+  return types.SimpleNamespace(manifest={"format": "seq2seq_jax.exported", "v": version},
+                               vocab={"tokenizer": "char"}, flat_params={"w": np.arange(3.0)},
+                               exported={"greedy": _FakeExported(serialized)},
+                               sentencepiece_models=None)
+
+
+def test_export_replaces_its_directory_and_nothing_beside_it(tmp_path):
+  """A user's DIR.old and DIR.partial are theirs; a failed export keeps the older DIR."""
+  from seq2seq_jax.export import write_artifact
+  out = tmp_path / "ex4"
+  write_artifact(_artifact(1), str(out))
+  (tmp_path / "ex4.old").mkdir()
+  (tmp_path / "ex4.old" / "manifest.json").write_text("my copy")
+  (tmp_path / "ex4.partial").mkdir()
+  (tmp_path / "ex4.partial" / "f").write_text("x")
+  write_artifact(_artifact(2), str(out))
+  assert sorted(os.listdir(tmp_path)) == ["ex4", "ex4.old", "ex4.partial"]
+  assert json.loads((out / "manifest.json").read_text())["v"] == 2
+  assert (out / "greedy.stablehlo").read_bytes() == b"stablehlo"
+  assert (tmp_path / "ex4.old" / "manifest.json").read_text() == "my copy"
+  assert (tmp_path / "ex4.partial" / "f").read_text() == "x"
+  with pytest.raises(OSError, match="disk full"):
+    write_artifact(_artifact(3, serialized=OSError("disk full")), str(out))
+  assert sorted(os.listdir(tmp_path)) == ["ex4", "ex4.old", "ex4.partial"]
+  assert json.loads((out / "manifest.json").read_text())["v"] == 2
+
+
 # The loader in a fresh process: what it translates, and which modules it imported.
 LOADER = textwrap.dedent("""
     import json, sys
