@@ -116,19 +116,27 @@ def append_metrics(workdir: str, record: dict[str, Any]) -> None:
     f.write(json.dumps(record, default=_json_default) + "\n")
 
 
+def _metric_lines(path: str):
+  """(line, record) for each line of a metrics.jsonl; record is None for a line that is
+  no JSON object: half-written by a run in progress or killed, or damaged (bytes that are
+  not UTF-8 included)."""
+  with open(path, encoding="utf-8", errors="replace") as f:
+    for line in f:
+      try:
+        record = json.loads(line)
+      except ValueError:
+        record = None
+      readable = isinstance(record, dict) and isinstance(record.get("step", 0), (int, float))
+      yield line, record if readable else None
+
+
 def read_metrics(workdir: str) -> list[dict[str, Any]]:
-  """The records of workdir/metrics.jsonl ([] if none); an unfinished last line is skipped."""
-  records = []
+  """The records of workdir/metrics.jsonl ([] if none); unreadable lines are skipped."""
   try:
-    with open(os.path.join(workdir, METRICS_FILE), encoding="utf-8") as f:
-      for line in f:
-        try:
-          records.append(json.loads(line))
-        except ValueError:
-          continue  # a line being written by a run in progress
+    return [record for _, record in _metric_lines(os.path.join(workdir, METRICS_FILE))
+            if record is not None]
   except FileNotFoundError:
-    pass
-  return records
+    return []
 
 
 def rewind_metrics(workdir: str, step: int) -> int:
@@ -136,27 +144,26 @@ def rewind_metrics(workdir: str, step: int) -> int:
   0 for a run that starts again without one):
   a run killed without its last checkpoint (kill -9, power loss) logged steps that the
   resumed run computes and logs again, so each step keeps one record and the curves never
-  go back in time. A half-written last line goes too. Returns the records dropped."""
+  go back in time. A half-written or damaged line goes too. Returns the lines dropped."""
   path = os.path.join(workdir, METRICS_FILE)
   if not _is_primary() or not os.path.exists(path):
     return 0
-  kept, dropped = [], 0
-  with open(path, encoding="utf-8") as f:
-    for line in f:
-      try:
-        record = json.loads(line)
-      except ValueError:
-        dropped += 1
-        continue
-      if isinstance(record, dict) and record.get("step", 0) > step:
-        dropped += 1
-      else:
-        kept.append(line if line.endswith("\n") else line + "\n")
-  if dropped:
+  kept, later, unreadable = [], 0, 0
+  for line, record in _metric_lines(path):
+    if record is None:
+      unreadable += 1
+    elif record.get("step", 0) > step:
+      later += 1
+    else:
+      kept.append(line if line.endswith("\n") else line + "\n")
+  if later or unreadable:
     write_atomically(path, "".join(kept))
+  if later:
     log.info("metrics.jsonl: dropped %d record(s) logged after checkpoint %d by the "
-             "interrupted run; the resumed run logs those steps again", dropped, step)
-  return dropped
+             "interrupted run; the resumed run logs those steps again", later, step)
+  if unreadable:
+    log.info("metrics.jsonl: dropped %d unreadable line(s) (half-written or damaged)", unreadable)
+  return later + unreadable
 
 
 # ---------------------------------------------------------------------------

@@ -578,6 +578,21 @@ def test_resume_drops_metrics_logged_after_the_checkpoint(tmp_path):
   assert rewind_metrics(str(tmp_path / "none"), 20) == 0  # no metrics.jsonl yet
 
 
+def test_damaged_metrics_lines_are_skipped_when_read_and_dropped_on_resume(tmp_path, caplog):
+  """Bytes that are not UTF-8, a line that is no JSON object: `plot`, sweeps' tables and
+  a resume read past them (they used to stop with a UnicodeDecodeError traceback), and the
+  resume says they were unreadable, not logged after its checkpoint."""
+  from seq2seq_jax.workdir import read_metrics, rewind_metrics
+  path = tmp_path / "metrics.jsonl"
+  good = [json.dumps({"step": s, "train/loss": 1.0 / s}) for s in (10, 20)]
+  path.write_bytes(("\n".join(good) + "\n").encode() + b'\xff\xfe\n7\n{"step": "x"}\n')
+  assert [r["step"] for r in read_metrics(str(tmp_path))] == [10, 20]
+  with caplog.at_level("INFO", logger="seq2seq_jax"):
+    assert rewind_metrics(str(tmp_path), 20) == 3
+  assert "dropped 3 unreadable line(s)" in caplog.text and "after checkpoint" not in caplog.text
+  assert path.read_text() == "\n".join(good) + "\n"
+
+
 # ---------------------------------------------------------------------------
 # Faults: damaged checkpoints
 # ---------------------------------------------------------------------------
