@@ -207,6 +207,8 @@ def check_workdir_config(workdir: str, config: Config) -> None:
   changed = [k for k in current if k not in RESUMABLE_CHANGES and saved.get(k) != current[k]]
   if changed:
     diffs = "; ".join(f"{k}: {saved.get(k)!r} -> {current[k]!r}" for k in changed[:6])
+    if len(changed) > 6:
+      diffs += f"; and {len(changed) - 6} more: {', '.join(changed[6:])}"
     raise CheckpointError(
         f"workdir '{workdir}' holds a run with a different configuration ({diffs}). "
         "To resume it, run the same command as before (its settings are in "

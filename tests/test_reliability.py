@@ -9,6 +9,7 @@ each fresh process starts in seconds.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import gc
 import json
@@ -565,6 +566,21 @@ def test_kill_9_at_any_moment_then_resume(baseline, env, tmp_path):
   assert trained_numbers(workdir) == trained_numbers(baseline)
   steps = [r["step"] for r in metric_records(workdir)]
   assert steps == sorted(steps)  # the curves never go back in time
+
+
+def test_a_workdir_of_another_configuration_names_every_difference(tmp_path):
+  """The first six with their values, then the names of the rest (they used to be left out)."""
+  from seq2seq_jax.config import Config
+  from seq2seq_jax.errors import UserError
+  from seq2seq_jax.workdir import check_workdir_config, write_config
+  write_config(str(tmp_path), Config())
+  changes = dict(embed_dim=8, latent_dim=8, batch_size=8, num_epochs=1, warmup_steps=1,
+                 dropout=0.5, learning_rate=0.1, seed=3)
+  with pytest.raises(UserError) as refused:
+    check_workdir_config(str(tmp_path), dataclasses.replace(Config(), **changes))
+  message = str(refused.value)
+  assert sum(f"{key}: " in message for key in changes) == 6
+  assert "; and 2 more: " in message and all(key in message for key in changes)
 
 
 def test_resume_drops_metrics_logged_after_the_checkpoint(tmp_path):
