@@ -656,6 +656,9 @@ def train_trials(configs: list[Config], workdirs: list[str], argv: list[str] | N
   parallel = DataParallel()
   parallel.check_batch_size(configs[0].batch_size)
   for workdir in workdirs:
+    if os.path.exists(workdir) and not os.path.isdir(workdir):
+      raise UserError(f"workdir '{workdir}' is a file, not a directory: give a directory for "
+                      "the run (a new one starts it, the one a run wrote resumes it).")
     os.makedirs(workdir, exist_ok=True)
   with contextlib.ExitStack() as stack:
     stack.enter_context(_run_log(workdirs))

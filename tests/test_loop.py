@@ -98,6 +98,13 @@ def test_a_signal_during_the_last_evaluation_stops_before_the_final_one(tmp_path
   assert [r["step"] for r in read_metrics(workdir) if "train/epoch_seconds" in r] == [2]
 
 
+def test_a_file_given_as_the_workdir_is_named_as_such(tmp_path):
+  (tmp_path / "pairs.tsv").write_text("one\tun\n")
+  with pytest.raises(loop.UserError, match=r"workdir '.*pairs.tsv' is a file, not a directory"):
+    loop.train_and_evaluate(tiny_config(), str(tmp_path / "pairs.tsv"), progress=False)
+  assert (tmp_path / "pairs.tsv").read_text() == "one\tun\n"
+
+
 def test_checkpoint_meta_reads_both_versions():
   """Version 1 (lists) and version 2 (named fields) give the same progress and sums."""
   v1 = {"config": {}, "src_vocab": ["a"], "tgt_vocab": ["b"], "position": {"epoch": 1, "batch": 3},
