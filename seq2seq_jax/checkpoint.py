@@ -611,6 +611,12 @@ class Checkpointer:
                     candidate, failures[0][0])
       return restored["state"], restored["meta"], candidate
     details = "; ".join(f"step {s}: {why}" for s, why in failures)
+    others = [s for s in newest_first if s not in dict(failures)]
+    if others:  # the step asked for (fallback=False) is damaged; others were not tried
+      raise CheckpointError(
+          f"checkpoint {step} in '{self.directory}' is damaged ({details}). Choose another: "
+          f"{', '.join(map(str, reversed(others)))} (or best / latest, which skip damaged "
+          "steps), or put back its intact files from a backup.")
     raise CheckpointError(
         f"no readable checkpoint in '{self.directory}' ({details}). Start a fresh run in "
         "a new --workdir, or put back intact checkpoint files from a backup.")

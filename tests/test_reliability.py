@@ -685,7 +685,9 @@ def test_damaged_newest_checkpoint_falls_back(baseline, baseline_copy, capfd, da
       in messages
   intact, _, _ = Checkpointer(baseline, read_only=True).restore(step=EPOCH_11_STEP)
   jax.tree.map(np.testing.assert_array_equal, state["params"], intact["params"])
-  with pytest.raises(CheckpointError, match=f"no readable checkpoint .*step {TOTAL_STEPS}"):
+  # a step asked for by number (`--checkpoint N`) is not replaced: the error names the others
+  with pytest.raises(CheckpointError, match=rf"checkpoint {TOTAL_STEPS} in .* is damaged \(step "
+                     rf"{TOTAL_STEPS}: .*\)\. Choose another: {EPOCH_11_STEP} \(or best / latest"):
     Checkpointer(baseline_copy, read_only=True).restore(step=TOTAL_STEPS, fallback=False)
   assert "Traceback" not in capfd.readouterr().err
 
