@@ -335,6 +335,7 @@ class Checkpointer:
     self.read_only = read_only
     self._meta_metrics: dict[int, dict[str, Any] | None] = {}  # steps written by 0.1
     self._warned: set[int] = set()  # steps whose unreadable metrics were reported
+    self._unlisted: set[int] = set()  # steps reported as having no file list
     self._closed = False
     if os.path.exists(self.directory) and not os.path.isdir(self.directory):
       raise CheckpointError(f"'{self.directory}' is a file, not a checkpoint directory. "
@@ -406,6 +407,9 @@ class Checkpointer:
         return metrics
       why = f"the metrics in {MANIFEST} are {type(metrics).__name__}, not a mapping"
     if why is None:  # version 1, or no manifest
+      if manifest is None:
+        self._warn_unlisted(step)
+        return None
       return self._metrics_in_meta(step)
     self._warn_unreadable(step, why)
     return None
@@ -429,6 +433,14 @@ class Checkpointer:
           self._warn_unreadable(step, f"its meta item is unreadable ({_short(_root_cause(error))})")
       self._meta_metrics[step] = metrics
     return self._meta_metrics[step]
+
+  def _warn_unlisted(self, step: int) -> None:
+    """A step without its file list: deleted, or the run was killed (or its disk full)
+    between Orbax's save and the list. Every version of seq2seq_jax wrote one."""
+    if step not in self._unlisted:
+      self._unlisted.add(step)
+      log.warning("warning: checkpoint %d has no file list (%s): its files cannot be "
+                  "verified and it cannot be chosen as the best checkpoint.", step, MANIFEST)
 
   def _warn_unreadable(self, step: int, why: str) -> None:
     if step not in self._warned:
@@ -554,6 +566,8 @@ class Checkpointer:
 
   def _read(self, step: int, abstract_state: Any | None) -> tuple[Any, str | None]:
     """(restored, None), or (None, why the step cannot be read)."""
+    if read_manifest(self._step_dir(step)) == (None, None):
+      self._warn_unlisted(step)
     damage = check_manifest(self._step_dir(step))
     if damage is not None:
       return None, damage

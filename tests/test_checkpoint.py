@@ -157,6 +157,22 @@ def test_keeps_the_newest_and_the_best_without_orbax_metrics_files(tmp_path):
   assert Checkpointer(str(tmp_path), best_metric="val/loss", read_only=True).best_step() == 2
 
 
+def test_a_step_without_its_file_list_is_named_when_it_changes_the_best(tmp_path,
+                                                                       captured_warnings):
+  """Its file list deleted (or a kill just before it was written): the step still
+  restores, but unverified and without metrics to be the best by, and both are said."""
+  with Checkpointer(str(tmp_path), keep=2, best_metric="val/exact_match") as checkpointer:
+    for step, score in ((1, 0.5), (2, 0.9)):
+      checkpointer.save(step, small_state(step), {"n": step}, {"val/exact_match": score})
+  os.remove(tmp_path / "checkpoints" / "2" / MANIFEST)
+  reader = Checkpointer(str(tmp_path), best_metric="val/exact_match", read_only=True)
+  assert reader.best_step() == 1
+  _, meta, step = reader.restore()
+  assert step == 2 and meta == {"n": 2}
+  assert captured_warnings == [f"warning: checkpoint 2 has no file list ({MANIFEST}): its files "
+                               "cannot be verified and it cannot be chosen as the best checkpoint."]
+
+
 def test_a_loss_metric_keeps_the_smallest_and_ties_go_to_the_newest(tmp_path):
   with Checkpointer(str(tmp_path), keep=1, best_metric="val/loss") as checkpointer:
     for step, loss in ((1, 2.0), (2, 1.0), (3, 3.0), (4, 1.0), (5, 4.0)):
