@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from seq2seq_jax import config as config_lib
 from seq2seq_jax.config import Config
 from seq2seq_jax.errors import CheckpointError
 
@@ -203,8 +204,8 @@ def check_workdir_config(workdir: str, config: Config) -> None:
   except (OSError, ValueError) as error:
     raise CheckpointError(f"'{path}' is unreadable ({error}); use a new --workdir.") from None
   current = config.to_dict()
+  changed = config_lib.changed_keys(saved, config, RESUMABLE_CHANGES)
   saved = dict(Config().to_dict(), **saved)  # a key added since that run: its default
-  changed = [k for k in current if k not in RESUMABLE_CHANGES and saved.get(k) != current[k]]
   if changed:
     diffs = "; ".join(f"{k}: {saved.get(k)!r} -> {current[k]!r}" for k in changed[:6])
     if len(changed) > 6:
