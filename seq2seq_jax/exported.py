@@ -12,6 +12,7 @@ batch_size rows, widths rounded up to bucket_width), so it gives the same text.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from typing import Any
@@ -47,6 +48,26 @@ def flatten_params(tree: dict[str, Any], prefix: str = "") -> dict[str, np.ndarr
   return flat
 
 
+def _check_params_fit(flat_params: dict[str, np.ndarray], exported: jax_export.Exported,
+                      params_path: str, function_path: str) -> None:
+  """params.npz holds the arrays the function was exported with (names, shapes, dtypes):
+  one from another export would fail only at the first call, deep in jax."""
+  expected = [(tuple(a.shape), np.dtype(a.dtype)) for a in exported.in_avals[:-1]]
+  found = [(tuple(v.shape), v.dtype) for v in jax.tree.leaves(flat_params)]
+  if len(found) != len(expected):
+    detail = f"{len(found)} arrays where it takes {len(expected)}"
+  elif exported.in_tree != jax.tree.structure(((flat_params, 0), {})):
+    detail = "arrays of other names"
+  elif found != expected:
+    name, (shape, dtype), (want, want_dtype) = next(
+        (n, f, e) for n, f, e in zip(sorted(flat_params), found, expected) if f != e)
+    detail = f"'{name}' is {dtype}{list(shape)} where it takes {want_dtype}{list(want)}"
+  else:
+    return
+  raise ExportError(f"{params_path} does not fit {function_path} ({detail}): the files come "
+                    "from different exports; export again.")
+
+
 def unflatten_params(flat: dict[str, Any]) -> dict[str, Any]:
   """The nested dicts flatten_params came from."""
   tree: dict[str, Any] = {}
@@ -67,6 +88,43 @@ def _read_json(path: str) -> Any:
     raise ExportError(f"cannot read {path}: {error.strerror or error}") from None
   except ValueError as error:
     raise ExportError(f"{path} is not valid JSON ({error}); export again.") from None
+
+
+@contextlib.contextmanager
+def _reading(path: str):
+  """Whatever goes wrong reading or parsing path, as one ExportError that names it:
+  numpy, zipfile, jax's flatbuffers and sentencepiece each fail on a damaged file with
+  their own exception (BadZipFile, struct.error, IndexError, RuntimeError, ...)."""
+  try:
+    yield
+  except UserError:
+    raise
+  except ImportError as error:  # sentencepiece, for a subword model's files
+    raise ExportError(f"reading {path} needs the {error.name} package: pip install "
+                      f"{error.name}.") from None
+  except OSError as error:
+    raise ExportError(f"cannot read {path}: {error.strerror or error}; export again.") from None
+  except Exception as error:
+    reason = str(error).strip().splitlines()[0][:200] if str(error).strip() else ""
+    kind = type(error).__name__ if type(error).__module__ == "builtins" else \
+        f"{type(error).__module__}.{type(error).__name__}"  # struct.error, not error
+    raise ExportError(f"{path} is damaged ({kind}"
+                      f"{': ' + reason if reason else ''}); export again.") from None
+
+
+def _check_vocab(vocab: Any, path: str) -> None:
+  """The fields of vocab.json that ExportedTranslator reads, of the right types."""
+  fine = isinstance(vocab, dict) and isinstance(vocab.get("tokenizer"), str)
+  if fine and vocab["tokenizer"] == "sentencepiece":
+    files = vocab.get("sentencepiece")
+    fine = isinstance(files, dict) and all(isinstance(files.get(side), str)
+                                           for side in ("src", "tgt"))
+  elif fine:
+    fine = all(isinstance(vocab.get(side), list) and all(isinstance(t, str) for t in vocab[side])
+               for side in ("src", "tgt"))
+  if not fine:
+    raise ExportError(f"{path} is damaged (not an export's vocabularies: an object with "
+                      "'tokenizer', 'src' and 'tgt'); export again.")
 
 
 class ExportedTranslator:
@@ -90,12 +148,12 @@ class ExportedTranslator:
       self.src_vocab = Vocab(vocab["src"], level=level)
       self.tgt_vocab = Vocab(vocab["tgt"], start_text=vocab.get("tgt_start_text", ""),
                              level=level)
-    settings = manifest["settings"]
-    self.max_source_len = int(settings["max_source_len"])
-    self.bucket_width = int(settings["bucket_width"])
-    self.source_lowercase = bool(settings["source_lowercase"])
-    self.decode_max_len = int(manifest["decode_max_len"])
-    self.beam_sizes = tuple(int(k) for k in manifest["beam_sizes"])
+    settings = self._settings(manifest)
+    self.max_source_len = settings["max_source_len"]
+    self.bucket_width = settings["bucket_width"]
+    self.source_lowercase = settings["source_lowercase"]
+    self.decode_max_len = settings["decode_max_len"]
+    self.beam_sizes = settings["beam_sizes"]
     self._params = None  # on the device at the first call
     self._calls = {name: jax.jit(e.call) for name, e in exported.items()}
 
@@ -110,30 +168,59 @@ class ExportedTranslator:
       raise ExportError(f"{directory} is a training workdir, not an export: serve it with "
                         f"--workdir {directory}, or export it first with `seq2seq-jax export "
                         f"--workdir {directory} --out DIR`.")
-    manifest = _read_json(os.path.join(directory, MANIFEST_FILE))
-    if manifest.get("format") != FORMAT:
+    manifest_path = os.path.join(directory, MANIFEST_FILE)
+    manifest = _read_json(manifest_path)
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
       raise ExportError(f"{directory} is not a seq2seq_jax export (no '{FORMAT}' manifest).")
-    if int(manifest.get("format_version", 0)) > FORMAT_VERSION:
-      raise ExportError(f"{directory} was written in export format "
-                        f"{manifest['format_version']}, newer than this loader's "
-                        f"{FORMAT_VERSION}; upgrade seq2seq_jax.")
-    vocab = _read_json(os.path.join(directory, manifest.get("vocab", VOCAB_FILE)))
+    with _reading(manifest_path):
+      version = int(manifest.get("format_version", 0))
+    if version > FORMAT_VERSION:
+      raise ExportError(f"{directory} was written in export format {version}, newer than "
+                        f"this loader's {FORMAT_VERSION}; upgrade seq2seq_jax.")
+    with _reading(manifest_path):  # every field the translator reads, before any file
+      cls._settings(manifest)
+      vocab_path = os.path.join(directory, manifest.get("vocab", VOCAB_FILE))
+      params_path = os.path.join(directory, manifest["params"]["file"])
+      function_paths = {name: os.path.join(directory, entry["file"])
+                        for name, entry in manifest["functions"].items()}
+      wanted = ["greedy"] + [f"beam{k}" for k in cls._settings(manifest)["beam_sizes"]]
+      missing = [name for name in wanted if name not in function_paths]
+      if missing:
+        raise ValueError(f"no function {', '.join(missing)} in 'functions'")
+    vocab = _read_json(vocab_path)
+    _check_vocab(vocab, vocab_path)
     models = None
-    try:
-      if vocab.get("tokenizer") == "sentencepiece":  # the model files vocab.json names
-        models = {}
-        for side in ("src", "tgt"):
-          with open(os.path.join(directory, vocab["sentencepiece"][side]), "rb") as f:
+    if vocab["tokenizer"] == "sentencepiece":  # the model files vocab.json names
+      models = {}
+      for side in ("src", "tgt"):
+        model_path = os.path.join(directory, vocab["sentencepiece"][side])
+        with _reading(model_path):
+          with open(model_path, "rb") as f:
             models[side] = f.read()
-      with np.load(os.path.join(directory, manifest["params"]["file"])) as arrays:
+          Vocab.from_sentencepiece(models[side])
+    with _reading(params_path):
+      with np.load(params_path) as arrays:
         flat_params = {key: arrays[key] for key in arrays.files}
-      exported = {}
-      for name, entry in manifest["functions"].items():
-        with open(os.path.join(directory, entry["file"]), "rb") as f:
+    exported = {}
+    for name, path in function_paths.items():
+      with _reading(path):
+        with open(path, "rb") as f:
           exported[name] = jax_export.deserialize(bytearray(f.read()))
-    except (OSError, KeyError, ValueError) as error:
-      raise ExportError(f"cannot read the export in {directory}: {error}; export again.") from None
-    return cls(manifest, vocab, flat_params, exported, models)
+      _check_params_fit(flat_params, exported[name], params_path, path)
+    with _reading(vocab_path):  # what is left to fail building the translator: the tokens
+      return cls(manifest, vocab, flat_params, exported, models)
+
+  @staticmethod
+  def _settings(manifest: dict[str, Any]) -> dict[str, Any]:
+    """The manifest's settings the translator reads, as their types."""
+    settings = manifest["settings"]
+    return {"max_source_len": int(settings["max_source_len"]),
+            "bucket_width": int(settings["bucket_width"]),
+            "source_lowercase": bool(settings["source_lowercase"]),
+            "decode_max_len": int(manifest["decode_max_len"]),
+            "beam_sizes": tuple(int(k) for k in manifest["beam_sizes"]),
+            "platforms": tuple(str(p) for p in manifest["platforms"]),
+            "step": manifest["checkpoint"]["step"]}
 
   @property
   def params(self) -> dict[str, jax.Array]:

@@ -180,6 +180,60 @@ def test_one_artifact_any_batch_and_length(exported_dir):
     translator.translate(["one"], beam=7)
 
 
+def _damage_params(directory):  # cut short, as by a full disk or an interrupted copy
+  path = os.path.join(directory, "params.npz")
+  data = open(path, "rb").read()
+  open(path, "wb").write(data[:len(data) // 2])
+
+
+def _damage_function(directory):
+  open(os.path.join(directory, "greedy.stablehlo"), "wb").write(b"not a jax export\n")
+
+
+def _damage_vocab(directory):
+  open(os.path.join(directory, "vocab.json"), "w").write("[]")
+
+
+def _damage_manifest(directory):
+  path = os.path.join(directory, "manifest.json")
+  manifest = json.load(open(path))
+  del manifest["settings"]
+  json.dump(manifest, open(path, "w"))
+
+
+def _mix_params(directory):  # another model's params.npz: an array of another shape
+  path = os.path.join(directory, "params.npz")
+  with np.load(path) as arrays:
+    params = {key: arrays[key] for key in arrays.files}
+  params["output_dense/bias"] = params["output_dense/bias"][:3]
+  np.savez(path, **params)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("damage, named, reason", [
+    (_damage_params, "params.npz", "is damaged (zipfile.BadZipFile"),
+    (_damage_function, "greedy.stablehlo", "is damaged"),
+    (_damage_vocab, "vocab.json", "is damaged"),
+    (_damage_manifest, "manifest.json", "is damaged (KeyError: 'settings')"),
+    (_mix_params, "params.npz", "does not fit"),
+])
+def test_a_damaged_export_is_named_in_one_line(exported_dir, tmp_path, capsys, damage, named,
+                                               reason):
+  """Loading it, and serving it, say which file is wrong and to export again."""
+  import shutil
+  from tests.conftest import cli_in_process
+  damaged = str(tmp_path / "damaged")
+  shutil.copytree(exported_dir, damaged)
+  damage(damaged)
+  with pytest.raises(UserError) as refused:
+    ExportedTranslator.load(damaged)
+  message = str(refused.value)
+  assert f"{os.path.join(damaged, named)} {reason}" in message
+  assert message.endswith("export again.") and "\n" not in message
+  code, _, err = cli_in_process(capsys, "serve", "--exported", damaged, "--port", "0")
+  assert code == 2 and err == f"seq2seq-jax serve: error: {message}\n"
+
+
 @pytest.mark.slow
 def test_export_refuses_clearly(trained_workdir, tmp_path):
   bad = run_cli("export", "--workdir", trained_workdir, "--out", str(tmp_path / "x"),
