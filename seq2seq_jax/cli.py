@@ -257,13 +257,8 @@ def argv_of_command(args) -> list[str]:
 
 
 def _require_tensorboardx() -> None:
-  """--tensorboard's dependency, checked before anything is written or trained."""
-  try:
-    import tensorboardX  # noqa: F401
-  except ImportError:
-    raise UserError("--tensorboard needs tensorboardX (no TensorFlow): pip install "
-                    "'seq2seq_jax[tensorboard]' or pip install tensorboardX; nothing was "
-                    "written.") from None
+  from seq2seq_jax.tracking import require_tensorboardx
+  require_tensorboardx("--tensorboard needs")
 
 
 def cmd_plot(args) -> int:

@@ -655,6 +655,9 @@ def train_trials(configs: list[Config], workdirs: list[str], argv: list[str] | N
   maybe_initialize_distributed()
   parallel = DataParallel()
   parallel.check_batch_size(configs[0].batch_size)
+  if any(config.tensorboard for config in configs) and is_primary():
+    from seq2seq_jax.tracking import require_tensorboardx
+    require_tensorboardx("tensorboard=true needs")
   for workdir in workdirs:
     if os.path.exists(workdir) and not os.path.isdir(workdir):
       raise UserError(f"workdir '{workdir}' is a file, not a directory: give a directory for "

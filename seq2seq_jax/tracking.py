@@ -114,12 +114,20 @@ def plot_workdir(workdir: str, out: str | None = None) -> str:
   return plot_runs(runs, out or os.path.join(workdir, CURVES_PNG), title)
 
 
-def _summary_writer(logdir: str):
+def require_tensorboardx(needs: str = "TensorBoard files need") -> None:
+  """TensorBoard's writer is installed; checked before anything is written or trained.
+  needs: what needs it, as the error's start ("--tensorboard needs")."""
   try:
-    from tensorboardX import SummaryWriter
+    import tensorboardX  # noqa: F401
   except ImportError:
-    raise UserError("TensorBoard files need tensorboardX (no TensorFlow): "
-                    "pip install 'seq2seq_jax[tensorboard]' or pip install tensorboardX.") from None
+    raise UserError(f"{needs} tensorboardX (no TensorFlow): pip install "
+                    "'seq2seq_jax[tensorboard]' or pip install tensorboardX; nothing was "
+                    "written.") from None
+
+
+def _summary_writer(logdir: str):
+  require_tensorboardx()
+  from tensorboardX import SummaryWriter
   return SummaryWriter(logdir)
 
 

@@ -105,6 +105,14 @@ def test_a_file_given_as_the_workdir_is_named_as_such(tmp_path):
   assert (tmp_path / "pairs.tsv").read_text() == "one\tun\n"
 
 
+def test_tensorboard_true_without_tensorboardx_stops_before_anything_is_written(tmp_path,
+                                                                                monkeypatch):
+  monkeypatch.setitem(__import__("sys").modules, "tensorboardX", None)  # import fails
+  with pytest.raises(loop.UserError, match=r"tensorboard=true needs tensorboardX .* nothing was"):
+    loop.train_and_evaluate(tiny_config(tensorboard=True), str(tmp_path / "run"), progress=False)
+  assert not os.path.exists(tmp_path / "run")
+
+
 def test_checkpoint_meta_reads_both_versions():
   """Version 1 (lists) and version 2 (named fields) give the same progress and sums."""
   v1 = {"config": {}, "src_vocab": ["a"], "tgt_vocab": ["b"], "position": {"epoch": 1, "batch": 3},
