@@ -153,6 +153,20 @@ def cmd_translate(args) -> int:
   return 0
 
 
+def _check_same_split(data_info, splits, split: str, spec: str, step: int) -> None:
+  """The split evaluate reads from the run's own data is the one the checkpoint was
+  trained beside (its fingerprint, saved with the checkpoint): a file edited since, or a
+  relative path read from another directory, would be scored without a word."""
+  from seq2seq_jax.data.splits import fingerprint
+  saved = ((data_info or {}).get("fingerprints") or {}).get(split)
+  if saved is None or saved == fingerprint(splits.get(split)):
+    return
+  raise UserError(
+      f"the {split} split of {spec} read now is not the one checkpoint {step} was trained "
+      f"with: the data changed, or a relative path is now read from {os.getcwd()}. Run "
+      "evaluate where train ran, or pass --data to score other data on purpose.")
+
+
 def cmd_evaluate(args) -> int:
   from seq2seq_jax import data as data_lib
   with _importing():
@@ -189,6 +203,8 @@ def cmd_evaluate(args) -> int:
                   long, len(pairs), translator.source_width, translator.decode_max_len - 1)
   else:
     splits = data_lib.load_splits(config, args.data)
+    if args.data is None:
+      _check_same_split(translator.data_info, splits, args.split, config.data, step)
     if args.split_sentences is not None:  # which pairs a split holds follows the flag too
       config = dataclasses.replace(config, split_sentences=args.split_sentences)
     pairs = data_lib.drop_long(splits.get(args.split), config, args.split,
@@ -335,13 +351,25 @@ def cmd_export(args) -> int:
 
 def cmd_serve(args) -> int:
   with _importing():
-    from seq2seq_jax.serve import ServeOptions, serve
+    from seq2seq_jax.serve import bind_sockets
   try:
     import starlette  # noqa: F401
     import uvicorn  # noqa: F401
   except ImportError:
     raise UserError("serve needs Starlette and uvicorn: pip install 'seq2seq_jax[serve]'.") from None
-  _check_can_listen(args.host, args.port)
+  # the port is the server's from before the model loads (a busy one refused at once),
+  # not taken by someone else during warm-up; it listens once warm-up has ended
+  sockets = bind_sockets(args.host, args.port)
+  try:
+    return _serve_on(args, sockets)
+  finally:
+    for sock in sockets:
+      sock.close()
+
+
+def _serve_on(args, sockets) -> int:
+  """cmd_serve once its sockets are bound: load the model, warm up, serve."""
+  from seq2seq_jax.serve import ServeOptions, serve, url_of
   configure_logging(sys.stderr)
   if args.exported:
     if args.beam_sizes is not None or args.length_penalty is not None or args.checkpoint:
@@ -371,13 +399,12 @@ def cmd_serve(args) -> int:
   if args.host not in ("127.0.0.1", "localhost", "::1"):
     log.warning("warning: listening on %s, not only on this machine's loopback", args.host)
   step = translator.manifest["checkpoint"]["step"]
-  log.info("serving checkpoint %s of %s on http://%s:%d (beam sizes: %s); warming up",
-           step, where, args.host, args.port,
-           ", ".join(map(str, translator.beam_sizes)) or "none")
+  log.info("serving checkpoint %s of %s on %s (beam sizes: %s); warming up",
+           step, where, url_of(sockets[0]), ", ".join(map(str, translator.beam_sizes)) or "none")
   about = {"checkpoint": step, "source": where}
   from seq2seq_jax import runtime
   runtime.raise_if_stopped()  # a signal while the model loaded, whose KeyboardInterrupt was lost
-  serve(translator, args.host, args.port, options, about, access_log=args.access_log)
+  serve(translator, sockets, options, about, access_log=args.access_log)
   return 0
 
 
@@ -443,36 +470,6 @@ def _port(text: str) -> int:
   if not 0 <= value <= 65535:
     raise argparse.ArgumentTypeError(f"must be a TCP port, 0 to 65535, got '{text}'")
   return value
-
-
-def _check_can_listen(host: str, port: int) -> None:
-  """Refuses, before the model loads and warms up, an address the server could not
-  listen on (a busy port, an unknown host): uvicorn would find out only after. Binds
-  every address the host resolves to as asyncio's server does (IPv6 sockets IPv6 only,
-  families this machine lacks skipped, "" for every interface)."""
-  import socket
-  try:
-    infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM,
-                               flags=socket.AI_PASSIVE)
-  except socket.gaierror as error:
-    raise UserError(f"--host {host}: {error.strerror}; give a name or address of this "
-                    "machine, e.g. 127.0.0.1 (this machine only) or 0.0.0.0 (every "
-                    "interface).") from None
-  for family, kind, proto, _, address in infos:
-    try:
-      probe = socket.socket(family, kind, proto)
-    except OSError:  # e.g. IPv6 switched off here: asyncio skips it too
-      continue
-    with probe:
-      probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
-      if family == socket.AF_INET6 and hasattr(socket, "IPPROTO_IPV6"):
-        probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-      try:
-        probe.bind(address)
-      except OSError as error:
-        where = f"[{address[0]}]" if family == socket.AF_INET6 else address[0]
-        raise UserError(f"cannot listen on {where}:{port}: {error.strerror}; choose another "
-                        "--port, or stop what listens there.") from None
 
 
 SPLIT_SENTENCES_HELP = ("translate an input longer than the model reads (max_source_len) in "

@@ -206,3 +206,21 @@ def test_tensorboard_without_tensorboardx_writes_nothing(tmp_path, capsys, monke
                                 str(tmp_path / "sweep"), "--tensorboard")
   assert code == 2 and "--tensorboard needs tensorboardX" in err
   assert os.listdir(tmp_path) == ["run"]
+
+
+def test_evaluate_refuses_a_split_other_than_the_one_the_checkpoint_was_trained_with(tmp_path):
+  """A tsv: file edited since training, or its relative path read from another directory:
+  the split read now has another fingerprint than the one saved with the checkpoint.
+  Splits that did not change are scored; --data scores other data on purpose."""
+  from seq2seq_jax import cli
+  from seq2seq_jax.data import Splits
+  from seq2seq_jax.errors import UserError
+  trained = Splits([("one", "un")], [("two", "deux")], [("three", "trois")])
+  edited = Splits([("one", "un")], [("two", "deux")], [("four", "quatre")])
+  info = trained.info()
+  cli._check_same_split(info, edited, "val", "tsv:pairs.tsv", 8)  # the same val pairs
+  cli._check_same_split(None, edited, "test", "tsv:pairs.tsv", 8)  # a run that saved none
+  with pytest.raises(UserError, match=r"the test split of tsv:pairs.tsv read now is not the one "
+                     r"checkpoint 8 was trained with: the data changed, or a relative path is "
+                     r"now read from .*pass --data to score other data on purpose"):
+    cli._check_same_split(info, edited, "test", "tsv:pairs.tsv", 8)
