@@ -178,10 +178,10 @@ class TrialRun:
 
 @dataclasses.dataclass
 class EpochClock:
-  """Wall time and samples of the epoch in progress."""
+  """Wall time, samples and train-step compilations of the epoch in progress."""
   start: float
   samples: int = 0
-  compilations_before: int = 0
+  compilations: int = 0  # in the train step's calls only: the batch shapes' programs
 
   def rate(self) -> float:
     return self.samples / max(time.time() - self.start, 1e-9)
@@ -487,15 +487,14 @@ def _validate(group: Group, params) -> dict[str, float]:
   return {f"val/{k}": v for k, v in val_metrics.items()}
 
 
-def _end_epoch(group: Group, state, clock: EpochClock, compilations: CompilationCounter,
-               first_epoch: int) -> None:
+def _end_epoch(group: Group, state, clock: EpochClock, first_epoch: int) -> None:
   """The epoch's records (validation too, when due), then its checkpoint."""
   base, epoch = group.base, group.progress.epoch
   epoch_time = time.time() - clock.start
   last = epoch + 1 == base.num_epochs
   evaluate = ((epoch + 1) % base.eval_every_epochs == 0 or last) and len(group.val_pairs) > 0
   params = _trial_params(group, state) if evaluate else None
-  new_compilations = compilations.count - clock.compilations_before
+  new_compilations = clock.compilations
   group.progress = Progress(epoch + 1, 0, group.progress.step)
   checkpoint_metrics: list[dict[str, float] | None] = [None] * group.size
   for i, trial in enumerate(group.trials):
@@ -752,13 +751,15 @@ def _epochs(group: Group, state, step_fn, show_bar: bool, stop_after_step: int |
     bar = tqdm(total=len(batches), initial=progress.batch, disable=not show_bar,
                desc=f"epoch {progress.epoch + 1}/{base.num_epochs} [{where}]", unit="step",
                leave=False)
-    clock = EpochClock(time.time(), compilations_before=compilations.count)
+    clock = EpochClock(time.time())
     pending: list[tuple[int, dict[str, jax.Array]]] = []  # dispatched, metrics not yet read
     while progress.batch < len(batches):
       rows = batches[progress.batch]
       batch = data_lib.make_batch(group.train_data, rows, base.batch_size, base.bucket_width)
+      compiled = compilations.count
       state, metrics_N = parallel.settle(step_fn(state, parallel.shard_batch(batch),
                                                  group.base_rng, group.hyper))
+      clock.compilations += compilations.count - compiled
       progress.batch += 1
       progress.step += 1
       clock.samples += len(rows)
@@ -786,7 +787,7 @@ def _epochs(group: Group, state, step_fn, show_bar: bool, stop_after_step: int |
         _save(group, state)
     _read_steps(group, pending, clock, bar)
     bar.close()
-    _end_epoch(group, state, clock, compilations, first_epoch)
+    _end_epoch(group, state, clock, first_epoch)
     if group.stacked:
       log.info("epoch %d/%d: %.0fs for %d trials (%.0f samples/s per trial)",
                group.progress.epoch, base.num_epochs, time.time() - clock.start, group.size,

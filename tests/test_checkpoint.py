@@ -276,12 +276,12 @@ def _train_on(data, workdir):
     (b"one\tun\n\xff\xfe\tdeux\n", ":2: not UTF-8"),
 ])
 def test_bad_data_exits_with_one_line_every_time(tmp_path, content, expected):
-  """Ten runs each, three at a time: Orbax's start-up work used to print a thread's
-  traceback after the error in about half of them."""
+  """Six runs each, three at a time: Orbax's start-up work used to print a thread's
+  traceback after the error in about half of them (all six clean by chance: 1 in 64)."""
   data = tmp_path / "data.tsv"
   data.write_bytes(content)
   with concurrent.futures.ThreadPoolExecutor(3) as pool:
-    results = list(pool.map(lambda i: _train_on(data, tmp_path / f"run{i}"), range(10)))
+    results = list(pool.map(lambda i: _train_on(data, tmp_path / f"run{i}"), range(6)))
   for result in results:
     assert result.returncode == 2, result.stderr
     lines = result.stderr.splitlines()

@@ -113,6 +113,19 @@ def test_tensorboard_true_without_tensorboardx_stops_before_anything_is_written(
   assert not os.path.exists(tmp_path / "run")
 
 
+@pytest.mark.slow
+def test_compilations_are_the_train_steps_own(tmp_path):
+  """train/compilations counts the train step's programs, one a batch shape: what the
+  "not settling" warning is about. With one step an epoch, the small programs that read
+  the first logged step's metrics come in epoch 2; they used to be counted there and
+  warned about as batch shapes not settling."""
+  config = tiny_config(num_epochs=2, numbers_train=32, bucket_width=0)
+  loop.train_and_evaluate(config, str(tmp_path / "run"), progress=False)
+  counts = [r["train/compilations"] for r in read_metrics(str(tmp_path / "run"))
+            if "train/compilations" in r]
+  assert counts == [1, 0]
+
+
 def test_checkpoint_meta_reads_both_versions():
   """Version 1 (lists) and version 2 (named fields) give the same progress and sums."""
   v1 = {"config": {}, "src_vocab": ["a"], "tgt_vocab": ["b"], "position": {"epoch": 1, "batch": 3},

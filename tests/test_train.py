@@ -139,8 +139,8 @@ def test_nan_loss_stops_with_a_clear_error(tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_no_compilation_after_the_first_epoch(tmp_path):
-  """Length buckets fix the set of batch shapes, so epochs 2 and 3 reuse every program
-  (train step, eval step, decoder) that epoch 1 compiled: counted, not timed."""
+  """Length buckets fix the set of batch shapes, so epochs 2 and 3 reuse every train-step
+  program that epoch 1 compiled (one a shape): counted, not timed."""
   rng = np.random.default_rng(1)
   pairs = sorted({("".join(rng.choice(list("abcdefgh"), rng.integers(1, 16))),
                    "".join(rng.choice(list("xyz"), rng.integers(1, 16)))) for _ in range(200)})
