@@ -369,7 +369,7 @@ def cmd_serve(args) -> int:
 
 def _serve_on(args, sockets) -> int:
   """cmd_serve once its sockets are bound: load the model, warm up, serve."""
-  from seq2seq_jax.serve import ServeOptions, serve, url_of
+  from seq2seq_jax.serve import ServeOptions, address_of, serve
   configure_logging(sys.stderr)
   if args.exported:
     if args.beam_sizes is not None or args.length_penalty is not None or args.checkpoint:
@@ -399,8 +399,8 @@ def _serve_on(args, sockets) -> int:
   if args.host not in ("127.0.0.1", "localhost", "::1"):
     log.warning("warning: listening on %s, not only on this machine's loopback", args.host)
   step = translator.manifest["checkpoint"]["step"]
-  log.info("serving checkpoint %s of %s on %s (beam sizes: %s); warming up",
-           step, where, url_of(sockets[0]), ", ".join(map(str, translator.beam_sizes)) or "none")
+  log.info("serving checkpoint %s of %s on http://%s (beam sizes: %s); warming up",
+           step, where, address_of(sockets[0]), ", ".join(map(str, translator.beam_sizes)) or "none")
   about = {"checkpoint": step, "source": where}
   from seq2seq_jax import runtime
   runtime.raise_if_stopped()  # a signal while the model loaded, whose KeyboardInterrupt was lost

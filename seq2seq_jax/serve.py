@@ -13,6 +13,9 @@ decoding (greedy, beam k) by length and decodes them max_batch at a time, each b
 padded up to the next batch bucket (rows) and length bucket (tokens). Every bucket is
 compiled at start-up, before the port opens, so serving compiles nothing.
 
+serve() binds the port before the model loads (bind_sockets) but listens only once
+warm-up has ended: meanwhile the port is the server's and a connection is refused.
+
 Nothing a request says is used as a path: texts are only tokenized.
 """
 
@@ -24,7 +27,10 @@ import concurrent.futures
 import dataclasses
 import json
 import logging
+import os
 import queue
+import socket
+import sys
 import threading
 import time
 from typing import Any
@@ -33,6 +39,7 @@ import numpy as np
 
 from seq2seq_jax.errors import UserError
 from seq2seq_jax.exported import ExportedTranslator
+from seq2seq_jax import runtime
 from seq2seq_jax.runtime import CompilationCounter
 from seq2seq_jax.vocab import PAD_ID, UNK_ID
 
@@ -221,10 +228,14 @@ class BatchWorker:
     self.warmup_compilations = 0
     self.warmup_programs = 0
     self.warmup_seconds = 0.0
+    self.warming_up = ""  # the program warm-up is on: "greedy, 16 x 80"
     self._thread = threading.Thread(target=self._run, name="seq2seq-jax-decoder", daemon=True)
 
   # -- the event loop's side --------------------------------------------------------
   def start(self) -> None:
+    """Starts the thread and its warm-up (once: serve() starts it before uvicorn runs)."""
+    if self._thread.ident is not None:
+      return
     self.compilations.__enter__()
     self._counting = True
     self._thread.start()
@@ -287,12 +298,17 @@ class BatchWorker:
 
   def _warm_up(self) -> None:
     """Runs every (decoding, batch bucket, length bucket) program once: each compiles
-    now, and serving finds them all cached."""
+    now, and serving finds them all cached. A stop (stop(), or a SIGINT/SIGTERM the
+    command line recorded) ends it between two programs, with KeyboardInterrupt."""
     started = time.perf_counter()
     before = self.compilations.count
     for beam in self.decodings:
       for rows in self.batch_buckets:
         for width in self.length_buckets:
+          if self._stop.is_set():
+            raise KeyboardInterrupt("the server is stopping")
+          runtime.raise_if_stopped()
+          self.warming_up = f"{'greedy' if beam is None else f'beam {beam}'}, {rows} x {width}"
           self.translator.decode_ids(np.full((rows, width), UNK_ID, np.int32), beam)
           self.warmup_programs += 1
     self.warmup_compilations = self.compilations.count - before
@@ -444,13 +460,13 @@ def create_app(translator: ExportedTranslator, options: ServeOptions = ServeOpti
   @contextlib.asynccontextmanager
   async def lifespan(app):
     del app
-    worker.start()
-    await asyncio.get_running_loop().run_in_executor(None, worker.ready.wait)
-    if worker.failed is not None:
-      worker.stop()
-      raise RuntimeError(f"warm-up failed: {worker.failed}") from worker.failed
-    log.info("warm-up: %d programs (%d compilations) in %.1fs",
-             worker.warmup_programs, worker.warmup_compilations, worker.warmup_seconds)
+    if not worker.ready.is_set():  # serve() warms up before uvicorn runs; another server here
+      worker.start()
+      await asyncio.get_running_loop().run_in_executor(None, worker.ready.wait)
+      if worker.failed is not None:
+        worker.stop()
+        raise RuntimeError(f"warm-up failed: {worker.failed}") from worker.failed
+      _log_warm_up(worker)
     try:
       yield
     finally:
@@ -466,14 +482,133 @@ def create_app(translator: ExportedTranslator, options: ServeOptions = ServeOpti
   return app
 
 
-def serve(translator: ExportedTranslator, host: str, port: int, options: ServeOptions,
+def _log_warm_up(worker: BatchWorker) -> None:
+  log.info("warm-up: %d programs (%d compilations) in %.1fs",
+           worker.warmup_programs, worker.warmup_compilations, worker.warmup_seconds)
+
+
+def warm_up(worker: BatchWorker) -> None:
+  """Starts worker and waits here for its warm-up. Waiting in the main thread, not in
+  uvicorn's lifespan, is what lets a Ctrl-C stop it: the KeyboardInterrupt comes here
+  (and a signal whose KeyboardInterrupt was lost is seen within 0.1 s); the worker stops
+  after the program it is compiling."""
+  worker.start()
+  try:
+    while not worker.ready.wait(0.1):
+      runtime.raise_if_stopped()
+  except BaseException:
+    worker.stop(timeout=1.0)
+    raise
+  if isinstance(worker.failed, KeyboardInterrupt):
+    raise KeyboardInterrupt(runtime.stop_signal_received() or "")
+  if worker.failed is not None:
+    error = worker.failed
+    reason = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    raise UserError(f"warm-up failed compiling {worker.warming_up}: "
+                    f"{type(error).__name__}{': ' + reason if reason else ''}")
+  _log_warm_up(worker)
+
+
+# asyncio's servers set SO_REUSEADDR where it means "past TIME_WAIT" (not on Windows)
+_REUSE_ADDRESS = os.name == "posix" and sys.platform != "cygwin"
+
+
+def bind_sockets(host: str, port: int) -> list[socket.socket]:
+  """The server's sockets: bound, not listening, to every address host resolves to, as
+  asyncio's server binds them (IPv6 sockets IPv6 only, families this machine lacks
+  skipped, "" for every interface). Bound before the model loads, the port is the
+  server's from then on, and a connection is refused (not left waiting) until uvicorn
+  listens after warm-up. A busy port or an unknown host: a UserError, at once.
+
+  SO_REUSEADDR (a previous run's connections in TIME_WAIT) is on for the bind and off
+  while the sockets wait: Linux lets another SO_REUSEADDR socket bind a port whose sockets
+  all have it and none listens. serve() turns it back on when it listens."""
+  try:
+    infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM,
+                               flags=socket.AI_PASSIVE)
+  except socket.gaierror as error:
+    raise UserError(f"--host {host}: {error.strerror}; give a name or address of this "
+                    "machine, e.g. 127.0.0.1 (this machine only) or 0.0.0.0 (every "
+                    "interface).") from None
+  sockets: list[socket.socket] = []
+  try:
+    for family, kind, proto, _, address in dict.fromkeys(infos):  # once each, in order
+      try:
+        sock = socket.socket(family, kind, proto)
+      except OSError:  # e.g. IPv6 switched off here: asyncio skips it too
+        continue
+      sockets.append(sock)
+      if _REUSE_ADDRESS:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+      if family == socket.AF_INET6 and hasattr(socket, "IPPROTO_IPV6"):
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+      try:
+        sock.bind(address)
+      except OSError as error:
+        where = f"[{address[0]}]" if family == socket.AF_INET6 else address[0]
+        raise UserError(f"cannot listen on {where}:{port}: {error.strerror}; choose another "
+                        "--port, or stop what listens there.") from None
+      if _REUSE_ADDRESS:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 0)
+  except BaseException:
+    for sock in sockets:
+      sock.close()
+    raise
+  if not sockets:
+    raise UserError(f"--host {host}: none of its addresses can be listened on here; give "
+                    "127.0.0.1 (this machine only) or 0.0.0.0 (every interface).")
+  return sockets
+
+
+def address_of(sock: socket.socket) -> str:
+  """HOST:PORT of a bound socket ([HOST] for IPv6)."""
+  host, port = sock.getsockname()[:2]
+  return f"[{host}]:{port}" if sock.family == socket.AF_INET6 else f"{host}:{port}"
+
+
+def serve(translator: ExportedTranslator, sockets: list[socket.socket], options: ServeOptions,
           about: dict[str, Any] | None = None, access_log: bool = False) -> None:
-  """Runs the app on uvicorn until SIGINT / SIGTERM."""
+  """Warms every program up, then runs the app on uvicorn, listening on sockets
+  (bind_sockets'), until SIGINT / SIGTERM. Warm-up runs before uvicorn, whose signal
+  handlers would only ask it to exit once warm-up had ended and it had listened."""
   import uvicorn
   app = create_app(translator, options, about)
-  config = uvicorn.Config(app, host=host, port=port, lifespan="on", access_log=access_log,
-                          log_level="info", timeout_graceful_shutdown=10)
-  server = uvicorn.Server(config)
-  server.run()
-  if not server.started:  # uvicorn has logged why (warm-up failed, port taken)
-    raise UserError(f"the server did not start on {host}:{port}; see the messages above.")
+  worker = app.state.worker
+  addresses = [address_of(sock) for sock in sockets]  # uvloop detaches the sockets it takes
+  where = ", ".join(addresses)
+
+  class Server(uvicorn.Server):
+    async def startup(self, sockets=None):
+      await super().startup(sockets)
+      if self.started:  # uvicorn says nothing when given sockets
+        log.info("listening on %s (Ctrl-C to stop)",
+                 ", ".join(f"http://{address}" for address in addresses))
+
+  try:
+    warm_up(worker)
+    runtime.raise_if_stopped()
+    config = uvicorn.Config(app, lifespan="on", access_log=access_log, log_level="info",
+                            timeout_graceful_shutdown=10)
+    try:  # here, not in uvicorn: uvloop's create_server(sock=) ignores a listen() that failed
+      for sock in sockets:
+        if _REUSE_ADDRESS:
+          sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.listen(config.backlog)
+    except OSError as error:
+      raise UserError(f"cannot listen on {where}: {error.strerror or error}; choose another "
+                      "--port, or stop what listens there.") from None
+    server = Server(config)
+    try:
+      server.run(sockets=sockets)
+    except OSError as error:
+      if server.started:
+        raise
+      raise UserError(f"the server did not start on {where}: {error.strerror or error}.") from None
+    except SystemExit:  # uvicorn's exit when its start-up failed; it has logged why
+      if server.started:
+        raise
+      raise UserError(f"the server did not start on {where}; see the messages above.") from None
+    if not server.started:
+      raise UserError(f"the server did not start on {where}; see the messages above.")
+  finally:
+    worker.stop()

@@ -18,8 +18,9 @@ import httpx
 import numpy as np
 import pytest
 
-from seq2seq_jax.serve import (RequestError, ServeOptions, batch_buckets_for, bucket_for,
-                               create_app, length_buckets_for, parse_request)
+from seq2seq_jax.errors import UserError
+from seq2seq_jax.serve import (RequestError, ServeOptions, batch_buckets_for, bind_sockets,
+                               bucket_for, create_app, length_buckets_for, parse_request, serve)
 from seq2seq_jax.vocab import END_ID, PAD_ID, Vocab
 from tests.conftest import ROOT, cli_in_process, run_cli
 
@@ -330,3 +331,63 @@ def test_a_signal_lost_while_the_model_loads_stops_serve_before_it_listens(capsy
   monkeypatch.setattr(serve_lib, "serve", lambda *args, **kwargs: pytest.fail("it listened"))
   code, _, err = cli_in_process(capsys, "serve", "--workdir", str(tmp_path), "--port", "0")
   assert code == 130 and err.strip().splitlines()[-1] == "seq2seq-jax serve: interrupted by SIGINT."
+
+
+def test_the_port_is_held_from_before_the_model_loads_and_refuses_until_warm_up_ends():
+  """Taken by another server during warm-up, the port used to fail only once warm-up had
+  ended (uvicorn's own error, exit 3). Bound at once, it is the server's; not listening
+  yet, it refuses connections."""
+  sockets = bind_sockets("127.0.0.1", 0)
+  port = sockets[0].getsockname()[1]
+  try:
+    with socket.socket() as other:  # SO_REUSEADDR, as asyncio's and http.server's servers
+      other.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+      with pytest.raises(OSError):
+        other.bind(("127.0.0.1", port))
+    with socket.socket() as client, pytest.raises(ConnectionRefusedError):
+      client.connect(("127.0.0.1", port))
+  finally:
+    for sock in sockets:
+      sock.close()
+
+
+def test_a_port_it_cannot_listen_on_after_warm_up_is_one_line():
+  """Were the port taken still (a socket bound elsewhere than bind_sockets), serve ends
+  with its error line, not uvicorn's."""
+  with socket.socket() as ours, socket.socket() as theirs:
+    for sock in (ours, theirs):
+      sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    ours.bind(("127.0.0.1", 0))
+    port = ours.getsockname()[1]
+    theirs.bind(("127.0.0.1", port))
+    theirs.listen()
+    with pytest.raises(UserError) as refused:
+      serve(EchoTranslator(), [ours], ServeOptions(max_batch=4))
+  assert str(refused.value) == (f"cannot listen on 127.0.0.1:{port}: Address already in use; "
+                                "choose another --port, or stop what listens there.")
+
+
+def test_ctrl_c_during_warm_up_stops_serve_at_once_without_listening(capsys, monkeypatch,
+                                                                      tmp_path):
+  """It used to be acted on when warm-up ended, after the port had opened."""
+  import uvicorn
+  from seq2seq_jax import export
+  translator = EchoTranslator()
+  translator.manifest = {"checkpoint": {"step": 1}}
+  echo = translator.decode_ids
+
+  def slow_decode(src_BxS, beam=None):
+    if len(translator.shapes) == 2:  # Ctrl-C during the third of 18 programs
+      os.kill(os.getpid(), signal.SIGINT)
+    time.sleep(0.05)
+    return echo(src_BxS, beam)
+
+  translator.decode_ids = slow_decode
+  monkeypatch.setattr(export, "export_workdir", lambda *args, **kwargs: translator)
+  monkeypatch.setattr(uvicorn.Server, "run", lambda *args, **kwargs: pytest.fail("it listened"))
+  started = time.monotonic()
+  code, _, err = cli_in_process(capsys, "serve", "--workdir", str(tmp_path), "--port", "0")
+  assert time.monotonic() - started < 1.5
+  assert code == 130 and err.strip().splitlines()[-1] == "seq2seq-jax serve: interrupted by SIGINT."
+  time.sleep(0.2)
+  assert len(translator.shapes) <= 4  # the warm-up stopped after the program it was on
