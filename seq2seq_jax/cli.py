@@ -397,7 +397,8 @@ def _serve_on(args, sockets) -> int:
     raise UserError(f"--length-buckets must reach the model's max_source_len="
                     f"{translator.max_source_len} (longer inputs are cut to it).")
   if args.host not in ("127.0.0.1", "localhost", "::1"):
-    log.warning("warning: listening on %s, not only on this machine's loopback", args.host)
+    log.warning("warning: listening on %s, not only on this machine's loopback",
+                args.host or "every interface")
   step = translator.manifest["checkpoint"]["step"]
   log.info("serving checkpoint %s of %s on http://%s (beam sizes: %s); warming up",
            step, where, address_of(sockets[0]), ", ".join(map(str, translator.beam_sizes)) or "none")

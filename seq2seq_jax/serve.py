@@ -241,8 +241,10 @@ class BatchWorker:
     self._thread.start()
 
   def stop(self, timeout: float = 30.0) -> None:
+    """Stops the thread, waiting up to timeout for it (the first call only)."""
+    stopped_before = self._stop.is_set()
     self._stop.set()
-    if self._thread.is_alive():
+    if self._thread.is_alive() and not stopped_before:
       self._thread.join(timeout)
     if getattr(self, "_counting", False):
       self.compilations.__exit__(None, None, None)
@@ -499,8 +501,9 @@ def warm_up(worker: BatchWorker) -> None:
   except BaseException:
     worker.stop(timeout=1.0)
     raise
-  if isinstance(worker.failed, KeyboardInterrupt):
-    raise KeyboardInterrupt(runtime.stop_signal_received() or "")
+  if isinstance(worker.failed, KeyboardInterrupt):  # a signal recorded, its own lost
+    received = runtime.stop_signal_received()
+    raise KeyboardInterrupt(*([received] if received else []))
   if worker.failed is not None:
     error = worker.failed
     reason = str(error).strip().splitlines()[0] if str(error).strip() else ""
@@ -610,5 +613,5 @@ def serve(translator: ExportedTranslator, sockets: list[socket.socket], options:
       raise UserError(f"the server did not start on {where}; see the messages above.") from None
     if not server.started:
       raise UserError(f"the server did not start on {where}; see the messages above.")
-  finally:
-    worker.stop()
+  finally:  # stopped already after serving; after an interrupted warm-up, not waited for
+    worker.stop(timeout=1.0)
