@@ -508,7 +508,8 @@ def warm_up(worker: BatchWorker) -> None:
     error = worker.failed
     reason = str(error).strip().splitlines()[0] if str(error).strip() else ""
     raise UserError(f"warm-up failed compiling {worker.warming_up}: "
-                    f"{type(error).__name__}{': ' + reason if reason else ''}")
+                    f"{type(error).__name__}{': ' + reason if reason else ''} (out of memory: "
+                    "a smaller --max-batch or --length-buckets compiles smaller programs).")
   _log_warm_up(worker)
 
 

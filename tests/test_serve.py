@@ -391,3 +391,28 @@ def test_ctrl_c_during_warm_up_stops_serve_at_once_without_listening(capsys, mon
   assert code == 130 and err.strip().splitlines()[-1] == "seq2seq-jax serve: interrupted by SIGINT."
   time.sleep(0.2)
   assert len(translator.shapes) <= 4  # the warm-up stopped after the program it was on
+
+
+def test_a_failed_warm_up_is_one_line_and_never_listens():
+  """It was uvicorn's traceback of the lifespan, then exit 3."""
+  translator = EchoTranslator()
+
+  def out_of_memory(src_BxS, beam=None):
+    if src_BxS.shape[0] == 4:
+      raise MemoryError("RESOURCE_EXHAUSTED: 4 rows\nmore detail")
+    return EchoTranslator.decode_ids(translator, src_BxS, beam)
+
+  translator.decode_ids = out_of_memory
+  sockets = bind_sockets("127.0.0.1", 0)
+  try:
+    with pytest.raises(UserError) as refused:
+      serve(translator, sockets, ServeOptions(max_batch=4))
+    with socket.socket() as client, pytest.raises(ConnectionRefusedError):
+      client.connect(sockets[0].getsockname())
+  finally:
+    for sock in sockets:
+      sock.close()
+  assert str(refused.value).startswith("warm-up failed compiling greedy, 4 x 4: MemoryError: "
+                                       "RESOURCE_EXHAUSTED: 4 rows (out of memory: a smaller "
+                                       "--max-batch")
+  assert "\n" not in str(refused.value)
