@@ -37,9 +37,9 @@ from typing import Any
 
 import numpy as np
 
+from seq2seq_jax import runtime
 from seq2seq_jax.errors import UserError
 from seq2seq_jax.exported import ExportedTranslator
-from seq2seq_jax import runtime
 from seq2seq_jax.runtime import CompilationCounter
 from seq2seq_jax.vocab import PAD_ID, UNK_ID
 
