@@ -436,13 +436,14 @@ def _positive_int(text: str) -> int:
 
 
 def _seed(text: str) -> int:
-  from seq2seq_jax.config import SEED_RANGE, seed_range_text
+  """translate --seed: what jax.random.key takes (a 64-bit integer; negative ones too)."""
   try:
     value = int(text)
   except ValueError:
-    value = -1
-  if not SEED_RANGE[0] <= value <= SEED_RANGE[1]:
-    raise argparse.ArgumentTypeError(f"must be {seed_range_text()}, got '{text}'")
+    value = None
+  if value is None or not -2**63 <= value <= 2**63 - 1:
+    raise argparse.ArgumentTypeError(f"must be a whole number from -2**63 to 2**63 - 1, "
+                                     f"got '{text}'")
   return value
 
 

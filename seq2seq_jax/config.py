@@ -298,11 +298,15 @@ CUDNN_WITHDRAWN = ("lstm_impl=cudnn is withdrawn: on an NVIDIA H200 the default 
                    "(docs/accelerators.md).")
 
 
+# float keys whose inf means "no limit" (clip_norm=inf: no clipping; no time budget)
+NO_LIMIT = ("clip_norm", "time_budget_minutes")
+
+
 def validate(config: Config, finite: bool = True) -> Config:
   """Checks types and values; raises UserError naming the bad field.
 
-  finite=False lets a float be nan or inf: a run saved before they were refused still loads
-  (e.g. clip_norm=inf trained as no clipping)."""
+  Floats must be finite (inf may be given for the NO_LIMIT keys); finite=False lets them
+  be nan or inf: a run saved before they were refused still loads."""
   hints = typing.get_type_hints(Config)
   for name in field_names():
     value = getattr(config, name)
@@ -316,7 +320,8 @@ def validate(config: Config, finite: bool = True) -> Config:
                       f"got {value!r} ({type(value).__name__}).")
     if want is float:
       setattr(config, name, float(value))
-      if finite and not math.isfinite(getattr(config, name)):
+      number = getattr(config, name)
+      if finite and not math.isfinite(number) and not (number == math.inf and name in NO_LIMIT):
         raise UserError(f"config key '{name}' must be a finite number; got {value!r}.")
   if not SEED_RANGE[0] <= config.seed <= SEED_RANGE[1]:
     raise UserError(f"config key 'seed' must be {seed_range_text()}; got {config.seed!r}.")

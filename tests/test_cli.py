@@ -149,7 +149,7 @@ def test_sigterm_outside_the_training_loop_is_a_clear_interrupt(monkeypatch, cap
 
 @pytest.mark.parametrize("argv, message", [
     (["translate", "--workdir", "w", "--sample", "--seed", "99999999999999999999", "x"],
-     "argument --seed: must be a whole number from 0 to 9223372036854775807 (2**63 - 1), "
+     "argument --seed: must be a whole number from -2**63 to 2**63 - 1, "
      "got '99999999999999999999'"),
     (["translate", "--workdir", "w", "--beam", "5", "--length-penalty", "nan"],
      "argument --length-penalty: must be a finite number, got 'nan'"),
@@ -174,11 +174,15 @@ def test_numbers_a_decoder_cannot_use_are_refused_in_one_line(argv, message, cap
   assert capsys.readouterr().err.splitlines()[-1] == f"seq2seq-jax {argv[0]}: error: {message}"
 
 
-def test_the_largest_seed_is_accepted():
+def test_the_largest_seeds_are_accepted():
+  import jax
+
   from seq2seq_jax.cli import build_parser
-  args = build_parser().parse_args(["translate", "--workdir", "w", "--sample", "--seed",
-                                    str(2**63 - 1), "x"])
-  assert args.seed == 2**63 - 1
+  for seed in (2**63 - 1, -2**63, -1):  # negative ones took before, and still do
+    args = build_parser().parse_args(["translate", "--workdir", "w", "--sample", "--seed",
+                                      str(seed), "x"])
+    assert args.seed == seed
+    jax.random.key(seed)
 
 
 def test_a_config_file_that_raises_is_one_line_error(tmp_path, capsys):

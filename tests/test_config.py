@@ -57,7 +57,8 @@ def test_config_file_with_unknown_keyword(tmp_path):
 
 @pytest.mark.parametrize("item, message", [
     ("learning_rate=nan", "'learning_rate' must be a finite number; got nan"),
-    ("clip_norm=inf", "'clip_norm' must be a finite number; got inf"),
+    ("learning_rate=inf", "'learning_rate' must be a finite number; got inf"),
+    ("clip_norm=nan", "'clip_norm' must be a finite number; got nan"),
     ("time_budget_minutes=-inf", "'time_budget_minutes' must be a finite number"),
     ("seed=-1", r"'seed' must be a whole number from 0 to 9223372036854775807"),
     ("seed=9223372036854775808", r"'seed' must be a whole number from 0 to 9223372036854775807"),
@@ -78,12 +79,20 @@ def test_the_seed_range_is_what_jax_and_numpy_take():
     np.random.default_rng([seed, 17])
 
 
-def test_a_saved_run_with_an_infinite_setting_still_loads():
-  """clip_norm=inf trained before non-finite values were refused: its workdir still
-  translates."""
-  config = config_lib.from_dict(dict(config_lib.Config().to_dict(), clip_norm=float("inf")),
+def test_inf_means_no_limit_where_a_limit_is_set():
+  """clip_norm=inf (no clipping) and time_budget_minutes=inf (no budget) trained before
+  non-finite values were refused: such runs still resume with the same settings."""
+  for key in config_lib.NO_LIMIT:
+    config = config_lib.apply_overrides(config_lib.Config(), [f"{key}=inf"])
+    assert getattr(config, key) == float("inf")
+  assert config_lib.NO_LIMIT == ("clip_norm", "time_budget_minutes")
+
+
+def test_a_saved_run_with_a_non_finite_setting_still_loads():
+  """A saved run is read as it was written: its workdir still translates."""
+  config = config_lib.from_dict(dict(config_lib.Config().to_dict(), learning_rate=float("inf")),
                                 "checkpoint 1 of run")
-  assert config.clip_norm == float("inf")
+  assert config.learning_rate == float("inf")
 
 
 @pytest.mark.parametrize("body, message", [
