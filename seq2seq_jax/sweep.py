@@ -29,6 +29,7 @@ import io
 import itertools
 import logging
 import math
+import operator
 import os
 import re
 import subprocess
@@ -56,8 +57,8 @@ SPEC_KEYS = ("grid", "random", "trials", "search", "num_trials", "seed", "metric
              "vectorize", "sampler", "sampler_settings", "pruner", "pruner_settings",
              "group_size", "heartbeat_seconds", "grace_seconds", "enqueue")
 # Optuna's samplers seed NumPy's legacy generator (0 to 2**32 - 1) with the sweep's seed plus
-# a worker's number or pid (under 2**22): half the range leaves room for them.
-MAX_SWEEP_SEED = 2**31 - 1
+# a worker's number or pid (at most 2**22 on Linux): the seed leaves room for them.
+MAX_SWEEP_SEED = 2**32 - 1 - 2**22
 TRIAL_FILE = "trial.json"
 RESULTS_CSV = "results.csv"
 RESULTS_MD = "results.md"
@@ -151,9 +152,13 @@ def expand(spec: dict[str, Any], where: str = "get_sweep()") -> list[dict[str, A
     raise UserError(f"{where}: unknown sweep key(s) {', '.join(unknown)}; use "
                     f"{', '.join(sorted(SPEC_KEYS))}.")
   seed = spec.get("seed", 0)
-  if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SWEEP_SEED:
+  try:  # any integer type (a NumPy one too), not a float or a bool
+    whole = None if isinstance(seed, bool) else operator.index(seed)
+  except TypeError:
+    whole = None
+  if whole is None or not 0 <= whole <= MAX_SWEEP_SEED:
     raise UserError(f"{where}: seed must be a whole number from 0 to {MAX_SWEEP_SEED} "
-                    f"(2**31 - 1), got {seed!r}.")
+                    f"(2**32 - 1 - 2**22), got {seed!r}.")
   forms = [form for form in FORMS if form in spec]
   if len(forms) != 1:
     raise UserError(f"{where}: declare exactly one of 'grid', 'random', 'trials' or 'search'.")

@@ -95,9 +95,12 @@ def test_declaration_errors_name_the_problem():
     sweep_lib.load_sweep(SWEEP_TINY, ["learning_rate=0.1"])
   with pytest.raises(UserError, match="no get_sweep"):
     sweep_lib.load_sweep(os.path.join(ROOT, "configs", "tiny.py"))
-  for seed in (-1, 2**31, 1.5):  # Optuna's samplers would fail on it once the sweep ran
-    with pytest.raises(UserError, match=r"seed must be a whole number from 0 to 2147483647"):
+  for seed in (-1, 2**32 - 2**22, 1.5):  # Optuna's samplers would fail on it once it ran
+    with pytest.raises(UserError, match=r"seed must be a whole number from 0 to 4290772991 "):
       sweep_lib.make_sweep(Config(), {"search": {"dropout": [0.0]}, "num_trials": 1, "seed": seed})
+  import numpy as np
+  assert sweep_lib.make_sweep(Config(), {"search": {"dropout": [0.0]}, "num_trials": 1,
+                                         "seed": np.int64(7)}).seed == 7  # NumPy's ints too
 
 
 def test_only_shape_free_values_share_a_program():
