@@ -95,8 +95,8 @@ class RequestError(Exception):
 def parse_request(body: bytes, options: ServeOptions,
                   beam_sizes: tuple[int, ...]) -> tuple[list[str], int | None]:
   """(texts, beam) of a /translate body, or RequestError 400 / 413 saying what is wrong."""
-  try:  # UTF-8 alone: json.loads would guess UTF-16 or UTF-32 from the bytes
-    text = body.decode("utf-8")
+  try:  # UTF-8 alone (a BOM allowed): json.loads would guess UTF-16 or UTF-32 from the bytes
+    text = body.decode("utf-8-sig")
   except UnicodeDecodeError:
     raise RequestError(400, "the body is not UTF-8 text") from None
   if "\0" in text:  # never in JSON text; a UTF-16 or UTF-32 body decodes to it

