@@ -746,13 +746,13 @@ def _run(args: argparse.Namespace) -> int:
           "the path is right, writable, and that the disk has free space.", file=sys.stderr)
     return 2
   except Exception as error:
-    received = runtime.stop_signal_received()
-    if received is not None:  # what the interrupt broke, e.g. an import it stopped halfway
-      return _interrupted(args, f" by {received}")
     loop = sys.modules.get("seq2seq_jax.loop")  # not imported here: it may be what failed
     if loop is not None and isinstance(error, loop.TrainingInterrupted):
       print(f"seq2seq-jax {args.command}: {error}", file=sys.stderr)
       return 130
+    received = runtime.stop_signal_received()
+    if received is not None:  # what the interrupt broke, e.g. an import it stopped halfway
+      return _interrupted(args, f" by {received}")
     raise
   finally:
     runtime.restore_handlers(previous_handlers)

@@ -39,8 +39,8 @@ from seq2seq_jax.metrics import sacrebleu_signatures, text_metrics
 from seq2seq_jax.model import count_params, traced_dropout_rate
 from seq2seq_jax.optim import build_optimizer, learning_rate_schedule
 from seq2seq_jax.parallel import DataParallel, is_primary, maybe_initialize_distributed, to_numpy
-from seq2seq_jax.runtime import (STOP_SIGNALS, CompilationCounter, parent_forwards_stops,
-                                 raise_if_stopped)
+from seq2seq_jax.runtime import (CompilationCounter, parent_forwards_stops, raise_if_stopped,
+                                 record_stop, stop_signals_to_catch)
 from seq2seq_jax.steps import create_state, trial_train_step, vectorized_train_step
 from seq2seq_jax.workdir import CheckpointMeta, Progress, RunningSums, Totals
 
@@ -96,9 +96,7 @@ class SignalCatcher:
 
   def __enter__(self):
     raise_if_stopped()  # a signal before training whose KeyboardInterrupt was lost
-    for signum in STOP_SIGNALS:
-      if signum == signal.SIGINT and signal.getsignal(signum) == signal.SIG_IGN:
-        continue  # ignored by whoever started us (nohup, `cmd &` in a script): it stays so
+    for signum in stop_signals_to_catch():
       try:
         self._previous[signum] = signal.signal(signum, self._handle)
       except ValueError:  # not the main thread
@@ -107,8 +105,11 @@ class SignalCatcher:
 
   def _handle(self, signum, frame):
     del frame
+    forwarded = parent_forwards_stops()
+    if forwarded:  # a sweep worker's command line then knows a forward that comes after
+      record_stop(signum)  # the loop (saving, telling the study) as the same stop
     if self.signum is not None:  # a second signal: stop now (a worker's parent kills it)
-      if parent_forwards_stops():
+      if forwarded:
         return
       raise KeyboardInterrupt(signal.Signals(signum).name)
     self.signum = signum

@@ -168,12 +168,26 @@ def parent_forwards_stops() -> bool:
   return os.environ.get(_STOPPING_PARENT_ENV) == str(os.getppid())
 
 
-def _stop(signum, frame):
-  del frame
+def record_stop(signum: int) -> bool:
+  """Records a SIGINT/SIGTERM (the command line's handlers and the training loop's both
+  do); True where it is to stop the command at once: the first one, or a repeated one
+  (a second Ctrl-C), unless it is a sweep worker's parent forwarding the same stop."""
   repeated = bool(_received)
   _received.append(signum)
-  if not _deferred and not (repeated and parent_forwards_stops()):
+  return not (repeated and parent_forwards_stops())
+
+
+def _stop(signum, frame):
+  del frame
+  if record_stop(signum) and not _deferred:
     raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
+def stop_signals_to_catch() -> tuple[int, ...]:
+  """STOP_SIGNALS but a SIGINT ignored by whoever started the process (nohup, `cmd &` in a
+  script): that one stays ignored."""
+  return tuple(signum for signum in STOP_SIGNALS
+               if not (signum == signal.SIGINT and signal.getsignal(signum) == signal.SIG_IGN))
 
 
 @contextlib.contextmanager
@@ -203,10 +217,8 @@ def install_stop_handlers() -> dict[int, Any]:
   previous handlers for restore_handlers; outside the main thread it changes nothing."""
   _received.clear()
   previous = {}
-  for signum in STOP_SIGNALS:
+  for signum in stop_signals_to_catch():
     try:
-      if signum == signal.SIGINT and signal.getsignal(signum) == signal.SIG_IGN:
-        continue
       previous[signum] = signal.signal(signum, _stop)
     except ValueError:  # not the main thread
       return previous

@@ -5,7 +5,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 
 import pytest
@@ -115,18 +114,24 @@ def test_a_sweep_worker_takes_its_parents_forward_of_a_ctrl_c_as_the_same_stop(m
   previous = runtime.install_stop_handlers()
   try:
     assert _send_twice() == ["KeyboardInterrupt('SIGINT',)", ""]
+    runtime.restore_handlers(previous)
+    previous = runtime.install_stop_handlers()
+    with loop.SignalCatcher() as catcher:
+      assert _send_twice(signal.SIGTERM) == ["", ""]  # the loop saves, then stops
+      assert catcher.signum == signal.SIGTERM
+    # the command line knows of it: a forward once the loop is done is the same stop
+    assert runtime.stop_signal_received() == "SIGTERM"
+    assert _send_twice(signal.SIGTERM) == ["", ""]
   finally:
     runtime.restore_handlers(previous)
-  with loop.SignalCatcher() as catcher:
-    assert _send_twice(signal.SIGTERM) == ["", ""]  # the loop saves, then stops
-    assert catcher.signum == signal.SIGTERM
   monkeypatch.setenv("SEQ2SEQ_JAX_STOPPING_PARENT", "1")  # not our parent (it died)
   assert not runtime.parent_forwards_stops()
   with loop.SignalCatcher() as catcher:
     assert _send_twice(signal.SIGTERM) == ["", "KeyboardInterrupt('SIGTERM',)"]
+  assert runtime.stop_signal_received() is None  # a run in a Python program: nothing kept
 
 
-def test_the_sweep_parent_forwards_one_stop_and_kills_on_a_second(tmp_path):
+def test_the_sweep_parent_forwards_one_stop_and_kills_on_a_second(tmp_path, monkeypatch):
   """sweep._stop_workers: each worker gets SIGTERM and is waited for while it saves; a
   second interrupt of the parent meanwhile kills the workers instead."""
   child = ("import signal, sys, time\n"
@@ -142,17 +147,24 @@ def test_the_sweep_parent_forwards_one_stop_and_kills_on_a_second(tmp_path):
   assert [p.returncode for p in procs] == [130, 130]
   assert [open(mark).read() for mark in marks] == ["term", "term"]
 
-  stubborn = "import signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\ntime.sleep(60)\n"
-  procs = [subprocess.Popen([sys.executable, "-c", stubborn])]
-  time.sleep(0.5)
-  timer = threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGINT))
-  previous = runtime.install_stop_handlers()
-  try:
-    timer.start()
-    with pytest.raises(KeyboardInterrupt):
-      sweep_lib._stop_workers(procs)  # waits for the worker, until the second Ctrl-C
-  finally:
-    runtime.restore_handlers(previous)
+  stubborn = str(tmp_path / "stubborn")  # a worker still saving when the second Ctrl-C comes
+  procs = [subprocess.Popen([sys.executable, "-c", child.replace(
+      "lambda *a: (open(sys.argv[1], 'w').write('term'), sys.exit(130))", "signal.SIG_IGN"),
+      stubborn])]
+  while not os.path.exists(stubborn + ".up"):
+    time.sleep(0.05)
+  real_wait = procs[0].wait
+  calls = []
+
+  def wait(*args, **kwargs):  # the second Ctrl-C comes while the parent waits
+    calls.append(1)
+    if len(calls) == 1:
+      raise KeyboardInterrupt("SIGINT")
+    return real_wait(*args, **kwargs)
+
+  monkeypatch.setattr(procs[0], "wait", wait)
+  with pytest.raises(KeyboardInterrupt):
+    sweep_lib._stop_workers(procs)
   assert procs[0].returncode == -signal.SIGKILL
 
 
