@@ -435,12 +435,14 @@ class Checkpointer:
     return self._meta_metrics[step]
 
   def _warn_unlisted(self, step: int) -> None:
-    """A step without its file list: deleted, or the run was killed (or its disk full)
-    between Orbax's save and the list. Every version of seq2seq_jax wrote one."""
+    """A step without its file list: deleted, the run was killed (or its disk full)
+    between Orbax's save and the list, or a run still training is writing it now.
+    Every version of seq2seq_jax wrote one."""
     if step not in self._unlisted:
       self._unlisted.add(step)
-      log.warning("warning: checkpoint %d has no file list (%s): its files cannot be "
-                  "verified and it cannot be chosen as the best checkpoint.", step, MANIFEST)
+      log.warning("warning: checkpoint %d has no file list (%s; a run still training may "
+                  "be writing it): its files cannot be verified and it cannot be chosen as "
+                  "the best checkpoint.", step, MANIFEST)
 
   def _warn_unreadable(self, step: int, why: str) -> None:
     if step not in self._warned:

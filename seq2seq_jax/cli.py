@@ -161,10 +161,14 @@ def _check_same_split(data_info, splits, split: str, spec: str, step: int) -> No
   saved = ((data_info or {}).get("fingerprints") or {}).get(split)
   if saved is None or saved == fingerprint(splits.get(split)):
     return
-  raise UserError(
-      f"the {split} split of {spec} read now is not the one checkpoint {step} was trained "
-      f"with: the data changed, or a relative path is now read from {os.getcwd()}. Run "
-      "evaluate where train ran, or pass --data to score other data on purpose.")
+  from seq2seq_jax.data import parse_spec
+  kind, path = parse_spec(spec)
+  relative = (f", or its relative path is now read from {os.getcwd()} (run evaluate where "
+              "train ran)" if kind in ("anki", "tsv", "gettext") and not os.path.isabs(path)
+              else "")
+  raise UserError(f"the {split} split of {spec} read now is not the one checkpoint {step} "
+                  f"was trained with: the data changed{relative}. Pass --data to score other "
+                  "data on purpose.")
 
 
 def cmd_evaluate(args) -> int:

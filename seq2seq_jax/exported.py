@@ -100,6 +100,8 @@ def _reading(path: str):
   except UserError:
     raise
   except ImportError as error:  # sentencepiece, for a subword model's files
+    if error.name is None:  # an import that failed inside an installed package
+      raise ExportError(f"reading {path}: {error}; reinstall seq2seq_jax's dependencies.") from None
     raise ExportError(f"reading {path} needs the {error.name} package: pip install "
                       f"{error.name}.") from None
   except OSError as error:

@@ -169,8 +169,9 @@ def test_a_step_without_its_file_list_is_named_when_it_changes_the_best(tmp_path
   assert reader.best_step() == 1
   _, meta, step = reader.restore()
   assert step == 2 and meta == {"n": 2}
-  assert captured_warnings == [f"warning: checkpoint 2 has no file list ({MANIFEST}): its files "
-                               "cannot be verified and it cannot be chosen as the best checkpoint."]
+  assert captured_warnings == [f"warning: checkpoint 2 has no file list ({MANIFEST}; a run still "
+                               "training may be writing it): its files cannot be verified and "
+                               "it cannot be chosen as the best checkpoint."]
 
 
 def test_a_loss_metric_keeps_the_smallest_and_ties_go_to_the_newest(tmp_path):

@@ -225,6 +225,9 @@ def test_evaluate_refuses_a_split_other_than_the_one_the_checkpoint_was_trained_
   cli._check_same_split(info, edited, "val", "tsv:pairs.tsv", 8)  # the same val pairs
   cli._check_same_split(None, edited, "test", "tsv:pairs.tsv", 8)  # a run that saved none
   with pytest.raises(UserError, match=r"the test split of tsv:pairs.tsv read now is not the one "
-                     r"checkpoint 8 was trained with: the data changed, or a relative path is "
-                     r"now read from .*pass --data to score other data on purpose"):
+                     r"checkpoint 8 was trained with: the data changed, or its relative path is "
+                     r"now read from .* \(run evaluate where train ran\)\. Pass --data to score"):
     cli._check_same_split(info, edited, "test", "tsv:pairs.tsv", 8)
+  with pytest.raises(UserError, match=r"numbers:fr read now is not the one checkpoint 8 was "
+                     r"trained with: the data changed\. Pass --data"):
+    cli._check_same_split(info, edited, "test", "numbers:fr", 8)
