@@ -432,6 +432,20 @@ def changed_keys(saved: dict[str, Any], config: Config,
   return [key for key in current if key not in allowed and saved.get(key) != current[key]]
 
 
+def describe_changes(saved: dict[str, Any], config: Config,
+                     allowed: tuple[str, ...] | set[str] = (), shown: int = 6) -> str | None:
+  """changed_keys for a message: "key: old -> new; ..." for the first `shown`, then the
+  names of the rest; None when nothing changed."""
+  changed = changed_keys(saved, config, allowed)
+  if not changed:
+    return None
+  old = dict(Config().to_dict(), **saved)
+  text = "; ".join(f"{k}: {old[k]!r} -> {getattr(config, k)!r}" for k in changed[:shown])
+  if len(changed) > shown:
+    text += f"; and {len(changed) - shown} more: {', '.join(changed[shown:])}"
+  return text
+
+
 def shipped_configs_dir() -> str:
   """The directory of the configs shipped in the package (seq2seq_jax.configs).
 

@@ -514,10 +514,8 @@ def _check_same_base(sweep: Sweep, workdir: str) -> None:
   if not isinstance(before, dict):  # no sweep yet, or a sweep.json written before "base" was
     return
   allowed = {*workdir_lib.RESUMABLE_CHANGES, *sweep.keys, *saved.get("keys", [])}
-  changed = config_lib.changed_keys(before, sweep.base, allowed)
-  if changed:
-    old = dict(Config().to_dict(), **before)
-    diffs = "; ".join(f"{k}: {old[k]!r} -> {getattr(sweep.base, k)!r}" for k in changed)
+  diffs = config_lib.describe_changes(before, sweep.base, allowed)
+  if diffs:
     raise UserError(f"the sweep's base config changed since its trials in {workdir} began "
                     f"({diffs}): run it with the same settings as before (the base in "
                     f"{tracking.SWEEP_FILE}), or with a new --workdir (the finished trials "

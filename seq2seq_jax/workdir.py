@@ -203,13 +203,8 @@ def check_workdir_config(workdir: str, config: Config) -> None:
       saved = json.load(f)
   except (OSError, ValueError) as error:
     raise CheckpointError(f"'{path}' is unreadable ({error}); use a new --workdir.") from None
-  current = config.to_dict()
-  changed = config_lib.changed_keys(saved, config, RESUMABLE_CHANGES)
-  saved = dict(Config().to_dict(), **saved)  # a key added since that run: its default
-  if changed:
-    diffs = "; ".join(f"{k}: {saved.get(k)!r} -> {current[k]!r}" for k in changed[:6])
-    if len(changed) > 6:
-      diffs += f"; and {len(changed) - 6} more: {', '.join(changed[6:])}"
+  diffs = config_lib.describe_changes(saved, config, RESUMABLE_CHANGES)
+  if diffs:
     raise CheckpointError(
         f"workdir '{workdir}' holds a run with a different configuration ({diffs}). "
         "To resume it, run the same command as before (its settings are in "
