@@ -429,26 +429,23 @@ def cmd_data(args) -> int:
   return 0
 
 
-def _positive_int(text: str) -> int:
-  try:
-    value = int(text)
-  except ValueError:
-    value = 0
-  if value <= 0:
-    raise argparse.ArgumentTypeError(f"must be a positive whole number, got '{text}'")
-  return value
+def _whole_number(low: float, high: float, what: str):
+  """An argparse type: an int from low to high, else "must be WHAT, got 'TEXT'"."""
+  def parse(text: str) -> int:
+    try:
+      value = int(text)
+    except ValueError:
+      value = None
+    if value is None or not low <= value <= high:
+      raise argparse.ArgumentTypeError(f"must be {what}, got '{text}'")
+    return value
+  return parse
 
 
-def _seed(text: str) -> int:
-  """translate --seed: what jax.random.key takes (a 64-bit integer; negative ones too)."""
-  try:
-    value = int(text)
-  except ValueError:
-    value = None
-  if value is None or not -2**63 <= value <= 2**63 - 1:
-    raise argparse.ArgumentTypeError(f"must be a whole number from -2**63 to 2**63 - 1, "
-                                     f"got '{text}'")
-  return value
+_positive_int = _whole_number(1, math.inf, "a positive whole number")
+# translate --seed: what jax.random.key takes (a 64-bit integer; negative ones too)
+_seed = _whole_number(-2**63, 2**63 - 1, "a whole number from -2**63 to 2**63 - 1")
+_port = _whole_number(0, 65535, "a TCP port, 0 to 65535")
 
 
 def _finite_float(text: str) -> float:
@@ -465,16 +462,6 @@ def _non_negative_float(text: str) -> float:
   value = _finite_float(text)
   if value < 0:
     raise argparse.ArgumentTypeError(f"must not be negative, got '{text}'")
-  return value
-
-
-def _port(text: str) -> int:
-  try:
-    value = int(text)
-  except ValueError:
-    value = -1
-  if not 0 <= value <= 65535:
-    raise argparse.ArgumentTypeError(f"must be a TCP port, 0 to 65535, got '{text}'")
   return value
 
 
