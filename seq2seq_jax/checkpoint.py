@@ -420,19 +420,31 @@ class Checkpointer:
     if step not in self._meta_metrics:
       metrics = None
       if os.path.isdir(os.path.join(self._step_dir(step), ORBAX_METRICS_ITEM)):
-        import orbax.checkpoint as ocp
-        try:
-          with _quiet_orbax():
-            meta = self.manager.restore(step, args=ocp.args.Composite(
-                meta=ocp.args.JsonRestore()))["meta"]
-          metrics = meta.get("metrics") if isinstance(meta, dict) else None
-          if metrics is not None and not isinstance(metrics, dict):
-            self._warn_unreadable(step, "the metrics in its meta item are not a mapping")
-            metrics = None
-        except Exception as error:  # damaged meta: restore() reports it if it is used
-          self._warn_unreadable(step, f"its meta item is unreadable ({_short(_root_cause(error))})")
+        meta, why = self._read_meta(step)
+        metrics = meta.get("metrics") if isinstance(meta, dict) else None
+        if why is not None:  # damaged meta: restore() reports it if it is used
+          self._warn_unreadable(step, f"its meta item is unreadable ({why})")
+        elif metrics is not None and not isinstance(metrics, dict):
+          self._warn_unreadable(step, "the metrics in its meta item are not a mapping")
+          metrics = None
       self._meta_metrics[step] = metrics
     return self._meta_metrics[step]
+
+  def _read_meta(self, step: int) -> tuple[Any, str | None]:
+    """(the step's meta item, None), or (None, why it did not read)."""
+    import orbax.checkpoint as ocp
+    try:
+      with _quiet_orbax():
+        return self.manager.restore(step, args=ocp.args.Composite(
+            meta=ocp.args.JsonRestore()))["meta"], None
+    except Exception as error:
+      return None, _short(_root_cause(error))
+
+  def read_meta(self, step: int) -> dict[str, Any] | None:
+    """The meta item of a step alone, without its arrays (None where it does not read:
+    restore() then says why, or falls back to another step)."""
+    meta, _ = self._read_meta(step)
+    return meta if isinstance(meta, dict) else None
 
   def _warn_unlisted(self, step: int) -> None:
     """A step without its file list: deleted, the run was killed (or its disk full)

@@ -334,6 +334,35 @@ def _same_facts(a: dict[str, Any], b: dict[str, Any]) -> bool:
   return normal(a) == normal(b)
 
 
+_VOCABULARY_DIFFERS = ("workdir '{}': the data's vocabulary differs from the checkpoint's; "
+                       "resume with the same data or use a new --workdir.")
+
+
+def _check_same_data(group: Group, trial: "TrialRun", facts: dict[str, Any]) -> None:
+  """The data read now are those the trial's newest checkpoint was trained with: its
+  vocabulary, and each split's fingerprint. Checked on the checkpoint's meta alone, so
+  that other data are named as such and not taken for a damaged checkpoint (their
+  vocabulary gives the arrays other shapes), nor trained on silently (the same one)."""
+  step = trial.checkpointer.latest_step()
+  meta_json = trial.checkpointer.read_meta(step)
+  try:
+    meta = CheckpointMeta.from_json(meta_json, f"checkpoint {step} of {trial.workdir}")
+  except Exception:  # unreadable: restore() says so, or falls back to an older step
+    return
+  if not _same_facts(meta.data_facts(), facts):
+    raise CheckpointError(_VOCABULARY_DIFFERS.format(trial.workdir))
+  saved = (meta.data or {}).get("fingerprints") or {}
+  now = (group.translator.data_info or {}).get("fingerprints") or {}
+  changed = [split for split in ("train", "val", "test")
+             if saved.get(split) and now.get(split) and saved[split] != now[split]]
+  if changed:
+    raise CheckpointError(
+        f"workdir '{trial.workdir}': the {' and '.join(changed)} split(s) of "
+        f"{group.base.data} read now are not those checkpoint {step} was trained with (the "
+        "data changed, or a relative path is read from another directory); resume with the "
+        "same data, or use a new --workdir. Its checkpoints were not touched.")
+
+
 def _initial_state(group: Group):
   """Every trial's state, restored from its newest checkpoint where it has one; placed
   on the devices (stacked along a leading axis for a vectorised group)."""
@@ -345,14 +374,15 @@ def _initial_state(group: Group):
   restored_step = group.trials[0].checkpointer.latest_step()
   if restored_step is not None:
     facts = group.translator.checkpoint_meta().data_facts()
+    for trial in group.trials:  # before the arrays: other data give them other shapes
+      _check_same_data(group, trial, facts)
     progresses = []
     for i, trial in enumerate(group.trials):
       states[i], meta_json, step = trial.checkpointer.restore(
           group.parallel.abstract_replicated(states[i]))
       meta = CheckpointMeta.from_json(meta_json, f"checkpoint {step} of {trial.workdir}")
       if not _same_facts(meta.data_facts(), facts):
-        raise CheckpointError(f"workdir '{trial.workdir}': the data's vocabulary differs from "
-                              "the checkpoint's; resume with the same data or use a new --workdir.")
+        raise CheckpointError(_VOCABULARY_DIFFERS.format(trial.workdir))
       trial.sums = meta.sums
       progresses.append(Progress(meta.progress.epoch, meta.progress.batch, step))
     if any(p != progresses[0] for p in progresses):

@@ -16,7 +16,7 @@ from seq2seq_jax import loop
 from seq2seq_jax.decode import make_beam_decoder
 from seq2seq_jax.inference import evaluate_pairs, load_trained
 from seq2seq_jax.workdir import CheckpointMeta, Progress, read_metrics
-from tests.conftest import ROOT, event_scalars, tiny_config
+from tests.conftest import ROOT, event_scalars, tiny_config, tree_digest
 
 FIXTURE = os.path.join(ROOT, "tests", "fixtures", "workdir_0.1")
 
@@ -124,6 +124,29 @@ def test_compilations_are_the_train_steps_own(tmp_path):
   counts = [r["train/compilations"] for r in read_metrics(str(tmp_path / "run"))
             if "train/compilations" in r]
   assert counts == [1, 0]
+
+
+@pytest.mark.slow
+def test_resuming_on_other_data_is_refused_and_the_checkpoints_are_kept(tmp_path):
+  """A data file edited between two starts of the same run: fewer lines with the same
+  characters were trained on silently, and another character set made the intact
+  checkpoint read as damaged. Both are named as other data before anything is read."""
+  lines = [f"{a} {b}\t{b} {a}" for a in ("one", "two", "three") for b in ("four", "five", "six")]
+  data = tmp_path / "pairs.tsv"
+  data.write_text("\n".join(lines * 4) + "\n")
+  config = tiny_config(data=f"tsv:{data}", num_epochs=2, bucket_width=0, batch_size=8)
+  workdir = str(tmp_path / "run")
+  with pytest.raises(loop.TrainingInterrupted):
+    loop.train_and_evaluate(config, workdir, progress=False, stop_after_step=1)
+  before = tree_digest(os.path.join(workdir, "checkpoints"))
+  data.write_text("\n".join(lines * 3) + "\n")  # the same characters, fewer pairs
+  with pytest.raises(loop.CheckpointError, match=r"the train and val and test split\(s\) of "
+                     r"tsv:.* read now are not those checkpoint 1 was trained with"):
+    loop.train_and_evaluate(config, workdir, progress=False)
+  data.write_text("\n".join(line.upper() for line in lines * 4) + "\n")  # other characters
+  with pytest.raises(loop.CheckpointError, match="the data's vocabulary differs"):
+    loop.train_and_evaluate(config, workdir, progress=False)
+  assert tree_digest(os.path.join(workdir, "checkpoints")) == before
 
 
 def test_checkpoint_meta_reads_both_versions():
