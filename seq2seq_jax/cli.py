@@ -728,6 +728,11 @@ def _run(args: argparse.Namespace) -> int:
     return 2
   except KeyboardInterrupt as interrupt:
     return _interrupted(args, f" by {interrupt.args[0]}" if interrupt.args else "")
+  except MemoryError as error:  # e.g. --set batch_size=1000000000000: NumPy's allocation
+    reason = str(error).strip().splitlines()[0] if str(error).strip() else "MemoryError"
+    print(f"seq2seq-jax {args.command}: error: out of memory ({reason}); lower batch_size "
+          "(--set batch_size=N, or --batch-size) or the model's size.", file=sys.stderr)
+    return 2
   except BrokenPipeError:  # e.g. `seq2seq-jax translate ... | head -1`
     os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return 141

@@ -231,3 +231,18 @@ def test_evaluate_refuses_a_split_other_than_the_one_the_checkpoint_was_trained_
   with pytest.raises(UserError, match=r"numbers:fr read now is not the one checkpoint 8 was "
                      r"trained with: the data changed\. Pass --data"):
     cli._check_same_split(info, edited, "test", "numbers:fr", 8)
+
+
+def test_running_out_of_memory_is_one_line(capsys, monkeypatch):
+  """--set batch_size=1000000000000 made NumPy's MemoryError a traceback."""
+  from seq2seq_jax import cli
+
+  def plot(args):
+    raise MemoryError("Unable to allocate 113. TiB for an array with shape (10**12, 31)")
+  monkeypatch.setattr(cli, "cmd_plot", plot)
+  code, _, err = cli_in_process(capsys, "plot", "--workdir", "w")
+  assert code == 2
+  assert err.strip().splitlines() == [
+      "seq2seq-jax plot: error: out of memory (Unable to allocate 113. TiB for an array with "
+      "shape (10**12, 31)); lower batch_size (--set batch_size=N, or --batch-size) or the "
+      "model's size."]
