@@ -370,8 +370,14 @@ def _run_group(study, sweep: Sweep, group: list, workdir: str, progress, stop_af
     for i, value in values.items():
       study.report(optuna_trials[i], value, epoch)
     best_first = sorted(values, key=lambda i: values[i], reverse=sweep.mode == "max")
-    return [i for i in best_first if study.should_prune(optuna_trials[i])]
+    pruned = [i for i in best_first if study.should_prune(optuna_trials[i])]
+    for i in pruned:  # recorded now: an interrupt later in the group cannot undo it
+      _record_outcome(study, sweep, *group[i], dirs[i], loop.Pruned(epoch, metrics_by_trial[i]),
+                      (time.time() - start) / len(group), len(group), tensorboard=False)
+      told.add(i)
+    return pruned
 
+  told: set[int] = set()  # the trials pruned (and recorded) while the group trains
   start = time.time()
   try:
     with study.beating(optuna_trials):
@@ -388,7 +394,9 @@ def _run_group(study, sweep: Sweep, group: list, workdir: str, progress, stop_af
     # run again later, from their checkpoints
     stopped = getattr(error, "stopped", None) or [None] * len(group)
     seconds = (time.time() - start) / len(group)
-    for (optuna_trial, trial), trial_dir, outcome in zip(group, dirs, stopped):
+    for i, ((optuna_trial, trial), trial_dir, outcome) in enumerate(zip(group, dirs, stopped)):
+      if i in told:
+        continue
       if outcome is not None:
         with contextlib.suppress(Exception):
           _record_outcome(study, sweep, optuna_trial, trial, trial_dir, outcome, seconds,
@@ -399,7 +407,11 @@ def _run_group(study, sweep: Sweep, group: list, workdir: str, progress, stop_af
         study.requeue(optuna_trial)
     raise
   seconds = (time.time() - start) / len(group)
-  for (optuna_trial, trial), trial_dir, outcome in zip(group, dirs, outcomes):
+  for i, ((optuna_trial, trial), trial_dir, outcome) in enumerate(zip(group, dirs, outcomes)):
+    if i in told:
+      if tensorboard:
+        tracking.export_tensorboard(trial_dir)
+      continue
     _record_outcome(study, sweep, optuna_trial, trial, trial_dir, outcome, seconds, len(group),
                     tensorboard)
 

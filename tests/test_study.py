@@ -141,21 +141,28 @@ def test_a_killed_worker_s_trial_is_finished_by_another_from_its_checkpoint(tmp_
   assert len(rows) == 6
 
 
-def test_an_interrupted_group_keeps_the_outcome_of_a_trial_pruned_before(tmp_path, monkeypatch):
+@pytest.mark.parametrize("where", ["in training", "in the final evaluation"])
+def test_an_interrupted_group_keeps_the_outcome_of_a_trial_pruned_before(tmp_path, monkeypatch,
+                                                                         where):
   """Ctrl-C in epoch 2 of a vectorised group whose bad trial the pruner stopped after
-  epoch 1: that trial is recorded as pruned (the same command again does not train it
-  on), the others run again from their checkpoints."""
+  epoch 1 (or during the others' final evaluation): that trial is recorded as pruned (the
+  same command again does not train it on), the others run again from their checkpoints."""
   sweep = sweep_lib.load_sweep(SWEEP_ASHA)
   study = SweepStudy(sweep, str(tmp_path))
   study.enqueue_declared()
   group = study.ask_group(3)
-  pruned = Pruned(epoch=1, metrics={"val/loss": 3.26})
+  bad = group[1][0].number
+  monkeypatch.setattr(study, "should_prune", lambda optuna_trial: optuna_trial.number == bad)
 
-  def interrupted(configs, workdirs, **kwargs):
+  def interrupted(configs, workdirs, prune, **kwargs):
     del configs, workdirs, kwargs
-    raise TrainingInterrupted("stopped by signal 2 at step 10", [None, pruned, None])
+    assert prune(1, {i: {"val/loss": 3.0 + i} for i in range(3)}) == [1]
+    if where == "in training":
+      raise TrainingInterrupted("stopped by signal 2 at step 10",
+                                [None, Pruned(epoch=1, metrics={"val/loss": 4.0}), None])
+    raise KeyboardInterrupt("SIGINT")
   monkeypatch.setattr(sweep_lib.loop, "train_trials", interrupted)
-  with pytest.raises(TrainingInterrupted):
+  with pytest.raises((TrainingInterrupted, KeyboardInterrupt)):
     sweep_lib._run_group(study, sweep, group, str(tmp_path), False, None, [], False)
   statuses = [sweep_lib.trial_status(os.path.join(tmp_path, t.name)) for _, t in group]
   assert statuses == ["new", "pruned", "new"]  # trial.json says "interrupted" for the others
