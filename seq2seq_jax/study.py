@@ -247,6 +247,7 @@ class SweepStudy:
   @contextlib.contextmanager
   def beating(self, optuna_trials: list):
     """Records a heartbeat on these trials every heartbeat_seconds while inside."""
+    before = {t.number: t.number in self._running for t in optuna_trials}  # nested: kept
     for t in optuna_trials:
       self._running[t.number] = t
     stop = threading.Event()
@@ -265,7 +266,8 @@ class SweepStudy:
       stop.set()
       thread.join()
       for t in optuna_trials:
-        self._running.pop(t.number, None)
+        if not before[t.number]:
+          self._running.pop(t.number, None)
 
   # -- reading ----------------------------------------------------------------------
   def states(self) -> dict[str, str]:

@@ -450,8 +450,11 @@ def work(sweep: Sweep, workdir: str, vectorize: bool | None = None, progress: bo
     asked = study.ask_group(sweep.group_size if vectorize else 1)
     if not asked:
       break
-    for group in _plan(asked, workdir, vectorize):
-      _run_group(study, sweep, group, workdir, progress, stop_after_step, argv, tensorboard)
+    # every asked trial beats until told, also while an earlier group of them trains:
+    # else another worker would take a waiting group for dead and train it as well
+    with study.beating([optuna_trial for optuna_trial, _ in asked]):
+      for group in _plan(asked, workdir, vectorize):
+        _run_group(study, sweep, group, workdir, progress, stop_after_step, argv, tensorboard)
     write_outputs(sweep, workdir, study)
 
 

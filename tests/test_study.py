@@ -3,6 +3,7 @@ num_trials, several workers share one study without running a trial twice, a pru
 a bad trial inside a vectorised group, and a dead worker's trial is finished by another."""
 
 import csv
+import dataclasses
 import json
 import os
 import signal
@@ -75,6 +76,31 @@ def test_a_running_trial_without_heartbeat_is_enqueued_again(tmp_path):
   asked = [t.name for _, t in other_worker.ask_group(10)]
   assert sorted(asked) == sorted(t.name for t in sweep.trials)  # the dead one's included
   assert other_worker.states()[trial.name] == "running"
+
+
+def test_asked_trials_waiting_for_an_earlier_group_keep_beating(tmp_path, monkeypatch):
+  """A worker trains what it asked a group at a time (trials resumed from other steps
+  cannot share a program). The groups waiting their turn beat too: another worker once
+  took them for dead after grace_seconds and trained them at the same time."""
+  sweep = dataclasses.replace(sweep_lib.load_sweep(SWEEP_TINY), heartbeat_seconds=0.05,
+                              grace_seconds=0.5)
+  worker = SweepStudy(sweep, str(tmp_path))
+  worker.enqueue_declared()
+  monkeypatch.setattr(sweep_lib, "_plan", lambda asked, *_: [[pair] for pair in asked])
+  taken, looked = [], []
+
+  def run_group(study, sweep_, group, *args):  # each trial a group; a second worker looks
+    if not looked:  # while the first group trains
+      looked.append(time.sleep(0.6))
+      asked = SweepStudy(sweep, str(tmp_path)).ask()  # retries the trials it finds stale
+      taken.extend([asked[1].name] if asked else [])
+    study.complete(group[0][0], 0.5)
+
+  monkeypatch.setattr(sweep_lib, "_run_group", run_group)
+  monkeypatch.setattr(sweep_lib, "write_outputs", lambda *args: None)
+  sweep_lib.work(sweep, str(tmp_path), study=worker)
+  assert taken == []  # nothing was left to take: every trial ran once, here
+  assert set(worker.states().values()) == {"complete"}
 
 
 def test_search_declaration_errors_name_the_problem():
