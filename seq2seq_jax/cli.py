@@ -157,9 +157,8 @@ def _check_same_split(data_info, splits, split: str, spec: str, step: int) -> No
   """The split evaluate reads from the run's own data is the one the checkpoint was
   trained beside (its fingerprint, saved with the checkpoint): a file edited since, or a
   relative path read from another directory, would be scored without a word."""
-  from seq2seq_jax.data.splits import fingerprint
-  saved = ((data_info or {}).get("fingerprints") or {}).get(split)
-  if saved is None or saved == fingerprint(splits.get(split)):
+  from seq2seq_jax.data.splits import changed_splits
+  if not changed_splits(data_info, splits.info(), (split,)):
     return
   from seq2seq_jax.data import parse_spec
   kind, path = parse_spec(spec)

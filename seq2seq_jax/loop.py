@@ -351,10 +351,7 @@ def _check_same_data(group: Group, trial: "TrialRun", facts: dict[str, Any]) -> 
     return
   if not _same_facts(meta.data_facts(), facts):
     raise CheckpointError(_VOCABULARY_DIFFERS.format(trial.workdir))
-  saved = (meta.data or {}).get("fingerprints") or {}
-  now = (group.translator.data_info or {}).get("fingerprints") or {}
-  changed = [split for split in ("train", "val", "test")
-             if saved.get(split) and now.get(split) and saved[split] != now[split]]
+  changed = data_lib.changed_splits(meta.data, group.translator.data_info)
   if changed:
     raise CheckpointError(
         f"workdir '{trial.workdir}': the {' and '.join(changed)} split(s) of "

@@ -9,4 +9,5 @@ from seq2seq_jax.data.sources import (MO_MAGIC, Pair, gettext_pairs, gettext_ski
                                       number_pairs, parse_spec, read_mo, read_text,
                                       sample_numbers, tab_pairs)
 from seq2seq_jax.data.splits import (KERAS_END, KERAS_START, Splits, build_vocabs,  # noqa: F401
+                                     changed_splits,
                                      drop_long, keras_vocabs, load_splits, split_pairs)

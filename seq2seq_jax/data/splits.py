@@ -41,6 +41,15 @@ def fingerprint(pairs: list[Pair]) -> str:
   return digest.hexdigest()[:16]
 
 
+def changed_splits(saved_info: dict | None, now_info: dict | None,
+                   names: tuple[str, ...] = ("train", "val", "test")) -> list[str]:
+  """The splits among names whose fingerprint in now_info (Splits.info()) differs from
+  the one saved_info holds (a checkpoint's, a run's); a split either lacks is not judged."""
+  saved = (saved_info or {}).get("fingerprints") or {}
+  now = (now_info or {}).get("fingerprints") or {}
+  return [name for name in names if saved.get(name) and now.get(name) and saved[name] != now[name]]
+
+
 @dataclasses.dataclass
 class Splits:
   train: list[Pair]
