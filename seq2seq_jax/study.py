@@ -47,8 +47,10 @@ def open_storage(workdir: str, url: str | None = None):
   if url:
     try:
       return optuna.storages.RDBStorage(url)
-    except Exception as error:  # a wrong URL or a missing driver
-      raise UserError(f"--storage {url}: {error}") from None
+    except Exception as error:  # a wrong URL, a missing driver, a database it cannot open
+      # SQLAlchemy adds lines ("Background on this error at: ..."): the first one says it
+      first = next((line for line in str(error).splitlines() if line.strip()), type(error).__name__)
+      raise UserError(f"--storage {url}: {first.strip()}") from None
   from optuna.storages.journal import JournalFileBackend
   os.makedirs(workdir, exist_ok=True)
   return optuna.storages.JournalStorage(JournalFileBackend(os.path.join(workdir, JOURNAL_FILE)))

@@ -283,14 +283,30 @@ def load_sweep(path: str, overrides: list[str] | tuple[str, ...] = ()) -> Sweep:
 # Running a sweep
 # ---------------------------------------------------------------------------
 
-def trial_status(trial_dir: str) -> str:
-  """'done' (results.json), 'failed' (diverged), 'pruned', 'started' (checkpoints) or 'new'."""
-  if os.path.exists(os.path.join(trial_dir, "results.json")):
-    return "done"
+def trial_status(trial_dir: str, time_budget_minutes: float | None = None) -> str:
+  """'done' (results.json), 'failed' (diverged), 'pruned', 'started' (checkpoints) or 'new'.
+
+  time_budget_minutes: the sweep's budget now. A trial that a time budget stopped is done
+  while that is the budget it ran under or a smaller one; with a larger one, or none, it is
+  'started': the sweep resumes it from its checkpoint, as `train` would."""
+  results_path = os.path.join(trial_dir, workdir_lib.RESULTS_FILE)
+  if os.path.exists(results_path):
+    results = workdir_lib.read_json(results_path) or {}
+    return "started" if _budget_allows_more(results, time_budget_minutes) else "done"
   info = workdir_lib.read_json(os.path.join(trial_dir, TRIAL_FILE)) or {}
   if info.get("status") in ("failed", "pruned"):
     return info["status"]
   return "started" if _checkpoint_steps(trial_dir) else "new"
+
+
+def _budget_allows_more(results: dict[str, Any], time_budget_minutes: float | None) -> bool:
+  """results.json of a run that a time budget stopped, and a budget now larger (or none)."""
+  if not results.get("stopped_by_time_budget"):
+    return False
+  if not time_budget_minutes or math.isinf(time_budget_minutes):
+    return True
+  before = results.get("time_budget_minutes")
+  return isinstance(before, (int, float)) and time_budget_minutes > before
 
 
 def _checkpoint_steps(trial_dir: str) -> list[int]:
@@ -335,7 +351,7 @@ def _final_value(sweep: Sweep, summary: dict[str, Any]) -> float:
 
 def _tell_finished(study, sweep: Sweep, optuna_trial, trial: Trial, trial_dir: str) -> bool:
   """A trial whose workdir already finished (an earlier run of the sweep): told, not run."""
-  status = trial_status(trial_dir)
+  status = trial_status(trial_dir, sweep.base.time_budget_minutes)
   if status == "done":
     study.complete(optuna_trial, _final_value(sweep, workdir_lib.read_json(
         os.path.join(trial_dir, workdir_lib.RESULTS_FILE)) or {}))
@@ -553,6 +569,7 @@ def run_sweep(sweep: Sweep, workdir: str, vectorize: bool | None = None,
   vectorize = sweep.vectorize if vectorize is None else vectorize
   _check_same_space(sweep, workdir)
   _check_same_base(sweep, workdir)
+  study = SweepStudy(sweep, workdir, storage)  # a storage it cannot open: nothing written
   os.makedirs(workdir, exist_ok=True)
   workdir_lib.write_json(os.path.join(workdir, tracking.SWEEP_FILE), {
       "keys": sweep.keys, "metric": sweep.metric, "mode": sweep.mode,
@@ -560,10 +577,10 @@ def run_sweep(sweep: Sweep, workdir: str, vectorize: bool | None = None,
       "overrides": {t.name: t.overrides for t in sweep.trials}, "base": sweep.base.to_dict(),
       "sampler": sweep.sampler, "pruner": sweep.pruner, "num_trials": sweep.num_trials,
       "space": _space_json(sweep.space)})
-  study = SweepStudy(sweep, workdir, storage)
   study.enqueue_declared()
-  study.reconcile(lambda name: trial_status(os.path.join(workdir, name)) in
-                  ("done", "failed", "pruned"))
+  study.reconcile(lambda name: trial_status(os.path.join(workdir, name),
+                                            sweep.base.time_budget_minutes)
+                  in ("done", "failed", "pruned"))
   states = study.states()
   done = sum(state in ("complete", "pruned", "failed") for state in states.values())
   log.info("sweep: %d trial(s) in %s, %d done, %d to run%s; %s sampler, %s pruner",
@@ -590,7 +607,7 @@ def trial_row(sweep: Sweep, trial: Trial, trial_dir: str) -> dict[str, Any] | No
   """One finished trial: swept values, final (last epoch, or the time-budget stop after it)
   and best (over them) validation metrics, steps, epochs reached under a time budget, wall
   time and training throughput; None if it has not finished."""
-  status = trial_status(trial_dir)
+  status = trial_status(trial_dir, sweep.base.time_budget_minutes)
   if status not in ("done", "failed", "pruned"):
     return None
   records = workdir_lib.read_metrics(trial_dir)
@@ -607,7 +624,10 @@ def trial_row(sweep: Sweep, trial: Trial, trial_dir: str) -> dict[str, Any] | No
     row[_metric_column("final", metric)] = values[-1] if values else None
     pick = min if metric.endswith("loss") else max
     row[_metric_column("best", metric)] = pick(values) if values else None
-  rates = [r["train/samples_per_sec"] for r in epochs[1:] or epochs]  # the first compiles
+  # training throughput: the epochs that compiled nothing (a process's first compiles; a
+  # resumed trial has one such per process); a trial of one epoch has only that one
+  steady = [r for r in epochs if r.get("train/compilations", 1) == 0] or epochs[1:] or epochs
+  rates = [r["train/samples_per_sec"] for r in steady]
   row["steps"] = max((r["step"] for r in records if "step" in r and r["step"] is not None),
                      default=0)
   row["epochs_reached"] = results.get("epochs_reached")  # runs with time_budget_minutes
@@ -645,11 +665,15 @@ def collect_rows(sweep: Sweep, workdir: str, study=None) -> list[dict[str, Any]]
   return sort_rows(sweep, [r for r in rows if r is not None])
 
 
-def _columns(sweep: Sweep) -> list[str]:
+def _columns(sweep: Sweep, rows: list[dict[str, Any]]) -> list[str]:
+  """The table's columns; epochs_reached where the sweep has a time budget or a trial
+  ran under one."""
   metrics = list(METRICS) + ([sweep.metric] if sweep.metric not in METRICS else [])
+  budgeted = sweep.base.time_budget_minutes or any(r.get("epochs_reached") is not None
+                                                   for r in rows)
   return (["trial", *sweep.keys]
           + [_metric_column(p, m) for p in ("final", "best") for m in metrics]
-          + ["steps"] + (["epochs_reached"] if sweep.base.time_budget_minutes else [])
+          + ["steps"] + (["epochs_reached"] if budgeted else [])
           + ["wall_seconds", "samples_per_sec", "vmap_trials", "status", "state"])
 
 
@@ -669,7 +693,7 @@ def _format(column: str, value: Any) -> str:
 
 def markdown_table(sweep: Sweep, rows: list[dict[str, Any]]) -> str:
   """The results as a Markdown table, best first, with what the sweep cost."""
-  columns = [c for c in _columns(sweep) if c not in ("status", "state")
+  columns = [c for c in _columns(sweep, rows) if c not in ("status", "state")
              or (c == "state" and any(r["status"] != "done" for r in rows))]
   lines = [f"Sorted by best {sweep.metric} ({sweep.mode}); final = last epoch, best = best epoch.",
            "", "| " + " | ".join(columns) + " |", "|" + " --- |" * len(columns)]
@@ -678,8 +702,9 @@ def markdown_table(sweep: Sweep, rows: list[dict[str, Any]]) -> str:
         _as_text(row.get(c)) if c in sweep.keys else _format(c, row.get(c))
         for c in columns) + " |")
   wall = sum(r["wall_seconds"] or 0.0 for r in rows)
-  lines += ["", f"{len(rows)} trial(s), {wall:.0f} s of wall time in all "
-            f"({wall / max(len(rows), 1):.0f} s per trial)."]
+  # summed over trials: workers side by side overlap, so this is not the sweep's duration
+  lines += ["", f"{len(rows)} trial(s), {wall:.0f} s of wall time summed over the trials "
+            f"({wall / max(len(rows), 1):.0f} s per trial; trials run side by side overlap)."]
   return "\n".join(lines)
 
 
@@ -687,7 +712,7 @@ def write_outputs(sweep: Sweep, workdir: str, study=None) -> list[dict[str, Any]
   """results.csv, results.md and curves.png from the study's trials' workdirs; returns
   the rows."""
   rows = collect_rows(sweep, workdir, study)
-  columns = _columns(sweep)
+  columns = _columns(sweep, rows)
   table = io.StringIO(newline="")
   writer = csv.DictWriter(table, fieldnames=columns, extrasaction="ignore")
   writer.writeheader()

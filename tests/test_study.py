@@ -167,6 +167,17 @@ def test_a_killed_worker_s_trial_is_finished_by_another_from_its_checkpoint(tmp_
   assert len(rows) == 6
 
 
+def test_a_storage_that_cannot_be_opened_is_one_line_and_writes_nothing(tmp_path, capsys):
+  from tests.conftest import cli_in_process
+  workdir = tmp_path / "sweep"
+  url = f"sqlite:///{tmp_path}/missing/study.db"  # a directory that does not exist
+  code, out, err = cli_in_process(capsys, "sweep", "--config", SWEEP_TINY, "--workdir",
+                                  str(workdir), "--storage", url)
+  assert code == 2 and err.count("\n") == 1, err
+  assert err.startswith(f"seq2seq-jax sweep: error: --storage {url}: ") and "Background" not in err
+  assert not workdir.exists()  # no sweep.json that a later run would read as this sweep's
+
+
 @pytest.mark.parametrize("where", ["in training", "in the final evaluation"])
 def test_an_interrupted_group_keeps_the_outcome_of_a_trial_pruned_before(tmp_path, monkeypatch,
                                                                          where):

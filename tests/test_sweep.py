@@ -3,6 +3,7 @@
 import csv
 import dataclasses
 import json
+import math
 import os
 import shutil
 import struct
@@ -376,6 +377,62 @@ def test_a_sweep_whose_base_changed_is_refused_in_its_old_workdir(tmp_path, monk
   sweep_lib.run_sweep(changed, workdir, progress=False)
   with open(path) as f:
     assert json.load(f)["base"]["latent_dim"] == 64  # recorded from now on
+
+
+@pytest.mark.filterwarnings("ignore:The value nan is not acceptable")  # no metrics: not trained
+def test_trials_a_time_budget_stopped_resume_under_a_larger_budget_or_none(tmp_path, monkeypatch):
+  """A trial the budget stopped counts as done under the budget it ran with (the equal-time
+  comparison the sweep was) or a smaller one; with a larger budget, or none, the same sweep
+  resumes it from its checkpoint, as `train` would. The table shows epochs_reached
+  whenever a trial ran under a budget."""
+  monkeypatch.setattr(tracking, "plot_runs", lambda *args, **kwargs: None)  # not tested here
+  workdir = str(tmp_path / "sweep")
+  sweep = sweep_lib.load_sweep(SWEEP_TINY, ["time_budget_minutes=5"])
+  stopped, finished = sweep.trials[0].name, [t.name for t in sweep.trials[1:]]
+  for trial in sweep.trials:
+    os.makedirs(os.path.join(workdir, trial.name, "checkpoints", "7"))
+    results = {"step": 7, "val/token_accuracy": 0.5, "time_budget_minutes": 5,
+               "stopped_by_time_budget": trial.name == stopped, "epochs_reached": 1.5}
+    with open(os.path.join(workdir, trial.name, "results.json"), "w") as f:
+      json.dump(results, f)
+  trained = []
+
+  def train_trials(configs, dirs, **kwargs):
+    trained.extend(os.path.basename(d) for d in dirs)
+    return [{"val/token_accuracy": 0.6} for _ in dirs]
+
+  monkeypatch.setattr(sweep_lib.loop, "train_trials", train_trials)
+  for budget in ("5", "3"):  # the same budget, or a smaller one: nothing to train
+    rows = sweep_lib.run_sweep(sweep_lib.load_sweep(SWEEP_TINY, [f"time_budget_minutes={budget}"]),
+                               workdir, progress=False)
+    assert trained == [] and len(rows) == 4
+  assert (sweep_lib.trial_status(os.path.join(workdir, stopped), 10)
+          == sweep_lib.trial_status(os.path.join(workdir, stopped), math.inf) == "started")
+  assert sweep_lib.trial_status(os.path.join(workdir, finished[0]), None) == "done"
+  rows = sweep_lib.run_sweep(sweep_lib.load_sweep(SWEEP_TINY), workdir, progress=False)  # none
+  assert trained == [stopped]
+  with open(os.path.join(workdir, "results.csv")) as f:
+    assert "epochs_reached" in f.readline()  # the others ran under a budget
+
+
+def test_a_trial_s_throughput_leaves_out_the_epochs_that_compiled(tmp_path):
+  """Each process's first epoch compiles (a resumed trial's too): samples_per_sec is the
+  median of the others; a trial of one epoch has only its first."""
+  sweep = sweep_lib.load_sweep(SWEEP_TINY)
+  trial, trial_dir = sweep.trials[0], tmp_path / sweep.trials[0].name
+  trial_dir.mkdir()
+  (trial_dir / "results.json").write_text("{}")
+  epochs = [(10.0, 5), (100.0, 0), (20.0, 2), (110.0, 0), (120.0, 0)]  # resumed at epoch 3
+  with open(trial_dir / "metrics.jsonl", "w") as f:
+    for i, (rate, compilations) in enumerate(epochs):
+      f.write(json.dumps({"step": i + 1, "epoch": i + 1, "train/epoch_seconds": 1.0,
+                          "train/samples_per_sec": rate, "train/compilations": compilations,
+                          "val/loss": 1.0}) + "\n")
+  assert sweep_lib.trial_row(sweep, trial, str(trial_dir))["samples_per_sec"] == 110.0
+  with open(trial_dir / "metrics.jsonl", "w") as f:
+    f.write(json.dumps({"step": 1, "epoch": 1, "train/epoch_seconds": 1.0,
+                        "train/samples_per_sec": 10.0, "train/compilations": 5}) + "\n")
+  assert sweep_lib.trial_row(sweep, trial, str(trial_dir))["samples_per_sec"] == 10.0
 
 
 def test_a_sweep_file_whose_get_sweep_raises_is_one_line(tmp_path):
