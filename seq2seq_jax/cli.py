@@ -415,7 +415,11 @@ def _serve_on(args, sockets) -> int:
 def cmd_data(args) -> int:
   """`data download SPEC`: fetch what a data spec reads (today: libreoffice:LANG)."""
   from seq2seq_jax.data import libreoffice, parse_spec
-  kind, arg = parse_spec(args.spec)
+  try:
+    kind, arg = parse_spec(args.spec)
+  except UserError:  # its list of every data spec: only one of them is downloaded
+    raise UserError(f"`data download` fetches libreoffice:LANG packages (e.g. libreoffice:fr); "
+                    f"'{args.spec}' is not one.") from None
   if kind != "libreoffice":
     raise UserError(f"`data download` fetches libreoffice:LANG packages; {args.spec} needs no "
                     "download (numbers and the tasks are embedded, files are yours to give).")

@@ -260,6 +260,15 @@ def test_data_download_errors_are_one_line(tmp_path, monkeypatch, capsys):
   assert os.listdir(tmp_path / "d") == []  # nothing half-written left behind
 
 
+@pytest.mark.parametrize("spec, says", [
+    ("foo", "'foo' is not one"),  # not a data spec: not the list of every spec
+    ("numbers:fr", "numbers:fr needs no download")])
+def test_data_download_of_something_else_names_what_it_fetches(capsys, spec, says):
+  code, out, err = cli_in_process(capsys, "data", "download", spec)
+  assert code == 2 and out == "" and err.count("\n") == 1
+  assert "fetches libreoffice:LANG packages" in err and says in err and "anki:" not in err
+
+
 def test_a_run_records_its_data_in_checkpoints_and_results(trained_workdir):
   """Every text run (here configs/tiny.py's numbers) stores what it read; libreoffice runs
   add the package versions (test_fingerprints_and_package_versions_name_the_data)."""

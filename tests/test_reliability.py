@@ -218,8 +218,32 @@ def test_non_utf8_position_counts_the_byte_order_mark(tmp_path):
     data_lib.tab_pairs(str(path), "tsv")
   message = str(caught.value)
   assert message.startswith(f"{path}:2: not UTF-8")
-  assert "byte 3 of the line" in message and "byte 11 of the file" in message
+  assert "byte 3 of the line" in message and "byte 12 of the file, counting from 1" in message
   assert "\\xe9" in message and "re-encode" in message
+
+
+@pytest.mark.parametrize("encoding, iconv_name", [
+    ("utf-16", "utf-16"), ("utf-16-le", "utf-16le"), ("utf-16-be", "utf-16be")])
+def test_utf16_data_is_named_as_such(tmp_path, encoding, iconv_name):
+  """With or without its byte order mark, a UTF-16 file is named UTF-16, with the iconv
+  line for its byte order (not Latin-1's)."""
+  path = tmp_path / "windows.tsv"
+  path.write_bytes("one\tun\ntwo\tdeux\n".encode(encoding))
+  with pytest.raises(DataError) as caught:
+    data_lib.tab_pairs(str(path), "tsv")
+  assert str(caught.value) == (f"{path}: UTF-16 text, not UTF-8; re-encode the file as UTF-8, "
+                               f"e.g. `iconv -f {iconv_name} -t utf-8 IN > OUT`.")
+
+
+def test_a_nul_byte_is_named_where_it_is(tmp_path):
+  """Valid UTF-8, but no text file's: not read as a character to train on."""
+  path = tmp_path / "binary.tsv"
+  path.write_bytes(b"one\tun\ntw\0o\tdeux\n")
+  with pytest.raises(DataError) as caught:
+    data_lib.tab_pairs(str(path), "tsv")
+  assert str(caught.value) == (f"{path}:2: a NUL byte (line 2, byte 3 of the line, byte 10 of "
+                               "the file, counting from 1: b'\\x00'): is it a text file? "
+                               "Give a UTF-8 text file.")
 
 
 def test_bom_and_crlf_tsv_is_read_like_plain_utf8(tmp_path):

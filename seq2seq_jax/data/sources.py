@@ -118,16 +118,39 @@ def read_text(path: str, missing_hint: str | None = None) -> str:
     raise DataError(f"data file '{path}' cannot be read: {error.strerror or error}. "
                     "Check its permissions.") from None
   skip = len(codecs.BOM_UTF8) if raw.startswith(codecs.BOM_UTF8) else 0
+  utf16 = _utf16_name(raw)  # ASCII in UTF-16 without its byte order mark is valid UTF-8
+  if utf16:
+    raise DataError(f"{path}: UTF-16 text, not UTF-8; re-encode the file as UTF-8, e.g. "
+                    f"`iconv -f {utf16} -t utf-8 IN > OUT`.")
   try:
     text = raw[skip:].decode("utf-8")
   except UnicodeDecodeError as error:
-    offset = error.start + skip  # in the file, BOM included
-    line = raw.count(b"\n", 0, offset) + 1
-    column = offset - (raw.rfind(b"\n", 0, offset) + 1) + 1
-    raise DataError(f"{path}:{line}: not UTF-8 (line {line}, byte {column} of the line, "
-                    f"byte {offset} of the file: {raw[offset:offset + 1]!r}); re-encode the "
-                    "file as UTF-8, e.g. `iconv -f latin1 -t utf-8 IN > OUT`.") from None
+    raise DataError(f"{path}:{_position(raw, error.start + skip)}; re-encode the file as "
+                    "UTF-8, e.g. `iconv -f latin1 -t utf-8 IN > OUT` for Latin-1 text.") from None
+  if "\0" in text:  # valid UTF-8, but in no text file
+    where = _position(raw, raw.index(b"\0"), "a NUL byte")
+    raise DataError(f"{path}:{where}: is it a text file? Give a UTF-8 text file.")
   return text.replace("\r\n", "\n").replace("\r", "\n")
+
+
+def _position(raw: bytes, offset: int, what: str = "not UTF-8") -> str:
+  """'LINE: WHAT (line, byte of the line, byte of the file: the byte)', counting from 1."""
+  line = raw.count(b"\n", 0, offset) + 1
+  column = offset - (raw.rfind(b"\n", 0, offset) + 1) + 1
+  return (f"{line}: {what} (line {line}, byte {column} of the line, byte {offset + 1} of the "
+          f"file, counting from 1: {raw[offset:offset + 1]!r})")
+
+
+def _utf16_name(raw: bytes) -> str | None:
+  """iconv's name for raw's UTF-16 ("utf-16" with a byte order mark, else the byte order
+  its NUL bytes in every other place, as UTF-16 gives ASCII, show), or None."""
+  if raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+    return "utf-16"
+  head = raw[:512]
+  even, odd = head[0::2].count(0), head[1::2].count(0)
+  if len(head) < 4 or max(even, odd) < len(head) // 4:
+    return None
+  return "utf-16le" if odd > even else "utf-16be"
 
 
 def tab_pairs(path: str, kind: str, num_samples: int = 0,
