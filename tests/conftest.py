@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import logging
 import os
@@ -96,6 +97,25 @@ def pytest_collection_finish(session):
 def tiny_config(**overrides) -> Config:
   config = load_config_file(os.path.join(ROOT, "configs", "tiny.py"))
   return dataclasses.replace(config, **overrides)
+
+
+def jit_apply(model, params, *args, method: str | None = None, **static):
+  """model.apply({"params": params}, *args, method=method, **static), compiled as one
+  program (once per model, method, static arguments and shapes): run op by op, as a plain
+  apply is, every new shape compiles each operation again, seconds a test on a CPU."""
+  return _jit_apply()(params, *args, model=model, method=method,
+                      static=tuple(sorted(static.items())))
+
+
+@functools.cache
+def _jit_apply():
+  import jax  # not at this module's import: pytest_configure sets jax's environment first
+
+  @functools.partial(jax.jit, static_argnames=("model", "method", "static"))
+  def apply(params, *args, model, method, static):
+    return model.apply({"params": params}, *args, method=method, **dict(static))
+
+  return apply
 
 
 def run_cli(*args, input_text: str | None = None, env_extra: dict | None = None,

@@ -271,23 +271,25 @@ def _train_on(data, workdir):
       capture_output=True, text=True, cwd=ROOT, timeout=300)
 
 
+BAD_DATA = [("one\tun\ntwo\tdeux\nthree trois\nfour\tquatre\n".encode(), ":3: expected source<TAB>target"),
+            (b"one\tun\n\xff\xfe\tdeux\n", ":2: not UTF-8")]
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("content, expected", [
-    ("one\tun\ntwo\tdeux\nthree trois\nfour\tquatre\n".encode(), ":3: expected source<TAB>target"),
-    (b"one\tun\n\xff\xfe\tdeux\n", ":2: not UTF-8"),
-])
-def test_bad_data_exits_with_one_line_every_time(tmp_path, content, expected):
-  """Six runs each, three at a time: Orbax's start-up work used to print a thread's
-  traceback after the error in about half of them (all six clean by chance: 1 in 64)."""
-  data = tmp_path / "data.tsv"
-  data.write_bytes(content)
+def test_bad_data_exits_with_one_line_every_time(tmp_path):
+  """Eight runs, four of each kind of bad data, three at a time: Orbax's start-up work used
+  to print a thread's traceback after the error in about half of them, whatever the error
+  (all eight clean by chance: 1 in 256)."""
+  for kind, (content, _) in enumerate(BAD_DATA):
+    (tmp_path / f"data{kind}.tsv").write_bytes(content)
   with concurrent.futures.ThreadPoolExecutor(3) as pool:
-    results = list(pool.map(lambda i: _train_on(data, tmp_path / f"run{i}"), range(6)))
-  for result in results:
+    results = list(pool.map(lambda i: _train_on(tmp_path / f"data{i % 2}.tsv",
+                                                tmp_path / f"run{i}"), range(8)))
+  for i, result in enumerate(results):
     assert result.returncode == 2, result.stderr
     lines = result.stderr.splitlines()
     assert len(lines) == 1 and lines[0].startswith("seq2seq-jax train: error:"), result.stderr
-    assert expected in lines[0]
+    assert BAD_DATA[i % 2][1] in lines[0]
 
 
 OPEN_THEN_FAIL = r"""

@@ -12,20 +12,20 @@ from seq2seq_jax.decode import (beam_search, decode_texts, first_argmax, greedy_
 from seq2seq_jax.errors import UserError
 from seq2seq_jax.inference import load_trained
 from seq2seq_jax.vocab import END_ID, PAD_ID, START_ID, Vocab
-from tests.conftest import cli_in_process, tiny_config
+from tests.conftest import cli_in_process, jit_apply, tiny_config
 
 
 def python_greedy(model, params, src, max_len):
   """Reference: one decode_step call per character, argmax in NumPy, stop at END."""
-  carries, enc, mask = model.apply({"params": params}, src, method=model.encode)
+  carries, enc, mask = jit_apply(model, params, src, method="encode")
   outputs = []
   for row in range(src.shape[0]):
     row_carries = [tuple(a[row:row + 1] for a in carry) for carry in carries]
-    state = model.apply({"params": params}, row_carries, method=model.initial_decoder_state)
+    state = jit_apply(model, params, row_carries, method="initial_decoder_state")
     prev, ids = jnp.array([START_ID]), []
     for _ in range(max_len):
-      state, logits = model.apply({"params": params}, state, enc[row:row + 1],
-                                        mask[row:row + 1], prev, method=model.decode_step)
+      state, logits = jit_apply(model, params, state, enc[row:row + 1], mask[row:row + 1],
+                                prev, method="decode_step")
       token = int(np.argmax(np.asarray(logits[0])))
       ids.append(token)
       if token == END_ID:
@@ -95,7 +95,7 @@ def test_repeat_decoding_is_one_pass_argmax_cut_at_end():
   params = _biased_params(model, model_lib.init_params(model, jax.random.key(9)))
   src = jnp.array(np.random.default_rng(2).integers(4, 12, size=(8, 6)), jnp.int32)
   got = np.asarray(make_greedy_decoder(model, 7)(params, src))
-  argmax = np.asarray(jnp.argmax(model.apply({"params": params}, src, jnp.zeros((8, 7), jnp.int32)), -1))
+  argmax = np.asarray(jnp.argmax(jit_apply(model, params, src, jnp.zeros((8, 7), jnp.int32)), -1))
   for row, want in zip(got, argmax):
     want = want.tolist()
     end = want.index(END_ID) + 1 if END_ID in want else len(want)
@@ -120,7 +120,7 @@ def model_score(model, params, src, ids, alpha):
   GNMT length penalty: what beam search maximises, computed independently of it."""
   ids = jnp.asarray(ids)
   tgt_in = jnp.concatenate([jnp.full((ids.shape[0], 1), START_ID), ids[:, :-1]], axis=1)
-  logprobs = jax.nn.log_softmax(model.apply({"params": params}, src, tgt_in), axis=-1)
+  logprobs = jax.nn.log_softmax(jit_apply(model, params, src, tgt_in), axis=-1)
   token_logp = jnp.take_along_axis(logprobs, ids[..., None], axis=-1)[..., 0]
   after_end = jnp.cumsum(ids == END_ID, axis=1) - (ids == END_ID) > 0
   length = (~after_end).sum(axis=1)
@@ -309,7 +309,7 @@ def test_top_k_sampling_draws_only_from_the_k_most_likely():
   ids = np.asarray(sample_decode(params, src, jax.random.key(0), model=model, max_len=12,
                                  temperature=2.0, top_k=2))
   tgt_in = jnp.concatenate([jnp.full((16, 1), START_ID), ids[:, :-1]], axis=1)
-  logits = np.asarray(model.apply({"params": params}, src, tgt_in))
+  logits = np.asarray(jit_apply(model, params, src, tgt_in))
   rank = (logits > np.take_along_axis(logits, ids[..., None], -1)).sum(-1)
   live = np.cumsum(ids == END_ID, axis=1) - (ids == END_ID) == 0
   assert (rank[live] < 2).all() and (rank[live] == 1).any()

@@ -1,3 +1,5 @@
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -6,7 +8,7 @@ import pytest
 from seq2seq_jax import model as model_lib
 from seq2seq_jax.config import Config
 from seq2seq_jax.steps import loss_and_counts
-from tests.conftest import tiny_config
+from tests.conftest import jit_apply, tiny_config
 
 
 def numpy_lstm_step(x, h, c, kernel, recurrent_kernel, bias):
@@ -121,13 +123,13 @@ def test_padding_does_not_change_encoder_state_or_loss(overrides):
   config, model, params = _model_and_params(**overrides)
   src = jnp.array([[5, 6, 7, 8, 0], [4, 9, 0, 0, 0]], jnp.int32)
   src_padded = jnp.pad(src, ((0, 0), (0, 6)))
-  carries, enc, mask = model.apply({"params": params}, src, method=model.encode)
-  carries_p, enc_p, mask_p = model.apply({"params": params}, src_padded, method=model.encode)
+  carries, enc, mask = jit_apply(model, params, src, method="encode")
+  carries_p, enc_p, mask_p = jit_apply(model, params, src_padded, method="encode")
   for carry, carry_p in zip(carries, carries_p):
     for a, b in zip(carry, carry_p):
       np.testing.assert_allclose(a, b, atol=1e-6)
   # the unpadded sentence alone gives the same state as inside the padded batch
-  alone, _, _ = model.apply({"params": params}, src[1:, :2], method=model.encode)
+  alone, _, _ = jit_apply(model, params, src[1:, :2], method="encode")
   np.testing.assert_allclose(alone[-1][0][0], carries[-1][0][1], atol=1e-6)
   tgt = jnp.array([[1, 5, 6, 7], [1, 8, 0, 0]], jnp.int32)
   out = jnp.array([[5, 6, 7, 2], [8, 2, 0, 0]], jnp.int32)
@@ -136,8 +138,9 @@ def test_padding_does_not_change_encoder_state_or_loss(overrides):
   padded = {"src": src_padded, "tgt_in": jnp.pad(tgt, ((0, 0), (0, 5))),
             "tgt_out": jnp.pad(out, ((0, 0), (0, 5))), "index": jnp.array([0, 1]),
             "tgt_mask": jnp.pad(out, ((0, 0), (0, 5))) != 0}
-  loss, counts = loss_and_counts(params, batch, model=model, config=config, train=False)
-  loss_p, counts_p = loss_and_counts(params, padded, model=model, config=config, train=False)
+  evaluate = jax.jit(functools.partial(loss_and_counts, model=model, config=config, train=False))
+  loss, counts = evaluate(params, batch)
+  loss_p, counts_p = evaluate(params, padded)
   np.testing.assert_allclose(loss, loss_p, rtol=1e-6)
   assert float(counts["tokens"]) == float(counts_p["tokens"]) == 6
 
@@ -176,14 +179,13 @@ def test_teacher_forced_decoder_equals_step_by_step_loop(overrides):
   """The training path (one scan, or layer by layer then attention over all steps) gives
   the logits of decode_step called once per target character, as decoding uses."""
   config, model, params = _model_and_params(**overrides)
-  variables = {"params": params}
   src = jnp.array([[5, 6, 7, 8, 0], [4, 9, 0, 0, 0]], jnp.int32)
   tgt_in = jnp.array([[1, 5, 6, 7, 8], [1, 8, 4, 0, 0]], jnp.int32)
-  want = model.apply(variables, src, tgt_in)
-  carries, enc, mask = model.apply(variables, src, method=model.encode)
-  state = model.apply(variables, carries, method=model.initial_decoder_state)
+  want = jit_apply(model, params, src, tgt_in)
+  carries, enc, mask = jit_apply(model, params, src, method="encode")
+  state = jit_apply(model, params, carries, method="initial_decoder_state")
   for t in range(tgt_in.shape[1]):
-    state, logits = model.apply(variables, state, enc, mask, tgt_in[:, t], method=model.decode_step)
+    state, logits = jit_apply(model, params, state, enc, mask, tgt_in[:, t], method="decode_step")
     np.testing.assert_allclose(logits, want[:, t], atol=2e-5)
 
 
