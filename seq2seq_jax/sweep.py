@@ -704,7 +704,7 @@ def markdown_table(sweep: Sweep, rows: list[dict[str, Any]]) -> str:
   wall = sum(r["wall_seconds"] or 0.0 for r in rows)
   # summed over trials: workers side by side overlap, so this is not the sweep's duration
   lines += ["", f"{len(rows)} trial(s), {wall:.0f} s of wall time summed over the trials "
-            f"({wall / max(len(rows), 1):.0f} s per trial; trials run side by side overlap)."]
+            f"({wall / max(len(rows), 1):.0f} s per trial)."]
   return "\n".join(lines)
 
 
