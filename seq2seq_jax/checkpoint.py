@@ -617,7 +617,7 @@ class Checkpointer:
     steps = self.steps()
     if not steps:
       raise CheckpointError(f"no checkpoint in '{self.directory}'. Train first with "
-                            "`seq2seq-jax train --workdir DIR`.")
+                            f"`seq2seq-jax train --workdir {os.path.dirname(self.directory)}`.")
     if step is not None and step not in steps:
       raise CheckpointError(f"no checkpoint for step {step} in '{self.directory}'; "
                             f"available: {', '.join(map(str, steps))}.")

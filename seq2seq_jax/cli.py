@@ -12,6 +12,7 @@ import os
 import sys
 import time
 
+from seq2seq_jax import config as config_lib
 from seq2seq_jax.errors import UserError
 
 log = logging.getLogger("seq2seq_jax")
@@ -468,6 +469,24 @@ def _non_negative_float(text: str) -> float:
   return value
 
 
+def _decoding_value(check):
+  """An argparse type: a finite number that `check` (config.check_length_penalty,
+  check_temperature) accepts, refused in its words otherwise."""
+
+  def parse(text: str) -> float:
+    value = _finite_float(text)
+    try:
+      return check(value)
+    except UserError as error:
+      raise argparse.ArgumentTypeError(str(error).removesuffix(".")) from None
+
+  return parse
+
+
+_length_penalty = _decoding_value(config_lib.check_length_penalty)
+_temperature = _decoding_value(config_lib.check_temperature)
+
+
 SPLIT_SENTENCES_HELP = ("translate an input longer than the model reads (max_source_len) in "
                         "pieces of whole sentences, joined by spaces, instead of cutting it "
                         "(default: the run's split_sentences setting)")
@@ -495,7 +514,9 @@ def build_parser() -> argparse.ArgumentParser:
   translate = sub.add_parser("translate", help="translate text with a trained workdir")
   translate.add_argument("--workdir", required=True)
   translate.add_argument("text", nargs="*", help="sentences (default: one per line on stdin)")
-  translate.add_argument("--batch-size", type=_positive_int, default=256)
+  translate.add_argument("--batch-size", type=_positive_int, default=256,
+                         help="sentences per batch (default 256; at most the inputs' count, "
+                         "rounded up to a power of two)")
   translate.add_argument("--checkpoint", default="best",
                          help="best (default), latest, or a step number")
   strategy = translate.add_mutually_exclusive_group()
@@ -503,11 +524,12 @@ def build_parser() -> argparse.ArgumentParser:
                         help="beam search with N beams per sentence (default: greedy)")
   strategy.add_argument("--sample", action="store_true",
                         help="draw each token at random from the model's distribution")
-  translate.add_argument("--length-penalty", type=_finite_float, metavar="A",
+  translate.add_argument("--length-penalty", type=_length_penalty, metavar="A",
                          help="with --beam: rank by log-prob / ((5 + length) / 6) ** A "
                          "(GNMT; default 0.6; 0 = plain log-prob)")
-  translate.add_argument("--temperature", type=_non_negative_float, metavar="T",
-                         help="with --sample: softmax temperature (default 1; 0 = greedy)")
+  translate.add_argument("--temperature", type=_temperature, metavar="T",
+                         help="with --sample: softmax temperature (default 1; 0 = greedy; "
+                         "at most 3.4e38)")
   translate.add_argument("--top-k", type=_positive_int, metavar="K",
                          help="with --sample: draw from the K most likely tokens only")
   translate.add_argument("--seed", type=_seed, metavar="S",
@@ -524,7 +546,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "file order, none cut off or dropped (an external test file)")
   evaluate.add_argument("--beam", type=_positive_int, metavar="N",
                         help="decode with beam search of N beams (default: greedy)")
-  evaluate.add_argument("--length-penalty", type=_finite_float, metavar="A",
+  evaluate.add_argument("--length-penalty", type=_length_penalty, metavar="A",
                         help="with --beam: GNMT length penalty alpha (default 0.6)")
   evaluate.add_argument("--json", action="store_true",
                         help="print one JSON object: loss, token_accuracy, exact_match, cer, "
@@ -562,7 +584,9 @@ def build_parser() -> argparse.ArgumentParser:
 
   plot = sub.add_parser("plot", help="draw the learning curves of a run or a sweep to PNG")
   plot.add_argument("--workdir", required=True, help="a run's or a sweep's workdir")
-  plot.add_argument("--out", help="PNG path (default: WORKDIR/curves.png)")
+  plot.add_argument("--out", help="the figure's path, its format by its extension (PNG "
+                    "without one), or a directory to hold curves.png (default: "
+                    "WORKDIR/curves.png)")
   plot.add_argument("--tensorboard", action="store_true",
                     help="also write metrics.jsonl as TensorBoard event files in WORKDIR/tensorboard/")
   plot.set_defaults(func=cmd_plot)
@@ -584,7 +608,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="best (default), latest, or a step number")
   export.add_argument("--beam-sizes", metavar="K,K",
                       help="beam sizes to export beside greedy (default 5; none: greedy only)")
-  export.add_argument("--length-penalty", type=_finite_float, default=0.6, metavar="A",
+  export.add_argument("--length-penalty", type=_length_penalty, default=0.6, metavar="A",
                       help="the beams' GNMT length penalty alpha (default 0.6, as translate)")
   export.add_argument("--platforms", default="cpu,cuda",
                       help="platforms lowered into one artifact (default cpu,cuda; one that "
@@ -600,7 +624,7 @@ def build_parser() -> argparse.ArgumentParser:
   serve.add_argument("--checkpoint", help="with --workdir: best (default), latest, or a step")
   serve.add_argument("--beam-sizes", metavar="K,K",
                      help="with --workdir: beam sizes served beside greedy (default 5; none)")
-  serve.add_argument("--length-penalty", type=_finite_float, metavar="A",
+  serve.add_argument("--length-penalty", type=_length_penalty, metavar="A",
                      help="with --workdir: the beams' length penalty (default 0.6)")
   serve.add_argument("--host", default="127.0.0.1",
                      help="address to listen on (default 127.0.0.1: this machine only)")

@@ -549,3 +549,33 @@ def describe_fields() -> str:
   for f in dataclasses.fields(Config):
     lines.append(f"{f.name} = {f.default!r}")
   return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------
+# Decoding settings (translate, evaluate, export, serve flags): their ranges
+# ---------------------------------------------------------------------------
+
+# |alpha| beyond this overflows ((5 + length) / 6) ** alpha in float32 for outputs of about
+# 1,000 tokens (167 ** 17 > 3.4e38); GNMT uses 0.6 to 1.
+MAX_LENGTH_PENALTY = 10.0
+# the smallest normal float32: a smaller temperature is 0 or subnormal in the program
+MIN_TEMPERATURE = 1.1754943508222875e-38  # numpy.finfo(numpy.float32).tiny
+MAX_TEMPERATURE = 3.4028234663852886e38  # numpy.finfo(numpy.float32).max
+
+
+def check_length_penalty(alpha: float) -> float:
+  """alpha, if beam search can rank by it (finite, |alpha| <= MAX_LENGTH_PENALTY)."""
+  if not math.isfinite(alpha) or abs(alpha) > MAX_LENGTH_PENALTY:
+    raise UserError(f"the length penalty must be from -{MAX_LENGTH_PENALTY:g} to "
+                    f"{MAX_LENGTH_PENALTY:g} (GNMT's alpha, usually 0.6 to 1; beyond that "
+                    f"float32 overflows on long outputs), got {alpha}.")
+  return alpha
+
+
+def check_temperature(temperature: float) -> float:
+  """temperature, if sampling can divide by it in float32: 0 (greedy), or a normal
+  float32 number (1.2e-38 to 3.4e38)."""
+  if not (temperature == 0.0 or MIN_TEMPERATURE <= temperature <= MAX_TEMPERATURE):
+    raise UserError(f"the temperature must be 0 (greedy) or from {MIN_TEMPERATURE:.2g} to "
+                    f"{MAX_TEMPERATURE:.2g} (float32's normal numbers), got {temperature}.")
+  return temperature

@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from seq2seq_jax.config import check_length_penalty, check_temperature
 from seq2seq_jax.errors import UserError
 from seq2seq_jax.model import Seq2Seq, resolve_scan_unroll
 from seq2seq_jax.vocab import END_ID, PAD_ID, START_ID, Vocab
@@ -118,6 +119,7 @@ def beam_search(params: Any, src_BxS: jax.Array, *, model: Seq2Seq, max_len: int
   every sentence has finished (or after max_len steps); each sentence's result depends
   only on its own rows, never on the batch. beam_size 1 is greedy_decode.
   """
+  check_length_penalty(length_penalty)
   _check_beam_model(model)
   variables = {"params": params}
   batch, K = src_BxS.shape[0], beam_size
@@ -184,7 +186,9 @@ def _sample_token(logits_BxV: jax.Array, key: jax.Array, temperature: float,
   (top_k 0: all); temperature 0 is argmax."""
   if temperature == 0.0:
     return first_argmax(logits_BxV)
-  logits_BxV = logits_BxV / temperature
+  # from the row's largest logit down: a small temperature sends the others towards -inf,
+  # never the largest (0) to inf, so it approaches argmax instead of overflowing
+  logits_BxV = (logits_BxV - logits_BxV.max(axis=-1, keepdims=True)) / temperature
   if 0 < top_k < logits_BxV.shape[-1]:
     kth_Bx1 = jax.lax.top_k(logits_BxV, top_k)[0][..., -1:]
     logits_BxV = jnp.where(logits_BxV < kth_Bx1, -jnp.inf, logits_BxV)
@@ -198,8 +202,7 @@ def sample_decode(params: Any, src_BxS: jax.Array, rng: jax.Array, *, model: Seq
   Step t draws with jax.random.fold_in(rng, t): the same rng gives the same output for the
   same batch. temperature -> 0 and top_k=1 approach greedy_decode (temperature 0 is it).
   """
-  if temperature < 0:
-    raise UserError(f"temperature must not be negative, got {temperature}.")
+  check_temperature(temperature)
   draw = lambda logits, t: _sample_token(  # a repeat model's one pass (t None) draws with rng
       logits, rng if t is None else jax.random.fold_in(rng, t), temperature, top_k)
   return _scan_decode(params, src_BxS, draw, model=model, max_len=max_len)

@@ -104,7 +104,8 @@ class Translator:
   def translate(self, params, sources: list[str], batch_size: int | None = None,
                 decoder=None, split_sentences: bool | None = None) -> list[str]:
     """Translations of raw source strings: greedy, or by decoder(params, src_BxS) -> ids_BxL
-    (decode.make_beam_decoder, make_sample_decoder). An input longer than the model reads
+    (decode.make_beam_decoder, make_sample_decoder), in batches of batch_size rows (None:
+    the config's batch_size, always that shape). An input longer than the model reads
     is cut, or with split_sentences (None: the config's) translated in pieces of whole
     sentences that fit (data.sentences.pieces) whose translations are joined by spaces."""
     if not sources:
@@ -123,6 +124,10 @@ class Translator:
     keras_width = self.keras_dims["max_encoder_seq_length"] if self.keras_dims else 0
     src_NxS, _ = data_lib.encode_sources(sources, self.src_vocab,
                                          keras_width or self.config.max_source_len, keras_width)
+    if batch_size is not None:  # as asked, but no larger than the inputs need (a power of
+      # two at least their count: few programs to compile), so a huge --batch-size for one
+      # sentence allocates one row, not millions
+      batch_size = min(batch_size, 1 << (len(src_NxS) - 1).bit_length())
     batch_size = self.parallel.round_batch_size(batch_size or self.config.batch_size)
     return decode_texts(decoder or self.decoder, params, src_NxS, self.tgt_vocab, batch_size,
                         self.config.bucket_width,

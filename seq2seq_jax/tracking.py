@@ -27,12 +27,14 @@ PANELS = (("train/loss", "training loss", True), ("val/loss", "validation loss",
 
 
 def curves(records: list[dict[str, Any]]) -> dict[str, tuple[list[int], list[float]]]:
-  """{metric: (steps, values)}: training loss every log_every_steps (or per epoch when no
-  step was logged), validation metrics per evaluated epoch; the final summary is left out."""
+  """{metric: (steps, values)}: training loss every log_every_steps (or per epoch where
+  fewer steps than epochs were logged), validation metrics per evaluated epoch; the final
+  summary is left out."""
   step_records = [r for r in records if "lr" in r and "train/loss" in r]
   epoch_records = [r for r in records if not r.get("final") and "train/epoch_seconds" in r]
   series = {}
-  train = step_records or epoch_records
+  # the denser of the two: a log_every_steps longer than an epoch logs fewer steps than epochs
+  train = step_records if len(step_records) >= len(epoch_records) else epoch_records
   if train:
     series["train/loss"] = ([r["step"] for r in train], [r["train/loss"] for r in train])
   for metric, _, _ in PANELS[1:]:
@@ -83,6 +85,11 @@ def plot_runs(runs: dict[str, list[dict[str, Any]]], path: str, title: str | Non
                   frameon=False)
   if title:
     figure.suptitle(title)
+  kind = os.path.splitext(path)[1][1:].lower()
+  supported = figure.canvas.get_supported_filetypes()
+  if kind and kind not in supported:
+    raise UserError(f"'{path}': matplotlib writes no .{kind} files; end the path with one of "
+                    f"{', '.join('.' + k for k in sorted(supported))}.")
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   figure.savefig(path, dpi=100)
   return path
@@ -98,7 +105,13 @@ def _sweep_trials(workdir: str) -> list[str] | None:
 
 
 def plot_workdir(workdir: str, out: str | None = None) -> str:
-  """workdir/curves.png (or out): a run's learning curves, or every trial's for a sweep."""
+  """workdir/curves.png (or out: a file, its format by its extension, PNG without one;
+  or a directory to hold curves.png): a run's learning curves, or every trial's for a
+  sweep."""
+  if not os.path.exists(workdir):
+    raise UserError(f"'{workdir}' does not exist: give a run's or a sweep's workdir.")
+  if not os.path.isdir(workdir):
+    raise UserError(f"'{workdir}' is a file, not a directory: give a run's or a sweep's workdir.")
   trials = _sweep_trials(workdir)
   name = os.path.basename(os.path.abspath(workdir))
   if trials is None:
@@ -109,8 +122,15 @@ def plot_workdir(workdir: str, out: str | None = None) -> str:
     title = f"sweep {name}: {len(trials)} trial(s)"
   runs = {k: v for k, v in runs.items() if v}
   if not runs:
+    if trials is None and os.path.exists(os.path.join(workdir, METRICS_FILE)):
+      raise UserError(f"{METRICS_FILE} in '{workdir}' holds no readable record: nothing to "
+                      "plot.")
     raise UserError(f"no {METRICS_FILE} in '{workdir}'"
                     f"{' or its trials' if trials is not None else ''}: train first.")
+  if out and os.path.isdir(out):
+    out = os.path.join(out, CURVES_PNG)
+  elif out and not os.path.splitext(out)[1]:
+    out += ".png"  # what the figure would be saved as: the path printed is the file's
   return plot_runs(runs, out or os.path.join(workdir, CURVES_PNG), title)
 
 

@@ -19,6 +19,8 @@ def test_translate_in_a_fresh_process_matches_in_process(trained_workdir):
   assert result.stdout.split("\n")[:-1] == expected  # one line per input line
   args = run_cli("translate", "--workdir", trained_workdir, "--batch-size", "1", *sources[:2])
   assert args.stdout.splitlines() == expected[:2]
+  # a batch far larger than the inputs: the rows they need, not 10**12 of them (2 TiB)
+  assert task.translate(params, sources[:1], batch_size=10**12) == expected[:1]
 
 
 @pytest.mark.slow
@@ -102,6 +104,36 @@ def test_evaluate_prints_the_signatures_and_refuses_a_hyps_file_nowhere(
   assert os.listdir(tmp_path) == []
 
 
+def test_plot_writes_where_it_says_and_refuses_in_one_line(trained_workdir, tmp_path, capsys):
+  """--out: a file (PNG without an extension), or a directory to hold curves.png; the path
+  printed is the file written. A format matplotlib cannot write, a file given as workdir or
+  a metrics.jsonl with no record: one line each."""
+  folder = tmp_path / "figures"
+  folder.mkdir()
+  for out, written in ((folder, folder / "curves.png"), (tmp_path / "curves", tmp_path / "curves.png")):
+    code, printed, err = cli_in_process(capsys, "plot", "--workdir", trained_workdir, "--out", str(out))
+    assert code == 0 and printed.strip() == str(written) and written.is_file(), err
+  empty = tmp_path / "empty"
+  empty.mkdir()
+  (empty / "metrics.jsonl").write_text("")
+  for argv, says in ((["--out", str(tmp_path / "c.txt")], "matplotlib writes no .txt files"),
+                     (["--workdir", str(written)], "is a file, not a directory"),
+                     (["--workdir", str(empty)], "metrics.jsonl in '" + str(empty) + "' holds no readable record")):
+    workdir = [] if "--workdir" in argv else ["--workdir", trained_workdir]
+    code, _, err = cli_in_process(capsys, "plot", *workdir, *argv)
+    assert code == 2 and err.count("\n") == 1 and says in err, err
+
+
+def test_training_loss_is_drawn_per_epoch_where_fewer_steps_were_logged():
+  from seq2seq_jax.tracking import curves
+  epochs = [{"step": 29 * e, "epoch": e, "train/loss": 1.0 / e, "train/epoch_seconds": 1.0}
+            for e in range(1, 41)]
+  one_step = [{"step": 1000, "epoch": 35, "train/loss": 0.03, "lr": 0.01}]
+  assert curves(epochs + one_step)["train/loss"][0] == [29 * e for e in range(1, 41)]
+  steps = [{"step": s, "epoch": 1, "train/loss": 1.0, "lr": 0.01} for s in range(1, 60)]
+  assert curves(epochs + steps)["train/loss"][0] == list(range(1, 60))
+
+
 def test_clear_errors_without_traceback(tmp_path):
   missing = run_cli("translate", "--workdir", str(tmp_path / "nowhere"), "one")
   assert missing.returncode == 2 and "does not exist" in missing.stderr
@@ -156,7 +188,15 @@ def test_sigterm_outside_the_training_loop_is_a_clear_interrupt(monkeypatch, cap
     (["translate", "--workdir", "w", "--sample", "--temperature", "inf"],
      "argument --temperature: must be a finite number, got 'inf'"),
     (["translate", "--workdir", "w", "--sample", "--temperature", "-0.5"],
-     "argument --temperature: must not be negative, got '-0.5'"),
+     "argument --temperature: the temperature must be 0 (greedy) or from 1.2e-38 to 3.4e+38 "
+     "(float32's normal numbers), got -0.5"),
+    # finite here, but 0 (a subnormal), inf or an overflowing penalty in float32
+    (["translate", "--workdir", "w", "--sample", "--temperature", "1e-40"],
+     "argument --temperature: the temperature must be 0 (greedy) or from 1.2e-38 to 3.4e+38 "
+     "(float32's normal numbers), got 1e-40"),
+    (["translate", "--workdir", "w", "--beam", "2", "--length-penalty", "1e300"],
+     "argument --length-penalty: the length penalty must be from -10 to 10 (GNMT's alpha, "
+     "usually 0.6 to 1; beyond that float32 overflows on long outputs), got 1e+300"),
     (["evaluate", "--workdir", "w", "--beam", "2", "--length-penalty", "inf"],
      "argument --length-penalty: must be a finite number, got 'inf'"),
     (["export", "--workdir", "w", "--out", "o", "--length-penalty", "nan"],

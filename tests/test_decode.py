@@ -296,6 +296,8 @@ def test_sampling_is_seeded_and_approaches_greedy():
   greedy = np.asarray(make_greedy_decoder(model, 12)(params, src))
   assert (first != greedy).any()
   np.testing.assert_array_equal(sample(params, src, key, temperature=1e-4, top_k=0), greedy)
+  # down to float32's smallest normal number: logits / T would overflow; it is greedy still
+  np.testing.assert_array_equal(sample(params, src, key, temperature=1e-37, top_k=0), greedy)
   np.testing.assert_array_equal(sample(params, src, key, temperature=0.0, top_k=0), greedy)
   np.testing.assert_array_equal(sample(params, src, key, temperature=1.0, top_k=1), greedy)
 
