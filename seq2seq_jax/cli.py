@@ -195,6 +195,11 @@ def cmd_evaluate(args) -> int:
     pairs = load_series(config, path, translator.scaler).get(args.split)
   elif args.split == "all":  # every pair, in file order; long ones cut as translate cuts
     pairs = all_pairs(config, args.data)
+    if args.data is None:
+      log.warning("warning: --split all without --data scores every pair of the run's own "
+                  "data (%s), its training pairs included: not a held-out score. For an "
+                  "external test file give --data; for held-out pairs, --split test.",
+                  config.data)
     long = translator.count_long(pairs)
     split = config.split_sentences if args.split_sentences is None else args.split_sentences
     if long and split:
@@ -543,7 +548,8 @@ def build_parser() -> argparse.ArgumentParser:
   evaluate.add_argument("--data", help="data spec (default: the one trained on)")
   evaluate.add_argument("--split", default="test", choices=("train", "val", "test", "all"),
                         help="the split scored (default test); all: every pair of --data in "
-                        "file order, none cut off or dropped (an external test file)")
+                        "file order, none cut off or dropped (an external test file; without "
+                        "--data, the run's own data, training pairs included: warned)")
   evaluate.add_argument("--beam", type=_positive_int, metavar="N",
                         help="decode with beam search of N beams (default: greedy)")
   evaluate.add_argument("--length-penalty", type=_length_penalty, metavar="A",

@@ -78,6 +78,10 @@ def test_evaluate_split_all_scores_every_line_of_a_file(trained_workdir, tmp_pat
   for name in ("bleu", "chrf"):
     assert "nrefs:1|" in result["signatures"][name] and "|version:" in result["signatures"][name]
   assert "tok:13a" in result["signatures"]["bleu"]
+  assert "training pairs included" not in err  # an external file: no such warning
+  code, _, err = cli_in_process(capsys, "evaluate", "--workdir", trained_workdir, "--split", "all")
+  assert code == 0 and "warning: --split all without --data scores every pair of the run's own " \
+      "data (numbers:fr), its training pairs included" in err
 
 
 @pytest.mark.slow
