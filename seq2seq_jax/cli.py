@@ -517,7 +517,8 @@ def build_parser() -> argparse.ArgumentParser:
   train.set_defaults(func=cmd_train)
 
   translate = sub.add_parser("translate", help="translate text with a trained workdir")
-  translate.add_argument("--workdir", required=True)
+  translate.add_argument("--workdir", required=True,
+                         help="a trained run's workdir (or a sweep trial's)")
   translate.add_argument("text", nargs="*", help="sentences (default: one per line on stdin)")
   translate.add_argument("--batch-size", type=_positive_int, default=256,
                          help="sentences per batch (default 256; at most the inputs' count, "
@@ -544,7 +545,8 @@ def build_parser() -> argparse.ArgumentParser:
   translate.set_defaults(func=cmd_translate)
 
   evaluate = sub.add_parser("evaluate", help="metrics of a trained workdir on a data split")
-  evaluate.add_argument("--workdir", required=True)
+  evaluate.add_argument("--workdir", required=True,
+                        help="a trained run's workdir (or a sweep trial's)")
   evaluate.add_argument("--data", help="data spec (default: the one trained on)")
   evaluate.add_argument("--split", default="test", choices=("train", "val", "test", "all"),
                         help="the split scored (default test); all: every pair of --data in "
@@ -603,12 +605,14 @@ def build_parser() -> argparse.ArgumentParser:
                             help="the data it was trained on, e.g. anki:fra.txt")
   import_keras.add_argument("--num-samples", type=_positive_int, default=10_000,
                             help="the example's num_samples (default 10000)")
-  import_keras.add_argument("--workdir", required=True)
+  import_keras.add_argument("--workdir", required=True,
+                            help="the new workdir to write (refused if it holds checkpoints)")
   import_keras.set_defaults(func=cmd_import_keras)
 
   export = sub.add_parser("export", help="write a trained model as jax.export (StableHLO) "
                           "functions, its parameters and vocabularies, for exported.py or serve")
-  export.add_argument("--workdir", required=True)
+  export.add_argument("--workdir", required=True,
+                      help="a trained run's workdir (or a sweep trial's)")
   export.add_argument("--out", required=True, help="the directory to write (replaced whole)")
   export.add_argument("--checkpoint", default="best",
                       help="best (default), latest, or a step number")
