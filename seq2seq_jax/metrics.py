@@ -44,7 +44,10 @@ def text_metrics(hypotheses: list[str], references: list[str]) -> dict[str, floa
   scores = {"exact_match": exact_match(hypotheses, references),
             "cer": character_error_rate(hypotheses, references)}
   for name, metric in _sacrebleu_metrics().items():  # sacrebleu refuses an empty corpus
-    scores[name] = float(metric.corpus_score(hypotheses, [references]).score) if references else 0.0
+    score = float(metric.corpus_score(hypotheses, [references]).score) if references else 0.0
+    # at most 100, which sacrebleu's exp(mean log precision) can pass by a rounding error
+    # (100.00000000000004 for a perfect corpus)
+    scores[name] = min(score, 100.0)
   return scores
 
 
