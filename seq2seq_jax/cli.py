@@ -81,8 +81,9 @@ def cmd_train(args) -> int:
 
 
 def _read_inputs(texts: list[str]) -> list[str]:
-  """The sentences to translate: arguments, or one per line of standard input."""
-  if texts:
+  """The sentences to translate: arguments, or one per line of standard input (no
+  arguments, or `-` alone, as sacrebleu and most Unix tools read it)."""
+  if texts and texts != ["-"]:
     return texts
   stream = getattr(sys.stdin, "buffer", None)
   if stream is None:  # a text stream put in place of stdin (tests, embedding)
@@ -178,6 +179,14 @@ def cmd_evaluate(args) -> int:
   from seq2seq_jax.metrics import sacrebleu_signatures
   from seq2seq_jax.workdir import write_atomically
   configure_logging(sys.stderr)
+  sampling = [flag for flag, value in (("--sample", args.sample or None),
+                                       ("--temperature", args.temperature),
+                                       ("--top-k", args.top_k), ("--seed", args.seed))
+              if value is not None]
+  if sampling:
+    raise UserError(f"{', '.join(sampling)} {'are' if len(sampling) > 1 else 'is'} "
+                    "translate's: evaluate scores greedy or --beam N outputs (a score of drawn "
+                    "outputs would change with the seed).")
   if args.hyps is not None:  # refused before the model loads and decodes
     folder = os.path.dirname(os.path.abspath(args.hyps))
     if os.path.isdir(args.hyps):
@@ -231,8 +240,14 @@ def cmd_evaluate(args) -> int:
   if args.hyps is not None:
     write_atomically(args.hyps, "".join(h + "\n" for h in hypotheses))
   signatures = {} if translator.is_series else sacrebleu_signatures()
-  if args.json:
-    print(json.dumps(dict(metrics, pairs=len(pairs),
+  if args.json:  # what was scored beside the scores: a sweep of evaluations stays readable
+    scored = {"checkpoint": step, "split": args.split, "data": args.data or config.data}
+    if not translator.is_series:
+      scored["decoder"] = ({"strategy": "greedy"} if decoder is None else
+                           {"strategy": "beam", "beam_size": args.beam,
+                            "length_penalty": 0.6 if args.length_penalty is None
+                            else args.length_penalty})
+    print(json.dumps(dict(metrics, pairs=len(pairs), **scored,
                           **({"signatures": signatures} if signatures else {}))))
   else:
     print(f"checkpoint {step}, {args.split} split of {args.data or config.data} "
@@ -519,7 +534,8 @@ def build_parser() -> argparse.ArgumentParser:
   translate = sub.add_parser("translate", help="translate text with a trained workdir")
   translate.add_argument("--workdir", required=True,
                          help="a trained run's workdir (or a sweep trial's)")
-  translate.add_argument("text", nargs="*", help="sentences (default: one per line on stdin)")
+  translate.add_argument("text", nargs="*", help="sentences (default, or -: one per line on "
+                         "stdin)")
   translate.add_argument("--batch-size", type=_positive_int, default=256,
                          help="sentences per batch (default 256; at most the inputs' count, "
                          "rounded up to a power of two)")
@@ -558,7 +574,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="with --beam: GNMT length penalty alpha (default 0.6)")
   evaluate.add_argument("--json", action="store_true",
                         help="print one JSON object: loss, token_accuracy, exact_match, cer, "
-                        "chrf, bleu, pairs and sacrebleu's signatures of BLEU and chrF")
+                        "chrf, bleu, pairs, checkpoint, split, data, decoder and sacrebleu's "
+                        "signatures of BLEU and chrF")
   evaluate.add_argument("--hyps", metavar="FILE",
                         help="write the decoded outputs to FILE, one per line (UTF-8), in "
                         "input order")
@@ -567,6 +584,11 @@ def build_parser() -> argparse.ArgumentParser:
   evaluate.add_argument("--split-sentences", action=argparse.BooleanOptionalAction,
                         default=None, help=SPLIT_SENTENCES_HELP + "; with it --split val or "
                         "test keeps every pair of the split, long ones included")
+  # translate's sampling options, named here only to refuse them in one line: scores of
+  # drawn outputs would change with the seed
+  evaluate.add_argument("--sample", action="store_true", help=argparse.SUPPRESS)
+  for flag in ("--temperature", "--top-k", "--seed"):
+    evaluate.add_argument(flag, help=argparse.SUPPRESS)
   evaluate.set_defaults(func=cmd_evaluate)
 
   sweep = sub.add_parser("sweep", help="run every unfinished trial of a declared sweep")

@@ -38,7 +38,11 @@ def test_evaluate_json_keys(trained_workdir):
   assert result.returncode == 0, result.stderr
   metrics = json.loads(result.stdout.strip().splitlines()[-1])
   assert set(metrics) == {"loss", "token_accuracy", "exact_match", "cer", "chrf", "bleu",
-                          "pairs", "signatures"}
+                          "pairs", "checkpoint", "split", "data", "decoder", "signatures"}
+  # what was scored, beside the scores
+  assert metrics["split"] == "test" and metrics["decoder"] == {"strategy": "greedy"}
+  assert metrics["data"] == load_trained(trained_workdir)[0].config.data
+  assert metrics["checkpoint"] == load_trained(trained_workdir)[2]
   results = json.load(open(os.path.join(trained_workdir, "results.json")))
   assert abs(results["test/loss"] - metrics["loss"]) < 1e-5  # same checkpoint, same split
 
@@ -216,6 +220,34 @@ def test_numbers_a_decoder_cannot_use_are_refused_in_one_line(argv, message, cap
     build_parser().parse_args(argv)
   assert exit_.value.code == 2
   assert capsys.readouterr().err.splitlines()[-1] == f"seq2seq-jax {argv[0]}: error: {message}"
+
+
+def test_evaluate_refuses_sampling_in_one_line(capsys):
+  """Sampling is translate's: a score of drawn outputs would change with the seed."""
+  for options in (["--sample"], ["--sample", "--temperature", "0.5", "--seed", "3"]):
+    code, out, err = cli_in_process(capsys, "evaluate", "--workdir", "w", *options)
+    assert code == 2 and out == ""
+    assert err.strip().splitlines() == [
+        f"seq2seq-jax evaluate: error: {', '.join(o for o in options if o.startswith('--'))} "
+        f"{'is' if len(options) == 1 else 'are'} translate's: evaluate scores greedy or "
+        "--beam N outputs (a score of drawn outputs would change with the seed)."]
+
+
+def test_translate_dash_reads_standard_input(monkeypatch):
+  """`translate -` reads stdin, as `translate` alone does (sacrebleu's and Unix's `-`)."""
+  import io
+
+  from seq2seq_jax.cli import _read_inputs
+  monkeypatch.setattr("sys.stdin", io.StringIO("twelve\nthree\n"))
+  assert _read_inputs(["-"]) == ["twelve", "three"]
+  assert _read_inputs(["-", "twelve"]) == ["-", "twelve"]  # among others, a sentence
+
+
+def test_a_perfect_corpus_scores_100_not_more():
+  """sacrebleu's BLEU of a perfect corpus can exceed 100 by a rounding error."""
+  outputs = ["le chat est sur le tapis rouge ."] * 7 + ["bonjour"]
+  assert text_metrics(outputs, outputs) == {"exact_match": 1.0, "cer": 0.0, "chrf": 100.0,
+                                            "bleu": 100.0}
 
 
 def test_the_largest_seeds_are_accepted():

@@ -373,9 +373,15 @@ def test_evaluate_command_with_beam(trained_workdir, capsys):
 
   code, greedy_out, _ = run()
   assert code == 0
+  greedy = json_lib.loads(greedy_out)
+  assert greedy.pop("decoder") == {"strategy": "greedy"}
   code, beam1_out, _ = run("--beam", "1")
-  assert code == 0 and json_lib.loads(beam1_out) == json_lib.loads(greedy_out)
-  code, beam3_out, _ = run("--beam", "3")
-  assert code == 0 and set(json_lib.loads(beam3_out)) == set(json_lib.loads(greedy_out))
+  beam1 = json_lib.loads(beam1_out)
+  assert beam1.pop("decoder") == {"strategy": "beam", "beam_size": 1, "length_penalty": 0.6}
+  assert code == 0 and beam1 == greedy
+  code, beam3_out, _ = run("--beam", "3", "--length-penalty", "1")
+  beam3 = json_lib.loads(beam3_out)
+  assert beam3.pop("decoder") == {"strategy": "beam", "beam_size": 3, "length_penalty": 1.0}
+  assert code == 0 and set(beam3) == set(greedy)
   code, _, err = run("--length-penalty", "0.5")
   assert code == 2 and "--length-penalty needs --beam" in err
