@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import zipfile
 from typing import Any
 
 import numpy as np
@@ -34,16 +35,39 @@ def _keras():
   return keras
 
 
+# what model.save() writes, by its first bytes: Keras 3's .keras is a zip archive, Keras 2's
+# .h5 an HDF5 file; Keras reads each by its extension only
+_KERAS_FILES = ((b"PK\x03\x04", (".keras",), "a Keras 3 .keras file (a zip archive)"),
+                (b"\x89HDF\r\n\x1a\n", (".h5", ".hdf5"), "a Keras 2 .h5 file (HDF5)"))
+_SAVE_HINT = "give the file that model.save('model.keras') (or Keras 2's model.save('model.h5')) wrote"
+
+
 def load_keras_model(path: str):
   """A Keras 3 `.keras` file, or a Keras 2 `.h5` file (read by Keras 3's legacy loader)."""
+  if os.path.isdir(path):
+    raise CheckpointError(f"Keras model '{path}' is a directory (a TensorFlow SavedModel?), "
+                          f"which Keras 3 cannot read: {_SAVE_HINT}.")
   if not os.path.isfile(path):
     raise CheckpointError(f"Keras model '{path}' does not exist.")
+  with open(path, "rb") as f:
+    head = f.read(8)
+  kind = next((k for k in _KERAS_FILES if head.startswith(k[0])), None)
+  if kind is None:
+    raise CheckpointError(f"'{path}' is not a Keras model file (neither a zip archive nor "
+                          f"HDF5): {_SAVE_HINT}.")
+  _, extensions, what = kind
+  if not path.endswith(extensions):
+    raise CheckpointError(f"'{path}' is {what}, which Keras reads only under the extension "
+                          f"{extensions[0]}: rename it.")
+  if extensions == (".keras",) and not zipfile.is_zipfile(path):  # Keras says "File not found"
+    raise CheckpointError(f"'{path}' is a damaged zip archive (cut short in a copy?): "
+                          f"{_SAVE_HINT}.")
   keras = _keras()
   try:
     return keras.models.load_model(path, compile=False)
-  except Exception as error:  # a foreign file: report what Keras said
-    raise CheckpointError(f"Keras could not load '{path}': {error}. Keras 3 reads .keras "
-                          "files and Keras 2 .h5 files saved with model.save().") from error
+  except Exception as error:  # a damaged file, or not a model: Keras' first line names why
+    reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
+    raise CheckpointError(f"Keras could not load '{path}' ({reason}); {_SAVE_HINT}.") from None
 
 
 def example_weights(model) -> dict[str, dict[str, np.ndarray]]:

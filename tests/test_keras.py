@@ -12,6 +12,7 @@ import pytest  # noqa: E402
 keras = pytest.importorskip("keras")
 
 from seq2seq_jax import keras_import as ki  # noqa: E402
+from seq2seq_jax.errors import CheckpointError  # noqa: E402
 from seq2seq_jax.inference import load_run_data, load_trained  # noqa: E402
 from seq2seq_jax.steps import train_step  # noqa: E402
 from seq2seq_jax import data as data_lib  # noqa: E402
@@ -121,3 +122,29 @@ def test_legacy_h5_file_imports(anki_file, tmp_path):
   enc, _, _ = ki.example_arrays(pairs[:3], src_chars, tgt_chars, translator.keras_dims)
   assert restored.translate(params, [s for s, _ in pairs[:3]]) == [
       decode_sequence(enc[i:i + 1]) for i in range(3)]
+
+
+def test_a_file_that_is_not_a_keras_model_is_named_in_one_line(tmp_path):
+  """What import-keras is given instead of model.save()'s file: each refusal says what the
+  file is and what to give, before Keras' own (misleading) messages."""
+  notes = tmp_path / "notes.txt"
+  notes.write_text("not a model\n")
+  saved_model = tmp_path / "saved_model"
+  saved_model.mkdir()
+  renamed = tmp_path / "model.zip"
+  renamed.write_bytes(b"PK\x03\x04" + b"\0" * 40)
+  truncated = tmp_path / "cut.keras"
+  truncated.write_bytes(b"PK\x03\x04" + b"\0" * 40)
+  h5_junk = tmp_path / "junk.h5"
+  h5_junk.write_bytes(b"\x89HDF\r\n\x1a\n" + b"\0" * 40)
+  hint = "give the file that model.save('model.keras')"
+  for path, message in ((notes, "is not a Keras model file (neither a zip archive nor HDF5)"),
+                        (saved_model, "is a directory (a TensorFlow SavedModel?)"),
+                        (renamed, "which Keras reads only under the extension .keras: rename"),
+                        (truncated, "is a damaged zip archive"),
+                        (h5_junk, "Keras could not load")):  # then Keras' first line
+    with pytest.raises(CheckpointError) as caught:
+      ki.load_keras_model(str(path))
+    text = str(caught.value)
+    assert message in text and "\n" not in text and len(text) < 400, text
+    assert path is renamed or hint in text
