@@ -183,11 +183,16 @@ def build_artifact(translator, params, step: int, *, which: str = "best",
   return ExportedTranslator(manifest, vocab, flat_params, exported, models)
 
 
+def _private_owner() -> str:
+  """Who makes a private directory: this host and process, with no '.' in it."""
+  return f"{platform.node().replace('.', '_') or 'host'}-{os.getpid()}"
+
+
 def _new_private_dir(parent: str, name: str, what: str) -> str:
-  """A new empty directory `.NAME.RANDOM.WHAT` in parent, made here (os.mkdir refuses a
-  name that exists, so it is never someone else's), with the umask's permissions."""
+  """A new empty directory `.NAME.HOST-PID-RANDOM.WHAT` in parent, made here (os.mkdir
+  refuses a name that exists, so it is never someone else's), with the umask's permissions."""
   while True:
-    path = os.path.join(parent, f".{name}.{secrets.token_hex(4)}.{what}")
+    path = os.path.join(parent, f".{name}.{_private_owner()}-{secrets.token_hex(4)}.{what}")
     try:
       os.mkdir(path)
       return path
@@ -195,11 +200,36 @@ def _new_private_dir(parent: str, name: str, what: str) -> str:
       continue
 
 
+def _remove_stale_private_dirs(parent: str, name: str) -> None:
+  """Removes the private directories of an export to parent/name that a killed process
+  left: made on this host by a process that is gone (another host's may be live)."""
+  host = platform.node().replace(".", "_") or "host"
+  for entry in os.listdir(parent):
+    if not (entry.startswith(f".{name}.{host}-") and entry.endswith((".partial", ".old"))):
+      continue
+    pid = entry[len(f".{name}.{host}-"):].split("-")[0]
+    if not pid.isdigit() or int(pid) == os.getpid() or _process_exists(int(pid)):
+      continue
+    shutil.rmtree(os.path.join(parent, entry), ignore_errors=True)
+    log.info("removed %s, left by an export that was killed", os.path.join(parent, entry))
+
+
+def _process_exists(pid: int) -> bool:
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  except OSError:  # another user's process: it exists
+    return True
+  return True
+
+
 def write_artifact(artifact: ExportedTranslator, out: str) -> None:
   """DIR as the module docstring describes; written into a temporary folder beside it
   and renamed, so DIR is never half-written (an older DIR is replaced whole). The
-  temporary folders are hidden ones of its own, made and removed here: a user's
-  DIR.old or DIR.partial is left alone."""
+  temporary folders are hidden ones of its own, made and removed here (or by the next
+  export to DIR, where a killed process left them): a user's DIR.old or DIR.partial is
+  left alone."""
   out = os.path.abspath(out)
   if os.path.exists(out) and not os.path.isdir(out):
     raise UserError(f"--out '{out}' is a file; name a directory.")
@@ -208,6 +238,7 @@ def write_artifact(artifact: ExportedTranslator, out: str) -> None:
                     "empty directory.")
   parent, name = os.path.split(out)
   os.makedirs(parent, exist_ok=True)
+  _remove_stale_private_dirs(parent, name)
   staging = _new_private_dir(parent, name, "partial")
   try:
     for function, exported in artifact.exported.items():

@@ -92,6 +92,26 @@ def test_export_replaces_its_directory_and_nothing_beside_it(tmp_path):
   assert json.loads((out / "manifest.json").read_text())["v"] == 2
 
 
+def test_the_next_export_removes_what_a_killed_export_left(tmp_path):
+  """A killed export leaves its hidden staging folder (and, killed between two renames,
+  the retired one): the next export to DIR removes those of dead processes on this host,
+  not a live process's (an export running beside it) nor another host's."""
+  import platform
+  import subprocess
+  from seq2seq_jax.export import write_artifact
+  host = platform.node().replace(".", "_")
+  dead = subprocess.Popen(["true"])
+  dead.wait()
+  left = [f".ex5.{host}-{dead.pid}-0a1b2c3d.partial", f".ex5.{host}-{dead.pid}-0a1b2c3e.old"]
+  kept = [f".ex5.{host}-{os.getppid()}-0a1b2c3d.partial", ".ex5.otherhost-1-0a1b2c3d.partial",
+          f".ex6.{host}-{dead.pid}-0a1b2c3d.partial"]  # another DIR's
+  for name in left + kept:
+    (tmp_path / name).mkdir()
+    (tmp_path / name / "params.npz").write_bytes(b"big")
+  write_artifact(_artifact(1), str(tmp_path / "ex5"))
+  assert sorted(os.listdir(tmp_path)) == sorted(["ex5"] + kept)
+
+
 # The loader in a fresh process: what it translates, and which modules it imported.
 LOADER = textwrap.dedent("""
     import json, sys
