@@ -231,6 +231,10 @@ def cmd_evaluate(args) -> int:
   if not pairs:
     hint = (" To score every pair of a file of test pairs, use --split all." if args.data and
             args.split != "all" and not translator.is_series else "")
+    fraction = {"val": "val_fraction", "test": "test_fraction"}.get(args.split)
+    if not args.data and fraction and getattr(config, fraction) == 0:
+      hint = (f" The run was trained with {fraction}=0, so it has no {args.split} split: "
+              "score another split, or a file of test pairs with --data FILE --split all.")
     raise UserError(f"split '{args.split}' of {args.data or config.data} is empty.{hint}")
   # series models have no text to decode
   decoder = _beam_decoder(args, None if translator.is_series else translator)

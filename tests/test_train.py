@@ -13,7 +13,7 @@ from seq2seq_jax.config import Config
 from seq2seq_jax.optim import build_optimizer
 from seq2seq_jax.inference import load_trained
 from seq2seq_jax.loop import TrainingInterrupted, train_and_evaluate
-from tests.conftest import cli_env_for_long_runs, run_cli, tiny_config, write_tsv
+from tests.conftest import cli_env_for_long_runs, cli_in_process, run_cli, tiny_config, write_tsv
 
 
 def read_metrics(workdir):
@@ -175,7 +175,8 @@ def _identifier_pairs(rng, count):
 
 
 @pytest.mark.slow
-def test_a_joint_vocabulary_with_tied_embeddings_copies_function_names_and_numbers(tmp_path):
+def test_a_joint_vocabulary_with_tied_embeddings_copies_function_names_and_numbers(tmp_path,
+                                                                                   capsys):
   """A small model on one joint SentencePiece vocabulary with tied embeddings, trained on
   help-like sentences: 90 held-out sentences (their function names seen in other sentences,
   their numbers made of pieces seen in other numbers) keep their function name (SUMIF,
@@ -216,3 +217,9 @@ def test_a_joint_vocabulary_with_tied_embeddings_copies_function_names_and_numbe
             and re.search(rf"\b{number}\b", output)):
       lost.append((source, output))
   assert len(lost) <= 4, lost  # 95% of the held-out sentences at least
+  # trained with test_fraction=0: evaluate's default split is empty, and it says why
+  code, out, err = cli_in_process(capsys, "evaluate", "--workdir", workdir)
+  assert code == 2 and out == "" and err.strip().splitlines() == [
+      f"seq2seq-jax evaluate: error: split 'test' of tsv:{path} is empty. The run was trained "
+      "with test_fraction=0, so it has no test split: score another split, or a file of test "
+      "pairs with --data FILE --split all."]
