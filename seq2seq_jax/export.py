@@ -42,8 +42,8 @@ from jax import export as jax_export
 from seq2seq_jax import __version__
 from seq2seq_jax.decode import _check_beam_model, beam_search, greedy_decode
 from seq2seq_jax.errors import UserError
-from seq2seq_jax.exported import (FORMAT, FORMAT_VERSION, MANIFEST_FILE, PARAMS_FILE,
-                                  VOCAB_FILE, ExportedTranslator, flatten_params,
+from seq2seq_jax.exported import (FORMAT, FORMAT_VERSION, FUNCTION_SUFFIX, MANIFEST_FILE,
+                                  PARAMS_FILE, VOCAB_FILE, ExportedTranslator, flatten_params,
                                   unflatten_params)
 from seq2seq_jax.model import MODEL_FIELDS, Seq2Seq, with_scan_lstm
 from seq2seq_jax.workdir import SENTENCEPIECE_FILES, write_atomically
@@ -168,7 +168,7 @@ def build_artifact(translator, params, step: int, *, which: str = "best",
       "shapes": {"symbolic": SHAPE_SPEC, "batch": "b", "source_length": "s",
                  "src_BxS": "int32[b, s]", "ids_BxL": f"int32[b, {max_len}]",
                  "params": "the arrays of params.npz, a flat dict by '/'-joined path"},
-      "functions": {name: {"file": f"{name}.stablehlo", **_describe(e)}
+      "functions": {name: {"file": f"{name}{FUNCTION_SUFFIX}", **_describe(e)}
                     for name, e in exported.items()},
       "params": {"file": PARAMS_FILE, "arrays": len(flat_params),
                  "count": int(sum(v.size for v in flat_params.values()))},
@@ -224,25 +224,50 @@ def _process_exists(pid: int) -> bool:
   return True
 
 
+def _foreign_entries(directory: str) -> list[str]:
+  """The entries of directory that no export writes (anything but its own plain files),
+  sorted: replacing directory whole would delete them."""
+  own = {MANIFEST_FILE, VOCAB_FILE, PARAMS_FILE, *SENTENCEPIECE_FILES.values()}
+  return sorted(entry.name for entry in os.scandir(directory)
+                if not (entry.is_file(follow_symlinks=False) and
+                        (entry.name in own or entry.name.endswith(FUNCTION_SUFFIX))))
+
+
+def _check_out_dir(out: str) -> None:
+  """Refuses an --out that replacing would lose something of the user's in."""
+  if os.path.exists(out) and not os.path.isdir(out):
+    raise UserError(f"--out '{out}' is a file; name a directory.")
+  if not os.path.isdir(out):
+    return
+  foreign = _foreign_entries(out)
+  if foreign:
+    shown = [name if name.isprintable() else repr(name) for name in foreign[:3]]
+    more = f" and {len(foreign) - 3} more" if len(foreign) > 3 else ""
+    one = len(foreign) == 1
+    raise UserError(f"--out '{out}' holds {'an entry' if one else f'{len(foreign)} entries'} "
+                    f"that {'is' if one else 'are'} not an export's ({', '.join(shown)}{more}), "
+                    f"which replacing it would delete: move {'it' if one else 'them'} "
+                    "elsewhere, or pick another --out.")
+  if os.listdir(out) and not os.path.exists(os.path.join(out, MANIFEST_FILE)):
+    raise UserError(f"--out '{out}' holds files that are not an export; name a new or "
+                    "empty directory.")
+
+
 def write_artifact(artifact: ExportedTranslator, out: str) -> None:
   """DIR as the module docstring describes; written into a temporary folder beside it
   and renamed, so DIR is never half-written (an older DIR is replaced whole). The
   temporary folders are hidden ones of its own, made and removed here (or by the next
   export to DIR, where a killed process left them): a user's DIR.old or DIR.partial is
-  left alone."""
+  left alone. A DIR holding anything an export does not write is refused, not replaced."""
   out = os.path.abspath(out)
-  if os.path.exists(out) and not os.path.isdir(out):
-    raise UserError(f"--out '{out}' is a file; name a directory.")
-  if os.path.isdir(out) and os.listdir(out) and not os.path.exists(os.path.join(out, MANIFEST_FILE)):
-    raise UserError(f"--out '{out}' holds files that are not an export; name a new or "
-                    "empty directory.")
+  _check_out_dir(out)
   parent, name = os.path.split(out)
   os.makedirs(parent, exist_ok=True)
   _remove_stale_private_dirs(parent, name)
   staging = _new_private_dir(parent, name, "partial")
   try:
     for function, exported in artifact.exported.items():
-      with open(os.path.join(staging, f"{function}.stablehlo"), "wb") as f:
+      with open(os.path.join(staging, f"{function}{FUNCTION_SUFFIX}"), "wb") as f:
         f.write(exported.serialize())
     np.savez(os.path.join(staging, PARAMS_FILE), **artifact.flat_params)
     for side, model in (artifact.sentencepiece_models or {}).items():
@@ -282,6 +307,8 @@ def _replace_dir(new: str, out: str) -> None:
 def export_workdir(workdir: str, out: str | None, which: str = "best", **options) -> ExportedTranslator:
   """Restores workdir's checkpoint `which` and exports it (to out, when given)."""
   from seq2seq_jax.inference import load_trained
+  if out:  # before the restore and the lowering, which take a while
+    _check_out_dir(os.path.abspath(out))
   translator, params, step = load_trained(workdir, which)
   check_exportable(translator)
   artifact = build_artifact(translator, params, step, which=which, workdir=workdir, **options)

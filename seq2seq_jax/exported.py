@@ -29,6 +29,7 @@ FORMAT_VERSION = 1
 MANIFEST_FILE = "manifest.json"
 PARAMS_FILE = "params.npz"
 VOCAB_FILE = "vocab.json"
+FUNCTION_SUFFIX = ".stablehlo"  # one file per function: encoder.stablehlo, greedy..., beamK...
 TRANSLATE_BATCH_SIZE = 256  # `seq2seq-jax translate`'s default --batch-size
 
 

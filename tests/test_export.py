@@ -92,6 +92,35 @@ def test_export_replaces_its_directory_and_nothing_beside_it(tmp_path):
   assert json.loads((out / "manifest.json").read_text())["v"] == 2
 
 
+def test_export_refuses_a_directory_holding_anything_but_an_export(tmp_path):
+  """An export beside the user's files (notes, a folder, another export nested in it) is
+  refused in one line naming them: replacing DIR whole would delete them. An export's
+  own files alone (sentencepiece models and beam functions included) are replaced."""
+  from seq2seq_jax.export import write_artifact
+  out = tmp_path / "ex7"
+  write_artifact(_artifact(1), str(out))
+  for name in ("beam5.stablehlo", "sentencepiece.src.model", "sentencepiece.tgt.model"):
+    (out / name).write_bytes(b"an older export's")
+  write_artifact(_artifact(2), str(out))
+  assert json.loads((out / "manifest.json").read_text())["v"] == 2
+  assert sorted(os.listdir(out)) == ["greedy.stablehlo", "manifest.json", "params.npz",
+                                     "vocab.json"]
+  (out / "notes.txt").write_text("mine")
+  (out / "plots").mkdir()
+  write_artifact(_artifact(1), str(out / "inner"))
+  (out / "z.txt").write_text("mine too")
+  with pytest.raises(UserError) as refused:
+    write_artifact(_artifact(3), str(out))
+  message = str(refused.value)
+  assert "\n" not in message
+  assert "inner, notes.txt, plots" in message and "and 1 more" in message
+  assert "move them" in message and "another --out" in message
+  assert json.loads((out / "manifest.json").read_text())["v"] == 2
+  assert (out / "notes.txt").read_text() == "mine"
+  assert json.loads((out / "inner" / "manifest.json").read_text())["v"] == 1
+  assert sorted(os.listdir(tmp_path)) == ["ex7"]  # no staging folder left beside it
+
+
 def test_the_next_export_removes_what_a_killed_export_left(tmp_path):
   """A killed export leaves its hidden staging folder (and, killed between two renames,
   the retired one): the next export to DIR removes those of dead processes on this host,
@@ -263,3 +292,13 @@ def test_export_refuses_clearly(trained_workdir, tmp_path):
   taken = run_cli("export", "--workdir", trained_workdir, "--out", str(tmp_path))
   assert taken.returncode == 2 and "not an export" in taken.stderr
   assert (tmp_path / "notes.txt").read_text() == "mine"
+  from seq2seq_jax.export import write_artifact
+  beside = tmp_path / "beside"  # an export, and the user's file in it
+  write_artifact(_artifact(1), str(beside))
+  (beside / "notes.txt").write_text("mine")
+  kept = run_cli("export", "--workdir", trained_workdir, "--out", str(beside))
+  assert kept.returncode == 2 and kept.stderr == (
+      f"seq2seq-jax export: error: --out '{beside}' holds an entry that is not an export's "
+      "(notes.txt), which replacing it would delete: move it elsewhere, or pick another "
+      "--out.\n")
+  assert (beside / "notes.txt").read_text() == "mine"
