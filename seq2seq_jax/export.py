@@ -42,16 +42,15 @@ from jax import export as jax_export
 from seq2seq_jax import __version__
 from seq2seq_jax.decode import _check_beam_model, beam_search, greedy_decode
 from seq2seq_jax.errors import UserError
-from seq2seq_jax.exported import (FORMAT, FORMAT_VERSION, FUNCTION_SUFFIX, MANIFEST_FILE,
-                                  PARAMS_FILE, VOCAB_FILE, ExportedTranslator, flatten_params,
-                                  unflatten_params)
+from seq2seq_jax.exported import (DEFAULT_PLATFORMS, FORMAT, FORMAT_VERSION, FUNCTION_SUFFIX,
+                                  MANIFEST_FILE, PARAMS_FILE, VOCAB_FILE, ExportedTranslator,
+                                  flatten_params, unflatten_params)
 from seq2seq_jax.model import MODEL_FIELDS, Seq2Seq, with_scan_lstm
 from seq2seq_jax.workdir import SENTENCEPIECE_FILES, write_atomically
 
 log = logging.getLogger(__name__)
 
 DEFAULT_BEAM_SIZES = (5,)
-DEFAULT_PLATFORMS = ("cpu", "cuda")
 # symbolic dimensions of every function's source input (>= 1 each, jax.export's default)
 SHAPE_SPEC = "b, s"
 

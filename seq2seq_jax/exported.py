@@ -30,6 +30,8 @@ MANIFEST_FILE = "manifest.json"
 PARAMS_FILE = "params.npz"
 VOCAB_FILE = "vocab.json"
 FUNCTION_SUFFIX = ".stablehlo"  # one file per function: encoder.stablehlo, greedy..., beamK...
+# what `seq2seq-jax export --platforms` lowers for by default, in one artifact
+DEFAULT_PLATFORMS = ("cpu", "cuda")
 TRANSLATE_BATCH_SIZE = 256  # `seq2seq-jax translate`'s default --batch-size
 
 
@@ -67,6 +69,17 @@ def _check_params_fit(flat_params: dict[str, np.ndarray], exported: jax_export.E
     return
   raise ExportError(f"{params_path} does not fit {function_path} ({detail}): the files come "
                     "from different exports; export again.")
+
+
+def _check_platform(exported: jax_export.Exported, directory: str) -> None:
+  """The function was lowered for this machine's platform: else jax refuses it only at
+  the first call, with a ValueError that says nothing of how to fix it."""
+  here = jax_export.default_export_platform()  # as jax.export names it: 'gpu' is cuda or rocm
+  if here in exported.platforms:
+    return
+  flag = here + (f" (or {','.join(DEFAULT_PLATFORMS)})" if here in DEFAULT_PLATFORMS else "")
+  raise ExportError(f"{directory} was exported for platforms {','.join(exported.platforms)}, "
+                    f"not this machine's {here}: export it again with --platforms {flag}.")
 
 
 def unflatten_params(flat: dict[str, Any]) -> dict[str, Any]:
@@ -210,6 +223,7 @@ class ExportedTranslator:
         with open(path, "rb") as f:
           exported[name] = jax_export.deserialize(bytearray(f.read()))
       _check_params_fit(flat_params, exported[name], params_path, path)
+      _check_platform(exported[name], directory)
     with _reading(vocab_path):  # what is left to fail building the translator: the tokens
       return cls(manifest, vocab, flat_params, exported, models)
 

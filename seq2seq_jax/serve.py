@@ -507,10 +507,20 @@ def warm_up(worker: BatchWorker) -> None:
   if worker.failed is not None:
     error = worker.failed
     reason = str(error).strip().splitlines()[0] if str(error).strip() else ""
-    raise UserError(f"warm-up failed compiling {worker.warming_up}: "
-                    f"{type(error).__name__}{': ' + reason if reason else ''} (out of memory: "
-                    "a smaller --max-batch or --length-buckets compiles smaller programs).")
+    hint = (" (out of memory: a smaller --max-batch or --length-buckets compiles smaller "
+            "programs)" if is_out_of_memory(error) else "")
+    line = f"warm-up failed compiling {worker.warming_up}: " \
+        f"{type(error).__name__}{': ' + reason if reason else ''}{hint}"
+    raise UserError(line if line.endswith(".") else line + ".")
   _log_warm_up(worker)
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+  """A host allocation that failed (MemoryError), or XLA's device one: its
+  XlaRuntimeError says RESOURCE_EXHAUSTED (CUDA's own error: "out of memory")."""
+  text = str(error)
+  return (isinstance(error, MemoryError) or "RESOURCE_EXHAUSTED" in text
+          or "out of memory" in text.lower())
 
 
 # asyncio's servers set SO_REUSEADDR where it means "past TIME_WAIT" (not on Windows)

@@ -302,3 +302,26 @@ def test_export_refuses_clearly(trained_workdir, tmp_path):
       "(notes.txt), which replacing it would delete: move it elsewhere, or pick another "
       "--out.\n")
   assert (beside / "notes.txt").read_text() == "mine"
+
+
+@pytest.mark.slow
+def test_an_export_for_another_platform_is_refused_when_loaded(trained_workdir, tmp_path, capsys):
+  """Lowered for tpu alone on this CPU host, it loaded and failed at the first
+  translation with jax's ValueError (serve: as a warm-up failure, with an out-of-memory
+  hint); load names the platforms and the flag that makes one for this machine."""
+  from jax import export as jax_export
+  from tests.conftest import cli_in_process
+  here = jax_export.default_export_platform()
+  other = "tpu" if here != "tpu" else "cpu"
+  out = str(tmp_path / "elsewhere")
+  made = run_cli("export", "--workdir", trained_workdir, "--out", out, "--platforms", other,
+                 "--beam-sizes", "none")
+  assert made.returncode == 0, made.stderr
+  assert json.load(open(os.path.join(out, "manifest.json")))["platforms"] == [other]
+  with pytest.raises(UserError) as refused:
+    ExportedTranslator.load(out)
+  hint = f"{here} (or cpu,cuda)" if here in ("cpu", "cuda") else here
+  assert str(refused.value) == (f"{out} was exported for platforms {other}, not this "
+                                f"machine's {here}: export it again with --platforms {hint}.")
+  code, _, err = cli_in_process(capsys, "serve", "--exported", out, "--port", "0")
+  assert code == 2 and err == f"seq2seq-jax serve: error: {refused.value}\n"

@@ -420,3 +420,28 @@ def test_a_failed_warm_up_is_one_line_and_never_listens():
                                        "RESOURCE_EXHAUSTED: 4 rows (out of memory: a smaller "
                                        "--max-batch")
   assert "\n" not in str(refused.value)
+
+
+@pytest.mark.parametrize("error, hinted", [
+    (RuntimeError("RESOURCE_EXHAUSTED: Out of memory while trying to allocate 8.00GiB."), True),
+    (RuntimeError("INTERNAL: CUDA error: out of memory"), True),
+    (ValueError("Function 'greedy' was exported for platforms ('tpu',) but it is used on "
+                "('cpu',)"), False),
+    (TypeError("a bug"), False),
+])
+def test_a_failed_warm_up_suggests_smaller_programs_only_when_out_of_memory(error, hinted):
+  """The hint to lower --max-batch was given for every failure, a wrong platform's too."""
+  from seq2seq_jax.serve import BatchWorker, Metrics, warm_up
+  translator = EchoTranslator()
+
+  def fail(src_BxS, beam=None):
+    raise error
+
+  translator.decode_ids = fail
+  worker = BatchWorker(translator, ServeOptions(max_batch=4), Metrics(10))
+  with pytest.raises(UserError) as refused:
+    warm_up(worker)
+  message = str(refused.value)
+  assert message.startswith(f"warm-up failed compiling greedy, 1 x 4: {type(error).__name__}: "
+                            f"{error}") and "\n" not in message
+  assert ("(out of memory: a smaller --max-batch" in message) == hinted
