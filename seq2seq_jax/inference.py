@@ -261,6 +261,7 @@ def load_trained(workdir: str, which: str = "best") -> tuple[Translator, Any, in
   if not os.path.isdir(workdir):
     raise CheckpointError(f"workdir '{workdir}' does not exist. Train first with "
                           f"`seq2seq-jax train --workdir {workdir}`.")
+  workdir_lib.check_run_directory(workdir)
   checkpointer = Checkpointer(workdir, best_metric=workdir_lib.saved_best_metric(workdir),
                               read_only=True)
   try:

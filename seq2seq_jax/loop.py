@@ -689,8 +689,16 @@ def train_trials(configs: list[Config], workdirs: list[str], argv: list[str] | N
     if os.path.exists(workdir) and not os.path.isdir(workdir):
       raise UserError(f"workdir '{workdir}' is a file, not a directory: give a directory for "
                       "the run (a new one starts it, the one a run wrote resumes it).")
-    os.makedirs(workdir, exist_ok=True)
+    if os.path.isdir(workdir):
+      workdir_lib.check_run_directory(workdir)
+  created = [workdir for workdir in workdirs if not os.path.exists(workdir)]
   with contextlib.ExitStack() as stack:
+    for workdir in workdirs:
+      os.makedirs(workdir, exist_ok=True)
+      if is_primary():
+        stack.enter_context(workdir_lib.exclusive(workdir))
+    for workdir in created:  # left empty by an error before anything was written
+      stack.callback(workdir_lib.remove_if_unused, workdir)
     stack.enter_context(_run_log(workdirs))
     group = _open_group(configs, workdirs, argv, parallel, stack)
     group.started = started

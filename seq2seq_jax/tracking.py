@@ -15,9 +15,8 @@ import os
 from typing import Any
 
 from seq2seq_jax.errors import UserError
-from seq2seq_jax.workdir import METRICS_FILE, read_metrics  # noqa: F401 (tracking.read_metrics)
+from seq2seq_jax.workdir import METRICS_FILE, SWEEP_FILE, read_metrics  # noqa: F401 (tracking.read_metrics)
 
-SWEEP_FILE = "sweep.json"  # written by seq2seq_jax.sweep: names the trials of a sweep directory
 CURVES_PNG = "curves.png"
 TENSORBOARD_DIR = "tensorboard"
 # (metric, panel title, log scale)

@@ -11,12 +11,15 @@ A workdir holds
   results.json    the final metrics
   train.log       the log
   checkpoints/    Orbax steps (checkpoint.py), each with a CheckpointMeta
+  .lock           held (flock) by the run training here: a second one is refused
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import dataclasses
+import fcntl
 import json
 import logging
 import os
@@ -29,7 +32,7 @@ import numpy as np
 
 from seq2seq_jax import config as config_lib
 from seq2seq_jax.config import Config
-from seq2seq_jax.errors import CheckpointError
+from seq2seq_jax.errors import CheckpointError, UserError
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +42,9 @@ RUN_FILE = "run.json"
 METRICS_FILE = "metrics.jsonl"
 RESULTS_FILE = "results.json"
 LOG_FILE = "train.log"
+LOCK_FILE = ".lock"
+SWEEP_FILE = "sweep.json"  # written by seq2seq_jax.sweep: names the trials of a sweep directory
+EXPORT_MANIFEST = "manifest.json"  # of a `seq2seq-jax export` directory (export.py)
 # tokenizer=sentencepiece: the models of the source and target side, beside vocab.json.
 SENTENCEPIECE_FILES = {"src": "sentencepiece.src.model", "tgt": "sentencepiece.tgt.model"}
 # Settings that may differ when a run is resumed: they change no trained number.
@@ -47,6 +53,68 @@ SENTENCEPIECE_FILES = {"src": "sentencepiece.src.model", "tgt": "sentencepiece.t
 RESUMABLE_CHANGES = ("log_every_steps", "num_summary_samples", "eval_decode_samples",
                      "keep_checkpoints", "checkpoint_every_steps", "tensorboard", "lstm_impl",
                      "time_budget_minutes", "cpu_crosscheck")
+
+
+@contextlib.contextmanager
+def exclusive(workdir: str):
+  """Holds workdir for the run training in it: the same command started again in another
+  terminal (or a second sweep worker on one trial) is refused in one line instead of
+  writing every record twice. An flock: the system releases it when the process ends,
+  killed or not, so no stale lock outlives a run."""
+  fd = os.open(os.path.join(workdir, LOCK_FILE), os.O_RDWR | os.O_CREAT, 0o644)
+  try:
+    try:
+      fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      holder = os.pread(fd, 200, 0).decode("utf-8", "replace").strip() or "another process"
+      raise UserError(f"workdir '{workdir}' is in use by a run training there ({holder}): "
+                      "wait for it to end or stop it; for another run at the same time, give "
+                      "a new --workdir.") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"pid {os.getpid()} on {platform.node() or 'this host'}\n".encode(), 0)
+    yield
+  finally:
+    os.close(fd)  # releases the lock
+
+
+def check_run_directory(workdir: str) -> None:
+  """A training run's workdir, for train, translate, evaluate, export and serve: a sweep's
+  directory (one workdir per trial) or an export is named, with the command that takes it."""
+  if os.path.isfile(os.path.join(workdir, SWEEP_FILE)):
+    trials = sorted(name for name in os.listdir(workdir)
+                    if os.path.isdir(os.path.join(workdir, name, "checkpoints")))
+    example = os.path.join(workdir, trials[0]) if trials else os.path.join(workdir, "TRIAL")
+    raise UserError(f"'{workdir}' is a sweep's directory ({SWEEP_FILE}), one workdir per "
+                    f"trial: give a trial's, e.g. {example} (`seq2seq-jax sweep` trains them).")
+  if (os.path.isfile(os.path.join(workdir, EXPORT_MANIFEST))
+      and not os.path.isdir(os.path.join(workdir, "checkpoints"))):
+    raise UserError(f"'{workdir}' is an export, not a training workdir: serve it with "
+                    f"`seq2seq-jax serve --exported {workdir}`, or load it with "
+                    "seq2seq_jax.exported.ExportedTranslator.")
+
+
+def check_not_a_run(workdir: str) -> None:
+  """A sweep's directory is not a training run's: `sweep` into a run's workdir would mix
+  its trials and tables with the run's files."""
+  if (not os.path.isfile(os.path.join(workdir, SWEEP_FILE))
+      and os.path.isfile(os.path.join(workdir, CONFIG_FILE))):
+    raise UserError(f"'{workdir}' holds a training run ({CONFIG_FILE}), not a sweep: give "
+                    "the sweep a new --workdir.")
+
+
+def remove_if_unused(workdir: str) -> None:
+  """Removes a workdir a run made and left with nothing in it but its lock and an empty
+  train.log (the data could not be read, a setting was refused): no empty run is left
+  behind to be mistaken for one."""
+  try:
+    names = set(os.listdir(workdir))
+    if names <= {LOCK_FILE, LOG_FILE} and (LOG_FILE not in names or
+                                          os.path.getsize(os.path.join(workdir, LOG_FILE)) == 0):
+      for name in names:
+        os.remove(os.path.join(workdir, name))
+      os.rmdir(workdir)
+  except OSError:  # a file appeared, or the folder went: leave what is there
+    pass
 
 
 def _is_primary() -> bool:

@@ -346,12 +346,90 @@ def test_vocab_round_trips_text_of_known_characters(corpus, data):
     ("batch_size=0", r"'batch_size' must be positive; got 0"),
     ("max_source_len=-5", r"'max_source_len' must be positive; got -5"),
     ("dropout=-0.5", r"'dropout' must be in \[0, 1\)"),
+    ("learning_rate=0", r"'learning_rate' must be positive; got 0\.0"),  # trains nothing
 ])
 def test_bad_config_values_are_named(tmp_path, capsys, item, expected):
   code, _, err = cli_in_process(capsys, "train", "--config", "configs/tiny.py",
                                 "--workdir", str(tmp_path / "run"), "--set", item)
   assert code == 2 and re.search(expected, err), err
   assert not (tmp_path / "run").exists()  # refused before anything is written
+
+
+# ---------------------------------------------------------------------------
+# Workdirs: one run at a time, each command given the kind of directory it takes
+# ---------------------------------------------------------------------------
+
+def test_a_second_run_in_a_busy_workdir_is_refused_and_the_lock_dies_with_its_process(
+    tmp_path, capsys):
+  """The same command started again in another terminal would write every record twice:
+  it is refused in one line while the first runs; a killed run holds nothing."""
+  workdir = tmp_path / "run"
+  workdir.mkdir()
+  holder = subprocess.Popen(
+      [sys.executable, "-c", "import sys, time; from seq2seq_jax import workdir as w\n"
+       "with w.exclusive(sys.argv[1]):\n  print('held', flush=True); time.sleep(120)",
+       str(workdir)], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+  try:
+    assert holder.stdout.readline() == "held\n"
+    code, _, err = cli_in_process(capsys, "train", "--config", "configs/tiny.py",
+                                  "--workdir", str(workdir))
+    assert code == 2 and err.strip().splitlines() == [
+        f"seq2seq-jax train: error: workdir '{workdir}' is in use by a run training there "
+        f"(pid {holder.pid} on {os.uname().nodename}): wait for it to end or stop it; for "
+        "another run at the same time, give a new --workdir."]
+    assert sorted(os.listdir(workdir)) == [".lock"]  # nothing of the refused run
+  finally:
+    holder.kill()
+    holder.wait()
+  from seq2seq_jax import workdir as workdir_lib
+  with workdir_lib.exclusive(str(workdir)):  # kill -9 released it
+    pass
+
+
+def test_a_run_refused_before_it_wrote_anything_leaves_no_workdir(tmp_path, capsys):
+  """A data spec that cannot be read: no empty workdir (with an empty train.log) is left
+  to be mistaken for a run; an existing workdir stays."""
+  for data in ("foo:bar", f"tsv:{tmp_path / 'missing.tsv'}"):
+    code, _, err = cli_in_process(capsys, "train", "--config", "configs/tiny.py",
+                                  "--workdir", str(tmp_path / "new"), "--data", data)
+    assert code == 2 and err.count("\n") == 1, err
+    assert not (tmp_path / "new").exists()
+  (tmp_path / "mine").mkdir()
+  code, _, _ = cli_in_process(capsys, "train", "--config", "configs/tiny.py",
+                              "--workdir", str(tmp_path / "mine"), "--data", "foo:bar")
+  assert code == 2 and (tmp_path / "mine").is_dir()
+
+
+def test_sweeps_runs_and_exports_are_told_apart(tmp_path, capsys):
+  """A sweep's directory (one workdir per trial), a run's workdir and an export each go
+  to the commands that take them; the others name the right one, writing nothing."""
+  sweep_dir = tmp_path / "sweep"
+  (sweep_dir / "learning_rate=0.001" / "checkpoints").mkdir(parents=True)
+  (sweep_dir / "sweep.json").write_text("{}")
+  for command in (["train", "--config", "configs/tiny.py"], ["translate"], ["evaluate"],
+                  ["export", "--out", str(tmp_path / "ex")]):
+    text = ["x"] if command == ["translate"] else []
+    code, _, err = cli_in_process(capsys, *command, "--workdir", str(sweep_dir), *text)
+    assert code == 2 and err.strip().splitlines() == [
+        f"seq2seq-jax {command[0]}: error: '{sweep_dir}' is a sweep's directory (sweep.json), "
+        f"one workdir per trial: give a trial's, e.g. {sweep_dir / 'learning_rate=0.001'} "
+        "(`seq2seq-jax sweep` trains them)."], err
+  assert sorted(os.listdir(sweep_dir)) == ["learning_rate=0.001", "sweep.json"]
+  export_dir = tmp_path / "export"
+  export_dir.mkdir()
+  (export_dir / "manifest.json").write_text("{}")
+  code, _, err = cli_in_process(capsys, "translate", "--workdir", str(export_dir), "x")
+  assert code == 2 and f"'{export_dir}' is an export, not a training workdir: serve it " \
+      f"with `seq2seq-jax serve --exported {export_dir}`" in err
+  run_dir = tmp_path / "run"
+  run_dir.mkdir()
+  (run_dir / "config.json").write_text("{}")
+  code, _, err = cli_in_process(capsys, "sweep", "--config", "configs/sweep_tiny.py",
+                                "--workdir", str(run_dir))
+  assert code == 2 and err.strip().splitlines()[-1] == (
+      f"seq2seq-jax sweep: error: '{run_dir}' holds a training run (config.json), not a "
+      "sweep: give the sweep a new --workdir.")
+  assert os.listdir(run_dir) == ["config.json"]
 
 
 # ---------------------------------------------------------------------------
