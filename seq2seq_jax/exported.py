@@ -179,12 +179,14 @@ class ExportedTranslator:
     if not os.path.isdir(directory):
       raise ExportError(f"export directory '{directory}' does not exist; create it with "
                         f"`seq2seq-jax export --workdir W --out {directory}`.")
-    if not os.path.exists(os.path.join(directory, MANIFEST_FILE)) and \
-        os.path.isdir(os.path.join(directory, "checkpoints")):
-      raise ExportError(f"{directory} is a training workdir, not an export: serve it with "
-                        f"--workdir {directory}, or export it first with `seq2seq-jax export "
-                        f"--workdir {directory} --out DIR`.")
     manifest_path = os.path.join(directory, MANIFEST_FILE)
+    if not os.path.lexists(manifest_path):
+      if os.path.isdir(os.path.join(directory, "checkpoints")):
+        raise ExportError(f"{directory} is a training workdir, not an export: serve it with "
+                          f"--workdir {directory}, or export it first with `seq2seq-jax "
+                          f"export --workdir {directory} --out DIR`.")
+      raise ExportError(f"{directory} is not a seq2seq_jax export (no {MANIFEST_FILE}): create "
+                        f"one with `seq2seq-jax export --workdir W --out {directory}`.")
     manifest = _read_json(manifest_path)
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
       raise ExportError(f"{directory} is not a seq2seq_jax export (no '{FORMAT}' manifest).")

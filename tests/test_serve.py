@@ -311,6 +311,17 @@ def test_where_it_cannot_listen_is_refused_before_the_model_loads(capsys, tmp_pa
   assert code == 2 and "--host no.such.host.invalid:" in err and "127.0.0.1" in err
 
 
+def test_a_directory_without_a_manifest_is_not_an_export(capsys, tmp_path):
+  """It said "cannot read DIR/manifest.json: No such file or directory"."""
+  empty = tmp_path / "not-yet"
+  empty.mkdir()
+  (empty / "notes.txt").write_text("mine")
+  code, _, err = cli_in_process(capsys, "serve", "--exported", str(empty), "--port", "0")
+  assert code == 2 and err == (
+      f"seq2seq-jax serve: error: {empty} is not a seq2seq_jax export (no manifest.json): "
+      f"create one with `seq2seq-jax export --workdir W --out {empty}`.\n")
+
+
 def test_a_workdir_given_as_an_export_is_named(capsys, trained_workdir):
   code, _, err = cli_in_process(capsys, "serve", "--exported", trained_workdir)
   assert code == 2 and "is a training workdir, not an export: serve it with --workdir" in err
