@@ -101,6 +101,16 @@ def _read_inputs(texts: list[str]) -> list[str]:
   return lines
 
 
+def _check_output_file(flag: str, path: str) -> None:
+  """A file a command writes at its end, checked before its work: a path that cannot be
+  written would throw that work away."""
+  folder = os.path.dirname(os.path.abspath(path))
+  if os.path.isdir(path):
+    raise UserError(f"{flag} {path} is a directory: give a file path.")
+  if not os.path.isdir(folder):
+    raise UserError(f"{flag} {path}: directory '{folder}' does not exist.")
+
+
 def _beam_decoder(args, translator):
   """The beam-search decoder --beam N [--length-penalty A] ask for (None: no --beam, or no
   translator to decode for: then only the flags are checked)."""
@@ -188,11 +198,7 @@ def cmd_evaluate(args) -> int:
                     "translate's: evaluate scores greedy or --beam N outputs (a score of drawn "
                     "outputs would change with the seed).")
   if args.hyps is not None:  # refused before the model loads and decodes
-    folder = os.path.dirname(os.path.abspath(args.hyps))
-    if os.path.isdir(args.hyps):
-      raise UserError(f"--hyps {args.hyps} is a directory: give a file path.")
-    if not os.path.isdir(folder):
-      raise UserError(f"--hyps {args.hyps}: directory '{folder}' does not exist.")
+    _check_output_file("--hyps", args.hyps)
   translator, params, step = load_trained(args.workdir, args.checkpoint)
   config = translator.config
   if translator.is_series and (args.split == "all" or args.hyps is not None):
@@ -334,6 +340,8 @@ def cmd_benchmark(args) -> int:
   if unknown:
     raise UserError(f"--peers: unknown peer(s) {', '.join(unknown)}; choose from "
                     f"{','.join(PEERS)} or none.")
+  if args.output:
+    _check_output_file("--output", args.output)
   say = lambda message: print(f"benchmark: {message}", file=sys.stderr, flush=True)
   batches = {name: None if text is None else _int_list(text, flag)
              for name, text, flag in (("big_batches", args.batches, "--batches"),
@@ -341,9 +349,9 @@ def cmd_benchmark(args) -> int:
   report = run_benchmark(rounds=args.rounds, peers=peers, quick=args.quick,
                          allocator=args.allocator, data=args.data, progress=say, **batches)
   text = json.dumps(report, indent=2)
+  print(text if args.json else format_report(report), flush=True)  # kept if --output fails
   if args.output:
     write_atomically(args.output, text + "\n")
-  print(text if args.json else format_report(report))
   return 0
 
 

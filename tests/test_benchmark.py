@@ -8,7 +8,7 @@ import pytest
 
 from seq2seq_jax.bench import harness, report as report_lib, work
 from seq2seq_jax.errors import DataError
-from tests.conftest import run_cli
+from tests.conftest import cli_in_process, run_cli
 
 
 def test_flops_per_sample_at_the_seed_shapes():
@@ -296,3 +296,15 @@ def test_padded_work_counts_each_frameworks_steps():
 def test_unknown_data_spec_is_a_clear_error():
   result = run_cli("benchmark", "--quick", "--peers", "none", "--data", "fra.txt")
   assert result.returncode == 2 and "data spec" in result.stderr.lower(), result.stderr
+
+
+def test_an_output_path_that_cannot_be_written_is_refused_before_measuring(tmp_path, capsys):
+  """--output is written at the end of minutes of measuring: a path that cannot be written
+  is refused first, in one line, not after the run (whose figures it lost)."""
+  missing = tmp_path / "nowhere" / "bench.json"
+  for path, message in ((missing, f"--output {missing}: directory '{missing.parent}' does not "
+                                  "exist."),
+                        (tmp_path, f"--output {tmp_path} is a directory: give a file path.")):
+    code, out, err = cli_in_process(capsys, "benchmark", "--quick", "--output", str(path))
+    assert (code, out) == (2, "")
+    assert err.strip().splitlines() == [f"seq2seq-jax benchmark: error: {message}"]
