@@ -4,6 +4,7 @@ requests are decoded together, in batches padded to fixed shapes, by one worker 
   POST /translate  {"text": ["...", ...], "beam": k}  ->  {"translations": [...], "warnings": [...]}
   GET  /health     {"status": "ok", ...}
   GET  /metrics    requests, sentences, batch sizes, latency percentiles, errors, compilations
+                   (requests, requests_ok and errors: POST /translate's; other_errors: the rest)
 
 How a request is decoded: the handler checks and encodes its texts and hands them to
 the worker (a thread-safe queue); the event loop awaits the result and never runs a
@@ -137,13 +138,16 @@ class Metrics:
   def __init__(self, latency_window: int):
     self._lock = threading.Lock()
     self.started = time.time()
-    self.requests = 0  # /translate requests received
+    self.requests = 0  # POST /translate requests received: each ends ok or as an error
     self.ok = 0
     self.sentences = 0  # texts translated
     self.batches = 0
     self.batch_sizes: collections.Counter[int] = collections.Counter()  # real rows per batch
     self.padded_shapes: collections.Counter[str] = collections.Counter()  # "BxS" run
-    self.errors: collections.Counter[int] = collections.Counter()  # by HTTP status
+    self.errors: collections.Counter[int] = collections.Counter()  # of requests, by HTTP status
+    # the rest (unknown path, wrong method, another endpoint that raised): apart, so
+    # requests == ok + errors once none is in flight
+    self.other_errors: collections.Counter[int] = collections.Counter()
     self.latencies_ms: collections.deque[float] = collections.deque(maxlen=latency_window)
 
   def request(self) -> None:
@@ -157,8 +161,14 @@ class Metrics:
       self.latencies_ms.append(latency_ms)
 
   def error(self, status: int) -> None:
+    """A POST /translate request refused or failed."""
     with self._lock:
       self.errors[status] += 1
+
+  def other_error(self, status: int) -> None:
+    """Any other request refused or failed."""
+    with self._lock:
+      self.other_errors[status] += 1
 
   def batch(self, rows: int, shape: tuple[int, int]) -> None:
     with self._lock:
@@ -178,6 +188,7 @@ class Metrics:
               "latency_ms": {**percentiles, "window": len(latencies)},
               "errors": {str(k): v for k, v in sorted(self.errors.items())},
               "errors_total": sum(self.errors.values()),
+              "other_errors": {str(k): v for k, v in sorted(self.other_errors.items())},
               "uptime_s": round(time.time() - self.started, 3)}
 
 
@@ -405,8 +416,9 @@ def create_app(translator: ExportedTranslator, options: ServeOptions = ServeOpti
   worker = BatchWorker(translator, options, metrics)
   about = dict(about or {})
 
-  def error_response(status: int, message: str) -> JSONResponse:
-    metrics.error(status)
+  def error_response(status: int, message: str, translating: bool = True) -> JSONResponse:
+    """translating: an answer to POST /translate (metrics.requests counted it)."""
+    (metrics.error if translating else metrics.other_error)(status)
     return JSONResponse({"error": message.splitlines()[0] if message else "error"}, status)
 
   async def translate(request):
@@ -453,11 +465,11 @@ def create_app(translator: ExportedTranslator, options: ServeOptions = ServeOpti
 
   async def http_error(request, error: HTTPException):
     del request
-    return error_response(error.status_code, str(error.detail))
+    return error_response(error.status_code, str(error.detail), translating=False)
 
   async def internal_error(request, error: Exception):
     del request
-    return error_response(500, f"internal error: {type(error).__name__}")
+    return error_response(500, f"internal error: {type(error).__name__}", translating=False)
 
   @contextlib.asynccontextmanager
   async def lifespan(app):

@@ -152,10 +152,29 @@ def test_the_app_batches_into_buckets_and_refuses_bad_input():
     many = client.post("/translate", json={"text": ["abcdefgh"[:n] for n in range(1, 11)]})
     assert many.json()["translations"] == ["abcdefgh"[:n][::-1] for n in range(1, 11)]
     metrics = client.get("/metrics").json()
-    assert metrics["errors"] == {"400": 3, "404": 1, "405": 1, "413": 2}
+    assert metrics["errors"] == {"400": 3, "413": 2}
+    assert metrics["other_errors"] == {"404": 1, "405": 1}
     assert metrics["requests"] == 8 and metrics["requests_ok"] == 3
     assert metrics["sentences"] == 4 + 1 + 10
     assert client.get("/health").json()["status"] == "ok"
+
+
+def test_metrics_errors_are_translate_requests_that_failed():
+  """Other paths' 404s and 405s made errors exceed requests; they are counted apart, so
+  every /translate request is either ok or an error."""
+  app = create_app(EchoTranslator(), ServeOptions(max_batch=4))
+  with server_thread(app) as url, httpx.Client(base_url=url, timeout=10) as client:
+    assert client.post("/translate", json={"text": ["ab"]}).status_code == 200
+    assert client.post("/translate", content=b"{").status_code == 400
+    for _ in range(3):
+      assert client.get("/nowhere").status_code == 404
+    assert client.get("/translate").status_code == 405
+    assert client.post("/metrics").status_code == 405
+    metrics = client.get("/metrics").json()
+  assert metrics["requests"] == 2 and metrics["requests_ok"] == 1
+  assert metrics["errors"] == {"400": 1} and metrics["errors_total"] == 1
+  assert metrics["requests"] == metrics["requests_ok"] + metrics["errors_total"]
+  assert metrics["other_errors"] == {"404": 3, "405": 2}
 
 
 # --- the real server, in its own process --------------------------------------------------
