@@ -524,8 +524,16 @@ SPLIT_SENTENCES_HELP = ("translate an input longer than the model reads (max_sou
                         "(default: the run's split_sentences setting)")
 
 
+class _OneLineParser(argparse.ArgumentParser):
+  """A usage error in one line, as every other error: the problem, and where the usage is
+  (argparse printed the usage, lines of it, above the error)."""
+
+  def error(self, message):
+    self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-  parser = argparse.ArgumentParser(
+  parser = _OneLineParser(
       prog="seq2seq-jax",
       description="LSTM encoder-decoder sequence-to-sequence learning in JAX/Flax.")
   sub = parser.add_subparsers(dest="command", required=True)

@@ -219,7 +219,8 @@ def test_numbers_a_decoder_cannot_use_are_refused_in_one_line(argv, message, cap
   with pytest.raises(SystemExit) as exit_:
     build_parser().parse_args(argv)
   assert exit_.value.code == 2
-  assert capsys.readouterr().err.splitlines()[-1] == f"seq2seq-jax {argv[0]}: error: {message}"
+  assert capsys.readouterr().err.splitlines() == [  # one line, the usage left to --help
+      f"seq2seq-jax {argv[0]}: error: {message} (see seq2seq-jax {argv[0]} --help)"]
 
 
 def test_evaluate_refuses_sampling_in_one_line(capsys):
