@@ -292,6 +292,9 @@ class Vocab:
     return cls(tokens, level=level)
 
 
+MAX_NAMED_UNKNOWN = 20  # unknown tokens an input warning names; it counts the others
+
+
 def input_warnings(vocab: "Vocab", sources: list[str], max_source_len: int | None) -> list[str]:
   """What translating these (already lower-cased, where the model does) sources does
   silently: tokens never seen in training, and inputs cut at max_source_len (None: none
@@ -299,9 +302,10 @@ def input_warnings(vocab: "Vocab", sources: list[str], max_source_len: int | Non
   unknown = sorted({token for s in sources for token in vocab.unknown_tokens(s)})
   unknown_unit, length_unit = _UNITS[vocab.level]
   warnings = []
-  if unknown:
+  if unknown:  # the first ones: a page of another script would give a warning of pages
+    more = f" and {len(unknown) - MAX_NAMED_UNKNOWN} more" if len(unknown) > MAX_NAMED_UNKNOWN else ""
     warnings.append(f"{unknown_unit} never seen in training (read as unknown): "
-                    + " ".join(repr(token) for token in unknown))
+                    + " ".join(repr(token) for token in unknown[:MAX_NAMED_UNKNOWN]) + more)
   too_long = 0 if max_source_len is None else sum(len(vocab.encode(s)) > max_source_len
                                                   for s in sources)
   if too_long:

@@ -245,6 +245,15 @@ def test_sentencepiece_unknowns_read_as_replacement_characters(subwords):
   assert warnings[1] == "1 input(s) longer than max_source_len=8 subword tokens were truncated"
 
 
+def test_an_input_of_another_script_names_its_first_unknown_characters_and_counts_the_rest():
+  """A page of CJK text to a Latin-script model: a warning of one line, not of pages."""
+  vocab = Vocab(list("abc "))
+  cjk = "".join(chr(0x4E00 + i) for i in range(500))
+  [warning] = input_warnings(vocab, [cjk, "abc"], max_source_len=None)
+  assert warning == ("characters never seen in training (read as unknown): "
+                     + " ".join(repr(c) for c in cjk[:20]) + " and 480 more")
+
+
 def test_sentencepiece_vocab_rebuilds_from_its_bytes_and_pickles(subwords):
   import pickle
   again = Vocab.from_sentencepiece(subwords.model_proto)
