@@ -524,6 +524,13 @@ SPLIT_SENTENCES_HELP = ("translate an input longer than the model reads (max_sou
                         "(default: the run's split_sentences setting)")
 
 
+def _path(text: str) -> str:
+  """A path argument: an empty one (an unset shell variable, say) would name no file."""
+  if not text.strip():
+    raise argparse.ArgumentTypeError("must name a path, got an empty one")
+  return text
+
+
 class _OneLineParser(argparse.ArgumentParser):
   """A usage error in one line, as every other error: the problem, and where the usage is
   (argparse printed the usage, lines of it, above the error)."""
@@ -541,7 +548,7 @@ def build_parser() -> argparse.ArgumentParser:
   train = sub.add_parser("train", help="train (or resume) a model in a workdir")
   train.add_argument("--config", help="Python config file with get_config() "
                      "(default: configs/default.py)")
-  train.add_argument("--workdir", default="runs/default",
+  train.add_argument("--workdir", type=_path, default="runs/default",
                      help="where checkpoints, metrics and logs go (default: runs/default)")
   train.add_argument("--data", help="data spec: numbers:LANG, anki:PATH, tsv:PATH, gettext:PATH, "
                      "libreoffice:LANG[:DIR], series:PATH "
@@ -552,7 +559,7 @@ def build_parser() -> argparse.ArgumentParser:
   train.set_defaults(func=cmd_train)
 
   translate = sub.add_parser("translate", help="translate text with a trained workdir")
-  translate.add_argument("--workdir", required=True,
+  translate.add_argument("--workdir", type=_path, required=True,
                          help="a trained run's workdir (or a sweep trial's)")
   translate.add_argument("text", nargs="*", help="sentences (default, or -: one per line on "
                          "stdin)")
@@ -581,7 +588,7 @@ def build_parser() -> argparse.ArgumentParser:
   translate.set_defaults(func=cmd_translate)
 
   evaluate = sub.add_parser("evaluate", help="metrics of a trained workdir on a data split")
-  evaluate.add_argument("--workdir", required=True,
+  evaluate.add_argument("--workdir", type=_path, required=True,
                         help="a trained run's workdir (or a sweep trial's)")
   evaluate.add_argument("--data", help="data spec (default: the one trained on)")
   evaluate.add_argument("--split", default="test", choices=("train", "val", "test", "all"),
@@ -614,7 +621,7 @@ def build_parser() -> argparse.ArgumentParser:
   sweep = sub.add_parser("sweep", help="run every unfinished trial of a declared sweep")
   sweep.add_argument("--config", required=True,
                      help="sweep file with get_config() and get_sweep(), e.g. configs/sweep_lr.py")
-  sweep.add_argument("--workdir", required=True,
+  sweep.add_argument("--workdir", type=_path, required=True,
                      help="one workdir per trial, plus results.csv, results.md and curves.png")
   sweep.add_argument("--set", action="append", metavar="KEY=VALUE",
                      help="override a base config value; repeatable")
@@ -633,8 +640,8 @@ def build_parser() -> argparse.ArgumentParser:
   sweep.set_defaults(func=cmd_sweep)
 
   plot = sub.add_parser("plot", help="draw the learning curves of a run or a sweep to PNG")
-  plot.add_argument("--workdir", required=True, help="a run's or a sweep's workdir")
-  plot.add_argument("--out", help="the figure's path, its format by its extension (PNG "
+  plot.add_argument("--workdir", type=_path, required=True, help="a run's or a sweep's workdir")
+  plot.add_argument("--out", type=_path, help="the figure's path, its format by its extension (PNG "
                     "without one), or a directory to hold curves.png (default: "
                     "WORKDIR/curves.png)")
   plot.add_argument("--tensorboard", action="store_true",
@@ -647,15 +654,15 @@ def build_parser() -> argparse.ArgumentParser:
                             help="the data it was trained on, e.g. anki:fra.txt")
   import_keras.add_argument("--num-samples", type=_positive_int, default=10_000,
                             help="the example's num_samples (default 10000)")
-  import_keras.add_argument("--workdir", required=True,
+  import_keras.add_argument("--workdir", type=_path, required=True,
                             help="the new workdir to write (refused if it holds checkpoints)")
   import_keras.set_defaults(func=cmd_import_keras)
 
   export = sub.add_parser("export", help="write a trained model as jax.export (StableHLO) "
                           "functions, its parameters and vocabularies, for exported.py or serve")
-  export.add_argument("--workdir", required=True,
+  export.add_argument("--workdir", type=_path, required=True,
                       help="a trained run's workdir (or a sweep trial's)")
-  export.add_argument("--out", required=True, help="the directory to write (replaced whole)")
+  export.add_argument("--out", type=_path, required=True, help="the directory to write (replaced whole)")
   export.add_argument("--checkpoint", default="best",
                       help="best (default), latest, or a step number")
   export.add_argument("--beam-sizes", metavar="K,K",
@@ -671,7 +678,7 @@ def build_parser() -> argparse.ArgumentParser:
                          "/health, GET /metrics) batching concurrent requests "
                          "(pip install '.[serve]')")
   model = serve.add_mutually_exclusive_group(required=True)
-  model.add_argument("--workdir", help="serve this workdir's checkpoint")
+  model.add_argument("--workdir", type=_path, help="serve this workdir's checkpoint")
   model.add_argument("--exported", metavar="DIR", help="serve a `seq2seq-jax export` directory")
   serve.add_argument("--checkpoint", help="with --workdir: best (default), latest, or a step")
   serve.add_argument("--beam-sizes", metavar="K,K",
@@ -703,7 +710,7 @@ def build_parser() -> argparse.ArgumentParser:
       "download", help="fetch LibreOffice's English and LANG help packages and LANG's UI "
       "catalogs with `apt-get download` (no root, nothing installed)")
   download.add_argument("spec", metavar="libreoffice:LANG", help="e.g. libreoffice:fr")
-  download.add_argument("--dir", help="where to put the .deb files (default: $SEQ2SEQ_JAX_DATA/"
+  download.add_argument("--dir", type=_path, help="where to put the .deb files (default: $SEQ2SEQ_JAX_DATA/"
                         "libreoffice or ~/.cache/seq2seq_jax/libreoffice); then pass "
                         "libreoffice:LANG:DIR")
   download.set_defaults(func=cmd_data)

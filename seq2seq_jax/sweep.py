@@ -459,7 +459,7 @@ def work(sweep: Sweep, workdir: str, vectorize: bool | None = None, progress: bo
   from seq2seq_jax.study import SweepStudy
   vectorize = sweep.vectorize if vectorize is None else vectorize
   if study is None:  # a worker: the same base as the sweep it joins
-    workdir_lib.check_not_a_run(workdir)
+    workdir_lib.check_sweep_directory(workdir)
     _check_same_base(sweep, workdir)
     study = SweepStudy(sweep, workdir, storage)
     study.enqueue_declared()
@@ -568,7 +568,7 @@ def run_sweep(sweep: Sweep, workdir: str, vectorize: bool | None = None,
   """
   from seq2seq_jax.study import SweepStudy
   vectorize = sweep.vectorize if vectorize is None else vectorize
-  workdir_lib.check_not_a_run(workdir)
+  workdir_lib.check_sweep_directory(workdir)
   _check_same_space(sweep, workdir)
   _check_same_base(sweep, workdir)
   study = SweepStudy(sweep, workdir, storage)  # a storage it cannot open: nothing written

@@ -93,9 +93,12 @@ def check_run_directory(workdir: str) -> None:
                     "seq2seq_jax.exported.ExportedTranslator.")
 
 
-def check_not_a_run(workdir: str) -> None:
-  """A sweep's directory is not a training run's: `sweep` into a run's workdir would mix
-  its trials and tables with the run's files."""
+def check_sweep_directory(workdir: str) -> None:
+  """A sweep's directory is a directory, and not a training run's: `sweep` into a run's
+  workdir would mix its trials and tables with the run's files."""
+  if os.path.exists(workdir) and not os.path.isdir(workdir):
+    raise UserError(f"workdir '{workdir}' is a file, not a directory: give the sweep a "
+                    "directory (a new one starts it, its own one resumes it).")
   if (not os.path.isfile(os.path.join(workdir, SWEEP_FILE))
       and os.path.isfile(os.path.join(workdir, CONFIG_FILE))):
     raise UserError(f"'{workdir}' holds a training run ({CONFIG_FILE}), not a sweep: give "

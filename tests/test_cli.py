@@ -223,6 +223,19 @@ def test_numbers_a_decoder_cannot_use_are_refused_in_one_line(argv, message, cap
       f"seq2seq-jax {argv[0]}: error: {message} (see seq2seq-jax {argv[0]} --help)"]
 
 
+def test_an_empty_path_is_refused_in_one_line(capsys):
+  """`--workdir "$RUN"` with RUN unset: no path, refused before anything is read or made."""
+  from seq2seq_jax.cli import build_parser
+  for argv in (["train", "--workdir", ""], ["export", "--workdir", "w", "--out", " "],
+               ["data", "download", "libreoffice:fr", "--dir", ""]):
+    with pytest.raises(SystemExit):
+      build_parser().parse_args(argv)
+    command = " ".join(argv[:2] if argv[0] == "data" else argv[:1])
+    assert capsys.readouterr().err.splitlines() == [
+        f"seq2seq-jax {command}: error: argument {argv[-2]}: must name a path, got an empty "
+        f"one (see seq2seq-jax {command} --help)"]
+
+
 def test_evaluate_refuses_sampling_in_one_line(capsys):
   """Sampling is translate's: a score of drawn outputs would change with the seed."""
   for options in (["--sample"], ["--sample", "--temperature", "0.5", "--seed", "3"]):

@@ -257,7 +257,19 @@ def test_data_download_errors_are_one_line(tmp_path, monkeypatch, capsys):
   assert code == 2 and err.count("\n") == 1
   assert "libreoffice-help-en-us, libreoffice-help-fr, libreoffice-l10n-fr" in err
   assert "libreoffice:fr:DIR" in err
-  assert os.listdir(tmp_path / "d") == []  # nothing half-written left behind
+  assert not (tmp_path / "d").exists()  # nothing half-written, not even the folder, left
+  (tmp_path / "again").mkdir()
+  fake_apt(tmp_path / "again", monkeypatch, fail=True)
+  (tmp_path / "mine").mkdir()  # a folder of the user's stays, empty or not
+  code, _, _ = cli_in_process(capsys, "data", "download", "libreoffice:xx", "--dir",
+                              str(tmp_path / "mine"))
+  assert code == 2 and os.listdir(tmp_path / "mine") == []
+  (tmp_path / "afile").write_text("x")
+  code, _, err = cli_in_process(capsys, "data", "download", "libreoffice:fr", "--dir",
+                                str(tmp_path / "afile"))
+  assert code == 2 and err.strip().splitlines() == [
+      f"seq2seq-jax data: error: '{tmp_path / 'afile'}' is a file, not a directory: give a "
+      "folder for the .deb files."]
 
 
 @pytest.mark.parametrize("spec, says", [

@@ -430,6 +430,11 @@ def test_sweeps_runs_and_exports_are_told_apart(tmp_path, capsys):
       f"seq2seq-jax sweep: error: '{run_dir}' holds a training run (config.json), not a "
       "sweep: give the sweep a new --workdir.")
   assert os.listdir(run_dir) == ["config.json"]
+  code, _, err = cli_in_process(capsys, "sweep", "--config", "configs/sweep_tiny.py",
+                                "--workdir", str(run_dir / "config.json"))
+  assert code == 2 and err.strip().splitlines()[-1] == (
+      f"seq2seq-jax sweep: error: workdir '{run_dir / 'config.json'}' is a file, not a "
+      "directory: give the sweep a directory (a new one starts it, its own one resumes it).")
 
 
 # ---------------------------------------------------------------------------

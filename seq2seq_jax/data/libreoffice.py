@@ -369,15 +369,17 @@ def libreoffice_splits(arg: str, val_fraction: float, test_fraction: float, seed
 def download(lang: str, directory: str | None = None) -> tuple[str, list[str]]:
   """Fetches the help packages of English and LANG and LANG's UI catalogs with `apt-get
   download` (no root, no install, no dependencies) into directory (default cache_dir());
-  returns (directory, the .deb files). Files already there are kept."""
+  returns (directory, the .deb files). Files already there are kept; a folder made for
+  a download that failed is removed."""
   import shutil
-  import subprocess
-  import tempfile
   directory = os.path.abspath(directory or cache_dir())
   packages = packages_for(lang)
   if lang.lower() in ("en", "en-us"):
     raise DataError("libreoffice:LANG translates English help into LANG: pick another "
                     "language, e.g. libreoffice:fr.")
+  if os.path.exists(directory) and not os.path.isdir(directory):
+    raise DataError(f"'{directory}' is a file, not a directory: give a folder for the .deb "
+                    "files.")
   have = {name.split("_")[0]: os.path.join(directory, name)
           for name in (os.listdir(directory) if os.path.isdir(directory) else [])
           if name.endswith(".deb")}
@@ -388,17 +390,32 @@ def download(lang: str, directory: str | None = None) -> tuple[str, list[str]]:
       raise DataError(f"apt-get is not on this machine: get the Debian packages {', '.join(packages)} "
                       f"(e.g. from packages.debian.org) into {directory}, or extract them and pass "
                       f"libreoffice:{lang}:DIR.")
+    made = not os.path.exists(directory)
     os.makedirs(directory, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=directory, prefix=".download-") as scratch:
-      done = subprocess.run([apt, "download", *wanted], cwd=scratch, capture_output=True, text=True)
-      if done.returncode != 0:
-        errors = [line for line in done.stderr.splitlines() if line.startswith("E:")]
-        why = (errors or done.stderr.strip().splitlines() or ["no message"])[-1]
-        raise DataError(f"apt-get download {' '.join(wanted)} failed ({why}); check the language "
-                        f"code (Debian names it libreoffice-help-{lang.lower()}) and that apt can "
-                        "reach its archive (`apt-get update` may be needed).")
-      for name in os.listdir(scratch):
-        if name.endswith(".deb"):
-          os.replace(os.path.join(scratch, name), os.path.join(directory, name))
-          have[name.split("_")[0]] = os.path.join(directory, name)
+    try:
+      _apt_download(apt, wanted, lang, directory, have)
+    except BaseException:
+      if made:  # the folder made for this download: empty once its scratch folder is gone
+        shutil.rmtree(directory, ignore_errors=True)
+      raise
   return directory, [have[package] for package in packages if package in have]
+
+
+def _apt_download(apt: str, wanted: list[str], lang: str, directory: str,
+                  have: dict[str, str]) -> None:
+  """`apt-get download` of the wanted packages into a scratch folder of directory, moved
+  into it once all are there; have gets their paths."""
+  import subprocess
+  import tempfile
+  with tempfile.TemporaryDirectory(dir=directory, prefix=".download-") as scratch:
+    done = subprocess.run([apt, "download", *wanted], cwd=scratch, capture_output=True, text=True)
+    if done.returncode != 0:
+      errors = [line for line in done.stderr.splitlines() if line.startswith("E:")]
+      why = (errors or done.stderr.strip().splitlines() or ["no message"])[-1]
+      raise DataError(f"apt-get download {' '.join(wanted)} failed ({why}); check the language "
+                      f"code (Debian names it libreoffice-help-{lang.lower()}) and that apt can "
+                      "reach its archive (`apt-get update` may be needed).")
+    for name in os.listdir(scratch):
+      if name.endswith(".deb"):
+        os.replace(os.path.join(scratch, name), os.path.join(directory, name))
+        have[name.split("_")[0]] = os.path.join(directory, name)
