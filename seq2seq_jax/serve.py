@@ -214,6 +214,19 @@ class _Job:
   left: int
 
 
+def _reachable(buckets, limit: int, what: str, limit_name: str) -> tuple[int, ...]:
+  """The buckets a request can fall in: those up to the first that holds limit. A larger
+  one is never used (no batch exceeds --max-batch, inputs are cut at max_source_len) and
+  would only be compiled at warm-up: left out, with a warning."""
+  buckets = sorted(set(buckets))
+  first_full = next((i for i, b in enumerate(buckets) if b >= limit), len(buckets) - 1)
+  unused = buckets[first_full + 1:]
+  if unused:
+    log.warning("warning: %s bucket(s) %s above %s=%d are never used: left out", what,
+                ",".join(map(str, unused)), limit_name, limit)
+  return tuple(buckets[:first_full + 1])
+
+
 class BatchWorker:
   """The one thread that runs device computations: warm-up, then batches of requests."""
 
@@ -221,9 +234,11 @@ class BatchWorker:
     self.translator = translator
     self.options = options
     self.metrics = metrics
-    self.batch_buckets = tuple(sorted(options.batch_buckets or batch_buckets_for(options.max_batch)))
-    self.length_buckets = tuple(sorted(options.length_buckets or length_buckets_for(
-        translator.max_source_len, translator.bucket_width)))
+    self.batch_buckets = _reachable(options.batch_buckets or batch_buckets_for(options.max_batch),
+                                    options.max_batch, "batch", "--max-batch")
+    self.length_buckets = _reachable(options.length_buckets or length_buckets_for(
+        translator.max_source_len, translator.bucket_width), translator.max_source_len,
+        "length", "the model's max_source_len")
     if self.batch_buckets[-1] < options.max_batch:
       raise ValueError(f"the largest batch bucket {self.batch_buckets[-1]} is below "
                        f"max_batch={options.max_batch}")

@@ -475,3 +475,19 @@ def test_a_failed_warm_up_suggests_smaller_programs_only_when_out_of_memory(erro
   assert message.startswith(f"warm-up failed compiling greedy, 1 x 4: {type(error).__name__}: "
                             f"{error}") and "\n" not in message
   assert ("(out of memory: a smaller --max-batch" in message) == hinted
+
+
+def test_buckets_no_request_can_reach_are_left_out_with_a_warning(caplog):
+  """A batch bucket above the first that holds --max-batch, or a length bucket above the
+  first that holds max_source_len (inputs are cut there), would only cost warm-up time."""
+  from seq2seq_jax.serve import BatchWorker, Metrics
+  options = ServeOptions(max_batch=4, batch_buckets=(16, 1, 4, 64), length_buckets=(4, 12, 1000))
+  with caplog.at_level("WARNING", logger="seq2seq_jax"):
+    worker = BatchWorker(EchoTranslator(), options, Metrics(10))
+  assert (worker.batch_buckets, worker.length_buckets) == ((1, 4), (4, 12))
+  assert [r.getMessage() for r in caplog.records] == [
+      "warning: batch bucket(s) 16,64 above --max-batch=4 are never used: left out",
+      "warning: length bucket(s) 1000 above the model's max_source_len=12 are never used: left out"]
+  # the largest bucket may exceed the limit: it is the one that holds it
+  assert BatchWorker(EchoTranslator(), ServeOptions(max_batch=3, batch_buckets=(2, 8)),
+                     Metrics(10)).batch_buckets == (2, 8)
