@@ -44,7 +44,9 @@ RESULTS_FILE = "results.json"
 LOG_FILE = "train.log"
 LOCK_FILE = ".lock"
 SWEEP_FILE = "sweep.json"  # written by seq2seq_jax.sweep: names the trials of a sweep directory
-EXPORT_MANIFEST = "manifest.json"  # of a `seq2seq-jax export` directory (export.py)
+# of a `seq2seq-jax export` directory: exported.MANIFEST_FILE, named again here because
+# that loader stays light (it imports no module of ours but vocab and errors)
+EXPORT_MANIFEST = "manifest.json"
 # tokenizer=sentencepiece: the models of the source and target side, beside vocab.json.
 SENTENCEPIECE_FILES = {"src": "sentencepiece.src.model", "tgt": "sentencepiece.tgt.model"}
 # Settings that may differ when a run is resumed: they change no trained number.

@@ -325,3 +325,9 @@ def test_an_export_for_another_platform_is_refused_when_loaded(trained_workdir, 
                                 f"machine's {here}: export it again with --platforms {hint}.")
   code, _, err = cli_in_process(capsys, "serve", "--exported", out, "--port", "0")
   assert code == 2 and err == f"seq2seq-jax serve: error: {refused.value}\n"
+
+
+def test_the_workdir_module_names_an_export_by_the_loader_s_manifest():
+  from seq2seq_jax.exported import MANIFEST_FILE
+  from seq2seq_jax.workdir import EXPORT_MANIFEST
+  assert EXPORT_MANIFEST == MANIFEST_FILE
