@@ -111,6 +111,11 @@ def _check_output_file(flag: str, path: str) -> None:
     raise UserError(f"{flag} {path}: directory '{folder}' does not exist.")
 
 
+def _length_penalty_or_default(args) -> float:
+  return (config_lib.DEFAULT_LENGTH_PENALTY if args.length_penalty is None
+          else args.length_penalty)
+
+
 def _beam_decoder(args, translator):
   """The beam-search decoder --beam N [--length-penalty A] ask for (None: no --beam, or no
   translator to decode for: then only the flags are checked)."""
@@ -119,7 +124,7 @@ def _beam_decoder(args, translator):
     raise UserError("--length-penalty needs --beam N.")
   if args.beam is None or translator is None:
     return None
-  alpha = 0.6 if args.length_penalty is None else args.length_penalty
+  alpha = _length_penalty_or_default(args)
   return make_beam_decoder(translator.model, translator.decode_max_len, args.beam, alpha)
 
 
@@ -255,8 +260,7 @@ def cmd_evaluate(args) -> int:
     if not translator.is_series:
       scored["decoder"] = ({"strategy": "greedy"} if decoder is None else
                            {"strategy": "beam", "beam_size": args.beam,
-                            "length_penalty": 0.6 if args.length_penalty is None
-                            else args.length_penalty})
+                            "length_penalty": _length_penalty_or_default(args)})
     print(json.dumps(dict(metrics, pairs=len(pairs), **scored,
                           **({"signatures": signatures} if signatures else {}))))
   else:
@@ -420,7 +424,7 @@ def _serve_on(args, sockets) -> int:
     beam_sizes = None if args.beam_sizes is None else _int_list(args.beam_sizes, "--beam-sizes")
     translator = export_workdir(  # in memory: the same functions an export writes
         args.workdir, None, args.checkpoint or "best", beam_sizes=beam_sizes,
-        length_penalty=0.6 if args.length_penalty is None else args.length_penalty,
+        length_penalty=_length_penalty_or_default(args),
         platforms=(jax_export.default_export_platform(),))
     where = f"workdir {args.workdir}"
   options = ServeOptions(max_wait_ms=args.max_wait_ms, max_batch=args.max_batch,
@@ -603,7 +607,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="print one JSON object: loss, token_accuracy, exact_match, cer, "
                         "chrf, bleu, pairs, checkpoint, split, data, decoder and sacrebleu's "
                         "signatures of BLEU and chrF")
-  evaluate.add_argument("--hyps", metavar="FILE",
+  evaluate.add_argument("--hyps", type=_path, metavar="FILE",
                         help="write the decoded outputs to FILE, one per line (UTF-8), in "
                         "input order")
   evaluate.add_argument("--checkpoint", default="best",
@@ -649,7 +653,7 @@ def build_parser() -> argparse.ArgumentParser:
   plot.set_defaults(func=cmd_plot)
   import_keras = sub.add_parser(
       "import-keras", help="convert a trained Keras lstm_seq2seq model into a workdir")
-  import_keras.add_argument("model", help="the Keras model file (.keras, or Keras 2 .h5)")
+  import_keras.add_argument("model", type=_path, help="the Keras model file (.keras, or Keras 2 .h5)")
   import_keras.add_argument("--data", required=True,
                             help="the data it was trained on, e.g. anki:fra.txt")
   import_keras.add_argument("--num-samples", type=_positive_int, default=10_000,
@@ -662,14 +666,17 @@ def build_parser() -> argparse.ArgumentParser:
                           "functions, its parameters and vocabularies, for exported.py or serve")
   export.add_argument("--workdir", type=_path, required=True,
                       help="a trained run's workdir (or a sweep trial's)")
-  export.add_argument("--out", type=_path, required=True, help="the directory to write (replaced whole)")
+  export.add_argument("--out", type=_path, required=True,
+                      help="the directory to write (an older export there is replaced whole; "
+                      "one holding other files is refused)")
   export.add_argument("--checkpoint", default="best",
                       help="best (default), latest, or a step number")
   export.add_argument("--beam-sizes", metavar="K,K",
                       help="beam sizes to export beside greedy (default 5; none: greedy only)")
-  export.add_argument("--length-penalty", type=_length_penalty, default=0.6, metavar="A",
+  export.add_argument("--length-penalty", type=_length_penalty,
+                      default=config_lib.DEFAULT_LENGTH_PENALTY, metavar="A",
                       help="the beams' GNMT length penalty alpha (default 0.6, as translate)")
-  export.add_argument("--platforms", default="cpu,cuda",
+  export.add_argument("--platforms", default="cpu,cuda",  # exported.DEFAULT_PLATFORMS (no jax here)
                       help="platforms lowered into one artifact (default cpu,cuda; one that "
                       "this host cannot lower is left out and the manifest says why)")
   export.set_defaults(func=cmd_export)
@@ -679,7 +686,7 @@ def build_parser() -> argparse.ArgumentParser:
                          "(pip install '.[serve]')")
   model = serve.add_mutually_exclusive_group(required=True)
   model.add_argument("--workdir", type=_path, help="serve this workdir's checkpoint")
-  model.add_argument("--exported", metavar="DIR", help="serve a `seq2seq-jax export` directory")
+  model.add_argument("--exported", type=_path, metavar="DIR", help="serve a `seq2seq-jax export` directory")
   serve.add_argument("--checkpoint", help="with --workdir: best (default), latest, or a step")
   serve.add_argument("--beam-sizes", metavar="K,K",
                      help="with --workdir: beam sizes served beside greedy (default 5; none)")
@@ -718,7 +725,7 @@ def build_parser() -> argparse.ArgumentParser:
   bench = sub.add_parser("benchmark", help="time training and decoding against Keras 3 and "
                          "PyTorch on the same work, side by side (peers: pip install '.[bench]')")
   bench.add_argument("--json", action="store_true", help="print the full report as JSON")
-  bench.add_argument("--output", help="also write the JSON report to this file")
+  bench.add_argument("--output", type=_path, help="also write the JSON report to this file")
   bench.add_argument("--rounds", type=_positive_int, default=5,
                      help="alternating measurement rounds; medians are reported (default 5)")
   bench.add_argument("--peers", default="keras,torch",

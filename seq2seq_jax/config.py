@@ -555,6 +555,9 @@ def describe_fields() -> str:
 # Decoding settings (translate, evaluate, export, serve flags): their ranges
 # ---------------------------------------------------------------------------
 
+# beam search's GNMT length penalty alpha where none is given (translate, evaluate,
+# export, serve and the library's decoders)
+DEFAULT_LENGTH_PENALTY = 0.6
 # |alpha| beyond this overflows ((5 + length) / 6) ** alpha in float32 for outputs of about
 # 1,000 tokens (167 ** 17 > 3.4e38); GNMT uses 0.6 to 1.
 MAX_LENGTH_PENALTY = 10.0

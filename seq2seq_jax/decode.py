@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from seq2seq_jax.config import check_length_penalty, check_temperature
+from seq2seq_jax.config import DEFAULT_LENGTH_PENALTY, check_length_penalty, check_temperature
 from seq2seq_jax.errors import UserError
 from seq2seq_jax.model import Seq2Seq, resolve_scan_unroll
 from seq2seq_jax.vocab import END_ID, PAD_ID, START_ID, Vocab
@@ -108,7 +108,7 @@ def _check_beam_model(model: Seq2Seq) -> None:
 
 
 def beam_search(params: Any, src_BxS: jax.Array, *, model: Seq2Seq, max_len: int,
-                beam_size: int, length_penalty: float = 0.6, return_scores: bool = False):
+                beam_size: int, length_penalty: float = DEFAULT_LENGTH_PENALTY, return_scores: bool = False):
   """Beam search with K = beam_size fixed-shape beams per sentence: ids_BxL of the best
   hypothesis, END then PAD (with return_scores, also its score_B).
 
@@ -171,7 +171,7 @@ def beam_search(params: Any, src_BxS: jax.Array, *, model: Seq2Seq, max_len: int
 
 
 def make_beam_decoder(model: Seq2Seq, max_len: int, beam_size: int,
-                      length_penalty: float = 0.6) -> Callable[[Any, jax.Array], jax.Array]:
+                      length_penalty: float = DEFAULT_LENGTH_PENALTY) -> Callable[[Any, jax.Array], jax.Array]:
   """beam_search compiled for one model, output length, beam size and length penalty."""
   _check_beam_model(model)  # now, not at the first batch
   if beam_size < 1:

@@ -40,6 +40,7 @@ import numpy as np
 from jax import export as jax_export
 
 from seq2seq_jax import __version__
+from seq2seq_jax.config import DEFAULT_LENGTH_PENALTY
 from seq2seq_jax.decode import _check_beam_model, beam_search, greedy_decode
 from seq2seq_jax.errors import UserError
 from seq2seq_jax.exported import (DEFAULT_PLATFORMS, FORMAT, FORMAT_VERSION, FUNCTION_SUFFIX,
@@ -107,7 +108,7 @@ def check_exportable(translator) -> None:
 
 def build_artifact(translator, params, step: int, *, which: str = "best",
                    workdir: str | None = None, beam_sizes: tuple[int, ...] | None = None,
-                   length_penalty: float = 0.6,
+                   length_penalty: float = DEFAULT_LENGTH_PENALTY,
                    platforms: tuple[str, ...] = DEFAULT_PLATFORMS) -> ExportedTranslator:
   """The exported functions of a restored model, in memory (write_artifact saves them).
 
@@ -182,16 +183,17 @@ def build_artifact(translator, params, step: int, *, which: str = "best",
   return ExportedTranslator(manifest, vocab, flat_params, exported, models)
 
 
-def _private_owner() -> str:
-  """Who makes a private directory: this host and process, with no '.' in it."""
-  return f"{platform.node().replace('.', '_') or 'host'}-{os.getpid()}"
+def _this_host() -> str:
+  """This host's name as private directories carry it: no '.' (their separator)."""
+  return platform.node().replace(".", "_") or "host"
 
 
 def _new_private_dir(parent: str, name: str, what: str) -> str:
-  """A new empty directory `.NAME.HOST-PID-RANDOM.WHAT` in parent, made here (os.mkdir
+  """A new empty directory `.NAME.RANDOM.PID@HOST.WHAT` in parent, made here (os.mkdir
   refuses a name that exists, so it is never someone else's), with the umask's permissions."""
   while True:
-    path = os.path.join(parent, f".{name}.{_private_owner()}-{secrets.token_hex(4)}.{what}")
+    path = os.path.join(parent, f".{name}.{secrets.token_hex(4)}.{os.getpid()}@{_this_host()}."
+                                f"{what}")
     try:
       os.mkdir(path)
       return path
@@ -202,12 +204,15 @@ def _new_private_dir(parent: str, name: str, what: str) -> str:
 def _remove_stale_private_dirs(parent: str, name: str) -> None:
   """Removes the private directories of an export to parent/name that a killed process
   left: made on this host by a process that is gone (another host's may be live)."""
-  host = platform.node().replace(".", "_") or "host"
   for entry in os.listdir(parent):
-    if not (entry.startswith(f".{name}.{host}-") and entry.endswith((".partial", ".old"))):
+    if not entry.startswith(f".{name}."):
       continue
-    pid = entry[len(f".{name}.{host}-"):].split("-")[0]
-    if not pid.isdigit() or int(pid) == os.getpid() or _process_exists(int(pid)):
+    parts = entry[len(name) + 2:].split(".")  # RANDOM, PID@HOST, WHAT
+    if len(parts) != 3 or parts[2] not in ("partial", "old"):
+      continue
+    pid, _, host = parts[1].partition("@")
+    if (host != _this_host() or not pid.isdigit() or int(pid) == os.getpid()
+        or _process_exists(int(pid))):
       continue
     shutil.rmtree(os.path.join(parent, entry), ignore_errors=True)
     log.info("removed %s, left by an export that was killed", os.path.join(parent, entry))

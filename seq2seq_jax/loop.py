@@ -38,7 +38,8 @@ from seq2seq_jax.inference import Translator, evaluate_pairs, load_run_data
 from seq2seq_jax.metrics import sacrebleu_signatures, text_metrics
 from seq2seq_jax.model import count_params, traced_dropout_rate
 from seq2seq_jax.optim import build_optimizer, learning_rate_schedule
-from seq2seq_jax.parallel import DataParallel, is_primary, maybe_initialize_distributed, to_numpy
+from seq2seq_jax.parallel import (DataParallel, any_process, is_primary,
+                                  maybe_initialize_distributed, to_numpy)
 from seq2seq_jax.runtime import (CompilationCounter, parent_forwards_stops, raise_if_stopped,
                                  record_stop, stop_signals_to_catch)
 from seq2seq_jax.steps import create_state, trial_train_step, vectorized_train_step
@@ -686,19 +687,23 @@ def train_trials(configs: list[Config], workdirs: list[str], argv: list[str] | N
     from seq2seq_jax.tracking import require_tensorboardx
     require_tensorboardx("tensorboard=true needs")
   for workdir in workdirs:
-    if os.path.exists(workdir) and not os.path.isdir(workdir):
-      raise UserError(f"workdir '{workdir}' is a file, not a directory: give a directory for "
-                      "the run (a new one starts it, the one a run wrote resumes it).")
-    if os.path.isdir(workdir):
-      workdir_lib.check_run_directory(workdir)
-  created = [workdir for workdir in workdirs if not os.path.exists(workdir)]
+    workdir_lib.check_run_directory(workdir)
   with contextlib.ExitStack() as stack:
-    for workdir in workdirs:
+    busy = None
+    for workdir in workdirs:  # one process writes the workdirs: it holds them
+      new = not os.path.exists(workdir)
       os.makedirs(workdir, exist_ok=True)
       if is_primary():
-        stack.enter_context(workdir_lib.exclusive(workdir))
-    for workdir in created:  # left empty by an error before anything was written
-      stack.callback(workdir_lib.remove_if_unused, workdir)
+        try:
+          stack.enter_context(workdir_lib.exclusive(workdir))
+        except workdir_lib.WorkdirBusy as error:
+          busy = error
+          break
+        if new:  # removed again if an error comes before anything is written there
+          stack.callback(workdir_lib.remove_if_unused, workdir)
+    if any_process(busy is not None):  # every process of the run stops, not the first alone
+      raise busy or workdir_lib.WorkdirBusy(
+          f"a workdir of {', '.join(workdirs)} is in use by another run.", workdirs[0])
     stack.enter_context(_run_log(workdirs))
     group = _open_group(configs, workdirs, argv, parallel, stack)
     group.started = started

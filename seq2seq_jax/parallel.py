@@ -122,6 +122,15 @@ class DataParallel:
     }
 
 
+def any_process(flag: bool) -> bool:
+  """Whether flag is true in any process of the run: one decision for all of them, so
+  none goes on alone into a collective that the others never join."""
+  if jax.process_count() == 1:
+    return flag
+  from jax.experimental import multihost_utils
+  return bool(np.max(multihost_utils.process_allgather(np.int32(flag))))
+
+
 def to_numpy(x: jax.Array) -> np.ndarray:
   """A global array's value on this host: replicated arrays from a local copy,
   sharded ones gathered from every process."""

@@ -405,6 +405,19 @@ def _run_group(study, sweep: Sweep, group: list, workdir: str, progress, stop_af
     for pair in group:
       _run_group(study, sweep, [pair], workdir, progress, stop_after_step, argv, tensorboard)
     return
+  except workdir_lib.WorkdirBusy as busy:
+    # another worker still trains that trial (its heartbeat came late, so the study handed
+    # out a copy): this copy ends failed, and the live worker tells the study the outcome;
+    # nothing of the trial's files is touched here, and the group's others train on
+    log.warning("warning: trial %s is trained by another process (its workdir is locked): "
+                "left to it", os.path.basename(busy.workdir))
+    rest = [pair for pair, d in zip(group, dirs) if d != busy.workdir]
+    for pair, d in zip(group, dirs):
+      if d == busy.workdir:
+        study.fail(pair[0])
+    if rest:
+      _run_group(study, sweep, rest, workdir, progress, stop_after_step, argv, tensorboard)
+    return
   except BaseException as error:  # interrupted (signal, stop_after_step) or broken
     # a trial the pruner (or a NaN) had stopped before keeps that outcome; the others
     # run again later, from their checkpoints

@@ -19,7 +19,6 @@ from __future__ import annotations
 import base64
 import contextlib
 import dataclasses
-import fcntl
 import json
 import logging
 import os
@@ -45,7 +44,7 @@ LOG_FILE = "train.log"
 LOCK_FILE = ".lock"
 SWEEP_FILE = "sweep.json"  # written by seq2seq_jax.sweep: names the trials of a sweep directory
 # of a `seq2seq-jax export` directory: exported.MANIFEST_FILE, named again here because
-# that loader stays light (it imports no module of ours but vocab and errors)
+# importing exported would import jax with this module (a test holds the two equal)
 EXPORT_MANIFEST = "manifest.json"
 # tokenizer=sentencepiece: the models of the source and target side, beside vocab.json.
 SENTENCEPIECE_FILES = {"src": "sentencepiece.src.model", "tgt": "sentencepiece.tgt.model"}
@@ -57,39 +56,58 @@ RESUMABLE_CHANGES = ("log_every_steps", "num_summary_samples", "eval_decode_samp
                      "time_budget_minutes", "cpu_crosscheck")
 
 
+class WorkdirBusy(UserError):
+  """Another process trains in this workdir (it holds its lock)."""
+
+  def __init__(self, message: str, workdir: str):
+    super().__init__(message)
+    self.workdir = workdir
+
+
 @contextlib.contextmanager
 def exclusive(workdir: str):
   """Holds workdir for the run training in it: the same command started again in another
-  terminal (or a second sweep worker on one trial) is refused in one line instead of
-  writing every record twice. An flock: the system releases it when the process ends,
-  killed or not, so no stale lock outlives a run."""
+  terminal (or a second sweep worker on one trial) is refused in one line (WorkdirBusy)
+  instead of writing every record twice. An flock: the system releases it when the
+  process ends, killed or not, so no stale lock outlives a run. Where the file system
+  has no flock (some network mounts), the run goes on unlocked, with a warning."""
+  import fcntl  # POSIX; imported here, so the package still imports where it is missing
   fd = os.open(os.path.join(workdir, LOCK_FILE), os.O_RDWR | os.O_CREAT, 0o644)
   try:
     try:
       fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
       holder = os.pread(fd, 200, 0).decode("utf-8", "replace").strip() or "another process"
-      raise UserError(f"workdir '{workdir}' is in use by a run training there ({holder}): "
-                      "wait for it to end or stop it; for another run at the same time, give "
-                      "a new --workdir.") from None
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"pid {os.getpid()} on {platform.node() or 'this host'}\n".encode(), 0)
+      raise WorkdirBusy(f"workdir '{workdir}' is in use by a run training there ({holder}): "
+                        "wait for it to end or stop it; for another run at the same time, "
+                        "give a new --workdir.", workdir) from None
+    except OSError as error:  # ENOLCK, EOPNOTSUPP: no locks on this file system
+      log.warning("warning: cannot lock %s (%s): nothing stops a second run in this workdir",
+                  workdir, error.strerror or error)
+    else:
+      os.ftruncate(fd, 0)
+      os.pwrite(fd, f"pid {os.getpid()} on {platform.node() or 'this host'}\n".encode(), 0)
     yield
   finally:
     os.close(fd)  # releases the lock
 
 
 def check_run_directory(workdir: str) -> None:
-  """A training run's workdir, for train, translate, evaluate, export and serve: a sweep's
-  directory (one workdir per trial) or an export is named, with the command that takes it."""
+  """A training run's workdir, for train, translate, evaluate, export and serve: a file,
+  a sweep's directory (one workdir per trial) or an export is named, with what to give."""
+  from seq2seq_jax.checkpoint import CHECKPOINT_DIR
+  if os.path.exists(workdir) and not os.path.isdir(workdir):
+    raise UserError(f"workdir '{workdir}' is a file, not a directory: give the directory of "
+                    "a run (a new one starts a run, the one `seq2seq-jax train` wrote resumes "
+                    "or restores it).")
   if os.path.isfile(os.path.join(workdir, SWEEP_FILE)):
     trials = sorted(name for name in os.listdir(workdir)
-                    if os.path.isdir(os.path.join(workdir, name, "checkpoints")))
+                    if os.path.isdir(os.path.join(workdir, name, CHECKPOINT_DIR)))
     example = os.path.join(workdir, trials[0]) if trials else os.path.join(workdir, "TRIAL")
     raise UserError(f"'{workdir}' is a sweep's directory ({SWEEP_FILE}), one workdir per "
                     f"trial: give a trial's, e.g. {example} (`seq2seq-jax sweep` trains them).")
   if (os.path.isfile(os.path.join(workdir, EXPORT_MANIFEST))
-      and not os.path.isdir(os.path.join(workdir, "checkpoints"))):
+      and not os.path.isdir(os.path.join(workdir, CHECKPOINT_DIR))):
     raise UserError(f"'{workdir}' is an export, not a training workdir: serve it with "
                     f"`seq2seq-jax serve --exported {workdir}`, or load it with "
                     "seq2seq_jax.exported.ExportedTranslator.")
@@ -110,12 +128,13 @@ def check_sweep_directory(workdir: str) -> None:
 def remove_if_unused(workdir: str) -> None:
   """Removes a workdir a run made and left with nothing in it but its lock and an empty
   train.log (the data could not be read, a setting was refused): no empty run is left
-  behind to be mistaken for one."""
+  behind to be mistaken for one. Called with the lock still held; the lock file goes
+  last, so a run starting meanwhile finds it and waits its turn."""
   try:
     names = set(os.listdir(workdir))
     if names <= {LOCK_FILE, LOG_FILE} and (LOG_FILE not in names or
                                           os.path.getsize(os.path.join(workdir, LOG_FILE)) == 0):
-      for name in names:
+      for name in sorted(names, key=lambda n: n == LOCK_FILE):
         os.remove(os.path.join(workdir, name))
       os.rmdir(workdir)
   except OSError:  # a file appeared, or the folder went: leave what is there

@@ -227,7 +227,8 @@ def test_an_empty_path_is_refused_in_one_line(capsys):
   """`--workdir "$RUN"` with RUN unset: no path, refused before anything is read or made."""
   from seq2seq_jax.cli import build_parser
   for argv in (["train", "--workdir", ""], ["export", "--workdir", "w", "--out", " "],
-               ["data", "download", "libreoffice:fr", "--dir", ""]):
+               ["data", "download", "libreoffice:fr", "--dir", ""],
+               ["evaluate", "--workdir", "w", "--hyps", ""], ["benchmark", "--output", ""]):
     with pytest.raises(SystemExit):
       build_parser().parse_args(argv)
     command = " ".join(argv[:2] if argv[0] == "data" else argv[:1])

@@ -131,9 +131,10 @@ def test_the_next_export_removes_what_a_killed_export_left(tmp_path):
   host = platform.node().replace(".", "_")
   dead = subprocess.Popen(["true"])
   dead.wait()
-  left = [f".ex5.{host}-{dead.pid}-0a1b2c3d.partial", f".ex5.{host}-{dead.pid}-0a1b2c3e.old"]
-  kept = [f".ex5.{host}-{os.getppid()}-0a1b2c3d.partial", ".ex5.otherhost-1-0a1b2c3d.partial",
-          f".ex6.{host}-{dead.pid}-0a1b2c3d.partial"]  # another DIR's
+  left = [f".ex5.0a1b2c3d.{dead.pid}@{host}.partial", f".ex5.0a1b2c3e.{dead.pid}@{host}.old"]
+  kept = [f".ex5.0a1b2c3d.{os.getppid()}@{host}.partial",  # a live export's
+          f".ex5.0a1b2c3d.{dead.pid}@{host}-2.partial",  # host-2's, whose name starts as ours
+          f".ex6.0a1b2c3d.{dead.pid}@{host}.partial"]  # another DIR's
   for name in left + kept:
     (tmp_path / name).mkdir()
     (tmp_path / name / "params.npz").write_bytes(b"big")

@@ -314,6 +314,26 @@ def test_a_diverging_trial_is_recorded_and_the_others_go_on(tmp_path):
   assert not os.path.exists(os.path.join(diverged, "results.json"))
 
 
+def test_a_trial_another_process_trains_is_left_to_it_and_the_group_goes_on(tmp_path):
+  """Its workdir locked by another process (a worker whose heartbeat came late, so the
+  study handed out a copy): that trial is left alone, files and all, and its vmap
+  group-mates train; the sweep does not fail."""
+  from seq2seq_jax import workdir as workdir_lib
+  base = sweep_lib.load_sweep(SWEEP_TINY).base
+  base = dataclasses.replace(base, num_epochs=1, latent_dim=8, embed_dim=4, attention="none",
+                             lr_schedule="constant", numbers_train=64, numbers_val=4,
+                             numbers_test=4)
+  sweep = sweep_lib.make_sweep(base, {"grid": {"learning_rate": [1e-3, 2e-3, 3e-3]},
+                                      "metric": "val/loss", "vectorize": True})
+  busy = tmp_path / "learning_rate=0.002"
+  busy.mkdir()
+  with workdir_lib.exclusive(str(busy)):
+    rows = sweep_lib.run_sweep(sweep, str(tmp_path), progress=False)
+  assert sorted((r["trial"], r["status"]) for r in rows) == [  # the table: best first
+      ("learning_rate=0.001", "done"), ("learning_rate=0.003", "done")]
+  assert os.listdir(busy) == [".lock"]
+
+
 @pytest.mark.slow
 def test_tensorboard_export_round_trips(swept):
   pytest.importorskip("tensorboardX")

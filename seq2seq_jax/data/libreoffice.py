@@ -26,6 +26,7 @@ the test set. Within a split a source is kept once; a source already in an earli
 from __future__ import annotations
 
 import bz2
+import contextlib
 import gzip
 import io
 import logging
@@ -395,8 +396,9 @@ def download(lang: str, directory: str | None = None) -> tuple[str, list[str]]:
     try:
       _apt_download(apt, wanted, lang, directory, have)
     except BaseException:
-      if made:  # the folder made for this download: empty once its scratch folder is gone
-        shutil.rmtree(directory, ignore_errors=True)
+      if made:  # the folder made for this download, if nothing else came into it
+        with contextlib.suppress(OSError):
+          os.rmdir(directory)
       raise
   return directory, [have[package] for package in packages if package in have]
 
