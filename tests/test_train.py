@@ -183,8 +183,11 @@ def test_a_joint_vocabulary_with_tied_embeddings_copies_function_names_and_numbe
   VLOOKUP...) and their number.
 
   The model is the default one's kind (bidirectional encoder, attention with input
-  feeding) at a small size: on these data a model learns to copy numbers suddenly, and this
-  one does so by epoch 10 at every seed tried (0-4; 14 epochs leave the margin).
+  feeding) at a small size: on these data a model learns to copy numbers suddenly. With
+  the data generator's seed 0 (the test's) it does so by epoch 7 (val exact match 1.0), and
+  14 epochs leave the margin. Other data seeds, measured 2026-12-06: 1, 3 and 4 by epoch
+  5; seed 2's data are learnt slower (0.86 at epoch 14, 21 of 90 held out lost), so the
+  data are fixed, not drawn.
 
   Trained by the command line, whose programs compile at XLA's default optimisation
   (`cli_env_for_long_runs`): its 2,500 steps run in half the time they take in the suite's
