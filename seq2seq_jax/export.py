@@ -281,6 +281,7 @@ def write_artifact(artifact: ExportedTranslator, out: str) -> None:
     write_atomically(os.path.join(staging, MANIFEST_FILE),
                      json.dumps(artifact.manifest, ensure_ascii=False, indent=2) + "\n")
     if os.path.isdir(out):
+      _check_out_dir(out)  # again: a file put in DIR while the export was written stays
       _replace_dir(staging, out)
     else:
       os.replace(staging, out)

@@ -691,7 +691,7 @@ def train_trials(configs: list[Config], workdirs: list[str], argv: list[str] | N
   with contextlib.ExitStack() as stack:
     busy = None
     for workdir in workdirs:  # one process writes the workdirs: it holds them
-      new = not os.path.exists(workdir)
+      made = workdir_lib.first_missing(workdir)
       os.makedirs(workdir, exist_ok=True)
       if is_primary():
         try:
@@ -699,8 +699,8 @@ def train_trials(configs: list[Config], workdirs: list[str], argv: list[str] | N
         except workdir_lib.WorkdirBusy as error:
           busy = error
           break
-        if new:  # removed again if an error comes before anything is written there
-          stack.callback(workdir_lib.remove_if_unused, workdir)
+        if made:  # removed again if an error comes before anything is written there
+          stack.callback(workdir_lib.remove_if_unused, workdir, made)
     if any_process(busy is not None):  # every process of the run stops, not the first alone
       raise busy or workdir_lib.WorkdirBusy(
           f"a workdir of {', '.join(workdirs)} is in use by another run.", workdirs[0])

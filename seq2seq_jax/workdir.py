@@ -125,10 +125,20 @@ def check_sweep_directory(workdir: str) -> None:
                     "the sweep a new --workdir.")
 
 
-def remove_if_unused(workdir: str) -> None:
+def first_missing(path: str) -> str | None:
+  """The outermost folder of path that does not exist yet (None: path exists): what
+  os.makedirs(path) creates lies under it."""
+  path, missing = os.path.abspath(path), None
+  while not os.path.exists(path):
+    path, missing = os.path.dirname(path), path
+  return missing
+
+
+def remove_if_unused(workdir: str, made: str | None = None) -> None:
   """Removes a workdir a run made and left with nothing in it but its lock and an empty
   train.log (the data could not be read, a setting was refused): no empty run is left
-  behind to be mistaken for one. Called with the lock still held; the lock file goes
+  behind to be mistaken for one; so are the folders above it up to made (the outermost
+  one the run created), where empty. Called with the lock still held; the lock file goes
   last, so a run starting meanwhile finds it and waits its turn."""
   try:
     names = set(os.listdir(workdir))
@@ -136,7 +146,12 @@ def remove_if_unused(workdir: str) -> None:
                                           os.path.getsize(os.path.join(workdir, LOG_FILE)) == 0):
       for name in sorted(names, key=lambda n: n == LOCK_FILE):
         os.remove(os.path.join(workdir, name))
-      os.rmdir(workdir)
+      folder = os.path.abspath(workdir)
+      while True:
+        os.rmdir(folder)  # an OSError if not empty: the folders above stay too
+        if made is None or folder == os.path.abspath(made):
+          break
+        folder = os.path.dirname(folder)
   except OSError:  # a file appeared, or the folder went: leave what is there
     pass
 

@@ -121,6 +121,28 @@ def test_export_refuses_a_directory_holding_anything_but_an_export(tmp_path):
   assert sorted(os.listdir(tmp_path)) == ["ex7"]  # no staging folder left beside it
 
 
+def test_a_file_put_in_dir_while_the_export_is_written_stays(tmp_path):
+  """DIR is checked again just before the swap: a file the user saved there while the
+  export was being written is not deleted with the older export."""
+  from seq2seq_jax.errors import UserError
+  from seq2seq_jax.export import write_artifact
+  out = tmp_path / "ex7"
+  write_artifact(_artifact(1), str(out))
+
+  class SavedMeanwhile(_FakeExported):
+    def serialize(self) -> bytes:
+      (out / "notes.txt").write_text("mine")
+      return super().serialize()
+
+  artifact = _artifact(2)
+  artifact.exported = {"greedy": SavedMeanwhile(b"stablehlo")}
+  with pytest.raises(UserError, match=r"holds an entry that is not an export's \(notes\.txt\)"):
+    write_artifact(artifact, str(out))
+  assert (out / "notes.txt").read_text() == "mine"
+  assert json.loads((out / "manifest.json").read_text())["v"] == 1
+  assert sorted(os.listdir(tmp_path)) == ["ex7"]  # the staging folder went
+
+
 def test_the_next_export_removes_what_a_killed_export_left(tmp_path):
   """A killed export leaves its hidden staging folder (and, killed between two renames,
   the retired one): the next export to DIR removes those of dead processes on this host,

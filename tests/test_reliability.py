@@ -391,9 +391,10 @@ def test_a_run_refused_before_it_wrote_anything_leaves_no_workdir(tmp_path, caps
   to be mistaken for a run; an existing workdir stays."""
   for data in ("foo:bar", f"tsv:{tmp_path / 'missing.tsv'}"):
     code, _, err = cli_in_process(capsys, "train", "--config", "configs/tiny.py",
-                                  "--workdir", str(tmp_path / "new"), "--data", data)
+                                  "--workdir", str(tmp_path / "new" / "runs" / "a"),
+                                  "--data", data)
     assert code == 2 and err.count("\n") == 1, err
-    assert not (tmp_path / "new").exists()
+    assert not (tmp_path / "new").exists()  # nor the folders made above it
   (tmp_path / "mine").mkdir()
   code, _, _ = cli_in_process(capsys, "train", "--config", "configs/tiny.py",
                               "--workdir", str(tmp_path / "mine"), "--data", "foo:bar")
