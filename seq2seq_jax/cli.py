@@ -543,6 +543,16 @@ class _OneLineParser(argparse.ArgumentParser):
     self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
+# what lowers a command's memory, for its out-of-memory error (each names its own flags)
+_MEMORY_HINTS = {
+    "train": "lower batch_size (--set batch_size=N) or the model's size",
+    "sweep": "lower batch_size (--set batch_size=N), group_size, or the model's size",
+    "translate": "lower --batch-size",
+    "serve": "lower --max-batch, or give fewer --length-buckets",
+    None: "free memory, or run it on a machine with more",
+}
+
+
 def build_parser() -> argparse.ArgumentParser:
   parser = _OneLineParser(
       prog="seq2seq-jax",
@@ -823,8 +833,8 @@ def _run(args: argparse.Namespace) -> int:
     return _interrupted(args, f" by {interrupt.args[0]}" if interrupt.args else "")
   except MemoryError as error:  # e.g. --set batch_size=1000000000000: NumPy's allocation
     reason = str(error).strip().splitlines()[0] if str(error).strip() else "MemoryError"
-    print(f"seq2seq-jax {args.command}: error: out of memory ({reason}); lower batch_size "
-          "(--set batch_size=N, or --batch-size) or the model's size.", file=sys.stderr)
+    print(f"seq2seq-jax {args.command}: error: out of memory ({reason}); "
+          f"{_MEMORY_HINTS.get(args.command, _MEMORY_HINTS[None])}.", file=sys.stderr)
     return 2
   except BrokenPipeError:  # e.g. `seq2seq-jax translate ... | head -1`
     os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

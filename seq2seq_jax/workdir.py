@@ -135,15 +135,14 @@ def first_missing(path: str) -> str | None:
 
 
 def remove_if_unused(workdir: str, made: str | None = None) -> None:
-  """Removes a workdir a run made and left with nothing in it but its lock and an empty
-  train.log (the data could not be read, a setting was refused): no empty run is left
-  behind to be mistaken for one; so are the folders above it up to made (the outermost
-  one the run created), where empty. Called with the lock still held; the lock file goes
-  last, so a run starting meanwhile finds it and waits its turn."""
+  """Removes a workdir a run made and left with nothing in it but its lock and train.log
+  (the data could not be read, no pair fits, a setting was refused: the error went to
+  stderr): no empty run is left behind to be mistaken for one; so are the folders above
+  it up to made (the outermost one the run created), where empty. Called with the lock
+  still held; the lock file goes last, so a run starting meanwhile finds it and waits."""
   try:
     names = set(os.listdir(workdir))
-    if names <= {LOCK_FILE, LOG_FILE} and (LOG_FILE not in names or
-                                          os.path.getsize(os.path.join(workdir, LOG_FILE)) == 0):
+    if names <= {LOCK_FILE, LOG_FILE}:
       for name in sorted(names, key=lambda n: n == LOCK_FILE):
         os.remove(os.path.join(workdir, name))
       folder = os.path.abspath(workdir)

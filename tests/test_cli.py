@@ -331,9 +331,11 @@ def test_running_out_of_memory_is_one_line(capsys, monkeypatch):
   def plot(args):
     raise MemoryError("Unable to allocate 113. TiB for an array with shape (10**12, 31)")
   monkeypatch.setattr(cli, "cmd_plot", plot)
-  code, _, err = cli_in_process(capsys, "plot", "--workdir", "w")
+  monkeypatch.setattr(cli, "cmd_train", plot)
+  code, _, err = cli_in_process(capsys, "train", "--workdir", "w")
   assert code == 2
   assert err.strip().splitlines() == [
-      "seq2seq-jax plot: error: out of memory (Unable to allocate 113. TiB for an array with "
-      "shape (10**12, 31)); lower batch_size (--set batch_size=N, or --batch-size) or the "
-      "model's size."]
+      "seq2seq-jax train: error: out of memory (Unable to allocate 113. TiB for an array with "
+      "shape (10**12, 31)); lower batch_size (--set batch_size=N) or the model's size."]
+  code, _, err = cli_in_process(capsys, "plot", "--workdir", "w")  # no batch size to lower
+  assert code == 2 and err.strip().endswith("; free memory, or run it on a machine with more.")

@@ -283,3 +283,13 @@ def test_corrupt_catalog_is_named_or_skipped(tmp_path, caplog):
   (tmp_path / "wrong_charset.mo").write_bytes(raw)
   with pytest.raises(DataError, match=r"wrong_charset.mo: a message is not valid UTF-8"):
     data_lib.read_mo(str(tmp_path / "wrong_charset.mo"))
+
+
+def test_the_old_tasks_module_s_names_are_in_the_data_package():
+  """data.py and tasks.py became the data/ package; code importing their names from
+  seq2seq_jax.data keeps working (docs/layout.md)."""
+  from seq2seq_jax import data
+  from seq2seq_jax.config import Config
+  train, val, test = data.task_pairs("reverse", Config(task_train=4, task_val=2, task_test=2))
+  assert (len(train), len(val), len(test)) == (4, 2, 2) and "reverse" in data.TASKS
+  assert all(target == source[::-1] for source, target in train)

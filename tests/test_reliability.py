@@ -387,12 +387,12 @@ def test_a_second_run_in_a_busy_workdir_is_refused_and_the_lock_dies_with_its_pr
 
 
 def test_a_run_refused_before_it_wrote_anything_leaves_no_workdir(tmp_path, capsys):
-  """A data spec that cannot be read: no empty workdir (with an empty train.log) is left
-  to be mistaken for a run; an existing workdir stays."""
-  for data in ("foo:bar", f"tsv:{tmp_path / 'missing.tsv'}"):
+  """Data that cannot be read, or no pair that fits: no workdir holding only its log is
+  left to be mistaken for a run (nor the folders made above it); an existing one stays."""
+  for refused in (["--data", "foo:bar"], ["--data", f"tsv:{tmp_path / 'missing.tsv'}"],
+                  ["--set", "max_source_len=1"]):  # its train.log holds the data's line
     code, _, err = cli_in_process(capsys, "train", "--config", "configs/tiny.py",
-                                  "--workdir", str(tmp_path / "new" / "runs" / "a"),
-                                  "--data", data)
+                                  "--workdir", str(tmp_path / "new" / "runs" / "a"), *refused)
     assert code == 2 and err.count("\n") == 1, err
     assert not (tmp_path / "new").exists()  # nor the folders made above it
   (tmp_path / "mine").mkdir()

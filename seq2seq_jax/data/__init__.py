@@ -11,3 +11,4 @@ from seq2seq_jax.data.sources import (MO_MAGIC, Pair, gettext_pairs, gettext_ski
 from seq2seq_jax.data.splits import (KERAS_END, KERAS_START, Splits, build_vocabs,  # noqa: F401
                                      changed_splits,
                                      drop_long, keras_vocabs, load_splits, split_pairs)
+from seq2seq_jax.data.tasks import TASKS, task_pairs  # noqa: F401 (the old tasks.py's)
