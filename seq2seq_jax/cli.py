@@ -128,12 +128,17 @@ def _beam_decoder(args, translator):
   return make_beam_decoder(translator.model, translator.decode_max_len, args.beam, alpha)
 
 
+def _sampling_settings(args) -> list[str]:
+  """The sampling flags given beside --sample: --temperature, --top-k, --seed."""
+  return [flag for flag, value in (("--temperature", args.temperature),
+                                   ("--top-k", args.top_k), ("--seed", args.seed))
+          if value is not None]
+
+
 def _translate_decoder(args, translator):
   """The decoder --beam / --sample ask for (None: greedy); misplaced options are errors."""
   from seq2seq_jax.decode import make_sample_decoder
-  sampling_flags = [flag for flag, value in (("--temperature", args.temperature),
-                                             ("--top-k", args.top_k), ("--seed", args.seed))
-                    if value is not None]
+  sampling_flags = _sampling_settings(args)
   if sampling_flags and not args.sample:
     raise UserError(f"{', '.join(sampling_flags)} {'need' if len(sampling_flags) > 1 else 'needs'} "
                     "--sample.")
@@ -194,10 +199,7 @@ def cmd_evaluate(args) -> int:
   from seq2seq_jax.metrics import sacrebleu_signatures
   from seq2seq_jax.workdir import write_atomically
   configure_logging(sys.stderr)
-  sampling = [flag for flag, value in (("--sample", args.sample or None),
-                                       ("--temperature", args.temperature),
-                                       ("--top-k", args.top_k), ("--seed", args.seed))
-              if value is not None]
+  sampling = ["--sample"] * args.sample + _sampling_settings(args)
   if sampling:
     raise UserError(f"{', '.join(sampling)} {'are' if len(sampling) > 1 else 'is'} "
                     "translate's: evaluate scores greedy or --beam N outputs (a score of drawn "

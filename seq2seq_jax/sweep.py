@@ -411,10 +411,12 @@ def _run_group(study, sweep: Sweep, group: list, workdir: str, progress, stop_af
     # nothing of the trial's files is touched here, and the group's others train on
     log.warning("warning: trial %s is trained by another process (its workdir is locked): "
                 "left to it", os.path.basename(busy.workdir))
-    rest = [pair for pair, d in zip(group, dirs) if d != busy.workdir]
-    for pair, d in zip(group, dirs):
-      if d == busy.workdir:
+    rest = []
+    for pair, trial_dir in zip(group, dirs):
+      if trial_dir == busy.workdir:
         study.fail(pair[0])
+      else:
+        rest.append(pair)
     if rest:
       _run_group(study, sweep, rest, workdir, progress, stop_after_step, argv, tensorboard)
     return
