@@ -13,7 +13,7 @@ import sys
 import time
 
 from seq2seq_jax import config as config_lib
-from seq2seq_jax.errors import UserError
+from seq2seq_jax.errors import UserError, first_line
 
 log = logging.getLogger("seq2seq_jax")
 # the wall time `train` began, handed to the process it re-executes (runtime.maybe_reexec)
@@ -834,7 +834,7 @@ def _run(args: argparse.Namespace) -> int:
   except KeyboardInterrupt as interrupt:
     return _interrupted(args, f" by {interrupt.args[0]}" if interrupt.args else "")
   except MemoryError as error:  # e.g. --set batch_size=1000000000000: NumPy's allocation
-    reason = str(error).strip().splitlines()[0] if str(error).strip() else "MemoryError"
+    reason = first_line(error, "MemoryError")
     print(f"seq2seq-jax {args.command}: error: out of memory ({reason}); "
           f"{_MEMORY_HINTS.get(args.command, _MEMORY_HINTS[None])}.", file=sys.stderr)
     return 2

@@ -1,5 +1,7 @@
 """The one exception type users see: a message naming the problem and the fix."""
 
+from __future__ import annotations
+
 
 class UserError(Exception):
   """A problem with the user's input, files or environment.
@@ -14,3 +16,10 @@ class DataError(UserError):
 
 class CheckpointError(UserError):
   """A missing, corrupt or incompatible checkpoint or workdir."""
+
+
+def first_line(error: BaseException, default: str = "", limit: int | None = None) -> str:
+  """The first line of an exception's message (default where it has none), cut to limit
+  characters: what a one-line error quotes of a library's own message."""
+  text = str(error).strip()
+  return text.splitlines()[0][:limit] if text else default

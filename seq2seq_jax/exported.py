@@ -21,7 +21,7 @@ import jax
 import numpy as np
 from jax import export as jax_export
 
-from seq2seq_jax.errors import UserError
+from seq2seq_jax.errors import UserError, first_line
 from seq2seq_jax.vocab import PAD_ID, Vocab, input_warnings
 
 FORMAT = "seq2seq_jax.exported"
@@ -121,7 +121,7 @@ def _reading(path: str):
   except OSError as error:
     raise ExportError(f"cannot read {path}: {error.strerror or error}; export again.") from None
   except Exception as error:
-    reason = str(error).strip().splitlines()[0][:200] if str(error).strip() else ""
+    reason = first_line(error, limit=200)
     kind = type(error).__name__ if type(error).__module__ == "builtins" else \
         f"{type(error).__module__}.{type(error).__name__}"  # struct.error, not error
     raise ExportError(f"{path} is damaged ({kind}"

@@ -19,7 +19,7 @@ import numpy as np
 from seq2seq_jax import config as config_lib
 from seq2seq_jax import data as data_lib
 from seq2seq_jax.config import Config
-from seq2seq_jax.errors import CheckpointError, UserError
+from seq2seq_jax.errors import CheckpointError, UserError, first_line
 from seq2seq_jax.vocab import END_ID, START_ID, Vocab
 
 NEG_INF = -1e9
@@ -66,7 +66,7 @@ def load_keras_model(path: str):
   try:
     return keras.models.load_model(path, compile=False)
   except Exception as error:  # a damaged file, or not a model: Keras' first line names why
-    reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
+    reason = first_line(error, type(error).__name__, limit=200)
     raise CheckpointError(f"Keras could not load '{path}' ({reason}); {_SAVE_HINT}.") from None
 
 

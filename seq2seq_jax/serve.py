@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 
 from seq2seq_jax import runtime
-from seq2seq_jax.errors import UserError
+from seq2seq_jax.errors import UserError, first_line
 from seq2seq_jax.exported import ExportedTranslator
 from seq2seq_jax.runtime import CompilationCounter
 from seq2seq_jax.vocab import PAD_ID, UNK_ID
@@ -533,7 +533,7 @@ def warm_up(worker: BatchWorker) -> None:
     raise KeyboardInterrupt(*([received] if received else []))
   if worker.failed is not None:
     error = worker.failed
-    reason = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    reason = first_line(error)
     hint = (" (out of memory: a smaller --max-batch or --length-buckets compiles smaller "
             "programs)" if is_out_of_memory(error) else "")
     line = f"warm-up failed compiling {worker.warming_up}: " \
