@@ -93,6 +93,16 @@ class RequestError(Exception):
     self.status = status
 
 
+def _object_without_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+  """A JSON object; a key given twice is refused (Python's json keeps the last one silently)."""
+  seen = set()
+  for key, _ in pairs:
+    if key in seen:
+      raise ValueError(f"the key {key!r} is given twice")
+    seen.add(key)
+  return dict(pairs)
+
+
 def parse_request(body: bytes, options: ServeOptions,
                   beam_sizes: tuple[int, ...]) -> tuple[list[str], int | None]:
   """(texts, beam) of a /translate body, or RequestError 400 / 413 saying what is wrong."""
@@ -103,7 +113,7 @@ def parse_request(body: bytes, options: ServeOptions,
   if "\0" in text:  # never in JSON text; a UTF-16 or UTF-32 body decodes to it
     raise RequestError(400, "the body is not UTF-8 text (it holds NUL bytes: UTF-16?)")
   try:
-    payload = json.loads(text)
+    payload = json.loads(text, object_pairs_hook=_object_without_duplicates)
   except RecursionError:
     raise RequestError(400, "malformed JSON: nested too deeply") from None
   except ValueError as error:

@@ -293,3 +293,12 @@ def test_the_old_tasks_module_s_names_are_in_the_data_package():
   train, val, test = data.task_pairs("reverse", Config(task_train=4, task_val=2, task_test=2))
   assert (len(train), len(val), len(test)) == (4, 2, 2) and "reverse" in data.TASKS
   assert all(target == source[::-1] for source, target in train)
+
+
+def test_keras_encoding_of_text_without_spaces_names_the_setting_that_trains_it():
+  """The Keras example pads with the space character, so keras_compat needs one."""
+  from seq2seq_jax.data.splits import keras_vocabs
+  with pytest.raises(DataError, match="no source sentence contains a space.*keras_compat=false"):
+    keras_vocabs([("abc", "x y"), ("de", "z w")])
+  src, tgt, dims = keras_vocabs([("a b", "x y")])
+  assert dims == {"max_encoder_seq_length": 3, "max_decoder_seq_length": 5}

@@ -43,6 +43,7 @@ def test_buckets():
     (b'{"text": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", 400, "nested too deeply"),
     (b"[1, 2]", 400, "JSON object"),
     (b'{"texts": ["a"]}', 400, "unknown key"),
+    (b'{"text": ["a"], "text": ["b"]}', 400, "the key 'text' is given twice"),  # not the last
     (b'{"beam": 2}', 400, "missing 'text'"),
     (b'{"text": "one"}', 400, "list of strings"),
     (b'{"text": ["one", 2]}', 400, "list of strings"),

@@ -187,7 +187,8 @@ def keras_vocabs(pairs: list[Pair]) -> tuple[Vocab, Vocab, dict[str, int]]:
   for name, chars in (("source", src_chars), ("target", tgt_chars)):
     if " " not in chars:
       raise DataError(f"Keras-example encoding pads with the space character, but no {name} "
-                      "sentence contains a space.")
+                      "sentence contains a space: train such data without it (--set "
+                      "keras_compat=false pads with its own id and masks).")
   dims = {"max_encoder_seq_length": max(len(s) for s, _ in pairs),
           "max_decoder_seq_length": max(len(t) + 2 for _, t in pairs)}
   tgt_vocab = Vocab([ch for ch in tgt_chars if ch not in (KERAS_START, KERAS_END)],
