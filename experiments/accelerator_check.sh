@@ -20,13 +20,17 @@
 #   PYTHON             the interpreter to use (must have a CUDA JAX)
 #   ACCEL_INSTALL=1    no such interpreter: install into ACCEL_VENV (default .venv-accelerator)
 #   JAX_CUDA           the jax extra for ACCEL_INSTALL (default cuda12; cuda13 for CUDA 13)
+#   ACCEL_WHEELS       a folder of wheels the interpreter lacks (pure-Python ones, fetched where
+#                      PyPI is reachable: docs/accelerators.md lists them), installed without
+#                      network into OUTPUT_DIR/site-packages, behind this tree on PYTHONPATH
 #   CHECK_TESTS        gpu (default: tests/test_cudnn.py, its GPU tests included) or all (the suite)
 #   TEST_TIMEOUT       seconds one test may take (default 120; needs pytest-timeout, else the
 #                      phase limit alone applies)
+#   TEST_WORKERS       pytest-xdist workers for CHECK_TESTS=all (default 6; none without xdist)
 #   CHECK_PROBE=1      also run experiments/cudnn_probe.py beside the trainings (the withdrawn
 #                      cuDNN path against the scan; cudnn_probe.json, cudnn_probe.log)
 #   TESTS_LIMIT, TRAIN_LIMIT, BENCH_LIMIT, PROBE_LIMIT   each phase's limit in seconds
-#                      (default 90, 150, 120, 240)
+#                      (default 90, or 420 with CHECK_TESTS=all; 150, 120, 240)
 #   CUDA_VISIBLE_DEVICES  the GPU used (default 0)
 # Writes: nvidia-smi.txt, versions.txt, pytest.txt, train_auto.log, train_scan.log (and their
 #   workdirs), trainings.txt, benchmark.json, benchmark.md, benchmark.log, summary.txt.
@@ -96,8 +100,17 @@ if [[ -z "$python" ]]; then  # ACCEL_INSTALL=1
   python=$venv/bin/python
   phase install done
 fi
-# the project from this tree, before anything installed of it
-export PYTHONPATH="$root${PYTHONPATH:+:$PYTHONPATH}"
+# the project from this tree, before anything installed of it; then the carried wheels
+site=""
+if [[ -n "${ACCEL_WHEELS:-}" ]]; then
+  compgen -G "$ACCEL_WHEELS/*.whl" >/dev/null || fail "ACCEL_WHEELS=$ACCEL_WHEELS holds no .whl files."
+  site=$out/site-packages
+  "$python" -m pip install --quiet --disable-pip-version-check --no-index --no-deps --no-compile \
+    --target "$site" "$ACCEL_WHEELS"/*.whl >"$out/wheels.log" 2>&1 ||
+    fail "could not install the wheels of ACCEL_WHEELS=$ACCEL_WHEELS: see $out/wheels.log"
+  phase "wheels ($(compgen -G "$ACCEL_WHEELS/*.whl" | wc -l))" installed
+fi
+export PYTHONPATH="$root${site:+:$site}${PYTHONPATH:+:$PYTHONPATH}"
 s2s=("$python" -m seq2seq_jax)
 
 "$python" - >"$out/versions.txt" 2>&1 <<'EOF' || fail "the interpreter's packages are incomplete: see $out/versions.txt"
@@ -106,7 +119,8 @@ import jax
 print("python", sys.version.split()[0], sys.executable)
 print("jax", jax.__version__, jax.devices())
 for name in ("jaxlib", "flax", "optax", "orbax-checkpoint", "numpy", "num2words", "sacrebleu",
-             "sentencepiece", "pytest", "pytest-timeout", "pytest-xdist", "torch", "keras"):
+             "sentencepiece", "pytest", "pytest-timeout", "pytest-xdist", "torch", "keras",
+             "optuna", "starlette", "uvicorn", "tensorboardX"):
   try:
     print(name, metadata.version(name))
   except metadata.PackageNotFoundError:
@@ -132,24 +146,31 @@ if [[ "${CHECK_PROBE:-0}" == 1 ]]; then
     --output "$out/cudnn_probe.json" >"$out/cudnn_probe.log" 2>&1 & probe_pid=$!
 fi
 
-timeout_args=()
+# pytest's options stated here, not pyproject's addopts (-n 2 needs pytest-xdist): one line a
+# test as it ends, the failures' messages at the end, and SIGINT at the phase limit, on which
+# pytest still prints the failures so far
+pytest_args=(-o addopts= -v -rfEs --tb=short -p no:cacheprovider)
 if "$python" -c "import pytest_timeout" >/dev/null 2>&1; then
-  timeout_args=(-p timeout --timeout "${TEST_TIMEOUT:-120}")
+  pytest_args+=(-p timeout --timeout "${TEST_TIMEOUT:-120}")
 fi
 if [[ "${CHECK_TESTS:-gpu}" == all ]]; then
-  tests=(tests)
+  tests=(tests); tests_limit=${TESTS_LIMIT:-420}
+  if "$python" -c "import xdist" >/dev/null 2>&1; then  # the host's cores share the one GPU
+    pytest_args+=(-n "${TEST_WORKERS:-6}" --dist loadgroup)
+  fi
 else
-  tests=(tests/test_cudnn.py)
+  tests=(tests/test_cudnn.py); tests_limit=${TESTS_LIMIT:-90}
 fi
 test_rc=0
-timeout --kill-after=10 "${TESTS_LIMIT:-90}" "$python" -m pytest "${tests[@]}" -rfEs \
-  -p no:cacheprovider "${timeout_args[@]}" >"$out/pytest.txt" 2>&1 || test_rc=$?
+timeout --signal=INT --kill-after=20 "$tests_limit" "$python" -m pytest "${tests[@]}" \
+  "${pytest_args[@]}" >"$out/pytest.txt" 2>&1 || test_rc=$?
 case $test_rc in
   0) phase "tests (${CHECK_TESTS:-gpu})" passed ;;
   124|137) phase "tests (${CHECK_TESTS:-gpu})" TIMEOUT; status=1 ;;
   *) phase "tests (${CHECK_TESTS:-gpu})" FAILED; status=1 ;;
 esac
-grep -E "[0-9]+ (passed|failed|error)" "$out/pytest.txt" | tail -n 1 | tee -a "$summary"
+grep -E "[0-9]+ (passed|failed|error)|no tests ran" "$out/pytest.txt" | tail -n 1 | tee -a "$summary"
+grep -E "^(FAILED|ERROR) " "$out/pytest.txt" | cut -c1-200 | tee -a "$summary"
 auto_rc=0; scan_rc=0
 wait "$auto_pid" || auto_rc=$?
 wait "$scan_pid" || scan_rc=$?

@@ -481,7 +481,8 @@ def test_accelerator_check_help_says_what_it_needs(tmp_path):
   result, _ = _run_script(tmp_path, tmp_path, "--help", PATH=os.environ["PATH"])
   assert result.returncode == 0, result.stderr
   for needed in ("nvidia-smi", "CUDA build", "installs nothing", "PYTHON", "ACCEL_INSTALL",
-                 "lstm_impl=auto", "lstm_impl=scan", "4 minutes", "Exit status"):
+                 "lstm_impl=auto", "lstm_impl=scan", "4 minutes", "Exit status", "ACCEL_WHEELS",
+                 "TEST_WORKERS"):
     assert needed in result.stdout, needed
 
 
