@@ -101,14 +101,33 @@ def _read_inputs(texts: list[str]) -> list[str]:
   return lines
 
 
-def _check_output_file(flag: str, path: str) -> None:
+def _check_output_file(flag: str, path: str, keep: dict[str, str] | None = None) -> None:
   """A file a command writes at its end, checked before its work: a path that cannot be
-  written would throw that work away."""
+  written would throw that work away. keep: {file or folder it must not replace: what
+  that is} (the data the command reads, a run's own files)."""
   folder = os.path.dirname(os.path.abspath(path))
+  if path == "-":  # standard output carries the command's report
+    raise UserError(f"{flag} -: give a file path; standard output carries the report.")
   if os.path.isdir(path):
     raise UserError(f"{flag} {path} is a directory: give a file path.")
   if not os.path.isdir(folder):
     raise UserError(f"{flag} {path}: directory '{folder}' does not exist.")
+  target = os.path.realpath(path)
+  for kept, what in (keep or {}).items():
+    if os.path.lexists(kept) and (target == os.path.realpath(kept) or
+                                  target.startswith(os.path.realpath(kept) + os.sep)):
+      raise UserError(f"{flag} {path} would replace {what} ({kept}): give another file path.")
+
+
+def _data_paths(spec: str) -> list[str]:
+  """The files or folders a data spec reads (none for the embedded data sets)."""
+  from seq2seq_jax.data import parse_spec
+  kind, arg = parse_spec(spec)
+  if kind in ("tsv", "anki", "gettext", "series"):
+    return [arg]
+  if kind == "libreoffice" and ":" in arg:  # libreoffice:LANG:DIR
+    return [arg.partition(":")[2]]
+  return []
 
 
 def _length_penalty_or_default(args) -> float:
@@ -208,9 +227,20 @@ def cmd_evaluate(args) -> int:
     _check_output_file("--hyps", args.hyps)
   translator, params, step = load_trained(args.workdir, args.checkpoint)
   config = translator.config
-  if translator.is_series and (args.split == "all" or args.hyps is not None):
-    raise UserError("--split all and --hyps are for text models: a series model's windows "
-                    "take --split train, val or test.")
+  if args.hyps is not None:  # nor over what it reads: the data, the run's own files
+    from seq2seq_jax.workdir import run_entries
+    keep = dict.fromkeys(run_entries(args.workdir), "a file of the run")
+    keep.update(dict.fromkeys(_data_paths(config.data), "the run's data"))
+    keep.update(dict.fromkeys(_data_paths(args.data) if args.data else [], "the data scored"))
+    _check_output_file("--hyps", args.hyps, keep=keep)
+  text_only = [flag for flag, given in (("--split all", args.split == "all"),
+                                        ("--hyps", args.hyps is not None),
+                                        ("--beam", args.beam is not None),
+                                        ("--length-penalty", args.length_penalty is not None))
+               if given]
+  if translator.is_series and text_only:
+    raise UserError(f"{', '.join(text_only)}: for text models; a series model's forecasts "
+                    "are scored over the windows of --split train, val or test.")
   if translator.is_series:  # windows of the CSV, scaled as in training
     from seq2seq_jax.series import load_series
     _, path = data_lib.parse_spec(args.data or config.data)

@@ -262,11 +262,12 @@ _POSITIVE = ("latent_dim", "num_layers", "batch_size", "num_epochs", "embed_dim"
              "checkpoint_every_epochs", "keep_checkpoints", "log_every_steps",
              "numbers_train", "numbers_max", "task_train", "task_min_len",
              "task_max_len", "task_vocab_size", "addition_digits", "series_input_steps",
-             "series_output_steps", "min_token_freq", "learning_rate")
+             "series_output_steps", "min_token_freq", "learning_rate",
+             "rmsprop_eps")  # RMSprop divides by sqrt(nu + eps): 0/0 where gradients were 0
 _NON_NEGATIVE = ("time_budget_minutes", "task_val", "task_test", "num_samples", "numbers_val", "numbers_test", "warmup_steps",
                  "clip_norm", "rmsprop_momentum", "bucket_width",
                  "eval_decode_samples", "decode_max_len", "checkpoint_every_steps",
-                 "num_summary_samples", "rmsprop_eps",
+                 "num_summary_samples",
                  "max_vocab_size", "scan_unroll")
 
 

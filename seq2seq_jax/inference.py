@@ -112,10 +112,8 @@ class Translator:
       return []
     if split_sentences is None:
       split_sentences = self.config.split_sentences
-    if split_sentences and not self.keras_dims:
-      seen_as = (lambda s: s.lower()) if self.config.source_lowercase else (lambda s: s)
-      fits = lambda text: len(self.src_vocab.encode(seen_as(text))) <= self.source_width
-      parts = [sentences_lib.pieces(source, fits) for source in sources]
+    if split_sentences:
+      parts = [self._pieces(source) for source in sources]
       outputs = iter(self.translate(params, [p for ps in parts for p in ps], batch_size,
                                     decoder, split_sentences=False))
       return [" ".join(next(outputs) for _ in ps) for ps in parts]
@@ -134,14 +132,27 @@ class Translator:
                         place=lambda src: self.parallel.shard_batch({"src": src})["src"],
                         fetch=to_numpy)
 
+  def _seen_as(self, text: str) -> str:
+    """A source as the model reads it (lower-cased where it was trained so)."""
+    return text.lower() if self.config.source_lowercase else text
+
+  def _pieces(self, source: str) -> list[str]:
+    """A source in pieces of whole sentences that fit source_width (a word longer than
+    that stays whole, and is cut)."""
+    fits = lambda text: len(self.src_vocab.encode(self._seen_as(text))) <= self.source_width
+    return sentences_lib.pieces(source, fits)
+
   def input_warnings(self, sources: list[str], split_sentences: bool | None = None) -> list[str]:
-    """What translate() will do silently to these inputs: unknown tokens, truncation (none
-    with split_sentences: long inputs are translated in pieces)."""
+    """What translate() will do silently to these inputs: unknown tokens, truncation at
+    source_width (with split_sentences, of a piece no break brought within it)."""
     if split_sentences is None:
       split_sentences = self.config.split_sentences
-    seen_as = [s.lower() for s in sources] if self.config.source_lowercase else sources
-    split = split_sentences and not self.keras_dims
-    return input_warnings(self.src_vocab, seen_as, None if split else self.config.max_source_len)
+    if not split_sentences:
+      return input_warnings(self.src_vocab, [self._seen_as(s) for s in sources],
+                            self.source_width)
+    pieces = [self._seen_as(piece) for s in sources for piece in self._pieces(s)]
+    return input_warnings(self.src_vocab, pieces, self.source_width,
+                          "input piece(s) (split into sentences and words)")
 
   def checkpoint_meta(self, config: Config | None = None, **fields) -> workdir_lib.CheckpointMeta:
     """The meta a checkpoint of this model stores (config: a trial's own, default ours)."""

@@ -94,6 +94,9 @@ def _target_columns(spec: str, names: list[str], path: str) -> list[int]:
     else:
       raise DataError(f"series_targets: '{item}' is not a column of {path} "
                       f"(columns: {', '.join(names)}).")
+    if targets.count(targets[-1]) > 1:  # one column forecast twice would count twice
+      raise DataError(f"series_targets: '{item}' names column {names[targets[-1]]!r} of "
+                      f"{path} again: name each target column once.")
   return targets
 
 

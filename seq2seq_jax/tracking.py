@@ -23,6 +23,11 @@ TENSORBOARD_DIR = "tensorboard"
 PANELS = (("train/loss", "training loss", True), ("val/loss", "validation loss", True),
           ("val/token_accuracy", "validation token accuracy", False),
           ("val/exact_match", "validation exact match", False))
+# series models (series:PATH data): errors in the data's units beside the last-value
+# forecast's, which is constant (dashed)
+SERIES_PANELS = PANELS[:2] + (("val/mse", "validation MSE (dashed: last value)", True),
+                              ("val/mae", "validation MAE (dashed: last value)", True))
+BASELINES = {"val/mse": "val/baseline_mse", "val/mae": "val/baseline_mae"}
 
 
 def curves(records: list[dict[str, Any]]) -> dict[str, tuple[list[int], list[float]]]:
@@ -36,16 +41,24 @@ def curves(records: list[dict[str, Any]]) -> dict[str, tuple[list[int], list[flo
   train = step_records if len(step_records) >= len(epoch_records) else epoch_records
   if train:
     series["train/loss"] = ([r["step"] for r in train], [r["train/loss"] for r in train])
-  for metric, _, _ in PANELS[1:]:
+  for metric in [m for m, _, _ in PANELS[1:] + SERIES_PANELS[2:]] + list(BASELINES.values()):
     points = [(r["step"], r[metric]) for r in epoch_records if metric in r]
     if points:
       series[metric] = ([s for s, _ in points], [v for _, v in points])
   return series
 
 
+def panels_for(curves_by_run: dict[str, dict[str, Any]]) -> tuple:
+  """The panels of runs' curves: series models' (MSE, MAE) where no run has text metrics."""
+  found = set().union(*curves_by_run.values()) if curves_by_run else set()
+  text = any(metric in found for metric, _, _ in PANELS[2:])
+  return SERIES_PANELS if "val/mse" in found and not text else PANELS
+
+
 def plot_runs(runs: dict[str, list[dict[str, Any]]], path: str, title: str | None = None) -> str:
   """One figure, four panels (training loss, validation loss, token accuracy, exact match
-  against step), one line per run; written to path as PNG."""
+  against step; for series models MSE and MAE, with the last-value forecast's dashed),
+  one line per run; written to path as PNG."""
   from matplotlib import colormaps
   from matplotlib.figure import Figure
   from matplotlib.ticker import FuncFormatter, NullFormatter
@@ -54,14 +67,18 @@ def plot_runs(runs: dict[str, list[dict[str, Any]]], path: str, title: str | Non
   figure = Figure(figsize=(11, 7.5 + 0.25 * legend_rows), layout="constrained")
   axes = figure.subplots(2, 2)
   palette = colormaps["tab10" if len(runs) <= 10 else "tab20"]
-  for (metric, label, log_scale), ax in zip(PANELS, axes.flat):
+  series = {name: curves(records) for name, records in runs.items()}
+  for (metric, label, log_scale), ax in zip(panels_for(series), axes.flat):
     plotted = False
-    for index, (name, records) in enumerate(runs.items()):
-      steps, values = curves(records).get(metric, ([], []))
+    for index, (name, found) in enumerate(series.items()):
+      steps, values = found.get(metric, ([], []))
       if steps:
         ax.plot(steps, values, label=name, color=palette(index % palette.N), linewidth=1.5,
                 marker="o" if len(steps) <= 20 else None, markersize=3)
         plotted = True
+      steps, values = found.get(BASELINES.get(metric), ([], []))
+      if steps:
+        ax.plot(steps, values, color=palette(index % palette.N), linewidth=1, linestyle="--")
     ax.set_title(label)
     ax.set_xlabel("step")
     ax.grid(True, alpha=0.3)

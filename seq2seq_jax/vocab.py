@@ -295,10 +295,11 @@ class Vocab:
 MAX_NAMED_UNKNOWN = 20  # unknown tokens an input warning names; it counts the others
 
 
-def input_warnings(vocab: "Vocab", sources: list[str], max_source_len: int | None) -> list[str]:
+def input_warnings(vocab: "Vocab", sources: list[str], max_source_len: int | None,
+                   what: str = "input(s)") -> list[str]:
   """What translating these (already lower-cased, where the model does) sources does
   silently: tokens never seen in training, and inputs cut at max_source_len (None: none
-  is cut, long ones are translated in pieces)."""
+  is cut); what: the sources' name in the warning."""
   unknown = sorted({token for s in sources for token in vocab.unknown_tokens(s)})
   unknown_unit, length_unit = _UNITS[vocab.level]
   warnings = []
@@ -309,6 +310,6 @@ def input_warnings(vocab: "Vocab", sources: list[str], max_source_len: int | Non
   too_long = 0 if max_source_len is None else sum(len(vocab.encode(s)) > max_source_len
                                                   for s in sources)
   if too_long:
-    warnings.append(f"{too_long} input(s) longer than max_source_len={max_source_len} "
+    warnings.append(f"{too_long} {what} longer than max_source_len={max_source_len} "
                     f"{length_unit} were truncated")
   return warnings

@@ -48,6 +48,18 @@ SWEEP_FILE = "sweep.json"  # written by seq2seq_jax.sweep: names the trials of a
 EXPORT_MANIFEST = "manifest.json"
 # tokenizer=sentencepiece: the models of the source and target side, beside vocab.json.
 SENTENCEPIECE_FILES = {"src": "sentencepiece.src.model", "tgt": "sentencepiece.tgt.model"}
+
+
+def run_entries(workdir: str) -> list[str]:
+  """The paths of what a run writes in its workdir (its checkpoints and logs, its config
+  and vocabulary): what another command's output file must not replace."""
+  from seq2seq_jax.checkpoint import CHECKPOINT_DIR
+  from seq2seq_jax.tracking import CURVES_PNG, TENSORBOARD_DIR
+  names = (CONFIG_FILE, VOCAB_FILE, *SENTENCEPIECE_FILES.values(), RUN_FILE, METRICS_FILE,
+           RESULTS_FILE, LOG_FILE, LOCK_FILE, CHECKPOINT_DIR, TENSORBOARD_DIR, CURVES_PNG)
+  return [os.path.join(workdir, name) for name in names]
+
+
 # Settings that may differ when a run is resumed: they change no trained number.
 # settings a run may resume with changed; lstm_impl changes the implementation, not the
 # parameters (a run trained with the withdrawn lstm_impl=cudnn resumes on the scan)

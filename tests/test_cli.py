@@ -112,6 +112,31 @@ def test_evaluate_prints_the_signatures_and_refuses_a_hyps_file_nowhere(
   assert os.listdir(tmp_path) == []
 
 
+def test_evaluate_hyps_never_writes_over_what_it_reads(trained_workdir, tmp_path, capsys):
+  """--hyps naming the scored data file, or one of the run's own files (its config, a
+  checkpoint), is refused in one line before decoding, and the file is left as it was;
+  so is `-` (standard output carries the report). A new file in the workdir is fine."""
+  data = write_tsv(tmp_path / "test.tsv", [("one", "un"), ("two", "deux")])
+  before = open(data, "rb").read()
+  config = os.path.join(trained_workdir, "config.json")
+  config_before = open(config, "rb").read()
+  step = sorted(os.listdir(os.path.join(trained_workdir, "checkpoints")))[0]
+  for hyps in (data, config, os.path.join(trained_workdir, "checkpoints", step), "-"):
+    code, out, err = cli_in_process(capsys, "evaluate", "--workdir", trained_workdir, "--data",
+                                    f"tsv:{data}", "--split", "all", "--hyps", hyps)
+    assert code == 2 and out == "" and len(err.strip().splitlines()) == 1, err
+    assert f"--hyps {hyps}" in err and "give a" in err and "file path" in err
+  assert open(data, "rb").read() == before and open(config, "rb").read() == config_before
+  new = os.path.join(trained_workdir, "hyps.txt")
+  try:
+    code, _, err = cli_in_process(capsys, "evaluate", "--workdir", trained_workdir, "--data",
+                                  f"tsv:{data}", "--split", "all", "--hyps", new)
+    assert code == 0 and len(open(new).read().splitlines()) == 2, err
+  finally:
+    if os.path.exists(new):
+      os.remove(new)
+
+
 def test_plot_writes_where_it_says_and_refuses_in_one_line(trained_workdir, tmp_path, capsys):
   """--out: a file (PNG without an extension), or a directory to hold curves.png; the path
   printed is the file written. A format matplotlib cannot write, a file given as workdir or

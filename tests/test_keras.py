@@ -98,6 +98,12 @@ def test_imported_model_decodes_exactly_as_keras(anki_file, tmp_path):
   assert restored.translate(params, sentences) == expected
   cli = run_cli("translate", "--workdir", workdir, input_text="\n".join(sentences[:5]) + "\n")
   assert cli.stdout.split("\n")[:5] == expected[:5]
+  # the example's encoder reads max_encoder_seq_length characters: a longer input is cut
+  # there, and said so (the config's max_source_len is the import's 1000)
+  width = translator.keras_dims["max_encoder_seq_length"]
+  long = " ".join(sentences[:2]) + " " + "a" * width
+  assert restored.input_warnings([long]) == [
+      f"1 input(s) longer than max_source_len={width} characters were truncated"]
 
 
 @pytest.mark.slow

@@ -347,6 +347,7 @@ def test_vocab_round_trips_text_of_known_characters(corpus, data):
     ("max_source_len=-5", r"'max_source_len' must be positive; got -5"),
     ("dropout=-0.5", r"'dropout' must be in \[0, 1\)"),
     ("learning_rate=0", r"'learning_rate' must be positive; got 0\.0"),  # trains nothing
+    ("rmsprop_eps=0", r"'rmsprop_eps' must be positive; got 0\.0"),  # NaN at the 2nd step
 ])
 def test_bad_config_values_are_named(tmp_path, capsys, item, expected):
   code, _, err = cli_in_process(capsys, "train", "--config", "configs/tiny.py",

@@ -36,6 +36,9 @@ def test_pieces_are_the_text_if_it_fits_else_whole_sentences_packed_in_order():
   # no comma: cut between words; one word longer than the limit stays whole
   assert pieces("aaaa bbbb cccc dddd", lambda t: len(t) <= 9) == ["aaaa bbbb", "cccc dddd"]
   assert pieces("abcdefghijkl", lambda t: len(t) <= 5) == ["abcdefghijkl"]
+  # and the words around it are pieces of their own, not cut off with it
+  assert pieces("aaaa bbbb abcdefghijkl cccc", lambda t: len(t) <= 9) == [
+      "aaaa bbbb", "abcdefghijkl", "cccc"]
 
 
 def test_a_long_training_pair_gives_its_sentence_pairs_when_both_sides_have_as_many():
@@ -81,3 +84,11 @@ def test_a_text_longer_than_the_model_reads_is_translated_whole_by_sentences(
   code, out, err = cli_in_process(capsys, "translate", "--workdir", trained_workdir,
                                   f"{first} {second}")
   assert code == 0 and "truncated" in err
+  # a word longer than the model reads is cut even in pieces: said, and the rest translated
+  word = "x" * (translator.source_width + 5)
+  [warning] = [w for w in translator.input_warnings([f"{first} {word} {second}"],
+                                                    split_sentences=True) if "truncated" in w]
+  assert warning.startswith("1 input piece(s) (split into sentences and words) longer than "
+                            f"max_source_len={translator.source_width}")
+  [out] = translator.translate(params, [f"{first} {word} {second}"], split_sentences=True)
+  assert out.startswith(whole[0].split(" ")[0]) and out.endswith(whole[0].split(" ")[-1])

@@ -5,7 +5,7 @@ from seq2seq_jax.errors import DataError
 from seq2seq_jax.series import load_series, read_csv, windows
 from seq2seq_jax.inference import load_trained
 from seq2seq_jax.loop import train_and_evaluate
-from tests.conftest import ROOT, run_cli
+from tests.conftest import ROOT, cli_in_process, run_cli
 
 
 def series_config(path, **overrides):
@@ -37,6 +37,13 @@ def test_csv_with_and_without_header(tmp_path):
   assert names == ["column_0", "column_1"] and values.shape == (5, 2)
 
 
+def test_a_target_column_named_twice_is_refused(tmp_path):
+  path = write_csv(tmp_path / "s.csv")
+  for spec, again in (("b,b", "'b'"), ("a, 0", "'0'")):
+    with pytest.raises(DataError, match=f"series_targets: {again} names column '[ab]' .* again"):
+      load_series(series_config(path, series_targets=spec), path)
+
+
 def test_bad_cells_name_row_and_column(tmp_path):
   path = tmp_path / "bad.csv"
   path.write_text("a,b\n1,2\n3,x\n")
@@ -62,7 +69,7 @@ def test_windows_slide_over_rows():
 
 
 @pytest.mark.slow
-def test_train_beats_last_value_baseline_and_restores(tmp_path):
+def test_train_beats_last_value_baseline_and_restores(tmp_path, capsys):
   path = write_csv(tmp_path / "s.csv")
   workdir = str(tmp_path / "run")
   summary = train_and_evaluate(series_config(path, series_targets="b"), workdir, progress=False)
@@ -76,3 +83,15 @@ def test_train_beats_last_value_baseline_and_restores(tmp_path):
   assert metrics["mse"] == pytest.approx(summary["test/mse"], rel=1e-5)
   refused = run_cli("translate", "--workdir", workdir, "1,2")
   assert refused.returncode == 2 and "series model" in refused.stderr
+  hyps = tmp_path / "hyps.txt"  # evaluate's flags for text outputs: refused, not ignored
+  for flags in (["--beam", "3"], ["--split", "all"], ["--hyps", str(hyps)]):
+    code, out, err = cli_in_process(capsys, "evaluate", "--workdir", workdir, *flags)
+    assert code == 2 and out == "" and len(err.strip().splitlines()) == 1, err
+    assert f"{flags[0]}" in err and "for text models" in err
+  assert not hyps.exists()
+  # plot draws a series run's errors beside the baseline's, not text metrics it lacks
+  from seq2seq_jax import tracking
+  assert tracking.panels_for({"run": tracking.curves(tracking.read_metrics(workdir))}) \
+      == tracking.SERIES_PANELS
+  code, out, _ = cli_in_process(capsys, "plot", "--workdir", workdir)
+  assert code == 0 and out.strip().endswith("curves.png")

@@ -59,15 +59,14 @@ def split_sentences(text: str) -> list[str]:
 
 def _cut_to_fit(sentence: str, fits: Callable[[str], bool]) -> list[str]:
   """A sentence too long for `fits`: parts cut at commas, semicolons or colons where they
-  fit, else between words (a single word that does not fit stays whole: the model cuts it)."""
-  for splitter in (_SOFT_BREAK_RE, re.compile(r"\s+")):
-    units = [u for u in splitter.split(sentence) if u]
-    if len(units) < 2:
-      continue
-    parts = _pack(units, fits, lambda part: [part])
+  all fit, else between words (a single word that does not fit stays whole: the model
+  cuts it, and translate warns; the words around it are still translated)."""
+  clauses = [u for u in _SOFT_BREAK_RE.split(sentence) if u]
+  if len(clauses) > 1:
+    parts = _pack(clauses, fits, lambda part: [part])
     if all(fits(p) for p in parts):
       return parts
-  return [sentence]
+  return _pack(sentence.split(), fits, lambda word: [word])
 
 
 def _pack(units: list[str], fits: Callable[[str], bool],
