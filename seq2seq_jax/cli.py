@@ -54,6 +54,9 @@ def _load_config(args):
   config = config_lib.load_config_file(path)
   overrides = list(args.set or [])
   if args.data:
+    twice = [item for item in overrides if item.partition("=")[0].strip() == "data"]
+    if twice:  # which one wins would be a guess
+      raise UserError(f"--data {args.data} and --set {twice[0]} both name the data: give one.")
     overrides.append(f"data={args.data}")
   return config_lib.apply_overrides(config, overrides)
 
@@ -83,6 +86,9 @@ def cmd_train(args) -> int:
 def _read_inputs(texts: list[str]) -> list[str]:
   """The sentences to translate: arguments, or one per line of standard input (no
   arguments, or `-` alone, as sacrebleu and most Unix tools read it)."""
+  if "-" in texts and len(texts) > 1:
+    raise UserError("'-' reads the sentences from standard input: give it alone, or the "
+                    "sentences as arguments.")
   if texts and texts != ["-"]:
     return texts
   stream = getattr(sys.stdin, "buffer", None)
@@ -590,10 +596,14 @@ def build_parser() -> argparse.ArgumentParser:
       prog="seq2seq-jax",
       description="LSTM encoder-decoder sequence-to-sequence learning in JAX/Flax.")
   sub = parser.add_subparsers(dest="command", required=True)
+  parser.commands = sub.choices  # {name: its parser}: main's errors name the command
 
+  shipped = config_lib.shipped_config_names()
   train = sub.add_parser("train", help="train (or resume) a model in a workdir")
-  train.add_argument("--config", help="Python config file with get_config() "
-                     "(default: configs/default.py)")
+  train.add_argument("--config", type=_path,
+                     help="Python config file with get_config(), or a shipped config's name: "
+                     f"{', '.join(n for n in shipped if not n.startswith('sweep'))} "
+                     "(default: default)")
   train.add_argument("--workdir", type=_path, default="runs/default",
                      help="where checkpoints, metrics and logs go (default: runs/default)")
   train.add_argument("--data", help="data spec: numbers:LANG, anki:PATH, tsv:PATH, gettext:PATH, "
@@ -665,8 +675,9 @@ def build_parser() -> argparse.ArgumentParser:
   evaluate.set_defaults(func=cmd_evaluate)
 
   sweep = sub.add_parser("sweep", help="run every unfinished trial of a declared sweep")
-  sweep.add_argument("--config", required=True,
-                     help="sweep file with get_config() and get_sweep(), e.g. configs/sweep_lr.py")
+  sweep.add_argument("--config", type=_path, required=True,
+                     help="sweep file with get_config() and get_sweep(), or a shipped one's "
+                     f"name: {', '.join(n for n in shipped if n.startswith('sweep'))}")
   sweep.add_argument("--workdir", type=_path, required=True,
                      help="one workdir per trial, plus results.csv, results.md and curves.png")
   sweep.add_argument("--set", action="append", metavar="KEY=VALUE",
@@ -755,6 +766,7 @@ def build_parser() -> argparse.ArgumentParser:
 
   data = sub.add_parser("data", help="get a data set's files: data download libreoffice:LANG")
   data_sub = data.add_subparsers(dest="action", required=True)
+  data.commands = data_sub.choices
   download = data_sub.add_parser(
       "download", help="fetch LibreOffice's English and LANG help packages and LANG's UI "
       "catalogs with `apt-get download` (no root, nothing installed)")
@@ -796,7 +808,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
   started = time.time()
-  args = build_parser().parse_args(argv)
+  parser = build_parser()
+  args, extra = parser.parse_known_args(argv)
+  if extra and args.command == "translate" and not any(e.startswith("-") for e in extra):
+    args.text += extra  # sentences after an option: `translate --beam 3 one two`
+  elif extra:  # as the command's own error, which argparse gives the top-level program
+    dashed = any(e.startswith("-") and not e.startswith("--") for e in extra)
+    hint = ("; a sentence that starts with '-' goes after --"
+            if args.command == "translate" and dashed else "")
+    command = parser.commands[args.command]
+    command = getattr(command, "commands", {}).get(getattr(args, "action", None), command)
+    command.error(f"unrecognized arguments: {' '.join(extra)}{hint}")
   args.started = started
   from seq2seq_jax.checkpoint import quiet_orbax_background_errors  # the process is ours
   quiet_orbax_background_errors()

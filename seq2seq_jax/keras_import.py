@@ -10,6 +10,7 @@ from the same data exactly as the example does, and "\\t" / "\\n" become START /
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import zipfile
 from typing import Any
@@ -21,6 +22,8 @@ from seq2seq_jax import data as data_lib
 from seq2seq_jax.config import Config
 from seq2seq_jax.errors import CheckpointError, UserError, first_line
 from seq2seq_jax.vocab import END_ID, START_ID, Vocab
+
+log = logging.getLogger(__name__)
 
 NEG_INF = -1e9
 KERAS_CONFIG = "keras_lstm_seq2seq"  # the shipped config (seq2seq_jax/configs/) of the example
@@ -160,10 +163,17 @@ def import_keras(model_path: str, data: str, num_samples: int, workdir: str) -> 
   from seq2seq_jax import workdir as workdir_lib
   from seq2seq_jax.inference import load_run_data
 
+  workdir_lib.check_run_directory(workdir)
   weights = example_weights(load_keras_model(model_path))
   latent_dim = weights["encoder"]["recurrent_kernel"].shape[0]
   config = import_config(data, num_samples, latent_dim)
   translator, train, val, test = load_run_data(config)
+  if len(train) + len(val) + len(test) < num_samples:
+    log.warning("warning: %s holds %d pairs, fewer than --num-samples %d: all were read, as "
+                "the Keras example reads them. The import computes what the Keras model does "
+                "only if it was trained on these very pairs: their longest source and target "
+                "set the example's padding.", data, len(train) + len(val) + len(test),
+                num_samples)
   src_chars, tgt_chars = keras_characters(train + val + test)
   params = params_from_keras(weights, translator.src_vocab, translator.tgt_vocab, src_chars, tgt_chars)
   os.makedirs(workdir, exist_ok=True)

@@ -436,10 +436,11 @@ def _read_steps(group: Group, pending: list[tuple[int, dict[str, jax.Array]]],
       loss = float(host_N["loss"][i])
       if not np.isfinite(loss):
         good = trial.checkpointer.latest_step()
+        saved = (f"Last good checkpoint: {good} (kept, nothing saved over it)."
+                 if good is not None else "No checkpoint was saved before it.")
         trial.failure = NonFiniteLoss(
-            f"loss is {loss} at step {step}. Last good checkpoint: "
-            f"{good if good is not None else 'none'} (kept, nothing saved over it). "
-            "Train again in a new --workdir with a lower learning_rate or with clip_norm.")
+            f"loss is {loss} at step {step}. {saved} Train again in a new --workdir with "
+            "a lower learning_rate or with clip_norm.")
         if group.stacked:
           log.info("trial %s: %s", trial.name, trial.failure)
           group.stop_updating()

@@ -118,6 +118,12 @@ def check_run_directory(workdir: str) -> None:
     example = os.path.join(workdir, trials[0]) if trials else os.path.join(workdir, "TRIAL")
     raise UserError(f"'{workdir}' is a sweep's directory ({SWEEP_FILE}), one workdir per "
                     f"trial: give a trial's, e.g. {example} (`seq2seq-jax sweep` trains them).")
+  inside = os.path.abspath(workdir)  # the run's checkpoints folder, or one step's in it
+  for _ in range(2):
+    inside, name = os.path.dirname(inside), os.path.basename(inside)
+    if name == CHECKPOINT_DIR and os.path.isfile(os.path.join(inside, CONFIG_FILE)):
+      raise UserError(f"'{workdir}' is part of the checkpoints of the run in '{inside}', "
+                      f"not a run: give the run's workdir, --workdir {inside}.")
   if (os.path.isfile(os.path.join(workdir, EXPORT_MANIFEST))
       and not os.path.isdir(os.path.join(workdir, CHECKPOINT_DIR))):
     raise UserError(f"'{workdir}' is an export, not a training workdir: serve it with "

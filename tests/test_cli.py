@@ -3,6 +3,7 @@ import os
 
 import pytest
 
+from seq2seq_jax.errors import UserError
 from seq2seq_jax.inference import load_trained
 from seq2seq_jax.metrics import text_metrics
 from tests.conftest import cli_in_process, run_cli, write_tsv
@@ -252,6 +253,7 @@ def test_an_empty_path_is_refused_in_one_line(capsys):
   """`--workdir "$RUN"` with RUN unset: no path, refused before anything is read or made."""
   from seq2seq_jax.cli import build_parser
   for argv in (["train", "--workdir", ""], ["export", "--workdir", "w", "--out", " "],
+               ["train", "--config", ""],  # it ran the default config (minutes)
                ["data", "download", "libreoffice:fr", "--dir", ""],
                ["evaluate", "--workdir", "w", "--hyps", ""], ["benchmark", "--output", ""]):
     with pytest.raises(SystemExit):
@@ -260,6 +262,40 @@ def test_an_empty_path_is_refused_in_one_line(capsys):
     assert capsys.readouterr().err.splitlines() == [
         f"seq2seq-jax {command}: error: argument {argv[-2]}: must name a path, got an empty "
         f"one (see seq2seq-jax {command} --help)"]
+
+
+def test_an_unknown_option_is_named_with_its_command_and_sentences_may_follow_options(
+    capsys, trained_workdir):
+  """argparse names the top-level program for arguments no subcommand takes: the error
+  names the command whose --help tells what it takes; translate's sentences may come on
+  both sides of its options, and one starting with '-' goes after --."""
+  for argv, command, unknown in (
+      (["train", "--bogus"], "train", "--bogus"),
+      (["data", "download", "numbers:fr", "--bogus"], "data download", "--bogus"),
+      (["translate", "--workdir", "w", "one", "--set", "a=b"], "translate", "--set a=b"),
+      (["translate", "--workdir", "w", "one", "-two"], "translate",
+       "-two; a sentence that starts with '-' goes after --")):
+    with pytest.raises(SystemExit) as exit_:
+      cli_in_process(capsys, *argv)
+    out, err = capsys.readouterr()
+    assert exit_.value.code == 2 and out == "" and err.splitlines() == [
+        f"seq2seq-jax {command}: error: unrecognized arguments: {unknown} "
+        f"(see seq2seq-jax {command} --help)"]
+  code, out, _ = cli_in_process(capsys, "translate", "--workdir", trained_workdir, "one",
+                                "--beam", "2", "two", "three")
+  code_all, out_all, _ = cli_in_process(capsys, "translate", "--workdir", trained_workdir,
+                                        "--beam", "2", "one", "two", "three")
+  assert code == code_all == 0 and out == out_all and len(out.splitlines()) == 3
+
+
+def test_data_given_twice_is_refused(tmp_path, capsys):
+  """--data and --set data=... both: which one wins would be a guess (--data did, silently)."""
+  code, out, err = cli_in_process(capsys, "train", "--config", "tiny", "--data", "numbers:de",
+                                  "--set", "data=numbers:es", "--workdir", str(tmp_path / "r"))
+  assert code == 2 and out == "" and err.splitlines() == [
+      "seq2seq-jax train: error: --data numbers:de and --set data=numbers:es both name the "
+      "data: give one."]
+  assert not (tmp_path / "r").exists()
 
 
 def test_evaluate_refuses_sampling_in_one_line(capsys):
@@ -280,7 +316,9 @@ def test_translate_dash_reads_standard_input(monkeypatch):
   from seq2seq_jax.cli import _read_inputs
   monkeypatch.setattr("sys.stdin", io.StringIO("twelve\nthree\n"))
   assert _read_inputs(["-"]) == ["twelve", "three"]
-  assert _read_inputs(["-", "twelve"]) == ["-", "twelve"]  # among others, a sentence
+  # among sentences it would be ambiguous (stdin's lines there? a sentence "-"?): refused
+  with pytest.raises(UserError, match="'-' reads the sentences from standard input: give it alone"):
+    _read_inputs(["twelve", "-"])
 
 
 def test_a_perfect_corpus_scores_100_not_more():

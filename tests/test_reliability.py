@@ -432,6 +432,14 @@ def test_sweeps_runs_and_exports_are_told_apart(tmp_path, capsys):
       f"seq2seq-jax sweep: error: '{run_dir}' holds a training run (config.json), not a "
       "sweep: give the sweep a new --workdir.")
   assert os.listdir(run_dir) == ["config.json"]
+  (run_dir / "checkpoints" / "235").mkdir(parents=True)  # its checkpoints are not a run
+  for inside in (run_dir / "checkpoints", run_dir / "checkpoints" / "235"):
+    for command in (["train", "--config", "configs/tiny.py"], ["evaluate"]):
+      code, _, err = cli_in_process(capsys, *command, "--workdir", str(inside))
+      assert code == 2 and err.strip().splitlines() == [
+          f"seq2seq-jax {command[0]}: error: '{inside}' is part of the checkpoints of the run "
+          f"in '{run_dir}', not a run: give the run's workdir, --workdir {run_dir}."], err
+  assert os.listdir(run_dir / "checkpoints" / "235") == []
   code, _, err = cli_in_process(capsys, "sweep", "--config", "configs/sweep_tiny.py",
                                 "--workdir", str(run_dir / "config.json"))
   assert code == 2 and err.strip().splitlines()[-1] == (

@@ -80,8 +80,8 @@ def load_splits(config: Config, spec: str | None = None) -> Splits:
   """Reads the source named by spec (default config.data) into raw text splits."""
   kind, arg = parse_spec(spec or config.data)
   if kind == "series":
-    raise DataError("series:PATH data are real-valued windows, not text pairs: "
-                    "load them with seq2seq_jax.series.load_series.")
+    raise DataError("series:PATH data are real-valued windows, not text pairs: a text "
+                    "model cannot read them; train a series model on them (--config series).")
   packages = None
   if kind == "numbers":
     train, val, test = number_pairs(arg, config)
