@@ -20,8 +20,8 @@
 #   PYTHON             the interpreter to use (must have a CUDA JAX)
 #   ACCEL_INSTALL=1    no such interpreter: install into ACCEL_VENV (default .venv-accelerator)
 #   JAX_CUDA           the jax extra for ACCEL_INSTALL (default cuda12; cuda13 for CUDA 13)
-#   ACCEL_WHEELS       a folder of wheels the interpreter lacks (pure-Python ones, fetched where
-#                      PyPI is reachable: docs/accelerators.md lists them), installed without
+#   ACCEL_WHEELS       a folder of wheels the interpreter lacks, for its Python version (fetched
+#                      where PyPI is reachable: docs/accelerators.md lists them), installed without
 #                      network into OUTPUT_DIR/site-packages, behind this tree on PYTHONPATH
 #   CHECK_TESTS        gpu (default: tests/test_cudnn.py, its GPU tests included) or all (the suite)
 #   TEST_TIMEOUT       seconds one test may take (default 120; needs pytest-timeout, else the
@@ -56,6 +56,10 @@ if ! gpus=$(nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv
   fail "needs a working CUDA driver: nvidia-smi failed (${gpus%%$'\n'*}); nothing was installed."
 fi
 
+started_in=$(pwd)  # relative paths given are the caller's
+if [[ -n "${ACCEL_WHEELS:-}" && -d "$ACCEL_WHEELS" ]]; then
+  ACCEL_WHEELS=$(cd "$ACCEL_WHEELS" && pwd)
+fi
 cd "$(dirname "${BASH_SOURCE[0]}")/.." || exit 2
 root=$(pwd)
 sees_gpu='import jax, sys; sys.exit(0 if jax.default_backend() == "gpu" else 1)'
@@ -71,6 +75,7 @@ elif [[ "${ACCEL_INSTALL:-0}" != 1 ]]; then
 fi
 
 out=${1:-runs/accelerator_check/$(date -u +%Y%m%d-%H%M%S)}
+[[ -n "${1:-}" && "$1" != /* ]] && out=$started_in/$1
 mkdir -p "$out" || fail "cannot make the output directory $out"
 out=$(cd "$out" && pwd)
 summary="$out/summary.txt"
@@ -106,7 +111,7 @@ if [[ -n "${ACCEL_WHEELS:-}" ]]; then
   compgen -G "$ACCEL_WHEELS/*.whl" >/dev/null || fail "ACCEL_WHEELS=$ACCEL_WHEELS holds no .whl files."
   site=$out/site-packages
   "$python" -m pip install --quiet --disable-pip-version-check --no-index --no-deps --no-compile \
-    --target "$site" "$ACCEL_WHEELS"/*.whl >"$out/wheels.log" 2>&1 ||
+    --upgrade --target "$site" "$ACCEL_WHEELS"/*.whl >"$out/wheels.log" 2>&1 ||
     fail "could not install the wheels of ACCEL_WHEELS=$ACCEL_WHEELS: see $out/wheels.log"
   phase "wheels ($(compgen -G "$ACCEL_WHEELS/*.whl" | wc -l))" installed
 fi

@@ -119,9 +119,13 @@ def _storage_reason(error: BaseException) -> str | None:
 def _quiet_orbax():
   """Orbax's log lines stay off the terminal: routine absl warnings (e.g. "directory
   is read only"), and the tracebacks its threads log when a write fails, which
-  reach the user as one CheckpointError instead."""
+  reach the user as one CheckpointError instead. And the root logger keeps its handlers:
+  absl's log() calls logging.basicConfig() where the root has none (absl 2.x), which
+  left a program that had not configured logging (a notebook) with a handler of absl's
+  choosing, and made its own basicConfig a no-op."""
   loggers = [logging.getLogger(name) for name in ("absl", "orbax")]
   levels = [logger.level for logger in loggers]
+  root_handlers = list(logging.root.handlers)
   for logger in loggers:
     logger.setLevel(logging.CRITICAL)
   try:
@@ -129,6 +133,17 @@ def _quiet_orbax():
   finally:
     for logger, level in zip(loggers, levels):
       logger.setLevel(level)
+    if not root_handlers:
+      for handler in [h for h in logging.root.handlers if h not in root_handlers]:
+        logging.root.removeHandler(handler)
+
+
+def orbax_checkpoint():
+  """orbax.checkpoint, imported quietly (absl logs while Orbax's modules load, see
+  _quiet_orbax)."""
+  with _quiet_orbax():
+    import orbax.checkpoint as ocp
+  return ocp
 
 
 _NOISE = ("Event loop is closed", "Encountered error while", "OCDBT database",
@@ -340,7 +355,7 @@ class Checkpointer:
     if os.path.exists(self.directory) and not os.path.isdir(self.directory):
       raise CheckpointError(f"'{self.directory}' is a file, not a checkpoint directory. "
                             "Move it away or use a new --workdir.")
-    import orbax.checkpoint as ocp
+    ocp = orbax_checkpoint()
     try:
       if not read_only:
         self._remove_temporary()

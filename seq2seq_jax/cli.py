@@ -119,9 +119,9 @@ def _check_output_file(flag: str, path: str, keep: dict[str, str] | None = None)
   if not os.path.isdir(folder):
     raise UserError(f"{flag} {path}: directory '{folder}' does not exist.")
   target = os.path.realpath(path)
-  for kept, what in (keep or {}).items():
-    if os.path.lexists(kept) and (target == os.path.realpath(kept) or
-                                  target.startswith(os.path.realpath(kept) + os.sep)):
+  for kept, what in (keep or {}).items():  # a file, or what a folder holds
+    if os.path.exists(target) and (target == os.path.realpath(kept) or
+                                   target.startswith(os.path.realpath(kept) + os.sep)):
       raise UserError(f"{flag} {path} would replace {what} ({kept}): give another file path.")
 
 
@@ -193,9 +193,8 @@ def cmd_translate(args) -> int:
     log.warning("warning: %s", warning)
   outputs = translator.translate(params, sources, args.batch_size, decoder=decoder,
                                  split_sentences=args.split_sentences)
-  for source, output in zip(sources, outputs):
-    # an empty input gives an empty line: one output line per input line, always
-    sys.stdout.write((output if source else "") + "\n")
+  for output in outputs:  # one line per input line (an empty one for an empty input)
+    sys.stdout.write(output + "\n")
   sys.stdout.flush()
   return 0
 
@@ -236,11 +235,11 @@ def cmd_evaluate(args) -> int:
   if args.hyps is not None:  # nor over what it reads: the data, the run's own files
     from seq2seq_jax.workdir import run_entries
     keep = dict.fromkeys(run_entries(args.workdir), "a file of the run")
-    keep.update(dict.fromkeys(_data_paths(config.data), "the run's data"))
-    keep.update(dict.fromkeys(_data_paths(args.data) if args.data else [], "the data scored"))
+    keep.update(dict.fromkeys(_data_paths(args.data or config.data), "the data scored"))
     _check_output_file("--hyps", args.hyps, keep=keep)
   text_only = [flag for flag, given in (("--split all", args.split == "all"),
                                         ("--hyps", args.hyps is not None),
+                                        ("--split-sentences", args.split_sentences is not None),
                                         ("--beam", args.beam is not None),
                                         ("--length-penalty", args.length_penalty is not None))
                if given]
@@ -810,10 +809,16 @@ def main(argv: list[str] | None = None) -> int:
   started = time.time()
   parser = build_parser()
   args, extra = parser.parse_known_args(argv)
-  if extra and args.command == "translate" and not any(e.startswith("-") for e in extra):
-    args.text += extra  # sentences after an option: `translate --beam 3 one two`
-  elif extra:  # as the command's own error, which argparse gives the top-level program
-    dashed = any(e.startswith("-") and not e.startswith("--") for e in extra)
+  if extra and args.command == "translate":  # sentences after an option: `--beam 3 one two`
+    before, after = (extra[:extra.index("--")], extra[extra.index("--") + 1:]) \
+        if "--" in extra else (extra, [])
+    if not any(e.startswith("-") and e != "-" for e in before):
+      args.text, extra = args.text + before + after, []
+  if extra:  # as the command's own error, which argparse gives the top-level program
+    given = list(sys.argv[1:] if argv is None else argv)
+    if extra[0] in given and given.index(extra[0]) < given.index(args.command):
+      parser.error(f"unrecognized arguments: {' '.join(extra)}")  # before the command
+    dashed = any(e.startswith("-") and not e.startswith("--") and e != "-" for e in extra)
     hint = ("; a sentence that starts with '-' goes after --"
             if args.command == "translate" and dashed else "")
     command = parser.commands[args.command]

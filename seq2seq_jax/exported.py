@@ -22,7 +22,7 @@ import numpy as np
 from jax import export as jax_export
 
 from seq2seq_jax.errors import UserError, first_line
-from seq2seq_jax.vocab import PAD_ID, Vocab, input_warnings
+from seq2seq_jax.vocab import PAD_ID, Vocab, check_texts, input_warnings
 
 FORMAT = "seq2seq_jax.exported"
 FORMAT_VERSION = 1
@@ -294,6 +294,7 @@ class ExportedTranslator:
                 batch_size: int = TRANSLATE_BATCH_SIZE) -> list[str]:
     """Translations of texts in order, batched as `seq2seq-jax translate` batches; an
     empty text gives an empty translation (translate's empty line)."""
+    check_texts(texts, batch_size)
     self.function_name(beam)  # an unknown beam size fails before any work
     if not texts:
       return []

@@ -23,7 +23,7 @@ from seq2seq_jax.metrics import exact_match, text_metrics
 from seq2seq_jax.model import Seq2Seq, build_model
 from seq2seq_jax.parallel import DataParallel, to_numpy
 from seq2seq_jax.steps import eval_step
-from seq2seq_jax.vocab import Vocab, input_warnings
+from seq2seq_jax.vocab import Vocab, check_texts, input_warnings
 
 
 @dataclasses.dataclass
@@ -108,6 +108,10 @@ class Translator:
     the config's batch_size, always that shape). An input longer than the model reads
     is cut, or with split_sentences (None: the config's) translated in pieces of whole
     sentences that fit (data.sentences.pieces) whose translations are joined by spaces."""
+    check_texts(sources, batch_size, none_ok=True)
+    if self.is_series:
+      raise UserError("a series model forecasts numbers rather than translating text: use "
+                      "Translator.forecast.")
     if not sources:
       return []
     if split_sentences is None:
@@ -127,10 +131,12 @@ class Translator:
       # sentence allocates one row, not millions
       batch_size = min(batch_size, 1 << (len(src_NxS) - 1).bit_length())
     batch_size = self.parallel.round_batch_size(batch_size or self.config.batch_size)
-    return decode_texts(decoder or self.decoder, params, src_NxS, self.tgt_vocab, batch_size,
-                        self.config.bucket_width,
-                        place=lambda src: self.parallel.shard_batch({"src": src})["src"],
-                        fetch=to_numpy)
+    outputs = decode_texts(decoder or self.decoder, params, src_NxS, self.tgt_vocab, batch_size,
+                           self.config.bucket_width,
+                           place=lambda src: self.parallel.shard_batch({"src": src})["src"],
+                           fetch=to_numpy)
+    # an empty input gives an empty output (translate's empty line, the export's)
+    return [output if source else "" for source, output in zip(sources, outputs)]
 
   def _seen_as(self, text: str) -> str:
     """A source as the model reads it (lower-cased where it was trained so)."""

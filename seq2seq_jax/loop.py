@@ -28,6 +28,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from seq2seq_jax import config as config_lib
 from seq2seq_jax import crosscheck
 from seq2seq_jax import data as data_lib
 from seq2seq_jax import workdir as workdir_lib
@@ -677,6 +678,8 @@ def train_trials(configs: list[Config], workdirs: list[str], argv: list[str] | N
   group stop updating).
   started: the wall time time_budget_minutes counts from (None: now, before the data).
   """
+  # a Config built in Python (dataclasses.replace) is checked as a config file's is
+  configs = [config_lib.validate(dataclasses.replace(c)) for c in configs]
   if len({vmap_group_key(c) for c in configs}) != 1:
     raise ValueError(f"train_trials: the configs differ in more than {', '.join(VECTORIZED_KEYS)}")
   # before the data are read: elapsed_seconds and the time budget count their preparation

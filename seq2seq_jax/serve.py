@@ -98,7 +98,7 @@ def _object_without_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
   seen = set()
   for key, _ in pairs:
     if key in seen:
-      raise ValueError(f"the key {key!r} is given twice")
+      raise RequestError(400, f"the key {key!r} is given twice: give each key once")
     seen.add(key)
   return dict(pairs)
 

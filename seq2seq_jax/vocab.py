@@ -46,6 +46,7 @@ import logging
 import re
 from collections import Counter
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -293,6 +294,22 @@ class Vocab:
 
 
 MAX_NAMED_UNKNOWN = 20  # unknown tokens an input warning names; it counts the others
+
+
+def check_texts(texts: Any, batch_size: Any = None, none_ok: bool = False) -> None:
+  """A translate() call's texts and batch size, as a caller's mistake is named: a list
+  (or tuple) of strings, since a str would be read as one sentence per character, and a
+  batch size of at least 1 (none_ok: None, the default, too)."""
+  if isinstance(texts, str):
+    raise TypeError("texts must be a list of strings, got a str: pass [text] for one.")
+  if not isinstance(texts, (list, tuple)) or not all(isinstance(t, str) for t in texts):
+    raise TypeError(f"texts must be a list of strings, got {type(texts).__name__} "
+                    f"{texts!r:.60}.")
+  if batch_size is None and none_ok:
+    return
+  if (isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer))
+      or batch_size < 1):
+    raise ValueError(f"batch_size must be a whole number of at least 1, got {batch_size!r}.")
 
 
 def input_warnings(vocab: "Vocab", sources: list[str], max_source_len: int | None,

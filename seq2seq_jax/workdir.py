@@ -118,10 +118,13 @@ def check_run_directory(workdir: str) -> None:
     example = os.path.join(workdir, trials[0]) if trials else os.path.join(workdir, "TRIAL")
     raise UserError(f"'{workdir}' is a sweep's directory ({SWEEP_FILE}), one workdir per "
                     f"trial: give a trial's, e.g. {example} (`seq2seq-jax sweep` trains them).")
-  inside = os.path.abspath(workdir)  # the run's checkpoints folder, or one step's in it
-  for _ in range(2):
+  # the checkpoints folder of a run (config.json and run.json beside it), or a step's in it
+  inside = os.path.abspath(workdir)
+  is_run = lambda folder: all(os.path.isfile(os.path.join(folder, name))
+                              for name in (CONFIG_FILE, RUN_FILE))
+  for _ in range(0 if is_run(workdir) else 2):
     inside, name = os.path.dirname(inside), os.path.basename(inside)
-    if name == CHECKPOINT_DIR and os.path.isfile(os.path.join(inside, CONFIG_FILE)):
+    if name == CHECKPOINT_DIR and is_run(inside):
       raise UserError(f"'{workdir}' is part of the checkpoints of the run in '{inside}', "
                       f"not a run: give the run's workdir, --workdir {inside}.")
   if (os.path.isfile(os.path.join(workdir, EXPORT_MANIFEST))
@@ -300,7 +303,8 @@ def write_run_info(workdir: str, argv: list[str] | None, devices: dict[str, Any]
   import flax
   import jax
   import optax
-  import orbax.checkpoint
+
+  from seq2seq_jax.checkpoint import orbax_checkpoint
   command = list(argv if argv is not None else sys.argv)
   if command and command[0].endswith(os.path.join("seq2seq_jax", "__main__.py")):
     command[0] = "seq2seq-jax"  # `python -m seq2seq_jax`, as train re-executes itself
@@ -309,7 +313,7 @@ def write_run_info(workdir: str, argv: list[str] | None, devices: dict[str, Any]
       "versions": {"python": platform.python_version(), "jax": jax.__version__,
                    "jaxlib": jax.lib.__version__ if hasattr(jax.lib, "__version__") else None,
                    "flax": flax.__version__, "optax": optax.__version__,
-                   "orbax-checkpoint": orbax.checkpoint.__version__,
+                   "orbax-checkpoint": orbax_checkpoint().__version__,
                    "numpy": np.__version__},
       **devices,
       "host": platform.node(),

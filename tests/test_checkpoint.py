@@ -128,6 +128,31 @@ print(json.dumps({"jax": "jax" in sys.modules or "orbax.checkpoint" in sys.modul
   assert seen == {"jax": False, "changed": True, "absl": logging.ERROR, "same": True}
 
 
+def test_saving_and_restoring_leave_the_root_logger_to_the_program(tmp_path):
+  """absl, which Orbax logs through, calls logging.basicConfig() on a root logger without
+  handlers: a notebook that saved or loaded a checkpoint got absl's handler, and its own
+  basicConfig(...) afterwards did nothing. Now the program configures logging itself."""
+  script = r"""
+import json, logging, sys
+import jax.numpy as jnp
+from seq2seq_jax.checkpoint import Checkpointer
+checkpointer = Checkpointer(sys.argv[1], keep=2, best_metric="val/loss")
+checkpointer.save(1, {"step": jnp.ones((), jnp.int32), "w": jnp.arange(3.0)}, {"n": 1})
+checkpointer.close()
+reader = Checkpointer(sys.argv[1], best_metric="val/loss", read_only=True)
+state, meta, step = reader.restore(step=1)
+handlers = len(logging.root.handlers)
+logging.basicConfig(format="mine: %(message)s")
+logging.warning("configured")
+print(json.dumps({"handlers": handlers, "step": step, "w": state["w"].tolist()}))
+"""
+  result = subprocess.run([sys.executable, "-c", script, str(tmp_path)], capture_output=True,
+                          text=True, cwd=ROOT, timeout=120)
+  assert result.returncode == 0, result.stderr
+  assert json.loads(result.stdout) == {"handlers": 0, "step": 1, "w": [0.0, 1.0, 2.0]}
+  assert "mine: configured" in result.stderr  # the program's own format
+
+
 # ---------------------------------------------------------------------------
 # Retention and the best step, from the project's manifests
 # ---------------------------------------------------------------------------

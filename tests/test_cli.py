@@ -122,12 +122,15 @@ def test_evaluate_hyps_never_writes_over_what_it_reads(trained_workdir, tmp_path
   config = os.path.join(trained_workdir, "config.json")
   config_before = open(config, "rb").read()
   step = sorted(os.listdir(os.path.join(trained_workdir, "checkpoints")))[0]
-  for hyps in (data, config, os.path.join(trained_workdir, "checkpoints", step), "-"):
+  saved = os.path.join(trained_workdir, "checkpoints", step, "seq2seq_jax_files.json")
+  saved_before = open(saved, "rb").read()
+  for hyps in (data, config, saved, "-"):
     code, out, err = cli_in_process(capsys, "evaluate", "--workdir", trained_workdir, "--data",
                                     f"tsv:{data}", "--split", "all", "--hyps", hyps)
     assert code == 2 and out == "" and len(err.strip().splitlines()) == 1, err
-    assert f"--hyps {hyps}" in err and "give a" in err and "file path" in err
+    assert f"--hyps {hyps}" in err and ("would replace" in err) == (hyps != "-"), err
   assert open(data, "rb").read() == before and open(config, "rb").read() == config_before
+  assert open(saved, "rb").read() == saved_before
   new = os.path.join(trained_workdir, "hyps.txt")
   try:
     code, _, err = cli_in_process(capsys, "evaluate", "--workdir", trained_workdir, "--data",
@@ -274,18 +277,35 @@ def test_an_unknown_option_is_named_with_its_command_and_sentences_may_follow_op
       (["data", "download", "numbers:fr", "--bogus"], "data download", "--bogus"),
       (["translate", "--workdir", "w", "one", "--set", "a=b"], "translate", "--set a=b"),
       (["translate", "--workdir", "w", "one", "-two"], "translate",
-       "-two; a sentence that starts with '-' goes after --")):
+       "-two; a sentence that starts with '-' goes after --"),
+      (["--bogus", "train"], "", "--bogus")):  # the program's own options
     with pytest.raises(SystemExit) as exit_:
       cli_in_process(capsys, *argv)
     out, err = capsys.readouterr()
+    program = f"seq2seq-jax {command}".strip()
     assert exit_.value.code == 2 and out == "" and err.splitlines() == [
-        f"seq2seq-jax {command}: error: unrecognized arguments: {unknown} "
-        f"(see seq2seq-jax {command} --help)"]
+        f"{program}: error: unrecognized arguments: {unknown} (see {program} --help)"]
   code, out, _ = cli_in_process(capsys, "translate", "--workdir", trained_workdir, "one",
                                 "--beam", "2", "two", "three")
   code_all, out_all, _ = cli_in_process(capsys, "translate", "--workdir", trained_workdir,
                                         "--beam", "2", "one", "two", "three")
-  assert code == code_all == 0 and out == out_all and len(out.splitlines()) == 3
+  code_dashed, out_dashed, _ = cli_in_process(capsys, "translate", "--workdir", trained_workdir,
+                                              "one", "--beam", "2", "--", "two", "three")
+  assert code == code_all == code_dashed == 0 and out == out_all == out_dashed
+  assert len(out.splitlines()) == 3
+
+
+def test_the_library_translates_as_the_command_does(trained_workdir):
+  """Translator.translate from Python: an empty text gives an empty translation (as
+  translate's empty line and the export do; the model's output for nothing before), and a
+  caller's mistake is named."""
+  translator, params, _ = load_trained(trained_workdir)
+  assert translator.translate(params, ["", "twelve", ""]) == [
+      "", *translator.translate(params, ["twelve"]), ""]
+  with pytest.raises(TypeError, match="pass \\[text\\]"):
+    translator.translate(params, "twelve")
+  with pytest.raises(ValueError, match="batch_size must be a whole number of at least 1"):
+    translator.translate(params, ["twelve"], batch_size=-1)
 
 
 def test_data_given_twice_is_refused(tmp_path, capsys):

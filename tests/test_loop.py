@@ -270,3 +270,19 @@ def test_the_budget_counts_from_the_command_start_and_is_a_resumable_setting():
   assert config_lib.Config().time_budget_minutes == 0.0
   with pytest.raises(config_lib.UserError, match="time_budget_minutes' must not be negative"):
     config_lib.apply_overrides(config_lib.Config(), ["time_budget_minutes=-1"])
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"attention": "luong"}, "'attention' must be one of none, dot, general, additive"),
+    ({"batch_size": 0}, "'batch_size' must be positive"),
+    ({"latent_dim": "32"}, "'latent_dim' must be int"),
+    ({"learning_rate": float("nan")}, "'learning_rate' must be a finite number"),
+])
+def test_a_config_built_in_python_is_checked_before_anything_is_written(tmp_path, overrides,
+                                                                        message):
+  """dataclasses.replace skips the checks a config file or --set gets: train_and_evaluate
+  makes them (a luong attention trained as dot, then the run would not load; batch 0 was a
+  ZeroDivisionError; latent_dim "32" a JAX TypeError that left a workdir behind)."""
+  with pytest.raises(loop.UserError, match=message):
+    loop.train_and_evaluate(tiny_config(**overrides), str(tmp_path / "run"), progress=False)
+  assert not (tmp_path / "run").exists()

@@ -433,6 +433,9 @@ def test_sweeps_runs_and_exports_are_told_apart(tmp_path, capsys):
       "sweep: give the sweep a new --workdir.")
   assert os.listdir(run_dir) == ["config.json"]
   (run_dir / "checkpoints" / "235").mkdir(parents=True)  # its checkpoints are not a run
+  from seq2seq_jax.workdir import check_run_directory
+  check_run_directory(str(run_dir / "checkpoints" / "run1"))  # config.json alone: a project's
+  (run_dir / "run.json").write_text("{}")  # config.json and run.json: a run's
   for inside in (run_dir / "checkpoints", run_dir / "checkpoints" / "235"):
     for command in (["train", "--config", "configs/tiny.py"], ["evaluate"]):
       code, _, err = cli_in_process(capsys, *command, "--workdir", str(inside))
@@ -440,6 +443,7 @@ def test_sweeps_runs_and_exports_are_told_apart(tmp_path, capsys):
           f"seq2seq-jax {command[0]}: error: '{inside}' is part of the checkpoints of the run "
           f"in '{run_dir}', not a run: give the run's workdir, --workdir {run_dir}."], err
   assert os.listdir(run_dir / "checkpoints" / "235") == []
+  (run_dir / "run.json").unlink()
   code, _, err = cli_in_process(capsys, "sweep", "--config", "configs/sweep_tiny.py",
                                 "--workdir", str(run_dir / "config.json"))
   assert code == 2 and err.strip().splitlines()[-1] == (

@@ -76,6 +76,9 @@ def test_train_beats_last_value_baseline_and_restores(tmp_path, capsys):
   assert summary["test/mse"] < summary["test/baseline_mse"]
   task, params, _ = load_trained(workdir)
   assert task.scaler.targets == [1] and task.scaler.columns == ["a", "b"]
+  from seq2seq_jax.errors import UserError
+  with pytest.raises(UserError, match="use Translator.forecast"):  # was a deep JAX TypeError
+    task.translate(params, ["1,2"])
   result = run_cli("evaluate", "--workdir", workdir, "--json")
   assert result.returncode == 0, result.stderr
   import json

@@ -359,3 +359,18 @@ def test_sentencepiece_model_trains_and_translates_from_the_workdir_alone(tmp_pa
   exported = ExportedTranslator.load(out_dir)
   assert exported.src_vocab == task.src_vocab and exported.tgt_vocab == task.tgt_vocab
   assert exported.translate(sources) == expected
+
+
+def test_translate_calls_name_a_callers_mistake():
+  """Translator.translate and ExportedTranslator.translate share these checks: a str would
+  be translated one character a sentence, a batch size below 1 gave [None] or ''."""
+  from seq2seq_jax.vocab import check_texts
+  check_texts(["a", ""], 4)
+  check_texts(("a",), None, none_ok=True)
+  with pytest.raises(TypeError, match=r"got a str: pass \[text\] for one"):
+    check_texts("twelve", 4)
+  with pytest.raises(TypeError, match="texts must be a list of strings, got list"):
+    check_texts(["a", 1], 4)
+  for bad in (0, -1, 2.0, True, None):
+    with pytest.raises(ValueError, match="batch_size must be a whole number of at least 1"):
+      check_texts(["a"], bad)
