@@ -412,14 +412,11 @@ def _int_list(text: str, flag: str) -> tuple[int, ...]:
 
 def cmd_export(args) -> int:
   with _importing():
-    from seq2seq_jax.export import describe_artifact, export_workdir
+    from seq2seq_jax.export import check_platforms, describe_artifact, export_workdir
   configure_logging(sys.stderr)
   beam_sizes = None if args.beam_sizes is None else _int_list(args.beam_sizes, "--beam-sizes")
-  platforms = tuple(p.strip() for p in args.platforms.split(",") if p.strip())
-  unknown = [p for p in platforms if p not in ("cpu", "cuda", "rocm", "tpu")]
-  if not platforms or unknown:
-    raise UserError(f"--platforms takes cpu, cuda, rocm and tpu, comma-separated; got "
-                    f"'{args.platforms}'.")
+  platforms = check_platforms(tuple(p.strip() for p in args.platforms.split(",") if p.strip()),
+                              args.platforms)
   artifact = export_workdir(args.workdir, args.out, args.checkpoint, beam_sizes=beam_sizes,
                             length_penalty=args.length_penalty, platforms=platforms)
   print(describe_artifact(artifact, args.out))

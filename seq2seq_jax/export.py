@@ -106,6 +106,22 @@ def check_exportable(translator) -> None:
                     "fixed-width inputs); translate them with `seq2seq-jax translate`.")
 
 
+KNOWN_PLATFORMS = ("cpu", "cuda", "rocm", "tpu")  # what jax.export lowers for
+
+
+def check_platforms(platforms: tuple[str, ...], given: str | None = None) -> tuple[str, ...]:
+  """The platforms to lower for, each once, in order; none, or an unknown one, is refused
+  (given: the --platforms text the command line read)."""
+  known = tuple(dict.fromkeys(platforms))
+  unknown = [p for p in known if p not in KNOWN_PLATFORMS]
+  if not known or unknown:
+    names = f"{', '.join(KNOWN_PLATFORMS[:-1])} and {KNOWN_PLATFORMS[-1]}"
+    if given is not None:
+      raise UserError(f"--platforms takes {names}, comma-separated; got {given!r}.")
+    raise UserError(f"platforms: one or more of {names}; got {list(platforms)!r}.")
+  return known
+
+
 def build_artifact(translator, params, step: int, *, which: str = "best",
                    workdir: str | None = None, beam_sizes: tuple[int, ...] | None = None,
                    length_penalty: float = DEFAULT_LENGTH_PENALTY,
@@ -117,6 +133,7 @@ def build_artifact(translator, params, step: int, *, which: str = "best",
   left out, and the manifest says why (platform_notes); so is one lowered but not run.
   """
   check_exportable(translator)
+  platforms = check_platforms(tuple(platforms))
   # the scan: portable (cuDNN's custom call has no CPU lowering and needs fixed shapes)
   model = with_scan_lstm(translator.model)
   can_beam = model.config.decoder_input == "previous"

@@ -39,6 +39,10 @@ class ExportError(UserError):
   """An export directory that cannot be read (missing, damaged, a newer format)."""
 
 
+class BeamNotExported(ExportError, ValueError):
+  """A beam size the export holds no function for (a ValueError too, as it was before)."""
+
+
 def flatten_params(tree: dict[str, Any], prefix: str = "") -> dict[str, np.ndarray]:
   """{"a/b/kernel": array} from nested dicts of arrays."""
   flat = {}
@@ -276,7 +280,7 @@ class ExportedTranslator:
       return "greedy"
     if beam not in self.beam_sizes:
       exported = ", ".join(str(k) for k in self.beam_sizes) or "none"
-      raise ValueError(f"beam {beam} was not exported (beam sizes: {exported}); export "
+      raise BeamNotExported(f"beam {beam} was not exported (beam sizes: {exported}); export "
                        "again with --beam-sizes, or decode greedily.")
     return f"beam{beam}"
 

@@ -248,8 +248,9 @@ def test_one_artifact_any_batch_and_length(exported_dir):
   carries, enc_BxSxH, mask_BxS = translator.encode(np.ones((2, 5), np.int32) * 4)
   assert enc_BxSxH.shape == (2, 5, 32) and mask_BxS.shape == (2, 5)
   assert [np.shape(part) for part in carries[0]] == [(2, 32), (2, 32)]
-  with pytest.raises(ValueError, match="beam 7 was not exported"):
+  with pytest.raises(UserError, match="beam 7 was not exported") as refused:
     translator.translate(["one"], beam=7)
+  assert isinstance(refused.value, ValueError)  # what it raised before, still caught
 
 
 def _damage_params(directory):  # cut short, as by a full disk or an interrupted copy
@@ -354,3 +355,15 @@ def test_the_workdir_module_names_an_export_by_the_loader_s_manifest():
   from seq2seq_jax.exported import MANIFEST_FILE
   from seq2seq_jax.workdir import EXPORT_MANIFEST
   assert EXPORT_MANIFEST == MANIFEST_FILE
+
+
+def test_the_platforms_to_lower_for_are_checked_in_the_library_too():
+  """build_artifact's platforms, as export --platforms: each once, none unknown (a typo
+  wrote an artifact no machine could run, found only at load)."""
+  from seq2seq_jax.export import check_platforms
+  assert check_platforms(("cpu", "cuda", "cpu")) == ("cpu", "cuda")
+  for bad in ((), ("tpuu",), ("cpu", "CPU")):
+    with pytest.raises(UserError, match="platforms: one or more of cpu, cuda, rocm and tpu"):
+      check_platforms(bad)
+  with pytest.raises(UserError, match="--platforms takes cpu, cuda, rocm and tpu, comma-separated; got 'x'"):
+    check_platforms(("x",), "x")
