@@ -11,7 +11,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from seq2seq_jax.config import DEFAULT_LENGTH_PENALTY, check_length_penalty, check_temperature
+from seq2seq_jax.config import (DEFAULT_LENGTH_PENALTY, SEED_RANGE, check_length_penalty,
+                                check_temperature, seed_range_text)
 from seq2seq_jax.errors import UserError
 from seq2seq_jax.model import Seq2Seq, resolve_scan_unroll
 from seq2seq_jax.vocab import END_ID, PAD_ID, START_ID, Vocab
@@ -90,8 +91,16 @@ def greedy_decode(params: Any, src_BxS: jax.Array, *, model: Seq2Seq, max_len: i
   return _scan_decode(params, src_BxS, argmax, model=model, max_len=max_len)
 
 
+def _check_max_len(max_len: int) -> None:
+  """An output length the decoders can run: a whole number of steps, at least one."""
+  if isinstance(max_len, bool) or not isinstance(max_len, (int, np.integer)) or max_len < 1:
+    raise UserError(f"max_len (output tokens) must be a whole number of at least 1, got "
+                    f"{max_len!r}.")
+
+
 def make_greedy_decoder(model: Seq2Seq, max_len: int) -> Callable[[Any, jax.Array], jax.Array]:
   """greedy_decode compiled for one model and output length."""
+  _check_max_len(max_len)
   return jax.jit(functools.partial(greedy_decode, model=model, max_len=max_len))
 
 
@@ -174,6 +183,8 @@ def make_beam_decoder(model: Seq2Seq, max_len: int, beam_size: int,
                       length_penalty: float = DEFAULT_LENGTH_PENALTY) -> Callable[[Any, jax.Array], jax.Array]:
   """beam_search compiled for one model, output length, beam size and length penalty."""
   _check_beam_model(model)  # now, not at the first batch
+  _check_max_len(max_len)
+  check_length_penalty(length_penalty)
   if beam_size < 1:
     raise UserError(f"beam size must be at least 1, got {beam_size}.")
   return jax.jit(functools.partial(beam_search, model=model, max_len=max_len,
@@ -212,6 +223,12 @@ def make_sample_decoder(model: Seq2Seq, max_len: int, temperature: float = 1.0, 
                         seed: int = 0) -> Callable[[Any, jax.Array], jax.Array]:
   """sample_decode compiled once; call n draws with fold_in(key(seed), n), so a run with
   the same seed, inputs and batch size gives the same samples."""
+  _check_max_len(max_len)  # now, not at the first batch
+  check_temperature(temperature)
+  if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 0:
+    raise UserError(f"top_k must be a whole number, 0 for every token, got {top_k!r}.")
+  if not SEED_RANGE[0] <= seed <= SEED_RANGE[1]:
+    raise UserError(f"the seed must be {seed_range_text()}, got {seed!r}.")
   sample = jax.jit(functools.partial(sample_decode, model=model, max_len=max_len,
                                      temperature=temperature, top_k=top_k))
   base_rng = jax.random.key(seed)

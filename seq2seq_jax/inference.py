@@ -236,6 +236,11 @@ def evaluate_pairs(translator: Translator, params, pairs, decode_limit: int = 0,
   For series models `pairs` are windows: loss (scaled MSE), MSE/MAE in the data's units
   and those of the naive last-value forecast.
   """
+  if not len(pairs):  # scores of nothing would read as a model that got everything wrong
+    raise UserError("no pairs to evaluate.")
+  if isinstance(decode_limit, bool) or not isinstance(decode_limit, int) or decode_limit < 0:
+    raise ValueError(f"decode_limit must be a whole number, 0 for every pair, got "
+                     f"{decode_limit!r}.")
   if translator.is_series:
     from seq2seq_jax.series import series_metrics
     encoded = translator.encode(pairs)

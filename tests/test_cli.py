@@ -306,6 +306,11 @@ def test_the_library_translates_as_the_command_does(trained_workdir):
     translator.translate(params, "twelve")
   with pytest.raises(ValueError, match="batch_size must be a whole number of at least 1"):
     translator.translate(params, ["twelve"], batch_size=-1)
+  from seq2seq_jax.inference import evaluate_pairs
+  with pytest.raises(UserError, match="no pairs to evaluate"):  # it scored nothing as 0.0
+    evaluate_pairs(translator, params, [])
+  with pytest.raises(ValueError, match="decode_limit must be a whole number"):
+    evaluate_pairs(translator, params, [("one", "un")], decode_limit=-1)
 
 
 def test_data_given_twice_is_refused(tmp_path, capsys):

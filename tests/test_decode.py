@@ -276,6 +276,23 @@ def test_beam_search_refuses_repeat_models():
     make_beam_decoder(model, 5, 3)(params, jnp.ones((2, 4), jnp.int32))
 
 
+@pytest.mark.parametrize("make, settings, message", [
+    (make_greedy_decoder, dict(max_len=0), "max_len .* at least 1, got 0"),
+    (make_beam_decoder, dict(max_len=5, beam_size=2, length_penalty=float("nan")),
+     "the length penalty must be from -10 to 10"),
+    (make_sample_decoder, dict(max_len=5, temperature=-1.0), "the temperature must be 0"),
+    (make_sample_decoder, dict(max_len=5, top_k=-1), "top_k must be a whole number, 0 for every"),
+    (make_sample_decoder, dict(max_len=5, seed=-1), "the seed must be a whole number from 0"),
+])
+def test_the_decoders_check_their_settings_when_made(make, settings, message):
+  """The command line's flags are checked by its parser; the library's decoders check the
+  same when made, not at their first batch (max_len 0 was a ZeroDivisionError there,
+  top_k -1 meant every token, seed -1 was taken)."""
+  model = model_lib.build_model(tiny_config(), 12, 9)
+  with pytest.raises(UserError, match=message):
+    make(model, **settings)
+
+
 # ---------------------------------------------------------------------------
 # Sampling
 # ---------------------------------------------------------------------------
