@@ -400,6 +400,9 @@ def _parse_value(name: str, text: str) -> Any:
 
 def apply_overrides(config: Config, overrides: list[str]) -> Config:
   """Applies `key=value` strings to a copy of config."""
+  if isinstance(overrides, str):  # each character would be read as an override
+    raise TypeError(f"overrides must be a list of 'key=value' strings, got the str "
+                    f"{overrides!r}: pass [{overrides!r}].")
   config = dataclasses.replace(config)
   for item in overrides:
     if "=" not in item:

@@ -21,6 +21,16 @@ def test_every_config_field_has_a_comment():
         assert lines[i - 1].strip().startswith("#"), f"{name}:{i + 1} has no comment above"
 
 
+def test_python_callers_mistakes_are_named():
+  """A str where a list of overrides goes read each character as one ("got 'l'"); a
+  missing data spec was an AttributeError."""
+  with pytest.raises(TypeError, match=r"pass \['latent_dim=3'\]"):
+    config_lib.apply_overrides(config_lib.Config(), "latent_dim=3")
+  from seq2seq_jax.data import parse_spec
+  with pytest.raises(TypeError, match="a data spec is a str such as 'numbers:fr'"):
+    parse_spec(None)
+
+
 def test_overrides_are_typed():
   config = config_lib.apply_overrides(
       config_lib.Config(), ["latent_dim=64", "learning_rate=0.01", "reverse_source=true",

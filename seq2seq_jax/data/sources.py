@@ -43,6 +43,8 @@ log = logging.getLogger(__name__)
 
 def parse_spec(spec: str) -> tuple[str, str]:
   """'numbers:fr' -> ('numbers', 'fr'); checks the kind."""
+  if not isinstance(spec, str):
+    raise TypeError(f"a data spec is a str such as 'numbers:fr' or 'tsv:PATH', got {spec!r}.")
   kind, sep, arg = spec.partition(":")
   if kind in TASKS and not arg:  # embedded tasks take no argument
     return kind, ""
