@@ -56,10 +56,13 @@ if ! gpus=$(nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv
   fail "needs a working CUDA driver: nvidia-smi failed (${gpus%%$'\n'*}); nothing was installed."
 fi
 
-started_in=$(pwd)  # relative paths given are the caller's
-if [[ -n "${ACCEL_WHEELS:-}" && -d "$ACCEL_WHEELS" ]]; then
-  ACCEL_WHEELS=$(cd "$ACCEL_WHEELS" && pwd)
-fi
+started_in=$(pwd)  # relative paths given (OUTPUT_DIR, PYTHON, ACCEL_VENV, ACCEL_WHEELS) are the caller's
+for name in PYTHON ACCEL_VENV ACCEL_WHEELS; do
+  value=${!name:-}
+  if [[ -n "$value" && "$value" != /* && ( "$name" != PYTHON || "$value" == */* ) ]]; then
+    printf -v "$name" '%s' "$started_in/$value"  # a bare PYTHON name is looked up on PATH
+  fi
+done
 cd "$(dirname "${BASH_SOURCE[0]}")/.." || exit 2
 root=$(pwd)
 sees_gpu='import jax, sys; sys.exit(0 if jax.default_backend() == "gpu" else 1)'

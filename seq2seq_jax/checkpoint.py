@@ -133,9 +133,17 @@ def _quiet_orbax():
   finally:
     for logger, level in zip(loggers, levels):
       logger.setLevel(level)
-    if not root_handlers:
-      for handler in [h for h in logging.root.handlers if h not in root_handlers]:
+    if not root_handlers:  # basicConfig()'s handler alone: not one the program added meanwhile
+      for handler in [h for h in logging.root.handlers if _is_basic_config_handler(h)]:
         logging.root.removeHandler(handler)
+
+
+def _is_basic_config_handler(handler: logging.Handler) -> bool:
+  """What logging.basicConfig() with no arguments adds: a StreamHandler to stderr in the
+  BASIC_FORMAT."""
+  return (type(handler) is logging.StreamHandler and handler.stream is sys.stderr
+          and handler.formatter is not None
+          and handler.formatter._fmt == logging.BASIC_FORMAT)  # noqa: SLF001
 
 
 def orbax_checkpoint():

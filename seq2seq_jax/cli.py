@@ -107,10 +107,12 @@ def _read_inputs(texts: list[str]) -> list[str]:
   return lines
 
 
-def _check_output_file(flag: str, path: str, keep: dict[str, str] | None = None) -> None:
+def _check_output_file(flag: str, path: str, keep: dict[str, str] | None = None,
+                       keep_existing: dict[str, str] | None = None) -> None:
   """A file a command writes at its end, checked before its work: a path that cannot be
-  written would throw that work away. keep: {file or folder it must not replace: what
-  that is} (the data the command reads, a run's own files)."""
+  written would throw that work away. keep: {file or folder: what that is} it must not
+  write, nor write in (a run's own files); keep_existing: the same, of which only what
+  exists is kept (the data the command reads, a folder of files)."""
   folder = os.path.dirname(os.path.abspath(path))
   if path == "-":  # standard output carries the command's report
     raise UserError(f"{flag} -: give a file path; standard output carries the report.")
@@ -119,10 +121,13 @@ def _check_output_file(flag: str, path: str, keep: dict[str, str] | None = None)
   if not os.path.isdir(folder):
     raise UserError(f"{flag} {path}: directory '{folder}' does not exist.")
   target = os.path.realpath(path)
-  for kept, what in (keep or {}).items():  # a file, or what a folder holds
-    if os.path.exists(target) and (target == os.path.realpath(kept) or
-                                   target.startswith(os.path.realpath(kept) + os.sep)):
-      raise UserError(f"{flag} {path} would replace {what} ({kept}): give another file path.")
+  kept_paths = [(kept, what, True) for kept, what in (keep or {}).items()]
+  kept_paths += [(kept, what, False) for kept, what in (keep_existing or {}).items()]
+  for kept, what, even_new in kept_paths:
+    if (os.path.lexists(kept) and (even_new or os.path.exists(target))
+        and (target == os.path.realpath(kept) or target.startswith(os.path.realpath(kept) + os.sep))):
+      verb = "replace" if os.path.exists(target) else "write in"
+      raise UserError(f"{flag} {path} would {verb} {what} ({kept}): give another file path.")
 
 
 def _data_paths(spec: str) -> list[str]:
@@ -234,9 +239,10 @@ def cmd_evaluate(args) -> int:
   config = translator.config
   if args.hyps is not None:  # nor over what it reads: the data, the run's own files
     from seq2seq_jax.workdir import run_entries
-    keep = dict.fromkeys(run_entries(args.workdir), "a file of the run")
-    keep.update(dict.fromkeys(_data_paths(args.data or config.data), "the data scored"))
-    _check_output_file("--hyps", args.hyps, keep=keep)
+    _check_output_file("--hyps", args.hyps,
+                       keep=dict.fromkeys(run_entries(args.workdir), "the run's own files"),
+                       keep_existing=dict.fromkeys(_data_paths(args.data or config.data),
+                                                   "the data scored"))
   text_only = [flag for flag, given in (("--split all", args.split == "all"),
                                         ("--hyps", args.hyps is not None),
                                         ("--split-sentences", args.split_sentences is not None),

@@ -15,6 +15,7 @@ import importlib.resources
 import importlib.util
 import json
 import math
+import numbers
 import os
 import typing
 from typing import Any
@@ -572,7 +573,8 @@ MAX_TEMPERATURE = 3.4028234663852886e38  # numpy.finfo(numpy.float32).max
 
 def check_length_penalty(alpha: float) -> float:
   """alpha, if beam search can rank by it (finite, |alpha| <= MAX_LENGTH_PENALTY)."""
-  if not math.isfinite(alpha) or abs(alpha) > MAX_LENGTH_PENALTY:
+  if (not isinstance(alpha, numbers.Real) or not math.isfinite(alpha)
+      or abs(alpha) > MAX_LENGTH_PENALTY):
     raise UserError(f"the length penalty must be from -{MAX_LENGTH_PENALTY:g} to "
                     f"{MAX_LENGTH_PENALTY:g} (GNMT's alpha, usually 0.6 to 1; beyond that "
                     f"float32 overflows on long outputs), got {alpha}.")
@@ -582,7 +584,8 @@ def check_length_penalty(alpha: float) -> float:
 def check_temperature(temperature: float) -> float:
   """temperature, if sampling can divide by it in float32: 0 (greedy), or a normal
   float32 number (1.2e-38 to 3.4e38)."""
-  if not (temperature == 0.0 or MIN_TEMPERATURE <= temperature <= MAX_TEMPERATURE):
+  if not isinstance(temperature, numbers.Real) or not (
+      temperature == 0.0 or MIN_TEMPERATURE <= temperature <= MAX_TEMPERATURE):
     raise UserError(f"the temperature must be 0 (greedy) or from {MIN_TEMPERATURE:.2g} to "
                     f"{MAX_TEMPERATURE:.2g} (float32's normal numbers), got {temperature}.")
   return temperature

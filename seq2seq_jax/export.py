@@ -112,6 +112,8 @@ KNOWN_PLATFORMS = ("cpu", "cuda", "rocm", "tpu")  # what jax.export lowers for
 def check_platforms(platforms: tuple[str, ...], given: str | None = None) -> tuple[str, ...]:
   """The platforms to lower for, each once, in order; none, or an unknown one, is refused
   (given: the --platforms text the command line read)."""
+  if isinstance(platforms, str):
+    raise TypeError(f"platforms: a tuple of names, e.g. ('cpu',), got the str {platforms!r}.")
   known = tuple(dict.fromkeys(platforms))
   unknown = [p for p in known if p not in KNOWN_PLATFORMS]
   if not known or unknown:
@@ -133,7 +135,7 @@ def build_artifact(translator, params, step: int, *, which: str = "best",
   left out, and the manifest says why (platform_notes); so is one lowered but not run.
   """
   check_exportable(translator)
-  platforms = check_platforms(tuple(platforms))
+  platforms = check_platforms(platforms)
   # the scan: portable (cuDNN's custom call has no CPU lowering and needs fixed shapes)
   model = with_scan_lstm(translator.model)
   can_beam = model.config.decoder_input == "previous"

@@ -238,7 +238,8 @@ def evaluate_pairs(translator: Translator, params, pairs, decode_limit: int = 0,
   """
   if not len(pairs):  # scores of nothing would read as a model that got everything wrong
     raise UserError("no pairs to evaluate.")
-  if isinstance(decode_limit, bool) or not isinstance(decode_limit, int) or decode_limit < 0:
+  if (isinstance(decode_limit, bool) or not isinstance(decode_limit, (int, np.integer))
+      or decode_limit < 0):
     raise ValueError(f"decode_limit must be a whole number, 0 for every pair, got "
                      f"{decode_limit!r}.")
   if translator.is_series:

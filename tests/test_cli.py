@@ -124,13 +124,15 @@ def test_evaluate_hyps_never_writes_over_what_it_reads(trained_workdir, tmp_path
   step = sorted(os.listdir(os.path.join(trained_workdir, "checkpoints")))[0]
   saved = os.path.join(trained_workdir, "checkpoints", step, "seq2seq_jax_files.json")
   saved_before = open(saved, "rb").read()
-  for hyps in (data, config, saved, "-"):
+  new_step = os.path.join(trained_workdir, "checkpoints", "999")  # not written in either
+  for hyps in (data, config, saved, new_step, "-"):
     code, out, err = cli_in_process(capsys, "evaluate", "--workdir", trained_workdir, "--data",
                                     f"tsv:{data}", "--split", "all", "--hyps", hyps)
     assert code == 2 and out == "" and len(err.strip().splitlines()) == 1, err
-    assert f"--hyps {hyps}" in err and ("would replace" in err) == (hyps != "-"), err
+    assert f"--hyps {hyps}" in err and ("would replace" in err) == (hyps not in ("-", new_step))
+    assert ("would write in the run's own files" in err) == (hyps == new_step), err
   assert open(data, "rb").read() == before and open(config, "rb").read() == config_before
-  assert open(saved, "rb").read() == saved_before
+  assert open(saved, "rb").read() == saved_before and not os.path.exists(new_step)
   new = os.path.join(trained_workdir, "hyps.txt")
   try:
     code, _, err = cli_in_process(capsys, "evaluate", "--workdir", trained_workdir, "--data",
