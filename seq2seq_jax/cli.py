@@ -130,17 +130,6 @@ def _check_output_file(flag: str, path: str, keep: dict[str, str] | None = None,
       raise UserError(f"{flag} {path} would {verb} {what} ({kept}): give another file path.")
 
 
-def _data_paths(spec: str) -> list[str]:
-  """The files or folders a data spec reads (none for the embedded data sets)."""
-  from seq2seq_jax.data import parse_spec
-  kind, arg = parse_spec(spec)
-  if kind in ("tsv", "anki", "gettext", "series"):
-    return [arg]
-  if kind == "libreoffice" and ":" in arg:  # libreoffice:LANG:DIR
-    return [arg.partition(":")[2]]
-  return []
-
-
 def _length_penalty_or_default(args) -> float:
   return (config_lib.DEFAULT_LENGTH_PENALTY if args.length_penalty is None
           else args.length_penalty)
@@ -211,11 +200,9 @@ def _check_same_split(data_info, splits, split: str, spec: str, step: int) -> No
   from seq2seq_jax.data.splits import changed_splits
   if not changed_splits(data_info, splits.info(), (split,)):
     return
-  from seq2seq_jax.data import parse_spec
-  kind, path = parse_spec(spec)
+  from seq2seq_jax.data import spec_paths
   relative = (f", or its relative path is now read from {os.getcwd()} (run evaluate where "
-              "train ran)" if kind in ("anki", "tsv", "gettext") and not os.path.isabs(path)
-              else "")
+              "train ran)" if any(not os.path.isabs(p) for p in spec_paths(spec)) else "")
   raise UserError(f"the {split} split of {spec} read now is not the one checkpoint {step} "
                   f"was trained with: the data changed{relative}. Pass --data to score other "
                   "data on purpose.")
@@ -241,7 +228,7 @@ def cmd_evaluate(args) -> int:
     from seq2seq_jax.workdir import run_entries
     _check_output_file("--hyps", args.hyps,
                        keep=dict.fromkeys(run_entries(args.workdir), "the run's own files"),
-                       keep_existing=dict.fromkeys(_data_paths(args.data or config.data),
+                       keep_existing=dict.fromkeys(data_lib.spec_paths(args.data or config.data),
                                                    "the data scored"))
   text_only = [flag for flag, given in (("--split all", args.split == "all"),
                                         ("--hyps", args.hyps is not None),

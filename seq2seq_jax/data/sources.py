@@ -58,6 +58,17 @@ def parse_spec(spec: str) -> tuple[str, str]:
   return kind, arg
 
 
+def spec_paths(spec: str) -> list[str]:
+  """The files or folders a data spec reads, as given (none for the embedded data sets,
+  nor for libreoffice:LANG's default folder)."""
+  kind, arg = parse_spec(spec)
+  if kind in ("tsv", "anki", "gettext", "series"):
+    return [arg]
+  if kind == "libreoffice" and ":" in arg:  # libreoffice:LANG:DIR
+    return [arg.partition(":")[2]]
+  return []
+
+
 def _num2words_language(lang: str):
   from num2words import CONVERTER_CLASSES, num2words  # a data dependency only
   if lang not in CONVERTER_CLASSES:
