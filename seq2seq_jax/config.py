@@ -394,7 +394,8 @@ def _parse_value(name: str, text: str) -> Any:
       return int(text.replace("_", ""))
     if want is float:
       return float(text)
-    return text
+    # one of a few names: spaces around it are no part of it, as around a number
+    return text.strip() if name in _CHOICES else text
   except ValueError:
     raise UserError(f"--set {name}={text}: '{text}' is not a valid {want.__name__}.") from None
 

@@ -112,7 +112,10 @@ def make_trial(base: Config, values: dict[str, Any]) -> Trial:
 # ---------------------------------------------------------------------------
 
 def _as_text(value: Any) -> str:
-  """A value as `--set` text; floats round-trip exactly."""
+  """A value as `--set` text; floats round-trip exactly. A NumPy scalar (a grid from
+  np.logspace, say) as its Python value: numpy 2's repr is "np.float64(0.003)"."""
+  if isinstance(value, np.generic):
+    value = value.item()
   return repr(value) if isinstance(value, float) else str(value)
 
 
@@ -165,7 +168,8 @@ def expand(spec: dict[str, Any], where: str = "get_sweep()") -> list[dict[str, A
   if "search" in spec:
     return []  # asked from the sampler as the sweep runs
   if "grid" in spec:
-    grid = spec["grid"]
+    grid = {key: values.tolist() if isinstance(values, np.ndarray) and values.ndim == 1
+            else values for key, values in spec["grid"].items()}  # np.logspace(...) too
     for key, values in grid.items():
       if not isinstance(values, (list, tuple)) or not values:
         raise UserError(f"{where}: grid '{key}' must be a non-empty list, got {values!r}.")

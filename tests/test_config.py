@@ -39,6 +39,12 @@ def test_overrides_are_typed():
       64, 0.01, True, "numbers:de")
 
 
+def test_spaces_around_a_named_choice_are_dropped_as_around_a_number():
+  config = config_lib.apply_overrides(config_lib.Config(), ["attention= general",
+                                                            "latent_dim= 64"])
+  assert (config.attention, config.latent_dim) == ("general", 64)
+
+
 def test_unknown_key_names_close_matches():
   with pytest.raises(UserError, match="unknown config key 'latent_dimm'.*latent_dim"):
     config_lib.apply_overrides(config_lib.Config(), ["latent_dimm=3"])

@@ -81,6 +81,14 @@ def test_grid_random_and_list_declarations():
 
   listed = sweep_lib.make_sweep(base, {"trials": [{"data": "tsv:/tmp/a b.tsv"}, {"latent_dim": 64}]})
   assert [t.name for t in listed.trials] == ["data=tsv__tmp_a_b.tsv", "latent_dim=64"]
+  # a grid of NumPy scalars (np.logspace, np.arange) as its Python values: numpy 2 writes
+  # repr(np.float64(0.001)) as "np.float64(0.001)", which --set refused
+  numpy_grid = sweep_lib.make_sweep(base, {"grid": {"learning_rate": np.array([1e-3, 3e-3]),
+                                                    "seed": list(np.arange(2))}})
+  assert [t.name for t in numpy_grid.trials] == [t.name for t in grid.trials]
+  assert [t.config for t in numpy_grid.trials] == [t.config for t in grid.trials]
+  listed = sweep_lib.make_sweep(base, {"trials": [{"learning_rate": np.float64(0.003)}]})
+  assert [t.name for t in listed.trials] == ["learning_rate=0.003"]
 
 
 def test_declaration_errors_name_the_problem():
