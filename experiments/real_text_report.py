@@ -50,6 +50,9 @@ def main() -> None:
   splits = data_lib.load_splits(config)
   vocabs = (translator.src_vocab, translator.tgt_vocab)
   every = splits.test
+  if not every:
+    sys.exit(f"real_text_report: the run {args.workdir} has no test pairs "
+             f"(test_fraction={config.test_fraction}): nothing to report.")
   within = translator.long_pairs(every)
   within = [not long for long in within]
   limited = [p for p, fits in zip(every, within) if fits]
