@@ -14,7 +14,7 @@ from seq2seq_jax.data.sentences import split_long_pairs
 from seq2seq_jax.data.sources import Pair, gettext_pairs, number_pairs, parse_spec, tab_pairs
 from seq2seq_jax.data.tasks import TASKS, task_pairs
 from seq2seq_jax.errors import DataError
-from seq2seq_jax.vocab import Vocab, tokenize, train_sentencepiece
+from seq2seq_jax.vocab import SPECIAL_TOKENS, Vocab, tokenize, train_sentencepiece
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +108,13 @@ def load_splits(config: Config, spec: str | None = None) -> Splits:
   else:
     pairs = tab_pairs(arg, kind, config.num_samples, config.skip_bad_lines)
     train, val, test = split_pairs(pairs, config)
+    in_train = set(train)
+    repeated = sum(pair in in_train for pair in val + test)
+    if repeated:  # a file that repeats pairs (Tatoeba's do) puts copies on both sides
+      log.warning("warning: %s: %d of %d validation and test pairs are also training pairs "
+                  "(the file repeats them): held-out scores overstate how the model does on "
+                  "new text; remove the repeats for a held-out measure.", spec or config.data,
+                  repeated, len(val) + len(test))
   if config.source_lowercase:
     train, val, test = ([(s.lower(), t) for s, t in part] for part in (train, val, test))
   return Splits(train, val, test, packages)
@@ -161,8 +168,15 @@ def build_vocabs(train: list[Pair], config: Config | None = None) -> tuple[Vocab
   config = config or Config()
   sources, targets = [s for s, _ in train], [t for _, t in train]
   if config.tokenizer != "sentencepiece":
-    return (Vocab.build(sources, config.tokenizer, config.max_vocab_size, config.min_token_freq),
-            Vocab.build(targets, config.tokenizer, config.max_vocab_size, config.min_token_freq))
+    vocabs = tuple(Vocab.build(texts, config.tokenizer, config.max_vocab_size,
+                               config.min_token_freq) for texts in (sources, targets))
+    for side, texts, vocab in zip(("source", "target"), (sources, targets), vocabs):
+      if len(vocab) <= len(SPECIAL_TOKENS) and any(texts):  # every token would be <unk>
+        raise DataError(f"the {side} vocabulary holds no token: min_token_freq="
+                        f"{config.min_token_freq} / max_vocab_size={config.max_vocab_size} "
+                        "leave none of the training split's; lower min_token_freq or raise "
+                        "max_vocab_size.")
+    return vocabs
   train_side = lambda texts, what: Vocab.from_sentencepiece(train_sentencepiece(
       texts, config.vocab_size, config.sentencepiece_model, config.seed, what))
   if config.sentencepiece_joint:
