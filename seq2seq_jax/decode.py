@@ -13,7 +13,7 @@ import numpy as np
 
 from seq2seq_jax.config import (DEFAULT_LENGTH_PENALTY, SEED_RANGE, check_length_penalty,
                                 check_temperature, seed_range_text)
-from seq2seq_jax.errors import UserError
+from seq2seq_jax.errors import UserError, is_whole_number
 from seq2seq_jax.model import Seq2Seq, resolve_scan_unroll
 from seq2seq_jax.vocab import END_ID, PAD_ID, START_ID, Vocab
 
@@ -91,13 +91,9 @@ def greedy_decode(params: Any, src_BxS: jax.Array, *, model: Seq2Seq, max_len: i
   return _scan_decode(params, src_BxS, argmax, model=model, max_len=max_len)
 
 
-def _whole(value: Any) -> bool:
-  return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
-
-
 def _check_max_len(max_len: int) -> None:
   """An output length the decoders can run: a whole number of steps, at least one."""
-  if not _whole(max_len) or max_len < 1:
+  if not is_whole_number(max_len) or max_len < 1:
     raise UserError(f"max_len (output tokens) must be a whole number of at least 1, got "
                     f"{max_len!r}.")
 
@@ -189,7 +185,7 @@ def make_beam_decoder(model: Seq2Seq, max_len: int, beam_size: int,
   _check_beam_model(model)  # now, not at the first batch
   _check_max_len(max_len)
   check_length_penalty(length_penalty)
-  if not _whole(beam_size) or beam_size < 1:
+  if not is_whole_number(beam_size) or beam_size < 1:
     raise UserError(f"beam size must be a whole number of at least 1, got {beam_size!r}.")
   return jax.jit(functools.partial(beam_search, model=model, max_len=max_len,
                                    beam_size=beam_size, length_penalty=length_penalty))
@@ -229,9 +225,9 @@ def make_sample_decoder(model: Seq2Seq, max_len: int, temperature: float = 1.0, 
   the same seed, inputs and batch size gives the same samples."""
   _check_max_len(max_len)  # now, not at the first batch
   check_temperature(temperature)
-  if not _whole(top_k) or top_k < 0:
+  if not is_whole_number(top_k) or top_k < 0:
     raise UserError(f"top_k must be a whole number, 0 for every token, got {top_k!r}.")
-  if not _whole(seed) or not SEED_RANGE[0] <= seed <= SEED_RANGE[1]:
+  if not is_whole_number(seed) or not SEED_RANGE[0] <= seed <= SEED_RANGE[1]:
     raise UserError(f"the seed must be {seed_range_text()}, got {seed!r}.")
   sample = jax.jit(functools.partial(sample_decode, model=model, max_len=max_len,
                                      temperature=temperature, top_k=top_k))

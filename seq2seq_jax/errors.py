@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numbers
+
 
 class UserError(Exception):
   """A problem with the user's input, files or environment.
@@ -16,6 +18,12 @@ class DataError(UserError):
 
 class CheckpointError(UserError):
   """A missing, corrupt or incompatible checkpoint or workdir."""
+
+
+def is_whole_number(value: object) -> bool:
+  """An int or a NumPy integer (both numbers.Integral), not a bool: what a count or a
+  size given from Python must be, for the checks that name it."""
+  return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 def first_line(error: BaseException, default: str = "", limit: int | None = None) -> str:

@@ -18,7 +18,7 @@ from seq2seq_jax.checkpoint import Checkpointer
 from seq2seq_jax.config import Config
 from seq2seq_jax.data import sentences as sentences_lib
 from seq2seq_jax.decode import decode_texts, make_greedy_decoder
-from seq2seq_jax.errors import CheckpointError, UserError
+from seq2seq_jax.errors import CheckpointError, UserError, is_whole_number
 from seq2seq_jax.metrics import exact_match, text_metrics
 from seq2seq_jax.model import Seq2Seq, build_model
 from seq2seq_jax.parallel import DataParallel, to_numpy
@@ -238,8 +238,7 @@ def evaluate_pairs(translator: Translator, params, pairs, decode_limit: int = 0,
   """
   if not len(pairs):  # scores of nothing would read as a model that got everything wrong
     raise UserError("no pairs to evaluate.")
-  if (isinstance(decode_limit, bool) or not isinstance(decode_limit, (int, np.integer))
-      or decode_limit < 0):
+  if not is_whole_number(decode_limit) or decode_limit < 0:
     raise ValueError(f"decode_limit must be a whole number, 0 for every pair, got "
                      f"{decode_limit!r}.")
   if translator.is_series:

@@ -50,7 +50,7 @@ from typing import Any
 
 import numpy as np
 
-from seq2seq_jax.errors import UserError
+from seq2seq_jax.errors import UserError, is_whole_number
 
 log = logging.getLogger(__name__)
 
@@ -307,8 +307,7 @@ def check_texts(texts: Any, batch_size: Any = None, none_ok: bool = False) -> No
                     f"{texts!r:.60}.")
   if batch_size is None and none_ok:
     return
-  if (isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer))
-      or batch_size < 1):
+  if not is_whole_number(batch_size) or batch_size < 1:
     raise ValueError(f"batch_size must be a whole number of at least 1, got {batch_size!r}.")
 
 
