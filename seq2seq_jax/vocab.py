@@ -7,13 +7,17 @@ Three tokenizers (config `tokenizer`):
         sentencepiece library) trained on the training split (below).
 
 Words:
-  - a word is a run of Unicode letters and digits ("naïve", "Straße", "42");
+  - a word is a run of Unicode letters and digits ("naïve", "Straße", "42"), each with its
+    combining marks (accents of NFD text, Indic vowel signs), zero-width (non-)joiners
+    inside it ("می‌خواهم") kept: no token is a lone accent;
   - a number with inner separators stays whole ("3.14", "1,000", "10:30");
   - an apostrophe (' or ’) between two letters ends the word before it, French
     elision style: "l'homme" -> "l'" "homme", "don't" -> "don'" "t";
   - a hyphen between two letters or digits becomes the joiner token "@-@" (Moses'
     convention): "quatre-vingts" -> "quatre" "@-@" "vingts";
-  - any other non-space character is a token of its own; whitespace separates.
+  - any other non-space character is a token of its own, with its marks; an emoji keeps
+    its skin tone and its ZWJ sequence ("👨‍👩‍👧"), a flag its two letters; whitespace
+    separates.
 
 `detokenize` joins tokens with spaces, then removes the space before closing punctuation
 (. , ! ? ; : ) ] } » ” ’ % …), after opening punctuation (( [ { « “ ‘ ¿ ¡), around "@-@",
@@ -65,12 +69,35 @@ UNK_TEXT = {"char": "\ufffd", "word": "<unk>", "sentencepiece": "\ufffd"}
 _UNITS = {"char": ("characters", "characters"), "word": ("words", "words"),
           "sentencepiece": ("characters", "subword tokens")}
 HYPHEN_JOINER = "@-@"
-_WORD = r"[^\W_]"  # a Unicode letter or digit (\w without the underscore)
+
+
+def _mark_class() -> str:
+  """A regex character class of every Unicode combining mark (categories Mn, Mc, Me):
+  accents written apart (NFD text), Indic vowel signs and viramas, variation selectors."""
+  import unicodedata
+  ranges: list[list[int]] = []
+  for code in (*range(0x20000), *range(0xE0000, 0xE1000)):  # no marks lie elsewhere
+    if unicodedata.category(chr(code))[0] == "M":
+      if ranges and ranges[-1][1] == code - 1:
+        ranges[-1][1] = code
+      else:
+        ranges.append([code, code])
+  return "[" + "".join(f"\\U{a:08x}-\\U{b:08x}" for a, b in ranges) + "]"
+
+
+_LETTER = r"[^\W_]"  # a Unicode letter or digit (\w without the underscore)
+_MARK = _mark_class()
+# A word: letters and digits, each with its combining marks, zero-width (non-)joiners inside.
+_WORD = rf"(?:{_LETTER}(?:{_MARK}|[\u200c\u200d])*)+"
+_WORD_END = rf"(?:{_LETTER}|{_MARK})"  # the last character of a word
+# One symbol with what belongs to it: marks, emoji skin tones and tags, ZWJ sequences.
+_SYMBOL = (rf"\S(?:{_MARK}|[\U0001f3fb-\U0001f3ff\U000e0020-\U000e007f]|\u200d\S)*")
 _TOKEN_RE = re.compile(
-    rf"\d+(?:[.,:]\d+)+"                    # 3.14  1,000  10:30
-    rf"|{_WORD}+(?:['’](?={_WORD}))?"       # a word, keeping an elision apostrophe: l'
-    rf"|(?P<joiner>(?<={_WORD})-(?={_WORD}))"  # a hyphen inside a compound
-    rf"|\S")                                # any other character: punctuation, symbols
+    rf"\d+(?:[.,:]\d+)+"                         # 3.14  1,000  10:30
+    rf"|{_WORD}(?:['’](?={_LETTER}))?"            # a word, keeping an elision apostrophe: l'
+    rf"|(?P<joiner>(?<={_WORD_END})-(?={_LETTER}))"  # a hyphen inside a compound
+    rf"|[\U0001f1e6-\U0001f1ff]{{2}}"               # a flag: two regional indicators
+    rf"|{_SYMBOL}")                               # any other character: punctuation, symbols
 _CLOSING = frozenset(".,!?;:)]}»”’%…")
 _OPENING = frozenset("([{«“‘¿¡")
 _ELISION = ("'", "’")

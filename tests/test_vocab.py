@@ -4,6 +4,8 @@ import dataclasses
 import json
 import os
 
+import unicodedata
+
 import numpy as np
 import pytest
 
@@ -61,6 +63,26 @@ def test_word_tokens_follow_the_documented_rules():
       "L'", "homme", "n'", "a", "pas", "3.5", "kg", ",", "dit", HYPHEN_JOINER, "il", "!"]
   assert word_tokenize("don't  stop\tnow") == ["don'", "t", "stop", "now"]  # no lower-casing
   assert word_tokenize("snake_case") == ["snake", "_", "case"]
+
+
+@pytest.mark.parametrize("text, words", [
+    # accents written as combining marks (NFD text) stay in their word
+    (unicodedata.normalize("NFD", "Été à Noël, l'été-là"),
+     ["Été", "à", "Noël", ",", "l'", "été", HYPHEN_JOINER, "là"]),
+    ("हिन्दी भाषा", ["हिन्दी", "भाषा"]),          # Indic vowel signs and viramas
+    ("क्षत्रिय-राज", ["क्षत्रिय", HYPHEN_JOINER, "राज"]),
+    ("می\u200cخواهم", ["می\u200cخواهم"]),        # Persian zero-width non-joiner inside a word
+    # an emoji with its skin tone, a ZWJ family, a flag, a heart with its variation selector
+    ("ok 👍🏽 👨\u200d👩\u200d👧 🇫🇷🇩🇪 ❤\ufe0f!",
+     ["ok", "👍🏽", "👨\u200d👩\u200d👧", "🇫🇷", "🇩🇪", "❤\ufe0f", "!"]),
+])
+def test_word_tokens_keep_combining_marks_and_emoji_sequences_whole(text, words):
+  """A word model can only match a target whose words come back whole: no token is a
+  lone accent, vowel sign, joiner or skin tone, and the text is rebuilt exactly."""
+  tokens = word_tokenize(text)
+  assert [unicodedata.normalize("NFC", t) for t in tokens] == [
+      unicodedata.normalize("NFC", w) for w in words]
+  assert "".join(tokens).replace(HYPHEN_JOINER, "-") == "".join(text.split())
 
 
 @pytest.mark.parametrize("text, comes_back", [
