@@ -267,6 +267,7 @@ def test_long_pairs_are_counted_in_the_log():
     (b"one\tun\nno tab here\n", r"bad.tsv:2: expected source<TAB>target, found 1 column\(s\).*"
                                  r"skip_bad_lines=true"),
     (b"one\tun\n\tvide\n", r"bad.tsv:2: expected source<TAB>target, found an empty source"),
+    (b"one\tun\ntwo\t  \n", r"bad.tsv:2: expected source<TAB>target, found an empty target"),
     (b"one\tun\ncaf\xe9\tcoffee\n", r"bad.tsv:2: not UTF-8"),
     (b"", r"bad.tsv: no usable source<TAB>target pair found \(the file is empty"),
     (b"\n\t\n \r\n", r"bad.tsv: no usable .*only blank lines"),
@@ -309,7 +310,7 @@ def test_parser_raises_only_data_error_on_any_bytes(tmp_path, raw, kind, skip):
     return
   assert pairs
   for source, target in pairs:
-    assert source and target
+    assert source.strip() and target.strip()
     assert not {"\t", "\n", "\r"} & set(source + target)
   try:  # the whole path a tsv:/anki: spec takes: parse, split, encode
     splits = data_lib.load_splits(tiny_config(data=f"{kind}:{path}", skip_bad_lines=skip))

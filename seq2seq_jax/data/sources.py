@@ -177,11 +177,12 @@ def tab_pairs(path: str, kind: str, num_samples: int = 0,
     if not line.strip():
       continue
     columns = line.split("\t")
-    if len(columns) < 2 or len(columns) > max_columns or not columns[0] or not columns[1]:
+    blank = [not column.strip() for column in columns[:2]]  # spaces alone are no text
+    if len(columns) < 2 or len(columns) > max_columns or any(blank):
       if not skip_bad_lines:
         want = "source<TAB>target" + ("[<TAB>attribution]" if kind == "anki" else "")
         found = (f"found {len(columns)} column(s)" if not 2 <= len(columns) <= max_columns
-                 else f"found an empty {'source' if not columns[0] else 'target'}")
+                 else f"found an empty {'source' if blank[0] else 'target'}")
         raise DataError(f"{path}:{number}: expected {want}, {found}: {line[:60]!r}. Fix the "
                         "line (train skips such lines with --set skip_bad_lines=true).")
       bad += 1
