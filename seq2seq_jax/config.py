@@ -22,15 +22,6 @@ from typing import Any
 
 from seq2seq_jax.errors import UserError
 
-# Fields whose change makes an existing checkpoint unusable for resuming.
-ARCHITECTURE_FIELDS = (
-    "input_mode", "embed_dim", "latent_dim", "num_layers", "cell",
-    "attention", "input_feeding", "reverse_source", "decoder_input", "data", "seed", "source_lowercase",
-    "bidirectional_encoder", "tokenizer", "max_vocab_size", "min_token_freq",
-    "vocab_size", "sentencepiece_model", "sentencepiece_joint", "tie_embeddings", "tie_output",
-)
-
-
 @dataclasses.dataclass
 class Config:
   """Every setting of a run. The defaults are the recommended model (configs/default.py).
@@ -435,7 +426,17 @@ def changed_keys(saved: dict[str, Any], config: Config,
   are not compared."""
   saved = dict(Config().to_dict(), **saved)
   current = config.to_dict()
+  if saved.get("tokenizer") == config.tokenizer:  # a setting the tokenizer ignores changes nothing
+    allowed = set(allowed) | set(unused_keys(config))
   return [key for key in current if key not in allowed and saved.get(key) != current[key]]
+
+
+def unused_keys(config: Config) -> tuple[str, ...]:
+  """The vocabulary keys config's tokenizer ignores: sentencepiece's for characters and
+  words, the token-count limits for sentencepiece."""
+  if config.tokenizer == "sentencepiece":
+    return ("max_vocab_size", "min_token_freq")
+  return ("vocab_size", "sentencepiece_model", "sentencepiece_joint")
 
 
 def describe_changes(saved: dict[str, Any], config: Config,

@@ -122,3 +122,23 @@ def test_a_config_file_that_raises_is_one_line(tmp_path, body, message):
   with pytest.raises(UserError) as error:
     config_lib.load_config_file(str(path))
   assert str(error.value) == f"config file '{path}': {message}"
+
+
+@pytest.mark.parametrize("tokenizer, change, refused", [
+    ("sentencepiece", "min_token_freq", False),  # sentencepiece ignores the token limits
+    ("sentencepiece", "max_vocab_size", False),
+    ("char", "vocab_size", False),               # characters ignore sentencepiece's size
+    ("char", "min_token_freq", True),            # these change a character vocabulary
+    ("sentencepiece", "vocab_size", True),
+])
+def test_resuming_refuses_only_changes_the_tokenizer_reads(tmp_path, tokenizer, change, refused):
+  from seq2seq_jax.errors import CheckpointError
+  from seq2seq_jax.workdir import check_workdir_config, write_config
+  saved = config_lib.Config(tokenizer=tokenizer, input_mode="embed")
+  write_config(str(tmp_path), saved)
+  changed = config_lib.apply_overrides(saved, [f"{change}={getattr(saved, change) + 100}"])
+  if refused:
+    with pytest.raises(CheckpointError, match=f"different configuration \\({change}: "):
+      check_workdir_config(str(tmp_path), changed)
+  else:
+    check_workdir_config(str(tmp_path), changed)
