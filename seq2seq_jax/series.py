@@ -47,7 +47,13 @@ class Scaler:
 
 def read_csv(path: str) -> tuple[list[str], np.ndarray]:
   """(column names, values RxF) of a numeric CSV; a non-numeric first row is a header."""
-  rows = [row for row in csv.reader(io.StringIO(read_text(path))) if any(c.strip() for c in row)]
+  reader = csv.reader(io.StringIO(read_text(path)))
+  try:
+    rows = [row for row in reader if any(c.strip() for c in row)]
+  except csv.Error as error:
+    why = ("a carriage return (\\r) inside the line" if "new-line character" in str(error)
+           else f"not CSV ({error})")
+    raise DataError(f"{path}:{reader.line_num}: {why}; fix the line.") from None
   if not rows:
     raise DataError(f"{path}: no rows.")
 

@@ -268,6 +268,7 @@ def test_long_pairs_are_counted_in_the_log():
                                  r"skip_bad_lines=true"),
     (b"one\tun\n\tvide\n", r"bad.tsv:2: expected source<TAB>target, found an empty source"),
     (b"one\tun\ntwo\t  \n", r"bad.tsv:2: expected source<TAB>target, found an empty target"),
+    (b"one\tun\nHi\rthere\tSalut\n", r"bad.tsv:2: .*found a carriage return \(\\r\) inside"),
     (b"one\tun\ncaf\xe9\tcoffee\n", r"bad.tsv:2: not UTF-8"),
     (b"", r"bad.tsv: no usable source<TAB>target pair found \(the file is empty"),
     (b"\n\t\n \r\n", r"bad.tsv: no usable .*only blank lines"),
@@ -290,6 +291,24 @@ def test_train_refuses_data_whose_pairs_are_all_too_long(tmp_path, capsys):
                                 str(tmp_path / "run"), "--data", f"tsv:{path}",
                                 "--set", "val_fraction=0", "--set", "test_fraction=0")
   assert code == 2 and "no training pair fits max_source_len/max_target_len" in err
+
+
+@pytest.mark.parametrize("ending", [b"\n", b"\r\n", b"\r\r\n", b"\r"])
+def test_every_line_ending_reads_the_same_pairs(tmp_path, ending):
+  """Unix, Windows, a Windows file converted twice (CRCRLF) and old Mac files."""
+  path = tmp_path / "pairs.tsv"
+  path.write_bytes(ending.join([b"one\tun", b"two\tdeux", b""]))
+  assert data_lib.tab_pairs(str(path), "tsv") == [("one", "un"), ("two", "deux")]
+
+
+def test_a_stray_carriage_return_inside_a_line_is_named_not_taken_for_a_line_end(tmp_path):
+  path = tmp_path / "pairs.tsv"
+  path.write_bytes(b"one\tun\nHi\rthere\tSalut\nthree\ttrois\n")
+  with pytest.raises(DataError, match=r"pairs.tsv:2: .*carriage return"):
+    data_lib.tab_pairs(str(path), "tsv")
+  # skipped as a whole: "there" is no source of its own
+  assert data_lib.tab_pairs(str(path), "tsv", skip_bad_lines=True) == [
+      ("one", "un"), ("three", "trois")]
 
 
 @settings(max_examples=300, deadline=None,

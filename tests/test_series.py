@@ -52,6 +52,9 @@ def test_bad_cells_name_row_and_column(tmp_path):
   path.write_text("a,b\n1,2\n3\n")
   with pytest.raises(DataError, match=r"bad.csv:3: 1 columns, expected 2"):
     read_csv(str(path))
+  path.write_bytes(b"a,b\n1,2\n3\r,4\n5,6\n")  # a stray CR is no line end in a LF file
+  with pytest.raises(DataError, match=r"bad.csv:3: a carriage return \(\\r\) inside the line"):
+    read_csv(str(path))
 
 
 def test_too_few_rows_is_a_clear_error(tmp_path):

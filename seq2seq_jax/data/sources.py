@@ -143,7 +143,10 @@ def read_text(path: str, missing_hint: str | None = None) -> str:
   if "\0" in text:  # valid UTF-8, but in no text file
     where = _position(raw, raw.index(b"\0"), "a NUL byte")
     raise DataError(f"{path}:{where}: is it a text file? Give a UTF-8 text file.")
-  return text.replace("\r\n", "\n").replace("\r", "\n")
+  text = re.sub(r"\r+\n", "\n", text)  # CRLF, and CRCRLF of a file converted twice
+  # a lone CR ends lines only in a file of old Mac line endings; elsewhere it is a stray
+  # character inside a line, which the parsers name
+  return text if "\n" in text else text.replace("\r", "\n")
 
 
 def _position(raw: bytes, offset: int, what: str = "not UTF-8") -> str:
@@ -178,11 +181,12 @@ def tab_pairs(path: str, kind: str, num_samples: int = 0,
       continue
     columns = line.split("\t")
     blank = [not column.strip() for column in columns[:2]]  # spaces alone are no text
-    if len(columns) < 2 or len(columns) > max_columns or any(blank):
+    if len(columns) < 2 or len(columns) > max_columns or any(blank) or "\r" in line:
       if not skip_bad_lines:
         want = "source<TAB>target" + ("[<TAB>attribution]" if kind == "anki" else "")
         found = (f"found {len(columns)} column(s)" if not 2 <= len(columns) <= max_columns
-                 else f"found an empty {'source' if blank[0] else 'target'}")
+                 else f"found an empty {'source' if blank[0] else 'target'}" if any(blank)
+                 else "found a carriage return (\\r) inside the line")
         raise DataError(f"{path}:{number}: expected {want}, {found}: {line[:60]!r}. Fix the "
                         "line (train skips such lines with --set skip_bad_lines=true).")
       bad += 1
