@@ -312,8 +312,8 @@ def cmd_sweep(args) -> int:
   from seq2seq_jax.config import resolve_config_path
   with _importing():
     from seq2seq_jax.sweep import load_sweep, run_sweep, work
+  configure_logging(sys.stdout)  # before the declaration, whose warnings it prints
   sweep = load_sweep(resolve_config_path(args.config), args.set or [])
-  configure_logging(sys.stdout)
   if args.worker:  # one of --workers N, or a worker joining from another machine
     os.environ.setdefault("SEQ2SEQ_JAX_SWEEP_JOINED", "1")  # its own sampler seed
     work(sweep, args.workdir, vectorize=args.vectorize, tensorboard=args.tensorboard,

@@ -371,7 +371,7 @@ def validate(config: Config, finite: bool = True) -> Config:
   return config
 
 
-def _parse_value(name: str, text: str) -> Any:
+def _parse_value(name: str, text: str, where: str = "--set") -> Any:
   want = typing.get_type_hints(Config)[name]
   try:
     if want is bool:
@@ -388,23 +388,24 @@ def _parse_value(name: str, text: str) -> Any:
     # one of a few names: spaces around it are no part of it, as around a number
     return text.strip() if name in _CHOICES else text
   except ValueError:
-    raise UserError(f"--set {name}={text}: '{text}' is not a valid {want.__name__}.") from None
+    prefix = "--set " if where == "--set" else f"{where}: "
+    raise UserError(f"{prefix}{name}={text}: '{text}' is not a valid {want.__name__}.") from None
 
 
-def apply_overrides(config: Config, overrides: list[str]) -> Config:
-  """Applies `key=value` strings to a copy of config."""
+def apply_overrides(config: Config, overrides: list[str], where: str = "--set") -> Config:
+  """Applies `key=value` strings to a copy of config; where: what gave them, for errors."""
   if isinstance(overrides, str):  # each character would be read as an override
     raise TypeError(f"overrides must be a list of 'key=value' strings, got the str "
                     f"{overrides!r}: pass [{overrides!r}].")
   config = dataclasses.replace(config)
   for item in overrides:
     if "=" not in item:
-      raise UserError(f"--set expects key=value, got '{item}'.")
+      raise UserError(f"{where} expects key=value, got '{item}'.")
     key, value = item.split("=", 1)
     key = key.strip()
     if key not in field_names():
-      raise _unknown_key_error(key, "--set")
-    setattr(config, key, _parse_value(key, value))
+      raise _unknown_key_error(key, where)
+    setattr(config, key, _parse_value(key, value, where))
   return validate(config)
 
 

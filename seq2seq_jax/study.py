@@ -13,10 +13,12 @@ are picked up where the dead worker left them.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import logging
 import os
 import threading
 import time
+import warnings
 from typing import Any
 
 from seq2seq_jax.errors import UserError
@@ -64,21 +66,47 @@ def worker_seed() -> int:
   return 0 if os.environ.get("SEQ2SEQ_JAX_SWEEP_JOINED") is None else os.getpid()
 
 
-def make_sampler(name: str, settings: dict[str, Any], seed: int):
+def _settings_class(kind: str, name: str):
+  """The Optuna class a sampler or pruner name makes (make_sampler, make_pruner)."""
   optuna = _optuna()
-  if name == "tpe":
-    return optuna.samplers.TPESampler(seed=seed, **settings)
-  # declared trials are enqueued with their values: the sampler only fills a spare ask
-  return optuna.samplers.RandomSampler(seed=seed)
+  if kind == "sampler":
+    return optuna.samplers.TPESampler if name == "tpe" else optuna.samplers.RandomSampler
+  return {"median": optuna.pruners.MedianPruner, "asha": optuna.pruners.SuccessiveHalvingPruner
+          }.get(name, optuna.pruners.NopPruner)
+
+
+def check_settings(sampler: str, sampler_settings: dict[str, Any], pruner: str,
+                   pruner_settings: dict[str, Any], where: str) -> None:
+  """sampler_settings and pruner_settings are arguments their Optuna class takes, with
+  values it accepts (made once to see): a misspelt key would otherwise stop the sweep with
+  a traceback, or, for a class that takes none, be ignored. Optuna is imported only where
+  settings are given."""
+  for kind, name, settings in (("sampler", sampler, sampler_settings),
+                               ("pruner", pruner, pruner_settings)):
+    if not settings:
+      continue
+    cls = _settings_class(kind, name)
+    taken = sorted(p for p in inspect.signature(cls).parameters if p != "seed")  # ours
+    unknown = sorted(set(settings) - set(taken), key=str)
+    if unknown:
+      accepted = f"it takes {', '.join(taken)}" if taken else "it takes none"
+      raise UserError(f"{where}: {kind}_settings: {', '.join(map(str, unknown))} is no argument "
+                      f"of {kind} '{name}' (Optuna's {cls.__name__}): {accepted}.")
+    try:
+      with warnings.catch_warnings():  # Optuna's experimental-feature warnings
+        warnings.simplefilter("ignore")
+        cls(**settings)
+    except (TypeError, ValueError) as error:
+      raise UserError(f"{where}: {kind}_settings {settings!r}: {error}") from None
+
+
+def make_sampler(name: str, settings: dict[str, Any], seed: int):
+  # declared trials are enqueued with their values: a random sampler only fills a spare ask
+  return _settings_class("sampler", name)(seed=seed, **settings)
 
 
 def make_pruner(name: str, settings: dict[str, Any]):
-  optuna = _optuna()
-  if name == "median":
-    return optuna.pruners.MedianPruner(**settings)
-  if name == "asha":
-    return optuna.pruners.SuccessiveHalvingPruner(**settings)
-  return optuna.pruners.NopPruner()
+  return _settings_class("pruner", name)(**settings)
 
 
 class SweepStudy:
@@ -201,24 +229,50 @@ class SweepStudy:
     for t in self._listed([t for t in every if t.state in done], every):
       name = t.user_attrs.get("trial")
       if name and t.params and not finished(name):
-        self.study.enqueue_trial(dict(t.params), user_attrs={"retry_of": t.number})
+        self._enqueue_again(t)
 
   # -- outcomes ---------------------------------------------------------------------
   def complete(self, optuna_trial, value: float) -> None:
-    self.study.tell(optuna_trial, value)
+    self._tell(optuna_trial, value)
 
   def prune(self, optuna_trial) -> None:
-    self.study.tell(optuna_trial, state=self.optuna.trial.TrialState.PRUNED)
+    self._tell(optuna_trial, state=self.optuna.trial.TrialState.PRUNED)
 
   def fail(self, optuna_trial) -> None:
-    self.study.tell(optuna_trial, state=self.optuna.trial.TrialState.FAIL)
+    self._tell(optuna_trial, state=self.optuna.trial.TrialState.FAIL)
+
+  def release(self, optuna_trial) -> None:
+    """A copy of a trial that another worker still trains (its heartbeat came late):
+    finished as a spare, neither listed nor counted; the live worker tells the outcome."""
+    optuna_trial.set_user_attr(SPARE, True)
+    self.fail(optuna_trial)
+
+  def _tell(self, optuna_trial, *args, **kwargs) -> None:
+    """Tells an outcome; a trial another worker took for dead meanwhile (its heartbeat
+    came late) is finished already: its values are enqueued again, and the worker that
+    asks them records the outcome from the trial's workdir."""
+    try:
+      self.study.tell(optuna_trial, *args, **kwargs)
+    except ValueError as error:
+      if not str(error).startswith("Cannot tell a "):
+        raise
+      log.info("trial %s was taken for dead by another worker meanwhile; enqueued again, to "
+               "be recorded from its workdir", optuna_trial.user_attrs.get("trial", optuna_trial.number))
+      self._enqueue_again(optuna_trial)
 
   def requeue(self, optuna_trial) -> None:
     """An interrupted trial: failed, and enqueued again with its values (its workdir
     keeps its checkpoints, so the next worker resumes it)."""
-    params = dict(optuna_trial.params)
     self.fail(optuna_trial)
-    self.study.enqueue_trial(params, user_attrs={"retry_of": optuna_trial.number})
+    self._enqueue_again(optuna_trial)
+
+  def _enqueue_again(self, trial) -> None:
+    """A trial's values enqueued again, under its name: the declared trial it is (a
+    declared trial suggests only its own keys), and counted as waiting, not as the
+    failed copy it replaces."""
+    name = trial.user_attrs.get("trial")
+    self.study.enqueue_trial(dict(trial.params), user_attrs={
+        "retry_of": trial.number, **({"trial": name} if name else {})})
 
   def report(self, optuna_trial, value: float, epoch: int) -> None:
     """Records an epoch's validation value (the pruner's evidence)."""
@@ -242,7 +296,7 @@ class SweepStudy:
         self.storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
       except Exception:  # another worker retried it first
         continue
-      self.study.enqueue_trial(dict(t.params), user_attrs={"retry_of": t.number})
+      self._enqueue_again(t)
       log.info("trial %s: its worker stopped (no heartbeat for %.0f s); enqueued again",
                t.user_attrs.get("trial", t.number), now - beat)
 

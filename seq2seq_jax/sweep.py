@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import dataclasses
+import hashlib
 import io
 import itertools
 import logging
@@ -45,12 +46,15 @@ from seq2seq_jax import runtime
 from seq2seq_jax import tracking
 from seq2seq_jax import workdir as workdir_lib
 from seq2seq_jax.config import Config
-from seq2seq_jax.errors import UserError
+from seq2seq_jax.errors import UserError, is_whole_number
 from seq2seq_jax.loop import VECTORIZED_KEYS, vmap_group_key  # noqa: F401 (sweep.VECTORIZED_KEYS)
-from seq2seq_jax.study import PRUNERS, SAMPLERS
+from seq2seq_jax.study import PRUNERS, SAMPLERS, check_settings
 
 log = logging.getLogger(__name__)
-METRICS = ("val/loss", "val/token_accuracy", "val/exact_match")
+METRICS = ("val/loss", "val/token_accuracy", "val/exact_match")  # results' columns for every sweep
+# what a run's validation records hold (loop._validate): text models, series models
+VALIDATION_METRICS = {"text": METRICS + ("val/cer", "val/chrf", "val/bleu"),
+                      "series": ("val/loss", "val/mse", "val/mae")}
 DISTRIBUTIONS = ("uniform", "log_uniform", "int")
 FORMS = ("grid", "random", "trials", "search")
 SPEC_KEYS = ("grid", "random", "trials", "search", "num_trials", "seed", "metric", "mode",
@@ -59,7 +63,7 @@ SPEC_KEYS = ("grid", "random", "trials", "search", "num_trials", "seed", "metric
 # Optuna's samplers seed NumPy's legacy generator (0 to 2**32 - 1) with the sweep's seed plus
 # a worker's number or pid (at most 2**22 on Linux): the seed leaves room for them.
 MAX_SWEEP_SEED = 2**32 - 1 - 2**22
-TRIAL_FILE = "trial.json"
+TRIAL_FILE = workdir_lib.TRIAL_FILE
 RESULTS_CSV = "results.csv"
 RESULTS_MD = "results.md"
 
@@ -100,9 +104,10 @@ class Sweep:
     return next((trial for trial in self.trials if trial.name == name), None)
 
 
-def make_trial(base: Config, values: dict[str, Any]) -> Trial:
+def make_trial(base: Config, values: dict[str, Any], where: str = "the sweep") -> Trial:
   """The trial of these swept values on base (typed and checked as the Config fields)."""
-  config = config_lib.apply_overrides(base, [f"{k}={_as_text(v)}" for k, v in values.items()])
+  config = config_lib.apply_overrides(base, [f"{k}={_as_text(v)}" for k, v in values.items()],
+                                      f"{where}'s swept values")
   typed = {key: getattr(config, key) for key in values}
   return Trial(trial_name(typed), typed, config)
 
@@ -119,12 +124,21 @@ def _as_text(value: Any) -> str:
   return repr(value) if isinstance(value, float) else str(value)
 
 
+MAX_NAME = 200  # bytes of a trial's directory name; file systems allow 255
+
+
 def trial_name(overrides: dict[str, Any]) -> str:
-  """'learning_rate=0.003,seed=1', with characters unsafe in paths replaced by '_'."""
+  """'learning_rate=0.003,seed=1', with characters unsafe in paths replaced by '_'; a name
+  longer than MAX_NAME (many searched floats) keeps its start and ends with a hash of the
+  whole, so that it stays a directory name and one trial's own."""
   if not overrides:
     return "base"
-  name = ",".join(f"{key}={_as_text(value)}" for key, value in overrides.items())
-  return re.sub(r"[^A-Za-z0-9._,=+-]", "_", name)
+  whole = ",".join(f"{key}={_as_text(value)}" for key, value in overrides.items())
+  name = re.sub(r"[^A-Za-z0-9._,=+-]", "_", whole)
+  if len(name) > MAX_NAME:
+    digest = hashlib.sha256(whole.encode("utf-8")).hexdigest()[:12]
+    name = f"{name[:MAX_NAME - 20]},sha256={digest}"  # 20: ",sha256=" and the digest
+  return name
 
 
 def _draw(rng: np.random.Generator, key: str, space: Any, where: str) -> Any:
@@ -168,6 +182,9 @@ def expand(spec: dict[str, Any], where: str = "get_sweep()") -> list[dict[str, A
   if "search" in spec:
     return []  # asked from the sampler as the sweep runs
   if "grid" in spec:
+    if not isinstance(spec["grid"], dict) or not spec["grid"]:
+      raise UserError(f"{where}: 'grid' must be a non-empty dict of key: [values], got "
+                      f"{spec['grid']!r}.")
     grid = {key: values.tolist() if isinstance(values, np.ndarray) and values.ndim == 1
             else values for key, values in spec["grid"].items()}  # np.logspace(...) too
     for key, values in grid.items():
@@ -176,11 +193,16 @@ def expand(spec: dict[str, Any], where: str = "get_sweep()") -> list[dict[str, A
     return [dict(zip(grid, combo)) for combo in itertools.product(*grid.values())]
   if "trials" in spec:
     trials = spec["trials"]
-    if not isinstance(trials, (list, tuple)) or not all(isinstance(t, dict) for t in trials):
-      raise UserError(f"{where}: 'trials' must be a list of {{key: value}} dicts.")
+    if (not isinstance(trials, (list, tuple)) or not trials
+        or not all(isinstance(t, dict) and t for t in trials)):
+      raise UserError(f"{where}: 'trials' must be a non-empty list of non-empty "
+                      "{key: value} dicts.")
     return [dict(t) for t in trials]
   if not isinstance(spec.get("num_trials"), int) or spec["num_trials"] <= 0:
     raise UserError(f"{where}: a random sweep needs num_trials, a positive whole number.")
+  if not isinstance(spec["random"], dict) or not spec["random"]:
+    raise UserError(f"{where}: 'random' must be a non-empty dict of key: [choices] or "
+                    f"(kind, low, high), got {spec['random']!r}.")
   rng = np.random.default_rng(spec.get("seed", 0))
   return [{key: _draw(rng, key, space, where) for key, space in spec["random"].items()}
           for _ in range(spec["num_trials"])]
@@ -203,17 +225,20 @@ def make_sweep(base: Config, spec: dict[str, Any], where: str = "get_sweep()") -
     for key in overrides:
       if key not in keys:
         keys.append(key)
-    trial = make_trial(base, overrides)
+    trial = make_trial(base, overrides, where)
     if trial.name in seen:
-      log.info("%s: trial %s is declared twice; running it once", where, trial.name)
+      log.warning("warning: %s: trial %s is declared twice (random draws repeat where the "
+                  "choices are few); running it once", where, trial.name)
       continue
     seen.add(trial.name)
     trials.append(trial)
   metric = spec.get("metric", "val/exact_match")
-  if not metric.startswith("val/"):
-    raise UserError(f"{where}: metric must be a validation metric such as "
-                    f"{', '.join(METRICS)}; got {metric!r}.")
-  mode = spec.get("mode", "min" if metric.endswith("loss") else "max")
+  known = VALIDATION_METRICS["series" if base.input_mode == "real" else "text"]
+  if metric not in known:
+    raise UserError(f"{where}: metric must be one of the validation metrics "
+                    f"{', '.join(known)}; got {metric!r}.")
+  lower_is_better = metric in ("val/loss", "val/cer", "val/mse", "val/mae")
+  mode = spec.get("mode", "min" if lower_is_better else "max")
   if mode not in ("max", "min"):
     raise UserError(f"{where}: mode must be 'max' or 'min', got {mode!r}.")
   searched = "search" in spec
@@ -235,11 +260,11 @@ def make_sweep(base: Config, spec: dict[str, Any], where: str = "get_sweep()") -
                                               for t in first):
       raise UserError(f"{where}: 'enqueue' must be a list of {{key: value}} dicts giving "
                       f"every searched key ({', '.join(keys)}).")
-    trials = [make_trial(base, values) for values in first]
+    trials = [make_trial(base, values, where) for values in first]
     if not isinstance(spec.get("num_trials"), int) or spec["num_trials"] <= 0:
       raise UserError(f"{where}: a search needs num_trials, a positive whole number.")
     make_trial(base, {key: _draw(np.random.default_rng(0), key, space[key], where)
-                      for key in keys})  # the keys are config fields of the drawn types
+                      for key in keys}, where)  # the keys are config fields of the drawn types
   else:  # each key's declared values, in declaration order: the study's choices
     if "enqueue" in spec:
       raise UserError(f"{where}: 'enqueue' goes with a 'search'; grid/random/trials are "
@@ -249,13 +274,25 @@ def make_sweep(base: Config, spec: dict[str, Any], where: str = "get_sweep()") -
   numbers = {}
   for name in ("group_size", "heartbeat_seconds", "grace_seconds"):
     value = spec.get(name, Sweep.__dataclass_fields__[name].default)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-      raise UserError(f"{where}: {name} must be a positive number, got {value!r}.")
+    whole = name == "group_size"
+    if (isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0
+        or not math.isfinite(value) or (whole and not is_whole_number(value))):
+      raise UserError(f"{where}: {name} must be a positive {'whole ' if whole else ''}"
+                      f"number, got {value!r}.")
     numbers[name] = value
+  if numbers["heartbeat_seconds"] >= numbers["grace_seconds"]:
+    raise UserError(f"{where}: heartbeat_seconds ({numbers['heartbeat_seconds']!r}) must be "
+                    f"less than grace_seconds ({numbers['grace_seconds']!r}): a trial whose "
+                    "heartbeat is older than grace_seconds is taken for dead and run again.")
   for name in ("sampler_settings", "pruner_settings"):
     if not isinstance(spec.get(name, {}), dict):
       raise UserError(f"{where}: {name} must be a dict of the Optuna {name[:-9]}'s arguments.")
-  return Sweep(base, keys, trials, metric, mode, bool(spec.get("vectorize", False)),
+  vectorize = spec.get("vectorize", False)
+  if not isinstance(vectorize, bool):
+    raise UserError(f"{where}: vectorize must be True or False, got {vectorize!r}.")
+  check_settings(sampler, spec.get("sampler_settings", {}), pruner,
+                 spec.get("pruner_settings", {}), where)
+  return Sweep(base, keys, trials, metric, mode, vectorize,
                space=space, searched=searched,
                num_trials=spec["num_trials"] if searched else len(trials),
                sampler=sampler, sampler_settings=dict(spec.get("sampler_settings", {})),
@@ -418,7 +455,7 @@ def _run_group(study, sweep: Sweep, group: list, workdir: str, progress, stop_af
     rest = []
     for pair, trial_dir in zip(group, dirs):
       if trial_dir == busy.workdir:
-        study.fail(pair[0])
+        study.release(pair[0])
       else:
         rest.append(pair)
     if rest:
@@ -479,7 +516,7 @@ def work(sweep: Sweep, workdir: str, vectorize: bool | None = None, progress: bo
   vectorize = sweep.vectorize if vectorize is None else vectorize
   if study is None:  # a worker: the same base as the sweep it joins
     workdir_lib.check_sweep_directory(workdir)
-    _check_same_base(sweep, workdir)
+    _check_same_declaration(sweep, workdir)
     study = SweepStudy(sweep, workdir, storage)
     study.enqueue_declared()
   while True:
@@ -555,6 +592,18 @@ def _check_same_space(sweep: Sweep, workdir: str) -> None:
                     "changed sweep with a new --workdir (the finished trials stay as they are).")
 
 
+def _check_same_objective(sweep: Sweep, workdir: str) -> None:
+  """A study optimises one metric in one direction: its values, TPE's model and the
+  pruner's comparisons mean nothing once another metric or mode is told."""
+  saved = workdir_lib.read_json(os.path.join(workdir, tracking.SWEEP_FILE)) or {}
+  before = (saved.get("metric"), saved.get("mode"))
+  if None not in before and before != (sweep.metric, sweep.mode):
+    raise UserError(f"the sweep's objective changed ({before[0]} {before[1]} -> {sweep.metric} "
+                    f"{sweep.mode}) since its study in {workdir} began; one study optimises "
+                    "one metric: run the changed sweep with a new --workdir (results.csv of "
+                    "this one lists every validation metric of its trials).")
+
+
 def _check_same_base(sweep: Sweep, workdir: str) -> None:
   """The trials in workdir ran on the base config its sweep.json holds: a changed base
   (--set, an edited config file) would count them done for settings they never ran with.
@@ -564,6 +613,9 @@ def _check_same_base(sweep: Sweep, workdir: str) -> None:
   before = saved.get("base")
   if not isinstance(before, dict):  # no sweep yet, or a sweep.json written before "base" was
     return
+  if not any(trial_status(os.path.join(workdir, name)) != "new" for name in os.listdir(workdir)
+             if os.path.isdir(os.path.join(workdir, name))):
+    return  # no trial trained (e.g. the first run failed on its data): the base may change
   allowed = {*workdir_lib.RESUMABLE_CHANGES, *sweep.keys, *saved.get("keys", [])}
   diffs = config_lib.describe_changes(before, sweep.base, allowed)
   if diffs:
@@ -571,6 +623,14 @@ def _check_same_base(sweep: Sweep, workdir: str) -> None:
                     f"({diffs}): run it with the same settings as before (the base in "
                     f"{tracking.SWEEP_FILE}), or with a new --workdir (the finished trials "
                     "stay as they are).")
+
+
+def _check_same_declaration(sweep: Sweep, workdir: str) -> None:
+  """The sweep continued in workdir (by `sweep` or a joining `--worker`) is the one its
+  study began with: the same searched values, objective and base config."""
+  _check_same_space(sweep, workdir)
+  _check_same_objective(sweep, workdir)
+  _check_same_base(sweep, workdir)
 
 
 def run_sweep(sweep: Sweep, workdir: str, vectorize: bool | None = None,
@@ -588,8 +648,7 @@ def run_sweep(sweep: Sweep, workdir: str, vectorize: bool | None = None,
   from seq2seq_jax.study import SweepStudy
   vectorize = sweep.vectorize if vectorize is None else vectorize
   workdir_lib.check_sweep_directory(workdir)
-  _check_same_space(sweep, workdir)
-  _check_same_base(sweep, workdir)
+  _check_same_declaration(sweep, workdir)
   study = SweepStudy(sweep, workdir, storage)  # a storage it cannot open: nothing written
   os.makedirs(workdir, exist_ok=True)
   workdir_lib.write_json(os.path.join(workdir, tracking.SWEEP_FILE), {
@@ -612,6 +671,8 @@ def run_sweep(sweep: Sweep, workdir: str, vectorize: bool | None = None,
   else:
     work(sweep, workdir, vectorize, progress, stop_after_step, tensorboard, argv, storage, study)
   rows = write_outputs(sweep, workdir, study)
+  if tensorboard:  # trials finished by an earlier run too
+    tracking.export_tensorboard(workdir)
   log.info("\n%s", markdown_table(sweep, rows))
   return rows
 

@@ -15,7 +15,7 @@ import os
 from typing import Any
 
 from seq2seq_jax.errors import UserError
-from seq2seq_jax.workdir import METRICS_FILE, SWEEP_FILE, read_metrics  # noqa: F401 (tracking.read_metrics)
+from seq2seq_jax.workdir import METRICS_FILE, SWEEP_FILE, TRIAL_FILE, read_metrics  # noqa: F401 (tracking.read_metrics)
 
 CURVES_PNG = "curves.png"
 TENSORBOARD_DIR = "tensorboard"
@@ -112,12 +112,16 @@ def plot_runs(runs: dict[str, list[dict[str, Any]]], path: str, title: str | Non
 
 
 def _sweep_trials(workdir: str) -> list[str] | None:
-  """The trial names of a sweep directory, or None when workdir is a single run."""
+  """The trial names of a sweep directory, or None when workdir is a single run: those
+  sweep.json declares, in order, then every other trial workdir (those a search asked)."""
   try:
     with open(os.path.join(workdir, SWEEP_FILE)) as f:
-      return list(json.load(f)["trials"])
+      declared = list(json.load(f)["trials"])
   except (OSError, ValueError, KeyError, TypeError):
     return None
+  asked = sorted(name for name in os.listdir(workdir)
+                 if os.path.isfile(os.path.join(workdir, name, TRIAL_FILE)))
+  return declared + [name for name in asked if name not in declared]
 
 
 def plot_workdir(workdir: str, out: str | None = None) -> str:
@@ -143,7 +147,7 @@ def plot_workdir(workdir: str, out: str | None = None) -> str:
                       "plot.")
     raise UserError(f"no {METRICS_FILE} in '{workdir}'"
                     f"{' or its trials' if trials is not None else ''}: train first.")
-  if out and os.path.isdir(out):
+  if out and (os.path.isdir(out) or out.endswith(os.sep)):  # a trailing / names a directory
     out = os.path.join(out, CURVES_PNG)
   elif out and not os.path.splitext(out)[1]:
     out += ".png"  # what the figure would be saved as: the path printed is the file's

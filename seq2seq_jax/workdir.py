@@ -43,6 +43,7 @@ RESULTS_FILE = "results.json"
 LOG_FILE = "train.log"
 LOCK_FILE = ".lock"
 SWEEP_FILE = "sweep.json"  # written by seq2seq_jax.sweep: names the trials of a sweep directory
+TRIAL_FILE = "trial.json"  # a sweep trial's overrides, status and wall time, in its workdir
 # of a `seq2seq-jax export` directory: exported.MANIFEST_FILE, named again here because
 # importing exported would import jax with this module (a test holds the two equal)
 EXPORT_MANIFEST = "manifest.json"

@@ -103,6 +103,41 @@ def test_asked_trials_waiting_for_an_earlier_group_keep_beating(tmp_path, monkey
   assert set(worker.states().values()) == {"complete"}
 
 
+def test_an_interrupted_trial_comes_back_as_itself_and_counts_as_waiting(tmp_path):
+  """A trial an interrupt stopped is enqueued again: the same declared trial (a trial of a
+  `trials` sweep sets only its own keys, the others are not drawn), counted as still to
+  run, not as done."""
+  spec = {"trials": [{"latent_dim": 64}, {"dropout": 0.1}]}
+  sweep = sweep_lib.make_sweep(tiny_config(), spec)
+  study = SweepStudy(sweep, str(tmp_path))
+  study.enqueue_declared()
+  asked = study.ask_group(10)
+  for optuna_trial, _ in asked:
+    study.requeue(optuna_trial)  # what an interrupt does to each running trial
+  assert study.states() == {"latent_dim=64": "waiting", "dropout=0.1": "waiting"}
+  again = SweepStudy(sweep, str(tmp_path)).ask_group(10)
+  assert [trial.name for _, trial in again] == ["latent_dim=64", "dropout=0.1"]
+
+
+def test_a_worker_whose_trial_was_taken_for_dead_tells_its_outcome_without_failing(tmp_path):
+  """A worker's heartbeat came late: another worker took its trial for dead, found its
+  workdir locked and left it. The live worker's result is then recorded, not a crash."""
+  sweep = sweep_lib.load_sweep(SWEEP_TINY)
+  slow = SweepStudy(sweep, str(tmp_path))
+  slow.enqueue_declared()
+  [(late, trial)] = slow.ask_group(1)
+  late.set_user_attr("heartbeat", time.time() - 2 * sweep.grace_seconds)
+  other = SweepStudy(sweep, str(tmp_path))
+  for optuna_trial, asked in other.ask_group(10):  # the copy of the late one among them
+    if asked.name == trial.name:
+      other.release(optuna_trial)  # its workdir was locked: left to the live worker
+    else:
+      other.complete(optuna_trial, 0.4)
+  slow.complete(late, 0.5)  # was: ValueError: Cannot tell a FAIL trial.
+  assert slow.states()[trial.name] == "waiting"  # its workdir will tell the outcome
+  assert [t.name for _, t in slow.ask_group(10)] == [trial.name]
+
+
 def test_search_declaration_errors_name_the_problem():
   from seq2seq_jax.config import Config
   from seq2seq_jax.errors import UserError

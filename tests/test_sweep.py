@@ -112,6 +112,48 @@ def test_declaration_errors_name_the_problem():
                                          "seed": np.int64(7)}).seed == 7  # NumPy's ints too
 
 
+@pytest.mark.parametrize("spec, message", [
+    ({"grid": {"learning_rate": [1e-3]}, "metric": "val/acuracy"},
+     "metric must be one of the validation metrics val/loss, .*val/bleu; got 'val/acuracy'"),
+    ({"grid": {"learning_rate": [1e-3]}, "metric": None}, "metric must be one of"),
+    ({"grid": [("learning_rate", [1e-3])]}, "'grid' must be a non-empty dict"),
+    ({"grid": {}}, "'grid' must be a non-empty dict"),
+    ({"trials": []}, "'trials' must be a non-empty list"),
+    ({"random": {}, "num_trials": 2}, "'random' must be a non-empty dict"),
+    ({"grid": {"learning_rate": [1e-3]}, "vectorize": "no"}, "vectorize must be True or False"),
+    ({"grid": {"learning_rate": [1e-3]}, "group_size": 0.5},
+     "group_size must be a positive whole number, got 0.5"),
+    ({"grid": {"learning_rate": [1e-3]}, "heartbeat_seconds": 30, "grace_seconds": 1},
+     r"heartbeat_seconds \(30\) must be less than grace_seconds \(1\)"),
+    ({"search": {"dropout": [0.0]}, "num_trials": 1, "sampler_settings": {"n_startup": 1}},
+     "sampler_settings: n_startup is no argument of sampler 'tpe' .*n_startup_trials"),
+    ({"grid": {"dropout": [0.0]}, "sampler_settings": {"n_startup_trials": 1}},
+     "no argument of sampler 'random' .*it takes none"),
+    ({"search": {"dropout": [0.0]}, "num_trials": 1, "pruner": "asha",
+      "pruner_settings": {"min_resourc": 1}}, "min_resourc is no argument of pruner 'asha'"),
+    ({"search": {"dropout": [0.0]}, "num_trials": 1, "pruner": "asha",
+      "pruner_settings": {"min_resource": -1}}, "pruner_settings .*min_resource"),
+    # a swept key or value is named as the sweep file's, not as a --set the user never gave
+    ({"grid": {"learning_rat": [1e-3]}}, "unknown config key 'learning_rat' in the sweep's "
+                                         "swept values. Did you mean learning_rate"),
+    ({"grid": {"learning_rate": ["fast"]}},
+     "the sweep's swept values: learning_rate=fast: 'fast' is not a valid float"),
+])
+def test_declaration_mistakes_are_refused_before_anything_runs(spec, message):
+  """Each was accepted and then trained without the setting (a misspelt metric ranked
+  nothing, group_size 0.5 trained no trial), or stopped later with a traceback."""
+  with pytest.raises(UserError, match=message):
+    sweep_lib.make_sweep(Config(), spec, "the sweep")
+
+
+def test_a_long_trial_name_stays_a_directory_name_and_its_trial_s_own():
+  values = {f"k{i}": 0.1234567890123456 + i for i in range(20)}
+  name = sweep_lib.trial_name(values)
+  assert len(name) <= sweep_lib.MAX_NAME and name.startswith("k0=0.1234567890123456,")
+  assert name != sweep_lib.trial_name(dict(values, k19=1.0))
+  assert sweep_lib.trial_name({"learning_rate": 0.003}) == "learning_rate=0.003"
+
+
 def test_only_shape_free_values_share_a_program():
   base = Config()
   key = lambda **kw: sweep_lib.vmap_group_key(dataclasses.replace(base, **kw))
@@ -368,6 +410,67 @@ def test_a_sweep_whose_values_changed_is_refused_in_its_old_workdir(tmp_path):
   with pytest.raises(UserError, match=r"changed \(dropout\).*new --workdir"):
     sweep_lib.run_sweep(sweep, workdir, progress=False)
   assert os.listdir(workdir) == ["sweep.json"]  # nothing started
+
+
+def test_a_sweep_whose_objective_changed_is_refused_and_so_is_a_worker_joining_changed(tmp_path):
+  """One study optimises one metric one way: another metric's values told to it would mix
+  losses with accuracies in TPE's model, the pruner's comparisons and the best trial. A
+  worker joining (`--worker`) is held to the same declaration as `sweep` itself."""
+  workdir = str(tmp_path / "sweep")
+  sweep = sweep_lib.load_sweep(SWEEP_TINY)
+  os.makedirs(workdir)
+  saved = {"keys": sweep.keys, "space": sweep_lib._space_json(sweep.space),
+           "metric": "val/loss", "mode": "min"}
+  with open(os.path.join(workdir, "sweep.json"), "w") as f:
+    json.dump(saved, f)
+  with pytest.raises(UserError, match=r"objective changed \(val/loss min -> "
+                                      rf"{sweep.metric} {sweep.mode}\).*new --workdir"):
+    sweep_lib.run_sweep(sweep, workdir, progress=False)
+  with pytest.raises(UserError, match=r"objective changed"):
+    sweep_lib.work(sweep, workdir, progress=False)
+  with open(os.path.join(workdir, "sweep.json"), "w") as f:
+    json.dump(dict(saved, metric=sweep.metric, mode=sweep.mode,
+                   space=dict(saved["space"], dropout=[0.0, 0.5])), f)
+  with pytest.raises(UserError, match=r"declared keys or values changed \(dropout\)"):
+    sweep_lib.work(sweep, workdir, progress=False)  # was Optuna's ValueError, a traceback
+  assert os.listdir(workdir) == ["sweep.json"]  # nothing started
+
+
+def test_a_sweep_whose_first_run_trained_nothing_may_change_its_base(tmp_path):
+  """A first run that stopped before any trial trained (bad data, say) leaves its trials
+  marked interrupted and its base in sweep.json: the corrected command runs."""
+  workdir = str(tmp_path / "sweep")
+  sweep = sweep_lib.load_sweep(SWEEP_TINY, ["numbers_train=3000"])
+  for trial in sweep.trials:
+    sweep_lib._write_trial_info(trial, os.path.join(workdir, trial.name), "interrupted", 0.0, 1)
+  with open(os.path.join(workdir, "sweep.json"), "w") as f:
+    json.dump({"keys": sweep.keys, "space": sweep_lib._space_json(sweep.space),
+               "metric": sweep.metric, "mode": sweep.mode, "base": sweep.base.to_dict()}, f)
+  fixed = sweep_lib.load_sweep(SWEEP_TINY, ["numbers_train=3000", "numbers_max=99999"])
+  sweep_lib._check_same_declaration(fixed, workdir)  # no trial trained: nothing to keep apart
+  os.makedirs(os.path.join(workdir, sweep.trials[0].name, "checkpoints", "5"))
+  with pytest.raises(UserError, match=r"base config changed .*numbers_max: 999 -> 99999"):
+    sweep_lib._check_same_declaration(fixed, workdir)
+
+
+def test_plot_of_a_search_draws_every_trial_it_asked(tmp_path, monkeypatch):
+  """A search's sweep.json lists only the trials it enqueued first; the sampler's come
+  from the study. `plot` draws every trial workdir, and --out DIR/ names a directory."""
+  drawn = {}
+  monkeypatch.setattr(tracking, "plot_runs",
+                      lambda runs, path, title=None: drawn.update(runs=runs, title=title) or path)
+  workdir = tmp_path / "search"
+  workdir.mkdir()
+  (workdir / "sweep.json").write_text(json.dumps({"trials": ["learning_rate=0.001"]}))
+  for name in ("learning_rate=0.001", "learning_rate=0.0123", "learning_rate=0.0042"):
+    (workdir / name).mkdir()
+    (workdir / name / "trial.json").write_text("{}")
+    (workdir / name / "metrics.jsonl").write_text('{"step": 1, "train/loss": 1.0}\n')
+  out = tracking.plot_workdir(str(workdir), str(tmp_path / "plots" / "new") + os.sep)
+  assert out == str(tmp_path / "plots" / "new" / "curves.png")
+  assert list(drawn["runs"]) == ["learning_rate=0.001", "learning_rate=0.0042",
+                                 "learning_rate=0.0123"]
+  assert drawn["title"] == "sweep search: 3 trial(s)"
 
 
 @pytest.mark.filterwarnings("ignore:The value nan is not acceptable")  # no metrics: not trained
