@@ -532,6 +532,16 @@ def _non_negative_float(text: str) -> float:
   return value
 
 
+MAX_WAIT_MS = 60_000.0  # a batching wait of over a minute is no server's latency
+
+
+def _wait_ms(text: str) -> float:
+  value = _non_negative_float(text)
+  if value > MAX_WAIT_MS:
+    raise argparse.ArgumentTypeError(f"must be at most {MAX_WAIT_MS:.0f} (a minute), got '{text}'")
+  return value
+
+
 def _decoding_value(check):
   """An argparse type: a finite number that `check` (config.check_length_penalty,
   check_temperature) accepts, refused in its words otherwise."""
@@ -737,8 +747,9 @@ def build_parser() -> argparse.ArgumentParser:
   serve.add_argument("--host", default="127.0.0.1",
                      help="address to listen on (default 127.0.0.1: this machine only)")
   serve.add_argument("--port", type=_port, default=8000, help="default 8000")
-  serve.add_argument("--max-wait-ms", type=_non_negative_float, default=5.0, metavar="MS",
-                     help="how long a request waits for others to share its batch (default 5)")
+  serve.add_argument("--max-wait-ms", type=_wait_ms, default=5.0, metavar="MS",
+                     help="how long a request waits for others to share its batch (default 5, "
+                     "at most 60000)")
   serve.add_argument("--max-batch", type=_positive_int, default=32, metavar="N",
                      help="sentences decoded together at most (default 32)")
   serve.add_argument("--max-texts", type=_positive_int, default=256, metavar="N",

@@ -178,7 +178,8 @@ def build_artifact(translator, params, step: int, *, which: str = "best",
                 "src_vocab_size": model.src_vocab_size, "tgt_vocab_size": model.tgt_vocab_size},
       "settings": {"max_source_len": config.max_source_len, "max_target_len": config.max_target_len,
                    "bucket_width": config.bucket_width, "source_lowercase": config.source_lowercase,
-                   "tokenizer": translator.src_vocab.level, "batch_size": config.batch_size},
+                   "tokenizer": translator.src_vocab.level, "batch_size": config.batch_size,
+                   "split_sentences": config.split_sentences},
       "decode_max_len": max_len,
       "beam_sizes": list(beam_sizes),
       "length_penalty": length_penalty,
@@ -282,7 +283,7 @@ def write_artifact(artifact: ExportedTranslator, out: str) -> None:
   temporary folders are hidden ones of its own, made and removed here (or by the next
   export to DIR, where a killed process left them): a user's DIR.old or DIR.partial is
   left alone. A DIR holding anything an export does not write is refused, not replaced."""
-  out = os.path.abspath(out)
+  out = os.path.realpath(out)  # a link to DIR stays a link: DIR itself is replaced
   _check_out_dir(out)
   parent, name = os.path.split(out)
   os.makedirs(parent, exist_ok=True)

@@ -1,6 +1,7 @@
 """Translates with an exported model (`seq2seq-jax export`'s DIR), using jax, numpy and
 seq2seq_jax.vocab alone (and errors.py's exception type; sentencepiece for subword
-models): no Flax, Orbax or optax, no training code.
+models, data/sentences.py's sentence splitting for split_sentences ones): no Flax, Orbax
+or optax, no training code.
 
     translator = ExportedTranslator.load("exported/")
     translator.translate(["twelve", "three hundred"])          # greedy
@@ -21,7 +22,7 @@ import jax
 import numpy as np
 from jax import export as jax_export
 
-from seq2seq_jax.errors import UserError, first_line
+from seq2seq_jax.errors import UserError, first_line, is_whole_number
 from seq2seq_jax.vocab import PAD_ID, Vocab, check_texts, input_warnings
 
 FORMAT = "seq2seq_jax.exported"
@@ -103,7 +104,7 @@ def _read_json(path: str) -> Any:
     with open(path, encoding="utf-8") as f:
       return json.load(f)
   except OSError as error:
-    raise ExportError(f"cannot read {path}: {error.strerror or error}") from None
+    raise ExportError(f"cannot read {path}: {error.strerror or error}; export again.") from None
   except ValueError as error:
     raise ExportError(f"{path} is not valid JSON ({error}); export again.") from None
 
@@ -174,12 +175,16 @@ class ExportedTranslator:
     self.source_lowercase = settings["source_lowercase"]
     self.decode_max_len = settings["decode_max_len"]
     self.beam_sizes = settings["beam_sizes"]
+    self.split_sentences = settings["split_sentences"]
     self._params = None  # on the device at the first call
     self._calls = {name: jax.jit(e.call) for name, e in exported.items()}
 
   @classmethod
   def load(cls, directory: str) -> "ExportedTranslator":
     """Reads DIR as export.write_artifact wrote it."""
+    if os.path.isfile(directory):
+      raise ExportError(f"'{directory}' is a file; give the export's directory (the one "
+                        f"holding {MANIFEST_FILE}).")
     if not os.path.isdir(directory):
       raise ExportError(f"export directory '{directory}' does not exist; create it with "
                         f"`seq2seq-jax export --workdir W --out {directory}`.")
@@ -231,7 +236,14 @@ class ExportedTranslator:
       _check_params_fit(flat_params, exported[name], params_path, path)
       _check_platform(exported[name], directory)
     with _reading(vocab_path):  # what is left to fail building the translator: the tokens
-      return cls(manifest, vocab, flat_params, exported, models)
+      translator = cls(manifest, vocab, flat_params, exported, models)
+    model = manifest.get("model", {})
+    for side, vocabulary in (("src", translator.src_vocab), ("tgt", translator.tgt_vocab)):
+      size = model.get(f"{side}_vocab_size")
+      if is_whole_number(size) and len(vocabulary) != size:  # another export's vocab.json
+        raise ExportError(f"{vocab_path} does not fit the model: its {side} vocabulary has "
+                          f"{len(vocabulary)} tokens, the model {size}; export again.")
+    return translator
 
   @staticmethod
   def _settings(manifest: dict[str, Any]) -> dict[str, Any]:
@@ -240,6 +252,8 @@ class ExportedTranslator:
     return {"max_source_len": int(settings["max_source_len"]),
             "bucket_width": int(settings["bucket_width"]),
             "source_lowercase": bool(settings["source_lowercase"]),
+            # exports older than the key translate long inputs cut, as they did
+            "split_sentences": bool(settings.get("split_sentences", False)),
             "decode_max_len": int(manifest["decode_max_len"]),
             "beam_sizes": tuple(int(k) for k in manifest["beam_sizes"]),
             "platforms": tuple(str(p) for p in manifest["platforms"]),
@@ -269,15 +283,38 @@ class ExportedTranslator:
       src_NxS[row, :len(x)] = x
     return src_NxS, lengths_N
 
+  def split(self, texts: list[str]) -> tuple[list[str], list[int]]:
+    """(what translate() decodes of texts, how many of them each text gives): the texts,
+    or for a model trained with split_sentences each text's pieces of whole sentences that
+    fit (inference.Translator's); join() puts their translations together."""
+    if not self.split_sentences:
+      return list(texts), [1] * len(texts)
+    from seq2seq_jax.data import sentences  # pure Python; only such models need it
+    fits = lambda piece: len(self.src_vocab.encode(self._seen_as([piece])[0])) <= self.max_source_len
+    return sentences.flatten_pieces(texts, lambda text: sentences.pieces(text, fits))
+
+  def join(self, outputs: list[str], counts: list[int]) -> list[str]:
+    """Each text's translation from its pieces' (split's counts)."""
+    if not self.split_sentences:
+      return list(outputs)
+    from seq2seq_jax.data import sentences
+    return sentences.join_pieces(outputs, counts)
+
   def input_warnings(self, texts: list[str]) -> list[str]:
     """What translate() does silently to these inputs (inference.Translator's wording)."""
-    return input_warnings(self.src_vocab, self._seen_as(texts), self.max_source_len)
+    if not self.split_sentences:
+      return input_warnings(self.src_vocab, self._seen_as(texts), self.max_source_len)
+    pieces, _ = self.split(texts)
+    return input_warnings(self.src_vocab, self._seen_as(pieces), self.max_source_len,
+                          "input piece(s) (split into sentences and words)")
 
   # -- decoding -------------------------------------------------------------------
   def function_name(self, beam: int | None) -> str:
     """The exported function of a decoding: greedy (beam None) or beamK."""
     if beam is None:
       return "greedy"
+    if not is_whole_number(beam):
+      raise TypeError(f"beam must be a whole number or None, got {beam!r}.")
     if beam not in self.beam_sizes:
       exported = ", ".join(str(k) for k in self.beam_sizes) or "none"
       raise BeamNotExported(f"beam {beam} was not exported (beam sizes: {exported}); export "
@@ -302,6 +339,13 @@ class ExportedTranslator:
     self.function_name(beam)  # an unknown beam size fails before any work
     if not texts:
       return []
+    pieces, counts = self.split(texts)  # long texts in pieces of whole sentences, as translate
+    return self.join(self._translate_whole(pieces, beam, batch_size), counts)
+
+  def _translate_whole(self, texts: list[str], beam: int | None, batch_size: int) -> list[str]:
+    """translate() of texts each decoded whole (a long one cut)."""
+    # no more rows than the texts need (a power of two at least their count, as translate)
+    batch_size = min(batch_size, 1 << (len(texts) - 1).bit_length())
     src_NxS, lengths_N = self.encode_sources(texts)
     order = np.argsort(lengths_N, kind="stable")
     outputs: list[str] = [""] * len(texts)

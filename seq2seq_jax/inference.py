@@ -117,10 +117,9 @@ class Translator:
     if split_sentences is None:
       split_sentences = self.config.split_sentences
     if split_sentences:
-      parts = [self._pieces(source) for source in sources]
-      outputs = iter(self.translate(params, [p for ps in parts for p in ps], batch_size,
-                                    decoder, split_sentences=False))
-      return [" ".join(next(outputs) for _ in ps) for ps in parts]
+      pieces, counts = sentences_lib.flatten_pieces(sources, self._pieces)
+      return sentences_lib.join_pieces(
+          self.translate(params, pieces, batch_size, decoder, split_sentences=False), counts)
     if self.config.source_lowercase:
       sources = [s.lower() for s in sources]
     keras_width = self.keras_dims["max_encoder_seq_length"] if self.keras_dims else 0

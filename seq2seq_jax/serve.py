@@ -364,6 +364,11 @@ class BatchWorker:
         job = self._queue.get(timeout=remaining) if remaining > 0 else self._queue.get_nowait()
       except queue.Empty:
         break
+      except Exception as error:  # never seen: the jobs taken get 500, not a hang
+        log.exception("collecting requests failed")
+        for taken in jobs:
+          _settle(taken.future, error=error)
+        raise queue.Empty from None
       jobs.append(job)
       sentences += job.left
     return jobs
@@ -453,13 +458,15 @@ def create_app(translator: ExportedTranslator, options: ServeOptions = ServeOpti
       body = await _read_body(request, options.max_body_bytes)
       texts, beam = parse_request(body, options, translator.beam_sizes)
       warnings = translator.input_warnings(texts)
-      src_NxS, lengths_N = translator.encode_sources(texts) if texts else (None, [])
+      # what translate decodes: each text, or a split_sentences model's pieces of it
+      pieces, counts = translator.split(texts)
+      src_NxS, lengths_N = translator.encode_sources(pieces) if pieces else (None, [])
       rows = [src_NxS[i, :n] for i, n in enumerate(lengths_N)]
       if not worker.alive:
         raise RequestError(503, "the decoder is not running")
       # an empty text is not decoded: its translation is empty, as translate's line
-      future = worker.submit(rows, beam, skip=[not text for text in texts])
-      translations = await asyncio.wrap_future(future)
+      future = worker.submit(rows, beam, skip=[not piece for piece in pieces])
+      translations = translator.join(await asyncio.wrap_future(future), counts)
     except RequestError as error:
       return error_response(error.status, str(error))
     except Exception as error:  # a bug, not the client's fault: say so and keep serving
@@ -516,6 +523,7 @@ def create_app(translator: ExportedTranslator, options: ServeOptions = ServeOpti
                           Route("/metrics", metrics_endpoint, methods=["GET"])],
                   exception_handlers={HTTPException: http_error, Exception: internal_error},
                   lifespan=lifespan)
+  app.router.redirect_slashes = False  # /translate/ is an unknown path (404), not a 307
   app.state.worker = worker
   app.state.metrics = metrics
   return app

@@ -42,6 +42,9 @@ def test_flat_params_round_trip():
 def test_load_errors_say_what_to_do(tmp_path):
   with pytest.raises(UserError, match="does not exist"):
     ExportedTranslator.load(str(tmp_path / "nowhere"))
+  (tmp_path / "notes.txt").write_text("x")
+  with pytest.raises(UserError, match=r"notes.txt' is a file; give the export's directory"):
+    ExportedTranslator.load(str(tmp_path / "notes.txt"))
   (tmp_path / "manifest.json").write_text("{not json")
   with pytest.raises(UserError, match="not valid JSON"):
     ExportedTranslator.load(str(tmp_path))
@@ -90,6 +93,15 @@ def test_export_replaces_its_directory_and_nothing_beside_it(tmp_path):
     write_artifact(_artifact(3, serialized=OSError("disk full")), str(out))
   assert sorted(os.listdir(tmp_path)) == ["ex4", "ex4.old", "ex4.partial"]
   assert json.loads((out / "manifest.json").read_text())["v"] == 2
+
+
+def test_an_out_that_is_a_link_stays_a_link_to_the_new_export(tmp_path):
+  from seq2seq_jax.export import write_artifact
+  write_artifact(_artifact(1), str(tmp_path / "real"))
+  os.symlink("real", tmp_path / "link")
+  write_artifact(_artifact(2), str(tmp_path / "link"))
+  assert os.path.islink(tmp_path / "link")
+  assert json.loads((tmp_path / "real" / "manifest.json").read_text())["v"] == 2
 
 
 def test_export_refuses_a_directory_holding_anything_but_an_export(tmp_path):
@@ -234,6 +246,47 @@ def test_the_manifest_describes_the_artifact(exported_dir, trained_workdir):
 
 
 @pytest.mark.slow
+def test_a_split_sentences_model_translates_long_texts_in_sentences_as_translate(
+    exported_dir, trained_workdir, tmp_path):
+  """A model trained with split_sentences (the libreoffice recipes) decodes a long text
+  sentence by sentence in translate; the export and the server did the same text cut."""
+  import shutil
+  from seq2seq_jax.inference import load_trained
+  split = str(tmp_path / "split")
+  shutil.copytree(exported_dir, split)
+  manifest = json.load(open(os.path.join(split, "manifest.json")))
+  assert manifest["settings"]["split_sentences"] is False  # what the tiny model trained with
+  manifest["settings"]["split_sentences"] = True
+  json.dump(manifest, open(os.path.join(split, "manifest.json"), "w"))
+  texts = ["Twelve. Three hundred and forty-five. Nine hundred and ninety-nine. Eighty.",
+           "twelve", ""]
+  exported = ExportedTranslator.load(split)
+  translator, params, _ = load_trained(trained_workdir)
+  expected = translator.translate(params, texts, split_sentences=True)
+  assert len(expected[0].split()) > len(translator.translate(params, texts[:1])[0].split())
+  assert exported.translate(texts) == expected
+  from seq2seq_jax.decode import make_beam_decoder
+  beam = make_beam_decoder(translator.model, translator.decode_max_len, BEAM)
+  assert exported.translate(texts, beam=BEAM) == translator.translate(
+      params, texts, decoder=beam, split_sentences=True)
+  assert exported.input_warnings(texts) == translator.input_warnings(texts, split_sentences=True)
+
+
+@pytest.mark.slow
+def test_exported_translate_checks_beam_and_needs_no_more_rows_than_texts(exported_dir, monkeypatch):
+  translator = ExportedTranslator.load(exported_dir)
+  with pytest.raises(TypeError, match="beam must be a whole number or None, got 3.0"):
+    translator.translate(["twelve"], beam=3.0)  # was KeyError: 'beam3.0'
+  rows = []
+  decode = translator.decode_ids
+  monkeypatch.setattr(translator, "decode_ids",
+                      lambda src_BxS, beam=None: rows.append(len(src_BxS)) or decode(src_BxS, beam))
+  translator.translate(["twelve"], batch_size=65536)
+  translator.translate(["twelve", "two", "three"])
+  assert rows == [1, 4]  # a power of two that holds the texts, as translate pads
+
+
+@pytest.mark.slow
 def test_one_artifact_any_batch_and_length(exported_dir):
   """The symbolic batch and source length: shapes never exported one by one."""
   translator = ExportedTranslator.load(exported_dir)
@@ -282,6 +335,13 @@ def _mix_params(directory):  # another model's params.npz: an array of another s
   np.savez(path, **params)
 
 
+def _mix_vocab(directory):  # another export's vocab.json: a target vocabulary of another size
+  path = os.path.join(directory, "vocab.json")
+  vocab = json.load(open(path))
+  vocab["tgt"] = vocab["tgt"][:-1]
+  json.dump(vocab, open(path, "w"))
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("damage, named, reason", [
     (_damage_params, "params.npz", "is damaged (zipfile.BadZipFile"),
@@ -289,6 +349,7 @@ def _mix_params(directory):  # another model's params.npz: an array of another s
     (_damage_vocab, "vocab.json", "is damaged"),
     (_damage_manifest, "manifest.json", "is damaged (KeyError: 'settings')"),
     (_mix_params, "params.npz", "does not fit"),
+    (_mix_vocab, "vocab.json", "does not fit the model: its tgt vocabulary has"),
 ])
 def test_a_damaged_export_is_named_in_one_line(exported_dir, tmp_path, capsys, damage, named,
                                                reason):

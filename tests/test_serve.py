@@ -77,13 +77,27 @@ class EchoTranslator:
   itself reversed (beam k: reversed, then k exclamation marks), with numpy alone."""
 
   def __init__(self):
-    self.src_vocab = Vocab(list("abcdefghijklmnopqrstuvwxyz !"))
+    self.src_vocab = Vocab(list("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ !."))
     self.tgt_vocab = self.src_vocab
     self.max_source_len, self.bucket_width, self.decode_max_len = 12, 4, 16
     self.beam_sizes, self.platforms = (2,), ("cpu",)
     self.shapes = []
 
+  split_sentences = False  # True: split() as a model trained with split_sentences
+
+  def split(self, texts):
+    if not self.split_sentences:
+      return list(texts), [1] * len(texts)
+    from seq2seq_jax.data import sentences
+    fits = lambda text: len(text) <= self.max_source_len
+    return sentences.flatten_pieces(texts, lambda text: sentences.pieces(text, fits))
+
+  def join(self, outputs, counts):
+    from seq2seq_jax.data import sentences
+    return sentences.join_pieces(outputs, counts)
+
   def input_warnings(self, texts):
+    texts = self.split(texts)[0]
     too_long = sum(len(t) > self.max_source_len for t in texts)
     return [f"{too_long} input(s) longer than max_source_len=12 characters were truncated"] \
         if too_long else []
@@ -150,14 +164,27 @@ def test_the_app_batches_into_buckets_and_refuses_bad_input():
       assert set(refused.json()) == {"error"} and "\n" not in refused.json()["error"]
     assert client.get("/translate").status_code == 405
     assert client.get("/nowhere").json() == {"error": "Not Found"}
+    assert client.post("/translate/", json={"text": ["a"]}).json() == {"error": "Not Found"}
     many = client.post("/translate", json={"text": ["abcdefgh"[:n] for n in range(1, 11)]})
     assert many.json()["translations"] == ["abcdefgh"[:n][::-1] for n in range(1, 11)]
     metrics = client.get("/metrics").json()
     assert metrics["errors"] == {"400": 3, "413": 2}
-    assert metrics["other_errors"] == {"404": 1, "405": 1}
+    assert metrics["other_errors"] == {"404": 2, "405": 1}  # a trailing / is no redirect
     assert metrics["requests"] == 8 and metrics["requests_ok"] == 3
     assert metrics["sentences"] == 4 + 1 + 10
     assert client.get("/health").json()["status"] == "ok"
+
+
+def test_a_split_sentences_model_is_served_sentence_by_sentence():
+  """Its long texts are decoded in pieces of whole sentences and joined, as translate
+  does; the server cut them."""
+  translator = EchoTranslator()
+  translator.split_sentences = True
+  app = create_app(translator, ServeOptions(max_wait_ms=1, max_batch=8))
+  with server_thread(app) as url, httpx.Client(base_url=url, timeout=10) as client:
+    answer = client.post("/translate", json={"text": ["Abc def. Ghi jkl mno.", "", "ab"]})
+    assert answer.json() == {"translations": [".fed cbA .onm lkj ihG", "", "ba"],
+                             "warnings": []}
 
 
 def test_metrics_errors_are_translate_requests_that_failed():
@@ -310,6 +337,9 @@ def test_serve_flags_are_checked(capsys):
   assert code == 2 and "export settings" in err
   code, _, err = cli_in_process(capsys, "serve", "--exported", os.path.join(ROOT, "no-such-export"))
   assert code == 2 and "does not exist" in err
+  with pytest.raises(SystemExit):  # argparse's: a wait past threading's limit killed the decoder
+    cli_in_process(capsys, "serve", "--exported", "x", "--max-wait-ms", "1e20")
+  assert "--max-wait-ms: must be at most 60000 (a minute), got '1e20'" in capsys.readouterr().err
 
 
 def test_where_it_cannot_listen_is_refused_before_the_model_loads(capsys, tmp_path):

@@ -99,6 +99,23 @@ def pieces(text: str, fits: Callable[[str], bool]) -> list[str]:
   return _pack(split_sentences(text), fits, lambda s: _cut_to_fit(s, fits))
 
 
+def flatten_pieces(texts: list[str], pieces_of: Callable[[str], list[str]]
+                   ) -> tuple[list[str], list[int]]:
+  """(every text's pieces in order, how many each text has): what a translator decodes
+  for texts translated in pieces; join_pieces puts the translations back together."""
+  parts = [pieces_of(text) for text in texts]
+  return [piece for part in parts for piece in part], [len(part) for part in parts]
+
+
+def join_pieces(outputs: list[str], counts: list[int]) -> list[str]:
+  """Each text's translation: its pieces' translations joined by a space."""
+  joined, start = [], 0
+  for count in counts:
+    joined.append(" ".join(outputs[start:start + count]))
+    start += count
+  return joined
+
+
 def split_long_pairs(pairs: list[tuple[str, str]], fits: Callable[[str, str], bool],
                      excluded_sources: set[str] = frozenset()
                      ) -> tuple[list[tuple[str, str]], int, int]:
