@@ -44,6 +44,7 @@ import warnings
 from typing import Any
 
 from seq2seq_jax.errors import CheckpointError
+from seq2seq_jax.metrics import lower_is_better
 
 log = logging.getLogger(__name__)
 CHECKPOINT_DIR = "checkpoints"
@@ -70,11 +71,6 @@ def _sync(name: str) -> None:
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils
     multihost_utils.sync_global_devices(f"seq2seq_jax_checkpoint_{name}")
-
-
-def _metric_sign(best_metric: str) -> bool:
-  """True when larger is better."""
-  return not best_metric.endswith("loss")
 
 
 def _short(error: BaseException, limit: int = 240) -> str:
@@ -354,7 +350,7 @@ class Checkpointer:
     self.directory = os.path.join(os.path.abspath(workdir), CHECKPOINT_DIR)
     self.keep = keep
     self.best_metric = best_metric
-    self.larger_is_better = _metric_sign(best_metric)
+    self.larger_is_better = not lower_is_better(best_metric)
     self.read_only = read_only
     self._meta_metrics: dict[int, dict[str, Any] | None] = {}  # steps written by 0.1
     self._warned: set[int] = set()  # steps whose unreadable metrics were reported

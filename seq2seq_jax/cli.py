@@ -13,7 +13,7 @@ import sys
 import time
 
 from seq2seq_jax import config as config_lib
-from seq2seq_jax.errors import UserError, first_line
+from seq2seq_jax.errors import STARTING_INTERRUPTED, UserError, first_line
 
 log = logging.getLogger("seq2seq_jax")
 # the wall time `train` began, handed to the process it re-executes (runtime.maybe_reexec)
@@ -532,10 +532,8 @@ def _non_negative_float(text: str) -> float:
   return value
 
 
-MAX_WAIT_MS = 60_000.0  # a batching wait of over a minute is no server's latency
-
-
 def _wait_ms(text: str) -> float:
+  from seq2seq_jax.serve import MAX_WAIT_MS
   value = _non_negative_float(text)
   if value > MAX_WAIT_MS:
     raise argparse.ArgumentTypeError(f"must be at most {MAX_WAIT_MS:.0f} (a minute), got '{text}'")
@@ -808,6 +806,29 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
   started = time.time()
+  try:
+    args = _parse(argv)
+    args.started = started
+    from seq2seq_jax.checkpoint import quiet_orbax_background_errors  # the process is ours
+    quiet_orbax_background_errors()
+  except KeyboardInterrupt:  # Ctrl-C before the command's own handling began: one line
+    print(STARTING_INTERRUPTED, file=sys.stderr)
+    if argv is None:
+      _exit_now(130)
+    return 130
+  # the `seq2seq-jax` command itself, not main([...]) inside another program: only it
+  # re-executes, and only it ends the process at once when interrupted
+  args.from_command_line = argv is None and sys.argv[1:2] == [args.command]
+  if args.from_command_line:
+    sys.unraisablehook = _drop_handled_interrupts(sys.unraisablehook)
+  code = _run(args)
+  if code == 130 and args.from_command_line:
+    _exit_now(code)
+  return code
+
+
+def _parse(argv: list[str] | None) -> argparse.Namespace:
+  """The command line's arguments, as its command's parser errors name them."""
   parser = build_parser()
   args, extra = parser.parse_known_args(argv)
   if extra and args.command == "translate":  # sentences after an option: `--beam 3 one two`
@@ -825,18 +846,7 @@ def main(argv: list[str] | None = None) -> int:
     command = parser.commands[args.command]
     command = getattr(command, "commands", {}).get(getattr(args, "action", None), command)
     command.error(f"unrecognized arguments: {' '.join(extra)}{hint}")
-  args.started = started
-  from seq2seq_jax.checkpoint import quiet_orbax_background_errors  # the process is ours
-  quiet_orbax_background_errors()
-  # the `seq2seq-jax` command itself, not main([...]) inside another program: only it
-  # re-executes, and only it ends the process at once when interrupted
-  args.from_command_line = argv is None and sys.argv[1:2] == [args.command]
-  if args.from_command_line:
-    sys.unraisablehook = _drop_handled_interrupts(sys.unraisablehook)
-  code = _run(args)
-  if code == 130 and args.from_command_line:
-    _exit_now(code)
-  return code
+  return args
 
 
 def _drop_handled_interrupts(previous_hook):

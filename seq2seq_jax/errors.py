@@ -31,3 +31,8 @@ def first_line(error: BaseException, default: str = "", limit: int | None = None
   characters: what a one-line error quotes of a library's own message."""
   text = str(error).strip()
   return text.splitlines()[0][:limit] if text else default
+
+
+# a Ctrl-C before a command's own handling began (its modules importing, its arguments
+# parsed): said in one line by the entry point (__main__.run) and cli.main
+STARTING_INTERRUPTED = "seq2seq-jax: interrupted by SIGINT while starting; nothing was done."

@@ -196,6 +196,8 @@ def build_artifact(translator, params, step: int, *, which: str = "best",
   }
   vocab = {"tokenizer": translator.src_vocab.level, "src": translator.src_vocab.to_list(),
            "tgt": translator.tgt_vocab.to_list(), "tgt_start_text": translator.tgt_vocab.start_text}
+  if translator.src_vocab.saved_word_rules is not None:
+    vocab["word_rules"] = translator.src_vocab.saved_word_rules
   models = None
   if translator.src_vocab.level == "sentencepiece":
     vocab["sentencepiece"] = dict(SENTENCEPIECE_FILES)

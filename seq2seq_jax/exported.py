@@ -166,9 +166,10 @@ class ExportedTranslator:
       self.src_vocab, self.tgt_vocab = (Vocab.from_sentencepiece(sentencepiece_models[side])
                                         for side in ("src", "tgt"))
     else:
-      self.src_vocab = Vocab(vocab["src"], level=level)
+      rules = int(vocab.get("word_rules", 1))  # an export from before the field: rules 1
+      self.src_vocab = Vocab(vocab["src"], level=level, word_rules=rules)
       self.tgt_vocab = Vocab(vocab["tgt"], start_text=vocab.get("tgt_start_text", ""),
-                             level=level)
+                             level=level, word_rules=rules)
     settings = self._settings(manifest)
     self.max_source_len = settings["max_source_len"]
     self.bucket_width = settings["bucket_width"]

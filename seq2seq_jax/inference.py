@@ -169,7 +169,7 @@ class Translator:
         sentencepiece=(workdir_lib.sentencepiece_field(self.src_vocab.model_proto,
                                                        self.tgt_vocab.model_proto)
                        if self.src_vocab.level == "sentencepiece" else None),
-        data=self.data_info, **fields)
+        data=self.data_info, word_rules=self.src_vocab.saved_word_rules, **fields)
 
 
 def make_translator(config: Config, src_vocab: Vocab, tgt_vocab: Vocab,
@@ -310,9 +310,10 @@ def load_trained(workdir: str, which: str = "best") -> tuple[Translator, Any, in
     models = workdir_lib.sentencepiece_models(meta.sentencepiece)
     src_vocab, tgt_vocab = (Vocab.from_sentencepiece(models[side]) for side in ("src", "tgt"))
   else:
-    src_vocab = Vocab.from_list(meta.src_vocab, meta.tokenizer)
+    rules = meta.word_rules or 1  # a word vocabulary saved before the field: rules 1
+    src_vocab = Vocab.from_list(meta.src_vocab, meta.tokenizer, word_rules=rules)
     tgt_vocab = Vocab(meta.tgt_vocab, start_text=data_lib.KERAS_START if meta.keras else "",
-                      level=meta.tokenizer)
+                      level=meta.tokenizer, word_rules=rules)
   translator = make_translator(config, src_vocab, tgt_vocab, scaler=scaler, keras_dims=meta.keras)
   translator.data_info = meta.data
   params = translator.parallel.replicate(jax.tree.map(np.asarray, state["params"]))

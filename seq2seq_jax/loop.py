@@ -352,6 +352,12 @@ def _check_same_data(group: Group, trial: "TrialRun", facts: dict[str, Any]) -> 
   except Exception:  # unreadable: restore() says so, or falls back to an older step
     return
   if not _same_facts(meta.data_facts(), facts):
+    if meta.tokenizer == "word" and meta.word_rules is None:  # saved under word rules 1
+      raise CheckpointError(
+          f"workdir '{trial.workdir}' was trained with the word rules of before 2026-12-06, "
+          "which split accents and emoji sequences off their words; its data's words read "
+          "otherwise now, so it cannot resume (translate, evaluate and export still read it "
+          "as trained): to train on, use a new --workdir.")
     raise CheckpointError(_VOCABULARY_DIFFERS.format(trial.workdir))
   changed = data_lib.changed_splits(meta.data, group.translator.data_info)
   if changed:

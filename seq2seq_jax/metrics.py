@@ -5,6 +5,14 @@ from __future__ import annotations
 import numpy as np
 
 
+LOWER_IS_BETTER = ("loss", "cer", "mse", "mae")  # errors; every other metric is a score
+
+
+def lower_is_better(metric: str) -> bool:
+  """Is a smaller value of this metric ("val/cer", "test/loss", "loss") the better one?"""
+  return metric.rsplit("/", 1)[-1] in LOWER_IS_BETTER
+
+
 def edit_distance(a: str, b: str) -> int:
   """Levenshtein distance (insertions, deletions, substitutions), one row at a time."""
   if len(a) < len(b):

@@ -58,6 +58,14 @@ class ServeOptions:
   length_buckets: tuple[int, ...] = ()  # () = length_buckets_for(the model)
   latency_window: int = 10_000  # percentiles over the latest N requests
 
+  def __post_init__(self):
+    if not 0 <= self.max_wait_ms <= MAX_WAIT_MS:  # a longer wait overflows a queue's timeout
+      raise ValueError(f"max_wait_ms must be from 0 to {MAX_WAIT_MS:.0f} (a minute), got "
+                       f"{self.max_wait_ms!r}")
+
+
+MAX_WAIT_MS = 60_000.0  # a batching wait of over a minute is no server's latency
+
 
 def batch_buckets_for(max_batch: int) -> tuple[int, ...]:
   """1, 4, 16, ... below max_batch, and max_batch: a batch of n rows is padded to at most
@@ -432,6 +440,15 @@ async def _read_body(request, limit: int) -> bytes:
   return b"".join(chunks)
 
 
+def _prepare(translator: ExportedTranslator, texts: list[str]):
+  """(warnings, pieces, counts, source rows) of a request's texts: what translate warns,
+  what it decodes (each text, or a split_sentences model's pieces of it), as ids."""
+  warnings = translator.input_warnings(texts)
+  pieces, counts = translator.split(texts)
+  src_NxS, lengths_N = translator.encode_sources(pieces) if pieces else (None, [])
+  return warnings, pieces, counts, [src_NxS[i, :n] for i, n in enumerate(lengths_N)]
+
+
 def create_app(translator: ExportedTranslator, options: ServeOptions = ServeOptions(),
                about: dict[str, Any] | None = None):
   """The Starlette app; its lifespan starts the worker and warms every bucket before
@@ -457,11 +474,9 @@ def create_app(translator: ExportedTranslator, options: ServeOptions = ServeOpti
     try:
       body = await _read_body(request, options.max_body_bytes)
       texts, beam = parse_request(body, options, translator.beam_sizes)
-      warnings = translator.input_warnings(texts)
-      # what translate decodes: each text, or a split_sentences model's pieces of it
-      pieces, counts = translator.split(texts)
-      src_NxS, lengths_N = translator.encode_sources(pieces) if pieces else (None, [])
-      rows = [src_NxS[i, :n] for i, n in enumerate(lengths_N)]
+      # the text work (up to --max-body-bytes of it) in a thread: the event loop goes on
+      # answering other requests, /health and /metrics meanwhile
+      warnings, pieces, counts, rows = await asyncio.to_thread(_prepare, translator, texts)
       if not worker.alive:
         raise RequestError(503, "the decoder is not running")
       # an empty text is not decoded: its translation is empty, as translate's line

@@ -87,6 +87,9 @@ def check_settings(sampler: str, sampler_settings: dict[str, Any], pruner: str,
       continue
     cls = _settings_class(kind, name)
     taken = sorted(p for p in inspect.signature(cls).parameters if p != "seed")  # ours
+    if "seed" in settings:
+      raise UserError(f"{where}: {kind}_settings: give the sweep's own 'seed' instead (it "
+                      "seeds the sampler, and each worker's differently).")
     unknown = sorted(set(settings) - set(taken), key=str)
     if unknown:
       accepted = f"it takes {', '.join(taken)}" if taken else "it takes none"
@@ -136,7 +139,10 @@ class SweepStudy:
     """trials less the spare ones and those enqueued again since (`retry_of` a later one)."""
     trials = list(trials)
     every = trials if every is None else every
-    superseded = {t.user_attrs["retry_of"] for t in every if "retry_of" in t.user_attrs}
+    # a spare copy (release) replaces nothing: its original still stands, and is what a
+    # later run re-enqueues if the worker that had it never tells
+    superseded = {t.user_attrs["retry_of"] for t in every
+                  if "retry_of" in t.user_attrs and not t.user_attrs.get(SPARE)}
     return [t for t in trials if not t.user_attrs.get(SPARE) and t.number not in superseded]
 
   def _suggest(self, optuna_trial) -> dict[str, Any]:

@@ -48,6 +48,7 @@ from seq2seq_jax import workdir as workdir_lib
 from seq2seq_jax.config import Config
 from seq2seq_jax.errors import UserError, is_whole_number
 from seq2seq_jax.loop import VECTORIZED_KEYS, vmap_group_key  # noqa: F401 (sweep.VECTORIZED_KEYS)
+from seq2seq_jax.metrics import lower_is_better
 from seq2seq_jax.study import PRUNERS, SAMPLERS, check_settings
 
 log = logging.getLogger(__name__)
@@ -124,7 +125,7 @@ def _as_text(value: Any) -> str:
   return repr(value) if isinstance(value, float) else str(value)
 
 
-MAX_NAME = 200  # bytes of a trial's directory name; file systems allow 255
+MAX_NAME = 255  # characters (ASCII: bytes) of a trial's directory name: file systems allow 255
 
 
 def trial_name(overrides: dict[str, Any]) -> str:
@@ -193,10 +194,10 @@ def expand(spec: dict[str, Any], where: str = "get_sweep()") -> list[dict[str, A
     return [dict(zip(grid, combo)) for combo in itertools.product(*grid.values())]
   if "trials" in spec:
     trials = spec["trials"]
-    if (not isinstance(trials, (list, tuple)) or not trials
-        or not all(isinstance(t, dict) and t for t in trials)):
-      raise UserError(f"{where}: 'trials' must be a non-empty list of non-empty "
-                      "{key: value} dicts.")
+    if not isinstance(trials, (list, tuple)) or not trials or not all(isinstance(t, dict)
+                                                                       for t in trials):
+      raise UserError(f"{where}: 'trials' must be a non-empty list of {{key: value}} dicts "
+                      "({} is the base config itself).")
     return [dict(t) for t in trials]
   if not isinstance(spec.get("num_trials"), int) or spec["num_trials"] <= 0:
     raise UserError(f"{where}: a random sweep needs num_trials, a positive whole number.")
@@ -232,13 +233,13 @@ def make_sweep(base: Config, spec: dict[str, Any], where: str = "get_sweep()") -
       continue
     seen.add(trial.name)
     trials.append(trial)
-  metric = spec.get("metric", "val/exact_match")
-  known = VALIDATION_METRICS["series" if base.input_mode == "real" else "text"]
+  series = base.input_mode == "real"  # a series model has no exact match: its loss
+  metric = spec.get("metric", "val/loss" if series else "val/exact_match")
+  known = VALIDATION_METRICS["series" if series else "text"]
   if metric not in known:
     raise UserError(f"{where}: metric must be one of the validation metrics "
                     f"{', '.join(known)}; got {metric!r}.")
-  lower_is_better = metric in ("val/loss", "val/cer", "val/mse", "val/mae")
-  mode = spec.get("mode", "min" if lower_is_better else "max")
+  mode = spec.get("mode", "min" if lower_is_better(metric) else "max")
   if mode not in ("max", "min"):
     raise UserError(f"{where}: mode must be 'max' or 'min', got {mode!r}.")
   searched = "search" in spec
@@ -516,7 +517,7 @@ def work(sweep: Sweep, workdir: str, vectorize: bool | None = None, progress: bo
   vectorize = sweep.vectorize if vectorize is None else vectorize
   if study is None:  # a worker: the same base as the sweep it joins
     workdir_lib.check_sweep_directory(workdir)
-    _check_same_declaration(sweep, workdir)
+    _check_same_declaration(sweep, workdir, joining=True)
     study = SweepStudy(sweep, workdir, storage)
     study.enqueue_declared()
   while True:
@@ -600,11 +601,13 @@ def _check_same_objective(sweep: Sweep, workdir: str) -> None:
   if None not in before and before != (sweep.metric, sweep.mode):
     raise UserError(f"the sweep's objective changed ({before[0]} {before[1]} -> {sweep.metric} "
                     f"{sweep.mode}) since its study in {workdir} began; one study optimises "
-                    "one metric: run the changed sweep with a new --workdir (results.csv of "
-                    "this one lists every validation metric of its trials).")
+                    "one metric one way: run the changed sweep with a new --workdir, or give "
+                    f"\"metric\": \"{before[0]}\", \"mode\": \"{before[1]}\" to continue this "
+                    "one (the default mode of val/cer, val/mse and val/mae is min since "
+                    "2026-12-06).")
 
 
-def _check_same_base(sweep: Sweep, workdir: str) -> None:
+def _check_same_base(sweep: Sweep, workdir: str, joining: bool = False) -> None:
   """The trials in workdir ran on the base config its sweep.json holds: a changed base
   (--set, an edited config file) would count them done for settings they never ran with.
   The swept keys, and the settings a run may resume with changed
@@ -613,9 +616,8 @@ def _check_same_base(sweep: Sweep, workdir: str) -> None:
   before = saved.get("base")
   if not isinstance(before, dict):  # no sweep yet, or a sweep.json written before "base" was
     return
-  if not any(trial_status(os.path.join(workdir, name)) != "new" for name in os.listdir(workdir)
-             if os.path.isdir(os.path.join(workdir, name))):
-    return  # no trial trained (e.g. the first run failed on its data): the base may change
+  if not joining and not any(_began(os.path.join(workdir, name)) for name in os.listdir(workdir)):
+    return  # no trial began (e.g. the first run failed on its data): the base may change
   allowed = {*workdir_lib.RESUMABLE_CHANGES, *sweep.keys, *saved.get("keys", [])}
   diffs = config_lib.describe_changes(before, sweep.base, allowed)
   if diffs:
@@ -625,12 +627,20 @@ def _check_same_base(sweep: Sweep, workdir: str) -> None:
                     "stay as they are).")
 
 
-def _check_same_declaration(sweep: Sweep, workdir: str) -> None:
-  """The sweep continued in workdir (by `sweep` or a joining `--worker`) is the one its
-  study began with: the same searched values, objective and base config."""
+def _began(trial_dir: str) -> bool:
+  """Has this trial started training (its config written, or more)?"""
+  return os.path.isdir(trial_dir) and (
+      os.path.exists(os.path.join(trial_dir, workdir_lib.CONFIG_FILE))
+      or trial_status(trial_dir) != "new")
+
+
+def _check_same_declaration(sweep: Sweep, workdir: str, joining: bool = False) -> None:
+  """The sweep continued in workdir (by `sweep`, or a `--worker` joining it: joining) is
+  the one its study began with: the same searched values, objective and base config (a
+  `sweep` may change the base while no trial has begun; a worker joins it as it is)."""
   _check_same_space(sweep, workdir)
   _check_same_objective(sweep, workdir)
-  _check_same_base(sweep, workdir)
+  _check_same_base(sweep, workdir, joining)
 
 
 def run_sweep(sweep: Sweep, workdir: str, vectorize: bool | None = None,
@@ -704,7 +714,8 @@ def trial_row(sweep: Sweep, trial: Trial, trial_dir: str) -> dict[str, Any] | No
   for metric in metrics:
     values = [r[metric] for r in evals if metric in r]
     row[_metric_column("final", metric)] = values[-1] if values else None
-    pick = min if metric.endswith("loss") else max
+    smaller = sweep.mode == "min" if metric == sweep.metric else lower_is_better(metric)
+    pick = min if smaller else max
     row[_metric_column("best", metric)] = pick(values) if values else None
   # training throughput: the epochs that compiled nothing (a process's first compiles; a
   # resumed trial has one such per process); a trial of one epoch has only that one

@@ -8,8 +8,9 @@ Three tokenizers (config `tokenizer`):
 
 Words:
   - a word is a run of Unicode letters and digits ("naïve", "Straße", "42"), each with its
-    combining marks (accents of NFD text, Indic vowel signs), zero-width (non-)joiners
-    inside it ("می‌خواهم") kept: no token is a lone accent;
+    combining marks (accents of NFD text, Indic vowel signs) and zero-width (non-)joiners
+    ("می‌خواهم") kept: no token is a lone accent (vocabularies saved before 2026-12-06
+    keep the rules they were built with, WORD_RULES below);
   - a number with inner separators stays whole ("3.14", "1,000", "10:30");
   - an apostrophe (' or ’) between two letters ends the word before it, French
     elision style: "l'homme" -> "l'" "homme", "don't" -> "don'" "t";
@@ -82,30 +83,47 @@ def _mark_class() -> str:
         ranges[-1][1] = code
       else:
         ranges.append([code, code])
-  return "[" + "".join(f"\\U{a:08x}-\\U{b:08x}" for a, b in ranges) + "]"
+  # BMP marks as one class (which re compiles to a bitmap) and astral ones behind a check
+  # that the character is astral at all: one class of both tests range after range
+  bmp = "".join(f"\\U{a:08x}-\\U{b:08x}" for a, b in ranges if b <= 0xFFFF)
+  astral = "".join(f"\\U{a:08x}-\\U{b:08x}" for a, b in ranges if a > 0xFFFF)
+  assert not any(a <= 0xFFFF < b for a, b in ranges)
+  return f"(?:[{bmp}]|(?=[\\U00010000-\\U0010ffff])[{astral}])"
 
 
 _LETTER = r"[^\W_]"  # a Unicode letter or digit (\w without the underscore)
 _MARK = _mark_class()
-# A word: letters and digits, each with its combining marks, zero-width (non-)joiners inside.
-_WORD = rf"(?:{_LETTER}(?:{_MARK}|[\u200c\u200d])*)+"
-_WORD_END = rf"(?:{_LETTER}|{_MARK})"  # the last character of a word
+# A word: a letter or digit, then letters, digits, combining marks and zero-width
+# (non-)joiners (ZWNJ inside Persian words, ZWJ in Indic half forms).
+_IN_WORD = rf"(?:{_LETTER}|{_MARK}|[\u200c\u200d])"
+_WORD = rf"{_LETTER}{_IN_WORD}*"
 # One symbol with what belongs to it: marks, emoji skin tones and tags, ZWJ sequences.
 _SYMBOL = (rf"\S(?:{_MARK}|[\U0001f3fb-\U0001f3ff\U000e0020-\U000e007f]|\u200d\S)*")
 _TOKEN_RE = re.compile(
     rf"\d+(?:[.,:]\d+)+"                         # 3.14  1,000  10:30
     rf"|{_WORD}(?:['’](?={_LETTER}))?"            # a word, keeping an elision apostrophe: l'
-    rf"|(?P<joiner>(?<={_WORD_END})-(?={_LETTER}))"  # a hyphen inside a compound
+    rf"|(?P<joiner>(?<={_IN_WORD})-(?={_LETTER}))"   # a hyphen inside a compound
     rf"|[\U0001f1e6-\U0001f1ff]{{2}}"               # a flag: two regional indicators
     rf"|{_SYMBOL}")                               # any other character: punctuation, symbols
+# The word rules a vocabulary was built with (CheckpointMeta.word_rules, an export's
+# vocab.json): 2 keeps marks and emoji sequences in their token (above); 1, before
+# 2026-12-06, split each combining mark, joiner, skin tone and regional indicator off as a
+# token of its own. A vocabulary saved without the field is 1: it keeps translating as it
+# was trained.
+WORD_RULES = 2
+_LEGACY_WORD = r"[^\W_]"
+_LEGACY_TOKEN_RE = re.compile(
+    rf"\d+(?:[.,:]\d+)+|{_LEGACY_WORD}+(?:['’](?={_LEGACY_WORD}))?"
+    rf"|(?P<joiner>(?<={_LEGACY_WORD})-(?={_LEGACY_WORD}))|\S")
 _CLOSING = frozenset(".,!?;:)]}»”’%…")
 _OPENING = frozenset("([{«“‘¿¡")
 _ELISION = ("'", "’")
 
 
-def word_tokenize(text: str) -> list[str]:
-  """Words and punctuation of text (see the module docstring)."""
-  return [HYPHEN_JOINER if m.group("joiner") else m.group() for m in _TOKEN_RE.finditer(text)]
+def word_tokenize(text: str, rules: int = WORD_RULES) -> list[str]:
+  """Words and punctuation of text (see the module docstring; rules: WORD_RULES)."""
+  pattern = _TOKEN_RE if rules >= 2 else _LEGACY_TOKEN_RE
+  return [HYPHEN_JOINER if m.group("joiner") else m.group() for m in pattern.finditer(text)]
 
 
 def detokenize(tokens: Iterable[str]) -> str:
@@ -130,12 +148,12 @@ def detokenize(tokens: Iterable[str]) -> str:
   return "".join(out)
 
 
-def tokenize(text: str, level: str) -> list[str]:
+def tokenize(text: str, level: str, word_rules: int = WORD_RULES) -> list[str]:
   """Tokens of text at level "char" or "word" (subword pieces need their model: Vocab.tokenize)."""
   if level == "char":
     return list(text)
   if level == "word":
-    return word_tokenize(text)
+    return word_tokenize(text, word_rules)
   if level == "sentencepiece":
     raise ValueError("sentencepiece tokens come from a trained model: use Vocab.tokenize")
   raise ValueError(f"unknown tokenizer '{level}': use one of {', '.join(TOKENIZERS)}")
@@ -191,13 +209,15 @@ class Vocab:
   the special tokens."""
 
   def __init__(self, tokens: Sequence[str], start_text: str = "", level: str = "char",
-               model_proto: bytes | None = None):
+               model_proto: bytes | None = None, word_rules: int = WORD_RULES):
     """start_text: what a START id in an output reads as ("\t" for Keras-example models,
     whose vocabulary has the start marker as an ordinary, predictable character).
-    model_proto: level "sentencepiece"'s model, whose pieces are the tokens (tokens unused)."""
+    model_proto: level "sentencepiece"'s model, whose pieces are the tokens (tokens unused).
+    word_rules: level "word"'s rules (WORD_RULES; 1 for a vocabulary saved before them)."""
     if level not in TOKENIZERS:
       raise ValueError(f"unknown tokenizer '{level}': use one of {', '.join(TOKENIZERS)}")
     self.level = level
+    self.word_rules = word_rules
     self.start_text = start_text
     self.model_proto = model_proto
     self._processor = None
@@ -259,13 +279,14 @@ class Vocab:
     return len(self.tokens)
 
   def __eq__(self, other) -> bool:
-    return isinstance(other, Vocab) and ((self.tokens, self.level, self.model_proto)
-                                         == (other.tokens, other.level, other.model_proto))
+    return isinstance(other, Vocab) and (
+        (self.tokens, self.level, self.model_proto, self.saved_word_rules)
+        == (other.tokens, other.level, other.model_proto, other.saved_word_rules))
 
   def tokenize(self, text: str) -> list[str]:
     if self.level == "sentencepiece":
       return self.processor.encode(text, out_type=str)
-    return tokenize(text, self.level)
+    return tokenize(text, self.level, self.word_rules)
 
   def encode(self, text: str) -> list[int]:
     """Token ids of text; unseen tokens map to UNK_ID."""
@@ -315,9 +336,15 @@ class Vocab:
     return list(self.chars)
 
   @classmethod
-  def from_list(cls, tokens: Sequence[str], level: str = "char") -> "Vocab":
+  def from_list(cls, tokens: Sequence[str], level: str = "char",
+                word_rules: int = WORD_RULES) -> "Vocab":
     """A char or word vocabulary of its saved tokens (sentencepiece: from_sentencepiece)."""
-    return cls(tokens, level=level)
+    return cls(tokens, level=level, word_rules=word_rules)
+
+  @property
+  def saved_word_rules(self) -> int | None:
+    """word_rules as saved with the vocabulary: a word vocabulary's, else None."""
+    return self.word_rules if self.level == "word" else None
 
 
 MAX_NAMED_UNKNOWN = 20  # unknown tokens an input warning names; it counts the others

@@ -422,6 +422,8 @@ class CheckpointMeta:
   # tokenizer=sentencepiece: {"src", "tgt"}: base64 of each side's model (sentencepiece_field)
   sentencepiece: dict[str, str] | None = None
   data: dict[str, Any] | None = None  # the data read: pair counts, split fingerprints, packages
+  # tokenizer=word: vocab.WORD_RULES of the vocabulary (None: saved before it, rules 1)
+  word_rules: int | None = None
   version: int = META_VERSION
 
   def to_json(self) -> dict[str, Any]:
@@ -434,7 +436,7 @@ class CheckpointMeta:
                  "epoch": dataclasses.asdict(self.sums.epoch)},
         "rng": self.rng, "metrics": self.metrics,
     }
-    for key in ("series", "keras", "imported_from", "sentencepiece", "data"):
+    for key in ("series", "keras", "imported_from", "sentencepiece", "data", "word_rules"):
       if getattr(self, key) is not None:
         value[key] = getattr(self, key)
     return value
@@ -460,7 +462,7 @@ class CheckpointMeta:
         sums=running, rng=value.get("rng") or [], metrics=value.get("metrics"),
         series=value.get("series"), keras=value.get("keras"),
         imported_from=value.get("imported_from"), sentencepiece=value.get("sentencepiece"),
-        data=value.get("data"), version=META_VERSION)
+        data=value.get("data"), word_rules=value.get("word_rules"), version=META_VERSION)
 
   def data_facts(self) -> dict[str, Any]:
     """What the data decided (vocabularies, SentencePiece models, scaler, Keras lengths):

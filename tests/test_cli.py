@@ -195,6 +195,31 @@ def test_help_for_every_subcommand():
     assert result.returncode == 0 and "usage: seq2seq-jax" in result.stdout
 
 
+def test_ctrl_c_while_the_command_starts_is_one_line(monkeypatch, capsys):
+  """A Ctrl-C while the command's modules import or its arguments are read (its first
+  tenth of a second) printed the import's traceback."""
+  import builtins
+  from seq2seq_jax import __main__ as entry, cli
+  real_import = builtins.__import__
+
+  def interrupted_import(name, *args, **kwargs):
+    if name == "seq2seq_jax.cli":
+      raise KeyboardInterrupt
+    return real_import(name, *args, **kwargs)
+
+  monkeypatch.setattr(builtins, "__import__", interrupted_import)
+  assert entry.run() == 130
+  monkeypatch.setattr(builtins, "__import__", real_import)
+  assert capsys.readouterr().err == "seq2seq-jax: interrupted by SIGINT while starting; nothing was done.\n"
+
+  def interrupted_parse(argv):
+    raise KeyboardInterrupt
+
+  monkeypatch.setattr(cli, "_parse", interrupted_parse)
+  assert cli.main(["translate", "--workdir", "w", "one"]) == 130
+  assert capsys.readouterr().err == "seq2seq-jax: interrupted by SIGINT while starting; nothing was done.\n"
+
+
 def test_sigterm_outside_the_training_loop_is_a_clear_interrupt(monkeypatch, capsys, tmp_path):
   """SIGTERM while a command loads data or compiles: a message and exit 130 (as Ctrl-C),
   not a silent death; the caller's handler is back afterwards."""

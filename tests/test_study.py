@@ -138,6 +138,24 @@ def test_a_worker_whose_trial_was_taken_for_dead_tells_its_outcome_without_faili
   assert [t.name for _, t in slow.ask_group(10)] == [trial.name]
 
 
+def test_a_trial_left_to_a_worker_that_then_died_comes_back_in_the_next_run(tmp_path):
+  """The copy left to the live worker is a spare: it does not stand for the trial. If that
+  worker then dies without a word, the next run of the sweep enqueues the trial again."""
+  sweep = sweep_lib.load_sweep(SWEEP_TINY)
+  slow = SweepStudy(sweep, str(tmp_path))
+  slow.enqueue_declared()
+  [(late, trial)] = slow.ask_group(1)
+  late.set_user_attr("heartbeat", time.time() - 2 * sweep.grace_seconds)
+  other = SweepStudy(sweep, str(tmp_path))
+  for optuna_trial, asked in other.ask_group(10):
+    (other.release if asked.name == trial.name else other.fail)(optuna_trial)
+  del slow  # killed: it never tells
+  rerun = SweepStudy(sweep, str(tmp_path))
+  rerun.reconcile(lambda name: False)  # no trial's workdir finished
+  assert rerun.states()[trial.name] == "waiting"
+  assert trial.name in [t.name for _, t in rerun.ask_group(10)]
+
+
 def test_search_declaration_errors_name_the_problem():
   from seq2seq_jax.config import Config
   from seq2seq_jax.errors import UserError

@@ -119,6 +119,8 @@ def test_declaration_errors_name_the_problem():
     ({"grid": [("learning_rate", [1e-3])]}, "'grid' must be a non-empty dict"),
     ({"grid": {}}, "'grid' must be a non-empty dict"),
     ({"trials": []}, "'trials' must be a non-empty list"),
+    ({"search": {"dropout": [0.0]}, "num_trials": 1, "sampler_settings": {"seed": 3}},
+     "sampler_settings: give the sweep's own 'seed' instead"),
     ({"random": {}, "num_trials": 2}, "'random' must be a non-empty dict"),
     ({"grid": {"learning_rate": [1e-3]}, "vectorize": "no"}, "vectorize must be True or False"),
     ({"grid": {"learning_rate": [1e-3]}, "group_size": 0.5},
@@ -146,10 +148,21 @@ def test_declaration_mistakes_are_refused_before_anything_runs(spec, message):
     sweep_lib.make_sweep(Config(), spec, "the sweep")
 
 
+def test_the_metric_s_direction_and_a_series_sweep_s_default_metric():
+  """CER, MSE and MAE are errors: lower is better, by default and in the results' best
+  column; a series sweep that names no metric ranks by its validation loss."""
+  assert sweep_lib.make_sweep(Config(), {"grid": {"dropout": [0.0]}, "metric": "val/cer"}).mode == "min"
+  series = dataclasses.replace(Config(), data="series:x.csv", input_mode="real",
+                               decoder_input="repeat", attention="none", best_metric="val/loss")
+  assert (sweep_lib.make_sweep(series, {"grid": {"dropout": [0.0]}}).metric,
+          sweep_lib.make_sweep(series, {"grid": {"dropout": [0.0]}}).mode) == ("val/loss", "min")
+  assert sweep_lib.make_sweep(Config(), {"trials": [{}, {"dropout": 0.1}]}).trials[0].name == "base"
+
+
 def test_a_long_trial_name_stays_a_directory_name_and_its_trial_s_own():
   values = {f"k{i}": 0.1234567890123456 + i for i in range(20)}
   name = sweep_lib.trial_name(values)
-  assert len(name) <= sweep_lib.MAX_NAME and name.startswith("k0=0.1234567890123456,")
+  assert len(name) == sweep_lib.MAX_NAME == 255 and name.startswith("k0=0.1234567890123456,")
   assert name != sweep_lib.trial_name(dict(values, k19=1.0))
   assert sweep_lib.trial_name({"learning_rate": 0.003}) == "learning_rate=0.003"
 
@@ -447,9 +460,13 @@ def test_a_sweep_whose_first_run_trained_nothing_may_change_its_base(tmp_path):
     json.dump({"keys": sweep.keys, "space": sweep_lib._space_json(sweep.space),
                "metric": sweep.metric, "mode": sweep.mode, "base": sweep.base.to_dict()}, f)
   fixed = sweep_lib.load_sweep(SWEEP_TINY, ["numbers_train=3000", "numbers_max=99999"])
-  sweep_lib._check_same_declaration(fixed, workdir)  # no trial trained: nothing to keep apart
-  os.makedirs(os.path.join(workdir, sweep.trials[0].name, "checkpoints", "5"))
-  with pytest.raises(UserError, match=r"base config changed .*numbers_max: 999 -> 99999"):
+  sweep_lib._check_same_declaration(fixed, workdir)  # no trial began: nothing to keep apart
+  changed = r"base config changed .*numbers_max: 999 -> 99999"
+  with pytest.raises(UserError, match=changed):  # a worker joins the sweep as it stands
+    sweep_lib._check_same_declaration(fixed, workdir, joining=True)
+  with open(os.path.join(workdir, sweep.trials[0].name, "config.json"), "w") as f:
+    f.write("{}")  # a trial in its first epoch: no checkpoint yet
+  with pytest.raises(UserError, match=changed):
     sweep_lib._check_same_declaration(fixed, workdir)
 
 
@@ -564,6 +581,19 @@ def test_a_trial_s_throughput_leaves_out_the_epochs_that_compiled(tmp_path):
     f.write(json.dumps({"step": 1, "epoch": 1, "train/epoch_seconds": 1.0,
                         "train/samples_per_sec": 10.0, "train/compilations": 5}) + "\n")
   assert sweep_lib.trial_row(sweep, trial, str(trial_dir))["samples_per_sec"] == 10.0
+
+
+def test_the_best_epoch_of_an_error_metric_is_its_lowest(tmp_path):
+  sweep = dataclasses.replace(sweep_lib.load_sweep(SWEEP_TINY), metric="val/cer", mode="min")
+  trial, trial_dir = sweep.trials[0], tmp_path / sweep.trials[0].name
+  trial_dir.mkdir()
+  (trial_dir / "results.json").write_text("{}")
+  with open(trial_dir / "metrics.jsonl", "w") as f:
+    for step, cer in ((1, 0.9), (2, 0.1), (3, 0.3)):
+      f.write(json.dumps({"step": step, "train/epoch_seconds": 1.0, "val/loss": 1.0,
+                          "train/samples_per_sec": 10.0, "val/cer": cer}) + "\n")
+  row = sweep_lib.trial_row(sweep, trial, str(trial_dir))
+  assert (row["best_val_cer"], row["final_val_cer"]) == (0.1, 0.3)  # was 0.9: the worst
 
 
 def test_a_sweep_file_whose_get_sweep_raises_is_one_line(tmp_path):

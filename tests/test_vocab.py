@@ -16,6 +16,7 @@ from seq2seq_jax.inference import evaluate_pairs, load_run_data, load_trained
 from seq2seq_jax.loop import TrainingInterrupted, train_and_evaluate
 from seq2seq_jax.workdir import CheckpointMeta, check_workdir_config
 from seq2seq_jax.vocab import (END_ID, HYPHEN_JOINER, PAD_ID, SPECIAL_TOKENS, START_ID, UNK_ID,
+                               WORD_RULES,
                                Vocab, detokenize, input_warnings, train_sentencepiece,
                                word_tokenize)
 from tests.conftest import cli_in_process, tiny_config, write_tsv
@@ -83,6 +84,48 @@ def test_word_tokens_keep_combining_marks_and_emoji_sequences_whole(text, words)
   assert [unicodedata.normalize("NFC", t) for t in tokens] == [
       unicodedata.normalize("NFC", w) for w in words]
   assert "".join(tokens).replace(HYPHEN_JOINER, "-") == "".join(text.split())
+
+
+def test_a_word_vocabulary_saved_before_the_new_rules_keeps_translating_as_it_was_trained():
+  """Checkpoints and exports record the word rules of their vocabulary; one saved before
+  (no word_rules) was built with accents and joiners split off, and keeps reading text so:
+  under the new rules its words would all be unknown."""
+  text = unicodedata.normalize("NFD", "Été")
+  legacy = Vocab(["E", "\u0301", "te"], level="word", word_rules=1)
+  assert legacy.tokenize(text) == ["E", "\u0301", "te", "\u0301"]
+  assert UNK_ID not in legacy.encode(text)
+  assert Vocab([text], level="word").tokenize(text) == [text]  # the rules of new runs
+  old_meta = CheckpointMeta.from_json({"config": {}, "src_vocab": ["E"], "tgt_vocab": ["E"],
+                                       "tokenizer": "word"})
+  assert old_meta.word_rules is None  # load_trained reads it as rules 1
+  new_meta = CheckpointMeta(config={}, src_vocab=[], tgt_vocab=[], tokenizer="word",
+                            word_rules=WORD_RULES)
+  assert CheckpointMeta.from_json(new_meta.to_json()).word_rules == WORD_RULES == 2
+
+
+def test_a_word_run_saved_before_the_new_rules_says_why_it_cannot_resume(tmp_path, monkeypatch):
+  """Its checkpoint (no word_rules) holds the vocabulary of the old rules; text with
+  accents written apart now gives other words, and the refusal names that, not the data."""
+  from seq2seq_jax.errors import CheckpointError
+  from seq2seq_jax.inference import Translator
+  nfd = lambda text: unicodedata.normalize("NFD", text)
+  pairs = [(nfd(f"été {n}"), nfd(f"summer {n}")) for n in range(40)]
+  config = tiny_config(data=f"tsv:{write_tsv(tmp_path / 'nfd.tsv', pairs)}", tokenizer="word",
+                       num_epochs=2, checkpoint_every_steps=1, val_fraction=0.1,
+                       test_fraction=0.1, bucket_width=0)
+  workdir = str(tmp_path / "old")
+  written = Translator.checkpoint_meta
+  monkeypatch.setattr(Translator, "checkpoint_meta",  # as the code before word_rules wrote it
+                      lambda self, *a, **k: dataclasses.replace(written(self, *a, **k),
+                                                                word_rules=None))
+  from seq2seq_jax import vocab as vocab_lib  # the old rules, and no word_rules saved
+  monkeypatch.setattr(vocab_lib.tokenize, "__defaults__", (1,))
+  monkeypatch.setattr(Vocab.__init__, "__defaults__", ("", "char", None, 1))
+  with pytest.raises(TrainingInterrupted):
+    train_and_evaluate(config, workdir, progress=False, stop_after_step=1)
+  monkeypatch.undo()
+  with pytest.raises(CheckpointError, match="word rules of before 2026-12-06.*new --workdir"):
+    train_and_evaluate(config, workdir, progress=False)
 
 
 @pytest.mark.parametrize("text, comes_back", [

@@ -30,6 +30,9 @@ _ABBREVIATIONS = frozenset(
 _SOFT_BREAK_RE = re.compile(r"(?<=[,;:])\s+")
 
 
+_TAIL = 100  # characters before a candidate boundary that hold its last word (abbreviations are short)
+
+
 def _ends_in_abbreviation(text: str) -> bool:
   """The text before a candidate boundary ends in an abbreviation or a lone letter."""
   match = re.search(r"(\S+)[.]\s*$", text)
@@ -47,11 +50,13 @@ def split_sentences(text: str) -> list[str]:
   sentences, start = [], 0
   for match in _BOUNDARY_RE.finditer(text):
     cut = match.start(1)
-    before = text[start:cut]
+    # the last word before the cut decides; only the tail is read, so that a text of
+    # many abbreviations ("A. B. C. ...") takes linear time, not quadratic
+    tail = text[max(start, cut - _TAIL):cut]
     # French puts a (narrow) space before ? ! : the mark belongs to this sentence
-    if before.rstrip().endswith(".") and _ends_in_abbreviation(before):
+    if tail.rstrip().endswith(".") and _ends_in_abbreviation(tail):
       continue
-    sentences.append(before.strip())
+    sentences.append(text[start:cut].strip())
     start = match.end(1)
   sentences.append(text[start:].strip())
   return [s for s in sentences if s]
