@@ -21,10 +21,13 @@ Words:
     separates.
 
 `detokenize` joins tokens with spaces, then removes the space before closing punctuation
-(. , ! ? ; : ) ] } » ” ’ % …), after opening punctuation (( [ { « “ ‘ ¿ ¡), around "@-@",
-after an elided "l'", and inside straight double quotes (alternately opening and
-closing). So detokenize(tokenize(s)) == s for ordinary sentences: single spaces, this
-punctuation placed as in English. It is not exact where spacing carries no token:
+(. , ! ? ; : ) ] } » ” ’ % …, Hindi । ॥, Arabic ، ؛ ؟, Urdu ۔), after opening punctuation
+(( [ { « “ ‘ ¿ ¡, German „ ‚), on both sides of Chinese and Japanese fullwidth
+punctuation (。，、！？：；「」『』（） ...), around "@-@", after an elided "l'", inside straight
+double quotes (alternately opening and closing) and before the “ or ‘ that closes a
+German „ or ‚. So detokenize(tokenize(s)) == s for ordinary sentences: single spaces, this
+punctuation placed as in English (and in those scripts). It is not exact where spacing
+carries no token:
   - runs of spaces, tabs, leading/trailing space and no-break spaces become one space or
     vanish; French spacing before ! ? ; : (e.g. "Va !", usually a no-break space) comes
     back as "Va!";
@@ -115,8 +118,14 @@ _LEGACY_WORD = r"[^\W_]"
 _LEGACY_TOKEN_RE = re.compile(
     rf"\d+(?:[.,:]\d+)+|{_LEGACY_WORD}+(?:['’](?={_LEGACY_WORD}))?"
     rf"|(?P<joiner>(?<={_LEGACY_WORD})-(?={_LEGACY_WORD}))|\S")
-_CLOSING = frozenset(".,!?;:)]}»”’%…")
-_OPENING = frozenset("([{«“‘¿¡")
+# fullwidth punctuation of Chinese and Japanese carries its own spacing: no space on
+# either side of it
+_FULLWIDTH_CLOSING = "。，、！？：；）」』》〉】〕．"
+_FULLWIDTH_OPENING = "（「『《〈【〔"
+_CLOSING = frozenset(".,!?;:)]}»”’%…" "।॥،؛؟۔" + _FULLWIDTH_CLOSING)  # + Hindi, Arabic, Urdu
+_OPENING = frozenset("([{«“‘¿¡„‚" + _FULLWIDTH_OPENING)
+_NO_SPACE_AFTER = frozenset(_FULLWIDTH_CLOSING)
+_LOW_QUOTES = {"„": "“", "‚": "‘"}  # German quotes: „Hallo“, ‚ja‘ (the closing one opens in English)
 _ELISION = ("'", "’")
 
 
@@ -131,20 +140,27 @@ def detokenize(tokens: Iterable[str]) -> str:
   out: list[str] = []
   glue_next = True  # no space before the first token
   quote_open = False
+  low_closers: list[str] = []  # the closing quotes of the German quotes open
   for token in tokens:
     if token == HYPHEN_JOINER:
       out.append("-")
       glue_next = True
       continue
-    closing_quote = token == '"' and quote_open
+    closing_quote = (token == '"' and quote_open) or (low_closers and token == low_closers[-1])
     if not (glue_next or token in _CLOSING or closing_quote):
       out.append(" ")
     out.append(token)
     if token == '"':
       quote_open = not quote_open
       glue_next = quote_open  # an opening quote sticks to what follows
+    elif closing_quote:
+      low_closers.pop()
+      glue_next = False
     else:
-      glue_next = token in _OPENING or (len(token) > 1 and token.endswith(_ELISION))
+      if token in _LOW_QUOTES:
+        low_closers.append(_LOW_QUOTES[token])
+      glue_next = (token in _OPENING or token in _NO_SPACE_AFTER
+                   or (len(token) > 1 and token.endswith(_ELISION)))
   return "".join(out)
 
 

@@ -37,9 +37,16 @@ ORDINARY = [
     "¿Dónde está? ¡Aquí!",
     "«Citation» et “guillemets” ‘simples’.",
 ]
+OTHER_SCRIPTS = [  # the word tokenizer's round trip: their punctuation spaced as they write it
+    "„Hallo“, sagte er, ‚ja‘.",                  # German quotes
+    "नमस्ते दुनिया। आप कैसे हैं?",                 # Hindi danda
+    "مرحبا، كيف حالك؟",                         # Arabic comma and question mark
+    "你好，世界。我是学生！「今天」（星期一）",  # Chinese fullwidth punctuation: no spaces
+    "東京は、日本の首都です。",
+]
 
 
-@pytest.mark.parametrize("text", ORDINARY)
+@pytest.mark.parametrize("text", ORDINARY + OTHER_SCRIPTS)
 def test_word_tokenizer_round_trips_ordinary_sentences(text):
   assert detokenize(word_tokenize(text)) == text
 
