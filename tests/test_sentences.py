@@ -7,7 +7,7 @@ import pytest
 
 from seq2seq_jax.config import Config
 from seq2seq_jax.data import drop_long
-from seq2seq_jax.data.sentences import pieces, split_long_pairs, split_sentences
+from seq2seq_jax.data.sentences import join_pieces, pieces, split_long_pairs, split_sentences
 from seq2seq_jax.inference import load_trained
 from tests.conftest import cli_in_process
 
@@ -51,6 +51,24 @@ def test_pieces_are_the_text_if_it_fits_else_whole_sentences_packed_in_order():
   # and the words around it are pieces of their own, not cut off with it
   assert pieces("aaaa bbbb abcdefghijkl cccc", lambda t: len(t) <= 9) == [
       "aaaa bbbb", "abcdefghijkl", "cccc"]
+
+
+def test_scripts_without_capitals_end_sentences_at_their_own_stops():
+  """Chinese and Japanese 。！？ (no space after), Hindi ।, Arabic ؟: a long text in them
+  was never split, and was cut at the model's limit instead."""
+  assert split_sentences("你好，世界。我是学生！「今天」（星期一）？好。") == [
+      "你好，世界。", "我是学生！", "「今天」（星期一）？", "好。"]
+  assert split_sentences("什么？！真的。") == ["什么？！", "真的。"]  # a run of stops is one end
+  assert split_sentences("नमस्ते दुनिया। आप कैसे हैं? ठीक।") == [
+      "नमस्ते दुनिया।", "आप कैसे हैं?", "ठीक।"]
+  assert split_sentences("مرحبا؟ كيف حالك؟") == ["مرحبا؟", "كيف حالك؟"]
+  clause = "你好，世界，老师，学生，朋友，谢谢，中国。"
+  got = pieces(clause * 3, lambda t: len(t) <= 30)
+  assert got == [clause] * 3  # the text's own spacing: none
+  small = pieces(clause * 2, lambda t: len(t) <= 12)  # sentences cut at their commas
+  assert small[0] == "你好，世界，老师，学生，" and "".join(small) == clause * 2
+  assert all(len(piece) <= 12 for piece in small)
+  assert join_pieces(["你好。", "世界！", "Yes.", "No"], [4]) == ["你好。世界！Yes. No"]
 
 
 def test_a_long_training_pair_gives_its_sentence_pairs_when_both_sides_have_as_many():

@@ -3,12 +3,16 @@
 `split_sentences` cuts a paragraph after a sentence's end (. ! ? … and what closes it:
 quotes, brackets) where the next word starts like a sentence (a capital, a digit, an
 opening quote or bracket); abbreviations (e.g., i.e., etc., Mr., a single letter) and
-numbers (3.14) are no boundary. French spacing ("Quoi ?") is handled.
+numbers (3.14) are no boundary. French spacing ("Quoi ?") is handled. Scripts without
+capitals end a sentence at their own stops: Chinese and Japanese 。！？ (no space after
+them), Hindi । ॥, Arabic ؟ and Urdu ۔ (then a space).
 
 `pieces` packs a text's sentences, in order, into as few pieces as fit a length test
 (a model's source limit in tokens): a sentence too long alone is cut at its last comma,
-semicolon or colon that fits, else between words. Joining the pieces' translations with
-a space gives the text's translation (translate and evaluate `--split-sentences`).
+semicolon or colon (， ； ： 、 ، ؛ too) that fits, else between words. The pieces keep
+the text's own spacing. Joining the pieces' translations with a space (none after a
+Chinese or Japanese stop) gives the text's translation (translate and evaluate
+`--split-sentences`).
 
 `split_long_pairs` turns a training pair over the length limits into its sentence pairs
 when both sides have the same number of sentences (the usual case in translated help
@@ -22,12 +26,21 @@ from typing import Callable
 
 # A sentence ends at . ! ? … (runs of them), then maybe closing quotes or brackets, then
 # whitespace; the next one begins with an opening quote/bracket, a capital or a digit.
+# Or at a Chinese/Japanese stop (。！？, closing brackets, any spacing) before anything but
+# another stop; or at a Hindi, Arabic or Urdu stop, then whitespace. Group "gap": the
+# spacing between the two sentences.
+_CJK_STOPS = "。！？"
 _BOUNDARY_RE = re.compile(
-    r"(?<=[.!?…])[\"'»”’)\]]*(\s+)(?=[\"'«“‘(\[¿¡]?[^\W\d_a-zà-ÿ]|[\"'«“‘(\[]?\d)", re.UNICODE)
+    r"(?<=[.!?…])[\"'»”’)\]]*(?P<gap>\s+)(?=[\"'«“‘(\[¿¡]?[^\W\d_a-zà-ÿ]|[\"'«“‘(\[]?\d)"
+    rf"|(?<=[{_CJK_STOPS}])[」』）”’]*(?P<cjk_gap>\s*)(?=[^\s{_CJK_STOPS}…])"
+    r"|(?<=[।॥؟۔])[\"'»”’)\]]*(?P<caseless_gap>\s+)(?=\S)", re.UNICODE)
+_GAPS = ("gap", "cjk_gap", "caseless_gap")
 _ABBREVIATIONS = frozenset(
     "e.g i.e etc vs cf approx no nr fig figs mr mrs ms dr st z.b bzw ggf usw vgl ca bspw "
     "p ex p.ex env resp".split())
-_SOFT_BREAK_RE = re.compile(r"(?<=[,;:])\s+")
+# where a sentence too long alone may be cut: after a comma, semicolon or colon (the
+# fullwidth and Arabic ones too), before the next word
+_SOFT_BREAK_RE = re.compile(r"(?<=[,;:，；：、،؛])(?=\s*\S)")
 
 
 _TAIL = 100  # characters before a candidate boundary that hold its last word (abbreviations are short)
@@ -42,24 +55,28 @@ def _ends_in_abbreviation(text: str) -> bool:
   return word in _ABBREVIATIONS or (len(word) == 1 and word.isalpha())
 
 
-def split_sentences(text: str) -> list[str]:
-  """The sentences of a paragraph, in order, whitespace at the cuts dropped."""
-  text = text.strip()
-  if not text:
-    return []
-  sentences, start = [], 0
+def _sentence_units(text: str) -> list[str]:
+  """The sentences of text, in order, each with the spacing that follows it: their
+  concatenation is text."""
+  units, start = [], 0
   for match in _BOUNDARY_RE.finditer(text):
-    cut = match.start(1)
+    gap = next(name for name in _GAPS if match.group(name) is not None)
+    cut = match.start(gap)
     # the last word before the cut decides; only the tail is read, so that a text of
     # many abbreviations ("A. B. C. ...") takes linear time, not quadratic
     tail = text[max(start, cut - _TAIL):cut]
     # French puts a (narrow) space before ? ! : the mark belongs to this sentence
-    if tail.rstrip().endswith(".") and _ends_in_abbreviation(tail):
+    if gap == "gap" and tail.rstrip().endswith(".") and _ends_in_abbreviation(tail):
       continue
-    sentences.append(text[start:cut].strip())
-    start = match.end(1)
-  sentences.append(text[start:].strip())
-  return [s for s in sentences if s]
+    units.append(text[start:match.end(gap)])
+    start = match.end(gap)
+  units.append(text[start:])
+  return units
+
+
+def split_sentences(text: str) -> list[str]:
+  """The sentences of a paragraph, in order, whitespace at the cuts dropped."""
+  return [unit.strip() for unit in _sentence_units(text.strip()) if unit.strip()]
 
 
 def _cut_to_fit(sentence: str, fits: Callable[[str], bool]) -> list[str]:
@@ -68,31 +85,34 @@ def _cut_to_fit(sentence: str, fits: Callable[[str], bool]) -> list[str]:
   cuts it, and translate warns; the words around it are still translated)."""
   clauses = [u for u in _SOFT_BREAK_RE.split(sentence) if u]
   if len(clauses) > 1:
-    parts = _pack(clauses, fits, lambda part: [part])
+    parts = _pack(clauses, fits, lambda part: [part.strip()])
     if all(fits(p) for p in parts):
       return parts
-  return _pack(sentence.split(), fits, lambda word: [word])
+  return _pack(re.findall(r"\S+\s*", sentence), fits, lambda word: [word.strip()])
 
 
 def _pack(units: list[str], fits: Callable[[str], bool],
           too_long: Callable[[str], list[str]]) -> list[str]:
-  """Consecutive units joined by spaces into the fewest pieces that fit, in order."""
+  """Consecutive units (each with the spacing after it) put together into the fewest
+  pieces that fit, in order, with the spacing between them as it was."""
   pieces: list[str] = []
   current = ""
   for unit in units:
-    candidate = f"{current} {unit}" if current else unit
-    if fits(candidate):
-      current = candidate
+    if not unit.strip():
+      current += unit
       continue
-    if current:
-      pieces.append(current)
-    if fits(unit):
+    if fits((current + unit).strip()):
+      current += unit
+      continue
+    if current.strip():
+      pieces.append(current.strip())
+    if fits(unit.strip()):
       current = unit
     else:
       pieces.extend(too_long(unit))
       current = ""
-  if current:
-    pieces.append(current)
+  if current.strip():
+    pieces.append(current.strip())
   return pieces
 
 
@@ -101,7 +121,7 @@ def pieces(text: str, fits: Callable[[str], bool]) -> list[str]:
   pieces that fit (a sentence too long alone cut further, see `_cut_to_fit`)."""
   if fits(text) or not text.strip():
     return [text]
-  return _pack(split_sentences(text), fits, lambda s: _cut_to_fit(s, fits))
+  return _pack(_sentence_units(text.strip()), fits, lambda s: _cut_to_fit(s.strip(), fits))
 
 
 def flatten_pieces(texts: list[str], pieces_of: Callable[[str], list[str]]
@@ -113,10 +133,15 @@ def flatten_pieces(texts: list[str], pieces_of: Callable[[str], list[str]]
 
 
 def join_pieces(outputs: list[str], counts: list[int]) -> list[str]:
-  """Each text's translation: its pieces' translations joined by a space."""
+  """Each text's translation: its pieces' translations joined by a space, none after a
+  piece that ends in a Chinese or Japanese stop (those scripts put no space there)."""
   joined, start = [], 0
   for count in counts:
-    joined.append(" ".join(outputs[start:start + count]))
+    text = ""
+    for output in outputs[start:start + count]:
+      stop = text.rstrip("」』）”’")[-1:]
+      text += output if not text or stop in _CJK_STOPS else " " + output
+    joined.append(text)
     start += count
   return joined
 
