@@ -277,6 +277,9 @@ def cmd_evaluate(args) -> int:
       hint = (f" The run was trained with {fraction}=0, so it has no {args.split} split: "
               "score another split, or a file of test pairs with --data FILE --split all.")
     raise UserError(f"split '{args.split}' of {args.data or config.data} is empty.{hint}")
+  if not translator.is_series:  # as translate warns (long pairs are counted above)
+    for warning in translator.input_warnings([s for s, _ in pairs], truncation=False):
+      log.warning("warning: %s", warning)
   # series models have no text to decode
   decoder = _beam_decoder(args, None if translator.is_series else translator)
   # decode_limit 0: the text metrics and outputs cover every pair, in input order

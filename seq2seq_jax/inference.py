@@ -147,14 +147,16 @@ class Translator:
     fits = lambda text: len(self.src_vocab.encode(self._seen_as(text))) <= self.source_width
     return sentences_lib.pieces(source, fits)
 
-  def input_warnings(self, sources: list[str], split_sentences: bool | None = None) -> list[str]:
+  def input_warnings(self, sources: list[str], split_sentences: bool | None = None,
+                     truncation: bool = True) -> list[str]:
     """What translate() will do silently to these inputs: unknown tokens, truncation at
-    source_width (with split_sentences, of a piece no break brought within it)."""
+    source_width (with split_sentences, of a piece no break brought within it; truncation
+    False: unknown tokens only)."""
     if split_sentences is None:
       split_sentences = self.config.split_sentences
-    if not split_sentences:
+    if not split_sentences or not truncation:
       return input_warnings(self.src_vocab, [self._seen_as(s) for s in sources],
-                            self.source_width)
+                            self.source_width if truncation else None)
     pieces = [self._seen_as(piece) for s in sources for piece in self._pieces(s)]
     return input_warnings(self.src_vocab, pieces, self.source_width,
                           "input piece(s) (split into sentences and words)")

@@ -52,6 +52,7 @@ from __future__ import annotations
 import io
 import logging
 import re
+import unicodedata
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -78,7 +79,6 @@ HYPHEN_JOINER = "@-@"
 def _mark_class() -> str:
   """A regex character class of every Unicode combining mark (categories Mn, Mc, Me):
   accents written apart (NFD text), Indic vowel signs and viramas, variation selectors."""
-  import unicodedata
   ranges: list[list[int]] = []
   for code in (*range(0x20000), *range(0xE0000, 0xE1000)):  # no marks lie elsewhere
     if unicodedata.category(chr(code))[0] == "M":
@@ -381,6 +381,13 @@ def check_texts(texts: Any, batch_size: Any = None, none_ok: bool = False) -> No
     raise ValueError(f"batch_size must be a whole number of at least 1, got {batch_size!r}.")
 
 
+def _shown(token: str) -> str:
+  """A token as a warning names it: quoted, and escaped where it holds what cannot be seen
+  alone (a combining accent, a joiner, a control)."""
+  hidden = any(unicodedata.category(ch)[0] in "MC" or not ch.isprintable() for ch in token)
+  return ascii(token) if hidden else repr(token)
+
+
 def input_warnings(vocab: "Vocab", sources: list[str], max_source_len: int | None,
                    what: str = "input(s)") -> list[str]:
   """What translating these (already lower-cased, where the model does) sources does
@@ -391,8 +398,11 @@ def input_warnings(vocab: "Vocab", sources: list[str], max_source_len: int | Non
   warnings = []
   if unknown:  # the first ones: a page of another script would give a warning of pages
     more = f" and {len(unknown) - MAX_NAMED_UNKNOWN} more" if len(unknown) > MAX_NAMED_UNKNOWN else ""
+    nfd = all(unicodedata.combining(ch) for token in unknown for ch in token)
+    hint = (" (accents written apart from their letters: is the text NFD? Normalise it to "
+            "NFC, as docs/data.md says)" if nfd else "")
     warnings.append(f"{unknown_unit} never seen in training (read as unknown): "
-                    + " ".join(repr(token) for token in unknown[:MAX_NAMED_UNKNOWN]) + more)
+                    + " ".join(_shown(token) for token in unknown[:MAX_NAMED_UNKNOWN]) + more + hint)
   too_long = 0 if max_source_len is None else sum(len(vocab.encode(s)) > max_source_len
                                                   for s in sources)
   if too_long:

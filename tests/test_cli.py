@@ -89,6 +89,16 @@ def test_evaluate_split_all_scores_every_line_of_a_file(trained_workdir, tmp_pat
       "data (numbers:fr), its training pairs included" in err
 
 
+def test_evaluate_warns_of_unseen_characters_as_translate_does(trained_workdir, tmp_path, capsys):
+  """A test file whose accents are written apart (NFD) scored near 0 without a word."""
+  data = write_tsv(tmp_path / "nfd.tsv", [("twelve", "douze"), ("twe\u0301lve", "douze")])
+  code, _, err = cli_in_process(capsys, "evaluate", "--workdir", trained_workdir, "--data",
+                                f"tsv:{data}", "--split", "all")
+  assert code == 0 and ("warning: characters never seen in training (read as unknown): "
+                        "'\\u0301' (accents written apart from their letters: is the text NFD? "
+                        "Normalise it to NFC, as docs/data.md says)") in err
+
+
 @pytest.mark.slow
 def test_evaluate_hyps_are_translates_outputs_in_input_order(trained_workdir, tmp_path, capsys):
   """Evaluate decodes in length-sorted order; --hyps is in the file's order all
