@@ -23,6 +23,7 @@ sys.path.insert(0, ROOT)
 
 from seq2seq_jax import data as data_lib  # noqa: E402
 from seq2seq_jax.decode import make_beam_decoder  # noqa: E402
+from seq2seq_jax.errors import UserError  # noqa: E402
 from seq2seq_jax.inference import evaluate_pairs, load_trained  # noqa: E402
 from seq2seq_jax.metrics import text_metrics  # noqa: E402
 from seq2seq_jax.workdir import read_metrics  # noqa: E402
@@ -35,7 +36,16 @@ def row(name: str, pairs: str, metrics: dict, seconds: float) -> str:
           f"{metrics['cer']:.3f} | {metrics['exact_match']:.3f} | {seconds:.0f} s |")
 
 
-def main() -> None:
+def main() -> int:
+  try:
+    report()
+  except UserError as error:  # a missing workdir, changed data: one line, as the command says it
+    print(f"real_text_report: error: {error}", file=sys.stderr)
+    return 2
+  return 0
+
+
+def report() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--workdir", required=True)
   parser.add_argument("--beam", type=int, default=5)
@@ -48,7 +58,8 @@ def main() -> None:
   translator, params, step = load_trained(args.workdir)
   config = translator.config
   splits = data_lib.load_splits(config)
-  vocabs = (translator.src_vocab, translator.tgt_vocab)
+  # the test split the run was trained beside, as `seq2seq-jax evaluate` checks
+  data_lib.check_same_split(translator.data_info, splits, "test", config.data, step)
   every = splits.test
   if not every:
     sys.exit(f"real_text_report: the run {args.workdir} has no test pairs "
@@ -59,7 +70,7 @@ def main() -> None:
   beam = make_beam_decoder(translator.model, translator.decode_max_len, args.beam,
                            args.length_penalty)
   how = "translated sentence by sentence" if config.split_sentences else "cut"
-  lines = [f"checkpoint {step} of {args.workdir}; test pages: {len(every)} pairs, "
+  lines = [f"checkpoint {step} of {args.workdir}; test split: {len(every)} pairs, "
            f"{len(limited)} within max_source_len={config.max_source_len} / "
            f"max_target_len={config.max_target_len} tokens (longer sources {how})", "",
            "| decoding | test pairs | chrF | BLEU | CER | exact match | decode time |",
@@ -77,7 +88,9 @@ def main() -> None:
                  .replace(f"| {seconds:.0f} s |", "| (the same run) |"))
     print("\n".join(lines[-2:]), flush=True)
 
-  lines += ["", "Validation chrF (500 greedy outputs) against wall time of the command:", "",
+  decoded = (f"{config.eval_decode_samples} greedy outputs" if config.eval_decode_samples
+             else "every validation pair, greedy")
+  lines += ["", f"Validation chrF ({decoded}) against wall time of the command:", "",
             "| epoch | minutes | val chrF | val BLEU |", "| --- | --- | --- | --- |"]
   for record in read_metrics(args.workdir):
     if "val/chrf" in record and "elapsed_seconds" in record:
@@ -89,7 +102,7 @@ def main() -> None:
   lines += ["", f"{len(chosen)} test pairs drawn at random (seed {args.seed}):", ""]
   for i in chosen.tolist() if hasattr(chosen, "tolist") else chosen:
     source, reference = every[i]
-    lines += [f"- EN: {source}", f"  - reference: {reference}",
+    lines += [f"- source: {source}", f"  - reference: {reference}",
               f"  - greedy: {outputs['greedy'][i]}",
               f"  - beam {args.beam}: {outputs[f'beam {args.beam}'][i]}"]
   text = "\n".join(lines) + "\n"
@@ -100,4 +113,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-  main()
+  sys.exit(main())

@@ -101,10 +101,8 @@ def _read_inputs(texts: list[str]) -> list[str]:
     line = raw.count(b"\n", 0, error.start) + 1
     raise UserError(f"standard input, line {line}: not UTF-8 "
                     f"({raw[error.start:error.start + 1]!r}); re-encode it as UTF-8.") from None
-  lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
-  if lines[-1] == "":  # the newline that ends the last line (or empty input)
-    lines.pop()
-  return lines
+  from seq2seq_jax.data.sources import text_lines
+  return text_lines(text)  # a lone CR inside a line stays in it: one output per line
 
 
 def _check_output_file(flag: str, path: str, keep: dict[str, str] | None = None,
@@ -193,21 +191,6 @@ def cmd_translate(args) -> int:
   return 0
 
 
-def _check_same_split(data_info, splits, split: str, spec: str, step: int) -> None:
-  """The split evaluate reads from the run's own data is the one the checkpoint was
-  trained beside (its fingerprint, saved with the checkpoint): a file edited since, or a
-  relative path read from another directory, would be scored without a word."""
-  from seq2seq_jax.data.splits import changed_splits
-  if not changed_splits(data_info, splits.info(), (split,)):
-    return
-  from seq2seq_jax.data import spec_paths
-  relative = (f", or its relative path is now read from {os.getcwd()} (run evaluate where "
-              "train ran)" if any(not os.path.isabs(p) for p in spec_paths(spec)) else "")
-  raise UserError(f"the {split} split of {spec} read now is not the one checkpoint {step} "
-                  f"was trained with: the data changed{relative}. Pass --data to score other "
-                  "data on purpose.")
-
-
 def cmd_evaluate(args) -> int:
   from seq2seq_jax import data as data_lib
   with _importing():
@@ -263,7 +246,8 @@ def cmd_evaluate(args) -> int:
   else:
     splits = data_lib.load_splits(config, args.data)
     if args.data is None:
-      _check_same_split(translator.data_info, splits, args.split, config.data, step)
+      data_lib.check_same_split(translator.data_info, splits, args.split, config.data, step,
+                                "Pass --data to score other data on purpose.")
     if args.split_sentences is not None:  # which pairs a split holds follows the flag too
       config = dataclasses.replace(config, split_sentences=args.split_sentences)
     pairs = data_lib.drop_long(splits.get(args.split), config, args.split,

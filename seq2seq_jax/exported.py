@@ -358,5 +358,5 @@ class ExportedTranslator:
       src_BxS = np.zeros((batch_size, width), np.int32)
       src_BxS[:len(rows)] = src_NxS[rows, :width]
       for row, ids in zip(rows, self.decode_ids(src_BxS, beam)):
-        outputs[row] = self.tgt_vocab.decode(ids) if texts[row] else ""
+        outputs[row] = self.tgt_vocab.decode(ids) if texts[row].strip() else ""
     return outputs

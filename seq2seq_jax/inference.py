@@ -134,8 +134,9 @@ class Translator:
                            self.config.bucket_width,
                            place=lambda src: self.parallel.shard_batch({"src": src})["src"],
                            fetch=to_numpy)
-    # an empty input gives an empty output (translate's empty line, the export's)
-    return [output if source else "" for source, output in zip(sources, outputs)]
+    # an empty input, or one of spaces alone, gives an empty output (translate's empty
+    # line, the export's): no model was trained on one (data files refuse blank sides)
+    return [output if source.strip() else "" for source, output in zip(sources, outputs)]
 
   def _seen_as(self, text: str) -> str:
     """A source as the model reads it (lower-cased where it was trained so)."""

@@ -480,7 +480,7 @@ def create_app(translator: ExportedTranslator, options: ServeOptions = ServeOpti
       if not worker.alive:
         raise RequestError(503, "the decoder is not running")
       # an empty text is not decoded: its translation is empty, as translate's line
-      future = worker.submit(rows, beam, skip=[not piece for piece in pieces])
+      future = worker.submit(rows, beam, skip=[not piece.strip() for piece in pieces])
       translations = translator.join(await asyncio.wrap_future(future), counts)
     except RequestError as error:
       return error_response(error.status, str(error))

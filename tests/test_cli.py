@@ -6,7 +6,7 @@ import pytest
 from seq2seq_jax.errors import UserError
 from seq2seq_jax.inference import load_trained
 from seq2seq_jax.metrics import text_metrics
-from tests.conftest import cli_in_process, run_cli, write_tsv
+from tests.conftest import ROOT, cli_in_process, run_cli, write_tsv
 
 
 @pytest.mark.slow
@@ -337,8 +337,8 @@ def test_the_library_translates_as_the_command_does(trained_workdir):
   translate's empty line and the export do; the model's output for nothing before), and a
   caller's mistake is named."""
   translator, params, _ = load_trained(trained_workdir)
-  assert translator.translate(params, ["", "twelve", ""]) == [
-      "", *translator.translate(params, ["twelve"]), ""]
+  assert translator.translate(params, ["", "twelve", "  \u3000"]) == [
+      "", *translator.translate(params, ["twelve"]), ""]  # spaces alone: as an empty line
   with pytest.raises(TypeError, match="pass \\[text\\]"):
     translator.translate(params, "twelve")
   with pytest.raises(ValueError, match="batch_size must be a whole number of at least 1"):
@@ -381,6 +381,21 @@ def test_translate_dash_reads_standard_input(monkeypatch):
   # among sentences it would be ambiguous (stdin's lines there? a sentence "-"?): refused
   with pytest.raises(UserError, match="'-' reads the sentences from standard input: give it alone"):
     _read_inputs(["twelve", "-"])
+
+
+
+@pytest.mark.parametrize("raw, lines", [
+    (b"\xef\xbb\xbftwelve\r\nthree\r\n", ["twelve", "three"]),   # BOM, CRLF
+    (b"twelve\rthree\r", ["twelve", "three"]),                   # old Mac line ends
+    (b"le chat\rder Hund\nchat noir\n", ["le chat\rder Hund", "chat noir"]),  # a stray CR
+])
+def test_standard_input_gives_one_sentence_per_line(monkeypatch, raw, lines):
+  """A CR inside a line of an LF text is no line end: it made two outputs of one line,
+  and `paste` of inputs and outputs went out of step."""
+  import io
+  from seq2seq_jax.cli import _read_inputs
+  monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(raw)))
+  assert _read_inputs([]) == lines
 
 
 def test_a_perfect_corpus_scores_100_not_more():
@@ -464,3 +479,29 @@ def test_running_out_of_memory_is_one_line(capsys, monkeypatch):
       "shape (10**12, 31)); lower batch_size (--set batch_size=N) or the model's size."]
   code, _, err = cli_in_process(capsys, "plot", "--workdir", "w")  # no batch size to lower
   assert code == 2 and err.strip().endswith("; free memory, or run it on a machine with more.")
+
+
+def test_the_translate_file_script_reads_and_warns_as_translate_does(trained_workdir, tmp_path,
+                                                                     capsys, monkeypatch):
+  """experiments/translate_file.py: a BOM and CRLF read as translate reads them, its
+  warnings, one line per input line, and a missing file as one line, not a traceback."""
+  import importlib.util
+  import sys
+  spec = importlib.util.spec_from_file_location(
+      "translate_file", os.path.join(ROOT, "experiments", "translate_file.py"))
+  script = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(script)
+  path = tmp_path / "in.txt"
+  path.write_bytes("\ufefftwelve\r\nthree\tfour\r\n\r\n".encode("utf-8"))
+  monkeypatch.setattr(sys, "argv", ["translate_file.py", "--workdir", trained_workdir, str(path)])
+  assert script.main() == 0
+  out, err = capsys.readouterr()
+  code, translated, _ = cli_in_process(capsys, "translate", "--workdir", trained_workdir,
+                                       "twelve", "three\tfour", "")
+  assert out.splitlines() == translated.splitlines() and len(out.splitlines()) == 3
+  assert "warning: characters never seen in training (read as unknown): '\\t'" in err
+  monkeypatch.setattr(sys, "argv", ["translate_file.py", "--workdir", trained_workdir,
+                                    str(tmp_path / "nowhere.txt")])
+  assert script.main() == 2
+  err = capsys.readouterr().err
+  assert err.startswith("translate_file: error: data file ") and err.count("\n") == 1

@@ -7,8 +7,8 @@ from seq2seq_jax.data.batches import (Encoded, bucket_keys, encode_pairs, encode
                                       epoch_batches, eval_batches, make_batch, steps_per_epoch)
 from seq2seq_jax.data.sources import (MO_MAGIC, Pair, gettext_pairs, gettext_skip_reason,  # noqa: F401
                                       number_pairs, parse_spec, read_mo, read_text,
-                                      sample_numbers, spec_paths, tab_pairs)
+                                      sample_numbers, spec_paths, tab_pairs, text_lines)
 from seq2seq_jax.data.splits import (KERAS_END, KERAS_START, Splits, build_vocabs,  # noqa: F401
-                                     changed_splits,
+                                     changed_splits, check_same_split,
                                      drop_long, keras_vocabs, load_splits, split_pairs)
 from seq2seq_jax.data.tasks import TASKS, task_pairs  # noqa: F401 (the old tasks.py's)

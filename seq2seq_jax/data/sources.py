@@ -143,10 +143,24 @@ def read_text(path: str, missing_hint: str | None = None) -> str:
   if "\0" in text:  # valid UTF-8, but in no text file
     where = _position(raw, raw.index(b"\0"), "a NUL byte")
     raise DataError(f"{path}:{where}: is it a text file? Give a UTF-8 text file.")
-  text = re.sub(r"\r+\n", "\n", text)  # CRLF, and CRCRLF of a file converted twice
-  # a lone CR ends lines only in a file of old Mac line endings; elsewhere it is a stray
-  # character inside a line, which the parsers name
+  return normalize_line_ends(text)
+
+
+def normalize_line_ends(text: str) -> str:
+  """text with "\n" line ends: CRLF (and the CRCRLF of a file converted twice) as one; a
+  lone CR ends lines only in a text of old Mac line ends, with no LF: elsewhere it is a
+  stray character inside a line (which the parsers name, and translate warns of)."""
+  text = re.sub(r"\r+\n", "\n", text)
   return text if "\n" in text else text.replace("\r", "\n")
+
+
+def text_lines(text: str) -> list[str]:
+  """The lines of a text (normalize_line_ends'), the newline that ends the last one not
+  starting another."""
+  lines = normalize_line_ends(text).split("\n")
+  if lines[-1] == "":
+    lines.pop()
+  return lines
 
 
 def _position(raw: bytes, offset: int, what: str = "not UTF-8") -> str:

@@ -6,12 +6,14 @@ import dataclasses
 import hashlib
 import logging
 import os
+from typing import Any
 
 import numpy as np
 
 from seq2seq_jax.config import Config
 from seq2seq_jax.data.sentences import split_long_pairs
-from seq2seq_jax.data.sources import Pair, gettext_pairs, number_pairs, parse_spec, tab_pairs
+from seq2seq_jax.data.sources import (Pair, gettext_pairs, number_pairs, parse_spec, spec_paths,
+                                      tab_pairs)
 from seq2seq_jax.data.tasks import TASKS, task_pairs
 from seq2seq_jax.errors import DataError
 from seq2seq_jax.vocab import SPECIAL_TOKENS, Vocab, tokenize, train_sentencepiece
@@ -48,6 +50,20 @@ def changed_splits(saved_info: dict | None, now_info: dict | None,
   saved = (saved_info or {}).get("fingerprints") or {}
   now = (now_info or {}).get("fingerprints") or {}
   return [name for name in names if saved.get(name) and now.get(name) and saved[name] != now[name]]
+
+
+def check_same_split(data_info: dict[str, Any] | None, splits: Splits, split: str, spec: str,
+                     step: int, hint: str = "") -> None:
+  """The split read from a run's own data is the one its checkpoint was trained beside
+  (its fingerprint, saved with the checkpoint): a file edited since, or a relative path
+  read from another directory, would be scored without a word (hint: what to do
+  otherwise, ending the error)."""
+  if not changed_splits(data_info, splits.info(), (split,)):
+    return
+  relative = (f", or its relative path is now read from {os.getcwd()} (run it where "
+              "train ran)" if any(not os.path.isabs(p) for p in spec_paths(spec)) else "")
+  raise DataError(f"the {split} split of {spec} read now is not the one checkpoint {step} "
+                  f"was trained with: the data changed{relative}.{' ' + hint if hint else ''}")
 
 
 @dataclasses.dataclass
