@@ -39,7 +39,8 @@ carries no token:
 Subwords (train_sentencepiece): ids 0-3 are SentencePiece's own pad, start, end and
 unknown ids; no normalisation, no folding of spaces, every character of the training text
 a piece, a space kept as the "▁" starting the next piece, so decode(encode(s)) == s exactly
-("Va !", "« Oui »", "C++", "and/or", "  a  b "); a character never seen in training reads
+("Va !", "« Oui »", "C++", "and/or", "  a  b "), but for a "▁" (U+2581) in s, which reads
+as a space (warned of: SPACE_MARK_WARNING); a character never seen in training reads
 as U+FFFD. The model's bytes (Vocab.model_proto) are the vocabulary: checkpoints, the
 workdir and exports store them, and Vocab.from_sentencepiece rebuilds it. Training is
 seeded and single-threaded: the same text gives the same bytes.
@@ -175,6 +176,9 @@ def tokenize(text: str, level: str, word_rules: int = WORD_RULES) -> list[str]:
   raise ValueError(f"unknown tokenizer '{level}': use one of {', '.join(TOKENIZERS)}")
 
 
+SENTENCEPIECE_SPACE = "\u2581"  # "▁": SentencePiece's mark of a space, which it reads as one
+SPACE_MARK_WARNING = ("'\u2581' (U+2581, SentencePiece's mark of a space), which "
+                      "tokenizer=sentencepiece reads as a space: it comes back as one")
 _TOO_FEW_PIECES = re.compile(r"smaller than required_chars\. (\d+) vs (\d+)")
 
 
@@ -194,6 +198,9 @@ def train_sentencepiece(texts: Iterable[str], vocab_size: int, model_type: str =
   texts = [text for text in texts if text]
   if not texts:
     raise UserError(f"tokenizer=sentencepiece: {what} is empty; there is nothing to train on.")
+  marked = sum(SENTENCEPIECE_SPACE in text for text in texts)
+  if marked:
+    log.warning("warning: %d text(s) of %s hold %s", marked, what, SPACE_MARK_WARNING)
   model = io.BytesIO()
   spm.set_random_generator_seed(seed)
   try:
@@ -403,6 +410,9 @@ def input_warnings(vocab: "Vocab", sources: list[str], max_source_len: int | Non
             "NFC, as docs/data.md says)" if nfd else "")
     warnings.append(f"{unknown_unit} never seen in training (read as unknown): "
                     + " ".join(_shown(token) for token in unknown[:MAX_NAMED_UNKNOWN]) + more + hint)
+  marked = sum(SENTENCEPIECE_SPACE in s for s in sources) if vocab.level == "sentencepiece" else 0
+  if marked:
+    warnings.append(f"{marked} {what} hold {SPACE_MARK_WARNING}")
   too_long = 0 if max_source_len is None else sum(len(vocab.encode(s)) > max_source_len
                                                   for s in sources)
   if too_long:

@@ -297,6 +297,19 @@ def test_sentencepiece_round_trips_text_exactly(model_type):
     assert vocab.decode(ids + [PAD_ID, PAD_ID]) == text
 
 
+def test_sentencepiece_s_space_mark_in_text_is_warned_of(caplog):
+  """SentencePiece reads U+2581 as a space: text holding it comes back with a space there,
+  which no message said."""
+  import logging
+  with caplog.at_level(logging.WARNING, logger="seq2seq_jax"):
+    vocab = Vocab.from_sentencepiece(train_sentencepiece(["blanc\u2581chat noir", "abc"] * 20, 30))
+  assert "warning: 20 text(s) of the training text hold '\u2581' (U+2581" in caplog.text
+  assert vocab.decode(vocab.encode("chat\u2581noir")) == "chat noir"
+  assert input_warnings(vocab, ["chat\u2581noir", "abc"], None) == [
+      "1 input(s) hold '\u2581' (U+2581, SentencePiece's mark of a space), which "
+      "tokenizer=sentencepiece reads as a space: it comes back as one"]
+
+
 def test_sentencepiece_training_is_seeded_and_byte_identical():
   texts = [t.lower() for t in EXACT + ORDINARY] * 2
   first = train_sentencepiece(texts, 90, "unigram", seed=3)
