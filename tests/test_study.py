@@ -119,9 +119,10 @@ def test_an_interrupted_trial_comes_back_as_itself_and_counts_as_waiting(tmp_pat
   assert [trial.name for _, trial in again] == ["latent_dim=64", "dropout=0.1"]
 
 
-def test_a_worker_whose_trial_was_taken_for_dead_tells_its_outcome_without_failing(tmp_path):
-  """A worker's heartbeat came late: another worker took its trial for dead, found its
-  workdir locked and left it. The live worker's result is then recorded, not a crash."""
+def _a_trial_left_to_its_late_worker(tmp_path):
+  """(sweep, the slow worker's study, its trial, the sweep Trial): its heartbeat came
+  late, another worker took it for dead, found the workdir locked and released its copy;
+  the other worker finished every other trial."""
   sweep = sweep_lib.load_sweep(SWEEP_TINY)
   slow = SweepStudy(sweep, str(tmp_path))
   slow.enqueue_declared()
@@ -133,6 +134,13 @@ def test_a_worker_whose_trial_was_taken_for_dead_tells_its_outcome_without_faili
       other.release(optuna_trial)  # its workdir was locked: left to the live worker
     else:
       other.complete(optuna_trial, 0.4)
+  return sweep, slow, late, trial
+
+
+def test_a_worker_whose_trial_was_taken_for_dead_tells_its_outcome_without_failing(tmp_path):
+  """A worker's heartbeat came late: another worker took its trial for dead, found its
+  workdir locked and left it. The live worker's result is then recorded, not a crash."""
+  sweep, slow, late, trial = _a_trial_left_to_its_late_worker(tmp_path)
   slow.complete(late, 0.5)  # was: ValueError: Cannot tell a FAIL trial.
   assert slow.states()[trial.name] == "waiting"  # its workdir will tell the outcome
   assert [t.name for _, t in slow.ask_group(10)] == [trial.name]
@@ -141,14 +149,7 @@ def test_a_worker_whose_trial_was_taken_for_dead_tells_its_outcome_without_faili
 def test_a_trial_left_to_a_worker_that_then_died_comes_back_in_the_next_run(tmp_path):
   """The copy left to the live worker is a spare: it does not stand for the trial. If that
   worker then dies without a word, the next run of the sweep enqueues the trial again."""
-  sweep = sweep_lib.load_sweep(SWEEP_TINY)
-  slow = SweepStudy(sweep, str(tmp_path))
-  slow.enqueue_declared()
-  [(late, trial)] = slow.ask_group(1)
-  late.set_user_attr("heartbeat", time.time() - 2 * sweep.grace_seconds)
-  other = SweepStudy(sweep, str(tmp_path))
-  for optuna_trial, asked in other.ask_group(10):
-    (other.release if asked.name == trial.name else other.fail)(optuna_trial)
+  sweep, slow, _, trial = _a_trial_left_to_its_late_worker(tmp_path)
   del slow  # killed: it never tells
   rerun = SweepStudy(sweep, str(tmp_path))
   rerun.reconcile(lambda name: False)  # no trial's workdir finished
