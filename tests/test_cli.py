@@ -447,21 +447,21 @@ def test_evaluate_refuses_a_split_other_than_the_one_the_checkpoint_was_trained_
   """A tsv: file edited since training, or its relative path read from another directory:
   the split read now has another fingerprint than the one saved with the checkpoint.
   Splits that did not change are scored; --data scores other data on purpose."""
-  from seq2seq_jax import cli
-  from seq2seq_jax.data import Splits
+  from seq2seq_jax.data import Splits, check_same_split
   from seq2seq_jax.errors import UserError
   trained = Splits([("one", "un")], [("two", "deux")], [("three", "trois")])
   edited = Splits([("one", "un")], [("two", "deux")], [("four", "quatre")])
   info = trained.info()
-  cli._check_same_split(info, edited, "val", "tsv:pairs.tsv", 8)  # the same val pairs
-  cli._check_same_split(None, edited, "test", "tsv:pairs.tsv", 8)  # a run that saved none
+  hint = "Pass --data to score other data on purpose."  # evaluate's
+  check_same_split(info, edited, "val", "tsv:pairs.tsv", 8, hint)  # the same val pairs
+  check_same_split(None, edited, "test", "tsv:pairs.tsv", 8, hint)  # a run that saved none
   with pytest.raises(UserError, match=r"the test split of tsv:pairs.tsv read now is not the one "
                      r"checkpoint 8 was trained with: the data changed, or its relative path is "
-                     r"now read from .* \(run evaluate where train ran\)\. Pass --data to score"):
-    cli._check_same_split(info, edited, "test", "tsv:pairs.tsv", 8)
+                     r"now read from .* \(run it where train ran\)\. Pass --data to score"):
+    check_same_split(info, edited, "test", "tsv:pairs.tsv", 8, hint)
   with pytest.raises(UserError, match=r"numbers:fr read now is not the one checkpoint 8 was "
                      r"trained with: the data changed\. Pass --data"):
-    cli._check_same_split(info, edited, "test", "numbers:fr", 8)
+    check_same_split(info, edited, "test", "numbers:fr", 8, hint)
 
 
 def test_running_out_of_memory_is_one_line(capsys, monkeypatch):
