@@ -59,7 +59,8 @@ def report() -> None:
   config = translator.config
   splits = data_lib.load_splits(config)
   # the test split the run was trained beside, as `seq2seq-jax evaluate` checks
-  data_lib.check_same_split(translator.data_info, splits, "test", config.data, step)
+  data_lib.check_same_split(translator.data_info, splits, "test", config.data, step,
+                            "Report on the data the run was trained with.")
   every = splits.test
   if not every:
     sys.exit(f"real_text_report: the run {args.workdir} has no test pairs "

@@ -405,7 +405,9 @@ def cmd_export(args) -> int:
 
 def cmd_serve(args) -> int:
   with _importing():
-    from seq2seq_jax.serve import bind_sockets
+    from seq2seq_jax.serve import MAX_WAIT_MS, bind_sockets
+  if args.max_wait_ms > MAX_WAIT_MS:  # a longer wait overflows a queue's timeout
+    raise UserError(f"--max-wait-ms {args.max_wait_ms:g}: at most {MAX_WAIT_MS:.0f} (a minute).")
   try:
     import starlette  # noqa: F401
     import uvicorn  # noqa: F401
@@ -516,14 +518,6 @@ def _non_negative_float(text: str) -> float:
   value = _finite_float(text)
   if value < 0:
     raise argparse.ArgumentTypeError(f"must not be negative, got '{text}'")
-  return value
-
-
-def _wait_ms(text: str) -> float:
-  from seq2seq_jax.serve import MAX_WAIT_MS
-  value = _non_negative_float(text)
-  if value > MAX_WAIT_MS:
-    raise argparse.ArgumentTypeError(f"must be at most {MAX_WAIT_MS:.0f} (a minute), got '{text}'")
   return value
 
 
@@ -732,7 +726,7 @@ def build_parser() -> argparse.ArgumentParser:
   serve.add_argument("--host", default="127.0.0.1",
                      help="address to listen on (default 127.0.0.1: this machine only)")
   serve.add_argument("--port", type=_port, default=8000, help="default 8000")
-  serve.add_argument("--max-wait-ms", type=_wait_ms, default=5.0, metavar="MS",
+  serve.add_argument("--max-wait-ms", type=_non_negative_float, default=5.0, metavar="MS",
                      help="how long a request waits for others to share its batch (default 5, "
                      "at most 60000)")
   serve.add_argument("--max-batch", type=_positive_int, default=32, metavar="N",

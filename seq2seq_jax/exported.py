@@ -23,7 +23,7 @@ import numpy as np
 from jax import export as jax_export
 
 from seq2seq_jax.errors import UserError, first_line, is_whole_number
-from seq2seq_jax.vocab import PAD_ID, Vocab, check_texts, input_warnings
+from seq2seq_jax.vocab import PAD_ID, Vocab, check_texts, input_warnings, word_rules_of
 
 FORMAT = "seq2seq_jax.exported"
 FORMAT_VERSION = 1
@@ -166,7 +166,8 @@ class ExportedTranslator:
       self.src_vocab, self.tgt_vocab = (Vocab.from_sentencepiece(sentencepiece_models[side])
                                         for side in ("src", "tgt"))
     else:
-      rules = int(vocab.get("word_rules", 1))  # an export from before the field: rules 1
+      # an export from before the field: rules 1
+      rules = word_rules_of(vocab.get("word_rules"), f"the export's {VOCAB_FILE}")
       self.src_vocab = Vocab(vocab["src"], level=level, word_rules=rules)
       self.tgt_vocab = Vocab(vocab["tgt"], start_text=vocab.get("tgt_start_text", ""),
                              level=level, word_rules=rules)

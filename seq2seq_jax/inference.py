@@ -23,7 +23,7 @@ from seq2seq_jax.metrics import exact_match, text_metrics
 from seq2seq_jax.model import Seq2Seq, build_model
 from seq2seq_jax.parallel import DataParallel, to_numpy
 from seq2seq_jax.steps import eval_step
-from seq2seq_jax.vocab import Vocab, check_texts, input_warnings
+from seq2seq_jax.vocab import Vocab, check_texts, input_warnings, word_rules_of
 
 
 @dataclasses.dataclass
@@ -313,7 +313,7 @@ def load_trained(workdir: str, which: str = "best") -> tuple[Translator, Any, in
     models = workdir_lib.sentencepiece_models(meta.sentencepiece)
     src_vocab, tgt_vocab = (Vocab.from_sentencepiece(models[side]) for side in ("src", "tgt"))
   else:
-    rules = meta.word_rules or 1  # a word vocabulary saved before the field: rules 1
+    rules = word_rules_of(meta.word_rules, where)  # saved before the field: rules 1
     src_vocab = Vocab.from_list(meta.src_vocab, meta.tokenizer, word_rules=rules)
     tgt_vocab = Vocab(meta.tgt_vocab, start_text=data_lib.KERAS_START if meta.keras else "",
                       level=meta.tokenizer, word_rules=rules)

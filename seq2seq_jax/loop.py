@@ -354,10 +354,11 @@ def _check_same_data(group: Group, trial: "TrialRun", facts: dict[str, Any]) -> 
   if not _same_facts(meta.data_facts(), facts):
     if meta.tokenizer == "word" and meta.word_rules is None:  # saved under word rules 1
       raise CheckpointError(
-          f"workdir '{trial.workdir}' was trained with the word rules of before 2026-12-06, "
-          "which split accents and emoji sequences off their words; its data's words read "
-          "otherwise now, so it cannot resume (translate, evaluate and export still read it "
-          "as trained): to train on, use a new --workdir.")
+          f"workdir '{trial.workdir}': the data's vocabulary differs from the checkpoint's: "
+          "the data changed, or (this run trained with tokenizer=word before 2026-12-06, "
+          "whose rules split accents and emoji sequences off their words) its words read "
+          "otherwise now; resume with the same data, or, for the second, use a new "
+          "--workdir (translate, evaluate and export still read this run as trained).")
     raise CheckpointError(_VOCABULARY_DIFFERS.format(trial.workdir))
   changed = data_lib.changed_splits(meta.data, group.translator.data_info)
   if changed:

@@ -115,18 +115,30 @@ _TOKEN_RE = re.compile(
 # token of its own. A vocabulary saved without the field is 1: it keeps translating as it
 # was trained.
 WORD_RULES = 2
+
+
+def word_rules_of(value: Any, where: str) -> int:
+  """The word rules a saved vocabulary says it was built with (None: saved before the
+  field, rules 1); a value this version does not know is refused in one line."""
+  if value is None:
+    return 1
+  if isinstance(value, bool) or value not in range(1, WORD_RULES + 1):
+    raise UserError(f"{where} was built with word rules {value!r}, which this seq2seq_jax "
+                    f"does not know (it knows 1 to {WORD_RULES}): upgrade seq2seq_jax.")
+  return int(value)
 _LEGACY_WORD = r"[^\W_]"
 _LEGACY_TOKEN_RE = re.compile(
     rf"\d+(?:[.,:]\d+)+|{_LEGACY_WORD}+(?:['’](?={_LEGACY_WORD}))?"
     rf"|(?P<joiner>(?<={_LEGACY_WORD})-(?={_LEGACY_WORD}))|\S")
 # fullwidth punctuation of Chinese and Japanese carries its own spacing: no space on
 # either side of it
-_FULLWIDTH_CLOSING = "。，、！？：；）」』》〉】〕．"
+FULLWIDTH_CLOSING = "。，、！？：；）」』》〉】〕．"
 _FULLWIDTH_OPENING = "（「『《〈【〔"
-_CLOSING = frozenset(".,!?;:)]}»”’%…" "।॥،؛؟۔" + _FULLWIDTH_CLOSING)  # + Hindi, Arabic, Urdu
+_CLOSING = frozenset(".,!?;:)]}»”’%…" "।॥،؛؟۔" + FULLWIDTH_CLOSING)  # + Hindi, Arabic, Urdu
 _OPENING = frozenset("([{«“‘¿¡„‚" + _FULLWIDTH_OPENING)
-_NO_SPACE_AFTER = frozenset(_FULLWIDTH_CLOSING)
+_NO_SPACE_AFTER = frozenset(FULLWIDTH_CLOSING)
 _LOW_QUOTES = {"„": "“", "‚": "‘"}  # German quotes: „Hallo“, ‚ja‘ (the closing one opens in English)
+_CLOSING_OF = {"“": "”", "‘": "’"}  # Polish, Hungarian, Romanian: „Tak”
 _ELISION = ("'", "’")
 
 
@@ -147,7 +159,9 @@ def detokenize(tokens: Iterable[str]) -> str:
       out.append("-")
       glue_next = True
       continue
-    closing_quote = (token == '"' and quote_open) or (low_closers and token == low_closers[-1])
+    # a German „ closes with “, a Polish or Hungarian one with ”
+    closing_quote = (token == '"' and quote_open) or (
+        low_closers and token in (low_closers[-1], _CLOSING_OF[low_closers[-1]]))
     if not (glue_next or token in _CLOSING or closing_quote):
       out.append(" ")
     out.append(token)
@@ -391,7 +405,7 @@ def check_texts(texts: Any, batch_size: Any = None, none_ok: bool = False) -> No
 def _shown(token: str) -> str:
   """A token as a warning names it: quoted, and escaped where it holds what cannot be seen
   alone (a combining accent, a joiner, a control)."""
-  hidden = any(unicodedata.category(ch)[0] in "MC" or not ch.isprintable() for ch in token)
+  hidden = all(unicodedata.category(ch)[0] in "MC" or not ch.isprintable() for ch in token)
   return ascii(token) if hidden else repr(token)
 
 
@@ -405,7 +419,8 @@ def input_warnings(vocab: "Vocab", sources: list[str], max_source_len: int | Non
   warnings = []
   if unknown:  # the first ones: a page of another script would give a warning of pages
     more = f" and {len(unknown) - MAX_NAMED_UNKNOWN} more" if len(unknown) > MAX_NAMED_UNKNOWN else ""
-    nfd = all(unicodedata.combining(ch) for token in unknown for ch in token)
+    nfd = any(unicodedata.normalize("NFC", token) != token  # accents written apart
+              or all(unicodedata.combining(ch) for ch in token) for token in unknown)
     hint = (" (accents written apart from their letters: is the text NFD? Normalise it to "
             "NFC, as docs/data.md says)" if nfd else "")
     warnings.append(f"{unknown_unit} never seen in training (read as unknown): "

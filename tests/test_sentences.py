@@ -59,6 +59,11 @@ def test_scripts_without_capitals_end_sentences_at_their_own_stops():
   assert split_sentences("你好，世界。我是学生！「今天」（星期一）？好。") == [
       "你好，世界。", "我是学生！", "「今天」（星期一）？", "好。"]
   assert split_sentences("什么？！真的。") == ["什么？！", "真的。"]  # a run of stops is one end
+  # closing brackets and quotes stay with their sentence, at its end too
+  assert split_sentences("他说「你好。」") == ["他说「你好。」"]
+  assert split_sentences("（注意！）") == ["（注意！）"]
+  assert split_sentences('他说"你好。"然后走了。') == ['他说"你好。"', "然后走了。"]
+  assert split_sentences("「本当？」と聞いた。") == ["「本当？」と聞いた。"]  # quoted speech goes on
   assert split_sentences("नमस्ते दुनिया। आप कैसे हैं? ठीक।") == [
       "नमस्ते दुनिया।", "आप कैसे हैं?", "ठीक।"]
   assert split_sentences("مرحبا؟ كيف حالك؟") == ["مرحبا؟", "كيف حالك؟"]
@@ -69,6 +74,10 @@ def test_scripts_without_capitals_end_sentences_at_their_own_stops():
   assert small[0] == "你好，世界，老师，学生，" and "".join(small) == clause * 2
   assert all(len(piece) <= 12 for piece in small)
   assert join_pieces(["你好。", "世界！", "Yes.", "No"], [4]) == ["你好。世界！Yes. No"]
+  assert join_pieces(["你好，", "世界。"], [2]) == ["你好，世界。"]
+  # a number's separators are no place to cut (a comma of text is, with a space after it)
+  assert pieces("We paid 1,000,000 dollars", lambda t: len(t) <= 14) == [
+      "We paid", "1,000,000", "dollars"]
 
 
 def test_a_long_training_pair_gives_its_sentence_pairs_when_both_sides_have_as_many():

@@ -16,7 +16,7 @@ from seq2seq_jax.inference import evaluate_pairs, load_run_data, load_trained
 from seq2seq_jax.loop import TrainingInterrupted, train_and_evaluate
 from seq2seq_jax.workdir import CheckpointMeta, check_workdir_config
 from seq2seq_jax.vocab import (END_ID, HYPHEN_JOINER, PAD_ID, SPECIAL_TOKENS, START_ID, UNK_ID,
-                               WORD_RULES,
+                               WORD_RULES, word_rules_of,
                                Vocab, detokenize, input_warnings, train_sentencepiece,
                                word_tokenize)
 from tests.conftest import cli_in_process, tiny_config, write_tsv
@@ -39,6 +39,7 @@ ORDINARY = [
 ]
 OTHER_SCRIPTS = [  # the word tokenizer's round trip: their punctuation spaced as they write it
     "„Hallo“, sagte er, ‚ja‘.",                  # German quotes
+    "„Tak” i “Hello”.",                          # Polish quotes, then English ones
     "नमस्ते दुनिया। आप कैसे हैं?",                 # Hindi danda
     "مرحبا، كيف حالك؟",                         # Arabic comma and question mark
     "你好，世界。我是学生！「今天」（星期一）",  # Chinese fullwidth punctuation: no spaces
@@ -104,7 +105,18 @@ def test_a_word_vocabulary_saved_before_the_new_rules_keeps_translating_as_it_wa
   assert Vocab([text], level="word").tokenize(text) == [text]  # the rules of new runs
   old_meta = CheckpointMeta.from_json({"config": {}, "src_vocab": ["E"], "tgt_vocab": ["E"],
                                        "tokenizer": "word"})
-  assert old_meta.word_rules is None  # load_trained reads it as rules 1
+  assert old_meta.word_rules is None and word_rules_of(old_meta.word_rules, "x") == 1
+  with pytest.raises(UserError, match="built with word rules 3, which this seq2seq_jax does "
+                                      "not know .*: upgrade seq2seq_jax"):
+    word_rules_of(3, "checkpoint 5")
+  from seq2seq_jax.exported import ExportedTranslator  # an export's vocab.json alike
+  manifest = {"settings": {"max_source_len": 10, "bucket_width": 0, "source_lowercase": False},
+              "decode_max_len": 5, "beam_sizes": [], "platforms": ["cpu"],
+              "checkpoint": {"step": 1}}
+  words = {"tokenizer": "word", "src": ["E", "\u0301", "te"], "tgt": ["x"]}
+  assert ExportedTranslator(manifest, words, {}, {}).src_vocab.tokenize(text) == [
+      "E", "\u0301", "te", "\u0301"]
+  assert ExportedTranslator(manifest, dict(words, word_rules=2), {}, {}).src_vocab.word_rules == 2
   new_meta = CheckpointMeta(config={}, src_vocab=[], tgt_vocab=[], tokenizer="word",
                             word_rules=WORD_RULES)
   assert CheckpointMeta.from_json(new_meta.to_json()).word_rules == WORD_RULES == 2
@@ -131,7 +143,8 @@ def test_a_word_run_saved_before_the_new_rules_says_why_it_cannot_resume(tmp_pat
   with pytest.raises(TrainingInterrupted):
     train_and_evaluate(config, workdir, progress=False, stop_after_step=1)
   monkeypatch.undo()
-  with pytest.raises(CheckpointError, match="word rules of before 2026-12-06.*new --workdir"):
+  with pytest.raises(CheckpointError, match="the data changed, or .*tokenizer=word before "
+                                            "2026-12-06.*new --workdir"):
     train_and_evaluate(config, workdir, progress=False)
 
 
@@ -295,6 +308,26 @@ def test_sentencepiece_round_trips_text_exactly(model_type):
     assert vocab.decode(ids) == text  # "Va !" keeps its space, "« Oui »" its inner ones
     assert vocab.decode([START_ID] + ids + [END_ID, 7, 8]) == text  # start skipped, stops at end
     assert vocab.decode(ids + [PAD_ID, PAD_ID]) == text
+
+
+def test_pairs_are_measured_by_the_model_s_own_word_rules():
+  """evaluate keeps the pairs a model reads whole: an old model's words are more tokens."""
+  config = tiny_config(tokenizer="word", max_source_len=5, max_target_len=5)
+  pairs = [("नमस्ते दुनिया", "x")]  # 2 words, 10 tokens under the old rules
+  vocabs = lambda rules: tuple(Vocab([], level="word", word_rules=rules) for _ in range(2))
+  assert data_lib.drop_long(pairs, config, "test", vocabs(2)) == pairs
+  assert data_lib.drop_long(pairs, config, "test", vocabs(1)) == []
+
+
+def test_unknown_words_are_named_readably_and_nfd_text_is_hinted_at():
+  vocab = Vocab(["नमस्ते"], level="word")
+  [warning] = input_warnings(vocab, ["नमस्ते दुनिया"], None)
+  assert "'दुनिया'" in warning and "NFD" not in warning  # a word with vowel signs, as written
+  [warning] = input_warnings(vocab, [unicodedata.normalize("NFD", "été")], None)
+  assert "is the text NFD? Normalise it to NFC" in warning
+  chars = Vocab(list("abcdefghijklmnopqrstuvwxyz"))
+  [warning] = input_warnings(chars, ["cafe\u0301 x\u200d"], None)
+  assert "'\\u0301' '\\u200d'" in warning and "NFD" in warning  # hidden ones escaped
 
 
 def test_sentencepiece_s_space_mark_in_text_is_warned_of(caplog):

@@ -24,15 +24,21 @@ from __future__ import annotations
 import re
 from typing import Callable
 
+from seq2seq_jax.vocab import FULLWIDTH_CLOSING
+
 # A sentence ends at . ! ? … (runs of them), then maybe closing quotes or brackets, then
 # whitespace; the next one begins with an opening quote/bracket, a capital or a digit.
 # Or at a Chinese/Japanese stop (。！？, closing brackets, any spacing) before anything but
 # another stop; or at a Hindi, Arabic or Urdu stop, then whitespace. Group "gap": the
 # spacing between the two sentences.
 _CJK_STOPS = "。！？"
+_CJK_CLOSERS = "」』）》〉】〕”’\"'"
+# Japanese quoted speech goes on after its closing bracket with a particle: 「本当？」と聞いた。
+_KANA = "\u3041-\u309f"
 _BOUNDARY_RE = re.compile(
     r"(?<=[.!?…])[\"'»”’)\]]*(?P<gap>\s+)(?=[\"'«“‘(\[¿¡]?[^\W\d_a-zà-ÿ]|[\"'«“‘(\[]?\d)"
-    rf"|(?<=[{_CJK_STOPS}])[」』）”’]*(?P<cjk_gap>\s*)(?=[^\s{_CJK_STOPS}…])"
+    rf"|(?<=[{_CJK_STOPS}])(?:[{_CJK_CLOSERS}]+(?![{_KANA}{_CJK_CLOSERS}])|(?![{_CJK_CLOSERS}]))"
+    rf"(?P<cjk_gap>\s*)(?=[^\s{_CJK_STOPS}…{_CJK_CLOSERS}])"
     r"|(?<=[।॥؟۔])[\"'»”’)\]]*(?P<caseless_gap>\s+)(?=\S)", re.UNICODE)
 _GAPS = ("gap", "cjk_gap", "caseless_gap")
 _ABBREVIATIONS = frozenset(
@@ -40,7 +46,7 @@ _ABBREVIATIONS = frozenset(
     "p ex p.ex env resp".split())
 # where a sentence too long alone may be cut: after a comma, semicolon or colon (the
 # fullwidth and Arabic ones too), before the next word
-_SOFT_BREAK_RE = re.compile(r"(?<=[,;:，；：、،؛])(?=\s*\S)")
+_SOFT_BREAK_RE = re.compile(r"(?<=[,;:،؛])(?=\s+\S)|(?<=[，；：、])(?=\s*\S)")  # not in 1,000
 
 
 _TAIL = 100  # characters before a candidate boundary that hold its last word (abbreviations are short)
@@ -134,13 +140,12 @@ def flatten_pieces(texts: list[str], pieces_of: Callable[[str], list[str]]
 
 def join_pieces(outputs: list[str], counts: list[int]) -> list[str]:
   """Each text's translation: its pieces' translations joined by a space, none after a
-  piece that ends in a Chinese or Japanese stop (those scripts put no space there)."""
+  piece that ends in Chinese or Japanese punctuation (those scripts put no space there)."""
   joined, start = [], 0
   for count in counts:
     text = ""
     for output in outputs[start:start + count]:
-      stop = text.rstrip("」』）”’")[-1:]
-      text += output if not text or stop in _CJK_STOPS else " " + output
+      text += output if not text or text[-1] in FULLWIDTH_CLOSING else " " + output
     joined.append(text)
     start += count
   return joined

@@ -140,14 +140,15 @@ def drop_long(pairs: list[Pair], config: Config, name: str,
               vocabs: tuple[Vocab, Vocab] | None = None,
               held_out_sources: set[str] = frozenset()) -> list[Pair]:
   """Pairs whose source and target fit max_source_len / max_target_len tokens: those of
-  vocabs (source, target), which subword tokens need; char and word tokens count alone.
+  vocabs (source, target), which subword tokens need (and a word vocabulary its word
+  rules); char and word tokens count alone.
 
   With split_sentences, none is dropped from a held-out split (its long inputs are
   translated sentence by sentence), and a training pair over the limits gives its sentence
   pairs that fit (sentences.split_long_pairs) whose source is none of held_out_sources."""
   def counter(vocab: Vocab | None):
-    if vocab is not None and vocab.level == "sentencepiece":
-      return lambda text: len(vocab.encode(text))
+    if vocab is not None and vocab.level != "char":  # subwords; words by the vocabulary's rules
+      return lambda text: len(vocab.tokenize(text))
     if config.tokenizer == "sentencepiece":
       raise ValueError("drop_long: subword lengths need the vocabularies (build_vocabs)")
     if config.tokenizer == "char":
