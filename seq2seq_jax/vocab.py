@@ -137,6 +137,7 @@ _FULLWIDTH_OPENING = "（「『《〈【〔"
 _CLOSING = frozenset(".,!?;:)]}»”’%…" "।॥،؛؟۔" + FULLWIDTH_CLOSING)  # + Hindi, Arabic, Urdu
 _OPENING = frozenset("([{«“‘¿¡„‚" + _FULLWIDTH_OPENING)
 _NO_SPACE_AFTER = frozenset(FULLWIDTH_CLOSING)
+_NO_SPACE_BEFORE = frozenset(_FULLWIDTH_OPENING)  # 他说「你好」：no space before 「 either
 _LOW_QUOTES = {"„": "“", "‚": "‘"}  # German quotes: „Hallo“, ‚ja‘ (the closing one opens in English)
 _CLOSING_OF = {"“": "”", "‘": "’"}  # Polish, Hungarian, Romanian: „Tak”
 _ELISION = ("'", "’")
@@ -162,7 +163,7 @@ def detokenize(tokens: Iterable[str]) -> str:
     # a German „ closes with “, a Polish or Hungarian one with ”
     closing_quote = (token == '"' and quote_open) or (
         low_closers and token in (low_closers[-1], _CLOSING_OF[low_closers[-1]]))
-    if not (glue_next or token in _CLOSING or closing_quote):
+    if not (glue_next or token in _CLOSING or token in _NO_SPACE_BEFORE or closing_quote):
       out.append(" ")
     out.append(token)
     if token == '"':

@@ -44,6 +44,7 @@ OTHER_SCRIPTS = [  # the word tokenizer's round trip: their punctuation spaced a
     "مرحبا، كيف حالك؟",                         # Arabic comma and question mark
     "你好，世界。我是学生！「今天」（星期一）",  # Chinese fullwidth punctuation: no spaces
     "東京は、日本の首都です。",
+    "他说「你好」。中文（注释）很好。私は「はい」と言った。",  # opening brackets after a word
 ]
 
 
