@@ -50,6 +50,7 @@ Metrics always compare detokenized text with the raw reference.
 
 from __future__ import annotations
 
+import functools
 import io
 import logging
 import re
@@ -77,6 +78,25 @@ _UNITS = {"char": ("characters", "characters"), "word": ("words", "words"),
 HYPHEN_JOINER = "@-@"
 
 
+# The word rules a vocabulary was built with (CheckpointMeta.word_rules, an export's
+# vocab.json): 2 keeps marks and emoji sequences in their token (_word_pattern); 1, before
+# 2026-12-06, split each combining mark, joiner, skin tone and regional indicator off as a
+# token of its own. A vocabulary saved without the field is 1: it keeps translating as it
+# was trained.
+WORD_RULES = 2
+
+
+def word_rules_of(value: Any, where: str) -> int:
+  """The word rules a saved vocabulary says it was built with (None: saved before the
+  field, rules 1); a value this version does not know is refused in one line."""
+  if value is None:
+    return 1
+  if isinstance(value, bool) or value not in range(1, WORD_RULES + 1):
+    raise UserError(f"{where} was built with word rules {value!r}, which this seq2seq_jax "
+                    f"does not know (it knows 1 to {WORD_RULES}): upgrade seq2seq_jax.")
+  return int(value)
+
+
 def _mark_class() -> str:
   """A regex character class of every Unicode combining mark (categories Mn, Mc, Me):
   accents written apart (NFD text), Indic vowel signs and viramas, variation selectors."""
@@ -96,40 +116,30 @@ def _mark_class() -> str:
 
 
 _LETTER = r"[^\W_]"  # a Unicode letter or digit (\w without the underscore)
-_MARK = _mark_class()
-# A word: a letter or digit, then letters, digits, combining marks and zero-width
-# (non-)joiners (ZWNJ inside Persian words, ZWJ in Indic half forms).
-_IN_WORD = rf"(?:{_LETTER}|{_MARK}|[\u200c\u200d])"
-_WORD = rf"{_LETTER}{_IN_WORD}*"
-# One symbol with what belongs to it: marks, emoji skin tones and tags, ZWJ sequences.
-_SYMBOL = (rf"\S(?:{_MARK}|[\U0001f3fb-\U0001f3ff\U000e0020-\U000e007f]|\u200d\S)*")
-_TOKEN_RE = re.compile(
-    rf"\d+(?:[.,:]\d+)+"                         # 3.14  1,000  10:30
-    rf"|{_WORD}(?:['’](?={_LETTER}))?"            # a word, keeping an elision apostrophe: l'
-    rf"|(?P<joiner>(?<={_IN_WORD})-(?={_LETTER}))"   # a hyphen inside a compound
-    rf"|[\U0001f1e6-\U0001f1ff]{{2}}"               # a flag: two regional indicators
-    rf"|{_SYMBOL}")                               # any other character: punctuation, symbols
-# The word rules a vocabulary was built with (CheckpointMeta.word_rules, an export's
-# vocab.json): 2 keeps marks and emoji sequences in their token (above); 1, before
-# 2026-12-06, split each combining mark, joiner, skin tone and regional indicator off as a
-# token of its own. A vocabulary saved without the field is 1: it keeps translating as it
-# was trained.
-WORD_RULES = 2
 
 
-def word_rules_of(value: Any, where: str) -> int:
-  """The word rules a saved vocabulary says it was built with (None: saved before the
-  field, rules 1); a value this version does not know is refused in one line."""
-  if value is None:
-    return 1
-  if isinstance(value, bool) or value not in range(1, WORD_RULES + 1):
-    raise UserError(f"{where} was built with word rules {value!r}, which this seq2seq_jax "
-                    f"does not know (it knows 1 to {WORD_RULES}): upgrade seq2seq_jax.")
-  return int(value)
-_LEGACY_WORD = r"[^\W_]"
-_LEGACY_TOKEN_RE = re.compile(
-    rf"\d+(?:[.,:]\d+)+|{_LEGACY_WORD}+(?:['’](?={_LEGACY_WORD}))?"
-    rf"|(?P<joiner>(?<={_LEGACY_WORD})-(?={_LEGACY_WORD}))|\S")
+@functools.cache
+def _word_pattern(rules: int) -> re.Pattern:
+  """The word tokenizer's regular expression under these rules, built at its first use:
+  the table of combining marks takes a scan of Unicode, which a process reading no word
+  vocabulary (a command's start-up) need not pay."""
+  if rules < 2:
+    return re.compile(rf"\d+(?:[.,:]\d+)+|{_LETTER}+(?:['’](?={_LETTER}))?"
+                      rf"|(?P<joiner>(?<={_LETTER})-(?={_LETTER}))|\S")
+  mark = _mark_class()
+  # A word: a letter or digit, then letters, digits, combining marks and zero-width
+  # (non-)joiners (ZWNJ inside Persian words, ZWJ in Indic half forms).
+  in_word = rf"(?:{_LETTER}|{mark}|[\u200c\u200d])"
+  # One symbol with what belongs to it: marks, emoji skin tones and tags, ZWJ sequences.
+  symbol = rf"\S(?:{mark}|[\U0001f3fb-\U0001f3ff\U000e0020-\U000e007f]|\u200d\S)*"
+  return re.compile(
+      rf"\d+(?:[.,:]\d+)+"                             # 3.14  1,000  10:30
+      rf"|{_LETTER}{in_word}*(?:['’](?={_LETTER}))?"     # a word, keeping an elision apostrophe: l'
+      rf"|(?P<joiner>(?<={in_word})-(?={_LETTER}))"      # a hyphen inside a compound
+      rf"|[\U0001f1e6-\U0001f1ff]{{2}}"                   # a flag: two regional indicators
+      rf"|{symbol}")                                    # any other character: punctuation, symbols
+
+
 # fullwidth punctuation of Chinese and Japanese carries its own spacing: no space on
 # either side of it
 FULLWIDTH_CLOSING = "。，、！？：；）」』》〉】〕．"
@@ -145,8 +155,8 @@ _ELISION = ("'", "’")
 
 def word_tokenize(text: str, rules: int = WORD_RULES) -> list[str]:
   """Words and punctuation of text (see the module docstring; rules: WORD_RULES)."""
-  pattern = _TOKEN_RE if rules >= 2 else _LEGACY_TOKEN_RE
-  return [HYPHEN_JOINER if m.group("joiner") else m.group() for m in pattern.finditer(text)]
+  return [HYPHEN_JOINER if m.group("joiner") else m.group()
+          for m in _word_pattern(min(rules, WORD_RULES)).finditer(text)]
 
 
 def detokenize(tokens: Iterable[str]) -> str:
