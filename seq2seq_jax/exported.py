@@ -302,11 +302,13 @@ class ExportedTranslator:
     from seq2seq_jax.data import sentences
     return sentences.join_pieces(outputs, counts)
 
-  def input_warnings(self, texts: list[str]) -> list[str]:
-    """What translate() does silently to these inputs (inference.Translator's wording)."""
+  def input_warnings(self, texts: list[str], pieces: list[str] | None = None) -> list[str]:
+    """What translate() does silently to these inputs (inference.Translator's wording);
+    pieces: split(texts)'s, where the caller has them already (the server)."""
     if not self.split_sentences:
       return input_warnings(self.src_vocab, self._seen_as(texts), self.max_source_len)
-    pieces, _ = self.split(texts)
+    if pieces is None:
+      pieces, _ = self.split(texts)
     return input_warnings(self.src_vocab, self._seen_as(pieces), self.max_source_len,
                           "input piece(s) (split into sentences and words)")
 

@@ -443,8 +443,8 @@ async def _read_body(request, limit: int) -> bytes:
 def _prepare(translator: ExportedTranslator, texts: list[str]):
   """(warnings, pieces, counts, source rows) of a request's texts: what translate warns,
   what it decodes (each text, or a split_sentences model's pieces of it), as ids."""
-  warnings = translator.input_warnings(texts)
   pieces, counts = translator.split(texts)
+  warnings = translator.input_warnings(texts, pieces)  # the pieces split once
   src_NxS, lengths_N = translator.encode_sources(pieces) if pieces else (None, [])
   return warnings, pieces, counts, [src_NxS[i, :n] for i, n in enumerate(lengths_N)]
 

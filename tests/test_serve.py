@@ -96,8 +96,8 @@ class EchoTranslator:
     from seq2seq_jax.data import sentences
     return sentences.join_pieces(outputs, counts)
 
-  def input_warnings(self, texts):
-    texts = self.split(texts)[0]
+  def input_warnings(self, texts, pieces=None):
+    texts = self.split(texts)[0] if pieces is None else pieces
     too_long = sum(len(t) > self.max_source_len for t in texts)
     return [f"{too_long} input(s) longer than max_source_len=12 characters were truncated"] \
         if too_long else []
