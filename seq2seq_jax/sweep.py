@@ -574,10 +574,10 @@ def _space_json(space: dict[str, Any]) -> dict[str, Any]:
   return {key: list(values) for key, values in space.items()}
 
 
-def _check_same_space(sweep: Sweep, workdir: str) -> None:
+def _check_same_space(sweep: Sweep, workdir: str, saved: dict[str, Any]) -> None:
   """Optuna keeps one distribution per key for a whole study: a sweep whose keys or values
-  changed since its study began cannot continue in the same workdir."""
-  saved = workdir_lib.read_json(os.path.join(workdir, tracking.SWEEP_FILE))
+  changed since its study began cannot continue in the same workdir (saved: its
+  sweep.json)."""
   if not saved:
     return
   before = saved.get("space")
@@ -593,10 +593,9 @@ def _check_same_space(sweep: Sweep, workdir: str) -> None:
                     "changed sweep with a new --workdir (the finished trials stay as they are).")
 
 
-def _check_same_objective(sweep: Sweep, workdir: str) -> None:
+def _check_same_objective(sweep: Sweep, workdir: str, saved: dict[str, Any]) -> None:
   """A study optimises one metric in one direction: its values, TPE's model and the
   pruner's comparisons mean nothing once another metric or mode is told."""
-  saved = workdir_lib.read_json(os.path.join(workdir, tracking.SWEEP_FILE)) or {}
   before = (saved.get("metric"), saved.get("mode"))
   if None not in before and before != (sweep.metric, sweep.mode):
     raise UserError(f"the sweep's objective changed ({before[0]} {before[1]} -> {sweep.metric} "
@@ -607,12 +606,11 @@ def _check_same_objective(sweep: Sweep, workdir: str) -> None:
                     "2026-12-06).")
 
 
-def _check_same_base(sweep: Sweep, workdir: str, joining: bool = False) -> None:
+def _check_same_base(sweep: Sweep, workdir: str, saved: dict[str, Any], joining: bool) -> None:
   """The trials in workdir ran on the base config its sweep.json holds: a changed base
   (--set, an edited config file) would count them done for settings they never ran with.
   The swept keys, and the settings a run may resume with changed
   (workdir.RESUMABLE_CHANGES: time budget, logging, cpu_crosscheck, ...), may differ."""
-  saved = workdir_lib.read_json(os.path.join(workdir, tracking.SWEEP_FILE)) or {}
   before = saved.get("base")
   if not isinstance(before, dict):  # no sweep yet, or a sweep.json written before "base" was
     return
@@ -638,9 +636,10 @@ def _check_same_declaration(sweep: Sweep, workdir: str, joining: bool = False) -
   """The sweep continued in workdir (by `sweep`, or a `--worker` joining it: joining) is
   the one its study began with: the same searched values, objective and base config (a
   `sweep` may change the base while no trial has begun; a worker joins it as it is)."""
-  _check_same_space(sweep, workdir)
-  _check_same_objective(sweep, workdir)
-  _check_same_base(sweep, workdir, joining)
+  saved = workdir_lib.read_json(os.path.join(workdir, tracking.SWEEP_FILE)) or {}
+  _check_same_space(sweep, workdir, saved)
+  _check_same_objective(sweep, workdir, saved)
+  _check_same_base(sweep, workdir, saved, joining)
 
 
 def run_sweep(sweep: Sweep, workdir: str, vectorize: bool | None = None,
