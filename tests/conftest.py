@@ -8,6 +8,7 @@ import hashlib
 import logging
 import os
 import shutil
+import signal
 import struct
 import subprocess
 import sys
@@ -45,6 +46,12 @@ def pytest_configure(config):
   # and changes nothing on a CPU (the same losses and metrics to the bit). The commands users
   # run keep JAX's default; a precision the user sets is kept.
   os.environ.setdefault("JAX_DEFAULT_MATMUL_PRECISION", "highest")
+  # A suite started in the background of a script (`.ci/run &`, nohup) inherits an ignored
+  # SIGINT, which the commands keep ignored, as nohup asks: the tests of Ctrl-C (in this
+  # process, its xdist workers and the commands they start) then saw nothing happen. They
+  # test a process that receives it.
+  if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
   if hasattr(config, "workerinput") or os.environ.get("JAX_COMPILATION_CACHE_DIR"):
     return  # a worker inherits the controller's; a directory set by the user is kept
   _made_cache_dir = tempfile.mkdtemp(prefix="seq2seq_jax_tests_xla_cache_")
