@@ -293,7 +293,7 @@ class ExportedTranslator:
       return list(texts), [1] * len(texts)
     from seq2seq_jax.data import sentences  # pure Python; only such models need it
     fits = lambda piece: len(self.src_vocab.encode(self._seen_as([piece])[0])) <= self.max_source_len
-    return sentences.flatten_pieces(texts, lambda text: sentences.pieces(text, fits))
+    return sentences.flatten_pieces(texts, fits)
 
   def join(self, outputs: list[str], counts: list[int]) -> list[str]:
     """Each text's translation from its pieces' (split's counts)."""

@@ -117,7 +117,7 @@ class Translator:
     if split_sentences is None:
       split_sentences = self.config.split_sentences
     if split_sentences:
-      pieces, counts = sentences_lib.flatten_pieces(sources, self._pieces)
+      pieces, counts = sentences_lib.flatten_pieces(sources, self._fits)
       return sentences_lib.join_pieces(
           self.translate(params, pieces, batch_size, decoder, split_sentences=False), counts)
     if self.config.source_lowercase:
@@ -142,11 +142,10 @@ class Translator:
     """A source as the model reads it (lower-cased where it was trained so)."""
     return text.lower() if self.config.source_lowercase else text
 
-  def _pieces(self, source: str) -> list[str]:
-    """A source in pieces of whole sentences that fit source_width (a word longer than
-    that stays whole, and is cut)."""
-    fits = lambda text: len(self.src_vocab.encode(self._seen_as(text))) <= self.source_width
-    return sentences_lib.pieces(source, fits)
+  def _fits(self, text: str) -> bool:
+    """Whether the model reads all of text (split_sentences cuts sources into pieces of
+    whole sentences that do; a word longer than source_width stays whole, and is cut)."""
+    return len(self.src_vocab.encode(self._seen_as(text))) <= self.source_width
 
   def input_warnings(self, sources: list[str], split_sentences: bool | None = None,
                      truncation: bool = True) -> list[str]:
@@ -158,7 +157,8 @@ class Translator:
     if not split_sentences or not truncation:
       return input_warnings(self.src_vocab, [self._seen_as(s) for s in sources],
                             self.source_width if truncation else None)
-    pieces = [self._seen_as(piece) for s in sources for piece in self._pieces(s)]
+    pieces, _ = sentences_lib.flatten_pieces(sources, self._fits)
+    pieces = [self._seen_as(piece) for piece in pieces]
     return input_warnings(self.src_vocab, pieces, self.source_width,
                           "input piece(s) (split into sentences and words)")
 

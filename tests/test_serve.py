@@ -90,7 +90,7 @@ class EchoTranslator:
       return list(texts), [1] * len(texts)
     from seq2seq_jax.data import sentences
     fits = lambda text: len(text) <= self.max_source_len
-    return sentences.flatten_pieces(texts, lambda text: sentences.pieces(text, fits))
+    return sentences.flatten_pieces(texts, fits)
 
   def join(self, outputs, counts):
     from seq2seq_jax.data import sentences

@@ -130,11 +130,10 @@ def pieces(text: str, fits: Callable[[str], bool]) -> list[str]:
   return _pack(_sentence_units(text.strip()), fits, lambda s: _cut_to_fit(s.strip(), fits))
 
 
-def flatten_pieces(texts: list[str], pieces_of: Callable[[str], list[str]]
-                   ) -> tuple[list[str], list[int]]:
-  """(every text's pieces in order, how many each text has): what a translator decodes
-  for texts translated in pieces; join_pieces puts the translations back together."""
-  parts = [pieces_of(text) for text in texts]
+def flatten_pieces(texts: list[str], fits: Callable[[str], bool]) -> tuple[list[str], list[int]]:
+  """(every text's pieces(text, fits) in order, how many each text has): what a translator
+  decodes for texts translated in pieces; join_pieces puts the translations back together."""
+  parts = [pieces(text, fits) for text in texts]
   return [piece for part in parts for piece in part], [len(part) for part in parts]
 
 
