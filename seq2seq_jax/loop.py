@@ -311,7 +311,9 @@ def _open_group(configs: list[Config], workdirs: list[str], argv, parallel: Data
   latest = [t.checkpointer.latest_step() for t in trials]
   if len(set(latest)) != 1:
     raise ProgressDiffers(f"checkpoints at steps {latest}")
-  facts = translator.checkpoint_meta().data_facts()
+  meta = translator.checkpoint_meta()
+  # the user's vocab.json: the data's facts, and a word vocabulary's rules (as an export's)
+  facts = dict(meta.data_facts(), **({"word_rules": meta.word_rules} if meta.word_rules else {}))
   for trial in trials:
     workdir_lib.write_config(trial.workdir, trial.config)
     workdir_lib.write_run_info(trial.workdir, argv, parallel.describe())

@@ -271,8 +271,9 @@ def test_word_model_trains_saves_and_translates_identically(tmp_path):
   assert task.src_vocab.level == task.tgt_vocab.level == "word"
   assert task.src_vocab == rebuilt.src_vocab and task.tgt_vocab == rebuilt.tgt_vocab
   assert len(task.src_vocab) == len(SPECIAL_TOKENS) + 20
-  with open(os.path.join(workdir, "vocab.json")) as f:
-    assert json.load(f)["tokenizer"] == "word"
+  with open(os.path.join(workdir, "vocab.json")) as f:  # with the rules that read its words
+    saved = json.load(f)
+  assert saved["tokenizer"] == "word" and saved["word_rules"] == WORD_RULES
   # evaluate from the workdir alone reproduces the run's own final test metrics
   metrics, hypotheses = evaluate_pairs(task, params, test_pairs)
   with open(os.path.join(workdir, "results.json")) as f:
