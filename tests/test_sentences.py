@@ -73,6 +73,12 @@ def test_scripts_without_capitals_end_sentences_at_their_own_stops():
   small = pieces(clause * 2, lambda t: len(t) <= 12)  # sentences cut at their commas
   assert small[0] == "你好，世界，老师，学生，" and "".join(small) == clause * 2
   assert all(len(piece) <= 12 for piece in small)
+  # a sentence with no comma to cut at is cut between characters, not left whole for the
+  # model to cut (which lost all of it after the limit)
+  long = "我们今天下午在图书馆里学习中文和数学然后回家吃饭" * 2 + "。"
+  small = pieces(long, lambda t: len(t) <= 10)
+  assert "".join(small) == long and all(len(piece) <= 10 for piece in small) and len(small) == 5
+  assert pieces("日本語 text 日本語", lambda t: len(t) <= 5) == ["日本語", "text", "日本語"]
   assert join_pieces(["你好。", "世界！", "Yes.", "No"], [4]) == ["你好。世界！Yes. No"]
   assert join_pieces(["你好，", "世界。"], [2]) == ["你好，世界。"]
   # a number's separators are no place to cut (a comma of text is, with a space after it)

@@ -9,7 +9,8 @@ them), Hindi । ॥, Arabic ؟ and Urdu ۔ (then a space).
 
 `pieces` packs a text's sentences, in order, into as few pieces as fit a length test
 (a model's source limit in tokens): a sentence too long alone is cut at its last comma,
-semicolon or colon (， ； ： 、 ، ؛ too) that fits, else between words. The pieces keep
+semicolon or colon (， ； ： 、 ، ؛ too) that fits, else between words (Chinese and
+Japanese, written without spaces: between characters). The pieces keep
 the text's own spacing. Joining the pieces' translations with a space (none after a
 Chinese or Japanese stop) gives the text's translation (translate and evaluate
 `--split-sentences`).
@@ -47,6 +48,10 @@ _ABBREVIATIONS = frozenset(
 # where a sentence too long alone may be cut: after a comma, semicolon or colon (the
 # fullwidth and Arabic ones too), before the next word
 _SOFT_BREAK_RE = re.compile(r"(?<=[,;:،؛])(?=\s+\S)|(?<=[，；：、])(?=\s*\S)")  # not in 1,000
+# where a sentence too long for its commas is cut: between words, and between the
+# characters of Chinese and Japanese (written without spaces between words)
+_CJK_CHARS = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
+_WORD_RE = re.compile(rf"[{_CJK_CHARS}]\s*|[^\s{_CJK_CHARS}]+\s*")
 
 
 _TAIL = 100  # characters before a candidate boundary that hold its last word (abbreviations are short)
@@ -87,14 +92,15 @@ def split_sentences(text: str) -> list[str]:
 
 def _cut_to_fit(sentence: str, fits: Callable[[str], bool]) -> list[str]:
   """A sentence too long for `fits`: parts cut at commas, semicolons or colons where they
-  all fit, else between words (a single word that does not fit stays whole: the model
-  cuts it, and translate warns; the words around it are still translated)."""
+  all fit, else between words (Chinese and Japanese: between characters; a single word
+  that does not fit stays whole: the model cuts it, and translate warns; the words around
+  it are still translated)."""
   clauses = [u for u in _SOFT_BREAK_RE.split(sentence) if u]
   if len(clauses) > 1:
     parts = _pack(clauses, fits, lambda part: [part.strip()])
     if all(fits(p) for p in parts):
       return parts
-  return _pack(re.findall(r"\S+\s*", sentence), fits, lambda word: [word.strip()])
+  return _pack(_WORD_RE.findall(sentence), fits, lambda word: [word.strip()])
 
 
 def _pack(units: list[str], fits: Callable[[str], bool],
