@@ -221,6 +221,13 @@ def run_benchmark(rounds: int = 5, peers: tuple[str, ...] = PEERS, quick: bool =
   return report
 
 
+def _shown(value) -> str:
+  """A measurement in a progress line: a number, or a dict's numbers."""
+  if isinstance(value, dict):
+    return ", ".join(f"{k} {_shown(v)}" for k, v in value.items() if isinstance(v, (int, float)))
+  return f"{value:,.1f}" if isinstance(value, float) else str(value)
+
+
 def _matmul_rates(workers, accelerator: bool) -> dict[str, Any]:
   """The matmul limit: on a CPU the best f32 1024 x 1024 rate of XLA and PyTorch; on an
   accelerator the 4096 x 4096 float32 rate at the highest precision (XLA, and PyTorch's
@@ -255,6 +262,7 @@ def _recurrent_steps(worker, rounds, shapes, quick, cudnn, accelerator, say) -> 
         samples.setdefault(key, []).append(worker(
             "recurrent", batch=batch, steps=shapes["tgt_len"], impl=impl, unroll=unroll,
             repeats=3 if quick else 5))
+        say(f"  {key}: {_shown(samples[key][-1])}")
   return {"steps": shapes["tgt_len"], "latent": shapes["latent"], "samples": samples,
           "cudnn": "measured" if cudnn else "not measured: no NVIDIA GPU with JAX's CUDA build"}
 
@@ -273,6 +281,7 @@ def _rounds(workers, rounds, shapes, train_steps, big_batches, decode_batches, s
 
   def record(key, value):
     samples.setdefault(key, []).append(value)
+    say(f"  {key}: {_shown(value)}")  # as it is taken: a run cut short still told it
 
   def alternate(phase, measure):
     for r in range(rounds):
