@@ -3,16 +3,18 @@
 # model trained twice (lstm_impl=auto and lstm_impl=scan, side by side on the one GPU) with
 # both test exact matches, and a short benchmark. Each phase runs under its own time limit
 # and writes its report under the output directory as it goes. Meant to finish in 4 minutes
-# on one H200.
+# on one H200 (its default limits add up to 4 min 10 s at most). Ctrl-C (or SIGTERM) stops
+# every phase still running, each keeping what it wrote, and ends the check (exit 130).
 #
 # Usage: experiments/accelerator_check.sh [--help] [OUTPUT_DIR]   (from anywhere in the checkout)
-#   OUTPUT_DIR     default runs/accelerator_check/<UTC date-time>
+#   OUTPUT_DIR     default runs/accelerator_check/<UTC date-time>; new or empty (a folder of
+#                  an earlier check is refused: its trainings' results would be read as these)
 #
 # Needs: an NVIDIA GPU with its CUDA driver (nvidia-smi must run; without it the check stops
 # at once with one line), and a Python 3.11+ interpreter whose JAX is a CUDA build with flax,
-# optax, orbax-checkpoint, numpy, num2words, sacrebleu, sentencepiece and pytest (torch and
-# keras are used by the benchmark where present). The interpreter is $PYTHON when set, else
-# the first python3 on PATH whose JAX sees a GPU. Such an interpreter installs nothing: the
+# optax, orbax-checkpoint, numpy, num2words, sacrebleu, sentencepiece, tqdm and pytest (torch
+# and keras are used by the benchmark where present; missing ones are named in one line).
+# The interpreter is $PYTHON when set, else the first python3 on PATH whose JAX sees a GPU. Such an interpreter installs nothing: the
 # project runs from this source tree (PYTHONPATH). Only with ACCEL_INSTALL=1 and no such
 # interpreter does it make a fresh virtual environment and install jax[$JAX_CUDA], PyTorch
 # and this checkout from PyPI (network needed, ~10 GB of disk).
@@ -24,18 +26,21 @@
 #                      where PyPI is reachable: docs/accelerators.md lists them), installed without
 #                      network into OUTPUT_DIR/site-packages, behind this tree on PYTHONPATH
 #   CHECK_TESTS        gpu (default: tests/test_cudnn.py, its GPU tests included) or all (the suite)
-#   TEST_TIMEOUT       seconds one test may take (default 120; needs pytest-timeout, else the
-#                      phase limit alone applies)
+#   TEST_TIMEOUT       seconds one test may take (default 45, 120 with CHECK_TESTS=all: below
+#                      the phase limit, so that one slow test cannot hide the others' results;
+#                      needs pytest-timeout, else the phase limit alone applies)
 #   TEST_WORKERS       pytest-xdist workers for CHECK_TESTS=all (default 6; none without xdist)
 #   CHECK_PROBE=1      also run experiments/cudnn_probe.py beside the trainings (the withdrawn
 #                      cuDNN path against the scan; cudnn_probe.json, cudnn_probe.log)
 #   TESTS_LIMIT, TRAIN_LIMIT, BENCH_LIMIT, PROBE_LIMIT   each phase's limit in seconds
-#                      (default 90, or 420 with CHECK_TESTS=all; 150, 120, 240)
+#                      (default 90, or 420 with CHECK_TESTS=all; 140, 80, 240)
 #   CUDA_VISIBLE_DEVICES  the GPU used (default 0)
 # Writes: nvidia-smi.txt, versions.txt, pytest.txt, train_auto.log, train_scan.log (and their
-#   workdirs), trainings.txt, benchmark.json, benchmark.md, benchmark.log, summary.txt.
-# Exit status: 0 all passed; 1 a phase failed or ran out of time; 2 the machine lacks what it
-#   needs; 3 the two trainings disagree (one line saying so).
+#   workdirs), trainings.txt, benchmark.json, benchmark.md, benchmark.log (each measurement
+#   as it is taken), summary.txt.
+# Exit status: 0 all passed; 1 a phase failed or ran out of time, or both trainings translate
+#   badly (below 0.9 test exact match; one line saying so); 2 the machine lacks what it needs;
+#   3 the two trainings disagree (one line saying so); 130 stopped by Ctrl-C or SIGTERM.
 set -uo pipefail
 
 fail() {
@@ -46,6 +51,9 @@ fail() {
 if [[ "${1:-}" == "--help" || "${1:-}" == "-h" ]]; then
   sed -n '2,/^set -uo/p' "${BASH_SOURCE[0]}" | sed '$d' | sed 's/^# \{0,1\}//'
   exit 0
+fi
+if [[ "${1:-}" == -* || $# -gt 1 ]]; then
+  fail "usage: experiments/accelerator_check.sh [--help] [OUTPUT_DIR] (got: $*)"
 fi
 
 # What it needs, checked before anything is written (shell builtins only up to here).
@@ -65,20 +73,29 @@ for name in PYTHON ACCEL_VENV ACCEL_WHEELS; do
 done
 cd "$(dirname "${BASH_SOURCE[0]}")/.." || exit 2
 root=$(pwd)
+out=${1:-runs/accelerator_check/$(date -u +%Y%m%d-%H%M%S)}  # the default: in the checkout
+[[ -n "${1:-}" && "$1" != /* ]] && out=$started_in/$1
+if [[ -e "$out" && ( ! -d "$out" || -n "$(ls -A "$out" 2>/dev/null)" ) ]]; then
+  fail "the output directory $out is not a new or empty folder: give another (an earlier check's results would be read as this one's)."
+fi
 sees_gpu='import jax, sys; sys.exit(0 if jax.default_backend() == "gpu" else 1)'
 python=""
 if [[ -n "${PYTHON:-}" ]]; then
   "$PYTHON" -c "$sees_gpu" >/dev/null 2>&1 ||
     fail "PYTHON=$PYTHON has no JAX that sees a GPU (a CUDA build: pip install 'jax[cuda12]')."
   python=$PYTHON
-elif command -v python3 >/dev/null 2>&1 && python3 -c "$sees_gpu" >/dev/null 2>&1; then
-  python=$(command -v python3)
-elif [[ "${ACCEL_INSTALL:-0}" != 1 ]]; then
+else
+  for candidate in $(type -ap python3); do
+    if "$candidate" -c "$sees_gpu" >/dev/null 2>&1; then
+      python=$candidate
+      break
+    fi
+  done
+fi
+if [[ -z "$python" && "${ACCEL_INSTALL:-0}" != 1 ]]; then
   fail "no python3 here has a JAX that sees the GPU: set PYTHON to one, or ACCEL_INSTALL=1 to install jax[cuda12] and PyTorch into a fresh venv (network needed)."
 fi
 
-out=${1:-runs/accelerator_check/$(date -u +%Y%m%d-%H%M%S)}
-[[ -n "${1:-}" && "$1" != /* ]] && out=$started_in/$1
 mkdir -p "$out" || fail "cannot make the output directory $out"
 out=$(cd "$out" && pwd)
 summary="$out/summary.txt"
@@ -121,57 +138,88 @@ fi
 export PYTHONPATH="$root${site:+:$site}${PYTHONPATH:+:$PYTHONPATH}"
 s2s=("$python" -m seq2seq_jax)
 
-"$python" - >"$out/versions.txt" 2>&1 <<'EOF' || fail "the interpreter's packages are incomplete: see $out/versions.txt"
+"$python" - >"$out/versions.txt" 2>&1 <<'EOF' || fail "the interpreter lacks $(tail -n 1 "$out/versions.txt"): carry their wheels (ACCEL_WHEELS; docs/accelerators.md lists them); see $out/versions.txt"
 import importlib.metadata as metadata, importlib.util, sys
 import jax
 print("python", sys.version.split()[0], sys.executable)
 print("jax", jax.__version__, jax.devices())
 for name in ("jaxlib", "flax", "optax", "orbax-checkpoint", "numpy", "num2words", "sacrebleu",
-             "sentencepiece", "pytest", "pytest-timeout", "pytest-xdist", "torch", "keras",
-             "optuna", "starlette", "uvicorn", "tensorboardX"):
+             "sentencepiece", "tqdm", "pytest", "pytest-timeout", "pytest-xdist", "torch", "keras",
+             "optuna", "starlette", "uvicorn", "httpx", "hypothesis", "tensorboardX"):
   try:
     print(name, metadata.version(name))
   except metadata.PackageNotFoundError:
     print(name, "missing")
-for needed in ("flax", "optax", "orbax.checkpoint", "num2words", "sacrebleu", "pytest"):
-  assert importlib.util.find_spec(needed), f"{needed} is missing"
+needed = ("flax", "optax", "orbax.checkpoint", "num2words", "sacrebleu", "sentencepiece", "tqdm",
+          "pytest")
+missing = [name for name in needed if importlib.util.find_spec(name) is None]
+if missing:
+  print(" ".join(missing))  # the last line: the script's message names them
+  sys.exit(1)
 import seq2seq_jax
 print("seq2seq_jax from", seq2seq_jax.__file__)
 EOF
 phase "devices seen" ok
 status=0
 
+# Every phase runs in the background under `timeout` (its own process group, which a Ctrl-C
+# at the terminal does not reach) and is waited for: a Ctrl-C or SIGTERM to the script ends
+# the wait at once, and the trap hands the signal to each phase still running (timeout
+# passes it on to the command, which keeps what it wrote) before the check ends.
+phases=()
+stop() {
+  trap - INT TERM
+  local pid
+  for pid in "${phases[@]}"; do
+    kill -INT "$pid" 2>/dev/null
+  done
+  wait
+  note "stopped by $1 after $SECONDS s; what the phases wrote is in $out"
+  exit 130
+}
+trap 'stop Ctrl-C' INT
+trap 'stop SIGTERM' TERM
+waited() {  # waited PID: its exit status
+  local rc=0
+  wait "$1" || rc=$?
+  return $rc
+}
+
 # --- the trainings start first and run beside the tests: the GPU has room for all ---------
-train() {  # train IMPL: the default config, workdir and log under $out
-  timeout --signal=INT --kill-after=10 "${TRAIN_LIMIT:-150}" "${s2s[@]}" train \
+train() {  # train IMPL: the default config, workdir and log under $out (exec: $! is timeout's)
+  exec timeout --signal=INT --kill-after=10 "${TRAIN_LIMIT:-140}" "${s2s[@]}" train \
     --workdir "$out/train_$1" --set "lstm_impl=$1" >"$out/train_$1.log" 2>&1
 }
 train auto & auto_pid=$!
 train scan & scan_pid=$!
+phases+=("$auto_pid" "$scan_pid")
 probe_pid=""
 if [[ "${CHECK_PROBE:-0}" == 1 ]]; then
   timeout --kill-after=10 "${PROBE_LIMIT:-240}" "$python" experiments/cudnn_probe.py \
     --output "$out/cudnn_probe.json" >"$out/cudnn_probe.log" 2>&1 & probe_pid=$!
+  phases+=("$probe_pid")
 fi
 
 # pytest's options stated here, not pyproject's addopts (-n 2 needs pytest-xdist): one line a
 # test as it ends, the failures' messages at the end, and SIGINT at the phase limit, on which
 # pytest still prints the failures so far
 pytest_args=(-o addopts= -v -rfEs --tb=short -p no:cacheprovider)
-if "$python" -c "import pytest_timeout" >/dev/null 2>&1; then
-  pytest_args+=(-p timeout --timeout "${TEST_TIMEOUT:-120}")
-fi
 if [[ "${CHECK_TESTS:-gpu}" == all ]]; then
-  tests=(tests); tests_limit=${TESTS_LIMIT:-420}
+  tests=(tests); tests_limit=${TESTS_LIMIT:-420}; test_timeout=${TEST_TIMEOUT:-120}
   if "$python" -c "import xdist" >/dev/null 2>&1; then  # the host's cores share the one GPU
     pytest_args+=(-n "${TEST_WORKERS:-6}" --dist loadgroup)
   fi
 else
-  tests=(tests/test_cudnn.py); tests_limit=${TESTS_LIMIT:-90}
+  tests=(tests/test_cudnn.py); tests_limit=${TESTS_LIMIT:-90}; test_timeout=${TEST_TIMEOUT:-45}
 fi
-test_rc=0
+if "$python" -c "import pytest_timeout" >/dev/null 2>&1; then
+  pytest_args+=(-p timeout --timeout "$test_timeout")
+fi
 timeout --signal=INT --kill-after=20 "$tests_limit" "$python" -m pytest "${tests[@]}" \
-  "${pytest_args[@]}" >"$out/pytest.txt" 2>&1 || test_rc=$?
+  "${pytest_args[@]}" >"$out/pytest.txt" 2>&1 & tests_pid=$!
+phases+=("$tests_pid")
+test_rc=0
+waited "$tests_pid" || test_rc=$?
 case $test_rc in
   0) phase "tests (${CHECK_TESTS:-gpu})" passed ;;
   124|137) phase "tests (${CHECK_TESTS:-gpu})" TIMEOUT; status=1 ;;
@@ -180,8 +228,8 @@ esac
 grep -E "[0-9]+ (passed|failed|error)|no tests ran" "$out/pytest.txt" | tail -n 1 | tee -a "$summary"
 grep -E "^(FAILED|ERROR) " "$out/pytest.txt" | cut -c1-200 | tee -a "$summary"
 auto_rc=0; scan_rc=0
-wait "$auto_pid" || auto_rc=$?
-wait "$scan_pid" || scan_rc=$?
+waited "$auto_pid" || auto_rc=$?
+waited "$scan_pid" || scan_rc=$?
 exact() {  # the test exact match of a finished training, or "none"
   "$python" -c 'import json, sys
 try:
@@ -192,7 +240,7 @@ except (OSError, KeyError, ValueError):
 auto_em=$(exact auto); scan_em=$(exact scan)
 if [[ -n "$probe_pid" ]]; then
   probe_rc=0
-  wait "$probe_pid" || probe_rc=$?
+  waited "$probe_pid" || probe_rc=$?
   phase "cuDNN probe" "$([[ $probe_rc == 0 ]] && echo done || echo "FAILED($probe_rc)")"
 fi
 echo "lstm_impl=auto test exact match $auto_em (exit $auto_rc); lstm_impl=scan $scan_em (exit $scan_rc)" \
@@ -200,25 +248,33 @@ echo "lstm_impl=auto test exact match $auto_em (exit $auto_rc); lstm_impl=scan $
 # each training's CPU cross-check (before its first step): what it measured, or its error
 grep -h "CPU cross-check" "$out/train_auto.log" "$out/train_scan.log" 2>/dev/null \
   | tee -a "$out/trainings.txt" | tee -a "$summary" || true
-agree=0
+verdict=""  # the trainings' one line, when they are wrong
 if [[ $auto_em == none || $scan_em == none ]]; then
   phase trainings FAILED; status=1
   tail -n 3 "$out/train_auto.log" "$out/train_scan.log" >&2
-elif "$python" -c 'import sys; a, b = map(float, sys.argv[1:]); sys.exit(0 if abs(a - b) <= 0.02 and min(a, b) >= 0.9 else 1)' \
-    "$auto_em" "$scan_em"; then
-  phase trainings agree; agree=1
 else
-  phase trainings DISAGREE
+  verdict=$("$python" -c 'import sys
+a, b = map(float, sys.argv[1:])
+if abs(a - b) > 0.02:
+  print("disagree")
+elif min(a, b) < 0.9:
+  print("bad")' "$auto_em" "$scan_em")
+  case $verdict in
+    "") phase trainings agree ;;
+    disagree) phase trainings DISAGREE ;;
+    *) phase trainings "BOTH BAD"; status=1 ;;
+  esac
 fi
 
-bench_rc=0
-timeout --kill-after=10 "${BENCH_LIMIT:-120}" "${s2s[@]}" benchmark --json --rounds 1 \
+# the report's tables on stdout (benchmark.md, written at the end), its JSON by --output, and
+# each measurement as it is taken in benchmark.log
+timeout --signal=INT --kill-after=10 "${BENCH_LIMIT:-80}" "${s2s[@]}" benchmark --rounds 1 \
   --batches 256,4096 --decode-batches 64,4096 --allocator system \
-  --output "$out/benchmark.json" >/dev/null 2>"$out/benchmark.log" || bench_rc=$?
+  --output "$out/benchmark.json" >"$out/benchmark.md" 2>"$out/benchmark.log" & bench_pid=$!
+phases+=("$bench_pid")
+bench_rc=0
+waited "$bench_pid" || bench_rc=$?
 if [[ $bench_rc == 0 ]]; then
-  "$python" -c 'import json, sys
-from seq2seq_jax.bench.report import format_report
-print(format_report(json.load(open(sys.argv[1]))))' "$out/benchmark.json" >"$out/benchmark.md"
   phase benchmark done
 else
   phase benchmark "$([[ $bench_rc == 124 || $bench_rc == 137 ]] && echo TIMEOUT || echo FAILED)"
@@ -226,8 +282,12 @@ else
   status=1
 fi
 note "total $SECONDS s; reports in $out"
-if [[ $agree == 0 && $auto_em != none && $scan_em != none ]]; then
-  echo "accelerator_check: the two trainings disagree: lstm_impl=auto test exact match $auto_em, lstm_impl=scan $scan_em (logs: $out/train_auto.log, $out/train_scan.log)." >&2
+logs="logs: $out/train_auto.log, $out/train_scan.log"
+if [[ $verdict == disagree ]]; then
+  echo "accelerator_check: the two trainings disagree: lstm_impl=auto test exact match $auto_em, lstm_impl=scan $scan_em ($logs)." >&2
   exit 3
+elif [[ $verdict == bad ]]; then
+  echo "accelerator_check: both trainings translate badly: lstm_impl=auto test exact match $auto_em, lstm_impl=scan $scan_em, below 0.9 ($logs)." >&2
+  exit 1
 fi
 exit $status

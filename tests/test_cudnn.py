@@ -15,6 +15,7 @@ import functools
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -494,10 +495,117 @@ def test_accelerator_check_without_a_cuda_jax_stops_in_one_line_installing_nothi
   assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
   assert "no python3 here has a JAX that sees the GPU" in result.stderr
   assert "PYTHON" in result.stderr and "ACCEL_INSTALL=1" in result.stderr and seconds < 5
-  result, _ = _run_script(bin_dir, tmp_path, PYTHON=sys.executable)
+  # a PYTHON whose JAX runs on the CPU (this one, held there where it could see a GPU)
+  cpu_python = tmp_path / "cpu_python"
+  cpu_python.write_text(f"#!{shutil.which('bash')}\nJAX_PLATFORMS=cpu exec {sys.executable} \"$@\"\n")
+  cpu_python.chmod(0o755)
+  result, _ = _run_script(bin_dir, tmp_path, PYTHON=str(cpu_python))
   assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
-  assert f"PYTHON={sys.executable} has no JAX that sees a GPU" in result.stderr
+  assert f"PYTHON={cpu_python} has no JAX that sees a GPU" in result.stderr
   assert not (tmp_path / "venv").exists() and not (tmp_path / "out").exists()
+
+
+def test_accelerator_check_refuses_an_unknown_option_or_a_used_output_directory(tmp_path):
+  """`--foo` was taken for the output directory; a folder of an earlier check had its
+  trainings' saved results read as new ones. One line each, exit 2, nothing written."""
+  bin_dir = _working_nvidia_smi(tmp_path / "bin")
+  result, _ = _run_script(bin_dir, tmp_path, "--foo")
+  assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+  assert "usage: experiments/accelerator_check.sh [--help] [OUTPUT_DIR] (got: --foo)" in result.stderr
+  used = tmp_path / "used"
+  used.mkdir()
+  (used / "summary.txt").write_text("an earlier check\n")
+  result, _ = _run_script(bin_dir, tmp_path, str(used), PATH=f"{bin_dir}:{os.environ['PATH']}")
+  assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+  assert f"the output directory {used} is not a new or empty folder" in result.stderr
+  assert os.listdir(used) == ["summary.txt"] and not (tmp_path / "venv").exists()
+
+
+def _fake_gpu_python(tmp_path, phases: str):
+  """An interpreter whose JAX "sees a GPU" and that runs the check's phases as the bash
+  case arms `phases` say; anything else runs this Python."""
+  fake = tmp_path / "gpu_python"
+  fake.write_text(f"""#!{shutil.which('bash')}
+case "$*" in
+  *default_backend*) exit 0 ;;
+{phases}
+  *) exec {sys.executable} "$@" ;;
+esac
+""")
+  fake.chmod(0o755)
+  return fake
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("auto, scan, code, line", [
+    ("0.996", "0.995", 0, None),
+    ("0.0", "0.996", 3, "the two trainings disagree: lstm_impl=auto test exact match 0.0, "
+                        "lstm_impl=scan 0.996"),
+    ("0.5", "0.51", 1, "both trainings translate badly: lstm_impl=auto test exact match 0.5, "
+                       "lstm_impl=scan 0.51, below 0.9")])
+def test_accelerator_check_judges_the_two_trainings_in_one_line(tmp_path, auto, scan, code, line):
+  """The whole check with stand-ins for the trainings, tests and benchmark: every report
+  written; trainings that agree pass, trainings that disagree, or that agree on a bad
+  model, end the check with one line naming both exact matches."""
+  bin_dir = _working_nvidia_smi(tmp_path / "bin")
+  fake = _fake_gpu_python(tmp_path, f"""
+  "-m seq2seq_jax train"*)  # -m seq2seq_jax train --workdir W --set lstm_impl=IMPL
+    mkdir -p "$5"; impl=${{7#lstm_impl=}}
+    [[ $impl == auto ]] && em={auto} || em={scan}
+    echo '{{"test/exact_match": '$em'}}' > "$5/results.json"; echo "trained $impl" ;;
+  "-m pytest"*) echo "3 passed in 1.00s" ;;
+  "-m seq2seq_jax benchmark"*)
+    while [[ $1 != --output ]]; do shift; done
+    echo "{{}}" > "$2"; echo "| the report |" ;;""")
+  env = dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}", PYTHON=str(fake))
+  out = tmp_path / "out"
+  result = subprocess.run([shutil.which("bash"), SCRIPT, str(out)], env=env,
+                          capture_output=True, text=True, timeout=60)
+  assert result.returncode == code, (result.stdout, result.stderr)
+  assert result.stderr == ("" if line is None else f"accelerator_check: {line} (logs: "
+                           f"{out}/train_auto.log, {out}/train_scan.log).\n")
+  assert (out / "trainings.txt").read_text().startswith(
+      f"lstm_impl=auto test exact match {auto} (exit 0); lstm_impl=scan {scan} (exit 0)")
+  for report in ("versions.txt", "pytest.txt", "benchmark.json", "summary.txt"):
+    assert (out / report).exists(), report
+  assert (out / "benchmark.md").read_text() == "| the report |\n"
+  summary = (out / "summary.txt").read_text()
+  assert "3 passed" in summary and "benchmark" in summary and "done" in summary
+
+
+@pytest.mark.slow
+def test_accelerator_check_stops_every_phase_on_ctrl_c(tmp_path):
+  """Each phase runs under `timeout`, in a process group of its own that a Ctrl-C at the
+  terminal does not reach: the check went on to the end and left trainings running on the
+  GPU. Now the trainings and the tests each get the SIGINT (and save, or print their
+  failures so far), and the check ends with exit 130."""
+  bin_dir = _working_nvidia_smi(tmp_path / "bin")
+  marks = tmp_path / "marks"
+  fake = _fake_gpu_python(tmp_path, f"""
+  "-m seq2seq_jax train"*|"-m pytest"*)  # until interrupted
+    trap 'echo "interrupted $1 $2 $3" >> {marks}; exit 130' INT
+    echo "started $1 $2 $3" >> {marks}
+    sleep 60 & wait
+    echo "not interrupted $1 $2 $3" >> {marks} ;;""")
+  env = dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}", PYTHON=str(fake))
+  process = subprocess.Popen([shutil.which("bash"), SCRIPT, str(tmp_path / "out")], env=env,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  try:
+    deadline = time.monotonic() + 60
+    while not (marks.exists() and marks.read_text().count("started") == 3):
+      assert time.monotonic() < deadline and process.poll() is None, process.communicate()
+      time.sleep(0.1)
+    start = time.monotonic()
+    process.send_signal(signal.SIGINT)
+    out, err = process.communicate(timeout=30)
+  finally:
+    process.kill()
+  assert process.returncode == 130 and time.monotonic() - start < 10, (out, err)
+  lines = marks.read_text().splitlines()
+  assert sorted(line for line in lines if line.startswith("interrupted")) == [
+      "interrupted -m pytest tests/test_cudnn.py", "interrupted -m seq2seq_jax train",
+      "interrupted -m seq2seq_jax train"], lines
+  assert "stopped by Ctrl-C" in (tmp_path / "out" / "summary.txt").read_text()
 
 
 def test_accelerator_check_fails_fast_without_nvidia_smi(tmp_path):
