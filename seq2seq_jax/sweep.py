@@ -680,8 +680,8 @@ def run_sweep(sweep: Sweep, workdir: str, vectorize: bool | None = None,
   else:
     work(sweep, workdir, vectorize, progress, stop_after_step, tensorboard, argv, storage, study)
   rows = write_outputs(sweep, workdir, study)
-  if tensorboard:  # trials finished by an earlier run too
-    tracking.export_tensorboard(workdir)
+  if tensorboard:  # trials finished by an earlier run too (those of this run are done)
+    tracking.export_tensorboard(workdir, stale_only=True)
   log.info("\n%s", markdown_table(sweep, rows))
   return rows
 

@@ -206,20 +206,27 @@ class LiveWriter:
     self.writer.close()
 
 
-def export_tensorboard(workdir: str) -> list[str]:
+def export_tensorboard(workdir: str, stale_only: bool = False) -> list[str]:
   """Writes metrics.jsonl as TensorBoard scalars into workdir/tensorboard/ (replacing an
   earlier export); for a sweep directory, into each trial's. Returns the log directories:
-  `tensorboard --logdir WORKDIR` then shows every trial side by side."""
+  `tensorboard --logdir WORKDIR` then shows every trial side by side. stale_only: a run
+  whose events are newer than its metrics.jsonl is left as it is (a sweep's end, whose
+  trials finished in this run were exported as they finished)."""
   trials = _sweep_trials(workdir)
   if trials is not None:
     return [d for t in trials if os.path.exists(os.path.join(workdir, t, METRICS_FILE))
-            for d in export_tensorboard(os.path.join(workdir, t))]
+            for d in export_tensorboard(os.path.join(workdir, t), stale_only)]
+  logdir = os.path.join(workdir, TENSORBOARD_DIR)
+  events = glob.glob(os.path.join(logdir, "events.out.tfevents.*"))
+  metrics = os.path.join(workdir, METRICS_FILE)
+  if stale_only and events and os.path.exists(metrics) \
+      and min(os.path.getmtime(e) for e in events) >= os.path.getmtime(metrics):
+    return [logdir]
   records = read_metrics(workdir)
   if not records:
     raise UserError(f"no {METRICS_FILE} in '{workdir}': train first.")
-  logdir = os.path.join(workdir, TENSORBOARD_DIR)
   os.makedirs(logdir, exist_ok=True)
-  for old in glob.glob(os.path.join(logdir, "events.out.tfevents.*")):
+  for old in events:
     os.remove(old)
   writer = _summary_writer(logdir)
   for record in records:

@@ -409,6 +409,16 @@ def test_tensorboard_export_round_trips(swept):
     if "val/loss" in record and not record.get("final"):
       assert scalars[("val/loss", record["step"])] == pytest.approx(record["val/loss"], rel=1e-6)
   assert any(tag == "final/test/loss" for tag, _ in scalars)
+  # at a sweep's end (stale_only), a trial exported since its last metrics is left as it
+  # is; one whose metrics.jsonl is newer than its events is exported again
+  written = lambda: sorted((e.name, e.stat().st_mtime_ns) for e in os.scandir(logdir)
+                           if e.name.startswith("events."))
+  before = written()
+  assert tracking.export_tensorboard(workdir, stale_only=True)[0] == logdir and written() == before
+  later = before[0][1] / 1e9 + 10
+  os.utime(os.path.join(trial_dir, "metrics.jsonl"), (later, later))
+  tracking.export_tensorboard(workdir, stale_only=True)
+  assert written() != before and len(written()) == len(before)
 
 
 def test_a_sweep_whose_values_changed_is_refused_in_its_old_workdir(tmp_path):
