@@ -1,4 +1,4 @@
-"""The `seq2seq-jax` command: train | translate | evaluate."""
+"""The `seq2seq-jax` command: parses its subcommands' flags, sets up logging, calls the library."""
 
 from __future__ import annotations
 

@@ -28,7 +28,7 @@ class Config:
 
   English -> French number words up to 999,999 (numbers:fr), character level, embeddings
   64, LSTM 128, Luong attention with input feeding, RMSprop with warmup and cosine decay,
-  clipping 1.0: about 15 minutes on 2 CPU cores. Each comment says why its default.
+  clipping 1.0: about 5 minutes on 2 CPU cores. Each comment says why its default.
   """
 
   # --- data -----------------------------------------------------------------
