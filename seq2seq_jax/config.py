@@ -504,6 +504,10 @@ def load_module(path: str, module_name: str):
   """Executes a user's Python file (a config or sweep file) as a module; an exception it
   raises is one line naming the file."""
   spec = importlib.util.spec_from_file_location(module_name, path)
+  if spec is None:  # Python loads files named *.py only
+    raise UserError(f"config file '{path}' is not a Python file (*.py): a config is a .py "
+                    "file whose get_config() returns a Config (see configs/); single "
+                    "settings go in --set KEY=VALUE.")
   module = importlib.util.module_from_spec(spec)
   try:
     spec.loader.exec_module(module)

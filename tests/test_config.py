@@ -124,6 +124,16 @@ def test_a_config_file_that_raises_is_one_line(tmp_path, body, message):
   assert str(error.value) == f"config file '{path}': {message}"
 
 
+@pytest.mark.parametrize("name", ["settings.yaml", "config"])
+def test_a_config_file_not_named_py_is_one_line(tmp_path, name):
+  """A YAML file, or a file without an extension, was a traceback from importlib."""
+  path = tmp_path / name
+  path.write_text("num_epochs: 1\n")
+  with pytest.raises(UserError, match=rf"^config file '{path}' is not a Python file \(\*\.py\): "
+                     "a config is a .py file whose get_config\(\) returns a Config"):
+    config_lib.load_config_file(str(path))
+
+
 @pytest.mark.parametrize("tokenizer, change, refused", [
     ("sentencepiece", "min_token_freq", False),  # sentencepiece ignores the token limits
     ("sentencepiece", "max_vocab_size", False),
