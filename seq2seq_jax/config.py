@@ -256,6 +256,12 @@ _POSITIVE = ("latent_dim", "num_layers", "batch_size", "num_epochs", "embed_dim"
              "task_max_len", "task_vocab_size", "addition_digits", "series_input_steps",
              "series_output_steps", "min_token_freq", "learning_rate",
              "rmsprop_eps")  # RMSprop divides by sqrt(nu + eps): 0/0 where gradients were 0
+# array sizes: at most MAX_ARRAY_SIZE (beyond it JAX's shapes overflow; training checks
+# memory against the model's real size, loop._check_state_fits)
+_ARRAY_SIZES = ("latent_dim", "embed_dim", "num_layers", "batch_size", "max_source_len",
+                "max_target_len", "vocab_size", "max_vocab_size", "task_vocab_size",
+                "series_input_steps", "series_output_steps", "decode_max_len")
+MAX_ARRAY_SIZE = 2**31 - 1
 _NON_NEGATIVE = ("time_budget_minutes", "task_val", "task_test", "num_samples", "numbers_val", "numbers_test", "warmup_steps",
                  "clip_norm", "rmsprop_momentum", "bucket_width",
                  "eval_decode_samples", "decode_max_len", "checkpoint_every_steps",
@@ -336,6 +342,10 @@ def validate(config: Config, finite: bool = True) -> Config:
   for name in _POSITIVE:
     if getattr(config, name) <= 0:
       raise UserError(f"config key '{name}' must be positive; got {getattr(config, name)!r}.")
+  for name in _ARRAY_SIZES:
+    if getattr(config, name) > MAX_ARRAY_SIZE:
+      raise UserError(f"config key '{name}' is an array size: at most {MAX_ARRAY_SIZE:,}; got "
+                      f"{getattr(config, name)!r}.")
   for name in _NON_NEGATIVE:
     if getattr(config, name) < 0:
       raise UserError(f"config key '{name}' must not be negative; got {getattr(config, name)!r}.")

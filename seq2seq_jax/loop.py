@@ -41,7 +41,7 @@ from seq2seq_jax.model import count_params, traced_dropout_rate
 from seq2seq_jax.optim import build_optimizer, learning_rate_schedule
 from seq2seq_jax.parallel import (DataParallel, any_process, is_primary,
                                   maybe_initialize_distributed, to_numpy)
-from seq2seq_jax.runtime import (CompilationCounter, parent_forwards_stops, raise_if_stopped,
+from seq2seq_jax.runtime import (CompilationCounter, device_memory_bytes, parent_forwards_stops, raise_if_stopped,
                                  record_stop, stop_signals_to_catch)
 from seq2seq_jax.steps import create_state, trial_train_step, vectorized_train_step
 from seq2seq_jax.workdir import CheckpointMeta, Progress, RunningSums, Totals
@@ -297,6 +297,8 @@ def _open_group(configs: list[Config], workdirs: list[str], argv, parallel: Data
                 "%s, and the newest is the run's result.",
                 "windows" if translator.is_series else "pairs", base.best_metric)
 
+  _check_state_fits(base, translator, total_steps, len(configs), parallel)
+
   trials = []
   for config, workdir in zip(configs, workdirs):
     checkpointer = Checkpointer(workdir, config.keep_checkpoints, config.best_metric)
@@ -320,6 +322,33 @@ def _open_group(configs: list[Config], workdirs: list[str], argv, parallel: Data
     workdir_lib.write_vocab(trial.workdir, facts)
   return Group(base, trials, translator, train_data, val_pairs, test_pairs, parallel,
                steps_per_epoch, jax.random.fold_in(jax.random.key(base.seed), 2))
+
+
+def _check_state_fits(base: Config, translator: Translator, total_steps: int, trials: int,
+                      parallel: DataParallel) -> None:
+  """Refuses, before anything is written, a model whose training state alone (parameters,
+  their gradients and the optimizer's state, for each trial, on each of this host's
+  devices: less than training needs) exceeds the devices' memory: such a run was killed by
+  the kernel, or crashed, once it touched its arrays. Shapes only; nothing is allocated."""
+  device = parallel.devices[0]
+  have = device_memory_bytes(device)
+  if have is None:
+    return
+  state = jax.eval_shape(lambda: create_state(base, translator.model,
+                                              build_optimizer(base, total_steps)))
+  size = lambda tree: sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(tree))
+  need = (size(state) + size(state["params"])) * trials
+  local = sum(d.process_index == jax.process_index() for d in parallel.devices)
+  if device.platform == "cpu":  # every CPU device's replica lives in the host's RAM
+    need *= local
+  if need > have:
+    each = f" on each of {local} devices" if local > 1 and device.platform != "cpu" else ""
+    copies = f" ({local} CPU devices, a copy each)" if local > 1 and device.platform == "cpu" else ""
+    raise UserError(
+        f"the model has {count_params(state['params']):,} parameters: their training state "
+        f"alone needs {need / 2**30:,.1f} GiB{copies}, more than the {have / 2**30:,.1f} GiB "
+        f"of {device.platform.upper()} memory{each}; make embed_dim, latent_dim, num_layers "
+        "or the vocabulary smaller.")
 
 
 def _crosscheck(group: Group, state) -> None:

@@ -57,6 +57,20 @@ def available_cores() -> int:
     return os.cpu_count() or 1
 
 
+def device_memory_bytes(device) -> int | None:
+  """The memory a device's arrays can use: a GPU's or TPU's own (its allocator's limit), a
+  CPU device's the host's RAM; None where unknown."""
+  if device.platform != "cpu":
+    try:
+      return int((device.memory_stats() or {})["bytes_limit"])
+    except (KeyError, TypeError, ValueError, AttributeError, NotImplementedError, RuntimeError):
+      return None
+  try:
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+  except (ValueError, OSError, AttributeError):  # not a POSIX system that says
+    return None
+
+
 def cpu_device_count(batch_size: int, cores: int) -> int:
   """The most CPU devices, up to one per core, that split batch_size evenly with at
   least MIN_ROWS_PER_DEVICE rows each (1 when none does)."""

@@ -98,6 +98,22 @@ def test_a_signal_during_the_last_evaluation_stops_before_the_final_one(tmp_path
   assert [r["step"] for r in read_metrics(workdir) if "train/epoch_seconds" in r] == [2]
 
 
+def test_a_model_too_big_for_memory_is_refused_before_anything_is_written(tmp_path):
+  """A latent_dim of 200,000 (600 billion parameters) started, and the kernel killed the
+  process once it touched its arrays (a config.json left behind refused the next, fixed
+  command as another run's). Its size is read from the shapes alone, and the workdir goes."""
+  config = tiny_config(latent_dim=200_000)
+  workdir = tmp_path / "big" / "run"
+  with pytest.raises(loop.UserError, match=r"^the model has [\d,]+ parameters: their training "
+                     r"state alone needs [\d,.]+ GiB.*, more than the [\d,.]+ GiB of CPU memory; "
+                     "make embed_dim, latent_dim, num_layers or the vocabulary smaller.$"):
+    loop.train_and_evaluate(config, str(workdir), progress=False)
+  assert not (tmp_path / "big").exists()
+  with pytest.raises(loop.UserError, match=r"config key 'latent_dim' is an array size: at most "
+                     r"2,147,483,647; got 1(0){23}.$"):
+    loop.train_and_evaluate(tiny_config(latent_dim=10**23), str(workdir), progress=False)
+
+
 def test_a_file_given_as_the_workdir_is_named_as_such(tmp_path):
   (tmp_path / "pairs.tsv").write_text("one\tun\n")
   with pytest.raises(loop.UserError, match=r"workdir '.*pairs.tsv' is a file, not a directory"):
