@@ -314,6 +314,8 @@ def _open_group(configs: list[Config], workdirs: list[str], argv, parallel: Data
   if len(set(latest)) != 1:
     raise ProgressDiffers(f"checkpoints at steps {latest}")
   meta = translator.checkpoint_meta()
+  for trial in trials:  # before anything is written: config.json, vocab.json
+    _check_resumable(translator, base, trial, meta.data_facts())
   # the user's vocab.json: the data's facts, and a word vocabulary's rules (as an export's)
   facts = dict(meta.data_facts(), **({"word_rules": meta.word_rules} if meta.word_rules else {}))
   for trial in trials:
@@ -371,17 +373,28 @@ _VOCABULARY_DIFFERS = ("workdir '{}': the data's vocabulary differs from the che
                        "resume with the same data or use a new --workdir.")
 
 
-def _check_same_data(group: Group, trial: "TrialRun", facts: dict[str, Any]) -> None:
-  """The data read now are those the trial's newest checkpoint was trained with: its
-  vocabulary, and each split's fingerprint. Checked on the checkpoint's meta alone, so
-  that other data are named as such and not taken for a damaged checkpoint (their
-  vocabulary gives the arrays other shapes), nor trained on silently (the same one)."""
+def _check_resumable(translator: Translator, base: Config, trial: "TrialRun",
+                     facts: dict[str, Any]) -> None:
+  """Where the trial has a checkpoint, before anything of this start is written: its
+  settings and the data read now are those its newest checkpoint was trained with (the
+  vocabulary, each split's fingerprint). Checked on the checkpoint's meta alone, so that
+  other settings or data are named as such and not taken for a damaged checkpoint (other
+  shapes), nor trained on silently. config.json says the settings first
+  (check_workdir_config); where it is gone, the checkpoint's own count."""
   step = trial.checkpointer.latest_step()
+  if step is None:
+    return
   meta_json = trial.checkpointer.read_meta(step)
   try:
     meta = CheckpointMeta.from_json(meta_json, f"checkpoint {step} of {trial.workdir}")
   except Exception:  # unreadable: restore() says so, or falls back to an older step
     return
+  diffs = config_lib.describe_changes(meta.config, trial.config, workdir_lib.RESUMABLE_CHANGES)
+  if diffs:
+    raise CheckpointError(
+        f"workdir '{trial.workdir}' holds a run with a different configuration ({diffs}; "
+        f"read from checkpoint {step}). To resume it, run the same command as before; to "
+        "start fresh, pass a new --workdir. Its checkpoints were not touched.")
   if not _same_facts(meta.data_facts(), facts):
     if meta.tokenizer == "word" and meta.word_rules is None:  # saved under word rules 1
       raise CheckpointError(
@@ -391,11 +404,11 @@ def _check_same_data(group: Group, trial: "TrialRun", facts: dict[str, Any]) -> 
           "otherwise now; resume with the same data, or, for the second, use a new "
           "--workdir (translate, evaluate and export still read this run as trained).")
     raise CheckpointError(_VOCABULARY_DIFFERS.format(trial.workdir))
-  changed = data_lib.changed_splits(meta.data, group.translator.data_info)
+  changed = data_lib.changed_splits(meta.data, translator.data_info)
   if changed:
     raise CheckpointError(
         f"workdir '{trial.workdir}': the {' and '.join(changed)} split(s) of "
-        f"{group.base.data} read now are not those checkpoint {step} was trained with (the "
+        f"{base.data} read now are not those checkpoint {step} was trained with (the "
         "data changed, or a relative path is read from another directory); resume with the "
         "same data, or use a new --workdir. Its checkpoints were not touched.")
 
@@ -410,9 +423,7 @@ def _initial_state(group: Group):
                       for t in group.trials[1:]]
   restored_step = group.trials[0].checkpointer.latest_step()
   if restored_step is not None:
-    facts = group.translator.checkpoint_meta().data_facts()
-    for trial in group.trials:  # before the arrays: other data give them other shapes
-      _check_same_data(group, trial, facts)
+    facts = group.translator.checkpoint_meta().data_facts()  # settings and data: _open_group
     progresses = []
     for i, trial in enumerate(group.trials):
       states[i], meta_json, step = trial.checkpointer.restore(

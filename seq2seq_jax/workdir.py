@@ -331,7 +331,9 @@ def check_workdir_config(workdir: str, config: Config) -> None:
     with open(path, encoding="utf-8") as f:
       saved = json.load(f)
   except (OSError, ValueError) as error:
-    raise CheckpointError(f"'{path}' is unreadable ({error}); use a new --workdir.") from None
+    raise CheckpointError(f"'{path}' is unreadable ({error}): delete it to resume the run (its "
+                          "checkpoints hold its settings, and they are checked), or pass a new "
+                          "--workdir.") from None
   diffs = config_lib.describe_changes(saved, config, RESUMABLE_CHANGES)
   if diffs:
     raise CheckpointError(

@@ -92,6 +92,25 @@ def test_workdir_with_other_config_is_refused(tmp_path, trained_workdir):
   with pytest.raises(CheckpointError, match="different configuration.*latent_dim"):
     train_and_evaluate(tiny_config(latent_dim=24), workdir, progress=False)
   assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == before
+  # an unreadable config.json: delete it to resume (it said to abandon the run)
+  with open(os.path.join(workdir, "config.json"), "w") as f:
+    f.write("garbage")
+  with pytest.raises(CheckpointError, match=r"config.json' is unreadable \(.*\): delete it to "
+                     r"resume the run \(its checkpoints hold its settings, and they are checked\)"):
+    train_and_evaluate(tiny_config(), workdir, progress=False)
+  # without config.json the newest checkpoint's settings count: other ones are named (they
+  # were "damaged checkpoints", or a learning rate resumed silently), nothing is written
+  os.remove(os.path.join(workdir, "config.json"))
+  vocab = open(os.path.join(workdir, "vocab.json")).read()
+  for change, said in ((dict(latent_dim=24), "latent_dim: 32 -> 24"),
+                       (dict(learning_rate=0.1), "learning_rate: 0.003 -> 0.1")):
+    with pytest.raises(CheckpointError, match=rf"different configuration \({said}; read from "
+                       r"checkpoint \d+\)\. To resume it, run the same command as before"):
+      train_and_evaluate(tiny_config(**change), workdir, progress=False)
+    assert not os.path.exists(os.path.join(workdir, "config.json"))
+    assert open(os.path.join(workdir, "vocab.json")).read() == vocab
+  train_and_evaluate(tiny_config(), workdir, progress=False)  # the run's own settings resume
+  assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == before
 
 
 def test_workdir_contents(trained_workdir):
