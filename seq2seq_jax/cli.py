@@ -90,6 +90,13 @@ def _read_inputs(texts: list[str]) -> list[str]:
     raise UserError("'-' reads the sentences from standard input: give it alone, or the "
                     "sentences as arguments.")
   if texts and texts != ["-"]:
+    for number, text in enumerate(texts, start=1):
+      try:
+        text.encode("utf-8")
+      except UnicodeEncodeError as error:  # bytes Python could not decode: surrogate escapes
+        bad = text[error.start].encode("utf-8", "surrogateescape")
+        raise UserError(f"argument {number}: not UTF-8 ({bad!r}); give the text in UTF-8 "
+                        "(or on standard input, re-encoded as UTF-8).") from None
     return texts
   stream = getattr(sys.stdin, "buffer", None)
   if stream is None:  # a text stream put in place of stdin (tests, embedding)

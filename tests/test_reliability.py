@@ -502,6 +502,13 @@ def test_translate_rejects_non_utf8_stdin(baseline, env):
   stderr = result.stderr.decode()
   assert result.returncode == 2 and "standard input, line 2: not UTF-8" in stderr
   assert no_traceback(stderr)
+  # the same bytes as an argument (was translated, with the escape '\udce9' called unseen)
+  result = subprocess.run(cli_command("translate", "--workdir", baseline, "twelve", b"caf\xe9"),
+                          capture_output=True, timeout=300, cwd=ROOT, env=env)
+  assert result.returncode == 2 and result.stdout == b"", result.stderr
+  assert result.stderr.decode().splitlines() == [
+      "seq2seq-jax translate: error: argument 2: not UTF-8 (b'\\xe9'); give the text in UTF-8 "
+      "(or on standard input, re-encoded as UTF-8)."]
 
 
 def test_workdir_without_a_finished_checkpoint(tmp_path, capsys):
