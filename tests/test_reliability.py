@@ -244,6 +244,11 @@ def test_a_nul_byte_is_named_where_it_is(tmp_path):
   assert str(caught.value) == (f"{path}:2: a NUL byte (line 2, byte 3 of the line, byte 10 of "
                                "the file, counting from 1: b'\\x00'): is it a text file? "
                                "Give a UTF-8 text file.")
+  # a program (NULs on both sides of its bytes) is no UTF-16 text, nor is it Latin-1
+  with open(sys.executable, "rb") as f:
+    path.write_bytes(f.read(300))
+  with pytest.raises(DataError, match=r":\d+: a NUL byte \(.*\): is it a text file\? Give a UTF-8"):
+    data_lib.tab_pairs(str(path), "tsv")
 
 
 def test_bom_and_crlf_tsv_is_read_like_plain_utf8(tmp_path):

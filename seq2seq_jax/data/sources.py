@@ -135,14 +135,14 @@ def read_text(path: str, missing_hint: str | None = None) -> str:
   if utf16:
     raise DataError(f"{path}: UTF-16 text, not UTF-8; re-encode the file as UTF-8, e.g. "
                     f"`iconv -f {utf16} -t utf-8 IN > OUT`.")
+  if b"\0" in raw:  # in no text file of UTF-8 or a one-byte encoding: binary data
+    where = _position(raw, raw.index(b"\0"), "a NUL byte")
+    raise DataError(f"{path}:{where}: is it a text file? Give a UTF-8 text file.")
   try:
     text = raw[skip:].decode("utf-8")
   except UnicodeDecodeError as error:
     raise DataError(f"{path}:{_position(raw, error.start + skip)}; re-encode the file as "
                     "UTF-8, e.g. `iconv -f latin1 -t utf-8 IN > OUT` for Latin-1 text.") from None
-  if "\0" in text:  # valid UTF-8, but in no text file
-    where = _position(raw, raw.index(b"\0"), "a NUL byte")
-    raise DataError(f"{path}:{where}: is it a text file? Give a UTF-8 text file.")
   return normalize_line_ends(text)
 
 
@@ -178,9 +178,15 @@ def _utf16_name(raw: bytes) -> str | None:
     return "utf-16"
   head = raw[:512]
   even, odd = head[0::2].count(0), head[1::2].count(0)
-  if len(head) < 4 or max(even, odd) < len(head) // 4:
+  if len(head) < 4 or max(even, odd) < len(head) // 4 or min(even, odd) > max(even, odd) // 8:
+    return None  # UTF-16's ASCII has its NULs on one side only; binary data on both
+  name = "utf-16le" if odd > even else "utf-16be"
+  try:
+    sample = head[:len(head) // 2 * 2].decode(name)
+  except UnicodeDecodeError:
     return None
-  return "utf-16le" if odd > even else "utf-16be"
+  # text, not binary data with NULs on one side: printable characters and line ends
+  return name if sum(c.isprintable() or c in "\t\r\n" for c in sample) >= 0.9 * len(sample) else None
 
 
 def tab_pairs(path: str, kind: str, num_samples: int = 0,
