@@ -506,8 +506,9 @@ def _whole_number(low: float, high: float, what: str):
 
 
 _positive_int = _whole_number(1, math.inf, "a positive whole number")
-# translate --seed: what jax.random.key takes (a 64-bit integer; negative ones too)
-_seed = _whole_number(-2**63, 2**63 - 1, "a whole number from -2**63 to 2**63 - 1")
+# translate --seed: a seed as the config's and decode.make_sample_decoder's (it said
+# -2**63 to 2**63 - 1 here, and a negative one was then refused by the decoder)
+_seed = _whole_number(*config_lib.SEED_RANGE, config_lib.seed_range_text())
 _port = _whole_number(0, 65535, "a TCP port, 0 to 65535")
 
 
