@@ -267,6 +267,9 @@ def cmd_evaluate(args) -> int:
     if not args.data and fraction and getattr(config, fraction) == 0:
       hint = (f" The run was trained with {fraction}=0, so it has no {args.split} split: "
               "score another split, or a file of test pairs with --data FILE --split all.")
+    elif not args.data:  # too few pairs for the fraction, every one over the limits...
+      hint = (" Score another split (--split train, val or test), or a file of pairs with "
+              "--data FILE --split all.")
     raise UserError(f"split '{args.split}' of {args.data or config.data} is empty.{hint}")
   if not translator.is_series:  # as translate warns (long pairs are counted above)
     for warning in translator.input_warnings([s for s, _ in pairs], truncation=False):

@@ -6,7 +6,7 @@ import pytest
 from seq2seq_jax.errors import UserError
 from seq2seq_jax.inference import load_trained
 from seq2seq_jax.metrics import text_metrics
-from tests.conftest import ROOT, cli_in_process, run_cli, write_tsv
+from tests.conftest import ROOT, cli_in_process, run_cli, tiny_config, write_tsv
 
 
 @pytest.mark.slow
@@ -465,6 +465,20 @@ def test_evaluate_refuses_a_split_other_than_the_one_the_checkpoint_was_trained_
   with pytest.raises(UserError, match=r"numbers:fr read now is not the one checkpoint 8 was "
                      r"trained with: the data changed\. Pass --data"):
     check_same_split(info, edited, "test", "numbers:fr", 8, hint)
+
+
+@pytest.mark.slow
+def test_evaluate_of_an_empty_split_says_what_to_score_instead(tmp_path, capsys):
+  """A run whose test split holds no pair (numbers_test=0 here; too few pairs for a
+  fraction elsewhere) said only that the split is empty."""
+  from seq2seq_jax.loop import train_and_evaluate
+  workdir = str(tmp_path / "run")
+  train_and_evaluate(tiny_config(numbers_test=0, numbers_train=32, num_epochs=1), workdir,
+                     progress=False)
+  code, out, err = cli_in_process(capsys, "evaluate", "--workdir", workdir)
+  assert code == 2 and out == "" and err.splitlines() == [
+      "seq2seq-jax evaluate: error: split 'test' of numbers:fr is empty. Score another split "
+      "(--split train, val or test), or a file of pairs with --data FILE --split all."]
 
 
 def test_running_out_of_memory_is_one_line(capsys, monkeypatch):
