@@ -344,8 +344,13 @@ def _require_tensorboardx() -> None:
 
 def cmd_plot(args) -> int:
   from seq2seq_jax import tracking
+  from seq2seq_jax.workdir import run_entries
   if args.tensorboard:
     _require_tensorboardx()
+  if args.out:  # not into the run's own files (its checkpoints, its logs)
+    _check_output_file("--out", tracking.curves_path(args.workdir, args.out),
+                       keep={path: "the run's own files" for path in run_entries(args.workdir)
+                             if os.path.basename(path) != tracking.CURVES_PNG})
   print(tracking.plot_workdir(args.workdir, args.out))
   if args.tensorboard:
     print("\n".join(tracking.export_tensorboard(args.workdir)))

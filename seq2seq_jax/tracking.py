@@ -145,13 +145,22 @@ def plot_workdir(workdir: str, out: str | None = None) -> str:
     if trials is None and os.path.exists(os.path.join(workdir, METRICS_FILE)):
       raise UserError(f"{METRICS_FILE} in '{workdir}' holds no readable record: nothing to "
                       "plot.")
+    if trials is None:  # a run's checkpoints folder, an export: named, with what to give
+      from seq2seq_jax.workdir import check_run_directory
+      check_run_directory(workdir)
     raise UserError(f"no {METRICS_FILE} in '{workdir}'"
                     f"{' or its trials' if trials is not None else ''}: train first.")
+  return plot_runs(runs, curves_path(workdir, out), title)
+
+
+def curves_path(workdir: str, out: str | None = None) -> str:
+  """The file plot_workdir writes: out (a directory: its curves.png; no extension: .png
+  added), else workdir/curves.png."""
   if out and (os.path.isdir(out) or out.endswith(os.sep)):  # a trailing / names a directory
-    out = os.path.join(out, CURVES_PNG)
-  elif out and not os.path.splitext(out)[1]:
-    out += ".png"  # what the figure would be saved as: the path printed is the file's
-  return plot_runs(runs, out or os.path.join(workdir, CURVES_PNG), title)
+    return os.path.join(out, CURVES_PNG)
+  if out and not os.path.splitext(out)[1]:
+    return out + ".png"  # what the figure would be saved as: the path printed is the file's
+  return out or os.path.join(workdir, CURVES_PNG)
 
 
 def require_tensorboardx(needs: str = "TensorBoard files need") -> None:

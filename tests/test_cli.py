@@ -165,9 +165,18 @@ def test_plot_writes_where_it_says_and_refuses_in_one_line(trained_workdir, tmp_
   empty = tmp_path / "empty"
   empty.mkdir()
   (empty / "metrics.jsonl").write_text("")
+  checkpoints = os.path.join(trained_workdir, "checkpoints")
+  step = os.path.join(checkpoints, sorted(os.listdir(checkpoints))[0])
   for argv, says in ((["--out", str(tmp_path / "c.txt")], "matplotlib writes no .txt files"),
                      (["--workdir", str(written)], "is a file, not a directory"),
-                     (["--workdir", str(empty)], "metrics.jsonl in '" + str(empty) + "' holds no readable record")):
+                     (["--workdir", str(empty)], "metrics.jsonl in '" + str(empty) + "' holds no readable record"),
+                     # a run's checkpoints, as a workdir or a place to write (was "train
+                     # first", and a curves.png among a checkpoint's files)
+                     (["--workdir", checkpoints], f"is part of the checkpoints of the run in "
+                                                  f"'{trained_workdir}', not a run"),
+                     (["--out", step + os.sep], f"would write in the run's own files ({checkpoints})"),
+                     (["--out", os.path.join(trained_workdir, "config.json")],
+                      "would replace the run's own files")):
     workdir = [] if "--workdir" in argv else ["--workdir", trained_workdir]
     code, _, err = cli_in_process(capsys, "plot", *workdir, *argv)
     assert code == 2 and err.count("\n") == 1 and says in err, err
