@@ -190,11 +190,20 @@ def _json_default(value):
 
 
 def write_atomically(path: str, text: str | bytes) -> None:
-  """A kill at any moment leaves the old file or the new one, never half of one."""
-  with (open(path + ".tmp", "wb") if isinstance(text, bytes)
-        else open(path + ".tmp", "w", encoding="utf-8")) as f:
-    f.write(text)
-  os.replace(path + ".tmp", path)
+  """A kill at any moment leaves the old file or the new one, never half of one. An error
+  names path (not the temporary file beside it, which is removed)."""
+  temporary = path + ".tmp"
+  try:
+    with (open(temporary, "wb") if isinstance(text, bytes)
+          else open(temporary, "w", encoding="utf-8")) as f:
+      f.write(text)
+    os.replace(temporary, path)
+  except OSError as error:
+    with contextlib.suppress(OSError):
+      os.remove(temporary)
+    if error.filename == temporary:
+      error.filename = path
+    raise
 
 
 def read_json(path: str) -> Any | None:

@@ -302,3 +302,12 @@ def test_a_config_built_in_python_is_checked_before_anything_is_written(tmp_path
   with pytest.raises(loop.UserError, match=message):
     loop.train_and_evaluate(tiny_config(**overrides), str(tmp_path / "run"), progress=False)
   assert not (tmp_path / "run").exists()
+
+
+def test_a_failed_atomic_write_names_the_file_asked_for(tmp_path):
+  """`--hyps /proc/nope.txt` said 'No such file or directory /proc/nope.txt.tmp'."""
+  from seq2seq_jax.workdir import write_atomically
+  path = tmp_path / "missing" / "hyps.txt"
+  with pytest.raises(FileNotFoundError) as caught:
+    write_atomically(str(path), "text\n")
+  assert caught.value.filename == str(path) and os.listdir(tmp_path) == []
