@@ -287,6 +287,17 @@ def write_artifact(artifact: ExportedTranslator, out: str) -> None:
   left alone. A DIR holding anything an export does not write is refused, not replaced."""
   out = os.path.realpath(out)  # a link to DIR stays a link: DIR itself is replaced
   _check_out_dir(out)
+  name = os.path.basename(out)
+  try:
+    _write_staged(artifact, out)
+  except OSError as error:  # named by DIR, not by the hidden folders written beside it
+    if isinstance(error.filename, str) and os.path.basename(error.filename).startswith(f".{name}."):
+      error.filename = out
+    raise
+
+
+def _write_staged(artifact: ExportedTranslator, out: str) -> None:
+  """write_artifact's writing: the staging folder, then the rename."""
   parent, name = os.path.split(out)
   os.makedirs(parent, exist_ok=True)
   _remove_stale_private_dirs(parent, name)

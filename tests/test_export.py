@@ -428,3 +428,13 @@ def test_the_platforms_to_lower_for_are_checked_in_the_library_too():
       check_platforms(bad)
   with pytest.raises(UserError, match="--platforms takes cpu, cuda, rocm and tpu, comma-separated; got 'x'"):
     check_platforms(("x",), "x")
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs Linux's /proc")
+def test_an_export_that_cannot_be_written_names_its_directory(tmp_path):
+  """`export --out /proc/x` named the hidden staging folder beside DIR
+  ('/proc/.x.d69f320a.30046@vm.partial')."""
+  from seq2seq_jax.export import write_artifact
+  with pytest.raises(OSError) as caught:
+    write_artifact(None, "/proc/x")  # /proc takes no new folder: fails before any file
+  assert caught.value.filename == "/proc/x"
