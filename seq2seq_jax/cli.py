@@ -405,11 +405,21 @@ def _int_list(text: str, flag: str) -> tuple[int, ...]:
   return values
 
 
+def _export_beam_sizes(args) -> tuple[int, ...] | None:
+  """--beam-sizes of export and serve --workdir (None: the default beams); a length
+  penalty with no beam to apply it to is refused, as translate's without --beam is."""
+  beam_sizes = None if args.beam_sizes is None else _int_list(args.beam_sizes, "--beam-sizes")
+  if beam_sizes == () and args.length_penalty is not None:
+    raise UserError("--length-penalty applies to beam search, and --beam-sizes none exports "
+                    "no beam: give beam sizes, or leave --length-penalty out.")
+  return beam_sizes
+
+
 def cmd_export(args) -> int:
   with _importing():
     from seq2seq_jax.export import check_platforms, describe_artifact, export_workdir
   configure_logging(sys.stderr)
-  beam_sizes = None if args.beam_sizes is None else _int_list(args.beam_sizes, "--beam-sizes")
+  beam_sizes = _export_beam_sizes(args)
   platforms = check_platforms(tuple(p.strip() for p in args.platforms.split(",") if p.strip()),
                               args.platforms)
   artifact = export_workdir(args.workdir, args.out, args.checkpoint, beam_sizes=beam_sizes,
@@ -452,7 +462,7 @@ def _serve_on(args, sockets) -> int:
   else:
     from jax import export as jax_export
     from seq2seq_jax.export import export_workdir
-    beam_sizes = None if args.beam_sizes is None else _int_list(args.beam_sizes, "--beam-sizes")
+    beam_sizes = _export_beam_sizes(args)
     translator = export_workdir(  # in memory: the same functions an export writes
         args.workdir, None, args.checkpoint or "best", beam_sizes=beam_sizes,
         length_penalty=_length_penalty_or_default(args),

@@ -389,6 +389,18 @@ def test_export_refuses_clearly(trained_workdir, tmp_path):
   assert (beside / "notes.txt").read_text() == "mine"
 
 
+def test_a_length_penalty_without_beams_is_refused_as_translate_refuses_it(tmp_path, capsys):
+  """`--beam-sizes none --length-penalty 1` exported (and served) silently, where translate
+  refuses --length-penalty without --beam."""
+  from tests.conftest import cli_in_process
+  for command in (["export", "--out", str(tmp_path / "x")], ["serve", "--port", "0"]):
+    code, out, err = cli_in_process(capsys, *command[:1], "--workdir", str(tmp_path / "none"),
+                                    *command[1:], "--beam-sizes", "none", "--length-penalty", "1")
+    assert code == 2 and out == "" and err.splitlines() == [
+        f"seq2seq-jax {command[0]}: error: --length-penalty applies to beam search, and "
+        "--beam-sizes none exports no beam: give beam sizes, or leave --length-penalty out."]
+
+
 @pytest.mark.slow
 def test_an_export_for_another_platform_is_refused_when_loaded(trained_workdir, tmp_path, capsys):
   """Lowered for tpu alone on this CPU host, it loaded and failed at the first
