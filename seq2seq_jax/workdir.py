@@ -113,6 +113,7 @@ def check_run_directory(workdir: str) -> None:
     raise UserError(f"workdir '{workdir}' is a file, not a directory: give the directory of "
                     "a run (a new one starts a run, the one `seq2seq-jax train` wrote resumes "
                     "or restores it).")
+  _check_no_file_above(workdir)
   if os.path.isfile(os.path.join(workdir, SWEEP_FILE)):
     trials = sorted(name for name in os.listdir(workdir)
                     if os.path.isdir(os.path.join(workdir, name, CHECKPOINT_DIR)))
@@ -135,12 +136,24 @@ def check_run_directory(workdir: str) -> None:
                     "seq2seq_jax.exported.ExportedTranslator.")
 
 
+def _check_no_file_above(workdir: str) -> None:
+  """A workdir to be made under a file (`--workdir pairs.tsv/run`) is named as such (the
+  file system said "Not a directory")."""
+  above = os.path.dirname(os.path.abspath(workdir))
+  while not os.path.exists(above) and os.path.dirname(above) != above:
+    above = os.path.dirname(above)
+  if os.path.exists(above) and not os.path.isdir(above):
+    raise UserError(f"workdir '{workdir}' is under '{above}', a file, not a directory: give a "
+                    "path under a directory.")
+
+
 def check_sweep_directory(workdir: str) -> None:
   """A sweep's directory is a directory, and not a training run's: `sweep` into a run's
   workdir would mix its trials and tables with the run's files."""
   if os.path.exists(workdir) and not os.path.isdir(workdir):
     raise UserError(f"workdir '{workdir}' is a file, not a directory: give the sweep a "
                     "directory (a new one starts it, its own one resumes it).")
+  _check_no_file_above(workdir)
   if (not os.path.isfile(os.path.join(workdir, SWEEP_FILE))
       and os.path.isfile(os.path.join(workdir, CONFIG_FILE))):
     raise UserError(f"'{workdir}' holds a training run ({CONFIG_FILE}), not a sweep: give "

@@ -118,6 +118,10 @@ def test_a_file_given_as_the_workdir_is_named_as_such(tmp_path):
   (tmp_path / "pairs.tsv").write_text("one\tun\n")
   with pytest.raises(loop.UserError, match=r"workdir '.*pairs.tsv' is a file, not a directory"):
     loop.train_and_evaluate(tiny_config(), str(tmp_path / "pairs.tsv"), progress=False)
+  # or under it (the file system's "Not a directory" before)
+  with pytest.raises(loop.UserError, match=r"workdir '.*pairs.tsv/a/run' is under '.*pairs.tsv', "
+                     r"a file, not a directory: give a path under a directory.$"):
+    loop.train_and_evaluate(tiny_config(), str(tmp_path / "pairs.tsv" / "a" / "run"), progress=False)
   assert (tmp_path / "pairs.tsv").read_text() == "one\tun\n"
 
 
