@@ -41,8 +41,8 @@ from seq2seq_jax.model import count_params, traced_dropout_rate
 from seq2seq_jax.optim import build_optimizer, learning_rate_schedule
 from seq2seq_jax.parallel import (DataParallel, any_process, is_primary,
                                   maybe_initialize_distributed, to_numpy)
-from seq2seq_jax.runtime import (CompilationCounter, device_memory_bytes, parent_forwards_stops, raise_if_stopped,
-                                 record_stop, stop_signals_to_catch)
+from seq2seq_jax.runtime import (CompilationCounter, device_memory_bytes, parent_forwards_stops,
+                                 raise_if_stopped, record_stop, stop_signals_to_catch)
 from seq2seq_jax.steps import create_state, trial_train_step, vectorized_train_step
 from seq2seq_jax.workdir import CheckpointMeta, Progress, RunningSums, Totals
 
@@ -314,10 +314,11 @@ def _open_group(configs: list[Config], workdirs: list[str], argv, parallel: Data
   if len(set(latest)) != 1:
     raise ProgressDiffers(f"checkpoints at steps {latest}")
   meta = translator.checkpoint_meta()
+  data_facts = meta.data_facts()
   for trial in trials:  # before anything is written: config.json, vocab.json
-    _check_resumable(translator, base, trial, meta.data_facts())
+    _check_resumable(translator, base, trial, data_facts)
   # the user's vocab.json: the data's facts, and a word vocabulary's rules (as an export's)
-  facts = dict(meta.data_facts(), **({"word_rules": meta.word_rules} if meta.word_rules else {}))
+  facts = dict(data_facts, **({"word_rules": meta.word_rules} if meta.word_rules else {}))
   for trial in trials:
     workdir_lib.write_config(trial.workdir, trial.config)
     workdir_lib.write_run_info(trial.workdir, argv, parallel.describe())

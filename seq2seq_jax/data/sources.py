@@ -186,7 +186,8 @@ def _utf16_name(raw: bytes) -> str | None:
   except UnicodeDecodeError:
     return None
   # text, not binary data with NULs on one side: printable characters and line ends
-  return name if sum(c.isprintable() or c in "\t\r\n" for c in sample) >= 0.9 * len(sample) else None
+  printable = sum(c.isprintable() or c in "\t\r\n" for c in sample)
+  return name if printable >= 0.9 * len(sample) else None
 
 
 def tab_pairs(path: str, kind: str, num_samples: int = 0,
