@@ -170,7 +170,7 @@ phases=()
 stop() {
   trap - INT TERM
   local pid
-  for pid in "${phases[@]}"; do
+  for pid in ${phases[@]+"${phases[@]}"}; do  # (bash before 4.4: an empty array is unset)
     kill -INT "$pid" 2>/dev/null
   done
   wait
@@ -230,11 +230,12 @@ grep -E "^(FAILED|ERROR) " "$out/pytest.txt" | cut -c1-200 | tee -a "$summary"
 auto_rc=0; scan_rc=0
 waited "$auto_pid" || auto_rc=$?
 waited "$scan_pid" || scan_rc=$?
-exact() {  # the test exact match of a finished training, or "none"
-  "$python" -c 'import json, sys
+exact() {  # the test exact match of a finished training, or "none" (no number: null, NaN)
+  "$python" -c 'import json, math, sys
 try:
-  print(json.load(open(sys.argv[1]))["test/exact_match"])
-except (OSError, KeyError, ValueError):
+  value = json.load(open(sys.argv[1]))["test/exact_match"]
+  print(value if isinstance(value, (int, float)) and math.isfinite(value) else "none")
+except (OSError, KeyError, ValueError, TypeError):
   print("none")' "$out/train_$1/results.json"
 }
 auto_em=$(exact auto); scan_em=$(exact scan)
@@ -255,14 +256,13 @@ if [[ $auto_em == none || $scan_em == none ]]; then
 else
   verdict=$("$python" -c 'import sys
 a, b = map(float, sys.argv[1:])
-if abs(a - b) > 0.02:
-  print("disagree")
-elif min(a, b) < 0.9:
-  print("bad")' "$auto_em" "$scan_em")
+print("disagree" if abs(a - b) > 0.02 else "bad" if min(a, b) < 0.9 else "agree")' \
+    "$auto_em" "$scan_em") || verdict=""
   case $verdict in
-    "") phase trainings agree ;;
+    agree) phase trainings agree ;;
     disagree) phase trainings DISAGREE ;;
-    *) phase trainings "BOTH BAD"; status=1 ;;
+    bad) phase trainings "BOTH BAD"; status=1 ;;
+    *) phase trainings FAILED; status=1 ;;  # not judged: say so, never "agree"
   esac
 fi
 

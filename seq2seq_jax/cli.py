@@ -113,17 +113,19 @@ def _read_inputs(texts: list[str]) -> list[str]:
 
 
 def _check_output_file(flag: str, path: str, keep: dict[str, str] | None = None,
-                       keep_existing: dict[str, str] | None = None) -> None:
+                       keep_existing: dict[str, str] | None = None,
+                       new_folder: bool = False) -> None:
   """A file a command writes at its end, checked before its work: a path that cannot be
   written would throw that work away. keep: {file or folder: what that is} it must not
   write, nor write in (a run's own files); keep_existing: the same, of which only what
-  exists is kept (the data the command reads, a folder of files)."""
+  exists is kept (the data the command reads, a folder of files). new_folder: the
+  command makes a missing folder (plot)."""
   folder = os.path.dirname(os.path.abspath(path))
   if path == "-":  # standard output carries the command's report
     raise UserError(f"{flag} -: give a file path; standard output carries the report.")
   if os.path.isdir(path):
     raise UserError(f"{flag} {path} is a directory: give a file path.")
-  if not os.path.isdir(folder):
+  if not new_folder and not os.path.isdir(folder):
     raise UserError(f"{flag} {path}: directory '{folder}' does not exist.")
   target = os.path.realpath(path)
   kept_paths = [(kept, what, True) for kept, what in (keep or {}).items()]
@@ -268,8 +270,9 @@ def cmd_evaluate(args) -> int:
       hint = (f" The run was trained with {fraction}=0, so it has no {args.split} split: "
               "score another split, or a file of test pairs with --data FILE --split all.")
     elif not args.data:  # too few pairs for the fraction, every one over the limits...
-      hint = (" Score another split (--split train, val or test), or a file of pairs with "
-              "--data FILE --split all.")
+      others = " or ".join(s for s in ("train", "val", "test") if s != args.split)
+      hint = (f" Score another split (--split {others}), or a file of pairs with --data FILE "
+              "--split all.")
     raise UserError(f"split '{args.split}' of {args.data or config.data} is empty.{hint}")
   if not translator.is_series:  # as translate warns (long pairs are counted above)
     for warning in translator.input_warnings([s for s, _ in pairs], truncation=False):
@@ -350,7 +353,8 @@ def cmd_plot(args) -> int:
   if args.out:  # not into the run's own files (its checkpoints, its logs)
     _check_output_file("--out", tracking.curves_path(args.workdir, args.out),
                        keep={path: "the run's own files" for path in run_entries(args.workdir)
-                             if os.path.basename(path) != tracking.CURVES_PNG})
+                             if os.path.basename(path) != tracking.CURVES_PNG},
+                       new_folder=True)
   print(tracking.plot_workdir(args.workdir, args.out))
   if args.tensorboard:
     print("\n".join(tracking.export_tensorboard(args.workdir)))

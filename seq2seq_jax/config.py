@@ -259,7 +259,7 @@ _POSITIVE = ("latent_dim", "num_layers", "batch_size", "num_epochs", "embed_dim"
 # array sizes: at most MAX_ARRAY_SIZE (beyond it JAX's shapes overflow; training checks
 # memory against the model's real size, loop._check_state_fits)
 _ARRAY_SIZES = ("latent_dim", "embed_dim", "num_layers", "batch_size", "max_source_len",
-                "max_target_len", "vocab_size", "max_vocab_size", "task_vocab_size",
+                "max_target_len", "vocab_size", "task_vocab_size",
                 "series_input_steps", "series_output_steps", "decode_max_len")
 MAX_ARRAY_SIZE = 2**31 - 1
 _NON_NEGATIVE = ("time_budget_minutes", "task_val", "task_test", "num_samples", "numbers_val", "numbers_test", "warmup_steps",

@@ -333,25 +333,28 @@ def _check_state_fits(base: Config, translator: Translator, total_steps: int, tr
   their gradients and the optimizer's state, for each trial, on each of this host's
   devices: less than training needs) exceeds the devices' memory: such a run was killed by
   the kernel, or crashed, once it touched its arrays. Shapes only; nothing is allocated."""
-  device = parallel.devices[0]
+  mine = [d for d in parallel.devices if d.process_index == jax.process_index()]
+  device, local, message = mine[0], len(mine), None
   have = device_memory_bytes(device)
-  if have is None:
-    return
-  state = jax.eval_shape(lambda: create_state(base, translator.model,
-                                              build_optimizer(base, total_steps)))
-  size = lambda tree: sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(tree))
-  need = (size(state) + size(state["params"])) * trials
-  local = sum(d.process_index == jax.process_index() for d in parallel.devices)
-  if device.platform == "cpu":  # every CPU device's replica lives in the host's RAM
-    need *= local
-  if need > have:
-    each = f" on each of {local} devices" if local > 1 and device.platform != "cpu" else ""
-    copies = f" ({local} CPU devices, a copy each)" if local > 1 and device.platform == "cpu" else ""
-    raise UserError(
-        f"the model has {count_params(state['params']):,} parameters: their training state "
-        f"alone needs {need / 2**30:,.1f} GiB{copies}, more than the {have / 2**30:,.1f} GiB "
-        f"of {device.platform.upper()} memory{each}; make embed_dim, latent_dim, num_layers "
-        "or the vocabulary smaller.")
+  if have is not None:
+    state = jax.eval_shape(lambda: create_state(base, translator.model,
+                                                build_optimizer(base, total_steps)))
+    size = lambda tree: sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(tree))
+    need = (size(state) + size(state["params"])) * trials
+    if device.platform == "cpu":  # every CPU device's replica lives in the host's RAM
+      need *= local
+    if need > have:
+      cpu = device.platform == "cpu"
+      each = f" on each of {local} devices" if local > 1 and not cpu else ""
+      copies = f" ({local} CPU devices, a copy each)" if local > 1 and cpu else ""
+      message = (
+          f"the model has {count_params(state['params']):,} parameters: their training state "
+          f"alone needs {need / 2**30:,.1f} GiB{copies}, more than the {have / 2**30:,.1f} GiB "
+          f"of {device.platform.upper()} memory{each}; make embed_dim, latent_dim, num_layers "
+          "or the vocabulary smaller.")
+  if any_process(message is not None):  # every process of the run stops, not one alone
+    raise UserError(message or "the model's training state does not fit another process's "
+                    "devices (its error says how much); make the model smaller.")
 
 
 def _crosscheck(group: Group, state) -> None:

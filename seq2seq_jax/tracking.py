@@ -229,7 +229,7 @@ def export_tensorboard(workdir: str, stale_only: bool = False) -> list[str]:
   events = glob.glob(os.path.join(logdir, "events.out.tfevents.*"))
   metrics = os.path.join(workdir, METRICS_FILE)
   if stale_only and events and os.path.exists(metrics) \
-      and min(os.path.getmtime(e) for e in events) >= os.path.getmtime(metrics):
+      and min(os.path.getmtime(e) for e in events) > os.path.getmtime(metrics):
     return [logdir]
   records = read_metrics(workdir)
   if not records:

@@ -159,7 +159,9 @@ def test_plot_writes_where_it_says_and_refuses_in_one_line(trained_workdir, tmp_
   a metrics.jsonl with no record: one line each."""
   folder = tmp_path / "figures"
   folder.mkdir()
-  for out, written in ((folder, folder / "curves.png"), (tmp_path / "curves", tmp_path / "curves.png")):
+  for out, written in ((folder, folder / "curves.png"), (tmp_path / "curves", tmp_path / "curves.png"),
+                       (tmp_path / "new" / "c.png", tmp_path / "new" / "c.png"),  # folders made
+                       (f"{tmp_path / 'newer'}{os.sep}", tmp_path / "newer" / "curves.png")):
     code, printed, err = cli_in_process(capsys, "plot", "--workdir", trained_workdir, "--out", str(out))
     assert code == 0 and printed.strip() == str(written) and written.is_file(), err
   empty = tmp_path / "empty"
@@ -487,7 +489,7 @@ def test_evaluate_of_an_empty_split_says_what_to_score_instead(tmp_path, capsys)
   code, out, err = cli_in_process(capsys, "evaluate", "--workdir", workdir)
   assert code == 2 and out == "" and err.splitlines() == [
       "seq2seq-jax evaluate: error: split 'test' of numbers:fr is empty. Score another split "
-      "(--split train, val or test), or a file of pairs with --data FILE --split all."]
+      "(--split train or val), or a file of pairs with --data FILE --split all."]
 
 
 def test_running_out_of_memory_is_one_line(capsys, monkeypatch):

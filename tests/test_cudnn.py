@@ -583,7 +583,7 @@ def test_accelerator_check_stops_every_phase_on_ctrl_c(tmp_path):
   marks = tmp_path / "marks"
   fake = _fake_gpu_python(tmp_path, f"""
   "-m seq2seq_jax train"*|"-m pytest"*)  # until interrupted
-    trap 'echo "interrupted $1 $2 $3" >> {marks}; exit 130' INT
+    trap 'echo "interrupted $1 $2 $3" >> {marks}; kill $! 2>/dev/null; exit 130' INT
     echo "started $1 $2 $3" >> {marks}
     sleep 60 & wait
     echo "not interrupted $1 $2 $3" >> {marks} ;;""")
