@@ -1007,4 +1007,6 @@ def test_unwritable_workdir_is_a_clear_error(tmp_path, capsys):
   (tmp_path / "file").write_text("x")
   code, _, err = cli_in_process(capsys, "train", "--config", "configs/tiny.py",
                                 "--workdir", str(tmp_path / "file" / "run"))
-  assert code == 2 and "seq2seq-jax train: error: Not a directory" in err, err
+  assert code == 2 and err == (  # named before anything is tried (was "Not a directory")
+      f"seq2seq-jax train: error: workdir '{tmp_path / 'file' / 'run'}' is under "
+      f"'{tmp_path / 'file'}', a file, not a directory: give a path under a directory.\n"), err
