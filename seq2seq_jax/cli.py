@@ -427,7 +427,7 @@ def cmd_export(args) -> int:
   platforms = check_platforms(tuple(p.strip() for p in args.platforms.split(",") if p.strip()),
                               args.platforms)
   artifact = export_workdir(args.workdir, args.out, args.checkpoint, beam_sizes=beam_sizes,
-                            length_penalty=args.length_penalty, platforms=platforms)
+                            length_penalty=_length_penalty_or_default(args), platforms=platforms)
   print(describe_artifact(artifact, args.out))
   return 0
 
@@ -734,8 +734,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="best (default), latest, or a step number")
   export.add_argument("--beam-sizes", metavar="K,K",
                       help="beam sizes to export beside greedy (default 5; none: greedy only)")
-  export.add_argument("--length-penalty", type=_length_penalty,
-                      default=config_lib.DEFAULT_LENGTH_PENALTY, metavar="A",
+  export.add_argument("--length-penalty", type=_length_penalty, metavar="A",
                       help="the beams' GNMT length penalty alpha (default 0.6, as translate)")
   export.add_argument("--platforms", default="cpu,cuda",  # exported.DEFAULT_PLATFORMS (no jax here)
                       help="platforms lowered into one artifact (default cpu,cuda; one that "
