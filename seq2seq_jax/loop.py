@@ -303,20 +303,20 @@ def _open_group(configs: list[Config], workdirs: list[str], argv, parallel: Data
   for config, workdir in zip(configs, workdirs):
     checkpointer = Checkpointer(workdir, config.keep_checkpoints, config.best_metric)
     stack.callback(checkpointer.close)
-    writer = None
-    if config.tensorboard and is_primary():
-      from seq2seq_jax.tracking import LiveWriter
-      writer = LiveWriter(workdir)
-      stack.callback(writer.close)
     trials.append(TrialRun(config, workdir, checkpointer,
-                           learning_rate_schedule(config, total_steps), writer=writer))
+                           learning_rate_schedule(config, total_steps)))
   latest = [t.checkpointer.latest_step() for t in trials]
   if len(set(latest)) != 1:
     raise ProgressDiffers(f"checkpoints at steps {latest}")
   meta = translator.checkpoint_meta()
   data_facts = meta.data_facts()
-  for trial in trials:  # before anything is written: config.json, vocab.json
+  for trial in trials:  # before anything is written: config.json, vocab.json, events
     _check_resumable(translator, base, trial, data_facts)
+  for trial in trials:
+    if trial.config.tensorboard and is_primary():
+      from seq2seq_jax.tracking import LiveWriter
+      trial.writer = LiveWriter(trial.workdir)
+      stack.callback(trial.writer.close)
   # the user's vocab.json: the data's facts, and a word vocabulary's rules (as an export's)
   facts = dict(data_facts, **({"word_rules": meta.word_rules} if meta.word_rules else {}))
   for trial in trials:

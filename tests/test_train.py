@@ -103,11 +103,12 @@ def test_workdir_with_other_config_is_refused(tmp_path, trained_workdir):
   os.remove(os.path.join(workdir, "config.json"))
   vocab = open(os.path.join(workdir, "vocab.json")).read()
   for change, said in ((dict(latent_dim=24), "latent_dim: 32 -> 24"),
-                       (dict(learning_rate=0.1), "learning_rate: 0.003 -> 0.1")):
+                       (dict(learning_rate=0.1, tensorboard=True), "learning_rate: 0.003 -> 0.1")):
     with pytest.raises(CheckpointError, match=rf"different configuration \({said}; read from "
                        r"checkpoint \d+\)\. To resume it, run the same command as before"):
       train_and_evaluate(tiny_config(**change), workdir, progress=False)
     assert not os.path.exists(os.path.join(workdir, "config.json"))
+    assert not os.path.exists(os.path.join(workdir, "tensorboard"))  # no live events either
     assert open(os.path.join(workdir, "vocab.json")).read() == vocab
   train_and_evaluate(tiny_config(), workdir, progress=False)  # the run's own settings resume
   assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == before
