@@ -139,10 +139,9 @@ def check_run_directory(workdir: str) -> None:
 def _check_no_file_above(workdir: str) -> None:
   """A workdir to be made under a file (`--workdir pairs.tsv/run`) is named as such (the
   file system said "Not a directory")."""
-  above = os.path.dirname(os.path.abspath(workdir))
-  while not os.path.exists(above) and os.path.dirname(above) != above:
-    above = os.path.dirname(above)
-  if os.path.exists(above) and not os.path.isdir(above):
+  made = first_missing(workdir)  # the folder above it exists: a directory, or not
+  above = made and os.path.dirname(made)
+  if above and not os.path.isdir(above):
     raise UserError(f"workdir '{workdir}' is under '{above}', a file, not a directory: give a "
                     "path under a directory.")
 
