@@ -19,6 +19,7 @@ import signal
 import subprocess
 import sys
 import time
+import zipfile
 
 import jax
 import jax.numpy as jnp
@@ -521,6 +522,22 @@ def test_accelerator_check_refuses_an_unknown_option_or_a_used_output_directory(
   assert os.listdir(used) == ["summary.txt"] and not (tmp_path / "venv").exists()
 
 
+def _wheels(folder, *names):
+  """A folder of one minimal pure wheel per name, each holding an empty package."""
+  folder.mkdir()
+  for name in names:
+    info = f"{name}-1.0.dist-info"
+    files = {f"{name}/__init__.py": "",
+             f"{info}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: 1.0\n",
+             f"{info}/WHEEL": "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\n"
+                              "Tag: py3-none-any\n"}
+    files[f"{info}/RECORD"] = "".join(f"{path},,\n" for path in [*files, f"{info}/RECORD"])
+    with zipfile.ZipFile(folder / f"{name}-1.0-py3-none-any.whl", "w") as wheel:
+      for path, text in files.items():
+        wheel.writestr(path, text)
+  return folder
+
+
 def _fake_gpu_python(tmp_path, phases: str):
   """An interpreter whose JAX "sees a GPU" and that runs the check's phases as the bash
   case arms `phases` say; anything else runs this Python."""
@@ -558,10 +575,18 @@ def test_accelerator_check_judges_the_two_trainings_in_one_line(tmp_path, auto, 
     while [[ $1 != --output ]]; do shift; done
     echo "{{}}" > "$2"; echo "| the report |" ;;""")
   env = dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}", PYTHON=str(fake))
+  if code == 0:  # carried wheels: one of a package the interpreter lacks, one it has
+    env["ACCEL_WHEELS"] = str(_wheels(tmp_path / "wheels", "carried_only", "numpy"))
   out = tmp_path / "out"
   result = subprocess.run([shutil.which("bash"), SCRIPT, str(out)], env=env,
                           capture_output=True, text=True, timeout=60)
   assert result.returncode == code, (result.stdout, result.stderr)
+  if code == 0:  # only the lacking one installed: a carried numpy would shadow the machine's
+    assert sorted(os.listdir(out / "site-packages")) == [
+        "carried_only", "carried_only-1.0.dist-info"]
+    assert "skipped numpy-1.0-py3-none-any.whl: the interpreter has numpy" in (
+        out / "wheels.log").read_text()
+    assert "wheels (1 of 2; the interpreter has the rest)" in (out / "summary.txt").read_text()
   assert result.stderr == ("" if line is None else f"accelerator_check: {line} (logs: "
                            f"{out}/train_auto.log, {out}/train_scan.log).\n")
   assert (out / "trainings.txt").read_text().startswith(
