@@ -395,9 +395,10 @@ def cmd_benchmark(args) -> int:
   return 0
 
 
-def _int_list(text: str, flag: str) -> tuple[int, ...]:
-  """1,4,16 -> (1, 4, 16); "" or none -> ()."""
-  if text.strip().lower() in ("", "none"):
+def _int_list(text: str | None, flag: str) -> tuple[int, ...]:
+  """1,4,16 -> (1, 4, 16); none, or the flag not given (None) -> (); an empty value (an
+  unset shell variable) is refused."""
+  if text is None or text.strip().lower() == "none":
     return ()
   try:
     values = tuple(int(part) for part in text.split(","))
@@ -456,6 +457,12 @@ def _serve_on(args, sockets) -> int:
   """cmd_serve once its sockets are bound: load the model, warm up, serve."""
   from seq2seq_jax.serve import ServeOptions, address_of, serve
   configure_logging(sys.stderr)
+  options = ServeOptions(max_wait_ms=args.max_wait_ms, max_batch=args.max_batch,
+                         max_texts=args.max_texts, max_body_bytes=args.max_body_bytes,
+                         batch_buckets=_int_list(args.batch_buckets, "--batch-buckets"),
+                         length_buckets=_int_list(args.length_buckets, "--length-buckets"))
+  if options.batch_buckets and max(options.batch_buckets) < options.max_batch:
+    raise UserError(f"--batch-buckets must reach --max-batch={options.max_batch}.")
   if args.exported:
     if args.beam_sizes is not None or args.length_penalty is not None or args.checkpoint:
       raise UserError("--beam-sizes, --length-penalty and --checkpoint are export settings: "
@@ -472,12 +479,6 @@ def _serve_on(args, sockets) -> int:
         length_penalty=_length_penalty_or_default(args),
         platforms=(jax_export.default_export_platform(),))
     where = f"workdir {args.workdir}"
-  options = ServeOptions(max_wait_ms=args.max_wait_ms, max_batch=args.max_batch,
-                         max_texts=args.max_texts, max_body_bytes=args.max_body_bytes,
-                         batch_buckets=_int_list(args.batch_buckets or "", "--batch-buckets"),
-                         length_buckets=_int_list(args.length_buckets or "", "--length-buckets"))
-  if options.batch_buckets and max(options.batch_buckets) < options.max_batch:
-    raise UserError(f"--batch-buckets must reach --max-batch={options.max_batch}.")
   if options.length_buckets and max(options.length_buckets) < translator.max_source_len:
     raise UserError(f"--length-buckets must reach the model's max_source_len="
                     f"{translator.max_source_len} (longer inputs are cut to it).")

@@ -401,6 +401,21 @@ def test_a_length_penalty_without_beams_is_refused_as_translate_refuses_it(tmp_p
         "--beam-sizes none exports no beam: give beam sizes, or leave --length-penalty out."]
 
 
+def test_an_empty_list_of_beam_sizes_or_buckets_is_refused_not_taken_for_none(tmp_path, capsys):
+  """`--beam-sizes "$SIZES"` with SIZES unset exported greedy alone, silently; `none` is how
+  to say it."""
+  from tests.conftest import cli_in_process
+  for command, flag in ((["export", "--out", str(tmp_path / "x")], "--beam-sizes"),
+                        (["serve", "--port", "0"], "--beam-sizes"),
+                        (["serve", "--port", "0"], "--batch-buckets"),
+                        (["serve", "--port", "0"], "--length-buckets")):
+    code, out, err = cli_in_process(capsys, *command[:1], "--workdir", str(tmp_path / "none"),
+                                    *command[1:], flag, "")
+    assert code == 2 and out == "" and err.splitlines() == [
+        f"seq2seq-jax {command[0]}: error: {flag} takes positive whole numbers separated by "
+        "commas (e.g. 1,4,16), got ''."], (flag, err)
+
+
 @pytest.mark.slow
 def test_an_export_for_another_platform_is_refused_when_loaded(trained_workdir, tmp_path, capsys):
   """Lowered for tpu alone on this CPU host, it loaded and failed at the first
