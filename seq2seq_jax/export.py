@@ -263,6 +263,14 @@ def _check_out_dir(out: str) -> None:
   """Refuses an --out that replacing would lose something of the user's in."""
   if os.path.exists(out) and not os.path.isdir(out):
     raise UserError(f"--out '{out}' is a file; name a directory.")
+  above = os.path.dirname(os.path.abspath(out))
+  while True:  # an export in an export: the outer one could no longer be replaced
+    if all(os.path.isfile(os.path.join(above, own)) for own in (MANIFEST_FILE, PARAMS_FILE)):
+      raise UserError(f"--out '{out}' is inside the export '{above}', which could then no "
+                      "longer be replaced by the next export to it: pick an --out outside it.")
+    if above == os.path.dirname(above):
+      break
+    above = os.path.dirname(above)
   if not os.path.isdir(out):
     return
   foreign = _foreign_entries(out)

@@ -107,7 +107,8 @@ def test_an_out_that_is_a_link_stays_a_link_to_the_new_export(tmp_path):
 def test_export_refuses_a_directory_holding_anything_but_an_export(tmp_path):
   """An export beside the user's files (notes, a folder, another export nested in it) is
   refused in one line naming them: replacing DIR whole would delete them. An export's
-  own files alone (sentencepiece models and beam functions included) are replaced."""
+  own files alone (sentencepiece models and beam functions included) are replaced. An
+  export into an export is refused before it is written."""
   from seq2seq_jax.export import write_artifact
   out = tmp_path / "ex7"
   write_artifact(_artifact(1), str(out))
@@ -119,7 +120,12 @@ def test_export_refuses_a_directory_holding_anything_but_an_export(tmp_path):
                                      "vocab.json"]
   (out / "notes.txt").write_text("mine")
   (out / "plots").mkdir()
-  write_artifact(_artifact(1), str(out / "inner"))
+  with pytest.raises(UserError, match=f"--out '{out}/inner' is inside the export '{out}', which "
+                     "could then no longer be replaced by the next export to it: pick an --out "
+                     "outside it.$"):
+    write_artifact(_artifact(1), str(out / "inner"))
+  write_artifact(_artifact(1), str(tmp_path / "inner"))
+  os.replace(tmp_path / "inner", out / "inner")  # one moved in all the same
   (out / "z.txt").write_text("mine too")
   with pytest.raises(UserError) as refused:
     write_artifact(_artifact(3), str(out))
