@@ -228,6 +228,15 @@ def _shown(value) -> str:
   return f"{value:,.1f}" if isinstance(value, float) else str(value)
 
 
+def _recorder(samples: dict[str, list], say):
+  """record(key, value): keeps a measurement in samples[key] and says it as it is taken
+  (a run cut short has still told it)."""
+  def record(key, value):
+    samples.setdefault(key, []).append(value)
+    say(f"  {key}: {_shown(value)}")
+  return record
+
+
 def _matmul_rates(workers, accelerator: bool) -> dict[str, Any]:
   """The matmul limit: on a CPU the best f32 1024 x 1024 rate of XLA and PyTorch; on an
   accelerator the 4096 x 4096 float32 rate at the highest precision (XLA, and PyTorch's
@@ -254,15 +263,14 @@ def _recurrent_steps(worker, rounds, shapes, quick, cudnn, accelerator, say) -> 
   batches = (shapes["batch"],) + ((1024,) if accelerator and not quick else ())
   variants = [("scan", u) for u in unrolls] + ([("cudnn", 1)] if cudnn else [])
   samples: dict[str, list] = {}
+  record = _recorder(samples, say)
   for r in range(rounds):
     say(f"recurrent steps: round {r + 1}/{rounds}")
     for batch in batches:
       for impl, unroll in variants:
-        key = f"{batch}/{impl}" + (f"/{unroll}" if impl == "scan" else "")
-        samples.setdefault(key, []).append(worker(
+        record(f"{batch}/{impl}" + (f"/{unroll}" if impl == "scan" else ""), worker(
             "recurrent", batch=batch, steps=shapes["tgt_len"], impl=impl, unroll=unroll,
             repeats=3 if quick else 5))
-        say(f"  {key}: {_shown(samples[key][-1])}")
   return {"steps": shapes["tgt_len"], "latent": shapes["latent"], "samples": samples,
           "cudnn": "measured" if cudnn else "not measured: no NVIDIA GPU with JAX's CUDA build"}
 
@@ -278,10 +286,7 @@ def _rounds(workers, rounds, shapes, train_steps, big_batches, decode_batches, s
   batch = shapes["batch"]
   samples: dict[str, list] = {}
   names = list(workers)
-
-  def record(key, value):
-    samples.setdefault(key, []).append(value)
-    say(f"  {key}: {_shown(value)}")  # as it is taken: a run cut short still told it
+  record = _recorder(samples, say)
 
   def alternate(phase, measure):
     for r in range(rounds):
