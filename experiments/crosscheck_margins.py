@@ -1,5 +1,7 @@
-"""The CPU cross-check's margins (docs/accelerators.md): how far rounding and a simulated
-device fault move the default model's logits from the host reference.
+"""The CPU cross-check's margins (docs/accelerators.md), measured on the default model.
+
+How far rounding and a simulated device fault move the default model's logits from the host
+reference.
 
 For the first and last validation batches, at initialisation and after each of --epochs
 epochs of training on the scan, prints crosscheck.discrepancy from the reference of:

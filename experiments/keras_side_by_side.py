@@ -1,5 +1,7 @@
-"""Train the Keras lstm_seq2seq example and our Keras-parity configuration on the same
-data for a few epochs; print their loss curves side by side and plot them.
+"""The Keras lstm_seq2seq example and our Keras-parity configuration, trained side by side.
+
+Both train on the same data for a few epochs; their loss curves are printed side by side
+and plotted.
 
   python experiments/keras_side_by_side.py --data anki:fra.txt --epochs 5 --out runs/side_by_side
   python experiments/keras_side_by_side.py --data numbers:fr --num-samples 10000 --epochs 5

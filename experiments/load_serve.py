@@ -1,6 +1,7 @@
-"""A bounded load run of `seq2seq-jax serve`: N concurrent clients for S seconds on a
-loopback port, beside the same sentences through `seq2seq-jax translate`, one process
-per request.
+"""A bounded load run of `seq2seq-jax serve` against one `translate` process per request.
+
+N concurrent clients for S seconds on a loopback port, beside the same sentences through
+`seq2seq-jax translate`, one process per request.
 
   python experiments/load_serve.py --workdir /tmp/default_run --clients 32 --seconds 30
 

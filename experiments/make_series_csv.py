@@ -1,5 +1,6 @@
-"""Write a small multi-column time series CSV (seasonal signals with noise) for trying
-`series:PATH`:  python experiments/make_series_csv.py series.csv [--rows 2000] [--seed 0]"""
+"""Write a small multi-column time series CSV for trying `series:PATH`.
+
+Seasonal signals with noise:  python experiments/make_series_csv.py series.csv [--rows 2000] [--seed 0]"""
 
 import argparse
 

@@ -1,5 +1,6 @@
-"""The README's quality table: from the Keras example's model to attention and a
-bidirectional encoder, greedy vs beam 5, each row trained on the same budget.
+"""The README's quality table, each row trained on the same budget.
+
+From the Keras example's model to attention and a bidirectional encoder, greedy vs beam 5.
 
 Every row is `seq2seq-jax train` on a base config with `--set` overrides, then
 `seq2seq-jax evaluate --json` (and `--beam 5`) on the test split; the commands are

@@ -1,5 +1,7 @@
-"""The README's real-text figures from one trained workdir: greedy and beam test metrics,
-validation chrF against minutes, and translations drawn at random from the test pages.
+"""The README's real-text figures from one trained workdir.
+
+Greedy and beam test metrics, validation chrF against minutes, and translations drawn at
+random from the test pages.
 
   python experiments/real_text_report.py --workdir runs/libreoffice_fr --out runs/libreoffice_fr/report.md
 

@@ -1,5 +1,7 @@
-"""The run's accelerator against the host CPU: the model's outputs on real batches must agree
-to rounding, or the run stops with one line before it trains.
+"""The run's accelerator checked against the host CPU before it trains.
+
+The model's outputs on real batches must agree to rounding, or the run stops with one line
+before it trains.
 
 Why: on one NVIDIA H200 (2026-12-04) a default run trained for six epochs and saved a model
 that translated nothing, with no error (its LSTM layers then went through cuDNN; the cause

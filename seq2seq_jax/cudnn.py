@@ -1,5 +1,6 @@
-"""cuDNN LSTM layers (jax.experimental.rnn) on our Keras-layout parameters: withdrawn from
-runs, kept for diagnosis and the benchmark.
+"""cuDNN LSTM layers (jax.experimental.rnn) on our Keras-layout parameters.
+
+Withdrawn from runs; kept for diagnosis and the benchmark.
 
 On one NVIDIA H200 (2026-12-04, jax 0.11.2) the default model trained through these layers
 translated nothing (test exact match 0.000; the scan 0.996 on the same GPU) and trained

@@ -1,6 +1,8 @@
-"""Decoding: greedy (jitted `lax.scan` over output steps carrying (h, c), in chunks that
-stop once every sentence has ended), beam
-search (one jitted `lax.while_loop` over fixed-shape B x K beams) and sampling."""
+"""Decoding: greedy, beam search and sampling.
+
+Greedy is a jitted `lax.scan` over output steps carrying (h, c), in chunks that stop once
+every sentence has ended; beam search is one jitted `lax.while_loop` over fixed-shape
+B x K beams."""
 
 from __future__ import annotations
 

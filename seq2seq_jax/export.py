@@ -1,6 +1,7 @@
-"""Writes a trained model as a portable artifact: its encoder, greedy and beam decoders
-serialised with `jax.export` (StableHLO, symbolic batch and source length), its
-parameters as arrays, its vocabularies and a JSON manifest (`seq2seq-jax export`).
+"""Writes a trained model as a portable artifact (`seq2seq-jax export`).
+
+Its encoder, greedy and beam decoders serialised with `jax.export` (StableHLO, symbolic
+batch and source length), its parameters as arrays, its vocabularies and a JSON manifest.
 
 DIR/ holds
   manifest.json       model settings, versions, checkpoint, beam sizes, decode_max_len,

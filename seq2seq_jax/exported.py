@@ -1,7 +1,8 @@
-"""Translates with an exported model (`seq2seq-jax export`'s DIR), using jax, numpy and
-seq2seq_jax.vocab alone (and errors.py's exception type; sentencepiece for subword
-models, data/sentences.py's sentence splitting for split_sentences ones): no Flax, Orbax
-or optax, no training code.
+"""Translates with an exported model (`seq2seq-jax export`'s DIR), without the training code.
+
+It uses jax, numpy and seq2seq_jax.vocab alone (and errors.py's exception type;
+sentencepiece for subword models, data/sentences.py's sentence splitting for
+split_sentences ones): no Flax, Orbax or optax.
 
     translator = ExportedTranslator.load("exported/")
     translator.translate(["twelve", "three hundred"])          # greedy

@@ -1,5 +1,6 @@
-"""A model with its vocabularies: built for a run's data, or restored from a workdir
-alone; translates, forecasts and evaluates."""
+"""A model with its vocabularies, built for a run's data or restored from a workdir alone.
+
+It translates, forecasts and evaluates."""
 
 from __future__ import annotations
 

@@ -1,5 +1,6 @@
-"""The one training loop, over a leading trial axis: a run is one trial, a vectorised
-sweep group is N trials that share one jitted program.
+"""The one training loop, over a leading trial axis.
+
+A run is one trial; a vectorised sweep group is N trials that share one jitted program.
 
 For every trial it keeps what a run needs: bit-exact resume, a checkpoint and exit on
 SIGINT/SIGTERM, metrics.jsonl rewound after kill -9, a non-finite loss stopping that trial

@@ -1,5 +1,7 @@
-"""The Optuna study behind a sweep: its storage, sampler and pruner, trials asked in
-groups that can share one program, heartbeats, and the retry of a dead worker's trials.
+"""The Optuna study behind a sweep.
+
+Its storage, sampler and pruner, trials asked in groups that can share one program,
+heartbeats, and the retry of a dead worker's trials.
 
 Every worker (a process on this machine or another) opens the same study; Optuna hands
 each trial to one worker only. A declared sweep (grid, random, trials) enqueues its

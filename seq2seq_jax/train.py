@@ -1,5 +1,7 @@
-"""Old import paths (seq2seq_jax 0.1), kept working: training moved to loop.py, the pure
-steps to steps.py, a run's files to workdir.py, restoring and translating to inference.py."""
+"""Old import paths (seq2seq_jax 0.1), kept working.
+
+Training moved to loop.py, the pure steps to steps.py, a run's files to workdir.py,
+restoring and translating to inference.py."""
 
 from seq2seq_jax.inference import Translator as Task  # noqa: F401
 from seq2seq_jax.inference import evaluate_pairs, load_trained  # noqa: F401

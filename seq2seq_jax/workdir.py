@@ -1,5 +1,7 @@
-"""A run's workdir: its files (atomic writes, metrics.jsonl, run.json, the config check)
-and the typed, versioned meta stored with every checkpoint.
+"""A run's workdir: its files and the meta stored with every checkpoint.
+
+Atomic writes, metrics.jsonl, run.json, the config check, and the typed, versioned meta
+stored with every checkpoint.
 
 A workdir holds
   config.json     the run's Config (checked when the run resumes)

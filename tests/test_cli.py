@@ -1,3 +1,6 @@
+"""The `seq2seq-jax` commands as a user runs them: translate, evaluate and plot outputs, one-line
+errors without tracebacks, Ctrl-C and SIGTERM, standard input, and the library's equivalents."""
+
 import json
 import os
 

@@ -1,3 +1,6 @@
+"""config.py: shipped configs load, every field is commented, overrides are typed, and an
+unknown key, a bad value or a config file that fails is one line naming it."""
+
 import os
 
 import pytest
@@ -130,7 +133,7 @@ def test_a_config_file_not_named_py_is_one_line(tmp_path, name):
   path = tmp_path / name
   path.write_text("num_epochs: 1\n")
   with pytest.raises(UserError, match=rf"^config file '{path}' is not a Python file \(\*\.py\): "
-                     "a config is a .py file whose get_config\(\) returns a Config"):
+                     r"a config is a .py file whose get_config\(\) returns a Config"):
     config_lib.load_config_file(str(path))
 
 

@@ -1,3 +1,6 @@
+"""decode.py: greedy equals a step-by-step loop, beam search is exact where it can be and never
+worse than greedy on average, sampling is seeded; none depends on batch or padding."""
+
 import functools
 import itertools
 

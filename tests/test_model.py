@@ -1,3 +1,6 @@
+"""model.py: the cells equal NumPy references, the scan equals a Python loop, padding changes
+nothing, Keras' initialisers and layout, attention, bidirectional encoders, tying and bfloat16."""
+
 import functools
 
 import jax

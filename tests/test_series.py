@@ -1,3 +1,6 @@
+"""series:PATH: CSV parsing names bad rows and columns, windows slide over rows, and a trained
+model beats the last-value baseline and restores."""
+
 import numpy as np
 import pytest
 

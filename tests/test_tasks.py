@@ -1,3 +1,6 @@
+"""The synthetic tasks (addition, echo, reverse): deterministic, disjoint splits, clear errors
+for impossible sizes, and learnable."""
+
 import pytest
 
 from seq2seq_jax import data as data_lib

@@ -1,3 +1,6 @@
+"""Training end to end: RMSprop is Keras', a tiny model overfits, a resumed run equals an
+uninterrupted one, a NaN loss stops it, and no step compiles after the first epoch."""
+
 import json
 import os
 import re

@@ -1,5 +1,7 @@
-"""The `seq2seq-jax benchmark` harness, outside the core package: seq2seq_jax against
-Keras 3 (JAX backend) and PyTorch on the same work, measured side by side.
+"""The `seq2seq-jax benchmark` harness, outside the core package.
+
+seq2seq_jax against Keras 3 (JAX backend) and PyTorch on the same work, measured side by
+side.
 
   harness.py     the coordinator: worker processes, alternating rounds, run_benchmark
   workers.py     one worker per framework, each in its own process (python -m ...workers)

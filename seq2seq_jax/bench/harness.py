@@ -1,5 +1,7 @@
-"""`seq2seq-jax benchmark`, the coordinator: seq2seq_jax against Keras 3 (JAX backend) and PyTorch on the
-same work, measured side by side in one run.
+"""`seq2seq-jax benchmark`, the coordinator of the workers and their rounds.
+
+seq2seq_jax against Keras 3 (JAX backend) and PyTorch on the same work, measured side by
+side in one run.
 
 Each framework runs in its own worker process (a JAX thread pool in the same process
 starves PyTorch's) that waits, idle, on its stdin for the next measurement, so the

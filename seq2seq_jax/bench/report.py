@@ -1,5 +1,7 @@
-"""The benchmark's report: medians over the rounds, ratios of seq2seq_jax's rates to
-the peers', and the Markdown tables `seq2seq-jax benchmark` prints.
+"""The benchmark's report: medians, ratios and Markdown tables.
+
+Medians over the rounds, ratios of seq2seq_jax's rates to the peers', and the Markdown
+tables `seq2seq-jax benchmark` prints.
 """
 
 from __future__ import annotations

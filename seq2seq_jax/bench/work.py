@@ -1,6 +1,7 @@
-"""The work every framework is measured on: the Keras example's shapes and a random batch
-at them, the FLOPs of a training sample, and the real-length pairs (--data) with the
-padding each framework's batching pays on them.
+"""The work every framework is measured on.
+
+The Keras example's shapes and a random batch at them, the FLOPs of a training sample, and
+the real-length pairs (--data) with the padding each framework's batching pays on them.
 """
 
 from __future__ import annotations

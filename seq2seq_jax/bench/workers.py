@@ -1,6 +1,8 @@
-"""The benchmark's workers: one per framework, each in its own process (a JAX thread
-pool in the same process starves PyTorch's), answering the coordinator's ops (setup,
-train, epoch, decode, matmul, recurrent, finish) one JSON line at a time on stdin / stdout.
+"""The benchmark's workers: one per framework, each in its own process.
+
+A JAX thread pool in the same process starves PyTorch's. Each answers the coordinator's ops
+(setup, train, epoch, decode, matmul, recurrent, finish) one JSON line at a time on stdin /
+stdout.
 
   python -m seq2seq_jax.bench.workers --worker {seq2seq_jax,keras,torch}
 """

@@ -1,7 +1,8 @@
-"""Data, in the order a run reads it: sources parse `--data SPEC` into text pairs
-(sources.py, tasks.py), splits cut and limit them and build vocabularies (splits.py; long
-pairs into sentence pairs with sentences.py), batches encode them to int32 ids and cut
-length-bucketed batches (batches.py)."""
+"""Data, in the order a run reads it: sources, splits, batches.
+
+Sources parse `--data SPEC` into text pairs (sources.py, tasks.py), splits cut and limit
+them and build vocabularies (splits.py; long pairs into sentence pairs with sentences.py),
+batches encode them to int32 ids and cut length-bucketed batches (batches.py)."""
 
 from seq2seq_jax.data.batches import (Encoded, bucket_keys, encode_pairs, encode_sources,  # noqa: F401
                                       epoch_batches, eval_batches, make_batch, steps_per_epoch)

@@ -1,5 +1,6 @@
-"""Encoding to int32 ids (never one-hot) and batching: seeded per-epoch shuffles, length
-buckets, fixed batch sizes."""
+"""Encoding to int32 ids (never one-hot) and batching.
+
+Seeded per-epoch shuffles, length buckets, fixed batch sizes."""
 
 from __future__ import annotations
 

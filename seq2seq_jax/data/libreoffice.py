@@ -1,4 +1,4 @@
-"""LibreOffice's help as a parallel corpus: `--data libreoffice:LANG[:DIR]`, read from Debian packages.
+"""LibreOffice's help as a parallel corpus (`--data libreoffice:LANG[:DIR]`) from Debian packages.
 
 Debian ships LibreOffice's help pages as HTML, one package per language
 (`libreoffice-help-en-us`, `libreoffice-help-fr`, ...). Every paragraph and heading of a

@@ -1,4 +1,4 @@
-"""Sentence boundaries: long texts cut into pieces a model reads whole, long pairs into sentence pairs.
+"""Sentence boundaries: long texts cut into pieces read whole, long pairs into sentence pairs.
 
 `split_sentences` cuts a paragraph after a sentence's end (. ! ? … and what closes it:
 quotes, brackets) where the next word starts like a sentence (a capital, a digit, an
