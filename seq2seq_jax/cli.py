@@ -435,28 +435,9 @@ def cmd_export(args) -> int:
 
 def cmd_serve(args) -> int:
   with _importing():
-    from seq2seq_jax.serve import MAX_WAIT_MS, bind_sockets
+    from seq2seq_jax.serve import MAX_WAIT_MS, ServeOptions, bind_sockets
   if args.max_wait_ms > MAX_WAIT_MS:  # a longer wait overflows a queue's timeout
     raise UserError(f"--max-wait-ms {args.max_wait_ms:g}: at most {MAX_WAIT_MS:.0f} (a minute).")
-  try:
-    import starlette  # noqa: F401
-    import uvicorn  # noqa: F401
-  except ImportError:
-    raise UserError("serve needs Starlette and uvicorn: pip install 'seq2seq_jax[serve]'.") from None
-  # the port is the server's from before the model loads (a busy one refused at once),
-  # not taken by someone else during warm-up; it listens once warm-up has ended
-  sockets = bind_sockets(args.host, args.port)
-  try:
-    return _serve_on(args, sockets)
-  finally:
-    for sock in sockets:
-      sock.close()
-
-
-def _serve_on(args, sockets) -> int:
-  """cmd_serve once its sockets are bound: load the model, warm up, serve."""
-  from seq2seq_jax.serve import ServeOptions, address_of, serve
-  configure_logging(sys.stderr)
   options = ServeOptions(max_wait_ms=args.max_wait_ms, max_batch=args.max_batch,
                          max_texts=args.max_texts, max_body_bytes=args.max_body_bytes,
                          batch_buckets=_int_list(args.batch_buckets, "--batch-buckets"),
@@ -467,13 +448,36 @@ def _serve_on(args, sockets) -> int:
     if args.beam_sizes is not None or args.length_penalty is not None or args.checkpoint:
       raise UserError("--beam-sizes, --length-penalty and --checkpoint are export settings: "
                       "give them to `seq2seq-jax export`, or serve --workdir.")
+    beam_sizes = None
+  else:
+    beam_sizes = _export_beam_sizes(args)
+  try:
+    import starlette  # noqa: F401
+    import uvicorn  # noqa: F401
+  except ImportError:
+    raise UserError("serve needs Starlette and uvicorn: pip install 'seq2seq_jax[serve]'.") from None
+  # the port is the server's from before the model loads (a busy one refused at once),
+  # not taken by someone else during warm-up; it listens once warm-up has ended
+  sockets = bind_sockets(args.host, args.port)
+  try:
+    return _serve_on(args, options, beam_sizes, sockets)
+  finally:
+    for sock in sockets:
+      sock.close()
+
+
+def _serve_on(args, options, beam_sizes, sockets) -> int:
+  """cmd_serve once its flags are checked and its sockets bound: load the model, warm up,
+  serve."""
+  from seq2seq_jax.serve import address_of, serve
+  configure_logging(sys.stderr)
+  if args.exported:
     from seq2seq_jax.exported import ExportedTranslator
     translator = ExportedTranslator.load(args.exported)
     where = f"export {args.exported}"
   else:
     from jax import export as jax_export
     from seq2seq_jax.export import export_workdir
-    beam_sizes = _export_beam_sizes(args)
     translator = export_workdir(  # in memory: the same functions an export writes
         args.workdir, None, args.checkpoint or "best", beam_sizes=beam_sizes,
         length_penalty=_length_penalty_or_default(args),

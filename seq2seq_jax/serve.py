@@ -1,5 +1,6 @@
-"""The translation service (`seq2seq-jax serve`): a Starlette app on uvicorn whose
-requests are decoded together, in batches padded to fixed shapes, by one worker thread.
+"""The translation service (`seq2seq-jax serve`): a Starlette app on uvicorn.
+
+Its requests are decoded together, in batches padded to fixed shapes, by one worker thread.
 
   POST /translate  {"text": ["...", ...], "beam": k}  ->  {"translations": [...], "warnings": [...]}
   GET  /health     {"status": "ok", ...}

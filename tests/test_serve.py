@@ -333,13 +333,24 @@ def test_serve_an_export_directory(trained_workdir, tmp_path):
 
 
 def test_serve_flags_are_checked(capsys):
+  """Flags are checked before the port is taken: a busy default port does not hide them."""
   code, _, err = cli_in_process(capsys, "serve", "--exported", "/nonexistent", "--beam-sizes", "2")
   assert code == 2 and "export settings" in err
-  code, _, err = cli_in_process(capsys, "serve", "--exported", os.path.join(ROOT, "no-such-export"))
+  code, _, err = cli_in_process(capsys, "serve", "--exported", os.path.join(ROOT, "no-such-export"),
+                                "--port", "0")  # the default port may be in use here
   assert code == 2 and "does not exist" in err
   # a wait past threading's limit killed the decoder thread
   code, _, err = cli_in_process(capsys, "serve", "--exported", "x", "--max-wait-ms", "1e20")
   assert code == 2 and err == "seq2seq-jax serve: error: --max-wait-ms 1e+20: at most 60000 (a minute).\n"
+  with socket.socket() as busy:
+    busy.bind(("127.0.0.1", 0))
+    busy.listen()
+    port = str(busy.getsockname()[1])
+    for flags, message in ((["--exported", "x", "--checkpoint", "best"], "export settings"),
+                           (["--workdir", "w", "--batch-buckets", "1,2"], "must reach --max-batch"),
+                           (["--workdir", "w", "--beam-sizes", "0"], "--beam-sizes takes")):
+      code, _, err = cli_in_process(capsys, "serve", *flags, "--port", port)
+      assert code == 2 and message in err and err.count("\n") == 1, err
 
 
 def test_where_it_cannot_listen_is_refused_before_the_model_loads(capsys, tmp_path):
@@ -373,7 +384,7 @@ def test_a_directory_without_a_manifest_is_not_an_export(capsys, tmp_path):
 
 
 def test_a_workdir_given_as_an_export_is_named(capsys, trained_workdir):
-  code, _, err = cli_in_process(capsys, "serve", "--exported", trained_workdir)
+  code, _, err = cli_in_process(capsys, "serve", "--exported", trained_workdir, "--port", "0")
   assert code == 2 and "is a training workdir, not an export: serve it with --workdir" in err
 
 
