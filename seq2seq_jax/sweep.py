@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import dataclasses
+import difflib
 import hashlib
 import io
 import itertools
@@ -142,11 +143,28 @@ def trial_name(overrides: dict[str, Any]) -> str:
   return name
 
 
+def _is_distribution(space: Any) -> bool:
+  """(kind, low, high), or what was meant as one: a tuple led by a word and two numbers
+  (a misspelt kind is refused, not taken as three choices)."""
+  if not isinstance(space, tuple) or not space or not isinstance(space[0], str):
+    return False
+  return space[0] in DISTRIBUTIONS or (len(space) == 3 and all(
+      isinstance(v, (int, float, np.number)) and not isinstance(v, bool) for v in space[1:]))
+
+
 def _draw(rng: np.random.Generator, key: str, space: Any, where: str) -> Any:
-  if isinstance(space, tuple) and space and space[0] in DISTRIBUTIONS:
-    if len(space) != 3 or not space[1] < space[2]:
-      raise UserError(f"{where}: random '{key}': expected (kind, low, high) with low < high, "
-                      f"got {space!r}.")
+  if _is_distribution(space):
+    if space[0] not in DISTRIBUTIONS:
+      close = difflib.get_close_matches(space[0], DISTRIBUTIONS, n=1)
+      raise UserError(f"{where}: '{key}': unknown kind {space[0]!r} in {space!r}; use "
+                      f"{', '.join(DISTRIBUTIONS)}{f' (did you mean {close[0]}?)' if close else ''}"
+                      ", or a list for choices.")
+    numbers = len(space) == 3 and all(isinstance(v, (int, float, np.number)) and not isinstance(
+        v, bool) and math.isfinite(v) for v in space[1:])
+    if not numbers or not space[1] < space[2] or (
+        space[0] == "int" and not all(is_whole_number(v) for v in space[1:])):
+      raise UserError(f"{where}: '{key}': expected (kind, low, high) with low < high, finite "
+                      f"numbers (whole ones for int), got {space!r}.")
     kind, low, high = space
     if kind == "int":
       return int(rng.integers(low, high + 1))
@@ -215,7 +233,31 @@ def _check_space(space: Any, where: str) -> dict[str, Any]:
                     "(kind, low, high).")
   for key, values in space.items():
     _draw(np.random.default_rng(0), key, values, where)  # the same checks as random's
-  return {k: tuple(v) if isinstance(v, tuple) else list(v) for k, v in space.items()}
+  # a tuple of choices is choices, as in a random sweep (the study reads a tuple as a range)
+  return {k: tuple(v) if _is_distribution(v) else list(v) for k, v in space.items()}
+
+
+def _check_search_reach(base: Config, space: dict[str, Any], where: str) -> None:
+  """Every value a search can propose is a valid setting: each choice, and both ends of
+  each range (a range reaching past a key's limits stopped the sweep at its first draw
+  there, on every rerun)."""
+  for key, values in space.items():
+    ends = values[1:] if isinstance(values, tuple) else values
+    for value in ends:
+      value = int(value) if isinstance(values, tuple) and values[0] == "int" else value
+      try:
+        make_trial(base, {key: value}, where)
+      except UserError as error:
+        reach = "reaches" if isinstance(values, tuple) else "offers"
+        raise UserError(f"{where}: search '{key}' {values!r} {reach} {value!r}, which is not a "
+                        f"valid setting: {error}") from None
+
+
+def _within(value: Any, space: Any) -> bool:
+  """Whether a search space holds value: one of its choices, or in its range."""
+  if isinstance(space, tuple):
+    return space[1] <= value <= space[2]
+  return value in space
 
 
 def make_sweep(base: Config, spec: dict[str, Any], where: str = "get_sweep()") -> Sweep:
@@ -256,12 +298,19 @@ def make_sweep(base: Config, spec: dict[str, Any], where: str = "get_sweep()") -
   if searched:
     space = _check_space(spec["search"], where)
     keys = list(space)
+    _check_search_reach(base, space, where)
     first = spec.get("enqueue", [])
     if not isinstance(first, list) or not all(isinstance(t, dict) and set(t) == set(keys)
                                               for t in first):
       raise UserError(f"{where}: 'enqueue' must be a list of {{key: value}} dicts giving "
                       f"every searched key ({', '.join(keys)}).")
     trials = [make_trial(base, values, where) for values in first]
+    for trial in trials:  # the study records an enqueued trial's values in the space
+      outside = next((key for key in keys if not _within(trial.overrides[key], space[key])), None)
+      if outside is not None:
+        raise UserError(f"{where}: enqueued {outside}={trial.overrides[outside]!r} is outside "
+                        f"its search space {space[outside]!r}: widen the space, or enqueue "
+                        "a value in it.")
     if not isinstance(spec.get("num_trials"), int) or spec["num_trials"] <= 0:
       raise UserError(f"{where}: a search needs num_trials, a positive whole number.")
     make_trial(base, {key: _draw(np.random.default_rng(0), key, space[key], where)

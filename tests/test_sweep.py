@@ -140,12 +140,46 @@ def test_declaration_errors_name_the_problem():
                                          "swept values. Did you mean learning_rate"),
     ({"grid": {"learning_rate": ["fast"]}},
      "the sweep's swept values: learning_rate=fast: 'fast' is not a valid float"),
+    # a range partly outside a key's limits: the first draw there stopped it, on every rerun
+    ({"search": {"dropout": ("uniform", 0.9, 1.02)}, "num_trials": 8},
+     r"^the sweep: search 'dropout' \('uniform', 0.9, 1.02\) reaches 1.02, which is not a "
+     r"valid setting: .*dropout.* must be in \[0, 1\)"),
+    ({"search": {"num_layers": ("int", 0, 3)}, "num_trials": 8}, "reaches 0, which is not"),
+    ({"search": {"dropout": [0.1, 1.5]}, "num_trials": 8}, r"\[0.1, 1.5\] offers 1.5"),
+    # a misspelt kind was three choices (random) or a linear range (search)
+    ({"random": {"learning_rate": ("loguniform", 1e-4, 1e-2)}, "num_trials": 2},
+     "'learning_rate': unknown kind 'loguniform' .* \\(did you mean log_uniform\\?\\)"),
+    ({"search": {"learning_rate": ("loguniform", 1e-4, 1e-2)}, "num_trials": 2},
+     "unknown kind 'loguniform'"),
+    ({"search": {"learning_rate": ("uniform", "a", "b")}, "num_trials": 2},
+     "expected \\(kind, low, high\\) with low < high, finite numbers"),
+    ({"random": {"num_layers": ("int", 1, 2.5)}, "num_trials": 2}, "whole ones for int"),
+    # an enqueued trial outside the space: a traceback (choices), or trained as given (range)
+    ({"search": {"learning_rate": [1e-3, 1e-2]}, "num_trials": 2,
+      "enqueue": [{"learning_rate": 5.0}]},
+     r"enqueued learning_rate=5.0 is outside its search space \[0.001, 0.01\]"),
+    ({"search": {"learning_rate": ("log_uniform", 1e-4, 1e-2)}, "num_trials": 2,
+      "enqueue": [{"learning_rate": 5.0}]}, "enqueued learning_rate=5.0 is outside"),
 ])
 def test_declaration_mistakes_are_refused_before_anything_runs(spec, message):
   """Each was accepted and then trained without the setting (a misspelt metric ranked
   nothing, group_size 0.5 trained no trial), or stopped later with a traceback."""
   with pytest.raises(UserError, match=message):
     sweep_lib.make_sweep(Config(), spec, "the sweep")
+
+
+def test_a_tuple_of_choices_is_choices_in_a_search_as_in_a_random_sweep():
+  """(1e-3, 3e-3, 1e-2) in a search was a uniform range from 3e-3 to 1e-2 (and a pair, a
+  traceback); a random sweep draws such a tuple's values as choices."""
+  for choices in ((1e-3, 3e-3, 1e-2), (1e-3, 1e-2), ("none", "dot", "additive")):
+    key = "attention" if isinstance(choices[0], str) else "learning_rate"
+    searched = sweep_lib.make_sweep(Config(), {"search": {key: choices}, "num_trials": 2})
+    assert searched.space == {key: list(choices)}
+    drawn = sweep_lib.make_sweep(Config(), {"random": {key: choices}, "num_trials": 9})
+    assert {t.overrides[key] for t in drawn.trials} <= set(choices)
+  ranged = sweep_lib.make_sweep(Config(), {"search": {"learning_rate": ("uniform", 1e-3, 1e-2)},
+                                           "num_trials": 2, "enqueue": [{"learning_rate": 1e-2}]})
+  assert ranged.space == {"learning_rate": ("uniform", 1e-3, 1e-2)}  # its end is in it
 
 
 def test_the_metric_s_direction_and_a_series_sweep_s_default_metric():
