@@ -511,6 +511,7 @@ def cmd_data(args) -> int:
     raise UserError(f"`data download` fetches libreoffice:LANG packages; {args.spec} needs no "
                     "download (numbers and the tasks are embedded, files are yours to give).")
   lang, _, directory = arg.partition(":")
+  configure_logging(sys.stderr)  # its warnings: a damaged package fetched again
   directory, files = libreoffice.download(lang, args.dir or directory or None)
   for file in files:
     print(f"{file}  ({libreoffice.deb_version(file)})")

@@ -246,6 +246,30 @@ def test_data_download_fetches_the_three_packages(tmp_path, monkeypatch, capsys)
   assert out.strip().endswith("ready: train with --data libreoffice:fr")
 
 
+def test_data_download_fetches_a_damaged_package_again(tmp_path, monkeypatch, capsys):
+  """A package cut short said "download it again", and `data download` kept it as it was.
+  Now it is fetched again: under the same name it is replaced; under another (a newer
+  version) the damaged one is removed once the new one is there. Sound ones are kept."""
+  fake_apt(tmp_path, monkeypatch)
+  monkeypatch.setattr(libreoffice, "deb_version", lambda path: os.path.basename(path))
+  folder = tmp_path / "debs"
+  folder.mkdir()
+  cut_short = b"!<arch>\n" + b"data.tar.xz/".ljust(48) + b"999999".ljust(10) + b"`\n" + b"x" * 10
+  (folder / "libreoffice-help-fr_1%3a2_all.deb").write_bytes(cut_short)
+  (folder / "libreoffice-l10n-fr_1%3a1_all.deb").write_bytes(b"not an ar archive")
+  sound = b"!<arch>\n" + b"debian-binary/".ljust(48) + b"4".ljust(10) + b"`\n" + b"2.0\n"
+  (folder / "libreoffice-help-en-us_1%3a0_all.deb").write_bytes(sound)
+  code, out, err = cli_in_process(capsys, "data", "download", "libreoffice:fr", "--dir", str(folder))
+  assert code == 0, err
+  assert sorted(os.listdir(folder)) == ["libreoffice-help-en-us_1%3a0_all.deb",
+                                        "libreoffice-help-fr_1%3a2_all.deb",
+                                        "libreoffice-l10n-fr_1%3a2_all.deb"]
+  assert (folder / "libreoffice-help-fr_1%3a2_all.deb").read_text() == "libreoffice-help-fr\n"
+  assert (folder / "libreoffice-help-en-us_1%3a0_all.deb").read_bytes() == sound
+  assert "truncated package (member 'data.tar.xz' ends past the file); downloading it again" in err
+  assert "not a Debian package (no ar archive header); downloading it again" in err
+
+
 def test_data_download_errors_are_one_line(tmp_path, monkeypatch, capsys):
   fake_apt(tmp_path, monkeypatch, fail=True)
   code, _, err = cli_in_process(capsys, "data", "download", "libreoffice:xx", "--dir",

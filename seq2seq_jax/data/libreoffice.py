@@ -370,8 +370,9 @@ def libreoffice_splits(arg: str, val_fraction: float, test_fraction: float, seed
 def download(lang: str, directory: str | None = None) -> tuple[str, list[str]]:
   """Fetches the help packages of English and LANG and LANG's UI catalogs with `apt-get
   download` (no root, no install, no dependencies) into directory (default cache_dir());
-  returns (directory, the .deb files). Files already there are kept; a folder made for
-  a download that failed is removed."""
+  returns (directory, the .deb files). Files already there are kept, unless damaged (cut
+  short, not an ar archive): those are downloaded again and removed once the new ones are
+  there; a folder made for a download that failed is removed."""
   import shutil
   directory = os.path.abspath(directory or cache_dir())
   packages = packages_for(lang)
@@ -384,6 +385,14 @@ def download(lang: str, directory: str | None = None) -> tuple[str, list[str]]:
   have = {name.split("_")[0]: os.path.join(directory, name)
           for name in (os.listdir(directory) if os.path.isdir(directory) else [])
           if name.endswith(".deb")}
+  damaged = {}
+  for package in packages:
+    if package in have:
+      try:
+        read_ar(have[package])
+      except DataError as error:  # its own message says to download it again: so we do
+        log.warning("warning: %s; downloading it again", str(error).partition(";")[0])
+        damaged[package] = have.pop(package)
   wanted = [package for package in packages if package not in have]
   if wanted:
     apt = shutil.which("apt-get")
@@ -400,6 +409,10 @@ def download(lang: str, directory: str | None = None) -> tuple[str, list[str]]:
         with contextlib.suppress(OSError):
           os.rmdir(directory)
       raise
+  for package, path in damaged.items():
+    if have.get(package) != path:  # the new one came under another name (another version)
+      with contextlib.suppress(OSError):
+        os.remove(path)
   return directory, [have[package] for package in packages if package in have]
 
 
