@@ -283,9 +283,13 @@ def _check_out_dir(out: str) -> None:
                     f"that {'is' if one else 'are'} not an export's ({', '.join(shown)}{more}), "
                     f"which replacing it would delete: move {'it' if one else 'them'} "
                     "elsewhere, or pick another --out.")
-  if os.listdir(out) and not os.path.exists(os.path.join(out, MANIFEST_FILE)):
-    raise UserError(f"--out '{out}' holds files that are not an export; name a new or "
-                    "empty directory.")
+  entries = os.listdir(out)
+  # without its manifest, an export's own functions still say what it is (a damaged one,
+  # replaced whole); files by those names alone (a vocab.json) may be anyone's
+  if (entries and not os.path.exists(os.path.join(out, MANIFEST_FILE))
+      and not any(name.endswith(FUNCTION_SUFFIX) for name in entries)):
+    raise UserError(f"--out '{out}' holds {', '.join(sorted(entries))} but no export's "
+                    f"{MANIFEST_FILE} or functions; delete them, or name a new or empty directory.")
 
 
 def write_artifact(artifact: ExportedTranslator, out: str) -> None:

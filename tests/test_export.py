@@ -139,6 +139,26 @@ def test_export_refuses_a_directory_holding_anything_but_an_export(tmp_path):
   assert sorted(os.listdir(tmp_path)) == ["ex7"]  # no staging folder left beside it
 
 
+def test_an_export_that_lost_its_manifest_is_replaced_and_a_lone_vocab_json_is_not(tmp_path):
+  """Loading an export without manifest.json says to export again to DIR; export then
+  refused DIR. Its functions say it is an export; a folder holding only a file by an
+  export's name (a vocab.json of the user's) is refused, naming it."""
+  from seq2seq_jax.export import write_artifact
+  out = tmp_path / "ex"
+  write_artifact(_artifact(1), str(out))
+  (out / "manifest.json").unlink()
+  write_artifact(_artifact(2), str(out))
+  assert json.loads((out / "manifest.json").read_text())["v"] == 2
+  mine = tmp_path / "mine"
+  mine.mkdir()
+  (mine / "vocab.json").write_text("{}")
+  with pytest.raises(UserError, match=f"^--out '{mine}' holds vocab.json but no export's "
+                     "manifest.json or functions; delete them, or name a new or empty "
+                     "directory.$"):
+    write_artifact(_artifact(3), str(mine))
+  assert (mine / "vocab.json").read_text() == "{}"
+
+
 def test_a_file_put_in_dir_while_the_export_is_written_stays(tmp_path):
   """DIR is checked again just before the swap: a file the user saved there while the
   export was being written is not deleted with the older export."""
