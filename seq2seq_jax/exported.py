@@ -77,6 +77,19 @@ def _check_params_fit(flat_params: dict[str, np.ndarray], exported: jax_export.E
                     "from different exports; export again.")
 
 
+def _check_function_kind(name: str, exported: jax_export.Exported, path: str) -> None:
+  """A decoder (greedy, beamK) gives one int32 array of ids, batch x length; the encoder a
+  tree of states, outputs and mask: a function file copied over another's loaded and
+  failed at the first call, with numpy's ValueError."""
+  outputs = exported.out_avals
+  gives_ids = len(outputs) == 1 and outputs[0].dtype == np.int32 and len(outputs[0].shape) == 2
+  if gives_ids != (name != "encoder"):
+    shown = ", ".join(f"{a.dtype}{list(a.shape)}" for a in outputs[:4])
+    more = f" and {len(outputs) - 4} more" if len(outputs) > 4 else ""
+    raise ExportError(f"{path} is not the {name} function: it gives {shown}{more}; the files come "
+                      "from different exports or were renamed; export again.")
+
+
 def _check_platform(exported: jax_export.Exported, directory: str) -> None:
   """The function was lowered for this machine's platform: else jax refuses it only at
   the first call, with a ValueError that says nothing of how to fix it."""
@@ -237,6 +250,7 @@ class ExportedTranslator:
         with open(path, "rb") as f:
           exported[name] = jax_export.deserialize(bytearray(f.read()))
       _check_params_fit(flat_params, exported[name], params_path, path)
+      _check_function_kind(name, exported[name], path)
       _check_platform(exported[name], directory)
     with _reading(vocab_path):  # what is left to fail building the translator: the tokens
       translator = cls(manifest, vocab, flat_params, exported, models)

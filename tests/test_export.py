@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import random
 import subprocess
 import sys
@@ -361,6 +362,13 @@ def _mix_params(directory):  # another model's params.npz: an array of another s
   np.savez(path, **params)
 
 
+def _swap_functions(first, second):  # a function file copied over another's
+  def damage(directory):
+    shutil.copyfile(os.path.join(directory, f"{first}.stablehlo"),
+                    os.path.join(directory, f"{second}.stablehlo"))
+  return damage
+
+
 def _mix_vocab(directory):  # another export's vocab.json: a target vocabulary of another size
   path = os.path.join(directory, "vocab.json")
   vocab = json.load(open(path))
@@ -376,6 +384,9 @@ def _mix_vocab(directory):  # another export's vocab.json: a target vocabulary o
     (_damage_manifest, "manifest.json", "is damaged (KeyError: 'settings')"),
     (_mix_params, "params.npz", "does not fit"),
     (_mix_vocab, "vocab.json", "does not fit the model: its tgt vocabulary has"),
+    (_swap_functions("encoder", "greedy"), "greedy.stablehlo", "is not the greedy function: it gives"),
+    (_swap_functions("beam2", "encoder"), "encoder.stablehlo",
+     "is not the encoder function: it gives int32[b, "),
 ])
 def test_a_damaged_export_is_named_in_one_line(exported_dir, tmp_path, capsys, damage, named,
                                                reason):
