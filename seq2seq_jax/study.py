@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import json
 import logging
 import os
 import threading
@@ -55,9 +56,52 @@ def open_storage(workdir: str, url: str | None = None):
       # SQLAlchemy adds lines ("Background on this error at: ..."): the first one says it
       first = next((line for line in str(error).splitlines() if line.strip()), type(error).__name__)
       raise UserError(f"--storage {url}: {first.strip()}") from None
-  from optuna.storages.journal import JournalFileBackend
+  from optuna.storages.journal import JournalFileBackend, JournalFileSymlinkLock
   os.makedirs(workdir, exist_ok=True)
-  return optuna.storages.JournalStorage(JournalFileBackend(os.path.join(workdir, JOURNAL_FILE)))
+  path = os.path.join(workdir, JOURNAL_FILE)
+  lock = JournalFileSymlinkLock(path)  # Optuna's default, named to be held here too
+  backend = JournalFileBackend(path, lock_obj=lock)  # makes a missing file
+  _drop_a_cut_record(path, lock)
+  with reading_journal(path):  # it reads the whole journal
+    return optuna.storages.JournalStorage(backend)
+
+
+@contextlib.contextmanager
+def reading_journal(path: str | None):
+  """Optuna's errors reading a journal file (path; None: a database) as one line."""
+  try:
+    yield
+  except (json.JSONDecodeError, UnicodeDecodeError) as error:  # not what Optuna wrote
+    if path is None:
+      raise
+    raise UserError(f"the sweep's study {path} is damaged ({type(error).__name__}: {error}); "
+                    "move it away to start the study afresh (the trials' workdirs stay), or "
+                    "run the sweep with a new --workdir.") from None
+
+
+def _drop_a_cut_record(path: str, lock) -> None:
+  """A journal whose last record was cut short (the process killed, or the disk full, as it
+  wrote): Optuna reads past it, but appends the next record onto it, and from then on
+  every read fails. The cut record, which no reader ever took, is dropped, under the lock
+  the journal's writers hold."""
+  lock.acquire()
+  try:
+    with open(path, "rb+") as f:
+      size = f.seek(0, os.SEEK_END)
+      tail = b""
+      while size and b"\n" not in tail:  # back to the last whole record's end
+        step = min(size, 4096)
+        f.seek(size - step)
+        tail = f.read(step) + tail
+        size -= step
+      keep = size + tail.rfind(b"\n") + 1  # 0 where no record ended
+      end = size + len(tail)
+      if keep < end:
+        log.warning("warning: %s ended in a record cut short (%d bytes: a write was "
+                    "interrupted); dropping it", path, end - keep)
+        f.truncate(keep)
+  finally:
+    lock.release()
 
 
 def worker_seed() -> int:
@@ -122,11 +166,12 @@ class SweepStudy:
     self.optuna = optuna
     self.sweep = sweep
     self.storage = open_storage(workdir, storage_url)
-    self.study = optuna.create_study(
-        study_name=STUDY_NAME, storage=self.storage, load_if_exists=True,
-        direction="maximize" if sweep.mode == "max" else "minimize",
-        sampler=make_sampler(sweep.sampler, sweep.sampler_settings, sweep.seed + worker_seed()),
-        pruner=make_pruner(sweep.pruner, sweep.pruner_settings))
+    with reading_journal(None if storage_url else os.path.join(workdir, JOURNAL_FILE)):
+      self.study = optuna.create_study(  # a damaged last record fails at its first write
+          study_name=STUDY_NAME, storage=self.storage, load_if_exists=True,
+          direction="maximize" if sweep.mode == "max" else "minimize",
+          sampler=make_sampler(sweep.sampler, sweep.sampler_settings, sweep.seed + worker_seed()),
+          pruner=make_pruner(sweep.pruner, sweep.pruner_settings))
     self._running: dict[int, Any] = {}  # trial number -> optuna.Trial, for heartbeats
 
   # -- trials -----------------------------------------------------------------------

@@ -41,6 +41,44 @@ def test_a_declared_sweep_gives_its_trials_in_order_once(tmp_path):
   assert set(study.states().values()) == {"complete"}
 
 
+def test_a_journal_cut_short_as_it_was_written_loses_only_the_cut_record(tmp_path, caplog):
+  """A kill or a full disk during a write left half a record at the journal's end: Optuna
+  read past it, appended the next record onto it, and every later run failed with a
+  JSONDecodeError traceback. The cut record is dropped with a warning; what was whole stays."""
+  sweep = sweep_lib.load_sweep(SWEEP_TINY)
+  study = SweepStudy(sweep, str(tmp_path))
+  study.enqueue_declared()
+  optuna_trial, trial = study.ask()
+  study.complete(optuna_trial, 0.5)
+  journal = tmp_path / "study.journal"
+  whole = journal.read_bytes()
+  journal.write_bytes(whole + b'{"op_code": 5, "worker_id": "cut sh')
+  again = SweepStudy(sweep, str(tmp_path))
+  assert journal.read_bytes().startswith(whole) and b"cut sh" not in journal.read_bytes()
+  assert "ended in a record cut short (35 bytes: a write was interrupted); dropping it" in caplog.text
+  assert again.states()[trial.name] == "complete"
+  again.enqueue_declared()  # appends whole records after it, and reads them back
+  asked = [t.name for _, t in SweepStudy(sweep, str(tmp_path)).ask_group(10)]
+  assert asked == [t.name for t in sweep.trials[1:]]
+
+
+def test_a_damaged_journal_is_one_line_naming_it(tmp_path):
+  """Bytes that are not Optuna's records (not UTF-8, not JSON) inside the journal: a
+  traceback from json before; one line naming the file and what to do."""
+  from seq2seq_jax.errors import UserError
+  sweep = sweep_lib.load_sweep(SWEEP_TINY)
+  SweepStudy(sweep, str(tmp_path)).enqueue_declared()
+  journal = tmp_path / "study.journal"
+  for junk in (b"\xff\xfe not text\n", b"{not json\n"):
+    kept = journal.read_bytes()
+    journal.write_bytes(kept + junk)
+    with pytest.raises(UserError, match=rf"^the sweep's study {journal} is damaged \((Unicode|JSON)"
+                       r"DecodeError: .*\); move it away to start the study afresh \(the trials' "
+                       r"workdirs stay\), or run the sweep with a new --workdir.$"):
+      SweepStudy(sweep, str(tmp_path))
+    journal.write_bytes(kept)
+
+
 def test_declared_trials_that_set_different_keys_keep_the_base_for_the_others(tmp_path):
   spec = {"trials": [{"latent_dim": 64}, {"dropout": 0.1}, {"latent_dim": 16, "dropout": 0.2}]}
   sweep = sweep_lib.make_sweep(tiny_config(), spec)
