@@ -259,6 +259,20 @@ def test_bom_and_crlf_tsv_is_read_like_plain_utf8(tmp_path):
       ("un", "one"), ("deux", "two")]
 
 
+def test_files_joined_with_their_byte_order_marks_read_as_one(tmp_path):
+  """`cat a.tsv b.tsv`, each with a BOM: the second's U+FEFF was read as a character of
+  its first source (in the vocabulary; "\ufeffdeux" unequal to "deux"). Dropped, with a
+  warning naming the first such line."""
+  joined = tmp_path / "joined.tsv"
+  joined.write_bytes(b"\xef\xbb\xbfun\tone\r\n" + b"\xef\xbb\xbfdeux\ttwo\r\n" * 2)
+  with captured_logs() as messages:
+    assert data_lib.tab_pairs(str(joined), "tsv") == [("un", "one"), ("deux", "two"),
+                                                      ("deux", "two")]
+  assert [m for m in messages if "byte order mark" in m] == [
+      f"warning: {joined}:2: a byte order mark (U+FEFF) starts this line and 1 more, as where "
+      "files were joined; dropped (it would be read as a character of the text)"]
+
+
 def test_long_pairs_are_counted_in_the_log():
   config = tiny_config(max_source_len=5, max_target_len=5)
   with captured_logs() as messages:

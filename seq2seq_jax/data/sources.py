@@ -143,7 +143,15 @@ def read_text(path: str, missing_hint: str | None = None) -> str:
   except UnicodeDecodeError as error:
     raise DataError(f"{path}:{_position(raw, error.start + skip)}; re-encode the file as "
                     "UTF-8, e.g. `iconv -f latin1 -t utf-8 IN > OUT` for Latin-1 text.") from None
-  return normalize_line_ends(text)
+  text = normalize_line_ends(text)
+  if "\n\ufeff" in text:  # files with byte order marks joined (cat a b): one inside each
+    line = text.count("\n", 0, text.index("\n\ufeff")) + 2
+    more = text.count("\n\ufeff") - 1
+    log.warning("warning: %s:%d: a byte order mark (U+FEFF) starts this line%s, as where files "
+                "were joined; dropped (it would be read as a character of the text)", path, line,
+                f" and {more} more" if more else "")
+    text = text.replace("\n\ufeff", "\n")
+  return text
 
 
 def normalize_line_ends(text: str) -> str:
