@@ -432,8 +432,14 @@ def input_warnings(vocab: "Vocab", sources: list[str], max_source_len: int | Non
     more = f" and {len(unknown) - MAX_NAMED_UNKNOWN} more" if len(unknown) > MAX_NAMED_UNKNOWN else ""
     nfd = any(unicodedata.normalize("NFC", token) != token  # accents written apart
               or all(unicodedata.combining(ch) for ch in token) for token in unknown)
+    trained_nfd = not nfd and any(  # the other way round: known once written apart
+        unicodedata.normalize("NFD", token) != token
+        and not vocab.unknown_tokens(unicodedata.normalize("NFD", token)) for token in unknown)
     hint = (" (accents written apart from their letters: is the text NFD? Normalise it to "
-            "NFC, as docs/data.md says)" if nfd else "")
+            "NFC, as docs/data.md says)" if nfd else
+            " (the model was trained on accents written apart from their letters, NFD text: "
+            "retrain on NFC text, as docs/data.md says, or give it NFD input)" if trained_nfd
+            else "")
     warnings.append(f"{unknown_unit} never seen in training (read as unknown): "
                     + " ".join(_shown(token) for token in unknown[:MAX_NAMED_UNKNOWN]) + more + hint)
   marked = sum(SENTENCEPIECE_SPACE in s for s in sources) if vocab.level == "sentencepiece" else 0

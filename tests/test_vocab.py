@@ -330,6 +330,14 @@ def test_unknown_words_are_named_readably_and_nfd_text_is_hinted_at():
   chars = Vocab(list("abcdefghijklmnopqrstuvwxyz"))
   [warning] = input_warnings(chars, ["cafe\u0301 x\u200d"], None)
   assert "'\\u0301' '\\u200d'" in warning and "NFD" in warning  # hidden ones escaped
+  # the other way round: a model trained on NFD text, given NFC input, had no hint
+  trained_nfd = Vocab(list(unicodedata.normalize("NFD", "café")))
+  [warning] = input_warnings(trained_nfd, ["café"], None)
+  assert warning.endswith("'é' (the model was trained on accents written apart from their "
+                          "letters, NFD text: retrain on NFC text, as docs/data.md says, or give "
+                          "it NFD input)")
+  [warning] = input_warnings(trained_nfd, ["cafè"], None)  # è was never seen in any form
+  assert "NFD" not in warning
 
 
 def test_sentencepiece_s_space_mark_in_text_is_warned_of(caplog):
