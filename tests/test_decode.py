@@ -300,6 +300,20 @@ def test_the_decoders_check_their_settings_when_made(make, settings, message):
 # Sampling
 # ---------------------------------------------------------------------------
 
+def test_sampling_draws_each_step_with_its_own_key():
+  """A uniform next-token distribution that never ends: one key for every step would draw
+  the same token at each."""
+  config = tiny_config(attention="none")
+  model = model_lib.build_model(config, 11, 13)
+  params = model_lib.init_params(model, jax.random.key(3))
+  params["output_dense"] = {"kernel": jnp.zeros_like(params["output_dense"]["kernel"]),
+                            "bias": jnp.zeros(13).at[END_ID].set(-1e9).at[PAD_ID].set(-1e9)}
+  src = jnp.array([[5, 6, 7, 8, 0], [4, 9, 0, 0, 0]], jnp.int32)
+  ids = np.asarray(jax.jit(functools.partial(sample_decode, model=model, max_len=8))(
+      params, src, jax.random.key(0)))
+  assert all(len(set(row.tolist())) > 1 for row in ids), ids
+
+
 @pytest.mark.slow
 def test_sampling_is_seeded_and_approaches_greedy():
   config = tiny_config(attention="general")

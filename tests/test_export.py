@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import random
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -474,6 +474,27 @@ def test_an_export_for_another_platform_is_refused_when_loaded(trained_workdir, 
                                 f"machine's {here}: export it again with --platforms {hint}.")
   code, _, err = cli_in_process(capsys, "serve", "--exported", out, "--port", "0")
   assert code == 2 and err == f"seq2seq-jax serve: error: {refused.value}\n"
+
+
+def test_an_exported_beam_decodes_with_the_export_s_length_penalty():
+  """test_decode's table model, where the length penalty decides: alpha 0 picks the short
+  output, the default 0.6 the long one."""
+  import jax.numpy as jnp
+  from seq2seq_jax import export
+  from seq2seq_jax import model as model_lib
+  from seq2seq_jax.vocab import END_ID, START_ID
+  from tests.conftest import tiny_config
+  from tests.test_decode import _table_params
+  a, eps = 4, 1e-9
+  table = np.full((6, 6), 1 / 6)
+  table[START_ID] = [eps, eps, 0.3, eps, 0.6, 0.1]
+  table[a] = [eps, eps, 0.45, eps, 0.3, 0.25]
+  model = model_lib.build_model(tiny_config(attention="none", embed_dim=6, latent_dim=6), 7, 6)
+  params = flatten_params(_table_params(model, table / table.sum(axis=1, keepdims=True)))
+  src = jnp.array([[4, 5, 6]], jnp.int32)
+  for alpha, expected in ((0.0, [[END_ID, 0, 0, 0]]), (0.6, [[a, END_ID, 0, 0]])):
+    beam = export._functions(model, 4, (2,), length_penalty=alpha)["beam2"]
+    np.testing.assert_array_equal(beam(params, src), expected)
 
 
 def test_the_workdir_module_names_an_export_by_the_loader_s_manifest():

@@ -74,6 +74,20 @@ def test_a_run_is_a_group_of_one(tmp_path):
 
 
 @pytest.mark.slow
+def test_the_final_evaluation_scores_the_best_checkpoint_not_the_newest(tmp_path, monkeypatch):
+  """results.json holds what `translate` (the best checkpoint) gives. In a tiny run the best
+  is also the newest; here the oldest is made the best."""
+  from seq2seq_jax.checkpoint import Checkpointer
+  monkeypatch.setattr(Checkpointer, "best_step", lambda self: min(self.steps(), default=None))
+  workdir = str(tmp_path / "run")
+  summary = loop.train_and_evaluate(tiny_config(), workdir, progress=False)
+  steps = sorted(int(name) for name in os.listdir(os.path.join(workdir, "checkpoints"))
+                 if name.isdigit())
+  assert summary["step"] == steps[0] < steps[-1]
+  assert json.load(open(os.path.join(workdir, "results.json")))["step"] == steps[0]
+
+
+@pytest.mark.slow
 def test_a_signal_during_the_last_evaluation_stops_before_the_final_one(tmp_path, monkeypatch):
   """Ctrl-C while the last epoch validates (or saves) used to be lost: the final
   evaluation ran and the command ended 0. The run stops once that epoch's checkpoint is

@@ -11,6 +11,7 @@ import pytest
 from seq2seq_jax import model as model_lib
 from seq2seq_jax.config import Config
 from seq2seq_jax.steps import loss_and_counts
+from seq2seq_jax.vocab import PAD_ID
 from tests.conftest import jit_apply, tiny_config
 
 
@@ -257,6 +258,40 @@ def test_label_smoothing_is_the_smoothed_cross_entropy_over_real_tokens():
 
 @pytest.mark.slow
 @pytest.mark.parametrize("T, lengths", [(7, [7, 4, 1]), (1, [1, 0, 1])])
+def two_row_batch(empty_rows: int = 0) -> dict:
+  """Two sentences (4 and 2 source tokens; 4 and 2 target tokens with END), and
+  empty_rows padding rows (index -1) such as a last batch holds."""
+  src = jnp.array([[5, 6, 7, 8, 0], [4, 9, 0, 0, 0]], jnp.int32)
+  tgt_in = jnp.array([[1, 5, 6, 7], [1, 8, 0, 0]], jnp.int32)
+  tgt_out = jnp.array([[5, 6, 7, 2], [8, 2, 0, 0]], jnp.int32)
+  pad = lambda a: jnp.pad(a, ((0, empty_rows), (0, 0)))
+  return {"src": pad(src), "tgt_in": pad(tgt_in), "tgt_out": pad(tgt_out),
+          "index": jnp.array([0, 1] + [-1] * empty_rows), "tgt_mask": pad(tgt_out) != 0}
+
+
+def test_token_accuracy_counts_no_padding_position():
+  """A model that predicts PAD everywhere gets none of the 6 real tokens right (its PAD
+  predictions at padded positions are not counted)."""
+  config = tiny_config(attention="general")
+  model = model_lib.build_model(config, 11, 13)
+  params = model_lib.init_params(model, jax.random.key(3))
+  params["output_dense"]["bias"] = params["output_dense"]["bias"].at[PAD_ID].set(100.0)
+  _, counts = loss_and_counts(params, two_row_batch(), model=model, config=config, train=False)
+  assert (float(counts["tokens"]), float(counts["correct"])) == (6.0, 0.0)
+
+
+def test_loss_on_padding_weighs_the_padded_positions_of_real_rows_only():
+  """Keras' loss (loss_on_padding) counts a sentence's padding, but not the empty rows
+  that fill a last batch: adding them changes neither the loss nor its weight."""
+  config = tiny_config(attention="none", loss_on_padding=True)
+  model = model_lib.build_model(config, 11, 13)
+  params = model_lib.init_params(model, jax.random.key(3))
+  loss = jax.jit(functools.partial(loss_and_counts, model=model, config=config, train=False))
+  (plain, counts), (padded, padded_counts) = (loss(params, two_row_batch(n)) for n in (0, 2))
+  assert float(counts["weight"]) == float(padded_counts["weight"]) == 8.0  # 2 rows x 4
+  np.testing.assert_allclose(plain, padded, rtol=1e-6)
+
+
 def test_fused_lstm_equals_autodiff_of_the_scan_values_and_gradients(T, lengths):
   """lstm_sequence's hand-written backward pass gives autodiff's gradients for every
   input, with padded (held) steps and cotangents on outputs and the final carry; also

@@ -20,7 +20,7 @@ from seq2seq_jax.config import Config
 from seq2seq_jax.errors import UserError
 from seq2seq_jax.inference import load_trained
 from seq2seq_jax.loop import TrainingInterrupted
-from tests.conftest import ROOT, event_scalars, run_cli
+from tests.conftest import ROOT, event_scalars, run_cli, tiny_config
 
 SWEEP_TINY = os.path.join(ROOT, "configs", "sweep_tiny.py")
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -180,6 +180,27 @@ def test_a_tuple_of_choices_is_choices_in_a_search_as_in_a_random_sweep():
   ranged = sweep_lib.make_sweep(Config(), {"search": {"learning_rate": ("uniform", 1e-3, 1e-2)},
                                            "num_trials": 2, "enqueue": [{"learning_rate": 1e-2}]})
   assert ranged.space == {"learning_rate": ("uniform", 1e-3, 1e-2)}  # its end is in it
+
+
+def test_a_stopped_trial_of_a_vectorised_group_keeps_its_state_to_the_bit():
+  """A diverged or pruned trial trains on in the group's program (its shape is fixed),
+  inactive: its parameters, optimizer state and step stay as they were."""
+  import functools
+  from seq2seq_jax import model as model_lib
+  from seq2seq_jax.optim import build_optimizer
+  from seq2seq_jax.steps import create_state, vectorized_train_step
+  from tests.test_model import two_row_batch
+  config = tiny_config(attention="none", warmup_steps=0)
+  model = model_lib.build_model(config, 11, 13)
+  state = create_state(config, model, build_optimizer(config, 10))
+  states = jax.tree.map(lambda x: jnp.stack([x, x]), state)
+  hyper = {"learning_rate": jnp.array([1e-2, 3e-3]), "active": jnp.array([True, False])}
+  step = jax.jit(functools.partial(vectorized_train_step, model=model, config=config,
+                                   total_steps=10))
+  new, _ = step(states, two_row_batch(), jax.random.key(0), hyper)
+  jax.tree.map(lambda after, before: np.testing.assert_array_equal(after[1], before[1]), new, states)
+  assert int(new["step"][0]) == 1 and not np.array_equal(new["params"]["output_dense"]["bias"][0],
+                                                         states["params"]["output_dense"]["bias"][0])
 
 
 def test_the_metric_s_direction_and_a_series_sweep_s_default_metric():

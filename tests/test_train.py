@@ -28,18 +28,50 @@ def test_rmsprop_is_keras_rmsprop():
   """One step of our optimizer equals Keras 3's RMSprop formula written out."""
   config = Config(learning_rate=1e-3, lr_schedule="constant", clip_norm=0.0)
   tx = build_optimizer(config, total_steps=10)
-  params = {"w": jnp.array([0.5, -1.0, 2.0])}
-  grads = {"w": jnp.array([0.1, -0.2, 3.0])}
+  # gradients of 1e-4 and below: there epsilon's place (inside the square root, Keras 3's)
+  # changes the step many times over, where larger ones would hide it under rtol
+  params = {"w": jnp.array([0.5, -1.0, 2.0, 0.3, -0.7])}
+  grads = {"w": jnp.array([0.1, -0.2, 3.0, 1e-4, -3e-5])}
   state = tx.init(params)
   for _ in range(2):
     updates, state = tx.update(grads, state, params)
     params = optax.apply_updates(params, updates)
-  w, velocity = np.array([0.5, -1.0, 2.0]), np.zeros(3)
-  g = np.array([0.1, -0.2, 3.0])
+  w, velocity = np.array([0.5, -1.0, 2.0, 0.3, -0.7]), np.zeros(5)
+  g = np.array([0.1, -0.2, 3.0, 1e-4, -3e-5])
   for _ in range(2):
     velocity = 0.9 * velocity + 0.1 * g ** 2
     w = w - 1e-3 * g / np.sqrt(velocity + 1e-7)
   np.testing.assert_allclose(params["w"], w, rtol=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["cosine", "linear"])
+def test_the_learning_rate_warms_up_linearly_then_decays_to_its_end_fraction(kind):
+  from seq2seq_jax.optim import learning_rate_schedule
+  config = Config(learning_rate=1e-2, lr_schedule=kind, warmup_steps=10, lr_end_fraction=0.1)
+  schedule = learning_rate_schedule(config, total_steps=110)
+  assert float(schedule(0)) == 0.0
+  assert float(schedule(5)) == pytest.approx(5e-3)
+  assert float(schedule(10)) == pytest.approx(1e-2)
+  assert 1e-3 < float(schedule(60)) < 1e-2
+  assert float(schedule(110)) == pytest.approx(1e-3)  # lr_end_fraction of the peak, not 0
+
+
+def test_each_training_step_draws_its_own_dropout_mask():
+  """The step number is folded into the run's key: the same step draws the same mask (a
+  resumed run repeats it), the next one another."""
+  import functools
+  from seq2seq_jax import model as model_lib
+  from seq2seq_jax.steps import create_state, train_step
+  from tests.test_model import two_row_batch
+  config = tiny_config(attention="none", dropout=0.5)
+  model = model_lib.build_model(config, 11, 13)
+  tx = build_optimizer(config, 10)
+  state = create_state(config, model, tx)
+  step = jax.jit(functools.partial(train_step, model=model, tx=tx, config=config))
+  key = jax.random.key(0)
+  losses = [float(step(dict(state, step=state["step"] + n), two_row_batch(), key)[1]["loss"])
+            for n in (0, 0, 1)]
+  assert losses[0] == losses[1] != losses[2]
 
 
 @pytest.mark.slow
