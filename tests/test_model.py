@@ -256,8 +256,6 @@ def test_label_smoothing_is_the_smoothed_cross_entropy_over_real_tokens():
   np.testing.assert_allclose(plain, -target_logp[np.asarray(out) != 0].mean(), rtol=1e-5)
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("T, lengths", [(7, [7, 4, 1]), (1, [1, 0, 1])])
 def two_row_batch(empty_rows: int = 0) -> dict:
   """Two sentences (4 and 2 source tokens; 4 and 2 target tokens with END), and
   empty_rows padding rows (index -1) such as a last batch holds."""
@@ -292,6 +290,8 @@ def test_loss_on_padding_weighs_the_padded_positions_of_real_rows_only():
   np.testing.assert_allclose(plain, padded, rtol=1e-6)
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("T, lengths", [(7, [7, 4, 1]), (1, [1, 0, 1])])
 def test_fused_lstm_equals_autodiff_of_the_scan_values_and_gradients(T, lengths):
   """lstm_sequence's hand-written backward pass gives autodiff's gradients for every
   input, with padded (held) steps and cotangents on outputs and the final carry; also
