@@ -144,12 +144,12 @@ def trial_name(overrides: dict[str, Any]) -> str:
 
 
 def _is_distribution(space: Any) -> bool:
-  """(kind, low, high), or what was meant as one: a tuple led by a word and two numbers
-  (a misspelt kind is refused, not taken as three choices)."""
-  if not isinstance(space, tuple) or not space or not isinstance(space[0], str):
+  """(kind, low, high), or what was meant as one: three items, a word and two numbers (a
+  misspelt kind is refused, not taken as three choices)."""
+  if not isinstance(space, tuple) or len(space) != 3 or not isinstance(space[0], str):
     return False
-  return space[0] in DISTRIBUTIONS or (len(space) == 3 and all(
-      isinstance(v, (int, float, np.number)) and not isinstance(v, bool) for v in space[1:]))
+  return space[0] in DISTRIBUTIONS or all(
+      isinstance(v, (int, float, np.number)) and not isinstance(v, bool) for v in space[1:])
 
 
 def _draw(rng: np.random.Generator, key: str, space: Any, where: str) -> Any:
@@ -162,12 +162,12 @@ def _draw(rng: np.random.Generator, key: str, space: Any, where: str) -> Any:
     numbers = len(space) == 3 and all(isinstance(v, (int, float, np.number)) and not isinstance(
         v, bool) and math.isfinite(v) for v in space[1:])
     if not numbers or not space[1] < space[2] or (
-        space[0] == "int" and not all(is_whole_number(v) for v in space[1:])):
+        space[0] == "int" and not all(float(v).is_integer() for v in space[1:])):
       raise UserError(f"{where}: '{key}': expected (kind, low, high) with low < high, finite "
                       f"numbers (whole ones for int), got {space!r}.")
     kind, low, high = space
     if kind == "int":
-      return int(rng.integers(low, high + 1))
+      return int(rng.integers(int(low), int(high) + 1))
     if kind == "uniform":
       value = rng.uniform(low, high)
     else:
@@ -233,31 +233,49 @@ def _check_space(space: Any, where: str) -> dict[str, Any]:
                     "(kind, low, high).")
   for key, values in space.items():
     _draw(np.random.default_rng(0), key, values, where)  # the same checks as random's
-  # a tuple of choices is choices, as in a random sweep (the study reads a tuple as a range)
-  return {k: tuple(v) if _is_distribution(v) else list(v) for k, v in space.items()}
+  # a tuple of choices is choices, as in a random sweep (the study reads a tuple as a range);
+  # an int range's ends as ints (Optuna's suggest_int)
+  return {k: (v[0], int(v[1]), int(v[2])) if _is_distribution(v) and v[0] == "int"
+          else tuple(v) if _is_distribution(v) else list(v) for k, v in space.items()}
 
 
-def _check_search_reach(base: Config, space: dict[str, Any], where: str) -> None:
-  """Every value a search can propose is a valid setting: each choice, and both ends of
-  each range (a range reaching past a key's limits stopped the sweep at its first draw
-  there, on every rerun)."""
-  for key, values in space.items():
-    ends = values[1:] if isinstance(values, tuple) else values
-    for value in ends:
-      value = int(value) if isinstance(values, tuple) and values[0] == "int" else value
-      try:
-        make_trial(base, {key: value}, where)
-      except UserError as error:
-        reach = "reaches" if isinstance(values, tuple) else "offers"
-        raise UserError(f"{where}: search '{key}' {values!r} {reach} {value!r}, which is not a "
-                        f"valid setting: {error}") from None
+MAX_COMBINATIONS = 10_000  # of the other keys' values tried with one value of a search
 
 
-def _within(value: Any, space: Any) -> bool:
-  """Whether a search space holds value: one of its choices, or in its range."""
+def _check_search_reach(base: Config, space: dict[str, Any], where: str) -> dict[str, list]:
+  """Every value a search can propose is a valid setting with some value of the other keys
+  (decoder_input=repeat with attention=none): each choice, and both ends of each range (a
+  range past a key's limits stopped the sweep at its first draw there, on every rerun).
+  Returns each key's choices, or range ends, typed as the trials hold them."""
+  candidates = {key: list(values[1:]) if isinstance(values, tuple) else list(values)
+                for key, values in space.items()}
+  typed: dict[str, list] = {key: [] for key in space}
+  for key, values in candidates.items():
+    others = [other for other in candidates if other != key]
+    for value in values:
+      first_error = None
+      combinations = itertools.product(*(candidates[other] for other in others))
+      for combination in itertools.islice(combinations, MAX_COMBINATIONS):
+        try:
+          trial = make_trial(base, {key: value, **dict(zip(others, combination))}, where)
+        except UserError as error:
+          first_error = first_error or error
+          continue
+        typed[key].append(trial.overrides[key])
+        break
+      else:
+        reach = "reaches" if isinstance(space[key], tuple) else "offers"
+        raise UserError(f"{where}: search '{key}' {space[key]!r} {reach} {value!r}, which is not "
+                        f"a valid setting: {first_error}") from None
+  return typed
+
+
+def _within(value: Any, space: Any, typed: list) -> bool:
+  """Whether a search space holds a trial's (typed) value: one of its choices (typed), or
+  in its range."""
   if isinstance(space, tuple):
     return space[1] <= value <= space[2]
-  return value in space
+  return value in typed
 
 
 def make_sweep(base: Config, spec: dict[str, Any], where: str = "get_sweep()") -> Sweep:
@@ -298,7 +316,7 @@ def make_sweep(base: Config, spec: dict[str, Any], where: str = "get_sweep()") -
   if searched:
     space = _check_space(spec["search"], where)
     keys = list(space)
-    _check_search_reach(base, space, where)
+    typed = _check_search_reach(base, space, where)
     first = spec.get("enqueue", [])
     if not isinstance(first, list) or not all(isinstance(t, dict) and set(t) == set(keys)
                                               for t in first):
@@ -306,15 +324,14 @@ def make_sweep(base: Config, spec: dict[str, Any], where: str = "get_sweep()") -
                       f"every searched key ({', '.join(keys)}).")
     trials = [make_trial(base, values, where) for values in first]
     for trial in trials:  # the study records an enqueued trial's values in the space
-      outside = next((key for key in keys if not _within(trial.overrides[key], space[key])), None)
+      outside = next((key for key in keys
+                      if not _within(trial.overrides[key], space[key], typed[key])), None)
       if outside is not None:
         raise UserError(f"{where}: enqueued {outside}={trial.overrides[outside]!r} is outside "
                         f"its search space {space[outside]!r}: widen the space, or enqueue "
                         "a value in it.")
     if not isinstance(spec.get("num_trials"), int) or spec["num_trials"] <= 0:
       raise UserError(f"{where}: a search needs num_trials, a positive whole number.")
-    make_trial(base, {key: _draw(np.random.default_rng(0), key, space[key], where)
-                      for key in keys}, where)  # the keys are config fields of the drawn types
   else:  # each key's declared values, in declaration order: the study's choices
     if "enqueue" in spec:
       raise UserError(f"{where}: 'enqueue' goes with a 'search'; grid/random/trials are "

@@ -168,6 +168,29 @@ def test_declaration_mistakes_are_refused_before_anything_runs(spec, message):
     sweep_lib.make_sweep(Config(), spec, "the sweep")
 
 
+def test_a_search_s_values_are_checked_together_with_the_other_keys_values():
+  """decoder_input=repeat needs attention=none: a search offering both is valid (each value
+  is valid with some value of the others); an int range given as floats still works;
+  choices written as text are typed before an enqueued trial is compared with them."""
+  joint = {"search": {"decoder_input": ["previous", "repeat"], "attention": ["none"]},
+           "num_trials": 2}
+  assert sweep_lib.make_sweep(Config(), joint).space["decoder_input"] == ["previous", "repeat"]
+  with pytest.raises(UserError, match="search 'decoder_input' \\['previous', 'repeat'\\] offers "
+                                      "'repeat', which is not a valid setting"):
+    sweep_lib.make_sweep(Config(), {"search": {"decoder_input": ["previous", "repeat"],
+                                               "attention": ["general"]}, "num_trials": 2})
+  ints = sweep_lib.make_sweep(Config(), {"search": {"num_layers": ("int", 1.0, 2.0)},
+                                         "num_trials": 2})
+  assert ints.space["num_layers"] == ("int", 1, 2)
+  assert {t.overrides["num_layers"] for t in sweep_lib.make_sweep(
+      Config(), {"random": {"num_layers": ("int", 1.0, 2.0)}, "num_trials": 6}).trials} <= {1, 2}
+  texts = sweep_lib.make_sweep(Config(), {"search": {"learning_rate": ["1e-3", "1e-2"]},
+                                          "num_trials": 2, "enqueue": [{"learning_rate": "1e-3"}]})
+  assert texts.trials[0].overrides == {"learning_rate": 1e-3}
+  assert sweep_lib.make_sweep(Config(), {"random": {"numbers_sampling": ("uniform", "digits")},
+                                         "num_trials": 2}).trials  # a tuple of two words: choices
+
+
 def test_a_tuple_of_choices_is_choices_in_a_search_as_in_a_random_sweep():
   """(1e-3, 3e-3, 1e-2) in a search was a uniform range from 3e-3 to 1e-2 (and a pair, a
   traceback); a random sweep draws such a tuple's values as choices."""
