@@ -31,6 +31,7 @@ import json
 import logging
 import os
 import platform
+import re
 import secrets
 import shutil
 from typing import Any, Callable
@@ -257,7 +258,23 @@ def _foreign_entries(directory: str) -> list[str]:
   own = {MANIFEST_FILE, VOCAB_FILE, PARAMS_FILE, *SENTENCEPIECE_FILES.values()}
   return sorted(entry.name for entry in os.scandir(directory)
                 if not (entry.is_file(follow_symlinks=False) and
-                        (entry.name in own or entry.name.endswith(FUNCTION_SUFFIX))))
+                        (entry.name in own or _is_function_file(entry.name))))
+
+
+def _is_function_file(name: str) -> bool:
+  """A name an export gives a function: encoder, greedy or beamK .stablehlo (a user's
+  model_v1.stablehlo is theirs)."""
+  return re.fullmatch(rf"(encoder|greedy|beam[1-9][0-9]*){re.escape(FUNCTION_SUFFIX)}", name) is not None
+
+
+def _is_export(directory: str) -> bool:
+  """Whether directory holds an export: its manifest says so (a web app's manifest.json
+  does not)."""
+  try:
+    with open(os.path.join(directory, MANIFEST_FILE), encoding="utf-8") as f:
+      return json.load(f).get("format") == FORMAT
+  except (OSError, ValueError, AttributeError):
+    return False
 
 
 def _check_out_dir(out: str) -> None:
@@ -266,7 +283,7 @@ def _check_out_dir(out: str) -> None:
     raise UserError(f"--out '{out}' is a file; name a directory.")
   above = os.path.dirname(os.path.abspath(out))
   while True:  # an export in an export: the outer one could no longer be replaced
-    if all(os.path.isfile(os.path.join(above, own)) for own in (MANIFEST_FILE, PARAMS_FILE)):
+    if _is_export(above):
       raise UserError(f"--out '{out}' is inside the export '{above}', which could then no "
                       "longer be replaced by the next export to it: pick an --out outside it.")
     if above == os.path.dirname(above):
@@ -287,7 +304,7 @@ def _check_out_dir(out: str) -> None:
   # without its manifest, an export's own functions still say what it is (a damaged one,
   # replaced whole); files by those names alone (a vocab.json) may be anyone's
   if (entries and not os.path.exists(os.path.join(out, MANIFEST_FILE))
-      and not any(name.endswith(FUNCTION_SUFFIX) for name in entries)):
+      and not (PARAMS_FILE in entries and any(_is_function_file(name) for name in entries))):
     raise UserError(f"--out '{out}' holds {', '.join(sorted(entries))} but no export's "
                     f"{MANIFEST_FILE} or functions; delete them, or name a new or empty directory.")
 

@@ -127,6 +127,12 @@ def test_export_refuses_a_directory_holding_anything_but_an_export(tmp_path):
     write_artifact(_artifact(1), str(out / "inner"))
   write_artifact(_artifact(1), str(tmp_path / "inner"))
   os.replace(tmp_path / "inner", out / "inner")  # one moved in all the same
+  webapp = tmp_path / "webapp"  # a manifest.json and params.npz that are no export's
+  webapp.mkdir()
+  (webapp / "manifest.json").write_text('{"name": "my app"}')
+  (webapp / "params.npz").write_text("mine")
+  write_artifact(_artifact(1), str(webapp / "export"))
+  shutil.rmtree(webapp)
   (out / "z.txt").write_text("mine too")
   with pytest.raises(UserError) as refused:
     write_artifact(_artifact(3), str(out))
@@ -158,6 +164,13 @@ def test_an_export_that_lost_its_manifest_is_replaced_and_a_lone_vocab_json_is_n
                      "directory.$"):
     write_artifact(_artifact(3), str(mine))
   assert (mine / "vocab.json").read_text() == "{}"
+  (mine / "vocab.json").unlink()
+  for name in ("model_v1.stablehlo", "params.npz"):  # .stablehlo files of the user's own
+    (mine / name).write_text("mine")
+  with pytest.raises(UserError, match="holds an entry that is not an export's "
+                                      r"\(model_v1.stablehlo\)"):
+    write_artifact(_artifact(3), str(mine))
+  assert sorted(os.listdir(mine)) == ["model_v1.stablehlo", "params.npz"]
 
 
 def test_a_file_put_in_dir_while_the_export_is_written_stays(tmp_path):
