@@ -56,14 +56,36 @@ def open_storage(workdir: str, url: str | None = None):
       # SQLAlchemy adds lines ("Background on this error at: ..."): the first one says it
       first = next((line for line in str(error).splitlines() if line.strip()), type(error).__name__)
       raise UserError(f"--storage {url}: {first.strip()}") from None
-  from optuna.storages.journal import JournalFileBackend, JournalFileSymlinkLock
   os.makedirs(workdir, exist_ok=True)
   path = os.path.join(workdir, JOURNAL_FILE)
-  lock = JournalFileSymlinkLock(path)  # Optuna's default, named to be held here too
-  backend = JournalFileBackend(path, lock_obj=lock)  # makes a missing file
-  _drop_a_cut_record(path, lock)
   with reading_journal(path):  # it reads the whole journal
-    return optuna.storages.JournalStorage(backend)
+    return optuna.storages.JournalStorage(_journal_backend(path))
+
+
+def _journal_backend(path: str):
+  """Optuna's journal file, whose writers first drop a record cut short at its end (a
+  worker killed, or the disk full, as it wrote): Optuna reads past such a record, but
+  appended the next one onto it, and from then on every read failed, in every worker."""
+  from optuna.storages.journal import JournalFileBackend, JournalFileSymlinkLock
+
+  class Backend(JournalFileBackend):
+    def __init__(self):
+      self.lock = JournalFileSymlinkLock(path)  # Optuna's default lock, named to hold here
+      super().__init__(path, lock_obj=self.lock)
+
+    def append_logs(self, logs):
+      self.lock.acquire()  # what every writer of the journal holds: none appends meanwhile
+      try:
+        _drop_a_cut_record(path)
+        with open(path, "ab") as f:  # as Optuna writes its records
+          f.write(("\n".join(json.dumps(record, separators=(",", ":")) for record in logs)
+                   + "\n").encode("utf-8"))
+          f.flush()
+          os.fsync(f.fileno())
+      finally:
+        self.lock.release()
+
+  return Backend()
 
 
 @contextlib.contextmanager
@@ -79,29 +101,22 @@ def reading_journal(path: str | None):
                     "run the sweep with a new --workdir.") from None
 
 
-def _drop_a_cut_record(path: str, lock) -> None:
-  """A journal whose last record was cut short (the process killed, or the disk full, as it
-  wrote): Optuna reads past it, but appends the next record onto it, and from then on
-  every read fails. The cut record, which no reader ever took, is dropped, under the lock
-  the journal's writers hold."""
-  lock.acquire()
-  try:
-    with open(path, "rb+") as f:
-      size = f.seek(0, os.SEEK_END)
-      tail = b""
-      while size and b"\n" not in tail:  # back to the last whole record's end
-        step = min(size, 4096)
-        f.seek(size - step)
-        tail = f.read(step) + tail
-        size -= step
-      keep = size + tail.rfind(b"\n") + 1  # 0 where no record ended
-      end = size + len(tail)
-      if keep < end:
-        log.warning("warning: %s ended in a record cut short (%d bytes: a write was "
-                    "interrupted); dropping it", path, end - keep)
-        f.truncate(keep)
-  finally:
-    lock.release()
+def _drop_a_cut_record(path: str) -> None:
+  """Truncates the journal after its last whole record (the writers' lock held)."""
+  with open(path, "rb+") as f:
+    size = f.seek(0, os.SEEK_END)
+    tail = b""
+    while size and b"\n" not in tail:  # back to the last whole record's end
+      step = min(size, 4096)
+      f.seek(size - step)
+      tail = f.read(step) + tail
+      size -= step
+    keep = size + tail.rfind(b"\n") + 1  # 0 where no record ended
+    end = size + len(tail)
+    if keep < end:
+      log.warning("warning: %s ended in a record cut short (%d bytes: a write was "
+                  "interrupted); dropping it", path, end - keep)
+      f.truncate(keep)
 
 
 def worker_seed() -> int:
