@@ -23,9 +23,10 @@
 #   ACCEL_INSTALL=1    no such interpreter: install into ACCEL_VENV (default .venv-accelerator)
 #   JAX_CUDA           the jax extra for ACCEL_INSTALL (default cuda12; cuda13 for CUDA 13)
 #   ACCEL_WHEELS       a folder of wheels for the interpreter's Python version (fetched where PyPI
-#                      is reachable: docs/accelerators.md lists them); those of packages it lacks
-#                      are installed without network into OUTPUT_DIR/site-packages, behind this
-#                      tree on PYTHONPATH (the others are skipped: wheels.log names them)
+#                      is reachable: docs/accelerators.md lists them); those of packages it lacks,
+#                      or has at an older version, are installed without network into
+#                      OUTPUT_DIR/site-packages, behind this tree on PYTHONPATH (the others are
+#                      skipped: wheels.log names them)
 #   CHECK_TESTS        gpu (default: tests/test_cudnn.py, its GPU tests included) or all (the suite)
 #   TEST_TIMEOUT       seconds one test may take (default 45, 120 with CHECK_TESTS=all: below
 #                      the phase limit, so that one slow test cannot hide the others' results;
@@ -132,26 +133,40 @@ if [[ -n "${ACCEL_WHEELS:-}" ]]; then
   compgen -G "$ACCEL_WHEELS/*.whl" >/dev/null || fail "ACCEL_WHEELS=$ACCEL_WHEELS holds no .whl files."
   # only the wheels of packages the interpreter lacks: on PYTHONPATH a carried package would
   # shadow the interpreter's own (a carried keras over the machine's keras)
-  lacking=()
-  while IFS= read -r wheel; do lacking+=("$wheel"); done < <("$python" - "$ACCEL_WHEELS"/*.whl \
-    2>>"$out/wheels.log" <<'EOF'
+  listed=$("$python" - "$ACCEL_WHEELS"/*.whl 2>>"$out/wheels.log" <<'EOF'
 import importlib.metadata as metadata, os, sys
+try:
+  from packaging.version import Version
+except ImportError:  # pip's own copy, where the interpreter has no packaging
+  from pip._vendor.packaging.version import Version
 for wheel in sys.argv[1:]:
-  name = os.path.basename(wheel).split("-")[0]
+  base = os.path.basename(wheel)
+  name, version = base.split("-")[:2]
   try:
-    print(f"skipped {os.path.basename(wheel)}: the interpreter has {name} "
-          f"{metadata.version(name)}", file=sys.stderr)
+    have = metadata.version(name)
   except metadata.PackageNotFoundError:
     print(wheel)
+    continue
+  try:
+    newer = Version(version) > Version(have)
+  except ValueError:  # a version packaging cannot read: the carried wheel is taken
+    newer = True
+  print(f"{'installing' if newer else 'skipped'} {base}: the interpreter has {name} {have}",
+        file=sys.stderr)
+  if newer:
+    print(wheel)
 EOF
-  )
+  ) || fail "could not read which wheels of ACCEL_WHEELS=$ACCEL_WHEELS the interpreter lacks: see $out/wheels.log"
+  lacking=()
+  while IFS= read -r wheel; do [[ -n $wheel ]] && lacking+=("$wheel"); done <<<"$listed"
   if (( ${#lacking[@]} )); then
     site=$out/site-packages
     "$python" -m pip install --quiet --disable-pip-version-check --no-index --no-deps --no-compile \
       --upgrade --target "$site" "${lacking[@]}" >>"$out/wheels.log" 2>&1 ||
       fail "could not install the wheels of ACCEL_WHEELS=$ACCEL_WHEELS: see $out/wheels.log"
   fi
-  phase "wheels (${#lacking[@]} of $(compgen -G "$ACCEL_WHEELS/*.whl" | wc -l); the interpreter has the rest)" installed
+  carried=$(compgen -G "$ACCEL_WHEELS/*.whl" | wc -l)
+  phase "wheels (${#lacking[@]} of $carried$( (( ${#lacking[@]} < carried )) && echo "; the interpreter has the rest at the same or a newer version"))" installed
 fi
 export PYTHONPATH="$root${site:+:$site}${PYTHONPATH:+:$PYTHONPATH}"
 s2s=("$python" -m seq2seq_jax)

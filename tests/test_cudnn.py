@@ -575,7 +575,7 @@ def test_accelerator_check_judges_the_two_trainings_in_one_line(tmp_path, auto, 
     while [[ $1 != --output ]]; do shift; done
     echo "{{}}" > "$2"; echo "| the report |" ;;""")
   env = dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}", PYTHON=str(fake))
-  if code == 0:  # carried wheels: one of a package the interpreter lacks, one it has
+  if code == 0:  # carried wheels: one of a package the interpreter lacks, one it has newer
     env["ACCEL_WHEELS"] = str(_wheels(tmp_path / "wheels", "carried_only", "numpy"))
   out = tmp_path / "out"
   result = subprocess.run([shutil.which("bash"), SCRIPT, str(out)], env=env,
@@ -586,7 +586,8 @@ def test_accelerator_check_judges_the_two_trainings_in_one_line(tmp_path, auto, 
         "carried_only", "carried_only-1.0.dist-info"]
     assert "skipped numpy-1.0-py3-none-any.whl: the interpreter has numpy" in (
         out / "wheels.log").read_text()
-    assert "wheels (1 of 2; the interpreter has the rest)" in (out / "summary.txt").read_text()
+    assert ("wheels (1 of 2; the interpreter has the rest at the same or a newer version)"
+            in (out / "summary.txt").read_text())
   assert result.stderr == ("" if line is None else f"accelerator_check: {line} (logs: "
                            f"{out}/train_auto.log, {out}/train_scan.log).\n")
   assert (out / "trainings.txt").read_text().startswith(
@@ -596,6 +597,35 @@ def test_accelerator_check_judges_the_two_trainings_in_one_line(tmp_path, auto, 
   assert (out / "benchmark.md").read_text() == "| the report |\n"
   summary = (out / "summary.txt").read_text()
   assert "3 passed" in summary and "benchmark" in summary and "done" in summary
+
+
+@pytest.mark.slow
+def test_accelerator_check_carries_a_wheel_newer_than_the_interpreter_s_and_stops_where_it_cannot_tell(
+    tmp_path):
+  """A package the interpreter has at an older version than the carried wheel (an old
+  SQLAlchemy under a carried Optuna) is installed over it; an interpreter that cannot say
+  which wheels it lacks stops the check in one line (it went on with none installed)."""
+  bin_dir = _working_nvidia_smi(tmp_path / "bin")
+  wheels = _wheels(tmp_path / "wheels", "pytest")
+  newer = wheels / "pytest-999.0-py3-none-any.whl"
+  os.replace(wheels / "pytest-1.0-py3-none-any.whl", newer)
+  fake = _fake_gpu_python(tmp_path, """
+  "-m seq2seq_jax"*|"-m pytest"*) exit 0 ;;""")
+  env = dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}", PYTHON=str(fake),
+             ACCEL_WHEELS=str(wheels), TRAIN_LIMIT="5", TESTS_LIMIT="5", BENCH_LIMIT="5")
+  out = tmp_path / "out"
+  subprocess.run([shutil.which("bash"), SCRIPT, str(out)], env=env, capture_output=True,
+                 text=True, timeout=60)
+  assert "installing pytest-999.0-py3-none-any.whl: the interpreter has pytest" in (
+      out / "wheels.log").read_text()
+  assert "wheels (1 of 1)" in (out / "summary.txt").read_text()
+  broken = _fake_gpu_python(tmp_path, """
+  "- "*) exit 3 ;;""")
+  result = subprocess.run([shutil.which("bash"), SCRIPT, str(tmp_path / "out2")],
+                          env=dict(env, PYTHON=str(broken)), capture_output=True, text=True,
+                          timeout=60)
+  assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+  assert "could not read which wheels of ACCEL_WHEELS" in result.stderr
 
 
 @pytest.mark.slow
