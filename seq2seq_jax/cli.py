@@ -449,8 +449,12 @@ def cmd_serve(args) -> int:
       raise UserError("--beam-sizes, --length-penalty and --checkpoint are export settings: "
                       "give them to `seq2seq-jax export`, or serve --workdir.")
     beam_sizes = None
+    from seq2seq_jax.exported import ExportedTranslator
+    ExportedTranslator.check_exists(args.exported)
   else:
     beam_sizes = _export_beam_sizes(args)
+    from seq2seq_jax.inference import check_workdir_exists
+    check_workdir_exists(args.workdir)
   try:
     import starlette  # noqa: F401
     import uvicorn  # noqa: F401

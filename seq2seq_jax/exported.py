@@ -195,15 +195,20 @@ class ExportedTranslator:
     self._params = None  # on the device at the first call
     self._calls = {name: jax.jit(e.call) for name, e in exported.items()}
 
-  @classmethod
-  def load(cls, directory: str) -> "ExportedTranslator":
-    """Reads DIR as export.write_artifact wrote it."""
+  @staticmethod
+  def check_exists(directory: str) -> None:
+    """DIR is a directory (checked at once, before slower work)."""
     if os.path.isfile(directory):
       raise ExportError(f"'{directory}' is a file; give the export's directory (the one "
                         f"holding {MANIFEST_FILE}).")
     if not os.path.isdir(directory):
       raise ExportError(f"export directory '{directory}' does not exist; create it with "
                         f"`seq2seq-jax export --workdir W --out {directory}`.")
+
+  @classmethod
+  def load(cls, directory: str) -> "ExportedTranslator":
+    """Reads DIR as export.write_artifact wrote it."""
+    cls.check_exists(directory)
     manifest_path = os.path.join(directory, MANIFEST_FILE)
     if not os.path.lexists(manifest_path):
       if os.path.isdir(os.path.join(directory, "checkpoints")):

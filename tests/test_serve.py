@@ -348,7 +348,9 @@ def test_serve_flags_are_checked(capsys):
     port = str(busy.getsockname()[1])
     for flags, message in ((["--exported", "x", "--checkpoint", "best"], "export settings"),
                            (["--workdir", "w", "--batch-buckets", "1,2"], "must reach --max-batch"),
-                           (["--workdir", "w", "--beam-sizes", "0"], "--beam-sizes takes")):
+                           (["--workdir", "w", "--beam-sizes", "0"], "--beam-sizes takes"),
+                           (["--workdir", "no-such-run"], "workdir 'no-such-run' does not exist"),
+                           (["--exported", "no-such-export"], "'no-such-export' does not exist")):
       code, _, err = cli_in_process(capsys, "serve", *flags, "--port", port)
       assert code == 2 and message in err and err.count("\n") == 1, err
 
