@@ -257,7 +257,14 @@ def test_data_download_fetches_a_damaged_package_again(tmp_path, monkeypatch, ca
   cut_short = b"!<arch>\n" + b"data.tar.xz/".ljust(48) + b"999999".ljust(10) + b"`\n" + b"x" * 10
   (folder / "libreoffice-help-fr_1%3a2_all.deb").write_bytes(cut_short)
   (folder / "libreoffice-l10n-fr_1%3a1_all.deb").write_bytes(b"not an ar archive")
-  sound = b"!<arch>\n" + b"debian-binary/".ljust(48) + b"4".ljust(10) + b"`\n" + b"2.0\n"
+  member = lambda name, data: name.ljust(48) + str(len(data)).encode().ljust(10) + b"`\n" + data
+  sound = b"!<arch>\n" + member(b"debian-binary/", b"2.0\n") + member(b"data.tar.xz/", b"xz")
+  for cut, damage in ((sound[:-30], "a member header cut short at byte"),
+                      (sound[:8 + 64], "no data.tar member")):
+    (folder / "cut.deb").write_bytes(cut)
+    with pytest.raises(DataError, match=damage):
+      libreoffice.read_ar(str(folder / "cut.deb"))
+  (folder / "cut.deb").unlink()
   (folder / "libreoffice-help-en-us_1%3a0_all.deb").write_bytes(sound)
   code, out, err = cli_in_process(capsys, "data", "download", "libreoffice:fr", "--dir", str(folder))
   assert code == 0, err
