@@ -57,7 +57,9 @@ def open_storage(workdir: str, url: str | None = None):
       first = next((line for line in str(error).splitlines() if line.strip()), type(error).__name__)
       raise UserError(f"--storage {url}: {first.strip()}") from None
   os.makedirs(workdir, exist_ok=True)
-  path = os.path.join(workdir, JOURNAL_FILE)
+  # absolute: Optuna's lock is a symbolic link to it, which a relative path leaves dangling
+  # (a dead worker's lock was then never released, and the others spun on it)
+  path = os.path.abspath(os.path.join(workdir, JOURNAL_FILE))
   with reading_journal(path):  # it reads the whole journal
     return optuna.storages.JournalStorage(_journal_backend(path))
 
@@ -103,6 +105,8 @@ def reading_journal(path: str | None):
 
 def _drop_a_cut_record(path: str) -> None:
   """Truncates the journal after its last whole record (the writers' lock held)."""
+  if not os.path.exists(path):  # moved away while the sweep ran: the write makes it again
+    return
   with open(path, "rb+") as f:
     size = f.seek(0, os.SEEK_END)
     tail = b""
@@ -244,7 +248,14 @@ class SweepStudy:
       self.study.tell(optuna_trial, state=TrialState.FAIL)
       return None
     values = self._suggest(optuna_trial)
-    trial = self.sweep.trial_for(values)
+    try:
+      trial = self.sweep.trial_for(values)
+    except UserError as error:  # values each valid, not together (repeat with attention)
+      log.warning("warning: the search drew %s, which are not valid settings together (%s); "
+                  "drawing again", ", ".join(f"{k}={v}" for k, v in values.items()), error)
+      optuna_trial.set_user_attr(SPARE, True)
+      self.study.tell(optuna_trial, state=TrialState.FAIL)
+      return self.ask() if self._asks_left() else None
     optuna_trial.set_user_attr("trial", trial.name)
     optuna_trial.set_user_attr(HEARTBEAT, time.time())
     if self._taken(optuna_trial.number, trial.name):  # the same values, asked by another

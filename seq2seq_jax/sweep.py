@@ -143,13 +143,19 @@ def trial_name(overrides: dict[str, Any]) -> str:
   return name
 
 
+def _is_number(value: Any) -> bool:
+  return isinstance(value, (int, float, np.number)) and not isinstance(value, bool)
+
+
 def _is_distribution(space: Any) -> bool:
-  """(kind, low, high), or what was meant as one: three items, a word and two numbers (a
-  misspelt kind is refused, not taken as three choices)."""
-  if not isinstance(space, tuple) or len(space) != 3 or not isinstance(space[0], str):
+  """(kind, low, high), or what was meant as one: a tuple led by a kind with a number in it
+  (a malformed range is refused, not taken as choices), or a word and two numbers (a
+  misspelt kind). A tuple of words, ("uniform", "digits"), is choices."""
+  if not isinstance(space, tuple) or not space or not isinstance(space[0], str):
     return False
-  return space[0] in DISTRIBUTIONS or all(
-      isinstance(v, (int, float, np.number)) and not isinstance(v, bool) for v in space[1:])
+  if space[0] in DISTRIBUTIONS:
+    return len(space) == 3 or any(_is_number(v) for v in space[1:])
+  return len(space) == 3 and all(_is_number(v) for v in space[1:])
 
 
 def _draw(rng: np.random.Generator, key: str, space: Any, where: str) -> Any:
@@ -239,35 +245,47 @@ def _check_space(space: Any, where: str) -> dict[str, Any]:
           else tuple(v) if _is_distribution(v) else list(v) for k, v in space.items()}
 
 
-MAX_COMBINATIONS = 10_000  # of the other keys' values tried with one value of a search
-
-
 def _check_search_reach(base: Config, space: dict[str, Any], where: str) -> dict[str, list]:
-  """Every value a search can propose is a valid setting with some value of the other keys
-  (decoder_input=repeat with attention=none): each choice, and both ends of each range (a
-  range past a key's limits stopped the sweep at its first draw there, on every rerun).
-  Returns each key's choices, or range ends, typed as the trials hold them."""
-  candidates = {key: list(values[1:]) if isinstance(values, tuple) else list(values)
-                for key, values in space.items()}
-  typed: dict[str, list] = {key: [] for key in space}
+  """Every value a search can propose is a valid setting, on the base config or beside one
+  value of another searched key (decoder_input=repeat beside attention=none): each choice,
+  both ends of each range and a value inside a float range (a range past a key's limits,
+  or a float range on an int key, stopped the sweep at its first such draw, on every
+  rerun). A draw whose values are not valid together is skipped as the sweep runs.
+  Returns each key's choices, typed as the trials hold them."""
+  candidates = {}
+  for key, values in space.items():
+    if not isinstance(values, tuple):
+      candidates[key] = list(values)
+    elif values[0] == "int":
+      candidates[key] = [values[1], values[2]]
+    else:
+      inside = _draw(np.random.default_rng(0), key, values, where)
+      candidates[key] = [values[1], values[2], inside]
+  typed: dict[tuple[str, int], Any] = {}  # (key, index of the value): the value typed
+  errors = {}
   for key, values in candidates.items():
-    others = [other for other in candidates if other != key]
-    for value in values:
-      first_error = None
-      combinations = itertools.product(*(candidates[other] for other in others))
-      for combination in itertools.islice(combinations, MAX_COMBINATIONS):
-        try:
-          trial = make_trial(base, {key: value, **dict(zip(others, combination))}, where)
-        except UserError as error:
-          first_error = first_error or error
-          continue
-        typed[key].append(trial.overrides[key])
-        break
-      else:
-        reach = "reaches" if isinstance(space[key], tuple) else "offers"
-        raise UserError(f"{where}: search '{key}' {space[key]!r} {reach} {value!r}, which is not "
-                        f"a valid setting: {first_error}") from None
-  return typed
+    for index, value in enumerate(values):
+      try:
+        typed[key, index] = make_trial(base, {key: value}, where).overrides[key]
+      except UserError as error:
+        errors[key, index] = error
+  for (key, index), error in errors.items():  # beside one value of another key, valid alone
+    value = candidates[key][index]
+    besides = [(other, typed[other, i]) for other in space if other != key
+               for i in range(len(candidates[other])) if (other, i) in typed]
+    for other, other_value in besides:
+      try:
+        trial = make_trial(base, {key: value, other: other_value}, where)
+      except UserError:
+        continue
+      typed[key, index] = trial.overrides[key]
+      break
+    else:
+      reach = "reaches" if isinstance(space[key], tuple) else "offers"
+      raise UserError(f"{where}: search '{key}' {space[key]!r} {reach} {value!r}, which is not "
+                      f"a valid setting: {error}")
+  return {key: list(dict.fromkeys(typed[key, i] for i in range(len(candidates[key]))))
+          for key in space}
 
 
 def _within(value: Any, space: Any, typed: list) -> bool:
@@ -317,6 +335,8 @@ def make_sweep(base: Config, spec: dict[str, Any], where: str = "get_sweep()") -
     space = _check_space(spec["search"], where)
     keys = list(space)
     typed = _check_search_reach(base, space, where)
+    space = {key: values if isinstance(values, tuple) else typed[key]  # as the trials hold them
+             for key, values in space.items()}
     first = spec.get("enqueue", [])
     if not isinstance(first, list) or not all(isinstance(t, dict) and set(t) == set(keys)
                                               for t in first):

@@ -55,13 +55,31 @@ def test_a_journal_cut_short_as_it_was_written_loses_only_the_cut_record(tmp_pat
   journal = tmp_path / "study.journal"
   whole = journal.read_bytes()
   journal.write_bytes(whole + b'{"op_code": 5, "worker_id": "cut sh')  # the killed one's
-  reopened = SweepStudy(sweep, str(tmp_path))  # the command run again reads past it
-  assert reopened.states()[trial.name] == "complete"
   asked = [t.name for _, t in running.ask_group(10)]  # the running worker's next writes
   assert asked == [t.name for t in sweep.trials[1:]]
   assert journal.read_bytes().startswith(whole) and b"cut sh" not in journal.read_bytes()
   assert "ended in a record cut short (35 bytes: a write was interrupted); dropping it" in caplog.text
   assert set(SweepStudy(sweep, str(tmp_path)).states().values()) == {"complete", "running"}
+
+
+def test_a_search_skips_draws_whose_values_are_not_valid_together(tmp_path, caplog):
+  """decoder_input=repeat is valid beside attention=none, not beside dot: the search is
+  declared valid, and a draw of repeat with dot (a trial that stopped the sweep, on every
+  rerun) is skipped with a warning; text choices come back typed, the enqueued one first."""
+  from seq2seq_jax.config import Config
+  spec = {"search": {"decoder_input": ["previous", "repeat"], "attention": ["none", "dot"],
+                     "learning_rate": ["3e-3", "1e-2"]},
+          "num_trials": 6, "sampler": "random",
+          "enqueue": [{"decoder_input": "previous", "attention": "dot", "learning_rate": "3e-3"}]}
+  sweep = sweep_lib.make_sweep(dataclasses.replace(tiny_config(), attention="general"), spec)
+  study = SweepStudy(sweep, str(tmp_path))
+  study.enqueue_declared()
+  asked = [trial for _, trial in study.ask_group(10)]
+  assert asked[0].name == "decoder_input=previous,attention=dot,learning_rate=0.003"
+  assert len(asked) == 6 and all(
+      not (t.config.decoder_input == "repeat" and t.config.attention != "none") for t in asked)
+  assert "which are not valid settings together" in caplog.text and "drawing again" in caplog.text
+  assert {t.config.learning_rate for t in asked} <= {3e-3, 1e-2}
 
 
 def test_a_damaged_journal_is_one_line_naming_it(tmp_path):

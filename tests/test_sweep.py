@@ -154,6 +154,11 @@ def test_declaration_errors_name_the_problem():
     ({"search": {"learning_rate": ("uniform", "a", "b")}, "num_trials": 2},
      "expected \\(kind, low, high\\) with low < high, finite numbers"),
     ({"random": {"num_layers": ("int", 1, 2.5)}, "num_trials": 2}, "whole ones for int"),
+    ({"random": {"num_layers": ("int", 1, 4, 1)}, "num_trials": 2}, "expected \\(kind, low, high\\)"),
+    ({"search": {"num_layers": ("uniform", 1, 4)}, "num_trials": 2},  # a float range, int key
+     r"search 'num_layers' \('uniform', 1, 4\) reaches 2.91, which .*is not a valid int"),
+    ({"search": {"latnet_dim": [8, 16], "dropout": [0.0, 0.1]}, "num_trials": 2},
+     "search 'latnet_dim' .*unknown config key 'latnet_dim'"),
     # an enqueued trial outside the space: a traceback (choices), or trained as given (range)
     ({"search": {"learning_rate": [1e-3, 1e-2]}, "num_trials": 2,
       "enqueue": [{"learning_rate": 5.0}]},
@@ -187,6 +192,7 @@ def test_a_search_s_values_are_checked_together_with_the_other_keys_values():
   texts = sweep_lib.make_sweep(Config(), {"search": {"learning_rate": ["1e-3", "1e-2"]},
                                           "num_trials": 2, "enqueue": [{"learning_rate": "1e-3"}]})
   assert texts.trials[0].overrides == {"learning_rate": 1e-3}
+  assert texts.space == {"learning_rate": [1e-3, 1e-2]}  # typed, as Optuna must hold them
   assert sweep_lib.make_sweep(Config(), {"random": {"numbers_sampling": ("uniform", "digits")},
                                          "num_trials": 2}).trials  # a tuple of two words: choices
 
