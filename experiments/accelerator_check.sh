@@ -141,15 +141,18 @@ except ImportError:  # pip's own copy, where the interpreter has no packaging
   from pip._vendor.packaging.version import Version
 for wheel in sys.argv[1:]:
   base = os.path.basename(wheel)
-  name, version = base.split("-")[:2]
   try:
+    name, version = base.split("-")[:2]
     have = metadata.version(name)
   except metadata.PackageNotFoundError:
     print(wheel)
     continue
-  try:
-    newer = Version(version) > Version(have)
-  except ValueError:  # a version packaging cannot read: the carried wheel is taken
+  except Exception as error:  # a file not named as a wheel is: said, and left out
+    print(f"skipped {base}: not a wheel's name ({error})", file=sys.stderr)
+    continue
+  try:  # public versions: a carried torch+cpu is not newer than the machine's CUDA torch
+    newer = Version(version).release > Version(have).release
+  except Exception:  # a version packaging cannot read: the carried wheel is taken
     newer = True
   print(f"{'installing' if newer else 'skipped'} {base}: the interpreter has {name} {have}",
         file=sys.stderr)

@@ -606,9 +606,12 @@ def test_accelerator_check_carries_a_wheel_newer_than_the_interpreter_s_and_stop
   SQLAlchemy under a carried Optuna) is installed over it; an interpreter that cannot say
   which wheels it lacks stops the check in one line (it went on with none installed)."""
   bin_dir = _working_nvidia_smi(tmp_path / "bin")
-  wheels = _wheels(tmp_path / "wheels", "pytest")
-  newer = wheels / "pytest-999.0-py3-none-any.whl"
-  os.replace(wheels / "pytest-1.0-py3-none-any.whl", newer)
+  wheels = _wheels(tmp_path / "wheels", "pytest", "numpy")
+  os.replace(wheels / "pytest-1.0-py3-none-any.whl", wheels / "pytest-999.0-py3-none-any.whl")
+  import numpy  # the same version with a local label is not newer
+  os.replace(wheels / "numpy-1.0-py3-none-any.whl",
+             wheels / f"numpy-{numpy.__version__}+cpu-py3-none-any.whl")
+  (wheels / "notawheel.whl").write_bytes(b"")
   fake = _fake_gpu_python(tmp_path, """
   "-m seq2seq_jax"*|"-m pytest"*) exit 0 ;;""")
   env = dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}", PYTHON=str(fake),
@@ -618,7 +621,10 @@ def test_accelerator_check_carries_a_wheel_newer_than_the_interpreter_s_and_stop
                  text=True, timeout=60)
   assert "installing pytest-999.0-py3-none-any.whl: the interpreter has pytest" in (
       out / "wheels.log").read_text()
-  assert "wheels (1 of 1)" in (out / "summary.txt").read_text()
+  log = (out / "wheels.log").read_text()
+  assert f"skipped numpy-{numpy.__version__}+cpu-py3-none-any.whl: the interpreter has" in log
+  assert "skipped notawheel.whl: not a wheel's name" in log
+  assert "wheels (1 of 3; the interpreter has the rest" in (out / "summary.txt").read_text()
   broken = _fake_gpu_python(tmp_path, """
   "- "*) exit 3 ;;""")
   result = subprocess.run([shutil.which("bash"), SCRIPT, str(tmp_path / "out2")],
