@@ -269,12 +269,20 @@ def _is_function_file(name: str) -> bool:
 
 def _is_export(directory: str) -> bool:
   """Whether directory holds an export: its manifest says so (a web app's manifest.json
-  does not)."""
+  does not), or, without one, its params.npz and functions do."""
   try:
+    if not os.path.exists(os.path.join(directory, MANIFEST_FILE)):
+      return _lost_its_manifest(directory, os.listdir(directory))
     with open(os.path.join(directory, MANIFEST_FILE), encoding="utf-8") as f:
       return json.load(f).get("format") == FORMAT
-  except (OSError, ValueError, AttributeError):
+  except (OSError, ValueError, AttributeError, RecursionError):
     return False
+
+
+def _lost_its_manifest(directory: str, entries: list[str]) -> bool:
+  """An export without its manifest.json: params.npz beside a function file."""
+  return (not os.path.exists(os.path.join(directory, MANIFEST_FILE)) and PARAMS_FILE in entries
+          and any(_is_function_file(name) for name in entries))
 
 
 def _check_out_dir(out: str) -> None:
@@ -304,9 +312,10 @@ def _check_out_dir(out: str) -> None:
   # without its manifest, an export's own functions still say what it is (a damaged one,
   # replaced whole); files by those names alone (a vocab.json) may be anyone's
   if (entries and not os.path.exists(os.path.join(out, MANIFEST_FILE))
-      and not (PARAMS_FILE in entries and any(_is_function_file(name) for name in entries))):
-    raise UserError(f"--out '{out}' holds {', '.join(sorted(entries))} but no export's "
-                    f"{MANIFEST_FILE} or functions; delete them, or name a new or empty directory.")
+      and not _lost_its_manifest(out, entries)):
+    raise UserError(f"--out '{out}' holds {', '.join(sorted(entries))}, not an export (neither "
+                    f"its {MANIFEST_FILE} nor {PARAMS_FILE} beside its functions); delete them, or "
+                    "name a new or empty directory.")
 
 
 def write_artifact(artifact: ExportedTranslator, out: str) -> None:

@@ -197,26 +197,26 @@ class ExportedTranslator:
 
   @staticmethod
   def check_exists(directory: str) -> None:
-    """DIR is a directory (checked at once, before slower work)."""
+    """DIR is a directory with a manifest (checked at once, before slower work)."""
     if os.path.isfile(directory):
       raise ExportError(f"'{directory}' is a file; give the export's directory (the one "
                         f"holding {MANIFEST_FILE}).")
     if not os.path.isdir(directory):
       raise ExportError(f"export directory '{directory}' does not exist; create it with "
                         f"`seq2seq-jax export --workdir W --out {directory}`.")
-
-  @classmethod
-  def load(cls, directory: str) -> "ExportedTranslator":
-    """Reads DIR as export.write_artifact wrote it."""
-    cls.check_exists(directory)
-    manifest_path = os.path.join(directory, MANIFEST_FILE)
-    if not os.path.lexists(manifest_path):
+    if not os.path.lexists(os.path.join(directory, MANIFEST_FILE)):
       if os.path.isdir(os.path.join(directory, "checkpoints")):
         raise ExportError(f"{directory} is a training workdir, not an export: serve it with "
                           f"--workdir {directory}, or export it first with `seq2seq-jax "
                           f"export --workdir {directory} --out DIR`.")
       raise ExportError(f"{directory} is not a seq2seq_jax export (no {MANIFEST_FILE}): create "
                         f"one with `seq2seq-jax export --workdir W --out {directory}`.")
+
+  @classmethod
+  def load(cls, directory: str) -> "ExportedTranslator":
+    """Reads DIR as export.write_artifact wrote it."""
+    cls.check_exists(directory)
+    manifest_path = os.path.join(directory, MANIFEST_FILE)
     manifest = _read_json(manifest_path)
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
       raise ExportError(f"{directory} is not a seq2seq_jax export (no '{FORMAT}' manifest).")

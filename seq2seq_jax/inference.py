@@ -278,20 +278,20 @@ def evaluate_pairs(translator: Translator, params, pairs, decode_limit: int = 0,
 
 
 def check_workdir_exists(workdir: str) -> None:
-  """A workdir to read is a directory (checked at once, before slower work)."""
+  """A workdir to read is a run's directory (checked at once, before slower work)."""
   if os.path.exists(workdir) and not os.path.isdir(workdir):
     raise CheckpointError(f"workdir '{workdir}' is a file, not a directory: give the "
                           "directory that `seq2seq-jax train --workdir` wrote.")
   if not os.path.isdir(workdir):
     raise CheckpointError(f"workdir '{workdir}' does not exist. Train first with "
                           f"`seq2seq-jax train --workdir {workdir}`.")
+  workdir_lib.check_run_directory(workdir)  # a sweep's directory, an export: named
 
 
 def load_trained(workdir: str, which: str = "best") -> tuple[Translator, Any, int]:
   """(translator, params, step) from a workdir: config and vocabularies come from the
   checkpoint. which: best, latest or a step number."""
   check_workdir_exists(workdir)
-  workdir_lib.check_run_directory(workdir)
   checkpointer = Checkpointer(workdir, best_metric=workdir_lib.saved_best_metric(workdir),
                               read_only=True)
   try:

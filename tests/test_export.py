@@ -127,6 +127,11 @@ def test_export_refuses_a_directory_holding_anything_but_an_export(tmp_path):
     write_artifact(_artifact(1), str(out / "inner"))
   write_artifact(_artifact(1), str(tmp_path / "inner"))
   os.replace(tmp_path / "inner", out / "inner")  # one moved in all the same
+  manifest = (out / "inner" / "manifest.json").read_text()
+  (out / "inner" / "manifest.json").unlink()  # an export that lost its manifest is one still
+  with pytest.raises(UserError, match="is inside the export"):
+    write_artifact(_artifact(1), str(out / "inner" / "deeper"))
+  (out / "inner" / "manifest.json").write_text(manifest)
   webapp = tmp_path / "webapp"  # a manifest.json and params.npz that are no export's
   webapp.mkdir()
   (webapp / "manifest.json").write_text('{"name": "my app"}')
@@ -159,9 +164,9 @@ def test_an_export_that_lost_its_manifest_is_replaced_and_a_lone_vocab_json_is_n
   mine = tmp_path / "mine"
   mine.mkdir()
   (mine / "vocab.json").write_text("{}")
-  with pytest.raises(UserError, match=f"^--out '{mine}' holds vocab.json but no export's "
-                     "manifest.json or functions; delete them, or name a new or empty "
-                     "directory.$"):
+  with pytest.raises(UserError, match=f"^--out '{mine}' holds vocab.json, not an export "
+                     r"\(neither its manifest.json nor params.npz beside its functions\); "
+                     "delete them, or name a new or empty directory.$"):
     write_artifact(_artifact(3), str(mine))
   assert (mine / "vocab.json").read_text() == "{}"
   (mine / "vocab.json").unlink()

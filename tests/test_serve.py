@@ -350,7 +350,8 @@ def test_serve_flags_are_checked(capsys):
                            (["--workdir", "w", "--batch-buckets", "1,2"], "must reach --max-batch"),
                            (["--workdir", "w", "--beam-sizes", "0"], "--beam-sizes takes"),
                            (["--workdir", "no-such-run"], "workdir 'no-such-run' does not exist"),
-                           (["--exported", "no-such-export"], "'no-such-export' does not exist")):
+                           (["--exported", "no-such-export"], "'no-such-export' does not exist"),
+                           (["--exported", ROOT], "is not a seq2seq_jax export (no manifest.json)")):
       code, _, err = cli_in_process(capsys, "serve", *flags, "--port", port)
       assert code == 2 and message in err and err.count("\n") == 1, err
 

@@ -96,7 +96,7 @@ def read_ar(path: str) -> dict[str, bytes]:
                       "download it again.")
     members[name] = raw[at:at + size]
     at += size + size % 2
-  if at < len(raw):  # less than a member header left: the file was cut inside one
+  if raw[at:].strip(b"\n"):  # less than a member header left: the file was cut inside one
     raise DataError(f"{path}: truncated package (a member header cut short at byte {at}); "
                     "download it again.")
   if not any(name.startswith("data.tar") for name in members):
