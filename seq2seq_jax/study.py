@@ -68,18 +68,25 @@ def _journal_backend(path: str):
   """Optuna's journal file, whose writers first drop a record cut short at its end (a
   worker killed, or the disk full, as it wrote): Optuna reads past such a record, but
   appended the next one onto it, and from then on every read failed, in every worker."""
+  return __getattr__("JournalBackend")(path)  # the class is made once Optuna is loaded
+
+
+def _journal_backend_class():
   from optuna.storages.journal import JournalFileBackend, JournalFileSymlinkLock
 
-  class Backend(JournalFileBackend):
-    def __init__(self):
+  class JournalBackend(JournalFileBackend):
+    __module__, __qualname__ = __name__, "JournalBackend"  # found again when unpickled
+
+    def __init__(self, path: str):
+      self.path = path
       self.lock = JournalFileSymlinkLock(path)  # Optuna's default lock, named to hold here
       super().__init__(path, lock_obj=self.lock)
 
     def append_logs(self, logs):
       self.lock.acquire()  # what every writer of the journal holds: none appends meanwhile
       try:
-        _drop_a_cut_record(path)
-        with open(path, "ab") as f:  # as Optuna writes its records
+        _drop_a_cut_record(self.path)
+        with open(self.path, "ab") as f:  # as Optuna writes its records
           f.write(("\n".join(json.dumps(record, separators=(",", ":")) for record in logs)
                    + "\n").encode("utf-8"))
           f.flush()
@@ -87,7 +94,16 @@ def _journal_backend(path: str):
       finally:
         self.lock.release()
 
-  return Backend()
+  return JournalBackend
+
+
+def __getattr__(name: str):
+  """JournalBackend, made (and kept) when first asked for: Optuna is imported late."""
+  if name == "JournalBackend":
+    if name not in globals():
+      globals()[name] = _journal_backend_class()
+    return globals()[name]
+  raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @contextlib.contextmanager

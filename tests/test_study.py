@@ -60,6 +60,8 @@ def test_a_journal_cut_short_as_it_was_written_loses_only_the_cut_record(tmp_pat
   assert journal.read_bytes().startswith(whole) and b"cut sh" not in journal.read_bytes()
   assert "ended in a record cut short (35 bytes: a write was interrupted); dropping it" in caplog.text
   assert set(SweepStudy(sweep, str(tmp_path)).states().values()) == {"complete", "running"}
+  import pickle  # the storage still pickles, as Optuna's own does (for library users' pools)
+  assert pickle.loads(pickle.dumps(running.storage))._backend.path == str(journal)
 
 
 def test_a_search_skips_draws_whose_values_are_not_valid_together(tmp_path, caplog):
