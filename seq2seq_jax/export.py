@@ -264,7 +264,8 @@ def _foreign_entries(directory: str) -> list[str]:
 def _is_function_file(name: str) -> bool:
   """A name an export gives a function: encoder, greedy or beamK .stablehlo (a user's
   model_v1.stablehlo is theirs)."""
-  return re.fullmatch(rf"(encoder|greedy|beam[1-9][0-9]*){re.escape(FUNCTION_SUFFIX)}", name) is not None
+  own = rf"(encoder|greedy|beam[1-9][0-9]*){re.escape(FUNCTION_SUFFIX)}"
+  return re.fullmatch(own, name) is not None
 
 
 def _is_export(directory: str) -> bool:
@@ -272,17 +273,17 @@ def _is_export(directory: str) -> bool:
   does not), or, without one, its params.npz and functions do."""
   try:
     if not os.path.exists(os.path.join(directory, MANIFEST_FILE)):
-      return _lost_its_manifest(directory, os.listdir(directory))
+      return _lost_its_manifest(os.listdir(directory))
     with open(os.path.join(directory, MANIFEST_FILE), encoding="utf-8") as f:
       return json.load(f).get("format") == FORMAT
   except (OSError, ValueError, AttributeError, RecursionError):
     return False
 
 
-def _lost_its_manifest(directory: str, entries: list[str]) -> bool:
-  """An export without its manifest.json: params.npz beside a function file."""
-  return (not os.path.exists(os.path.join(directory, MANIFEST_FILE)) and PARAMS_FILE in entries
-          and any(_is_function_file(name) for name in entries))
+def _lost_its_manifest(entries: list[str]) -> bool:
+  """Whether a folder's entries, without a manifest.json, are an export's: params.npz
+  beside a function file."""
+  return PARAMS_FILE in entries and any(_is_function_file(name) for name in entries)
 
 
 def _check_out_dir(out: str) -> None:
@@ -312,7 +313,7 @@ def _check_out_dir(out: str) -> None:
   # without its manifest, an export's own functions still say what it is (a damaged one,
   # replaced whole); files by those names alone (a vocab.json) may be anyone's
   if (entries and not os.path.exists(os.path.join(out, MANIFEST_FILE))
-      and not _lost_its_manifest(out, entries)):
+      and not _lost_its_manifest(entries)):
     raise UserError(f"--out '{out}' holds {', '.join(sorted(entries))}, not an export (neither "
                     f"its {MANIFEST_FILE} nor {PARAMS_FILE} beside its functions); delete them, or "
                     "name a new or empty directory.")

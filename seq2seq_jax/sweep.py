@@ -165,8 +165,7 @@ def _draw(rng: np.random.Generator, key: str, space: Any, where: str) -> Any:
       raise UserError(f"{where}: '{key}': unknown kind {space[0]!r} in {space!r}; use "
                       f"{', '.join(DISTRIBUTIONS)}{f' (did you mean {close[0]}?)' if close else ''}"
                       ", or a list for choices.")
-    numbers = len(space) == 3 and all(isinstance(v, (int, float, np.number)) and not isinstance(
-        v, bool) and math.isfinite(v) for v in space[1:])
+    numbers = len(space) == 3 and all(_is_number(v) and math.isfinite(v) for v in space[1:])
     if not numbers or not space[1] < space[2] or (
         space[0] == "int" and not all(float(v).is_integer() for v in space[1:])):
       raise UserError(f"{where}: '{key}': expected (kind, low, high) with low < high, finite "
@@ -288,12 +287,12 @@ def _check_search_reach(base: Config, space: dict[str, Any], where: str) -> dict
           for key in space}
 
 
-def _within(value: Any, space: Any, typed: list) -> bool:
-  """Whether a search space holds a trial's (typed) value: one of its choices (typed), or
-  in its range."""
+def _within(value: Any, space: Any) -> bool:
+  """Whether a search space (its choices typed) holds a trial's value: one of its choices,
+  or in its range."""
   if isinstance(space, tuple):
     return space[1] <= value <= space[2]
-  return value in typed
+  return value in space
 
 
 def make_sweep(base: Config, spec: dict[str, Any], where: str = "get_sweep()") -> Sweep:
@@ -344,8 +343,7 @@ def make_sweep(base: Config, spec: dict[str, Any], where: str = "get_sweep()") -
                       f"every searched key ({', '.join(keys)}).")
     trials = [make_trial(base, values, where) for values in first]
     for trial in trials:  # the study records an enqueued trial's values in the space
-      outside = next((key for key in keys
-                      if not _within(trial.overrides[key], space[key], typed[key])), None)
+      outside = next((key for key in keys if not _within(trial.overrides[key], space[key])), None)
       if outside is not None:
         raise UserError(f"{where}: enqueued {outside}={trial.overrides[outside]!r} is outside "
                         f"its search space {space[outside]!r}: widen the space, or enqueue "
