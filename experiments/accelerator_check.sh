@@ -131,8 +131,8 @@ fi
 site=""
 if [[ -n "${ACCEL_WHEELS:-}" ]]; then
   compgen -G "$ACCEL_WHEELS/*.whl" >/dev/null || fail "ACCEL_WHEELS=$ACCEL_WHEELS holds no .whl files."
-  # only the wheels of packages the interpreter lacks: on PYTHONPATH a carried package would
-  # shadow the interpreter's own (a carried keras over the machine's keras)
+  # only the wheels of packages the interpreter lacks or has older: on PYTHONPATH a carried
+  # package shadows the interpreter's own (a carried keras over the machine's keras)
   listed=$("$python" - "$ACCEL_WHEELS"/*.whl 2>>"$out/wheels.log" <<'EOF'
 import importlib.metadata as metadata, os, sys
 try:

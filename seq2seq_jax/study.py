@@ -57,11 +57,16 @@ def open_storage(workdir: str, url: str | None = None):
       first = next((line for line in str(error).splitlines() if line.strip()), type(error).__name__)
       raise UserError(f"--storage {url}: {first.strip()}") from None
   os.makedirs(workdir, exist_ok=True)
-  # absolute: Optuna's lock is a symbolic link to it, which a relative path leaves dangling
-  # (a dead worker's lock was then never released, and the others spun on it)
-  path = os.path.abspath(os.path.join(workdir, JOURNAL_FILE))
+  path = journal_path(workdir)
   with reading_journal(path):  # it reads the whole journal
     return optuna.storages.JournalStorage(_journal_backend(path))
+
+
+def journal_path(workdir: str) -> str:
+  """The sweep's journal file, absolute: Optuna's lock is a symbolic link to it, which a
+  relative path leaves dangling (a dead worker's lock was then never released, and the
+  others spun on it)."""
+  return os.path.abspath(os.path.join(workdir, JOURNAL_FILE))
 
 
 def _journal_backend(path: str):
@@ -201,7 +206,7 @@ class SweepStudy:
     self.optuna = optuna
     self.sweep = sweep
     self.storage = open_storage(workdir, storage_url)
-    with reading_journal(None if storage_url else os.path.join(workdir, JOURNAL_FILE)):
+    with reading_journal(None if storage_url else journal_path(workdir)):
       self.study = optuna.create_study(  # a damaged last record fails at its first write
           study_name=STUDY_NAME, storage=self.storage, load_if_exists=True,
           direction="maximize" if sweep.mode == "max" else "minimize",

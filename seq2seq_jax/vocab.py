@@ -432,9 +432,10 @@ def input_warnings(vocab: "Vocab", sources: list[str], max_source_len: int | Non
     more = f" and {len(unknown) - MAX_NAMED_UNKNOWN} more" if len(unknown) > MAX_NAMED_UNKNOWN else ""
     nfd = any(unicodedata.normalize("NFC", token) != token  # accents written apart
               or all(unicodedata.combining(ch) for ch in token) for token in unknown)
+    written_apart = {token: unicodedata.normalize("NFD", token) for token in unknown}
     trained_nfd = not nfd and any(  # the other way round: known once written apart
-        unicodedata.normalize("NFD", token) != token
-        and not vocab.unknown_tokens(unicodedata.normalize("NFD", token)) for token in unknown)
+        apart != token and not vocab.unknown_tokens(apart)
+        for token, apart in written_apart.items())
     hint = (" (accents written apart from their letters: is the text NFD? Normalise it to "
             "NFC, as docs/data.md says)" if nfd else
             " (the model was trained on accents written apart from their letters, NFD text: "
