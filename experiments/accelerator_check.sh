@@ -26,7 +26,8 @@
 #                      is reachable: docs/accelerators.md lists them); those of packages it lacks,
 #                      or has at an older version, are installed without network into
 #                      OUTPUT_DIR/site-packages, behind this tree on PYTHONPATH (the others are
-#                      skipped: wheels.log names them)
+#                      skipped: wheels.log names them, and the installed ones' requirements
+#                      the interpreter does not meet)
 #   CHECK_TESTS        gpu (default: tests/test_cudnn.py, its GPU tests included) or all (the suite)
 #   TEST_TIMEOUT       seconds one test may take (default 45, 120 with CHECK_TESTS=all: below
 #                      the phase limit, so that one slow test cannot hide the others' results;
@@ -167,9 +168,39 @@ EOF
     "$python" -m pip install --quiet --disable-pip-version-check --no-index --no-deps --no-compile \
       --upgrade --target "$site" "${lacking[@]}" >>"$out/wheels.log" 2>&1 ||
       fail "could not install the wheels of ACCEL_WHEELS=$ACCEL_WHEELS: see $out/wheels.log"
+    # installed without their dependencies (--no-deps: nothing to fetch them from): a newer
+    # carried wheel may need newer packages than the interpreter's; each unmet one is named
+    unmet=$("$python" - "$site" 2>>"$out/wheels.log" <<'EOF'
+import importlib.metadata as metadata, sys
+try:
+  from packaging.requirements import Requirement
+except ImportError:
+  from pip._vendor.packaging.requirements import Requirement
+site = sys.argv[1]
+sys.path.insert(0, site)  # a carried wheel may meet another's requirement
+unmet = 0
+for dist in metadata.distributions(path=[site]):
+  for line in dist.requires or ():
+    try:
+      need = Requirement(line)
+      if need.marker is not None and not need.marker.evaluate({"extra": ""}):
+        continue  # another platform's, or an extra's
+      have = metadata.version(need.name)
+    except metadata.PackageNotFoundError:
+      have = None
+    except Exception as error:  # a requirement packaging cannot read: said, not judged
+      print(f"requirement of {dist.metadata['Name']} not read: {line!r} ({error})", file=sys.stderr)
+      continue
+    if have is None or (need.specifier and not need.specifier.contains(have, prereleases=True)):
+      unmet += 1
+      print(f"unmet: {dist.metadata['Name']} {dist.version} needs {need}; the interpreter "
+            f"has {have or 'none'}: carry its wheel too", file=sys.stderr)
+print(unmet)
+EOF
+    ) || unmet="?"
   fi
   carried=$(compgen -G "$ACCEL_WHEELS/*.whl" | wc -l)
-  phase "wheels (${#lacking[@]} of $carried$( (( ${#lacking[@]} < carried )) && echo "; the interpreter has the rest at the same or a newer version"))" installed
+  phase "wheels (${#lacking[@]} of $carried$( (( ${#lacking[@]} < carried )) && echo "; the interpreter has the rest at the same or a newer version")$( [[ ${unmet:-0} != 0 ]] && echo "; requirements unmet: ${unmet}, see wheels.log"))" installed
 fi
 export PYTHONPATH="$root${site:+:$site}${PYTHONPATH:+:$PYTHONPATH}"
 s2s=("$python" -m seq2seq_jax)

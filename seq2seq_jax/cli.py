@@ -453,8 +453,8 @@ def cmd_serve(args) -> int:
     ExportedTranslator.check_exists(args.exported)
   else:
     beam_sizes = _export_beam_sizes(args)
-    from seq2seq_jax.inference import check_workdir_exists
-    check_workdir_exists(args.workdir)
+    from seq2seq_jax.inference import check_trained_workdir
+    check_trained_workdir(args.workdir)
   try:
     import starlette  # noqa: F401
     import uvicorn  # noqa: F401

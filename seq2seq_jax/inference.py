@@ -277,21 +277,23 @@ def evaluate_pairs(translator: Translator, params, pairs, decode_limit: int = 0,
   return metrics, hypotheses
 
 
-def check_workdir_exists(workdir: str) -> None:
-  """A workdir to read is a run's directory (checked at once, before slower work)."""
+def check_trained_workdir(workdir: str) -> None:
+  """A workdir to read is the directory of a training run: it exists, and it is not a file,
+  a sweep's directory, part of a run's checkpoints or an export (each named, with what to
+  give). Checked at once, before slower work."""
   if os.path.exists(workdir) and not os.path.isdir(workdir):
     raise CheckpointError(f"workdir '{workdir}' is a file, not a directory: give the "
                           "directory that `seq2seq-jax train --workdir` wrote.")
-  if not os.path.isdir(workdir):
+  if not os.path.exists(workdir):
     raise CheckpointError(f"workdir '{workdir}' does not exist. Train first with "
                           f"`seq2seq-jax train --workdir {workdir}`.")
-  workdir_lib.check_run_directory(workdir)  # a sweep's directory, an export: named
+  workdir_lib.check_run_directory(workdir)
 
 
 def load_trained(workdir: str, which: str = "best") -> tuple[Translator, Any, int]:
   """(translator, params, step) from a workdir: config and vocabularies come from the
   checkpoint. which: best, latest or a step number."""
-  check_workdir_exists(workdir)
+  check_trained_workdir(workdir)
   checkpointer = Checkpointer(workdir, best_metric=workdir_lib.saved_best_metric(workdir),
                               read_only=True)
   try:

@@ -522,13 +522,15 @@ def test_accelerator_check_refuses_an_unknown_option_or_a_used_output_directory(
   assert os.listdir(used) == ["summary.txt"] and not (tmp_path / "venv").exists()
 
 
-def _wheels(folder, *names):
-  """A folder of one minimal pure wheel per name, each holding an empty package."""
+def _wheels(folder, *names, requires=()):
+  """A folder of one minimal pure wheel per name, each holding an empty package (the first
+  wheel's Requires-Dist lines: requires)."""
   folder.mkdir()
   for name in names:
     info = f"{name}-1.0.dist-info"
+    needs = "".join(f"Requires-Dist: {line}\n" for line in requires if name == names[0])
     files = {f"{name}/__init__.py": "",
-             f"{info}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: 1.0\n",
+             f"{info}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: 1.0\n{needs}",
              f"{info}/WHEEL": "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\n"
                               "Tag: py3-none-any\n"}
     files[f"{info}/RECORD"] = "".join(f"{path},,\n" for path in [*files, f"{info}/RECORD"])
@@ -604,9 +606,14 @@ def test_accelerator_check_carries_a_wheel_newer_than_the_interpreter_s_and_stop
     tmp_path):
   """A package the interpreter has at an older version than the carried wheel (an old
   SQLAlchemy under a carried Optuna) is installed over it; an interpreter that cannot say
-  which wheels it lacks stops the check in one line (it went on with none installed)."""
+  which wheels it lacks stops the check in one line (it went on with none installed). The
+  carried wheels install without their dependencies: the requirements the interpreter does
+  not meet are named (a newer numpy, a package it lacks), those it meets or that are another
+  platform's are not."""
   bin_dir = _working_nvidia_smi(tmp_path / "bin")
-  wheels = _wheels(tmp_path / "wheels", "pytest", "numpy")
+  wheels = _wheels(tmp_path / "wheels", "pytest", "numpy",  # pytest 1.0, renamed 999.0
+                   requires=("numpy>=999", "no_such_dependency", "pluggy",
+                             'colorama; sys_platform == "win32"', "pygments; extra == 'dev'"))
   os.replace(wheels / "pytest-1.0-py3-none-any.whl", wheels / "pytest-999.0-py3-none-any.whl")
   import numpy  # the same version with a local label is not newer
   os.replace(wheels / "numpy-1.0-py3-none-any.whl",
@@ -624,7 +631,12 @@ def test_accelerator_check_carries_a_wheel_newer_than_the_interpreter_s_and_stop
   log = (out / "wheels.log").read_text()
   assert f"skipped numpy-{numpy.__version__}+cpu-py3-none-any.whl: the interpreter has" in log
   assert "skipped notawheel.whl: not a wheel's name" in log
-  assert "wheels (1 of 3; the interpreter has the rest" in (out / "summary.txt").read_text()
+  assert "wheels (1 of 3; the interpreter has the rest at the same or a newer version; " \
+         "requirements unmet: 2, see wheels.log)" in (out / "summary.txt").read_text()
+  assert [line for line in log.splitlines() if line.startswith("unmet")] == [
+      f"unmet: pytest 1.0 needs numpy>=999; the interpreter has {numpy.__version__}: carry its "
+      "wheel too",
+      "unmet: pytest 1.0 needs no_such_dependency; the interpreter has none: carry its wheel too"]
   broken = _fake_gpu_python(tmp_path, """
   "- "*) exit 3 ;;""")
   result = subprocess.run([shutil.which("bash"), SCRIPT, str(tmp_path / "out2")],
