@@ -20,13 +20,40 @@ log = logging.getLogger("seq2seq_jax")
 COMMAND_START_ENV = "SEQ2SEQ_JAX_COMMAND_START"
 
 
+class _ConsoleHandler(logging.StreamHandler):
+  """The command's messages on the terminal. A stream that fails (`train | head -1` closed
+  the pipe, `> /dev/full`) is said once on stderr and written no more, and the command goes
+  on: a run's messages go on in its train.log. (A logging.StreamHandler printed a traceback
+  for every message after, hundreds in a training.)"""
+
+  def handleError(self, record):
+    error = sys.exc_info()[1]
+    if not isinstance(error, OSError) or self.stream is None:
+      return super().handleError(record)
+    stream, self.stream = self.stream, None
+    try:  # stdout's fd onto /dev/null: print() and the interpreter's last flush fail no more
+      if stream is sys.stdout:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), stream.fileno())
+    except (OSError, ValueError):
+      pass
+    name = "standard output" if stream is sys.stdout else getattr(stream, "name", "the log")
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+      print(f"seq2seq-jax: warning: {name} cannot be written ({error.strerror or error}): the "
+            "messages stop there (a training's go on in its workdir's train.log).",
+            file=sys.stderr, flush=True)
+
+  def emit(self, record):
+    if self.stream is not None:
+      super().emit(record)
+
+
 def configure_logging(stream) -> None:
   """The library's messages, bare, to stream; absl's and Orbax's routine ones hidden.
   Process-wide, so only the command does it (importing the library changes nothing)."""
   log.setLevel(logging.INFO)
   log.propagate = False
   if not any(getattr(h, "_seq2seq_jax", False) for h in log.handlers):
-    handler = logging.StreamHandler(stream)
+    handler = _ConsoleHandler(stream)
     handler.setFormatter(logging.Formatter("%(message)s"))
     handler._seq2seq_jax = True
     log.addHandler(handler)
@@ -826,6 +853,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
   started = time.time()
+  if sys.stdout is None:  # `>&-`: fd 1 closed, the next file opened would take it
+    if sys.stderr is not None:
+      print("seq2seq-jax: error: standard output is closed (>&-): give the command a file, a "
+            "pipe or /dev/null for its output.", file=sys.stderr)
+    return 2
   try:
     args = _parse(argv)
     args.started = started

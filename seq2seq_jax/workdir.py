@@ -21,10 +21,13 @@ from __future__ import annotations
 import base64
 import contextlib
 import dataclasses
+import errno
 import json
 import logging
 import os
 import platform
+import secrets
+import shutil
 import sys
 import time
 from typing import Any
@@ -204,18 +207,37 @@ def _json_default(value):
 
 
 def write_atomically(path: str, text: str | bytes) -> None:
-  """A kill at any moment leaves the old file or the new one, never half of one. An error
-  names path (not the temporary file beside it, which is removed)."""
-  temporary = path + ".tmp"
+  """A kill at any moment leaves the old file or the new one, never half of one: the text
+  goes to a temporary file of a name no other file has, which then replaces the file. As a
+  shell's `>` does, a symbolic link is written through (its target replaced, the link kept),
+  a replaced file keeps its permissions, and what is not a regular file (a FIFO, a device
+  such as /dev/null) is written into, not replaced. An error names path (not the temporary
+  file, which is removed)."""
+  target = os.path.realpath(path)
+  mode = "wb" if isinstance(text, bytes) else "w"
+  encoding = None if isinstance(text, bytes) else "utf-8"
+  if os.path.exists(target) and not os.path.isfile(target) and not os.path.isdir(target):
+    try:
+      with open(target, mode, encoding=encoding) as f:
+        f.write(text)
+    except OSError as error:
+      error.filename = path
+      raise
+    return
+  if os.path.isfile(target) and not os.access(target, os.W_OK):  # as `>` refuses it
+    raise PermissionError(errno.EACCES, "Permission denied (the file is read-only)", path)
+  temporary = f"{target}.{os.getpid()}-{secrets.token_hex(4)}.tmp"
   try:
-    with (open(temporary, "wb") if isinstance(text, bytes)
-          else open(temporary, "w", encoding="utf-8")) as f:
+    with open(temporary, mode.replace("w", "x"), encoding=encoding) as f:
       f.write(text)
-    os.replace(temporary, path)
+    if os.path.isfile(target):
+      with contextlib.suppress(OSError):  # a group-shared file stays one
+        shutil.copymode(target, temporary)
+    os.replace(temporary, target)
   except OSError as error:
     with contextlib.suppress(OSError):
       os.remove(temporary)
-    if error.filename == temporary:
+    if error.filename in (temporary, target):
       error.filename = path
     raise
 

@@ -536,3 +536,39 @@ def test_the_translate_file_script_reads_and_warns_as_translate_does(trained_wor
   assert script.main() == 2
   err = capsys.readouterr().err
   assert err.startswith("translate_file: error: data file ") and err.count("\n") == 1
+
+
+@pytest.mark.slow
+def test_a_closed_or_full_standard_output_is_said_once_and_the_command_goes_on(tmp_path,
+                                                                               trained_workdir):
+  """`train ... | head -1` printed a logging traceback for every message after the pipe
+  closed (hundreds in a training), `> /dev/full` the same; `>&-` (no standard output at all)
+  ended in a traceback. Now a stream that cannot be written is said once, in one line, and
+  the command goes on (a run's messages go on in its train.log); with no standard output
+  the command stops in one line before doing anything."""
+  import shutil
+  import subprocess
+  import sys
+  workdir = tmp_path / "run"  # a complete run: `train` again says so, in several messages
+  shutil.copytree(trained_workdir, workdir)
+  command = [sys.executable, "-m", "seq2seq_jax", "train", "--config", "configs/tiny.py",
+             "--workdir", str(workdir)]
+  read_end, write_end = os.pipe()
+  os.close(read_end)  # the reader is gone before the first message: every write fails
+  closed = subprocess.run(command, stdout=write_end, stderr=subprocess.PIPE, text=True,
+                          cwd=ROOT, timeout=300)
+  os.close(write_end)
+  results = [(closed, "Broken pipe")]
+  if os.path.exists("/dev/full"):  # Linux: a device whose every write fails, disk full
+    with open("/dev/full", "w") as full:
+      results.append((subprocess.run(command, stdout=full, stderr=subprocess.PIPE, text=True,
+                                     cwd=ROOT, timeout=300), "No space left on device"))
+  for result, why in results:
+    assert result.returncode == 0 and result.stderr == (
+        f"seq2seq-jax: warning: standard output cannot be written ({why}): the messages stop "
+        "there (a training's go on in its workdir's train.log).\n"), result.stderr
+  no_output = subprocess.run(["bash", "-c", 'exec "$@" >&-', "-", *command],
+                             capture_output=True, text=True, cwd=ROOT, timeout=300)
+  assert no_output.returncode == 2 and no_output.stderr == (
+      "seq2seq-jax: error: standard output is closed (>&-): give the command a file, a pipe "
+      "or /dev/null for its output.\n")

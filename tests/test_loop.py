@@ -329,3 +329,46 @@ def test_a_failed_atomic_write_names_the_file_asked_for(tmp_path):
   with pytest.raises(FileNotFoundError) as caught:
     write_atomically(str(path), "text\n")
   assert caught.value.filename == str(path) and os.listdir(tmp_path) == []
+
+
+def test_an_atomic_write_treats_links_pipes_devices_and_neighbours_as_a_shell_s_redirection_does(
+    tmp_path):
+  """`evaluate --hyps` (and `benchmark --output`) replaced whatever lay at the path: a
+  symbolic link became a file (its target untouched), a FIFO a file (its reader waiting for
+  ever), /dev/full a file; and a user's own FILE.tmp was deleted. As `>` does: a link is
+  written through, a FIFO or a device is written into, a file keeps its permissions, and
+  the temporary file's name is no other file's."""
+  import stat
+  import threading
+  from seq2seq_jax.workdir import write_atomically
+  target, link = tmp_path / "target.txt", tmp_path / "link.txt"
+  target.write_text("old\n")
+  target.chmod(0o640)
+  link.symlink_to(target.name)
+  (tmp_path / "link.txt.tmp").write_text("the user's notes\n")
+  write_atomically(str(link), "new\n")
+  assert link.is_symlink() and target.read_text() == "new\n"
+  assert stat.S_IMODE(target.stat().st_mode) == 0o640
+  assert sorted(os.listdir(tmp_path)) == ["link.txt", "link.txt.tmp", "target.txt"]
+  assert (tmp_path / "link.txt.tmp").read_text() == "the user's notes\n"
+  fifo = tmp_path / "fifo"
+  os.mkfifo(fifo)
+  read = []
+  reader = threading.Thread(target=lambda: read.append(fifo.read_text()))
+  reader.start()
+  write_atomically(str(fifo), "through the pipe\n")
+  reader.join(timeout=10)
+  assert read == ["through the pipe\n"] and stat.S_ISFIFO(os.stat(fifo).st_mode)
+  # devices: copies of /dev/null and /dev/full made here (root only), so that a regression
+  # replaces these, not the machine's
+  null, full = tmp_path / "null", tmp_path / "full"
+  try:
+    os.mknod(null, stat.S_IFCHR | 0o666, os.makedev(1, 3))
+    os.mknod(full, stat.S_IFCHR | 0o666, os.makedev(1, 7))
+  except OSError:
+    return  # no right to make devices here
+  write_atomically(str(null), b"discarded")
+  assert stat.S_ISCHR(os.stat(null).st_mode)
+  with pytest.raises(OSError) as caught:  # a full device: its error, naming the path given
+    write_atomically(str(full), "text\n")
+  assert caught.value.filename == str(full) and stat.S_ISCHR(os.stat(full).st_mode)
