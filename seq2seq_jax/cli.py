@@ -128,15 +128,9 @@ def _read_inputs(texts: list[str]) -> list[str]:
   stream = getattr(sys.stdin, "buffer", None)
   if stream is None:  # a text stream put in place of stdin (tests, embedding)
     return [line.rstrip("\r\n") for line in sys.stdin]
-  raw = stream.read()
-  try:
-    text = raw.decode("utf-8-sig")
-  except UnicodeDecodeError as error:
-    line = raw.count(b"\n", 0, error.start) + 1
-    raise UserError(f"standard input, line {line}: not UTF-8 "
-                    f"({raw[error.start:error.start + 1]!r}); re-encode it as UTF-8.") from None
-  from seq2seq_jax.data.sources import text_lines
-  return text_lines(text)  # a lone CR inside a line stays in it: one output per line
+  from seq2seq_jax.data.sources import decode_text, text_lines
+  # UTF-16 (PowerShell's `>`) or binary data named, as in a data file: was read as text
+  return text_lines(decode_text(stream.read(), "standard input", "the input"))  # a lone CR inside a line stays in it: one output per line
 
 
 def _check_output_file(flag: str, path: str, keep: dict[str, str] | None = None,

@@ -223,16 +223,18 @@ def test_non_utf8_position_counts_the_byte_order_mark(tmp_path):
 
 
 @pytest.mark.parametrize("encoding, iconv_name", [
-    ("utf-16", "utf-16"), ("utf-16-le", "utf-16le"), ("utf-16-be", "utf-16be")])
+    ("utf-16", "utf-16"), ("utf-16-le", "utf-16le"), ("utf-16-be", "utf-16be"),
+    ("utf-32", "utf-32")])
 def test_utf16_data_is_named_as_such(tmp_path, encoding, iconv_name):
   """With or without its byte order mark, a UTF-16 file is named UTF-16, with the iconv
-  line for its byte order (not Latin-1's)."""
+  line for its byte order (not Latin-1's); a UTF-32 one with its mark, UTF-32 (it was
+  named UTF-16, and that iconv line gave garbage)."""
   path = tmp_path / "windows.tsv"
   path.write_bytes("one\tun\ntwo\tdeux\n".encode(encoding))
   with pytest.raises(DataError) as caught:
     data_lib.tab_pairs(str(path), "tsv")
-  assert str(caught.value) == (f"{path}: UTF-16 text, not UTF-8; re-encode the file as UTF-8, "
-                               f"e.g. `iconv -f {iconv_name} -t utf-8 IN > OUT`.")
+  assert str(caught.value) == (f"{path}: {iconv_name[:6].upper()} text, not UTF-8; re-encode "
+                               f"the file as UTF-8, e.g. `iconv -f {iconv_name} -t utf-8 IN > OUT`.")
 
 
 def test_a_nul_byte_is_named_where_it_is(tmp_path):
@@ -519,8 +521,20 @@ def test_translate_rejects_non_utf8_stdin(baseline, env):
                           input=b"twelve\ncaf\xe9\n", capture_output=True, timeout=300,
                           cwd=ROOT, env=env)
   stderr = result.stderr.decode()
-  assert result.returncode == 2 and "standard input, line 2: not UTF-8" in stderr
+  assert result.returncode == 2 and "standard input:2: not UTF-8 (line 2, byte 4 of the line" in stderr
   assert no_traceback(stderr)
+  # UTF-16 without its byte order mark (PowerShell's `>`), and binary data: named as in a
+  # data file (they were read as text, NUL bytes and all, one output line more than given)
+  for raw, says in (("twelve\nthree\n".encode("utf-16-le"),
+                     "standard input: UTF-16 text, not UTF-8; re-encode the input as UTF-8, e.g. "
+                     "`iconv -f utf-16le -t utf-8 IN > OUT`."),
+                    (b"twelve\n\x00\x01three\n", "standard input:2: a NUL byte (line 2, byte 1 "
+                                                   "of the line")):
+    result = subprocess.run(cli_command("translate", "--workdir", baseline), input=raw,
+                            capture_output=True, timeout=300, cwd=ROOT, env=env)
+    lines = result.stderr.decode().splitlines()
+    assert result.returncode == 2 and result.stdout == b"" and len(lines) == 1, lines
+    assert lines[0].startswith(f"seq2seq-jax translate: error: {says}"), lines
   # the same bytes as an argument (was translated, with the escape '\udce9' called unseen)
   result = subprocess.run(cli_command("translate", "--workdir", baseline, "twelve", b"caf\xe9"),
                           capture_output=True, timeout=300, cwd=ROOT, env=env)

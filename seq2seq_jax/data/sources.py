@@ -130,19 +130,7 @@ def read_text(path: str, missing_hint: str | None = None) -> str:
   except OSError as error:
     raise DataError(f"data file '{path}' cannot be read: {error.strerror or error}. "
                     "Check its permissions.") from None
-  skip = len(codecs.BOM_UTF8) if raw.startswith(codecs.BOM_UTF8) else 0
-  utf16 = _utf16_name(raw)  # ASCII in UTF-16 without its byte order mark is valid UTF-8
-  if utf16:
-    raise DataError(f"{path}: UTF-16 text, not UTF-8; re-encode the file as UTF-8, e.g. "
-                    f"`iconv -f {utf16} -t utf-8 IN > OUT`.")
-  if b"\0" in raw:  # in no text file of UTF-8 or a one-byte encoding: binary data
-    where = _position(raw, raw.index(b"\0"), "a NUL byte")
-    raise DataError(f"{path}:{where}: is it a text file? Give a UTF-8 text file.")
-  try:
-    text = raw[skip:].decode("utf-8")
-  except UnicodeDecodeError as error:
-    raise DataError(f"{path}:{_position(raw, error.start + skip)}; re-encode the file as "
-                    "UTF-8, e.g. `iconv -f latin1 -t utf-8 IN > OUT` for Latin-1 text.") from None
+  text = decode_text(raw, path, "the file")
   text = normalize_line_ends(text)
   if "\n\ufeff" in text:  # files with byte order marks joined (cat a b): one inside each
     line = text.count("\n", 0, text.index("\n\ufeff")) + 2
@@ -152,6 +140,26 @@ def read_text(path: str, missing_hint: str | None = None) -> str:
                 f" and {more} more" if more else "")
     text = text.replace("\n\ufeff", "\n")
   return text
+
+
+def decode_text(raw: bytes, where: str, it: str) -> str:
+  """raw's UTF-8 text, a leading byte order mark dropped; else a DataError that begins with
+  where (a path, "standard input") and names UTF-16 or UTF-32 text, binary data (a NUL
+  byte) or the first byte that is not UTF-8, with how to re-encode it ("the file", "the
+  input")."""
+  wide = _wide_encoding(raw)  # ASCII in UTF-16 without its byte order mark is valid UTF-8
+  if wide:
+    raise DataError(f"{where}: {wide[:6].upper()} text, not UTF-8; re-encode {it} as UTF-8, "
+                    f"e.g. `iconv -f {wide} -t utf-8 IN > OUT`.")
+  if b"\0" in raw:  # in no text of UTF-8 or a one-byte encoding: binary data
+    where_nul = _position(raw, raw.index(b"\0"), "a NUL byte")
+    raise DataError(f"{where}:{where_nul}: is it a text file? Give a UTF-8 text file.")
+  skip = len(codecs.BOM_UTF8) if raw.startswith(codecs.BOM_UTF8) else 0
+  try:
+    return raw[skip:].decode("utf-8")
+  except UnicodeDecodeError as error:
+    raise DataError(f"{where}:{_position(raw, error.start + skip)}; re-encode {it} as UTF-8, "
+                    "e.g. `iconv -f latin1 -t utf-8 IN > OUT` for Latin-1 text.") from None
 
 
 def normalize_line_ends(text: str) -> str:
@@ -179,9 +187,12 @@ def _position(raw: bytes, offset: int, what: str = "not UTF-8") -> str:
           f"file, counting from 1: {raw[offset:offset + 1]!r})")
 
 
-def _utf16_name(raw: bytes) -> str | None:
-  """iconv's name for raw's UTF-16 ("utf-16" with a byte order mark, else the byte order
-  its NUL bytes in every other place, as UTF-16 gives ASCII, show), or None."""
+def _wide_encoding(raw: bytes) -> str | None:
+  """iconv's name for raw's UTF-32 or UTF-16 ("utf-32", "utf-16" with a byte order mark,
+  else the byte order its NUL bytes in every other place, as UTF-16 gives ASCII, show), or
+  None."""
+  if raw.startswith((codecs.BOM_UTF32_LE, codecs.BOM_UTF32_BE)):  # before UTF-16's: FF FE
+    return "utf-32"
   if raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
     return "utf-16"
   head = raw[:512]
