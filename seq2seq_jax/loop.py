@@ -744,8 +744,9 @@ def train_trials(configs: list[Config], workdirs: list[str], argv: list[str] | N
   if any(config.tensorboard for config in configs) and is_primary():
     from seq2seq_jax.tracking import require_tensorboardx
     require_tensorboardx("tensorboard=true needs")
-  for workdir in workdirs:
-    workdir_lib.check_run_directory(workdir)
+  for workdir, config in zip(workdirs, configs):  # checked again under the lock, below
+    workdir_lib.check_run_directory(workdir)  # a refused run writes nothing (.lock, train.log)
+    workdir_lib.check_workdir_config(workdir, config)
   with contextlib.ExitStack() as stack:
     busy = None
     for workdir in workdirs:  # one process writes the workdirs: it holds them

@@ -379,6 +379,12 @@ def check_workdir_config(workdir: str, config: Config) -> None:
     raise CheckpointError(f"'{path}' is unreadable ({error}): delete it to resume the run (its "
                           "checkpoints hold its settings, and they are checked), or pass a new "
                           "--workdir.") from None
+  fields = {field.name for field in dataclasses.fields(Config)}
+  if not isinstance(saved, dict) or not fields & set(saved):  # another program's config.json
+    keys = ", ".join(sorted(map(str, saved))[:4]) if isinstance(saved, dict) else ""
+    raise CheckpointError(f"'{path}' is not the configuration of a seq2seq-jax run "
+                          f"({f'its keys: {keys}' if keys else 'no setting of one'}): train in "
+                          "a new --workdir, or a folder without a config.json.")
   diffs = config_lib.describe_changes(saved, config, RESUMABLE_CHANGES)
   if diffs:
     raise CheckpointError(

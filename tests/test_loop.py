@@ -322,6 +322,21 @@ def test_a_config_built_in_python_is_checked_before_anything_is_written(tmp_path
   assert not (tmp_path / "run").exists()
 
 
+def test_a_folder_with_another_program_s_config_json_is_not_taken_for_a_run(tmp_path):
+  """A project folder holding its own config.json was read as a run's: "holds a run with a
+  different configuration (numbers_max: 999999 -> 999...); its checkpoints were not
+  touched" of a run that never was, and train.log and .lock were left in the folder."""
+  folder = tmp_path / "project"
+  folder.mkdir()
+  (folder / "config.json").write_text('{"name": "my-app", "version": 3}')
+  with pytest.raises(loop.CheckpointError) as caught:
+    loop.train_and_evaluate(tiny_config(), str(folder), progress=False)
+  assert str(caught.value) == (f"'{folder / 'config.json'}' is not the configuration of a "
+                               "seq2seq-jax run (its keys: name, version): train in a new "
+                               "--workdir, or a folder without a config.json.")
+  assert os.listdir(folder) == ["config.json"]
+
+
 def test_a_failed_atomic_write_names_the_file_asked_for(tmp_path):
   """`--hyps /proc/nope.txt` said 'No such file or directory /proc/nope.txt.tmp'."""
   from seq2seq_jax.workdir import write_atomically

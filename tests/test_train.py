@@ -16,7 +16,8 @@ from seq2seq_jax.config import Config
 from seq2seq_jax.optim import build_optimizer
 from seq2seq_jax.inference import load_trained
 from seq2seq_jax.loop import TrainingInterrupted, train_and_evaluate
-from tests.conftest import cli_env_for_long_runs, cli_in_process, run_cli, tiny_config, write_tsv
+from tests.conftest import (cli_env_for_long_runs, cli_in_process, run_cli, tiny_config, tree_digest,
+                            write_tsv)
 
 
 def read_metrics(workdir):
@@ -124,9 +125,11 @@ def test_workdir_with_other_config_is_refused(tmp_path, trained_workdir):
   workdir = str(tmp_path / "copy")
   shutil.copytree(trained_workdir, workdir)
   before = sorted(os.listdir(os.path.join(workdir, "checkpoints")))
+  untouched = tree_digest(workdir)
   with pytest.raises(CheckpointError, match="different configuration.*latent_dim"):
     train_and_evaluate(tiny_config(latent_dim=24), workdir, progress=False)
-  assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == before
+  # refused before it locks the workdir: not a byte written (.lock, train.log, run.json)
+  assert tree_digest(workdir) == untouched
   # an unreadable config.json: delete it to resume (it said to abandon the run)
   with open(os.path.join(workdir, "config.json"), "w") as f:
     f.write("garbage")
