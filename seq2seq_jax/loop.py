@@ -747,6 +747,7 @@ def train_trials(configs: list[Config], workdirs: list[str], argv: list[str] | N
   for workdir, config in zip(workdirs, configs):  # checked again under the lock, below
     workdir_lib.check_run_directory(workdir)  # a refused run writes nothing (.lock, train.log)
     workdir_lib.check_workdir_config(workdir, config)
+    workdir_lib.check_checkpoints_kept(workdir)
   with contextlib.ExitStack() as stack:
     busy = None
     for workdir in workdirs:  # one process writes the workdirs: it holds them

@@ -393,6 +393,26 @@ def check_workdir_config(workdir: str, config: Config) -> None:
         f"{path}); to start fresh, pass a new --workdir. Its checkpoints were not touched.")
 
 
+def check_checkpoints_kept(workdir: str) -> None:
+  """Refuses to train over a run whose checkpoints are gone (checkpoints/ deleted to free
+  a disk, or moved) while its records stay: the run started again from step 0 over them,
+  said "dropped N record(s) logged after checkpoint 0 by the interrupted run" and replaced
+  its results.json. (A run killed before its first checkpoint has an empty checkpoints/,
+  records and no results.json: it starts again, as it should.)"""
+  from seq2seq_jax.checkpoint import CHECKPOINT_DIR
+  folder = os.path.join(workdir, CHECKPOINT_DIR)
+  kept = os.listdir(folder) if os.path.isdir(folder) else None
+  results = os.path.isfile(os.path.join(workdir, RESULTS_FILE))
+  records = bool(read_metrics(workdir))
+  if kept is None and (results or records) or kept == [] and results:
+    named = " and ".join(name for name, there in ((METRICS_FILE, records), (RESULTS_FILE, results))
+                         if there)
+    raise CheckpointError(f"workdir '{workdir}' holds a run's {named} but none of its "
+                          f"checkpoints ({CHECKPOINT_DIR}/ is {'gone' if kept is None else 'empty'}):"
+                          " training there would start again from step 0 over them. Put the "
+                          "checkpoints back to resume the run, or train in a new --workdir.")
+
+
 def write_config(workdir: str, config: Config) -> None:
   if _is_primary():
     write_atomically(os.path.join(workdir, CONFIG_FILE), config.to_json())

@@ -337,6 +337,31 @@ def test_a_folder_with_another_program_s_config_json_is_not_taken_for_a_run(tmp_
   assert os.listdir(folder) == ["config.json"]
 
 
+def test_a_run_whose_checkpoints_are_gone_is_not_trained_over(tmp_path):
+  """checkpoints/ deleted from a finished run (to free a disk): the same command started
+  the run again from step 0, said it "dropped 10 record(s) logged after checkpoint 0 by the
+  interrupted run" and replaced its results.json. A run killed before its first
+  checkpoint (an empty checkpoints/, records, no results) still starts again."""
+  from seq2seq_jax import workdir as workdir_lib
+  run = tmp_path / "run"
+  run.mkdir()
+  (run / "metrics.jsonl").write_text('{"step": 10, "train/loss": 1.5}\n')
+  (run / "results.json").write_text('{"step": 10, "test/exact_match": 0.9}')
+  for state in ("gone", "empty"):
+    if state == "empty":
+      (run / "checkpoints").mkdir()
+    before = tree_digest(run)
+    with pytest.raises(loop.CheckpointError) as caught:
+      loop.train_and_evaluate(tiny_config(), str(run), progress=False)
+    assert str(caught.value) == (
+        f"workdir '{run}' holds a run's metrics.jsonl and results.json but none of its "
+        f"checkpoints (checkpoints/ is {state}): training there would start again from step 0 "
+        "over them. Put the checkpoints back to resume the run, or train in a new --workdir.")
+    assert tree_digest(run) == before and not (run / ".lock").exists()
+  (run / "results.json").unlink()
+  workdir_lib.check_checkpoints_kept(str(run))  # killed before its first checkpoint
+
+
 def test_a_failed_atomic_write_names_the_file_asked_for(tmp_path):
   """`--hyps /proc/nope.txt` said 'No such file or directory /proc/nope.txt.tmp'."""
   from seq2seq_jax.workdir import write_atomically
