@@ -635,8 +635,14 @@ class Checkpointer:
     """
     steps = self.steps()
     if not steps:
-      raise CheckpointError(f"no checkpoint in '{self.directory}'. Train first with "
-                            f"`seq2seq-jax train --workdir {os.path.dirname(self.directory)}`.")
+      from seq2seq_jax.workdir import training_there
+      workdir = os.path.dirname(self.directory)
+      holder = training_there(workdir)
+      raise CheckpointError(
+          f"no checkpoint in '{self.directory}'. " + (
+              f"A run is training there ({holder}) and has not saved its first checkpoint: "
+              "wait for it to save one." if holder else
+              f"Train first with `seq2seq-jax train --workdir {workdir}`."))
     if step is not None and step not in steps:
       raise CheckpointError(f"no checkpoint for step {step} in '{self.directory}'; "
                             f"available: {', '.join(map(str, steps))}.")

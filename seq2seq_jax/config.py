@@ -506,8 +506,9 @@ def resolve_config_path(name_or_path: str | os.PathLike) -> str:
   names = shipped_config_names()
   if name in names:
     return shipped_config_path(name)
+  close = difflib.get_close_matches(name, names, n=1)
   raise UserError(f"config '{path}' is neither a file nor a shipped config name "
-                  f"({', '.join(names)}).")
+                  f"({', '.join(names)}){f'; did you mean {close[0]}?' if close else '.'}")
 
 
 def load_module(path: str, module_name: str):
@@ -521,16 +522,26 @@ def load_module(path: str, module_name: str):
   module = importlib.util.module_from_spec(spec)
   try:
     spec.loader.exec_module(module)
+  except SyntaxError as error:  # where, as Python's compiler says it (its repr was shown)
+    where = "".join(f", {name} {number}" for name, number in
+                    (("line", error.lineno), ("column", error.offset)) if number)
+    line = f" ({error.text.strip()})" if error.text and error.text.strip() else ""
+    raise UserError(f"config file '{path}'{where}: {type(error).__name__}: {error.msg}{line}; "
+                    "fix the file.") from None
   except Exception as error:  # a user's file: report, do not crash
-    raise UserError(f"config file '{path}' failed to load: {error!r}") from error
+    raise UserError(f"config file '{path}' failed to load: {_described(error)}") from error
   return module
+
+
+def _described(error: Exception) -> str:
+  """"Type: message" of an exception, on one line."""
+  message = " ".join(str(error).split())
+  return f"{type(error).__name__}: {message}" if message else type(error).__name__
 
 
 def _raised(path: str, function: str, error: Exception) -> UserError:
   """The one-line error of an exception raised by a user file's function."""
-  message = " ".join(str(error).split())  # one line
-  what = f"{type(error).__name__}: {message}" if message else type(error).__name__
-  return UserError(f"config file '{path}': {function}() raised {what}")
+  return UserError(f"config file '{path}': {function}() raised {_described(error)}")
 
 
 def call_in_file(path: str, module, function: str) -> Any:

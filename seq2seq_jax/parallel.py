@@ -30,6 +30,10 @@ def maybe_initialize_distributed() -> None:
   """
   if getattr(maybe_initialize_distributed, "_done", False):
     return
+  wanted = os.environ.get("SEQ2SEQ_JAX_DISTRIBUTED", "").strip()
+  if wanted not in ("", "0", "1"):  # "true" was ignored: each host then trained alone
+    raise UserError(f"SEQ2SEQ_JAX_DISTRIBUTED={wanted!r}: set 1 (JAX finds the cluster's "
+                    "processes itself) or 0; unset, only JAX_COORDINATOR_ADDRESS starts one.")
   coordinator = os.environ.get("JAX_COORDINATOR_ADDRESS")
   if coordinator:
     try:
@@ -41,7 +45,7 @@ def maybe_initialize_distributed() -> None:
     # CPU devices of several processes talk through gloo (GPU/TPU ignore this setting).
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(coordinator, num_processes, process_id)
-  elif os.environ.get("SEQ2SEQ_JAX_DISTRIBUTED") == "1":
+  elif wanted == "1":
     jax.distributed.initialize()
   maybe_initialize_distributed._done = True
 

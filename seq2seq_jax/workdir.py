@@ -110,6 +110,26 @@ def exclusive(workdir: str):
     os.close(fd)  # releases the lock
 
 
+def training_there(workdir: str) -> str | None:
+  """Who holds workdir's lock ("pid N on HOST"), where a run is training there now; None
+  where none is (no lock file, or its lock free). Tested with a shared lock, taken for
+  an instant and released: the holder's is exclusive."""
+  try:
+    import fcntl
+    fd = os.open(os.path.join(workdir, LOCK_FILE), os.O_RDONLY)
+  except (ImportError, OSError):
+    return None
+  try:
+    fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+  except BlockingIOError:
+    return os.pread(fd, 200, 0).decode("utf-8", "replace").strip() or "another process"
+  except OSError:  # no locks on this file system
+    return None
+  finally:
+    os.close(fd)  # releases a shared lock taken
+  return None
+
+
 def check_run_directory(workdir: str) -> None:
   """A training run's workdir, for train, translate, evaluate, export and serve: a file,
   a sweep's directory (one workdir per trial) or an export is named, with what to give."""

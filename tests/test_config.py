@@ -127,6 +127,30 @@ def test_a_config_file_that_raises_is_one_line(tmp_path, body, message):
   assert str(error.value) == f"config file '{path}': {message}"
 
 
+@pytest.mark.parametrize("body, message", [
+    ("def get_config(:\n  pass\n", ", line 1, column 16: SyntaxError: invalid syntax "
+                                    "(def get_config(:); fix the file."),
+    ("x = 1\n  y = 2\n", ", line 2, column 2: IndentationError: unexpected indent (y = 2); "
+                         "fix the file."),
+    ("import no_such_module_here\n", " failed to load: ModuleNotFoundError: No module named "
+                                    "'no_such_module_here'"),
+])
+def test_a_config_file_that_does_not_load_says_where_in_one_line(tmp_path, body, message):
+  """A syntax error was shown as Python's repr of it: "failed to load: SyntaxError('invalid
+  syntax', ('/path/c.py', 1, 16, 'def get_config(:\\n', 1, 17))"."""
+  path = tmp_path / "broken.py"
+  path.write_text(body)
+  with pytest.raises(UserError) as error:
+    config_lib.load_config_file(str(path))
+  assert str(error.value) == f"config file '{path}'{message}"
+
+
+def test_a_misspelt_shipped_config_name_gets_the_close_one():
+  with pytest.raises(UserError, match=r"is neither a file nor a shipped config name \(.*\); did "
+                     r"you mean tiny\?$"):
+    config_lib.resolve_config_path("tinyy")
+
+
 @pytest.mark.parametrize("name", ["settings.yaml", "config"])
 def test_a_config_file_not_named_py_is_one_line(tmp_path, name):
   """A YAML file, or a file without an extension, was a traceback from importlib."""

@@ -97,6 +97,17 @@ def test_missing_file_and_bad_spec(tmp_path):
     data_lib.parse_spec("fra.txt")
 
 
+def test_a_home_relative_data_path_is_expanded(tmp_path, monkeypatch):
+  """The shell leaves the ~ of `--data tsv:~/pairs.tsv` alone (it follows "tsv:"): it was
+  "data file '~/pairs.tsv' does not exist" with the file there."""
+  monkeypatch.setenv("HOME", str(tmp_path))
+  write_tsv(tmp_path / "pairs.tsv", [(f"s{i}", f"t{i}") for i in range(40)])
+  splits = data_lib.load_splits(tiny_config(data="tsv:~/pairs.tsv"))
+  assert len(splits.train) + len(splits.val) + len(splits.test) == 40
+  assert data_lib.parse_spec("libreoffice:fr:~/debs") == ("libreoffice", f"fr:{tmp_path}/debs")
+  assert data_lib.spec_paths("gettext:~/fr.mo") == [f"{tmp_path}/fr.mo"]
+
+
 def test_long_pairs_are_dropped_and_counted(caplog):
   config = tiny_config(max_source_len=5, max_target_len=5)
   with caplog.at_level("INFO", logger="seq2seq_jax"):

@@ -123,3 +123,15 @@ def test_two_processes_through_jax_distributed_match_one_device(tmp_path, one_de
   assert run["num_processes"] == 2 and run["mesh"] == {"data": 4}
   # the cross-check ran over the 4 devices of both processes, which agreed to go on
   assert "CPU cross-check: 4 x cpu computes the host CPU's outputs" in (workdir / "train.log").read_text()
+
+
+@pytest.mark.parametrize("value", ["true", "yes", "2"])
+def test_a_distributed_launch_asked_for_in_words_is_refused(monkeypatch, value):
+  """SEQ2SEQ_JAX_DISTRIBUTED=true was ignored: on a cluster each host then trained alone,
+  several runs on one shared workdir."""
+  from seq2seq_jax import parallel
+  from seq2seq_jax.errors import UserError
+  monkeypatch.setenv("SEQ2SEQ_JAX_DISTRIBUTED", value)
+  monkeypatch.delattr(parallel.maybe_initialize_distributed, "_done", raising=False)
+  with pytest.raises(UserError, match=rf"^SEQ2SEQ_JAX_DISTRIBUTED='{value}': set 1 "):
+    parallel.maybe_initialize_distributed()

@@ -550,6 +550,15 @@ def test_workdir_without_a_finished_checkpoint(tmp_path, capsys):
   empty.mkdir()
   code, _, err = cli_in_process(capsys, "translate", "--workdir", str(empty), "one")
   assert code == 2 and "no checkpoint in" in err and "Train first" in err
+  # a run training there before its first save: said, not "Train first" (it was)
+  from seq2seq_jax.workdir import exclusive
+  with exclusive(str(empty)):
+    code, _, err = cli_in_process(capsys, "translate", "--workdir", str(empty), "one")
+  assert code == 2 and err.count("\n") == 1 and "Train first" not in err
+  assert (f"A run is training there (pid {os.getpid()} on " in err
+          and "and has not saved its first checkpoint: wait for it to save one." in err)
+  code, _, err = cli_in_process(capsys, "translate", "--workdir", str(empty), "one")
+  assert "Train first" in err  # its lock file stays, free
   unfinished = tmp_path / "killed" / "checkpoints" / "1.orbax-checkpoint-tmp" / "state"
   unfinished.mkdir(parents=True)
   (unfinished / "partial").write_bytes(b"\0" * 10)

@@ -55,6 +55,12 @@ def parse_spec(spec: str) -> tuple[str, str]:
                     "gettext:PATH (.mo catalogs, e.g. gettext:/usr/share/locale/fr/LC_MESSAGES), "
                     "libreoffice:LANG[:DIR] (LibreOffice's help, e.g. libreoffice:fr), "
                     "series:PATH (a CSV) or one of the tasks addition, echo, reverse.")
+  # a path after the kind is not expanded by the shell (tsv:~/pairs.tsv): expanded here
+  if kind in ("anki", "tsv", "gettext", "series"):
+    arg = os.path.expanduser(arg)
+  elif kind == "libreoffice" and ":" in arg:
+    lang, _, directory = arg.partition(":")
+    arg = f"{lang}:{os.path.expanduser(directory)}"
   return kind, arg
 
 
@@ -228,7 +234,8 @@ def tab_pairs(path: str, kind: str, num_samples: int = 0,
                  else f"found an empty {'source' if blank[0] else 'target'}" if any(blank)
                  else "found a carriage return (\\r) inside the line")
         raise DataError(f"{path}:{number}: expected {want}, {found}: {line[:60]!r}. Fix the "
-                        "line (train skips such lines with --set skip_bad_lines=true).")
+                        "line (a run trained with --set skip_bad_lines=true skips such lines, "
+                        "when it is evaluated too).")
       bad += 1
       continue
     pairs.append((columns[0], columns[1]))
