@@ -36,6 +36,28 @@ def test_number_splits_are_disjoint_by_number():
   assert {len(str(n)) for n in numbers.tolist()} == {1, 2, 3, 4, 5, 6}
 
 
+def test_digits_sampling_draws_zero_with_the_other_one_digit_numbers():
+  """"digits" sampling (the default) draws one-digit numbers from 0 to 9: 0 was never
+  drawn, so no numbers:LANG model ever saw "zero"."""
+  config = tiny_config(numbers_max=999, numbers_train=200, numbers_val=50, numbers_test=50)
+  assert config.numbers_sampling == "digits"
+  numbers = data_lib.sample_numbers(config).tolist()
+  assert {n for n in numbers if n < 10} == set(range(10))
+
+
+def test_asking_for_every_number_gives_each_number_once():
+  """numbers_train + numbers_val + numbers_test = numbers_max + 1 asks for all of
+  0..numbers_max: allowed (it was refused as more pairs than there are numbers)."""
+  config = tiny_config(numbers_max=9, numbers_train=6, numbers_val=2, numbers_test=2,
+                       numbers_sampling="uniform")
+  assert sorted(data_lib.sample_numbers(config).tolist()) == list(range(10))
+  splits = data_lib.load_splits(config)
+  assert (len(splits.train), len(splits.val), len(splits.test)) == (6, 2, 2)
+  with pytest.raises(DataError, match="11 distinct pairs asked for but only 10 numbers"):
+    data_lib.sample_numbers(tiny_config(numbers_max=9, numbers_train=7, numbers_val=2,
+                                        numbers_test=2, numbers_sampling="uniform"))
+
+
 def test_known_french_numbers():
   lang = sources._num2words_language("fr")
   assert lang(97) == "quatre-vingt-dix-sept"
@@ -78,6 +100,45 @@ def test_non_utf8_names_file_and_line(tmp_path):
   path.write_bytes(b"a\tb\ncaf\xe9\tcoffee\n")
   with pytest.raises(DataError, match=r"latin1.txt:2: not UTF-8"):
     data_lib.tab_pairs(str(path), "tsv")
+
+
+def test_source_lowercase_lowers_the_sources_not_the_targets(tmp_path):
+  """source_lowercase lower-cases what the model reads, not what it learns to write:
+  targets lower-cased too gave a model that never wrote a capital ("bonjour")."""
+  path = write_tsv(tmp_path / "hello.tsv", [("Hello", "Bonjour")])
+  splits = data_lib.load_splits(tiny_config(data=f"tsv:{path}", val_fraction=0.0,
+                                            test_fraction=0.0, source_lowercase=True))
+  assert splits.train == [("hello", "Bonjour")]
+
+
+def test_split_mode_last_validates_on_the_file_s_last_pairs_in_order(tmp_path):
+  """split_mode="last" keeps file order and holds out the tail for validation, as Keras'
+  validation_split does (the parity runs compare against it): validation was the pairs
+  before the tail, and test the tail."""
+  pairs = [(f"s{i}", f"t{i}") for i in range(10)]
+  path = write_tsv(tmp_path / "ordered.tsv", pairs)
+  splits = data_lib.load_splits(tiny_config(data=f"tsv:{path}", split_mode="last",
+                                            val_fraction=0.2, test_fraction=0.1))
+  assert splits.train == pairs[:7] and splits.val == pairs[8:] and splits.test == pairs[7:8]
+
+
+def test_a_test_source_never_enters_training_as_a_sentence_of_a_long_pair(tmp_path):
+  """With split_sentences a long training pair gives its sentence pairs, but none whose
+  source is a validation or a test source: a test sentence was trained on, and the test
+  scores measured memory."""
+  pairs = ([("Open the file. Close it now.", "Ouvrez le fichier. Fermez-le.")]
+           + [(f"Item {i}.", f"Article {i}.") for i in range(7)]
+           + [("Close it now.", "Fermez-le."), ("Open the file.", "Ouvrez le fichier.")])
+  path = write_tsv(tmp_path / "help.tsv", pairs)
+  config = tiny_config(data=f"tsv:{path}", split_mode="last", val_fraction=0.1,
+                       test_fraction=0.1, split_sentences=True, max_source_len=20,
+                       max_target_len=20)
+  splits = data_lib.load_splits(config)
+  assert splits.test == [("Close it now.", "Fermez-le.")]
+  assert splits.val == [("Open the file.", "Ouvrez le fichier.")]
+  assert splits.held_out_sources() == {"Close it now.", "Open the file."}
+  train = data_lib.drop_long(splits.train, config, "train", None, splits.held_out_sources())
+  assert train == pairs[1:8]
 
 
 @pytest.mark.parametrize("content", ["", "\n\n  \n"])
@@ -178,6 +239,40 @@ def test_bucketed_batches_are_full_and_keep_their_shapes_across_epochs():
   random_steps = sum(len(rows) * (encoded.src_len_N[rows].max() + encoded.tgt_len_N[rows].max() - 1)
                      for rows in np.split(order, range(64, 1000, 64)))
   assert padded_steps < 0.8 * random_steps
+
+
+def test_sources_are_cut_at_max_len_tokens():
+  """A source of exactly max_len tokens is read whole, a longer one cut to max_len: the
+  last token of every source at the limit was dropped."""
+  vocab = Vocab.build(["abcde"])
+  ids, lengths = data_lib.encode_sources(["abc", "abcde", "ab"], vocab, max_len=3)
+  assert lengths.tolist() == [3, 3, 2]
+  assert ids.tolist() == [vocab.encode("abc"), vocab.encode("abc"), vocab.encode("ab") + [PAD_ID]]
+
+
+def test_a_batch_s_target_mask_covers_each_row_s_target_steps_exactly():
+  """tgt_mask marks each row's target ids and its END, no step after them: a padding step
+  more per row (and one for each padding row) was counted in the loss and token accuracy."""
+  encoded = data_lib.encode_pairs([("ab", "xyz"), ("a", "x"), ("b", "xy")],
+                                  Vocab.build(["ab"]), Vocab.build(["xyz"]))
+  for width in (0, 8):
+    batch = data_lib.make_batch(encoded, np.array([0, 1, 2]), 4, width)
+    assert batch["tgt_mask"].sum(axis=1).tolist() == [4, 2, 3, 0]
+    assert (batch["tgt_out"][batch["tgt_mask"]] != PAD_ID).all()
+
+
+def test_an_epoch_s_batches_come_in_shuffled_order_not_by_length():
+  """Bucketed batches are cut from length-sorted rows and then shuffled: without that
+  every epoch went from the shortest pairs to the longest, in the same order each time."""
+  rng = np.random.default_rng(2)
+  pairs = [("a" * rng.integers(1, 60), "b" * rng.integers(1, 60)) for _ in range(1000)]
+  encoded = data_lib.encode_pairs(pairs, Vocab.build(["a"]), Vocab.build(["b"]))
+  keys = data_lib.bucket_keys(encoded, 8)
+  orders = [[int(keys[rows].max()) for rows in
+             data_lib.epoch_batches(encoded, 64, seed=0, epoch=epoch, bucket_width=8)]
+            for epoch in range(2)]
+  assert all(order != sorted(order) for order in orders)
+  assert orders[0] != orders[1]
 
 
 def test_large_file_loads_as_int32_not_one_hot(tmp_path):

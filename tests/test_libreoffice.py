@@ -222,6 +222,27 @@ def test_truncated_package_is_named(packages, tmp_path):
     libreoffice.help_pages("fr", packages)
 
 
+def test_a_package_with_an_odd_sized_member_is_read_whole(tmp_path):
+  """ar pads a member of odd size with a newline (a control.tar.xz of odd size is as common
+  as one of even size): the member after it was read from one byte early, and the package
+  called truncated."""
+  def member(name, content):
+    header = f"{name:<16}{0:<12}{0:<6}{0:<6}{100644:<8}{len(content):<10}`\n".encode()
+    return header + content + (b"\n" if len(content) % 2 else b"")
+
+  members = {"debian-binary": b"2.0\n", "control.tar.xz": b"odd", "data.tar.xz": b"payload"}
+  path = tmp_path / "odd.deb"
+  path.write_bytes(b"!<arch>\n" + b"".join(member(n, c) for n, c in members.items()))
+  assert libreoffice.read_ar(str(path)) == members
+
+
+def test_a_page_repeating_a_paragraph_id_keeps_its_first_text():
+  """An id repeated in a page reads as its first paragraph (the English and the translated
+  pages are aligned by id): the last one was kept instead."""
+  html = page("hd_id1", "Open", ("par_id2", "Opens a file."), ("par_id2", "Opens a <b>folder</b>."))
+  assert libreoffice.page_paragraphs(html) == {"hd_id1": "Open", "par_id2": "Opens a file."}
+
+
 def fake_apt(tmp_path, monkeypatch, fail=False):
   """An `apt-get` on PATH that 'downloads' empty .deb files of the packages named."""
   bindir = tmp_path / "bin"

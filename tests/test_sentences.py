@@ -25,6 +25,13 @@ def test_sentences_end_at_stops_before_a_capital_or_digit_not_at_abbreviations_o
   assert split_sentences("  ") == [] and split_sentences("One") == ["One"]
 
 
+def test_a_number_before_a_stop_ends_the_sentence():
+  """A lone letter before a stop is an initial ("Column A."), a lone digit is not: "He won
+  3. Then he left." was one sentence, too long for the model and cut."""
+  assert split_sentences("He won 3. Then he left.") == ["He won 3.", "Then he left."]
+  assert split_sentences("See step 2. It opens.") == ["See step 2.", "It opens."]
+
+
 def test_a_text_of_many_abbreviations_is_read_once_not_once_per_abbreviation(monkeypatch):
   """Each candidate boundary looks at the last words before it, not at everything since
   the last cut: "A. A. A. ..." (in a request to serve, say) took quadratic time, about 14 s

@@ -36,6 +36,23 @@ def test_echo_and_reverse(kind):
   assert other.train != splits.train
 
 
+def test_task_lengths_span_task_min_len_to_task_max_len():
+  """echo and reverse sources have task_min_len to task_max_len values, both included:
+  none was task_max_len long, so a model never saw the longest inputs it was set up for."""
+  config = tiny_config(data="echo", task_train=200, task_val=20, task_test=20, task_min_len=1,
+                       task_max_len=3, task_vocab_size=25)
+  splits = data_lib.load_splits(config)
+  assert {len(s.split()) for s, _ in splits.train + splits.val + splits.test} == {1, 2, 3}
+
+
+def test_task_validation_and_test_splits_have_the_sizes_asked_for():
+  """task_val pairs validate and task_test pairs test: the two were swapped."""
+  config = tiny_config(data="reverse", task_train=100, task_val=30, task_test=20,
+                       task_min_len=2, task_max_len=6, task_vocab_size=25)
+  splits = data_lib.load_splits(config)
+  assert (len(splits.train), len(splits.val), len(splits.test)) == (100, 30, 20)
+
+
 def test_impossible_task_sizes_are_clear_errors():
   with pytest.raises(DataError, match="distinct pairs asked for"):
     data_lib.load_splits(tiny_config(data="addition", addition_digits=1, task_train=200))

@@ -123,6 +123,24 @@ def test_a_word_vocabulary_saved_before_the_new_rules_keeps_translating_as_it_wa
   assert CheckpointMeta.from_json(new_meta.to_json()).word_rules == WORD_RULES == 2
 
 
+def test_a_word_vocabulary_restored_from_a_checkpoint_keeps_its_word_rules():
+  """load_trained rebuilds the source vocabulary with Vocab.from_list and the rules its
+  checkpoint names (none saved: rules 1): the rules were dropped, and a checkpoint saved
+  before them read its source text with the new rules, such words all unknown."""
+  text = unicodedata.normalize("NFD", "Été")
+  restored = Vocab.from_list(["E", "\u0301", "te"], "word", word_rules=word_rules_of(None, "x"))
+  assert restored.word_rules == 1 and UNK_ID not in restored.encode(text)
+  assert restored == Vocab(["E", "\u0301", "te"], level="word", word_rules=1)
+
+
+def test_a_saved_word_rules_of_true_is_refused_not_read_as_rules_1():
+  """A checkpoint or export whose "word_rules" is true (not a number of rules) is refused,
+  naming it: True == 1 in Python, and it was read as rules 1 without a word."""
+  for value in (True, False):
+    with pytest.raises(UserError, match=f"built with word rules {value}, which this"):
+      word_rules_of(value, "checkpoint 5")
+
+
 def test_a_word_run_saved_before_the_new_rules_says_why_it_cannot_resume(tmp_path, monkeypatch):
   """Its checkpoint (no word_rules) holds the vocabulary of the old rules; text with
   accents written apart now gives other words, and the refusal names that, not the data."""
@@ -156,6 +174,7 @@ def test_a_word_run_saved_before_the_new_rules_says_why_it_cannot_resume(tmp_pat
     ("and/or", "and / or"),                # symbols not listed as punctuation
     ("i.e. this", "i. e. this"),           # abbreviations
     ("« Oui »", "«Oui»"),                  # French guillemets with inner spaces
+    ("the dogs' bone", "the dogs ' bone"),  # a lone apostrophe, not an elision: spaced
 ])
 def test_documented_inexact_cases(text, comes_back):
   assert detokenize(word_tokenize(text)) == comes_back
@@ -170,6 +189,16 @@ def test_word_vocab_is_most_frequent_first_with_limits():
   assert Vocab.build(texts, "word", min_freq=2).to_list() == ["a", "b"]
   assert Vocab.build(texts, "word", max_size=1, min_freq=2).to_list() == ["a"]
   assert Vocab.build(texts, "word", max_size=100).to_list() == vocab.to_list()
+
+
+def test_a_vocabulary_does_not_depend_on_the_order_of_its_training_lines():
+  """Equally frequent tokens are ordered by the token: they came in the order first seen,
+  so the same pairs shuffled (another seed, a reordered file) gave other ids, and under
+  max_vocab_size other tokens."""
+  lines = ["zebra apple", "mango kiwi", "apple zebra"]
+  assert Vocab.build(lines, "word").to_list() == ["apple", "zebra", "kiwi", "mango"]
+  for level in ("word", "char"):
+    assert Vocab.build(lines, level, max_size=3) == Vocab.build(lines[::-1], level, max_size=3)
 
 
 def test_char_vocab_keeps_sorted_order_under_limits():
@@ -371,6 +400,15 @@ def test_sentencepiece_unknowns_read_as_replacement_characters(subwords):
   warnings = input_warnings(subwords, ["Va ~", "Va ! " * 20], max_source_len=8)
   assert warnings[0] == "characters never seen in training (read as unknown): '~'"
   assert warnings[1] == "1 input(s) longer than max_source_len=8 subword tokens were truncated"
+
+
+def test_an_input_of_exactly_max_source_len_tokens_is_not_said_to_be_truncated():
+  """Inputs up to max_source_len tokens are read whole: one of exactly that length was
+  warned of as truncated."""
+  vocab = Vocab(list("abc"))
+  assert input_warnings(vocab, ["abc", "ab"], max_source_len=3) == []
+  assert input_warnings(vocab, ["abca", "abc"], max_source_len=3) == [
+      "1 input(s) longer than max_source_len=3 characters were truncated"]
 
 
 def test_an_input_of_another_script_names_its_first_unknown_characters_and_counts_the_rest():
