@@ -141,6 +141,24 @@ def test_a_test_source_never_enters_training_as_a_sentence_of_a_long_pair(tmp_pa
   assert train == pairs[1:8]
 
 
+def test_a_sentence_of_a_held_out_paragraph_never_enters_training(tmp_path):
+  """A test paragraph's sentence, cut from a long training paragraph of another page,
+  was trained on (16 sentence pairs of LibreOffice's French help)."""
+  pairs = ([("Select the cell. Click OK to close the dialog.",
+             "Sélectionnez la cellule. Cliquez sur OK pour fermer la boîte.")]
+           + [(f"Item {i}.", f"Article {i}.") for i in range(8)]
+           + [("Save it. Click OK to close the dialog.",
+               "Enregistrez-le. Cliquez sur OK pour fermer la boîte.")])
+  path = write_tsv(tmp_path / "help.tsv", pairs)
+  config = tiny_config(data=f"tsv:{path}", split_mode="last", val_fraction=0.0,
+                       test_fraction=0.1, split_sentences=True, max_source_len=30,
+                       max_target_len=40)
+  splits = data_lib.load_splits(config)
+  assert splits.test == pairs[-1:]
+  train = data_lib.drop_long(splits.train, config, "train", None, splits.held_out_sources())
+  assert train == [("Select the cell.", "Sélectionnez la cellule.")] + pairs[1:9]
+
+
 @pytest.mark.parametrize("content", ["", "\n\n  \n"])
 def test_empty_file(tmp_path, content):
   path = tmp_path / "empty.txt"

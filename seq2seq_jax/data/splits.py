@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from seq2seq_jax.config import Config
-from seq2seq_jax.data.sentences import split_long_pairs
+from seq2seq_jax.data.sentences import split_long_pairs, split_sentences
 from seq2seq_jax.data.sources import (Pair, gettext_pairs, number_pairs, parse_spec, spec_paths,
                                       tab_pairs)
 from seq2seq_jax.data.tasks import TASKS, task_pairs
@@ -83,8 +83,11 @@ class Splits:
     return info
 
   def held_out_sources(self) -> set[str]:
-    """The validation and test sources: no training sentence pair may have one."""
-    return {source for source, _ in self.val + self.test}
+    """The validation and test sources and each of their sentences: no training sentence
+    pair may have one as its source (a held-out paragraph's sentence, cut from a training
+    paragraph of another page, was trained on)."""
+    sources = {source for source, _ in self.val + self.test}
+    return sources | {sentence for source in sources for sentence in split_sentences(source)}
 
   def get(self, name: str) -> list[Pair]:
     if name not in ("train", "val", "test"):
