@@ -295,10 +295,9 @@ def write_manifest(step_dir: str, metrics: dict[str, float] | None = None) -> No
   """Records size and SHA-256 of each file of a finished step, and its metrics (atomically)."""
   files = {rel: [size, _file_digest(os.path.join(step_dir, rel))]
            for rel, size in sorted(_step_files(step_dir).items())}
-  tmp = os.path.join(step_dir, MANIFEST + ".tmp")
-  with open(tmp, "w") as f:
-    json.dump({"version": MANIFEST_VERSION, "files": files, "metrics": metrics}, f)
-  os.replace(tmp, os.path.join(step_dir, MANIFEST))
+  from seq2seq_jax.workdir import write_atomically
+  write_atomically(os.path.join(step_dir, MANIFEST),
+                   json.dumps({"version": MANIFEST_VERSION, "files": files, "metrics": metrics}))
 
 
 def read_manifest(step_dir: str) -> tuple[dict[str, Any] | None, str | None]:

@@ -20,6 +20,21 @@ log = logging.getLogger("seq2seq_jax")
 COMMAND_START_ENV = "SEQ2SEQ_JAX_COMMAND_START"
 
 
+def _onto_devnull(stream) -> None:
+  """stream's file descriptor onto /dev/null: what is written there goes nowhere, and
+  fails no more."""
+  try:
+    null = os.open(os.devnull, os.O_WRONLY)
+  except OSError:
+    return
+  try:
+    os.dup2(null, stream.fileno())
+  except (OSError, ValueError):
+    pass
+  finally:
+    os.close(null)
+
+
 class _ConsoleHandler(logging.StreamHandler):
   """The command's messages on the terminal. A stream that fails (`train | head -1` closed
   the pipe, `> /dev/full`) is said once on stderr and written no more, and the command goes
@@ -31,11 +46,8 @@ class _ConsoleHandler(logging.StreamHandler):
     if not isinstance(error, OSError) or self.stream is None:
       return super().handleError(record)
     stream, self.stream = self.stream, None
-    try:  # stdout's fd onto /dev/null: print() and the interpreter's last flush fail no more
-      if stream is sys.stdout:
-        os.dup2(os.open(os.devnull, os.O_WRONLY), stream.fileno())
-    except (OSError, ValueError):
-      pass
+    if stream is sys.stdout:  # print() and the interpreter's last flush fail no more
+      _onto_devnull(stream)
     name = "standard output" if stream is sys.stdout else getattr(stream, "name", "the log")
     with contextlib.suppress(OSError, ValueError, AttributeError):
       print(f"seq2seq-jax: warning: {name} cannot be written ({error.strerror or error}): the "
@@ -847,10 +859,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
   started = time.time()
+  if sys.stderr is None and argv is None:  # `2>&-`: fd 2 closed, the next file opened
+    try:  # would take it (and messages went to stdout, print(file=None)): /dev/null takes it
+      sys.stderr = open(os.open(os.devnull, os.O_WRONLY), "w")
+    except OSError:
+      return 2
   if sys.stdout is None:  # `>&-`: fd 1 closed, the next file opened would take it
-    if sys.stderr is not None:
-      print("seq2seq-jax: error: standard output is closed (>&-): give the command a file, a "
-            "pipe or /dev/null for its output.", file=sys.stderr)
+    print("seq2seq-jax: error: standard output is closed (>&-): give the command a file, a "
+          "pipe or /dev/null for its output.", file=sys.stderr)
     return 2
   try:
     args = _parse(argv)
@@ -953,7 +969,7 @@ def _run(args: argparse.Namespace) -> int:
           f"{_MEMORY_HINTS.get(args.command, _MEMORY_HINTS[None])}.", file=sys.stderr)
     return 2
   except BrokenPipeError:  # e.g. `seq2seq-jax translate ... | head -1`
-    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    _onto_devnull(sys.stdout)
     return 141
   except OSError as error:  # the file system refused: full disk, read-only, not a directory
     where = f" '{error.filename}'" if error.filename else ""

@@ -526,8 +526,13 @@ def load_module(path: str, module_name: str):
     where = "".join(f", {name} {number}" for name, number in
                     (("line", error.lineno), ("column", error.offset)) if number)
     line = f" ({error.text.strip()})" if error.text and error.text.strip() else ""
-    raise UserError(f"config file '{path}'{where}: {type(error).__name__}: {error.msg}{line}; "
-                    "fix the file.") from None
+    kind = type(error).__name__
+    if error.filename and os.path.abspath(error.filename) != os.path.abspath(path):
+      # in a module the config imports, or in code it runs
+      raise UserError(f"config file '{path}' failed to load: {kind} in '{error.filename}'"
+                      f"{where}: {error.msg}{line}.") from None
+    raise UserError(f"config file '{path}'{where}: {kind}: {error.msg}{line}; fix the "
+                    "file.") from None
   except Exception as error:  # a user's file: report, do not crash
     raise UserError(f"config file '{path}' failed to load: {_described(error)}") from error
   return module

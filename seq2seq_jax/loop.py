@@ -277,7 +277,8 @@ def _open_group(configs: list[Config], workdirs: list[str], argv, parallel: Data
                 stack: contextlib.ExitStack) -> Group:
   base = configs[0]
   for config, workdir in zip(configs, workdirs):  # train_trials made the directories
-    workdir_lib.check_workdir_config(workdir, config)
+    workdir_lib.check_workdir_config(workdir, config)  # again, under the lock
+    workdir_lib.check_checkpoints_kept(workdir)
 
   # data first: a bad data file stops here, before any checkpoint directory is opened
   t0 = time.time()
@@ -744,7 +745,7 @@ def train_trials(configs: list[Config], workdirs: list[str], argv: list[str] | N
   if any(config.tensorboard for config in configs) and is_primary():
     from seq2seq_jax.tracking import require_tensorboardx
     require_tensorboardx("tensorboard=true needs")
-  for workdir, config in zip(workdirs, configs):  # checked again under the lock, below
+  for workdir, config in zip(workdirs, configs):  # checked again under the lock (_open_group)
     workdir_lib.check_run_directory(workdir)  # a refused run writes nothing (.lock, train.log)
     workdir_lib.check_workdir_config(workdir, config)
     workdir_lib.check_checkpoints_kept(workdir)

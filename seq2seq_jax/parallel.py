@@ -33,7 +33,8 @@ def maybe_initialize_distributed() -> None:
   wanted = os.environ.get("SEQ2SEQ_JAX_DISTRIBUTED", "").strip()
   if wanted not in ("", "0", "1"):  # "true" was ignored: each host then trained alone
     raise UserError(f"SEQ2SEQ_JAX_DISTRIBUTED={wanted!r}: set 1 (JAX finds the cluster's "
-                    "processes itself) or 0; unset, only JAX_COORDINATOR_ADDRESS starts one.")
+                    "processes itself), or 0 or nothing (one process, unless "
+                    "JAX_COORDINATOR_ADDRESS names a coordinator).")
   coordinator = os.environ.get("JAX_COORDINATOR_ADDRESS")
   if coordinator:
     try:

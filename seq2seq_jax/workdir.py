@@ -27,7 +27,7 @@ import logging
 import os
 import platform
 import secrets
-import shutil
+import stat
 import sys
 import time
 from typing import Any
@@ -93,7 +93,7 @@ def exclusive(workdir: str):
   fd = os.open(os.path.join(workdir, LOCK_FILE), os.O_RDWR | os.O_CREAT, 0o644)
   try:
     try:
-      fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+      _lock_within(fd, seconds=0.1)  # training_there's probe holds it for an instant
     except BlockingIOError:
       holder = os.pread(fd, 200, 0).decode("utf-8", "replace").strip() or "another process"
       raise WorkdirBusy(f"workdir '{workdir}' is in use by a run training there ({holder}): "
@@ -110,10 +110,26 @@ def exclusive(workdir: str):
     os.close(fd)  # releases the lock
 
 
+def _lock_within(fd: int, seconds: float) -> None:
+  """An exclusive flock of fd, tried for up to seconds; BlockingIOError where it stays
+  held (by a run: training_there's probe holds a shared one for an instant)."""
+  import fcntl
+  deadline = time.monotonic() + seconds
+  while True:
+    try:
+      fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+      return
+    except BlockingIOError:
+      if time.monotonic() >= deadline:
+        raise
+      time.sleep(0.02)
+
+
 def training_there(workdir: str) -> str | None:
   """Who holds workdir's lock ("pid N on HOST"), where a run is training there now; None
   where none is (no lock file, or its lock free). Tested with a shared lock, taken for
-  an instant and released: the holder's is exclusive."""
+  an instant and released: the holder's is exclusive (and a run locking the workdir in
+  that instant tries again, _lock_within)."""
   try:
     import fcntl
     fd = os.open(os.path.join(workdir, LOCK_FILE), os.O_RDONLY)
@@ -226,33 +242,50 @@ def _json_default(value):
   raise TypeError(type(value))
 
 
+# files the system gives out under these names (/dev/stdout, /dev/fd/N, a shell's
+# >(...)): written into, as they are; their links lead to pipes and terminals
+_SYSTEM_FOLDERS = ("/dev/", "/proc/")
+
+
 def write_atomically(path: str, text: str | bytes) -> None:
   """A kill at any moment leaves the old file or the new one, never half of one: the text
-  goes to a temporary file of a name no other file has, which then replaces the file. As a
-  shell's `>` does, a symbolic link is written through (its target replaced, the link kept),
-  a replaced file keeps its permissions, and what is not a regular file (a FIFO, a device
-  such as /dev/null) is written into, not replaced. An error names path (not the temporary
-  file, which is removed)."""
-  target = os.path.realpath(path)
+  goes to a temporary file of a name no other file has, which then replaces the file (a
+  new file: another hard link to the old one keeps the old text). A symbolic link is
+  written through (its target replaced, the link kept), a replaced file keeps its
+  permissions (the temporary file has them from the start), and what is not a regular file
+  (a FIFO, a device such as /dev/null) or is a system's name for one (/dev/stdout,
+  /dev/fd/N, a shell's >(...)) is written into, as a shell's `>` writes, not replaced. An
+  error names path (not the temporary file, which is removed)."""
   mode = "wb" if isinstance(text, bytes) else "w"
   encoding = None if isinstance(text, bytes) else "utf-8"
-  if os.path.exists(target) and not os.path.isfile(target) and not os.path.isdir(target):
+  try:
+    status = os.stat(path)  # follows links, the system's too
+  except FileNotFoundError:
+    status = None
+  except OSError as error:  # a loop of links, say: as `>` says it
+    error.filename = path
+    raise
+  if (status is not None and not stat.S_ISREG(status.st_mode) and not stat.S_ISDIR(status.st_mode)
+      or os.path.abspath(path).startswith(_SYSTEM_FOLDERS)):
     try:
-      with open(target, mode, encoding=encoding) as f:
+      with open(path, mode, encoding=encoding) as f:
         f.write(text)
     except OSError as error:
       error.filename = path
       raise
     return
-  if os.path.isfile(target) and not os.access(target, os.W_OK):  # as `>` refuses it
+  target = os.path.realpath(path)
+  if status is not None and not os.access(target, os.W_OK):  # as `>` refuses it
     raise PermissionError(errno.EACCES, "Permission denied (the file is read-only)", path)
   temporary = f"{target}.{os.getpid()}-{secrets.token_hex(4)}.tmp"
   try:
-    with open(temporary, mode.replace("w", "x"), encoding=encoding) as f:
+    permissions = stat.S_IMODE(status.st_mode) if status is not None else 0o666  # less umask
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, permissions)
+    with open(fd, mode, encoding=encoding) as f:
       f.write(text)
-    if os.path.isfile(target):
-      with contextlib.suppress(OSError):  # a group-shared file stays one
-        shutil.copymode(target, temporary)
+    if status is not None:  # what the umask took off the old file's permissions
+      with contextlib.suppress(OSError):
+        os.chmod(temporary, stat.S_IMODE(status.st_mode))
     os.replace(temporary, target)
   except OSError as error:
     with contextlib.suppress(OSError):
@@ -421,9 +454,12 @@ def check_checkpoints_kept(workdir: str) -> None:
   records and no results.json: it starts again, as it should.)"""
   from seq2seq_jax.checkpoint import CHECKPOINT_DIR
   folder = os.path.join(workdir, CHECKPOINT_DIR)
+  if os.path.lexists(folder) and not os.path.isdir(folder):
+    return  # a file: the checkpointer names it
   kept = os.listdir(folder) if os.path.isdir(folder) else None
   results = os.path.isfile(os.path.join(workdir, RESULTS_FILE))
-  records = bool(read_metrics(workdir))
+  metrics = os.path.join(workdir, METRICS_FILE)
+  records = os.path.isfile(metrics) and os.path.getsize(metrics) > 0
   if kept is None and (results or records) or kept == [] and results:
     named = " and ".join(name for name, there in ((METRICS_FILE, records), (RESULTS_FILE, results))
                          if there)

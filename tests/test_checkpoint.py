@@ -231,6 +231,18 @@ def test_unreadable_metrics_leave_the_step_usable_but_not_best(tmp_path, capture
   assert len(warned) == 1 and "cannot be chosen as the best checkpoint" in warned[0]
 
 
+def test_a_step_whose_metric_is_nan_is_never_the_best(tmp_path, captured_warnings):
+  """A diverged evaluation (val/loss NaN) compares as neither better nor worse: a NaN
+  step saved first stayed the best, and `best` restored the diverged model."""
+  with Checkpointer(str(tmp_path), keep=3, best_metric="val/loss") as checkpointer:
+    for step, loss in ((1, float("nan")), (2, 0.5), (3, float("nan"))):
+      checkpointer.save(step, small_state(step), {"n": step}, {"val/loss": loss})
+    assert checkpointer.steps() == [1, 2, 3] and checkpointer.best_step() == 2
+  assert Checkpointer(str(tmp_path), best_metric="val/loss", read_only=True).best_step() == 2
+  assert any("metrics of checkpoint 1 are unreadable (val/loss is nan, not a number)" in m
+             for m in captured_warnings)
+
+
 def test_a_step_without_a_manifest_cannot_be_best(tmp_path):
   with Checkpointer(str(tmp_path), keep=3) as checkpointer:
     checkpointer.save(1, small_state(1), {"n": 1}, {"val/exact_match": 0.2})
@@ -249,6 +261,53 @@ def test_opening_for_training_removes_unfinished_steps_at_once(tmp_path):
   checkpointer = Checkpointer(str(tmp_path))
   assert os.listdir(tmp_path / "checkpoints") == []  # before __init__ returns
   checkpointer.close()
+
+
+def test_a_damaged_step_asked_for_without_fallback_is_an_error(tmp_path, captured_warnings):
+  """restore(step, fallback=False) (the CLI's --step N) on a step whose files no longer
+  match their checksums: one error naming it and the steps to choose instead, never
+  another step's weights restored as if they were step N's."""
+  from seq2seq_jax.errors import CheckpointError
+  with Checkpointer(str(tmp_path), keep=3) as checkpointer:
+    for step in (1, 2, 3):
+      checkpointer.save(step, small_state(step), {"n": step})
+  state_dir = tmp_path / "checkpoints" / "2" / "state"
+  biggest = max((p for p in state_dir.rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
+  data = bytearray(biggest.read_bytes())
+  data[-1] ^= 0xFF  # the same size, another checksum
+  biggest.write_bytes(bytes(data))
+  reader = Checkpointer(str(tmp_path), read_only=True)
+  with pytest.raises(CheckpointError, match=r"checkpoint 2 in .* is damaged \(step 2: .*does "
+                     r"not match its checksum\)\. Choose another: 1, 3 \(or best / latest"):
+    reader.restore(step=2, fallback=False)
+  _, meta, step = reader.restore(step=2)  # with fallback: the newest step that reads
+  assert step == 3 and meta == {"n": 3}
+  assert "warning: restored checkpoint 3 instead of the damaged checkpoint 2" in captured_warnings
+
+
+def test_a_failed_write_of_a_file_list_leaves_the_one_before(tmp_path, monkeypatch):
+  """The file list is written beside and renamed over the old one: written in place, a
+  full disk midway left a truncated list, and the step unverifiable and never the best.
+  The file written beside is removed (it was left in the step)."""
+  import errno
+  from seq2seq_jax import checkpoint as checkpoint_lib
+  with Checkpointer(str(tmp_path), keep=3, best_metric="val/loss") as checkpointer:
+    checkpointer.save(1, small_state(1), {"n": 1}, {"val/loss": 2.0})
+    checkpointer.save(2, small_state(2), {"n": 2}, {"val/loss": 1.0})
+  step = tmp_path / "checkpoints" / "2"
+  before, listing = (step / MANIFEST).read_bytes(), sorted(os.listdir(step))
+
+  def disk_full_before_the_rename(source, target):
+    assert (step / MANIFEST).read_bytes() == before  # not written in place
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+  monkeypatch.setattr(os, "replace", disk_full_before_the_rename)
+  with pytest.raises(OSError, match="No space left"):
+    checkpoint_lib.write_manifest(str(step), {"val/loss": 0.5})
+  monkeypatch.undo()
+  assert (step / MANIFEST).read_bytes() == before and sorted(os.listdir(step)) == listing
+  reader = Checkpointer(str(tmp_path), best_metric="val/loss", read_only=True)
+  assert reader.best_step() == 2 and reader.restore(step=2, fallback=False)[2] == 2
 
 
 # ---------------------------------------------------------------------------

@@ -59,6 +59,7 @@ def test_unknown_key_names_close_matches():
     ("latent_dim=-4", "must be positive"),
     ("attention=luong", "must be one of"),
     ("dropout=1.5", r"must be in \[0, 1\)"),
+    ("test_fraction=0.9", r"val_fraction \+ test_fraction must leave some training data"),
     ("novalue", "key=value"),
 ])
 def test_bad_values_are_clear_errors(item, message):
@@ -145,6 +146,18 @@ def test_a_config_file_that_does_not_load_says_where_in_one_line(tmp_path, body,
   assert str(error.value) == f"config file '{path}'{message}"
 
 
+def test_a_syntax_error_in_a_module_a_config_imports_names_that_module(tmp_path, monkeypatch):
+  (tmp_path / "helpers.py").write_text("def f(:\n")
+  path = tmp_path / "uses_helpers.py"
+  path.write_text("import helpers\n")
+  monkeypatch.syspath_prepend(str(tmp_path))
+  with pytest.raises(UserError) as error:
+    config_lib.load_config_file(str(path))
+  assert str(error.value) == (f"config file '{path}' failed to load: SyntaxError in "
+                              f"'{tmp_path / 'helpers.py'}', line 1, column 7: invalid syntax "
+                              "(def f(:).")
+
+
 def test_a_misspelt_shipped_config_name_gets_the_close_one():
   with pytest.raises(UserError, match=r"is neither a file nor a shipped config name \(.*\); did "
                      r"you mean tiny\?$"):
@@ -179,3 +192,27 @@ def test_resuming_refuses_only_changes_the_tokenizer_reads(tmp_path, tokenizer, 
       check_workdir_config(str(tmp_path), changed)
   else:
     check_workdir_config(str(tmp_path), changed)
+
+
+# settings a user changes to resume a run (a longer budget, more checkpoints kept, other
+# logging): one change of each RESUMABLE_CHANGES key
+RESUMED_WITH = ("log_every_steps=7", "num_summary_samples=3", "eval_decode_samples=9",
+                "keep_checkpoints=5", "checkpoint_every_steps=50", "tensorboard=true",
+                "lstm_impl=scan", "time_budget_minutes=30", "cpu_crosscheck=never")
+
+
+def test_resuming_accepts_changes_of_the_settings_that_change_no_trained_number(tmp_path):
+  """Resuming with keep_checkpoints=5 (or a new time budget, log interval...) was refused
+  as 'a run with a different configuration'; a change of the model still is."""
+  from seq2seq_jax.errors import CheckpointError
+  from seq2seq_jax.workdir import RESUMABLE_CHANGES, check_workdir_config, write_config
+  assert set(RESUMABLE_CHANGES) <= {item.split("=")[0] for item in RESUMED_WITH}
+  saved = config_lib.Config()
+  write_config(str(tmp_path), saved)
+  for item in RESUMED_WITH:
+    changed = config_lib.apply_overrides(saved, [item])
+    assert changed != saved, item
+    check_workdir_config(str(tmp_path), changed)
+  check_workdir_config(str(tmp_path), config_lib.apply_overrides(saved, list(RESUMED_WITH)))
+  with pytest.raises(CheckpointError, match=r"different configuration \(latent_dim: 128 -> 64\)"):
+    check_workdir_config(str(tmp_path), config_lib.apply_overrides(saved, ["latent_dim=64"]))

@@ -195,6 +195,18 @@ def test_checkpoint_meta_reads_both_versions():
   assert again == meta and meta.to_json()["version"] == 2
 
 
+def test_a_checkpoint_of_a_newer_version_says_to_upgrade():
+  """A checkpoint written by a newer seq2seq_jax is refused in one line naming the fix,
+  not read with this version's fields (its new ones dropped, others misread)."""
+  from seq2seq_jax.workdir import META_VERSION
+  newer = dict(CheckpointMeta(config={}, src_vocab=["a"], tgt_vocab=["b"]).to_json(),
+               version=META_VERSION + 1)
+  with pytest.raises(loop.CheckpointError, match=rf"^checkpoint 7 was written by a newer "
+                     rf"seq2seq_jax \(meta version {META_VERSION + 1}\); upgrade seq2seq_jax "
+                     r"to read it\.$"):
+    CheckpointMeta.from_json(newer, "checkpoint 7")
+
+
 @pytest.fixture
 def old_workdir(tmp_path):
   """A copy of a workdir that seq2seq_jax 0.1 left when interrupted at step 10."""
@@ -399,6 +411,22 @@ def test_an_atomic_write_treats_links_pipes_devices_and_neighbours_as_a_shell_s_
   write_atomically(str(fifo), "through the pipe\n")
   reader.join(timeout=10)
   assert read == ["through the pipe\n"] and stat.S_ISFIFO(os.stat(fifo).st_mode)
+  # a system's name for a pipe (a shell's >(...), /dev/stdout): was "No such file or
+  # directory '/dev/fd/63'", its link leading to 'pipe:[N]'
+  if os.path.isdir("/dev/fd"):
+    read_end, write_end = os.pipe()
+    try:
+      write_atomically(f"/dev/fd/{write_end}", "into the pipe\n")
+      assert os.read(read_end, 100) == b"into the pipe\n"
+    finally:
+      os.close(read_end)
+      os.close(write_end)
+  loop_a, loop_b = tmp_path / "loop_a", tmp_path / "loop_b"  # a loop of links: an error
+  loop_a.symlink_to(loop_b.name)
+  loop_b.symlink_to(loop_a.name)
+  with pytest.raises(OSError) as caught:
+    write_atomically(str(loop_a), "text\n")
+  assert caught.value.filename == str(loop_a) and loop_a.is_symlink() and loop_b.is_symlink()
   # devices: copies of /dev/null and /dev/full made here (root only), so that a regression
   # replaces these, not the machine's
   null, full = tmp_path / "null", tmp_path / "full"

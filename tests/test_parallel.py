@@ -90,6 +90,19 @@ def test_batch_size_must_divide_over_devices(tmp_path):
   assert "Traceback" not in result.stderr
 
 
+def test_batches_for_inference_round_up_to_a_multiple_of_the_devices():
+  """translate and evaluate pad their batches to a multiple of the devices: rounding
+  down made batch_size=1 on 2 devices a batch of 0 rows, and batch_size=3 one of 2."""
+  script = ("import jax\nfrom seq2seq_jax.parallel import DataParallel\n"
+            "print('RESULT', jax.device_count(), "
+            "[DataParallel().round_batch_size(n) for n in (1, 2, 3, 4, 5)])")
+  env = dict(os.environ, XLA_FLAGS=device_flags(2), JAX_PLATFORMS="cpu")
+  result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=120)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert result.stdout.splitlines()[-1] == "RESULT 2 [2, 2, 4, 4, 6]"
+
+
 @pytest.mark.slow
 def test_two_processes_through_jax_distributed_match_one_device(tmp_path, one_device):
   """Two localhost processes x 2 CPU devices (gloo collectives), each feeding its own shard.

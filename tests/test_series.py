@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from seq2seq_jax.errors import DataError
-from seq2seq_jax.series import load_series, read_csv, windows
+from seq2seq_jax.series import load_series, read_csv, series_metrics, windows
 from seq2seq_jax.inference import load_trained
 from seq2seq_jax.loop import train_and_evaluate
 from tests.conftest import ROOT, cli_in_process, run_cli
@@ -72,6 +72,48 @@ def test_windows_slide_over_rows():
   assert len(data) == 6 and data.src_NxS.shape == (6, 3, 2)
   np.testing.assert_array_equal(data.src_NxS[1], values[1:4])
   np.testing.assert_array_equal(data.tgt_NxT[1, 1:, 0], values[4:6, 1])
+
+
+def write_ramp(path, rows=100):
+  """Column a is the row's index (0, 1, 2, ...): each window says where it was cut."""
+  with open(path, "w") as f:
+    f.write("a,b\n" + "".join(f"{i},{i % 7}\n" for i in range(rows)))
+  return str(path)
+
+
+def test_the_scaler_is_fitted_on_the_training_rows_only(tmp_path):
+  """The held-out rows' mean and spread leaked into the model's inputs: a trending series
+  was scaled with statistics of rows the model is then scored on."""
+  path = write_ramp(tmp_path / "ramp.csv")  # 80 training rows, 10 validation, 10 test
+  scaler = load_series(series_config(path), path).scaler
+  np.testing.assert_allclose(scaler.mean_F, [39.5, np.mean(np.arange(80) % 7)])
+  np.testing.assert_allclose(scaler.std_F, [np.arange(80).std(), (np.arange(80) % 7).std()])
+
+
+def test_each_held_out_split_forecasts_every_one_of_its_rows(tmp_path):
+  """A held-out split's first window takes its inputs from the rows before the split, so
+  every one of its rows is forecast: validation windows started at its own first row,
+  and 10 validation rows gave 1 window instead of 9."""
+  path = write_ramp(tmp_path / "ramp.csv")
+  splits = load_series(series_config(path, series_targets="a"), path)
+  for split, first in ((splits.val, 80), (splits.test, 90)):
+    targets = splits.scaler.unscale_targets(split.tgt_NxT[:, 1:, 0])
+    assert len(split) == 10 - 2 + 1  # n_val - n_out + 1
+    np.testing.assert_allclose(targets[:, 0], np.arange(first, first + 9), atol=1e-4)
+    np.testing.assert_allclose(splits.scaler.unscale_targets(split.src_NxS[0, :, :1])[:, 0],
+                               np.arange(first - 8, first), atol=1e-4)
+
+
+def test_the_baseline_repeats_the_last_input_value(tmp_path):
+  """baseline_mse/mae, what a model has to beat, forecast the last input row: the first
+  one made the baseline n_in steps staler and any model look good."""
+  path = write_ramp(tmp_path / "ramp.csv")
+  splits = load_series(series_config(path, series_targets="a"), path)
+  metrics = series_metrics(splits.val.tgt_NxT[:, 1:], splits.val, splits.scaler)
+  # the ramp's next two rows are 1 and 2 past the last input row
+  assert metrics["mse"] == pytest.approx(0.0, abs=1e-8)
+  assert metrics["baseline_mae"] == pytest.approx(1.5, rel=1e-5)
+  assert metrics["baseline_mse"] == pytest.approx(2.5, rel=1e-5)
 
 
 @pytest.mark.slow

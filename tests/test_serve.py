@@ -175,6 +175,23 @@ def test_the_app_batches_into_buckets_and_refuses_bad_input():
     assert client.get("/health").json()["status"] == "ok"
 
 
+def test_a_body_of_exactly_max_body_bytes_is_accepted_streamed_or_not():
+  """--max-body-bytes is the largest body served: one of exactly that size sent in chunks
+  without a Content-Length (as a streaming client does) was refused with 413, while the
+  same body with a Content-Length was served."""
+  options = ServeOptions(max_wait_ms=1, max_batch=4, max_body_bytes=100)
+  with server_thread(create_app(EchoTranslator(), options)) as url, \
+      httpx.Client(base_url=url, timeout=10) as client:
+    for size, status in ((100, 200), (101, 413)):
+      body = b'{"text": ["' + b"a" * (size - 14) + b'"]}'
+      assert len(body) == size
+      for content in (body, iter([body[:40], body[40:80], body[80:]])):  # streamed: chunked
+        answer = client.post("/translate", content=content)
+        assert answer.status_code == status, (size, answer.text)
+        assert (answer.json()["translations"] == ["a" * 12] if status == 200
+                else "the body is" in answer.json()["error"])
+
+
 def test_a_split_sentences_model_is_served_sentence_by_sentence():
   """Its long texts are decoded in pieces of whole sentences and joined, as translate
   does; the server cut them."""

@@ -158,13 +158,14 @@ def decode_text(raw: bytes, where: str, it: str) -> str:
     raise DataError(f"{where}: {wide[:6].upper()} text, not UTF-8; re-encode {it} as UTF-8, "
                     f"e.g. `iconv -f {wide} -t utf-8 IN > OUT`.")
   if b"\0" in raw:  # in no text of UTF-8 or a one-byte encoding: binary data
-    where_nul = _position(raw, raw.index(b"\0"), "a NUL byte")
+    where_nul = _position(raw, raw.index(b"\0"), "a NUL byte", it.split()[-1])
     raise DataError(f"{where}:{where_nul}: is it a text file? Give a UTF-8 text file.")
   skip = len(codecs.BOM_UTF8) if raw.startswith(codecs.BOM_UTF8) else 0
   try:
     return raw[skip:].decode("utf-8")
   except UnicodeDecodeError as error:
-    raise DataError(f"{where}:{_position(raw, error.start + skip)}; re-encode {it} as UTF-8, "
+    raise DataError(f"{where}:{_position(raw, error.start + skip, whole=it.split()[-1])}; "
+                    f"re-encode {it} as UTF-8, "
                     "e.g. `iconv -f latin1 -t utf-8 IN > OUT` for Latin-1 text.") from None
 
 
@@ -185,12 +186,13 @@ def text_lines(text: str) -> list[str]:
   return lines
 
 
-def _position(raw: bytes, offset: int, what: str = "not UTF-8") -> str:
-  """'LINE: WHAT (line, byte of the line, byte of the file: the byte)', counting from 1."""
+def _position(raw: bytes, offset: int, what: str = "not UTF-8", whole: str = "file") -> str:
+  """'LINE: WHAT (line, byte of the line, byte of the file: the byte)', counting from 1
+  (whole: what raw is, the file or the input)."""
   line = raw.count(b"\n", 0, offset) + 1
   column = offset - (raw.rfind(b"\n", 0, offset) + 1) + 1
   return (f"{line}: {what} (line {line}, byte {column} of the line, byte {offset + 1} of the "
-          f"file, counting from 1: {raw[offset:offset + 1]!r})")
+          f"{whole}, counting from 1: {raw[offset:offset + 1]!r})")
 
 
 def _wide_encoding(raw: bytes) -> str | None:
@@ -203,8 +205,11 @@ def _wide_encoding(raw: bytes) -> str | None:
     return "utf-16"
   head = raw[:512]
   even, odd = head[0::2].count(0), head[1::2].count(0)
-  if len(head) < 4 or max(even, odd) < len(head) // 4 or min(even, odd) > max(even, odd) // 8:
-    return None  # UTF-16's ASCII has its NULs on one side only; binary data on both
+  # UTF-16's Latin text has a NUL in nearly every other byte, on one side only; binary
+  # data has them on both (a short input with a NUL or two, in neither way: neither)
+  if (len(head) < 8 or max(even, odd) < 0.75 * (len(head) // 2)
+      or min(even, odd) > max(even, odd) // 8):
+    return None
   name = "utf-16le" if odd > even else "utf-16be"
   try:
     sample = head[:len(head) // 2 * 2].decode(name)
