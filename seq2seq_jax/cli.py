@@ -857,14 +857,32 @@ def build_parser() -> argparse.ArgumentParser:
   return parser
 
 
+def _standard_streams_open() -> bool:
+  """A standard stream the command was started without (`<&-`, `>&-`, `2>&-`) gets
+  /dev/null: its file descriptor stays taken, not handed to the next file opened (a
+  checkpoint's, train.log), which XLA's messages to fd 2 would then write into; a missing
+  sys.stderr sent print(file=None) into standard output. False where /dev/null cannot be
+  opened."""
+  for fd, name, mode in ((0, "stdin", "r"), (1, "stdout", "w"), (2, "stderr", "w")):
+    if getattr(sys, name) is not None:
+      continue
+    try:
+      null = os.open(os.devnull, os.O_RDWR)
+      if null != fd:
+        os.dup2(null, fd)
+        os.close(null)
+      setattr(sys, name, open(fd, mode, closefd=False))
+    except OSError:
+      return False
+  return True
+
+
 def main(argv: list[str] | None = None) -> int:
   started = time.time()
-  if sys.stderr is None and argv is None:  # `2>&-`: fd 2 closed, the next file opened
-    try:  # would take it (and messages went to stdout, print(file=None)): /dev/null takes it
-      sys.stderr = open(os.open(os.devnull, os.O_WRONLY), "w")
-    except OSError:
-      return 2
-  if sys.stdout is None:  # `>&-`: fd 1 closed, the next file opened would take it
+  no_output = sys.stdout is None
+  if argv is None and not _standard_streams_open():
+    return 2
+  if no_output:  # `>&-`: nothing to give the output to
     print("seq2seq-jax: error: standard output is closed (>&-): give the command a file, a "
           "pipe or /dev/null for its output.", file=sys.stderr)
     return 2

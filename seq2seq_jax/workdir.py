@@ -26,6 +26,7 @@ import json
 import logging
 import os
 import platform
+import re
 import secrets
 import stat
 import sys
@@ -242,9 +243,21 @@ def _json_default(value):
   raise TypeError(type(value))
 
 
-# files the system gives out under these names (/dev/stdout, /dev/fd/N, a shell's
-# >(...)): written into, as they are; their links lead to pipes and terminals
-_SYSTEM_FOLDERS = ("/dev/", "/proc/")
+# names of this process's own file descriptors (/dev/stdout, /dev/fd/N, a shell's >(...)):
+# written to through the descriptor, at its place, as `>&N` writes
+_STANDARD_NAMES = {"/dev/stdin": 0, "/dev/stdout": 1, "/dev/stderr": 2}
+_DESCRIPTOR_NAME = re.compile(r"/(?:dev/fd|proc/(self|thread-self|\d+)/fd)/(\d+)")
+
+
+def _own_descriptor(path: str) -> int | None:
+  """The file descriptor of this process that path names, or None."""
+  absolute = os.path.abspath(path)
+  if absolute in _STANDARD_NAMES:
+    return _STANDARD_NAMES[absolute]
+  named = _DESCRIPTOR_NAME.fullmatch(absolute)
+  if named is None or named.group(1) not in (None, "self", "thread-self", str(os.getpid())):
+    return None
+  return int(named.group(2))
 
 
 def write_atomically(path: str, text: str | bytes) -> None:
@@ -253,11 +266,25 @@ def write_atomically(path: str, text: str | bytes) -> None:
   new file: another hard link to the old one keeps the old text). A symbolic link is
   written through (its target replaced, the link kept), a replaced file keeps its
   permissions (the temporary file has them from the start), and what is not a regular file
-  (a FIFO, a device such as /dev/null) or is a system's name for one (/dev/stdout,
-  /dev/fd/N, a shell's >(...)) is written into, as a shell's `>` writes, not replaced. An
-  error names path (not the temporary file, which is removed)."""
+  (a FIFO, a device such as /dev/null) is written into, as a shell's `>` writes, not
+  replaced; a name of one of this process's file descriptors (/dev/stdout, /dev/fd/N, a
+  shell's >(...)) is written to through it, where it stands, as `>&N` writes. An error
+  names path (not the temporary file, which is removed)."""
   mode = "wb" if isinstance(text, bytes) else "w"
   encoding = None if isinstance(text, bytes) else "utf-8"
+  fd = _own_descriptor(path)
+  if fd is not None:  # reopened, a file behind it was emptied under what was written there
+    for stream in (sys.stdout, sys.stderr):  # what the program wrote first, first
+      with contextlib.suppress(AttributeError, OSError, ValueError):
+        stream.flush()
+    data = text if isinstance(text, bytes) else text.encode("utf-8")
+    try:
+      while data:
+        data = data[os.write(fd, data):]
+    except OSError as error:
+      error.filename = path
+      raise
+    return
   try:
     status = os.stat(path)  # follows links, the system's too
   except FileNotFoundError:
@@ -265,8 +292,7 @@ def write_atomically(path: str, text: str | bytes) -> None:
   except OSError as error:  # a loop of links, say: as `>` says it
     error.filename = path
     raise
-  if (status is not None and not stat.S_ISREG(status.st_mode) and not stat.S_ISDIR(status.st_mode)
-      or os.path.abspath(path).startswith(_SYSTEM_FOLDERS)):
+  if status is not None and not stat.S_ISREG(status.st_mode) and not stat.S_ISDIR(status.st_mode):
     try:
       with open(path, mode, encoding=encoding) as f:
         f.write(text)

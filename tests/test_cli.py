@@ -626,3 +626,11 @@ def test_a_closed_or_full_standard_output_is_said_once_and_the_command_goes_on(t
                               "seq2seq_jax", "translate", "--workdir", str(workdir), "one", "two"],
                              capture_output=True, text=True, cwd=ROOT, timeout=300)
   assert no_errors.returncode == 0 and len(no_errors.stdout.splitlines()) == 2, no_errors
+  # with standard input closed too, the next file opened took fd 2 (XLA's messages to fd 2
+  # would go into it): every closed standard stream holds /dev/null
+  script = ("import os, sys\nfrom seq2seq_jax import cli\nsys.argv = ['seq2seq-jax', 'data']\n"
+            "try:\n  cli.main()\nexcept SystemExit:\n  pass\n"
+            "print(open(os.devnull).fileno(), file=sys.stdout)\n")
+  closed = subprocess.run(["bash", "-c", 'exec "$@" <&- 2>&-', "-", sys.executable, "-c", script],
+                          capture_output=True, text=True, cwd=ROOT, timeout=300)
+  assert closed.stdout.split()[-1] == "3", closed

@@ -421,6 +421,14 @@ def test_an_atomic_write_treats_links_pipes_devices_and_neighbours_as_a_shell_s_
     finally:
       os.close(read_end)
       os.close(write_end)
+    # a file open on a descriptor (`--hyps /dev/stdout > out.txt`): written where the
+    # descriptor stands, as `>&1` does; reopened, the file was emptied under what the
+    # program had written there, and the two overwrote each other
+    with open(tmp_path / "out.txt", "wb", buffering=0) as out:
+      out.write(b"written first\n")
+      write_atomically(f"/dev/fd/{out.fileno()}", "then these\n")
+      out.write(b"and after\n")
+    assert (tmp_path / "out.txt").read_text() == "written first\nthen these\nand after\n"
   loop_a, loop_b = tmp_path / "loop_a", tmp_path / "loop_b"  # a loop of links: an error
   loop_a.symlink_to(loop_b.name)
   loop_b.symlink_to(loop_a.name)

@@ -237,6 +237,19 @@ def test_utf16_data_is_named_as_such(tmp_path, encoding, iconv_name):
                                f"the file as UTF-8, e.g. `iconv -f {iconv_name} -t utf-8 IN > OUT`.")
 
 
+def test_utf16_with_another_script_is_named_and_a_few_bytes_with_a_nul_are_not(tmp_path):
+  """English-Russian pairs in UTF-16 (half their characters outside Latin-1) are UTF-16
+  too; a short input with one NUL byte, read as UTF-16, makes CJK characters: it is named
+  a NUL byte, not UTF-16."""
+  path = tmp_path / "rus.tsv"
+  path.write_bytes("Hello, world.\tПривет, мир.\nThanks!\tСпасибо!\n".encode("utf-16-le"))
+  with pytest.raises(DataError, match=r": UTF-16 text, not UTF-8; .* `iconv -f utf-16le "):
+    data_lib.tab_pairs(str(path), "tsv")
+  path.write_bytes(b"one\n\x00x\n")
+  with pytest.raises(DataError, match=r":2: a NUL byte \(line 2, byte 1 of the line"):
+    data_lib.tab_pairs(str(path), "tsv")
+
+
 def test_a_nul_byte_is_named_where_it_is(tmp_path):
   """Valid UTF-8, but no text file's: not read as a character to train on."""
   path = tmp_path / "binary.tsv"

@@ -205,10 +205,9 @@ def _wide_encoding(raw: bytes) -> str | None:
     return "utf-16"
   head = raw[:512]
   even, odd = head[0::2].count(0), head[1::2].count(0)
-  # UTF-16's Latin text has a NUL in nearly every other byte, on one side only; binary
-  # data has them on both (a short input with a NUL or two, in neither way: neither)
-  if (len(head) < 8 or max(even, odd) < 0.75 * (len(head) // 2)
-      or min(even, odd) > max(even, odd) // 8):
+  # UTF-16's ASCII has its NULs on one side only, binary data on both; a few bytes with a
+  # NUL prove neither (b"one\n\0x\n" read as UTF-16 is three CJK characters)
+  if len(head) < 8 or max(even, odd) < len(head) // 4 or min(even, odd) > max(even, odd) // 8:
     return None
   name = "utf-16le" if odd > even else "utf-16be"
   try:
