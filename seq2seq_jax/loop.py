@@ -762,6 +762,7 @@ def train_trials(configs: list[Config], workdirs: list[str], argv: list[str] | N
           break
         if made:  # removed again if an error comes before anything is written there
           stack.callback(workdir_lib.remove_if_unused, workdir, made)
+        workdir_lib.remove_stale_temporaries(workdir)
     if any_process(busy is not None):  # every process of the run stops, not the first alone
       raise busy or workdir_lib.WorkdirBusy(
           f"a workdir of {', '.join(workdirs)} is in use by another run.", workdirs[0])

@@ -260,6 +260,26 @@ def _own_descriptor(path: str) -> int | None:
   return int(named.group(2))
 
 
+_TEMPORARY_NAME = re.compile(r"(.+)\.(\d+)-[0-9a-f]{8}\.tmp")  # write_atomically's
+
+
+def remove_stale_temporaries(workdir: str) -> None:
+  """Removes the temporary files of the run's own files (config.json, metrics.jsonl...)
+  that a killed run left in workdir (killed between write_atomically's write and its
+  rename): called with the workdir's lock held, where no other run writes them. Any other
+  file, a temporary one of another command's output included, is kept."""
+  own = {os.path.basename(path) for path in run_entries(workdir)} | {TRIAL_FILE}
+  try:
+    names = os.listdir(workdir)
+  except OSError:
+    return
+  for name in names:
+    written_by = _TEMPORARY_NAME.fullmatch(name)
+    if written_by and written_by.group(1) in own and int(written_by.group(2)) != os.getpid():
+      with contextlib.suppress(OSError):
+        os.remove(os.path.join(workdir, name))
+
+
 def write_atomically(path: str, text: str | bytes) -> None:
   """A kill at any moment leaves the old file or the new one, never half of one: the text
   goes to a temporary file of a name no other file has, which then replaces the file (a

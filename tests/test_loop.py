@@ -374,6 +374,19 @@ def test_a_run_whose_checkpoints_are_gone_is_not_trained_over(tmp_path):
   workdir_lib.check_checkpoints_kept(str(run))  # killed before its first checkpoint
 
 
+def test_a_killed_run_s_temporary_files_go_when_the_run_resumes(tmp_path):
+  """A kill between a write and its rename left config.json.PID-XXXXXXXX.tmp (each write
+  has its own temporary name): the next start of the run removes those of its own files,
+  and keeps every other file, a temporary one of another command's output included."""
+  from seq2seq_jax import workdir as workdir_lib
+  stale = ["config.json.4242-0badc0de.tmp", "metrics.jsonl.17-deadbeef.tmp"]
+  kept = ["hyps.txt.4242-0badc0de.tmp", "notes.tmp", "config.json.tmp"]
+  for name in stale + kept:
+    (tmp_path / name).write_text("x")
+  workdir_lib.remove_stale_temporaries(str(tmp_path))
+  assert sorted(os.listdir(tmp_path)) == sorted(kept)
+
+
 def test_a_failed_atomic_write_names_the_file_asked_for(tmp_path):
   """`--hyps /proc/nope.txt` said 'No such file or directory /proc/nope.txt.tmp'."""
   from seq2seq_jax.workdir import write_atomically

@@ -109,7 +109,11 @@ def test_resume_equals_uninterrupted(tmp_path):
     train_and_evaluate(config, resumed_dir, progress=False, stop_after_step=11)
   with pytest.raises(TrainingInterrupted):  # again, mid-epoch and after a checkpoint
     train_and_evaluate(config, resumed_dir, progress=False, stop_after_step=17)
+  # what a kill between a write and its rename leaves: gone when the run resumes
+  stale = os.path.join(resumed_dir, "results.json.4242-0badc0de.tmp")
+  open(stale, "w").close()
   resumed = train_and_evaluate(config, resumed_dir, progress=False)
+  assert not os.path.exists(stale)
   losses = lambda d: {r["step"]: r["train/loss"] for r in read_metrics(d) if "train/loss" in r}
   assert losses(full_dir) == losses(resumed_dir)
   assert full == resumed
