@@ -541,3 +541,108 @@ def test_an_export_that_cannot_be_written_names_its_directory(tmp_path):
   with pytest.raises(OSError) as caught:
     write_artifact(None, "/proc/x")  # /proc takes no new folder: fails before any file
   assert caught.value.filename == "/proc/x"
+
+
+def _translator_of(seen: list, **settings) -> ExportedTranslator:
+  """An ExportedTranslator of a character vocabulary, without jax.export: its greedy
+  function records the source batches it is given and outputs "x" for every row."""
+  import types
+  from seq2seq_jax.vocab import END_ID
+  manifest = {"settings": {"max_source_len": 40, "bucket_width": 0, "source_lowercase": False,
+                           **settings},
+              "decode_max_len": 3, "beam_sizes": [], "platforms": ["cpu"],
+              "checkpoint": {"step": 1}}
+  vocab = {"tokenizer": "char", "src": list("abcdefghij. "), "tgt": list("x")}
+  translator = ExportedTranslator(manifest, vocab, {}, {"greedy": types.SimpleNamespace(call=len)})
+
+  def greedy(params, src_BxS):
+    seen.append(np.array(src_BxS))
+    return np.tile(np.array([[4, END_ID, 0]], np.int32), (len(src_BxS), 1))
+
+  translator._calls = {"greedy": greedy}
+  return translator
+
+
+def test_exported_blank_inputs_translate_to_empty_lines():
+  """Blank texts came back as the model's output for an empty source, where translate
+  gives an empty line."""
+  assert _translator_of([]).translate(["", "  ", "ab"]) == ["", "", "x"]
+
+
+def test_exported_bucket_width_never_pads_past_the_longest_input():
+  """An export with bucket_width 8 translating "ab" alone crashed with numpy's broadcast
+  error: the bucket's width was wider than the encoded texts."""
+  seen = []
+  translator = _translator_of(seen, bucket_width=8)
+  assert translator.translate(["abcdefghij", "ab"], batch_size=1) == ["x", "x"]
+  assert [src.shape[1] for src in seen] == [8, 10]  # "ab" in a bucket of 8; 16 capped at 10
+  assert translator.translate(["ab"]) == ["x"]
+
+
+def test_exported_inputs_are_cut_to_max_source_len_as_translate_cuts_them():
+  """An over-long input reached the exported model whole, where translate cuts it to
+  max_source_len: the two translated it differently."""
+  seen = []
+  translator = _translator_of(seen, max_source_len=3)
+  src_NxS, lengths_N = translator.encode_sources(["abcdef", "ab"])
+  assert src_NxS.tolist() == [[4, 5, 6], [4, 5, 0]] and lengths_N.tolist() == [3, 2]
+  translator.translate(["abcdef"])
+  assert [src.tolist() for src in seen] == [[[4, 5, 6]]]
+
+
+def test_an_export_of_a_newer_format_is_refused_saying_to_upgrade(tmp_path):
+  """A newer export loaded and failed on its first unknown field, as a damaged one."""
+  from seq2seq_jax.exported import FORMAT, FORMAT_VERSION
+  (tmp_path / "manifest.json").write_text(json.dumps(
+      {"format": FORMAT, "format_version": FORMAT_VERSION + 1}))
+  with pytest.raises(UserError, match=f"written in export format {FORMAT_VERSION + 1}, newer "
+                     f"than this loader's {FORMAT_VERSION}; upgrade seq2seq_jax."):
+    ExportedTranslator.load(str(tmp_path))
+
+
+def test_an_export_from_before_split_sentences_translates_long_inputs_cut():
+  """A manifest without the key (an older export) was read as a split_sentences model."""
+  seen = []
+  translator = _translator_of(seen)
+  assert translator.split_sentences is False
+  assert translator.translate(["ab. cd."]) == ["x"] and len(seen[0]) == 1
+
+
+def _tiny_artifact(monkeypatch, config_overrides=None, **options):
+  """build_artifact of an untrained tiny model, its functions not lowered (the slow tests
+  lower them)."""
+  import types
+  from seq2seq_jax import export
+  from seq2seq_jax import model as model_lib
+  from seq2seq_jax.inference import Translator
+  from seq2seq_jax.vocab import Vocab
+  from tests.conftest import tiny_config
+  monkeypatch.setattr(export, "_export_one", lambda fn, flat_params, platforms:
+                      types.SimpleNamespace(call=fn))
+  monkeypatch.setattr(export, "_describe", lambda exported: {})
+  config = tiny_config(**(config_overrides or {}))
+  src, tgt = Vocab(list("abc")), Vocab(list("xy"))
+  translator = Translator(config, src, tgt, model_lib.build_model(config, len(src), len(tgt)))
+  return export.build_artifact(translator, {}, 7, platforms=("cpu",), **options)
+
+
+def test_the_manifest_lists_each_beam_size_once_in_order(monkeypatch):
+  """`--beam-sizes 5,2,5` wrote [5, 2, 5] in the manifest."""
+  artifact = _tiny_artifact(monkeypatch, beam_sizes=(5, 2, 5))
+  assert artifact.manifest["beam_sizes"] == [2, 5]
+  assert artifact.beam_sizes == (2, 5)
+
+
+def test_the_manifest_of_a_split_sentences_model_says_so(monkeypatch):
+  """Its export recorded split_sentences false: the exported model cut long texts where
+  translate splits them into sentences."""
+  artifact = _tiny_artifact(monkeypatch, {"split_sentences": True}, beam_sizes=())
+  assert artifact.manifest["settings"]["split_sentences"] is True
+  assert artifact.split_sentences is True
+  assert _tiny_artifact(monkeypatch, beam_sizes=()).manifest["settings"]["split_sentences"] is False
+
+
+def test_the_manifest_records_the_length_penalty_exported_with(monkeypatch):
+  """`export --length-penalty 1` recorded 0.0 in the manifest."""
+  artifact = _tiny_artifact(monkeypatch, beam_sizes=(2,), length_penalty=1.0)
+  assert artifact.manifest["length_penalty"] == 1.0

@@ -321,3 +321,52 @@ def test_an_interrupted_group_keeps_the_outcome_of_a_trial_pruned_before(tmp_pat
   again = [trial.name for _, trial in study.ask_group(3)]
   assert again[:2] == [group[0][1].name, group[2][1].name]  # the study asks them again first
   assert group[1][1].name not in again
+
+
+def test_a_mode_max_study_takes_the_highest_value_for_the_best(tmp_path):
+  """A sweep of metric val/exact_match (mode max) minimised it: its sampler went after
+  the worst trials and its best trial was the lowest."""
+  sweep = dataclasses.replace(sweep_lib.load_sweep(SWEEP_TINY), metric="val/exact_match",
+                              mode="max")
+  study = SweepStudy(sweep, str(tmp_path))
+  assert study.study.direction == study.optuna.study.StudyDirection.MAXIMIZE
+  study.enqueue_declared()
+  (low, _), (high, trial) = study.ask_group(2)
+  study.complete(low, 0.2)
+  study.complete(high, 0.9)
+  assert study.study.best_trial.user_attrs["trial"] == trial.name
+
+
+def test_a_trial_whose_heartbeat_is_older_than_grace_seconds_is_taken_for_dead(tmp_path):
+  """A heartbeat 1.5 x grace_seconds old was still taken for a live worker's."""
+  sweep = sweep_lib.load_sweep(SWEEP_TINY)
+  first_worker = SweepStudy(sweep, str(tmp_path))
+  first_worker.enqueue_declared()
+  (dead, trial), (alive, live_trial) = first_worker.ask_group(2)
+  dead.set_user_attr("heartbeat", time.time() - 1.5 * sweep.grace_seconds)
+  alive.set_user_attr("heartbeat", time.time() - 0.5 * sweep.grace_seconds)
+  SweepStudy(sweep, str(tmp_path)).retry_stale()
+  states = first_worker.states()
+  assert (states[trial.name], states[live_trial.name]) == ("waiting", "running")
+
+
+def test_the_pruner_judges_a_vectorised_group_s_trials_best_first(tmp_path, monkeypatch):
+  """ASHA compares a trial with those judged before it: asked in the group's order, a bad
+  first trial was judged with no one to compare with and went on."""
+  sweep = sweep_lib.load_sweep(SWEEP_ASHA)
+  assert (sweep.metric, sweep.mode) == ("val/loss", "min")
+  study = SweepStudy(sweep, str(tmp_path))
+  study.enqueue_declared()
+  group = study.ask_group(3)
+  judged = []
+  monkeypatch.setattr(study, "should_prune",
+                      lambda optuna_trial: judged.append(optuna_trial.number) or False)
+
+  def one_epoch(configs, workdirs, prune, **kwargs):
+    del configs, workdirs, kwargs
+    assert prune(1, {0: {"val/loss": 5.0}, 1: {"val/loss": 3.0}, 2: {"val/loss": 4.0}}) == []
+    raise KeyboardInterrupt("SIGINT")
+  monkeypatch.setattr(sweep_lib.loop, "train_trials", one_epoch)
+  with pytest.raises(KeyboardInterrupt):
+    sweep_lib._run_group(study, sweep, group, str(tmp_path), False, None, [], False)
+  assert judged == [group[1][0].number, group[2][0].number, group[0][0].number]

@@ -698,3 +698,48 @@ def test_a_sweep_file_whose_get_sweep_raises_is_one_line(tmp_path):
   with pytest.raises(UserError, match=r"^config file '.*raises.py': get_sweep\(\) raised "
                      r"ValueError: boom$"):
     sweep_lib.load_sweep(str(path))
+
+
+def test_a_mode_max_results_table_puts_the_highest_trial_first():
+  """results.csv of a val/exact_match sweep listed its worst trial first."""
+  sweep = dataclasses.replace(sweep_lib.load_sweep(SWEEP_TINY), metric="val/exact_match",
+                              mode="max")
+  rows = [{"trial": name, "status": "done", "best_val_exact_match": value, "best_val_loss": 1.0}
+          for name, value in (("low", 0.2), ("high", 0.9), ("mid", 0.5))]
+  assert [r["trial"] for r in sweep_lib.sort_rows(sweep, rows)] == ["high", "mid", "low"]
+
+
+def test_a_finished_trial_s_row_says_complete_as_optuna_does(tmp_path):
+  """The results table's state column said "done" for a finished trial, where the
+  study's states say "complete"."""
+  sweep = sweep_lib.load_sweep(SWEEP_TINY)
+  trial, trial_dir = sweep.trials[0], tmp_path / sweep.trials[0].name
+  trial_dir.mkdir()
+  (trial_dir / "results.json").write_text("{}")
+  (trial_dir / "metrics.jsonl").write_text(json.dumps(
+      {"step": 1, "train/epoch_seconds": 1.0, "val/loss": 1.0,
+       "train/samples_per_sec": 10.0}) + "\n")
+  row = sweep_lib.trial_row(sweep, trial, str(trial_dir))
+  assert (row["status"], row["state"]) == ("done", "complete")
+
+
+def test_a_heartbeat_as_long_as_the_grace_period_is_refused():
+  """heartbeat_seconds == grace_seconds was accepted: a live worker's trial, its heartbeat
+  just due, was taken for dead and run a second time."""
+  with pytest.raises(UserError, match=r"heartbeat_seconds \(5\) must be less than "
+                     r"grace_seconds \(5\)"):
+    sweep_lib.make_sweep(Config(), {"grid": {"learning_rate": [1e-3]}, "heartbeat_seconds": 5,
+                                    "grace_seconds": 5})
+
+
+def test_trials_resumed_from_different_steps_are_not_vectorised_together(tmp_path):
+  """Trials whose checkpoints stopped at different steps were put in one vmap group,
+  which cannot resume them from one position."""
+  sweep = sweep_lib.make_sweep(tiny_config(), {"grid": {"learning_rate": [1e-3, 2e-3, 3e-3]},
+                                               "vectorize": True})
+  for trial, step in zip(sweep.trials, (10, 20, 10)):
+    (tmp_path / trial.name / "checkpoints" / str(step)).mkdir(parents=True)
+  pairs = [(None, trial) for trial in sweep.trials]
+  groups = sweep_lib._plan(pairs, str(tmp_path), vectorize=True)
+  assert [[t.name for _, t in group] for group in groups] == [
+      [sweep.trials[0].name, sweep.trials[2].name], [sweep.trials[1].name]]
