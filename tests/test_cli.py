@@ -3,6 +3,8 @@ errors without tracebacks, Ctrl-C and SIGTERM, standard input, and the library's
 
 import json
 import os
+import shutil
+import types
 
 import pytest
 
@@ -634,3 +636,89 @@ def test_a_closed_or_full_standard_output_is_said_once_and_the_command_goes_on(t
   closed = subprocess.run(["bash", "-c", 'exec "$@" <&- 2>&-', "-", sys.executable, "-c", script],
                           capture_output=True, text=True, cwd=ROOT, timeout=300)
   assert closed.stdout.split()[-1] == "3", closed
+
+
+# ---------------------------------------------------------------------------
+# Decoder flags on a small committed workdir (tests/fixtures/workdir_0.1: no training)
+# ---------------------------------------------------------------------------
+
+@pytest.fixture
+def small_workdir(tmp_path):
+  copy = tmp_path / "workdir_0.1"
+  shutil.copytree(os.path.join(ROOT, "tests", "fixtures", "workdir_0.1"), copy)
+  return str(copy)
+
+
+def test_translate_refuses_a_length_penalty_without_beam(small_workdir, capsys):
+  """`translate --length-penalty 1` with no --beam is refused in one line: it had
+  translated greedily, the penalty silently unused."""
+  code, out, err = cli_in_process(capsys, "translate", "--workdir", small_workdir,
+                                  "--length-penalty", "1", "twelve")
+  assert code == 2 and out == "" and "--length-penalty needs --beam N" in err
+
+
+def test_sampling_at_temperature_0_translates_as_plain_translate(small_workdir, capsys):
+  """--sample --temperature 0 is greedy decoding: the same lines as plain translate (0 had
+  read as "not given" and sampled at temperature 1)."""
+  sources = ("twelve", "three hundred and forty-five")
+  code, plain, _ = cli_in_process(capsys, "translate", "--workdir", small_workdir, *sources)
+  assert code == 0
+  code, sampled, _ = cli_in_process(capsys, "translate", "--workdir", small_workdir, "--sample",
+                                    "--temperature", "0", "--seed", "1", *sources)
+  assert code == 0 and sampled == plain
+
+
+def test_evaluate_json_names_the_default_length_penalty_it_used(small_workdir, capsys):
+  """`evaluate --json --beam 2` without --length-penalty decodes with the default 0.6 and
+  says so (it said null)."""
+  code, out, _ = cli_in_process(capsys, "evaluate", "--workdir", small_workdir, "--json",
+                                "--beam", "2")
+  assert code == 0
+  assert json.loads(out)["decoder"] == {"strategy": "beam", "beam_size": 2, "length_penalty": 0.6}
+
+
+def test_evaluate_refuses_beam_for_a_series_model(small_workdir, capsys, monkeypatch):
+  """A series model has no text to decode: --beam is refused by name, not ignored."""
+  from seq2seq_jax import inference
+  series = types.SimpleNamespace(is_series=True, config=None)
+  monkeypatch.setattr(inference, "load_trained", lambda *args: (series, None, 1))
+  code, _, err = cli_in_process(capsys, "evaluate", "--workdir", small_workdir, "--beam", "2")
+  assert code == 2 and "--beam: for text models" in err
+
+
+def _serve_without_serving(monkeypatch, translator):
+  """serve's export_workdir replaced by one that records its arguments and returns
+  translator; no socket bound. Returns the list of recorded (args, kwargs)."""
+  from seq2seq_jax import export, serve
+  asked = []
+
+  def fake_export(*args, **kwargs):
+    asked.append((args, kwargs))
+    if translator is None:
+      raise UserError("stop here")
+    return translator
+
+  monkeypatch.setattr(export, "export_workdir", fake_export)
+  monkeypatch.setattr(serve, "bind_sockets", lambda host, port: [])
+  return asked
+
+
+def test_serve_checkpoint_latest_serves_the_latest(small_workdir, capsys, monkeypatch):
+  """`serve --workdir W --checkpoint latest` exports the latest checkpoint, not the best
+  (the flag was dropped)."""
+  asked = _serve_without_serving(monkeypatch, None)
+  code, _, _ = cli_in_process(capsys, "serve", "--workdir", small_workdir, "--checkpoint",
+                              "latest", "--port", "0")
+  assert code == 2 and len(asked) == 1
+  args, _ = asked[0]
+  assert args[2] == "latest"
+
+
+def test_serve_refuses_length_buckets_that_do_not_reach_max_source_len(small_workdir, capsys,
+                                                                        monkeypatch):
+  """--length-buckets 4 for a model reading 40 tokens: refused before serving (inputs
+  longer than every bucket had nowhere to go)."""
+  _serve_without_serving(monkeypatch, types.SimpleNamespace(max_source_len=40))
+  code, _, err = cli_in_process(capsys, "serve", "--workdir", small_workdir, "--length-buckets",
+                                "4", "--port", "0")
+  assert code == 2 and "--length-buckets must reach the model's max_source_len=40" in err

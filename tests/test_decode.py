@@ -419,3 +419,67 @@ def test_evaluate_command_with_beam(trained_workdir, capsys):
   assert code == 0 and set(beam3) == set(greedy)
   code, _, err = run("--length-penalty", "0.5")
   assert code == 2 and "--length-penalty needs --beam" in err
+
+
+# ---------------------------------------------------------------------------
+# Fast checks of the decoders' arithmetic on a table model
+# ---------------------------------------------------------------------------
+
+def _table_model(rows):
+  """A 6-token table model (see _table_params) whose next-token distribution after the
+  tokens in rows is rows[token], uniform after any other; END never follows unless asked."""
+  eps = 1e-9
+  table = np.full((6, 6), 1.0)
+  table[:, [PAD_ID, START_ID, END_ID]] = eps
+  for token, row in rows.items():
+    table[token] = row
+  config = tiny_config(attention="none", embed_dim=6, latent_dim=6)
+  model = model_lib.build_model(config, 7, 6)
+  return model, _table_params(model, table / table.sum(axis=1, keepdims=True))
+
+
+def test_a_beam_score_is_its_log_probability_over_the_gnmt_length_penalty():
+  """"a</s>" has probability 0.6 x 0.9 and length 2: its score is log(0.54) / ((5 + 2) / 6)
+  with alpha 1; another constant in the penalty reported (and ranked by) other scores."""
+  a, eps = 4, 1e-9
+  model, params = _table_model({START_ID: [eps, eps, 0.4, eps, 0.6, eps],
+                                a: [eps, eps, 0.9, eps, 0.05, 0.05]})
+  ids, scores = beam_search(params, jnp.array([[4, 5, 6]], jnp.int32), model=model, max_len=3,
+                            beam_size=2, length_penalty=1.0, return_scores=True)
+  np.testing.assert_array_equal(ids, [[a, END_ID, PAD_ID]])
+  np.testing.assert_allclose(scores, [np.log(0.54) / (7 / 6)], rtol=1e-4)
+
+
+def test_a_beam_output_that_never_ends_has_max_len_tokens_as_greedy_s():
+  """A model that never says </s>: beam search stops at the length cap with max_len tokens,
+  as greedy does; it had stopped one step short, cutting every long output by a character."""
+  model, params = _table_model({})
+  src = jnp.array([[4, 5, 6], [6, 0, 0]], jnp.int32)
+  beam = np.asarray(make_beam_decoder(model, 4, 2)(params, src))
+  greedy = np.asarray(make_greedy_decoder(model, 4)(params, src))
+  assert (greedy != PAD_ID).all() and (beam != PAD_ID).all(), (beam, greedy)
+  assert beam.shape == greedy.shape == (2, 4)
+
+
+def test_top_k_sampling_draws_from_exactly_the_k_most_likely_tokens():
+  """From <s>: a 0.5, b 0.4, c 0.1. top_k=2 draws a and b, both, never c; top_k=1 is
+  greedy. Cutting at <= the k-th logit had dropped the k-th token (top_k=2 drew only a)."""
+  a, b, eps = 3, 4, 1e-9
+  model, params = _table_model({START_ID: [eps, eps, eps, 0.5, 0.4, 0.1]})
+  src = jnp.tile(jnp.array([[4, 5, 6]], jnp.int32), (64, 1))
+  sample = jax.jit(functools.partial(sample_decode, model=model, max_len=1, temperature=1.0),
+                   static_argnames="top_k")
+  first = np.asarray(sample(params, src, jax.random.key(0), top_k=2))[:, 0]
+  assert set(first.tolist()) == {a, b}, first
+  greedy = np.asarray(sample(params, src, jax.random.key(0), top_k=1))[:, 0]
+  assert set(greedy.tolist()) == {a}, greedy
+
+
+def test_each_call_of_a_sampling_decoder_draws_new_samples():
+  """Call n of make_sample_decoder draws with fold_in(seed, n): translating the same batch
+  twice at a high temperature gives other samples, not the same ones again."""
+  model, params = _table_model({})
+  src = jnp.array([[4, 5, 6], [6, 0, 0]], jnp.int32)
+  decoder = make_sample_decoder(model, 8, temperature=2.0, seed=3)
+  first, second = (np.asarray(decoder(params, src)) for _ in range(2))
+  assert (first != second).any(), first

@@ -436,3 +436,61 @@ def test_tying_is_refused_where_the_tables_cannot_be_one():
     apply_overrides(Config(), ["tie_embeddings=true"])  # characters: two vocabularies
   with pytest.raises(UserError, match=r"tie_output .*embed_dim=latent_dim \(now 64 and 128\)"):
     apply_overrides(Config(), ["tie_output=true"])
+
+
+def test_accuracy_under_loss_on_padding_counts_the_real_tokens_only():
+  """loss_on_padding weighs the padded positions in the loss, not in token accuracy: its
+  denominator stays the 6 real tokens (it was the loss weight, 8, lowering the accuracy)."""
+  config = tiny_config(attention="none", loss_on_padding=True)
+  model = model_lib.build_model(config, 11, 13)
+  params = model_lib.init_params(model, jax.random.key(3))
+  loss = jax.jit(functools.partial(loss_and_counts, model=model, config=config, train=False))
+  _, counts = loss(params, two_row_batch(1))
+  assert (float(counts["weight"]), float(counts["tokens"])) == (8.0, 6.0)
+
+
+def test_a_series_batch_weighs_every_real_window_the_first_included():
+  """Window index 0 is a real row: a batch of windows 0 and 1 and an empty row weighs
+  2 x T x F values; the first window of every split had been left out of the loss."""
+  config = tiny_config(input_mode="real", decoder_input="repeat", attention="none",
+                       data="series:x.csv", best_metric="val/loss")
+  model = model_lib.build_model(config, 2, 2)
+  params = model_lib.init_params(model, jax.random.key(3))
+  rng = np.random.default_rng(0)
+  batch = {"src": jnp.asarray(rng.normal(size=(3, 4, 2)), jnp.float32),
+           "tgt_in": jnp.zeros((3, 3), jnp.int32),
+           "tgt_out": jnp.asarray(rng.normal(size=(3, 3, 2)), jnp.float32),
+           "index": jnp.array([0, 1, -1])}
+  loss = jax.jit(functools.partial(loss_and_counts, model=model, config=config, train=False))
+  _, counts = loss(params, batch)
+  assert float(counts["weight"]) == 2 * 3 * 2
+
+
+def _train_twice(config, method, *args):
+  """The model's method under train=True with two dropout keys: (first, second)."""
+  model = model_lib.build_model(config, 11, 13)
+  params = model_lib.init_params(model, jax.random.key(3))
+  run = jax.jit(lambda key: model.apply({"params": params}, *args, train=True, method=method,
+                                        rngs={"dropout": key}))
+  return model, params, [np.asarray(jax.tree.leaves(run(jax.random.key(k)))[0]) for k in (0, 1)]
+
+
+def test_dropout_applies_to_the_encoder_s_embeddings():
+  """One embed-mode encoder layer: dropout's only place is on the embedded source, so the
+  encoder's output under training depends on the dropout key (it had ignored dropout)."""
+  config = tiny_config(attention="none", num_layers=1, dropout=0.5)
+  src = two_row_batch()["src"]
+  _, _, (first, second) = _train_twice(config, "encode", src)
+  assert not np.allclose(first, second)
+
+
+def test_dropout_applies_before_the_output_layer():
+  """A one-layer repeat decoder reads no embedding: dropout's only place is on its readout,
+  so its logits under training depend on the dropout key (it had ignored dropout)."""
+  config = tiny_config(attention="none", num_layers=1, decoder_input="repeat", dropout=0.5)
+  model = model_lib.build_model(config, 11, 13)
+  params = model_lib.init_params(model, jax.random.key(3))
+  batch = two_row_batch()
+  carries, enc, mask = jit_apply(model, params, batch["src"], method="encode")
+  _, _, (first, second) = _train_twice(config, "decode", carries, enc, mask, batch["tgt_in"])
+  assert not np.allclose(first, second)

@@ -57,6 +57,30 @@ def test_the_learning_rate_warms_up_linearly_then_decays_to_its_end_fraction(kin
   assert float(schedule(110)) == pytest.approx(1e-3)  # lr_end_fraction of the peak, not 0
 
 
+def test_rmsprop_with_eps_outside_the_square_root_divides_by_sqrt_v_plus_eps():
+  """rmsprop_eps_in_sqrt=False is optax's / PyTorch's g / (sqrt(v) + eps); the setting was
+  ignored and every run trained with Keras' sqrt(v + eps), a step several times smaller."""
+  config = Config(learning_rate=1e-3, lr_schedule="constant", clip_norm=0.0,
+                  rmsprop_eps_in_sqrt=False)
+  tx = build_optimizer(config, total_steps=10)
+  params = {"w": jnp.array([0.5, -1.0, 0.3])}
+  g = np.array([0.1, 1e-4, -3e-5])
+  updates, _ = tx.update({"w": jnp.asarray(g)}, tx.init(params), params)
+  velocity = 0.1 * g ** 2
+  np.testing.assert_allclose(updates["w"], -1e-3 * g / (np.sqrt(velocity) + 1e-7), rtol=1e-5)
+
+
+def test_a_warmup_longer_than_the_run_still_reaches_the_peak_and_decays():
+  """warmup_steps=200 in a 50-step run: the warmup is cut to 49 steps, so the run reaches
+  its learning rate and ends at lr_end_fraction; it had trained at a quarter of it at most."""
+  from seq2seq_jax.optim import learning_rate_schedule
+  config = Config(learning_rate=1e-2, lr_schedule="cosine", warmup_steps=200, lr_end_fraction=0.1)
+  schedule = learning_rate_schedule(config, total_steps=50)
+  assert float(schedule(0)) == 0.0
+  assert float(schedule(49)) == pytest.approx(1e-2)
+  assert float(schedule(50)) == pytest.approx(1e-3)
+
+
 def test_each_training_step_draws_its_own_dropout_mask():
   """The step number is folded into the run's key: the same step draws the same mask (a
   resumed run repeats it), the next one another."""
