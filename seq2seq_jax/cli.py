@@ -20,17 +20,20 @@ log = logging.getLogger("seq2seq_jax")
 COMMAND_START_ENV = "SEQ2SEQ_JAX_COMMAND_START"
 
 
-def _onto_devnull(stream) -> None:
-  """stream's file descriptor onto /dev/null: what is written there goes nowhere, and
-  fails no more."""
+def _onto_devnull(fd: int) -> bool:
+  """fd onto /dev/null (a closed one opened there): what is written there goes nowhere and
+  fails no more, and no file opened later takes its number. False where it cannot be."""
   try:
-    null = os.open(os.devnull, os.O_WRONLY)
+    null = os.open(os.devnull, os.O_RDWR)
   except OSError:
-    return
+    return False
+  if null == fd:  # fd was closed: the lowest free number
+    return True
   try:
-    os.dup2(null, stream.fileno())
-  except (OSError, ValueError):
-    pass
+    os.dup2(null, fd)
+    return True
+  except OSError:
+    return False
   finally:
     os.close(null)
 
@@ -47,7 +50,8 @@ class _ConsoleHandler(logging.StreamHandler):
       return super().handleError(record)
     stream, self.stream = self.stream, None
     if stream is sys.stdout:  # print() and the interpreter's last flush fail no more
-      _onto_devnull(stream)
+      with contextlib.suppress(ValueError):
+        _onto_devnull(stream.fileno())
     name = "standard output" if stream is sys.stdout else getattr(stream, "name", "the log")
     with contextlib.suppress(OSError, ValueError, AttributeError):
       print(f"seq2seq-jax: warning: {name} cannot be written ({error.strerror or error}): the "
@@ -141,8 +145,9 @@ def _read_inputs(texts: list[str]) -> list[str]:
   if stream is None:  # a text stream put in place of stdin (tests, embedding)
     return [line.rstrip("\r\n") for line in sys.stdin]
   from seq2seq_jax.data.sources import decode_text, text_lines
-  # UTF-16 (PowerShell's `>`) or binary data named, as in a data file: was read as text
-  return text_lines(decode_text(stream.read(), "standard input", "the input"))  # a lone CR inside a line stays in it: one output per line
+  # UTF-16 (PowerShell's `>`) or binary data named, as in a data file (was read as text);
+  # a lone CR inside a line stays in it: one output per line
+  return text_lines(decode_text(stream.read(), "standard input", "the input"))
 
 
 def _check_output_file(flag: str, path: str, keep: dict[str, str] | None = None,
@@ -864,16 +869,10 @@ def _standard_streams_open() -> bool:
   sys.stderr sent print(file=None) into standard output. False where /dev/null cannot be
   opened."""
   for fd, name, mode in ((0, "stdin", "r"), (1, "stdout", "w"), (2, "stderr", "w")):
-    if getattr(sys, name) is not None:
-      continue
-    try:
-      null = os.open(os.devnull, os.O_RDWR)
-      if null != fd:
-        os.dup2(null, fd)
-        os.close(null)
+    if getattr(sys, name) is None:
+      if not _onto_devnull(fd):
+        return False
       setattr(sys, name, open(fd, mode, closefd=False))
-    except OSError:
-      return False
   return True
 
 
@@ -987,7 +986,7 @@ def _run(args: argparse.Namespace) -> int:
           f"{_MEMORY_HINTS.get(args.command, _MEMORY_HINTS[None])}.", file=sys.stderr)
     return 2
   except BrokenPipeError:  # e.g. `seq2seq-jax translate ... | head -1`
-    _onto_devnull(sys.stdout)
+    _onto_devnull(sys.stdout.fileno())
     return 141
   except OSError as error:  # the file system refused: full disk, read-only, not a directory
     where = f" '{error.filename}'" if error.filename else ""

@@ -628,6 +628,14 @@ def test_a_closed_or_full_standard_output_is_said_once_and_the_command_goes_on(t
                               "seq2seq_jax", "translate", "--workdir", str(workdir), "one", "two"],
                              capture_output=True, text=True, cwd=ROOT, timeout=300)
   assert no_errors.returncode == 0 and len(no_errors.stdout.splitlines()) == 2, no_errors
+  # translate's output is its product: a reader gone ends it quietly, as `| head` expects
+  read_end, write_end = os.pipe()
+  os.close(read_end)
+  cut = subprocess.run([sys.executable, "-m", "seq2seq_jax", "translate", "--workdir",
+                        str(workdir), "one", "two"], stdout=write_end, stderr=subprocess.PIPE,
+                       text=True, cwd=ROOT, timeout=300)
+  os.close(write_end)
+  assert cut.returncode == 141 and cut.stderr == "", cut.stderr
   # with standard input closed too, the next file opened took fd 2 (XLA's messages to fd 2
   # would go into it): every closed standard stream holds /dev/null
   script = ("import os, sys\nfrom seq2seq_jax import cli\nsys.argv = ['seq2seq-jax', 'data']\n"
