@@ -643,7 +643,7 @@ def test_a_closed_or_full_standard_output_is_said_once_and_the_command_goes_on(t
             "print(open(os.devnull).fileno(), file=sys.stdout)\n")
   closed = subprocess.run(["bash", "-c", 'exec "$@" <&- 2>&-', "-", sys.executable, "-c", script],
                           capture_output=True, text=True, cwd=ROOT, timeout=300)
-  assert closed.stdout.split()[-1] == "3", closed
+  assert int(closed.stdout.split()[-1]) > 2, closed  # not a standard stream's number
 
 
 # ---------------------------------------------------------------------------
