@@ -96,7 +96,7 @@ def exclusive(workdir: str):
     try:
       _lock_within(fd, seconds=0.1)  # training_there's probe holds it for an instant
     except BlockingIOError:
-      holder = os.pread(fd, 200, 0).decode("utf-8", "replace").strip() or "another process"
+      holder = _lock_holder(fd)
       raise WorkdirBusy(f"workdir '{workdir}' is in use by a run training there ({holder}): "
                         "wait for it to end or stop it; for another run at the same time, "
                         "give a new --workdir.", workdir) from None
@@ -109,6 +109,11 @@ def exclusive(workdir: str):
     yield
   finally:
     os.close(fd)  # releases the lock
+
+
+def _lock_holder(fd: int) -> str:
+  """What the run holding the lock file fd wrote in it: "pid N on HOST"."""
+  return os.pread(fd, 200, 0).decode("utf-8", "replace").strip() or "another process"
 
 
 def _lock_within(fd: int, seconds: float) -> None:
@@ -139,7 +144,7 @@ def training_there(workdir: str) -> str | None:
   try:
     fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
   except BlockingIOError:
-    return os.pread(fd, 200, 0).decode("utf-8", "replace").strip() or "another process"
+    return _lock_holder(fd)
   except OSError:  # no locks on this file system
     return None
   finally:
