@@ -147,7 +147,7 @@ def _read_inputs(texts: list[str]) -> list[str]:
   from seq2seq_jax.data.sources import decode_text, text_lines
   # UTF-16 (PowerShell's `>`) or binary data named, as in a data file (was read as text);
   # a lone CR inside a line stays in it: one output per line
-  return text_lines(decode_text(stream.read(), "standard input", "the input"))
+  return text_lines(decode_text(stream.read(), "standard input", "input"))
 
 
 def _check_output_file(flag: str, path: str, keep: dict[str, str] | None = None,

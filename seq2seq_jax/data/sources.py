@@ -136,7 +136,7 @@ def read_text(path: str, missing_hint: str | None = None) -> str:
   except OSError as error:
     raise DataError(f"data file '{path}' cannot be read: {error.strerror or error}. "
                     "Check its permissions.") from None
-  text = decode_text(raw, path, "the file")
+  text = decode_text(raw, path, "file")
   text = normalize_line_ends(text)
   if "\n\ufeff" in text:  # files with byte order marks joined (cat a b): one inside each
     line = text.count("\n", 0, text.index("\n\ufeff")) + 2
@@ -148,24 +148,24 @@ def read_text(path: str, missing_hint: str | None = None) -> str:
   return text
 
 
-def decode_text(raw: bytes, where: str, it: str) -> str:
+def decode_text(raw: bytes, where: str, whole: str) -> str:
   """raw's UTF-8 text, a leading byte order mark dropped; else a DataError that begins with
   where (a path, "standard input") and names UTF-16 or UTF-32 text, binary data (a NUL
-  byte) or the first byte that is not UTF-8, with how to re-encode it ("the file", "the
-  input")."""
+  byte) or the first byte that is not UTF-8, with how to re-encode it (whole: what raw is,
+  "file" or "input")."""
   wide = _wide_encoding(raw)  # ASCII in UTF-16 without its byte order mark is valid UTF-8
   if wide:
-    raise DataError(f"{where}: {wide[:6].upper()} text, not UTF-8; re-encode {it} as UTF-8, "
+    raise DataError(f"{where}: {wide[:6].upper()} text, not UTF-8; re-encode the {whole} as UTF-8, "
                     f"e.g. `iconv -f {wide} -t utf-8 IN > OUT`.")
   if b"\0" in raw:  # in no text of UTF-8 or a one-byte encoding: binary data
-    where_nul = _position(raw, raw.index(b"\0"), "a NUL byte", it.split()[-1])
+    where_nul = _position(raw, raw.index(b"\0"), "a NUL byte", whole)
     raise DataError(f"{where}:{where_nul}: is it a text file? Give a UTF-8 text file.")
   skip = len(codecs.BOM_UTF8) if raw.startswith(codecs.BOM_UTF8) else 0
   try:
     return raw[skip:].decode("utf-8")
   except UnicodeDecodeError as error:
-    raise DataError(f"{where}:{_position(raw, error.start + skip, whole=it.split()[-1])}; "
-                    f"re-encode {it} as UTF-8, "
+    raise DataError(f"{where}:{_position(raw, error.start + skip, whole=whole)}; "
+                    f"re-encode the {whole} as UTF-8, "
                     "e.g. `iconv -f latin1 -t utf-8 IN > OUT` for Latin-1 text.") from None
 
 
