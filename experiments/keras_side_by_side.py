@@ -3,8 +3,8 @@
 Both train on the same data for a few epochs; their loss curves are printed side by side
 and plotted.
 
-  python experiments/keras_side_by_side.py --data anki:fra.txt --epochs 5 --out runs/side_by_side
-  python experiments/keras_side_by_side.py --data numbers:fr --num-samples 10000 --epochs 5
+  .venv/bin/python experiments/keras_side_by_side.py --data anki:fra.txt --epochs 5 --out runs/side_by_side
+  .venv/bin/python experiments/keras_side_by_side.py --data numbers:fr --num-samples 10000 --epochs 5
 
 Needs keras (pip install -e '.[dev]'); Keras runs on its JAX backend. Same data, same
 vocabulary, same padding, same loss and optimizer settings; the weights start from

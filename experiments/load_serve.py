@@ -3,7 +3,7 @@
 N concurrent clients for S seconds on a loopback port, beside the same sentences through
 `seq2seq-jax translate`, one process per request.
 
-  python experiments/load_serve.py --workdir /tmp/default_run --clients 32 --seconds 30
+  .venv/bin/python experiments/load_serve.py --workdir /tmp/default_run --clients 32 --seconds 30
 
 Starts the server itself (127.0.0.1, a free port), waits for its warm-up, runs the
 clients (each sends one request at a time of --texts-per-request English number words,

@@ -1,6 +1,6 @@
 """Write a small multi-column time series CSV for trying `series:PATH`.
 
-Seasonal signals with noise:  python experiments/make_series_csv.py series.csv [--rows 2000] [--seed 0]"""
+Seasonal signals with noise:  .venv/bin/python experiments/make_series_csv.py series.csv [--rows 2000] [--seed 0]"""
 
 import argparse
 

@@ -6,9 +6,9 @@ Every row is `seq2seq-jax train` on a base config with `--set` overrides, then
 `seq2seq-jax evaluate --json` (and `--beam 5`) on the test split; the commands are
 printed as they run and the table is written as Markdown and JSON.
 
-  python experiments/quality_table.py --corpus numbers --out runs/quality
-  python experiments/quality_table.py --corpus gettext --out runs/quality
-  python experiments/quality_table.py --corpus gettext --data anki:fra.txt --out runs/quality_fra
+  .venv/bin/python experiments/quality_table.py --corpus numbers --out runs/quality
+  .venv/bin/python experiments/quality_table.py --corpus gettext --out runs/quality
+  .venv/bin/python experiments/quality_table.py --corpus gettext --data anki:fra.txt --out runs/quality_fra
 
 Rows (cumulative):
   keras      the example's model: one-hot inputs, loss over padding, every batch padded

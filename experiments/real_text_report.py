@@ -3,7 +3,7 @@
 Greedy and beam test metrics, validation chrF against minutes, and translations drawn at
 random from the test pages.
 
-  python experiments/real_text_report.py --workdir runs/libreoffice_fr --out runs/libreoffice_fr/report.md
+  .venv/bin/python experiments/real_text_report.py --workdir runs/libreoffice_fr --out runs/libreoffice_fr/report.md
 
 Test metrics cover every pair of the test pages first (longer sources translated sentence
 by sentence where the run has split_sentences, else cut as `translate` cuts them), then the

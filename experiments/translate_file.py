@@ -1,6 +1,6 @@
 """Restore a trained workdir and translate a text file, one sentence per line.
 
-  python experiments/translate_file.py --workdir runs/default input.txt > output.txt
+  .venv/bin/python experiments/translate_file.py --workdir runs/default input.txt > output.txt
 
 Needs only the workdir: config and vocabularies are stored in the checkpoint.
 """

@@ -464,12 +464,18 @@ class Checkpointer:
     meta, _ = self._read_meta(step)
     return meta if isinstance(meta, dict) else None
 
-  def _warn_unlisted(self, step: int) -> None:
+  def _warn_unlisted(self, step: int, unreadable: str | None = None) -> None:
     """A step without its file list: deleted, the run was killed (or its disk full)
     between Orbax's save and the list, or a run still training is writing it now.
-    Every version of seq2seq_jax wrote one."""
-    if step not in self._unlisted:
-      self._unlisted.add(step)
+    Every version of seq2seq_jax wrote one. unreadable: why a list that is there does
+    not read (cut short, say); Orbax's own checks are then all that is left."""
+    if step in self._unlisted:
+      return
+    self._unlisted.add(step)
+    if unreadable is not None:
+      log.warning("warning: checkpoint %d: %s, so its files cannot be verified (Orbax's own "
+                  "checks only).", step, unreadable)
+    else:
       log.warning("warning: checkpoint %d has no file list (%s; a run still training may "
                   "be writing it): its files cannot be verified and it cannot be chosen as "
                   "the best checkpoint.", step, MANIFEST)
@@ -598,8 +604,9 @@ class Checkpointer:
 
   def _read(self, step: int, abstract_state: Any | None) -> tuple[Any, str | None]:
     """(restored, None), or (None, why the step cannot be read)."""
-    if read_manifest(self._step_dir(step)) == (None, None):
-      self._warn_unlisted(step)
+    manifest, unreadable = read_manifest(self._step_dir(step))
+    if manifest is None:
+      self._warn_unlisted(step, unreadable)
     damage = check_manifest(self._step_dir(step))
     if damage is not None:
       return None, damage

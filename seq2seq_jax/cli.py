@@ -63,6 +63,23 @@ class _ConsoleHandler(logging.StreamHandler):
       super().emit(record)
 
 
+@contextlib.contextmanager
+def _results_on_stdout(what: str):
+  """Around the writing of a command's results (translate's translations, evaluate's
+  scores): a standard output that cannot take them (`> /dev/full`) is named, in one line,
+  rather than the file system's generic hint; a closed pipe stays quiet (main: 141)."""
+  try:
+    yield
+    sys.stdout.flush()
+  except BrokenPipeError:
+    raise
+  except OSError as error:
+    with contextlib.suppress(ValueError):  # the interpreter's last flush fails no more
+      _onto_devnull(sys.stdout.fileno())
+    raise UserError(f"standard output cannot be written ({error.strerror or error}): {what} "
+                    "not all written; send them where there is room (> FILE).") from None
+
+
 def configure_logging(stream) -> None:
   """The library's messages, bare, to stream; absl's and Orbax's routine ones hidden.
   Process-wide, so only the command does it (importing the library changes nothing)."""
@@ -232,9 +249,9 @@ def cmd_translate(args) -> int:
     log.warning("warning: %s", warning)
   outputs = translator.translate(params, sources, args.batch_size, decoder=decoder,
                                  split_sentences=args.split_sentences)
-  for output in outputs:  # one line per input line (an empty one for an empty input)
-    sys.stdout.write(output + "\n")
-  sys.stdout.flush()
+  with _results_on_stdout("the translations were"):
+    for output in outputs:  # one line per input line (an empty one for an empty input)
+      sys.stdout.write(output + "\n")
   return 0
 
 
@@ -323,21 +340,22 @@ def cmd_evaluate(args) -> int:
   if args.hyps is not None:
     write_atomically(args.hyps, "".join(h + "\n" for h in hypotheses))
   signatures = {} if translator.is_series else sacrebleu_signatures()
-  if args.json:  # what was scored beside the scores: a sweep of evaluations stays readable
-    scored = {"checkpoint": step, "split": args.split, "data": args.data or config.data}
-    if not translator.is_series:
-      scored["decoder"] = ({"strategy": "greedy"} if decoder is None else
-                           {"strategy": "beam", "beam_size": args.beam,
-                            "length_penalty": _length_penalty_or_default(args)})
-    print(json.dumps(dict(metrics, pairs=len(pairs), **scored,
-                          **({"signatures": signatures} if signatures else {}))))
-  else:
-    print(f"checkpoint {step}, {args.split} split of {args.data or config.data} "
-          f"({len(pairs)} {'windows' if translator.is_series else 'pairs'})")
-    for key, value in metrics.items():
-      print(f"  {key:15s} {value:.4f}")
-    if signatures:  # as sacrebleu names them: BLEU|nrefs:1|..., chrF2|nrefs:1|...
-      print(f"  {'signatures':15s} BLEU|{signatures['bleu']}  chrF2|{signatures['chrf']}")
+  with _results_on_stdout("the scores were"):
+    if args.json:  # what was scored beside the scores: a sweep of evaluations stays readable
+      scored = {"checkpoint": step, "split": args.split, "data": args.data or config.data}
+      if not translator.is_series:
+        scored["decoder"] = ({"strategy": "greedy"} if decoder is None else
+                             {"strategy": "beam", "beam_size": args.beam,
+                              "length_penalty": _length_penalty_or_default(args)})
+      print(json.dumps(dict(metrics, pairs=len(pairs), **scored,
+                            **({"signatures": signatures} if signatures else {}))))
+    else:
+      print(f"checkpoint {step}, {args.split} split of {args.data or config.data} "
+            f"({len(pairs)} {'windows' if translator.is_series else 'pairs'})")
+      for key, value in metrics.items():
+        print(f"  {key:15s} {value:.4f}")
+      if signatures:  # as sacrebleu names them: BLEU|nrefs:1|..., chrF2|nrefs:1|...
+        print(f"  {'signatures':15s} BLEU|{signatures['bleu']}  chrF2|{signatures['chrf']}")
   return 0
 
 
@@ -424,6 +442,9 @@ def cmd_benchmark(args) -> int:
   batches = {name: None if text is None else _int_list(text, flag)
              for name, text, flag in (("big_batches", args.batches, "--batches"),
                                       ("decode_batches", args.decode_batches, "--decode-batches"))}
+  if batches["decode_batches"] == ():  # the report's decoding rows compare these
+    raise UserError("--decode-batches takes at least one batch size (e.g. 1,64): decoding "
+                    "is measured at each; leave it out for the default.")
   report = run_benchmark(rounds=args.rounds, peers=peers, quick=args.quick,
                          allocator=args.allocator, data=args.data, progress=say, **batches)
   text = json.dumps(report, indent=2)
@@ -745,11 +766,14 @@ def build_parser() -> argparse.ArgumentParser:
                      help="also write each trial's metrics as TensorBoard event files")
   sweep.add_argument("--workers", type=_positive_int, default=1, metavar="N",
                      help="run N worker processes that share the study (default 1: this "
-                     "process); the same command on other machines joins the study")
+                     "process); another machine joins the study with --worker")
   sweep.add_argument("--storage", metavar="URL",
                      help="the Optuna study's storage: an RDB URL (sqlite:///study.db, "
                      "postgresql://...); default: WORKDIR/study.journal")
-  sweep.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+  sweep.add_argument("--worker", action="store_true",
+                     help="join the study as one worker (from another machine: the same "
+                     "--storage, or WORKDIR on a shared file system): train the trials it "
+                     "is given until none is left")
   sweep.set_defaults(func=cmd_sweep)
 
   plot = sub.add_parser("plot", help="draw the learning curves of a run or a sweep to PNG")
@@ -827,9 +851,10 @@ def build_parser() -> argparse.ArgumentParser:
       "download", help="fetch LibreOffice's English and LANG help packages and LANG's UI "
       "catalogs with `apt-get download` (no root, nothing installed)")
   download.add_argument("spec", metavar="libreoffice:LANG", help="e.g. libreoffice:fr")
-  download.add_argument("--dir", type=_path, help="where to put the .deb files (default: $SEQ2SEQ_JAX_DATA/"
-                        "libreoffice or ~/.cache/seq2seq_jax/libreoffice); then pass "
-                        "libreoffice:LANG:DIR")
+  download.add_argument("--dir", type=_path, help="where to put the .deb files (default: "
+                        "$SEQ2SEQ_JAX_DATA/libreoffice, else $XDG_CACHE_HOME/seq2seq_jax/"
+                        "libreoffice, else ~/.cache/seq2seq_jax/libreoffice); a --dir "
+                        "elsewhere is then passed as libreoffice:LANG:DIR")
   download.set_defaults(func=cmd_data)
 
   bench = sub.add_parser("benchmark", help="time training and decoding against Keras 3 and "
@@ -980,7 +1005,7 @@ def _run(args: argparse.Namespace) -> int:
     return 2
   except KeyboardInterrupt as interrupt:
     return _interrupted(args, f" by {interrupt.args[0]}" if interrupt.args else "")
-  except MemoryError as error:  # e.g. --set batch_size=1000000000000: NumPy's allocation
+  except MemoryError as error:  # e.g. --set batch_size=2000000000: NumPy's allocation
     reason = first_line(error, "MemoryError")
     print(f"seq2seq-jax {args.command}: error: out of memory ({reason}); "
           f"{_MEMORY_HINTS.get(args.command, _MEMORY_HINTS[None])}.", file=sys.stderr)

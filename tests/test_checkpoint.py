@@ -199,6 +199,26 @@ def test_a_step_without_its_file_list_is_named_when_it_changes_the_best(tmp_path
                                "it cannot be chosen as the best checkpoint."]
 
 
+def test_a_step_whose_file_list_is_cut_short_is_said_unverified_when_restored(tmp_path,
+                                                                              captured_warnings):
+  """A file list cut short (a full disk, a copy stopped halfway): `translate --checkpoint
+  latest` restored the step without a word, its files unchecked. It still restores (Orbax
+  checks what it can), and that its files were not verified is said, once."""
+  with Checkpointer(str(tmp_path), keep=2, best_metric="val/exact_match") as checkpointer:
+    for step, score in ((1, 0.5), (2, 0.9)):
+      checkpointer.save(step, small_state(step), {"n": step}, {"val/exact_match": score})
+  with open(tmp_path / "checkpoints" / "2" / MANIFEST, "r+") as f:
+    f.truncate(10)
+  reader = Checkpointer(str(tmp_path), best_metric="val/exact_match", read_only=True)
+  for _ in range(2):
+    _, meta, step = reader.restore(step=2)
+    assert step == 2 and meta == {"n": 2}
+  assert len(captured_warnings) == 1 and captured_warnings[0].startswith(
+      f"warning: checkpoint 2: its file list {MANIFEST} is unreadable (")
+  assert captured_warnings[0].endswith("), so its files cannot be verified (Orbax's own "
+                                       "checks only).")
+
+
 def test_a_loss_metric_keeps_the_smallest_and_ties_go_to_the_newest(tmp_path):
   with Checkpointer(str(tmp_path), keep=1, best_metric="val/loss") as checkpointer:
     for step, loss in ((1, 2.0), (2, 1.0), (3, 3.0), (4, 1.0), (5, 4.0)):

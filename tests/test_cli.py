@@ -545,18 +545,18 @@ def test_evaluate_of_an_empty_split_says_what_to_score_instead(tmp_path, capsys)
 
 
 def test_running_out_of_memory_is_one_line(capsys, monkeypatch):
-  """--set batch_size=1000000000000 made NumPy's MemoryError a traceback."""
+  """A NumPy MemoryError (`--config tiny --set batch_size=2000000000`: 231 GiB) was a traceback."""
   from seq2seq_jax import cli
 
   def plot(args):
-    raise MemoryError("Unable to allocate 113. TiB for an array with shape (10**12, 31)")
+    raise MemoryError("Unable to allocate 231. GiB for an array with shape (2000000000, 31)")
   monkeypatch.setattr(cli, "cmd_plot", plot)
   monkeypatch.setattr(cli, "cmd_train", plot)
   code, _, err = cli_in_process(capsys, "train", "--workdir", "w")
   assert code == 2
   assert err.strip().splitlines() == [
-      "seq2seq-jax train: error: out of memory (Unable to allocate 113. TiB for an array with "
-      "shape (10**12, 31)); lower batch_size (--set batch_size=N) or the model's size."]
+      "seq2seq-jax train: error: out of memory (Unable to allocate 231. GiB for an array with "
+      "shape (2000000000, 31)); lower batch_size (--set batch_size=N) or the model's size."]
   code, _, err = cli_in_process(capsys, "plot", "--workdir", "w")  # no batch size to lower
   assert code == 2 and err.strip().endswith("; free memory, or run it on a machine with more.")
 
@@ -636,6 +636,20 @@ def test_a_closed_or_full_standard_output_is_said_once_and_the_command_goes_on(t
                        text=True, cwd=ROOT, timeout=300)
   os.close(write_end)
   assert cut.returncode == 141 and cut.stderr == "", cut.stderr
+  # translate's and evaluate's results that cannot be written are named in one line, exit 2
+  # (it was the file system's hint: "No space left on device. Check that the path is right")
+  if os.path.exists("/dev/full"):
+    for command, what in ((["translate", "one"], "the translations"),
+                          (["evaluate", "--split", "test"], "the scores")):
+      with open("/dev/full", "w") as full:
+        result = subprocess.run([sys.executable, "-m", "seq2seq_jax", *command, "--workdir",
+                                 str(workdir)], stdout=full, stderr=subprocess.PIPE,
+                                text=True, cwd=ROOT, timeout=300)
+      assert result.returncode == 2 and result.stderr.splitlines()[-1] == (
+          f"seq2seq-jax {command[0]}: error: standard output cannot be written (No space left "
+          f"on device): {what} were not all written; send them where there is room (> FILE)."
+      ), result.stderr
+      assert "Traceback" not in result.stderr and "Exception ignored" not in result.stderr
   # with standard input closed too, the next file opened took fd 2 (XLA's messages to fd 2
   # would go into it): every closed standard stream holds /dev/null
   script = ("import os, sys\nfrom seq2seq_jax import cli\nsys.argv = ['seq2seq-jax', 'data']\n"

@@ -216,3 +216,30 @@ def test_resuming_accepts_changes_of_the_settings_that_change_no_trained_number(
   check_workdir_config(str(tmp_path), config_lib.apply_overrides(saved, list(RESUMED_WITH)))
   with pytest.raises(CheckpointError, match=r"different configuration \(latent_dim: 128 -> 64\)"):
     check_workdir_config(str(tmp_path), config_lib.apply_overrides(saved, ["latent_dim=64"]))
+
+
+def test_the_keras_reproduction_script_checks_both_runs_before_training(tmp_path, monkeypatch,
+                                                                          capsys):
+  """experiments/reproduce_keras_fra.py --also-recommended trained the Keras example's run
+  to its end (100 epochs) and then stopped in a traceback: its second config kept
+  keras_compat with length buckets. Both are built and checked first; the second is ours
+  (masked loss, buckets, embeddings, attention) on the example's data, split and size."""
+  import importlib.util
+  import sys
+  spec = importlib.util.spec_from_file_location(
+      "reproduce_keras_fra", os.path.join(ROOT, "experiments", "reproduce_keras_fra.py"))
+  script = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(script)
+  configs = script.build_configs("fra.txt", 3, also_recommended=True)
+  keras, ours = configs["keras"], configs["recommended"]
+  assert list(configs) == ["keras", "recommended"] and keras.keras_compat and not ours.keras_compat
+  assert ours.bucket_width == 16 and ours.attention == "general" and not ours.loss_on_padding
+  for same in ("data", "num_samples", "split_mode", "val_fraction", "latent_dim", "num_epochs"):
+    assert getattr(ours, same) == getattr(keras, same), same
+  assert list(script.build_configs("fra.txt", 3, also_recommended=False)) == ["keras"]
+  monkeypatch.setattr(sys, "argv", ["reproduce_keras_fra.py", "fra.txt", "--epochs", "0",
+                                    "--workdir", str(tmp_path)])
+  assert script.main() == 2  # a bad setting: one line, nothing trained
+  err = capsys.readouterr().err
+  assert err.startswith("reproduce_keras_fra: error: ") and err.count("\n") == 1
+  assert not os.listdir(tmp_path)

@@ -488,6 +488,22 @@ def test_accelerator_check_help_says_what_it_needs(tmp_path):
     assert needed in result.stdout, needed
 
 
+def test_the_accelerator_launcher_has_help_and_takes_no_option_for_a_workdir(tmp_path):
+  """experiments/launch_accelerator.sh --help took --help for its WORKDIR and started a
+  training there; now it prints its usage, and any other option is refused in one line."""
+  import subprocess
+  launcher = os.path.join(ROOT, "experiments", "launch_accelerator.sh")
+  shown = subprocess.run(["bash", launcher, "--help"], capture_output=True, text=True,
+                         cwd=tmp_path, timeout=60)
+  assert shown.returncode == 0 and shown.stdout.startswith("Train on a GPU or TPU host.")
+  assert "--check [OUTPUT_DIR]" in shown.stdout and "set -euo" not in shown.stdout
+  refused = subprocess.run(["bash", launcher, "--workdir", "x"], capture_output=True,
+                           text=True, cwd=tmp_path, timeout=60)
+  assert refused.returncode == 2 and refused.stderr.count("\n") == 1
+  assert refused.stderr.startswith("usage: experiments/launch_accelerator.sh [WORKDIR]")
+  assert refused.stderr.endswith("(got: --workdir)\n") and not os.listdir(tmp_path)
+
+
 def test_accelerator_check_without_a_cuda_jax_stops_in_one_line_installing_nothing(tmp_path):
   """A GPU machine whose python3 has no CUDA JAX (here: none on PATH), or a PYTHON whose JAX
   runs on the CPU: one line naming what to set, exit 2, no venv, no output directory."""
