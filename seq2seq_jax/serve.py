@@ -457,6 +457,7 @@ def create_app(translator: ExportedTranslator, options: ServeOptions = ServeOpti
   import contextlib
   from starlette.applications import Starlette
   from starlette.exceptions import HTTPException
+  from starlette.requests import ClientDisconnect
   from starlette.responses import JSONResponse
   from starlette.routing import Route
 
@@ -485,6 +486,8 @@ def create_app(translator: ExportedTranslator, options: ServeOptions = ServeOpti
       translations = translator.join(await asyncio.wrap_future(future), counts)
     except RequestError as error:
       return error_response(error.status, str(error))
+    except ClientDisconnect:  # the client left before its body was whole: not our error
+      return error_response(499, "the client closed the connection before its body was sent")
     except Exception as error:  # a bug, not the client's fault: say so and keep serving
       log.exception("request failed")
       return error_response(500, f"internal error: {type(error).__name__}: {error}")

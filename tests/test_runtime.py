@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import time
+import types
 
 import pytest
 
@@ -13,7 +14,7 @@ from seq2seq_jax import loop
 from seq2seq_jax import runtime
 from seq2seq_jax import sweep as sweep_lib
 from seq2seq_jax.errors import UserError
-from tests.conftest import run_cli
+from tests.conftest import ROOT, run_cli
 
 FLAG = "--xla_force_host_platform_device_count"
 
@@ -23,6 +24,7 @@ FLAG = "--xla_force_host_platform_device_count"
     (128, 2, 2),   # the default job
     (64, 16, 4),   # capped so that each device keeps >= 16 rows
     (128, 16, 8),  # capped at MAX_CPU_DEVICES
+    (512, 32, 8),  # capped at MAX_CPU_DEVICES, though 16 devices would keep 32 rows each
     (50, 4, 2),    # only counts that divide the batch
     (31, 8, 1),    # a prime batch stays on one device
     (16, 2, 1),    # too few rows to split
@@ -52,8 +54,11 @@ def test_launch_environment_leaves_devices_alone(monkeypatch, environ):
   assert "XLA_FLAGS" not in env
 
 
-def test_explicit_device_count_and_a_wrong_one():
+def test_explicit_device_count_and_a_wrong_one(monkeypatch):
   assert runtime.requested_cpu_devices(64, {"SEQ2SEQ_JAX_CPU_DEVICES": "4"}) == 4
+  monkeypatch.setattr(runtime, "available_cores", lambda: 2)
+  monkeypatch.setattr(runtime, "ACCELERATOR_PLUGINS", ())
+  assert runtime.requested_cpu_devices(64, {"SEQ2SEQ_JAX_CPU_DEVICES": " "}) == 2  # blank: unset
   with pytest.raises(UserError, match="SEQ2SEQ_JAX_CPU_DEVICES='two' is not a whole number"):
     runtime.requested_cpu_devices(64, {"SEQ2SEQ_JAX_CPU_DEVICES": "two"})
 
@@ -64,6 +69,105 @@ def test_nothing_to_add_once_launched(monkeypatch):
   monkeypatch.setattr(runtime, "ACCELERATOR_PLUGINS", ())
   first = runtime.launch_environment(64, {})
   assert runtime.launch_environment(64, first) == {}
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_getaffinity"), reason="Linux only")
+def test_the_cores_are_those_this_process_may_run_on(monkeypatch):
+  """Under taskset, a container's CPU set or a scheduler's allocation, the devices follow
+  the cores the process is allowed, not the machine's count."""
+  monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2})
+  monkeypatch.setattr(os, "cpu_count", lambda: 64)
+  assert runtime.available_cores() == 3
+
+
+MIMALLOC = "/site-packages/cmeel.prefix/lib/libmimalloc.so.2"
+
+
+@pytest.fixture
+def mimalloc_installed(monkeypatch):
+  """mimalloc found, no accelerator backend, one core (so no device flags)."""
+  monkeypatch.setattr(runtime, "find_mimalloc", lambda: MIMALLOC)
+  monkeypatch.setattr(runtime, "ACCELERATOR_PLUGINS", ())
+  monkeypatch.setattr(runtime, "available_cores", lambda: 1)
+  monkeypatch.setattr(sys, "platform", "linux")
+
+
+def test_train_preloads_mimalloc_before_the_users_own_preloads(mimalloc_installed, monkeypatch):
+  """mimalloc first in LD_PRELOAD (the user's libraries after it), its memory never given
+  back to the system between steps, and a marker that keeps the new process from adding
+  it again."""
+  allocator = {"SEQ2SEQ_JAX_MIMALLOC": "0", "MIMALLOC_PURGE_DELAY": "-1"}
+  assert runtime.launch_environment(64, {}) == dict(allocator, LD_PRELOAD=MIMALLOC)
+  assert runtime.launch_environment(64, {"LD_PRELOAD": "/opt/libmine.so"}) == dict(
+      allocator, LD_PRELOAD=f"{MIMALLOC}:/opt/libmine.so")
+  # a sweep (no batch to split) gets the allocator alone, on any number of cores
+  monkeypatch.setattr(runtime, "available_cores", lambda: 8)
+  assert runtime.launch_environment(None, {}) == dict(allocator, LD_PRELOAD=MIMALLOC)
+
+
+@pytest.mark.parametrize("environ", [
+    {"SEQ2SEQ_JAX_MIMALLOC": "0"},                     # turned off
+    {"LD_PRELOAD": "/usr/lib/libmimalloc.so.2"},       # the user preloads a mimalloc already
+])
+def test_train_leaves_the_allocator_alone(mimalloc_installed, environ):
+  assert runtime.launch_environment(64, environ) == {}
+
+
+@pytest.mark.skipif(not hasattr(signal, "pthread_sigmask"), reason="POSIX only")
+def test_train_re_executes_itself_with_its_settings_and_the_stop_signals_held(monkeypatch):
+  """The same command (`python -m seq2seq_jax ARGS`) runs again with the settings added.
+  SIGINT and SIGTERM are blocked across the exec (one that comes meanwhile waits for the
+  new process's handlers), and the new process is told to unblock them; an exec that
+  fails leaves the signal mask as it was. Once JAX has started, nothing is re-executed."""
+  stops = {signal.SIGINT, signal.SIGTERM}
+  execs = []
+
+  def execve(path, argv, env):
+    execs.append((path, argv, env, signal.pthread_sigmask(signal.SIG_BLOCK, [])))
+    raise OSError("exec failed")
+
+  monkeypatch.setattr(os, "execve", execve)
+  monkeypatch.setattr(runtime, "launch_environment", lambda batch_size: {"XLA_FLAGS": "--flag"})
+  monkeypatch.setattr(sys, "argv", ["/usr/bin/seq2seq-jax", "train", "--config", "c.py"])
+  monkeypatch.delitem(sys.modules, "jax", raising=False)
+  mask = signal.pthread_sigmask(signal.SIG_BLOCK, [])
+  with pytest.raises(OSError, match="exec failed"):
+    runtime.maybe_reexec(64)
+  assert signal.pthread_sigmask(signal.SIG_BLOCK, []) == mask
+  (path, argv, env, mask_at_exec), = execs
+  assert path == sys.executable
+  assert argv == [sys.executable, "-m", "seq2seq_jax", "train", "--config", "c.py"]
+  assert env["XLA_FLAGS"] == "--flag" and env["SEQ2SEQ_JAX_SIGNALS_BLOCKED"] == "1"
+  assert stops <= mask_at_exec
+  # signals blocked by whoever started the command stay blocked in the new process
+  previous = signal.pthread_sigmask(signal.SIG_BLOCK, stops)
+  try:
+    with pytest.raises(OSError):
+      runtime.maybe_reexec(64)
+    assert "SEQ2SEQ_JAX_SIGNALS_BLOCKED" not in execs[1][2]
+  finally:
+    signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+  monkeypatch.setitem(sys.modules, "jax", types.ModuleType("jax"))
+  runtime.maybe_reexec(64)
+  assert len(execs) == 2
+
+
+@pytest.mark.skipif(not hasattr(signal, "pthread_sigmask"), reason="POSIX only")
+def test_the_re_executed_command_unblocks_the_stop_signals_it_was_started_with(monkeypatch):
+  """Unblocked once its handlers are in (a signal that came meanwhile is delivered then);
+  the marker does not reach the processes it starts."""
+  stops = {signal.SIGINT, signal.SIGTERM}
+  previous = signal.pthread_sigmask(signal.SIG_BLOCK, stops)
+  try:
+    monkeypatch.setenv("SEQ2SEQ_JAX_SIGNALS_BLOCKED", "1")
+    runtime.unblock_stop_signals()
+    assert not stops & signal.pthread_sigmask(signal.SIG_BLOCK, [])
+    assert "SEQ2SEQ_JAX_SIGNALS_BLOCKED" not in os.environ
+    signal.pthread_sigmask(signal.SIG_BLOCK, stops)  # blocked by whoever started it: kept
+    runtime.unblock_stop_signals()
+    assert stops <= signal.pthread_sigmask(signal.SIG_BLOCK, [])
+  finally:
+    signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def test_train_names_a_wrong_device_setting():
@@ -103,6 +207,28 @@ def test_a_second_signal_interrupts_the_command_again():
     assert runtime.stop_signal_received() == "SIGINT"
   finally:
     runtime.restore_handlers(previous)
+
+
+def test_the_command_is_said_to_be_interrupted_by_the_first_signal():
+  previous = runtime.install_stop_handlers()
+  try:
+    for signum in (signal.SIGTERM, signal.SIGINT):
+      with pytest.raises(KeyboardInterrupt):
+        os.kill(os.getpid(), signum)
+        time.sleep(0.05)
+    assert runtime.stop_signal_received() == "SIGTERM"
+  finally:
+    runtime.restore_handlers(previous)
+
+
+def test_a_sweep_worker_knows_its_parent_forwards_stops():
+  """forwarding_environment, given to the processes a command starts, names that command
+  as theirs."""
+  code = "from seq2seq_jax import runtime; print(runtime.parent_forwards_stops())"
+  for env, forwards in ((runtime.forwarding_environment(), "True"), ({}, "False")):
+    child = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                           cwd=ROOT, env=dict(os.environ, **env), timeout=60)
+    assert child.stdout.strip() == forwards, child.stderr
 
 
 def test_a_sweep_worker_takes_its_parents_forward_of_a_ctrl_c_as_the_same_stop(monkeypatch):
@@ -179,3 +305,18 @@ def test_a_sigint_ignored_by_whoever_started_the_run_stays_ignored_while_it_trai
     runtime.restore_handlers(previous)
   finally:
     signal.signal(signal.SIGINT, before)
+
+
+def test_the_compilation_counter_counts_compilations_while_open():
+  """Every jit cache miss while the block runs, and nothing after it."""
+  import jax
+  import numpy as np
+  scale = float(time.monotonic_ns() % 1_000_003)  # a program no cache has seen
+  program = jax.jit(lambda x: x * scale + 1)
+  with runtime.CompilationCounter() as compilations:
+    program(np.ones(3, np.float32))
+    program(np.ones(3, np.float32))  # cached
+    program(np.ones(4, np.float32))  # another shape: compiled
+  assert compilations.count == 2
+  program(np.ones(5, np.float32))
+  assert compilations.count == 2

@@ -42,6 +42,9 @@ def test_buckets():
     ('{"text": ["one"]}'.encode("utf-16-le"), 400, "not UTF-8"),
     (b'{"text": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", 400, "nested too deeply"),
     (b"[1, 2]", 400, "JSON object"),
+    (b"null", 400, "JSON object"),
+    (b'"one"', 400, "JSON object"),
+    (b"12", 400, "JSON object"),
     (b'{"texts": ["a"]}', 400, "unknown key"),
     (b'{"text": ["a"], "text": ["b"]}', 400, "the key 'text' is given twice"),  # not the last
     (b'{"beam": 2}', 400, "missing 'text'"),
@@ -202,6 +205,7 @@ def test_a_split_sentences_model_is_served_sentence_by_sentence():
     answer = client.post("/translate", json={"text": ["Abc def. Ghi jkl mno.", "", "ab"]})
     assert answer.json() == {"translations": [".fed cbA .onm lkj ihG", "", "ba"],
                              "warnings": []}
+    assert client.get("/metrics").json()["sentences"] == 3  # texts, not their pieces
 
 
 def test_metrics_errors_are_translate_requests_that_failed():
@@ -220,6 +224,190 @@ def test_metrics_errors_are_translate_requests_that_failed():
   assert metrics["errors"] == {"400": 1} and metrics["errors_total"] == 1
   assert metrics["requests"] == metrics["requests_ok"] + metrics["errors_total"]
   assert metrics["other_errors"] == {"404": 3, "405": 2}
+
+
+def test_empty_and_blank_texts_are_answered_empty_without_decoding():
+  """An empty text, or one of spaces alone, translates to "" as translate's empty line, and
+  a request of nothing else is answered without waiting for the decoder."""
+  translator = EchoTranslator()
+  app = create_app(translator, ServeOptions(max_wait_ms=1, max_batch=4))
+  with server_thread(app) as url, httpx.Client(base_url=url, timeout=5) as client:
+    translator.shapes.clear()
+    assert client.post("/translate", json={"text": []}).json()["translations"] == []
+    assert client.post("/translate", json={"text": ["", "   "]}).json()["translations"] == ["", ""]
+    assert translator.shapes == []  # nothing was decoded
+    assert client.post("/translate", json={"text": [" ", "ab", ""]}).json()["translations"] == [
+        "", "ba", ""]
+    assert translator.shapes == [(1, 4)]  # "ab" alone
+
+
+def test_a_request_over_max_batch_texts_is_decoded_shortest_first_and_answered_in_order():
+  """Its sentences are sorted by length and decoded --max-batch at a time, so short ones
+  share a narrow batch; the answer waits for the last batch and keeps the texts' order.
+  /metrics counts the real sentences of each batch and the padded shape it ran."""
+  translator = EchoTranslator()
+  echo = translator.decode_ids
+
+  def slow_decode(src_BxS, beam=None):
+    time.sleep(0.2)  # a later batch still decoding while an earlier one is done
+    return echo(src_BxS, beam)
+
+  app = create_app(translator, ServeOptions(max_wait_ms=1, max_batch=8))
+  with server_thread(app) as url, httpx.Client(base_url=url, timeout=10) as client:
+    translator.shapes.clear()
+    translator.decode_ids = slow_decode
+    texts = ["abcdefghijkl"] + list("abcdefgh")  # one long text first, eight short ones
+    answer = client.post("/translate", json={"text": texts})
+    assert answer.json()["translations"] == [text[::-1] for text in texts]
+    assert translator.shapes == [(8, 4), (1, 12)]
+    assert client.post("/translate", json={"text": ["ab", "cd", "ef"]}).status_code == 200
+    metrics = client.get("/metrics").json()
+  assert metrics["batch_sizes"] == {"1": 1, "3": 1, "8": 1}  # real rows, not the bucket
+  assert metrics["padded_shapes"] == {"1x12": 1, "4x4": 1, "8x4": 1}
+
+
+def test_a_stopped_decoder_is_answered_503_not_left_waiting():
+  """Once the decoder thread has stopped, /translate and /health say so at once."""
+  app = create_app(EchoTranslator(), ServeOptions(max_wait_ms=1, max_batch=4))
+  with server_thread(app) as url, httpx.Client(base_url=url, timeout=5) as client:
+    app.state.worker.stop()
+    refused = client.post("/translate", json={"text": ["ab"]})
+    assert refused.status_code == 503
+    assert refused.json() == {"error": "the decoder is not running"}
+    health = client.get("/health")
+    assert health.status_code == 503 and health.json()["status"] == "decoder stopped"
+
+
+def test_a_decoding_that_raises_is_a_one_line_500_and_serving_goes_on():
+  """A bug's exception is the server's fault (500), in one line; the next request is
+  served."""
+  translator = EchoTranslator()
+  echo = translator.decode_ids
+  failing = []
+
+  def decode(src_BxS, beam=None):
+    if failing:
+      raise RuntimeError("XLA said no\nits traceback")
+    return echo(src_BxS, beam)
+
+  translator.decode_ids = decode
+  app = create_app(translator, ServeOptions(max_wait_ms=1, max_batch=4))
+  with server_thread(app) as url, httpx.Client(base_url=url, timeout=10) as client:
+    failing.append(True)
+    failed = client.post("/translate", json={"text": ["ab"]})
+    assert failed.status_code == 500
+    assert failed.json() == {"error": "internal error: RuntimeError: XLA said no"}
+    failing.clear()
+    assert client.post("/translate", json={"text": ["ab"]}).json()["translations"] == ["ba"]
+    metrics = client.get("/metrics").json()
+  assert metrics["errors"] == {"500": 1} and metrics["requests_ok"] == 1
+
+
+def test_a_content_length_over_max_body_bytes_is_refused_before_the_body_is_sent():
+  """A client announcing a body over the limit gets 413 at once: the server does not wait
+  for (or read) the body."""
+  app = create_app(EchoTranslator(), ServeOptions(max_wait_ms=1, max_batch=4, max_body_bytes=400))
+  with server_thread(app) as url:
+    port = int(url.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as client:
+      client.sendall(b"POST /translate HTTP/1.1\r\nHost: localhost\r\n"
+                     b"Content-Type: application/json\r\nContent-Length: 1000000\r\n\r\n")
+      answer = client.recv(4096).decode()  # no body sent: a server reading it never answers
+  assert answer.startswith("HTTP/1.1 413 ")
+  assert answer.endswith('{"error":"the body is 1000000 bytes; at most 400"}')
+
+
+def test_a_client_that_leaves_before_its_body_is_whole_is_not_a_server_error(caplog):
+  """A client gone halfway through its body was counted a 500 and logged as a failed
+  request with a traceback; it is the client's doing: 499 in /metrics (nginx's "client
+  closed request"), nothing logged, and the server answers the next request."""
+  import time
+  app = create_app(EchoTranslator(), ServeOptions(max_wait_ms=1, max_batch=4))
+  with server_thread(app) as url:
+    port = int(url.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as client:
+      client.sendall(b"POST /translate HTTP/1.1\r\nHost: localhost\r\n"
+                     b"Content-Length: 12\r\n\r\n{\"te")
+    metrics = {}
+    for _ in range(100):  # the server notices the close a moment later
+      metrics = httpx.get(url + "/metrics").json()
+      if metrics["errors_total"]:
+        break
+      time.sleep(0.05)
+    assert httpx.post(url + "/translate", json={"text": ["ab"]}).status_code == 200
+  assert metrics["requests"] == 1 and metrics["requests_ok"] == 0
+  assert metrics["errors"] == {"499": 1} and metrics["errors_total"] == 1
+  assert "request failed" not in caplog.text and "Traceback" not in caplog.text
+
+
+def test_metrics_latency_percentiles_are_over_the_latest_requests():
+  """latency_ms: p50, p90 and p99 of the latest latency_window requests; window says how
+  many. The server's window is the documented 10,000."""
+  from seq2seq_jax.serve import Metrics
+  metrics = Metrics(latency_window=3)
+  assert metrics.snapshot()["latency_ms"] == {"p50": None, "p90": None, "p99": None, "window": 0}
+  for latency_ms in (1000.0, 10.0, 20.0, 30.0):  # the first falls out of the window
+    metrics.finished(1, latency_ms)
+  assert metrics.snapshot()["latency_ms"] == {"p50": 20.0, "p90": 28.0, "p99": 29.8, "window": 3}
+  assert ServeOptions().latency_window == 10_000
+
+
+def _worker(translator, options):
+  """A started BatchWorker over translator, warmed up, its warm-up's shapes forgotten."""
+  from seq2seq_jax.serve import BatchWorker, Metrics
+  worker = BatchWorker(translator, options, Metrics(10))
+  worker.start()
+  assert worker.ready.wait(30) and worker.failed is None
+  translator.shapes.clear()
+  return worker
+
+
+def _rows(translator, texts):
+  src_NxS, lengths = translator.encode_sources(texts)
+  return [src_NxS[i, :n] for i, n in enumerate(lengths)]
+
+
+def test_requests_arriving_within_max_wait_ms_share_a_batch_and_a_full_one_waits_for_none():
+  """The worker takes the first waiting request and whatever else arrives within
+  --max-wait-ms, up to --max-batch sentences: a second request soon after the first joins
+  its batch, and a request that fills a batch alone is decoded at once."""
+  translator = EchoTranslator()
+  worker = _worker(translator, ServeOptions(max_wait_ms=30_000, max_batch=2))
+  try:
+    started = time.monotonic()
+    full = worker.submit(_rows(translator, ["ab", "cd"]), None)
+    assert full.result(timeout=60) == ["ba", "dc"]
+    assert time.monotonic() - started < 15  # not the 30 s wait (a wide margin for a busy CI)
+    first = worker.submit(_rows(translator, ["ab"]), None)
+    time.sleep(0.3)
+    second = worker.submit(_rows(translator, ["cde"]), None)
+    assert first.result(timeout=10) == ["ba"] and second.result(timeout=10) == ["edc"]
+    assert translator.shapes == [(2, 4), (2, 4)]  # each pair decoded together
+  finally:
+    worker.stop()
+
+
+def test_a_failed_batch_fails_its_requests_only():
+  """Requests collected together but decoded in another batch (here another decoding)
+  are still answered when one batch raises."""
+  translator = EchoTranslator()
+  echo = translator.decode_ids
+
+  def greedy_fails(src_BxS, beam=None):
+    if beam is None:
+      raise RuntimeError("greedy is broken")
+    return echo(src_BxS, beam)
+
+  worker = _worker(translator, ServeOptions(max_wait_ms=2000, max_batch=2))
+  translator.decode_ids = greedy_fails
+  try:
+    greedy = worker.submit(_rows(translator, ["ab"]), None)
+    beam = worker.submit(_rows(translator, ["ab"]), 2)
+    with pytest.raises(RuntimeError, match="greedy is broken"):
+      greedy.result(timeout=10)
+    assert beam.result(timeout=10) == ["ba!!"]
+  finally:
+    worker.stop()
 
 
 # --- the real server, in its own process --------------------------------------------------
@@ -373,6 +561,15 @@ def test_serve_flags_are_checked(capsys):
       assert code == 2 and message in err and err.count("\n") == 1, err
 
 
+@pytest.mark.parametrize("wait", ["0", "60000"])
+def test_max_wait_ms_from_0_to_a_minute_is_accepted(capsys, wait):
+  """--max-wait-ms 0 (no waiting) and 60000 (the most) are served: the error here is only
+  the export's."""
+  code, _, err = cli_in_process(capsys, "serve", "--exported", "no-such-export",
+                                "--max-wait-ms", wait, "--port", "0")
+  assert code == 2 and "'no-such-export' does not exist" in err and err.count("\n") == 1, err
+
+
 def test_where_it_cannot_listen_is_refused_before_the_model_loads(capsys, tmp_path):
   """A busy port, an out-of-range port or an unknown host: one line at once, not after
   the model has loaded and warmed up (the workdir here is never read)."""
@@ -449,6 +646,24 @@ def test_the_port_is_held_from_before_the_model_loads_and_refuses_until_warm_up_
       sock.close()
 
 
+def test_every_interface_is_one_port_on_ipv4_and_ipv6():
+  """--host "" binds 0.0.0.0 and [::] on the same port (the IPv6 socket IPv6 only, as
+  asyncio's), not "Address already in use" from the IPv6 socket taking IPv4 too."""
+  try:
+    with socket.socket(socket.AF_INET6) as probe:
+      probe.bind(("::1", 0))
+  except OSError:
+    pytest.skip("no IPv6 here")
+  port = _free_port()
+  sockets = bind_sockets("", port)
+  try:
+    assert sorted((sock.family, sock.getsockname()[1]) for sock in sockets) == [
+        (socket.AF_INET, port), (socket.AF_INET6, port)]
+  finally:
+    for sock in sockets:
+      sock.close()
+
+
 def test_a_port_it_cannot_listen_on_after_warm_up_is_one_line():
   """Were the port taken still (a socket bound elsewhere than bind_sockets), serve ends
   with its error line, not uvicorn's."""
@@ -517,6 +732,7 @@ def test_a_failed_warm_up_is_one_line_and_never_listens():
 @pytest.mark.parametrize("error, hinted", [
     (RuntimeError("RESOURCE_EXHAUSTED: Out of memory while trying to allocate 8.00GiB."), True),
     (RuntimeError("INTERNAL: CUDA error: out of memory"), True),
+    (RuntimeError("INTERNAL: Out of memory allocating 8589934592 bytes"), True),
     (ValueError("Function 'greedy' was exported for platforms ('tpu',) but it is used on "
                 "('cpu',)"), False),
     (TypeError("a bug"), False),
@@ -537,6 +753,7 @@ def test_a_failed_warm_up_suggests_smaller_programs_only_when_out_of_memory(erro
   assert message.startswith(f"warm-up failed compiling greedy, 1 x 4: {type(error).__name__}: "
                             f"{error}") and "\n" not in message
   assert ("(out of memory: a smaller --max-batch" in message) == hinted
+  assert message.endswith(".")  # one sentence, as every error line
 
 
 def test_buckets_no_request_can_reach_are_left_out_with_a_warning(caplog):
@@ -553,3 +770,42 @@ def test_buckets_no_request_can_reach_are_left_out_with_a_warning(caplog):
   # the largest bucket may exceed the limit: it is the one that holds it
   assert BatchWorker(EchoTranslator(), ServeOptions(max_batch=3, batch_buckets=(2, 8)),
                      Metrics(10)).batch_buckets == (2, 8)
+
+
+def test_buckets_that_do_not_reach_the_limits_are_refused():
+  """A batch of --max-batch rows, or an input of max_source_len tokens, must have a
+  bucket: the server is refused at its creation, not at the first such request."""
+  from seq2seq_jax.serve import BatchWorker, Metrics
+  with pytest.raises(ValueError, match="the largest batch bucket 2 is below max_batch=4"):
+    BatchWorker(EchoTranslator(), ServeOptions(max_batch=4, batch_buckets=(1, 2)), Metrics(10))
+  with pytest.raises(ValueError, match="the largest length bucket 8 is below max_source_len=12"):
+    BatchWorker(EchoTranslator(), ServeOptions(max_batch=4, length_buckets=(4, 8)), Metrics(10))
+
+
+@pytest.mark.parametrize("program", [2, 11])  # of the 12: one in the middle, the last
+def test_a_signal_whose_interrupt_was_lost_during_warm_up_stops_serve_before_it_listens(
+    monkeypatch, program):
+  """A SIGINT recorded during warm-up whose KeyboardInterrupt was lost (raised inside a
+  callback of XLA's, which drops it): serve stops with the KeyboardInterrupt, naming the
+  signal, and never listens, whether warm-up had programs left or not."""
+  import uvicorn
+  from seq2seq_jax import runtime
+  translator = EchoTranslator()
+  echo = translator.decode_ids
+
+  def decode_losing_a_sigint(src_BxS, beam=None):
+    if len(translator.shapes) == program:
+      runtime.record_stop(signal.SIGINT)  # what the handler did before its interrupt was lost
+    return echo(src_BxS, beam)
+
+  translator.decode_ids = decode_losing_a_sigint
+  monkeypatch.setattr(uvicorn.Server, "run", lambda *args, **kwargs: pytest.fail("it listened"))
+  previous = runtime.install_stop_handlers()
+  sockets = bind_sockets("127.0.0.1", 0)
+  try:
+    with pytest.raises(KeyboardInterrupt, match="SIGINT"):
+      serve(translator, sockets, ServeOptions(max_batch=4))
+  finally:
+    runtime.restore_handlers(previous)
+    for sock in sockets:
+      sock.close()

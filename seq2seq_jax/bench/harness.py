@@ -77,9 +77,12 @@ class WorkerProcess:
 
   def _send(self, message: dict[str, Any]) -> Any:
     from seq2seq_jax.errors import UserError
-    self.proc.stdin.write(json.dumps(message) + "\n")
-    self.proc.stdin.flush()
-    line = self.proc.stdout.readline()
+    try:
+      self.proc.stdin.write(json.dumps(message) + "\n")
+      self.proc.stdin.flush()
+      line = self.proc.stdout.readline()
+    except BrokenPipeError:  # it died between two ops; not a closed stdout (the CLI's 141)
+      line = ""
     if not line:
       self.log.flush()
       with open(self.log_path) as f:
