@@ -6,18 +6,20 @@
 # and right on an H200; cuDNN is withdrawn), and neither mimalloc nor the CPU device flags
 # are used (docs/accelerators.md).
 #
-# Usage: experiments/launch_accelerator.sh [WORKDIR] [extra --set key=value ...]
+# Usage: experiments/launch_accelerator.sh [WORKDIR] [--set KEY=VALUE ...]
 #        experiments/launch_accelerator.sh --check [OUTPUT_DIR]
 #          the device check instead: the GPU tests, the default model trained with auto and
 #          scan, a short benchmark (experiments/accelerator_check.sh; --help says what it needs)
 set -euo pipefail
 case "${1:-}" in
   -h|--help)  # the comment above, as the help
-    sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "${BASH_SOURCE[0]}"
+    sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p;}' "${BASH_SOURCE[0]}"
     exit 0;;
   --check)
     shift
     exec "$(dirname "${BASH_SOURCE[0]}")/accelerator_check.sh" "$@";;
+  --set|--set=*)  # no WORKDIR given: the default one
+    set -- runs/accelerator "$@";;
   -*)  # not a workdir: it would train in a folder of that name
     echo "usage: experiments/launch_accelerator.sh [WORKDIR] [--set KEY=VALUE ...] | --check [OUTPUT_DIR] | --help (got: $1)" >&2
     exit 2;;

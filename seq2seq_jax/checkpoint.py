@@ -51,6 +51,8 @@ CHECKPOINT_DIR = "checkpoints"
 UNFINISHED_CHECKS = 10  # rounds of removing a failed save's temporary directory
 TMP_SUFFIX = ".orbax-checkpoint-tmp"
 DAMAGED_SUFFIX = ".damaged"
+# a step this run restored, moved aside while it is saved again (deleted once saved)
+REPLACED_SUFFIX = ".replaced"
 # Size and SHA-256 of every file of a finished step, written after Orbax renamed it:
 # a truncated, deleted or altered file is found before Orbax reads the step.
 # Version 2 adds the step's metrics ("metrics": {name: value} or null).
@@ -354,6 +356,7 @@ class Checkpointer:
     self._meta_metrics: dict[int, dict[str, Any] | None] = {}  # steps written by 0.1
     self._warned: set[int] = set()  # steps whose unreadable metrics were reported
     self._unlisted: set[int] = set()  # steps reported as having no file list
+    self._restored: set[int] = set()  # steps this Checkpointer read back whole
     self._closed = False
     if os.path.exists(self.directory) and not os.path.isdir(self.directory):
       raise CheckpointError(f"'{self.directory}' is a file, not a checkpoint directory. "
@@ -362,6 +365,7 @@ class Checkpointer:
     try:
       if not read_only:
         self._remove_temporary()
+        self._settle_replaced()
       with _quiet_orbax():
         options = ocp.CheckpointManagerOptions(
             read_only=read_only, create=not read_only,
@@ -429,7 +433,10 @@ class Checkpointer:
         self._warn_unlisted(step)
         return None
       return self._metrics_in_meta(step)
-    self._warn_unreadable(step, why)
+    if manifest is None:  # the list itself does not read: one warning says both
+      self._warn_unlisted(step, why)
+    else:
+      self._warn_unreadable(step, why)
     return None
 
   def _metrics_in_meta(self, step: int) -> dict[str, Any] | None:
@@ -474,7 +481,8 @@ class Checkpointer:
     self._unlisted.add(step)
     if unreadable is not None:
       log.warning("warning: checkpoint %d: %s, so its files cannot be verified (Orbax's own "
-                  "checks only).", step, unreadable)
+                  "checks only) and it cannot be chosen as the best checkpoint.", step,
+                  unreadable)
     else:
       log.warning("warning: checkpoint %d has no file list (%s; a run still training may "
                   "be writing it): its files cannot be verified and it cannot be chosen as "
@@ -517,21 +525,53 @@ class Checkpointer:
   def _step_dir(self, step: int) -> str:
     return os.path.join(self.directory, str(step))
 
-  def _move_aside(self, step: int) -> None:
-    """A step being saved again (its old copy was unreadable) keeps the old files."""
+  def _move_aside(self, step: int) -> str:
+    """Before a step is saved again, its old copy is moved aside; returns where to. One
+    this Checkpointer restored (a run stopped after its epoch's last batch resumes there,
+    and saves that step again with the epoch's metrics) goes to STEP.replaced, deleted once
+    the new copy is saved and put back if that fails; one that was not readable to
+    STEP.damaged, kept, with a warning."""
     path = self._step_dir(step)
-    if _primary() and os.path.exists(path):
+    if step in self._restored:
+      target = path + REPLACED_SUFFIX
+      if _primary() and os.path.exists(path):
+        shutil.rmtree(target, ignore_errors=True)  # a kill's leftover: the step is newer
+        os.rename(path, target)
+    else:
       target, n = path + DAMAGED_SUFFIX, 1
       while os.path.exists(target):
         n += 1
         target = f"{path}{DAMAGED_SUFFIX}-{n}"
-      os.rename(path, target)
-      log.warning("warning: checkpoint %d already existed (it was not readable); moved it "
-                  "to %s before saving step %d again.", step, target, step)
+      if _primary() and os.path.exists(path):
+        os.rename(path, target)
+        log.warning("warning: checkpoint %d already existed (it was not readable); moved it "
+                    "to %s before saving step %d again.", step, target, step)
     _sync(f"move_aside_{step}")
+    self._forget(step)
+    return target
+
+  def _forget(self, step: int) -> None:
+    """What was read of a step whose files changed."""
     self._meta_metrics.pop(step, None)
     self._warned.discard(step)
+    self._restored.discard(step)
     self.manager.reload()
+
+  def _settle_replaced(self) -> None:
+    """A kill while a restored step was saved again left STEP.replaced: deleted where the
+    new copy is complete, else put back as the step (nothing that was saved is lost)."""
+    if not _primary():
+      return
+    try:
+      names = [n for n in os.listdir(self.directory) if n.endswith(REPLACED_SUFFIX)]
+    except OSError:
+      names = []
+    for name in names:
+      old, path = os.path.join(self.directory, name), self._step_dir(name[:-len(REPLACED_SUFFIX)])
+      if os.path.isdir(path):
+        shutil.rmtree(old, ignore_errors=True)
+      else:
+        os.rename(old, path)
 
   def _remove_unfinished(self, step: int) -> None:
     """Deletes what a failed save of step left (never a finished step). Orbax can report
@@ -559,15 +599,21 @@ class Checkpointer:
     import orbax.checkpoint as ocp
     if metrics is not None:
       metrics = {str(name): float(value) for name, value in metrics.items()}
+    aside = None
     try:
       if step in self.steps():
-        self._move_aside(step)
+        aside = self._move_aside(step)
       with _quiet_orbax():
         self.manager.save(step, args=ocp.args.Composite(
             state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=True)
         self.manager.wait_until_finished()
     except Exception as error:  # Orbax wraps OSError in ValueError, RuntimeError, ...
       self._remove_unfinished(step)
+      if aside is not None and aside.endswith(REPLACED_SUFFIX):
+        if _primary() and os.path.isdir(aside):  # the restored copy is the step again
+          os.rename(aside, self._step_dir(step))
+        _sync(f"put_back_{step}")
+        self._forget(step)
       kept = [s for s in self.steps() if s != step]
       earlier = (f"the earlier checkpoints ({', '.join(map(str, kept))}) are untouched"
                  if kept else "no earlier checkpoint existed")
@@ -587,6 +633,8 @@ class Checkpointer:
     except OSError as error:  # the step itself is complete; it is only unverified
       log.warning("warning: could not write the file list of checkpoint %d (%s); it "
                   "cannot be chosen as the best checkpoint.", step, _short(error))
+    if aside is not None and aside.endswith(REPLACED_SUFFIX) and _primary():
+      shutil.rmtree(aside, ignore_errors=True)  # the new copy is saved and listed
     _sync(f"manifest_{step}")
     self._meta_metrics.pop(step, None)
     self._delete_old()
@@ -668,6 +716,7 @@ class Checkpointer:
       if failures:
         log.warning("warning: restored checkpoint %d instead of the damaged checkpoint %d",
                     candidate, failures[0][0])
+      self._restored.add(candidate)
       return restored["state"], restored["meta"], candidate
     details = "; ".join(f"step {s}: {why}" for s, why in failures)
     others = [s for s in newest_first if s not in dict(failures)]

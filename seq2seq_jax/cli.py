@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import errno
 import json
 import logging
 import math
@@ -64,9 +65,9 @@ class _ConsoleHandler(logging.StreamHandler):
 
 
 @contextlib.contextmanager
-def _results_on_stdout(what: str):
+def _results_on_stdout(lost: str):
   """Around the writing of a command's results (translate's translations, evaluate's
-  scores): a standard output that cannot take them (`> /dev/full`) is named, in one line,
+  scores, benchmark's report): a standard output that cannot take them (`> /dev/full`) is named, in one line,
   rather than the file system's generic hint; a closed pipe stays quiet (main: 141)."""
   try:
     yield
@@ -76,8 +77,11 @@ def _results_on_stdout(what: str):
   except OSError as error:
     with contextlib.suppress(ValueError):  # the interpreter's last flush fails no more
       _onto_devnull(sys.stdout.fileno())
-    raise UserError(f"standard output cannot be written ({error.strerror or error}): {what} "
-                    "not all written; send them where there is room (> FILE).") from None
+    what_to_do = ("send the output where there is room (> FILE)"
+                  if error.errno in (errno.ENOSPC, errno.EDQUOT) else
+                  "give the command a file or a pipe it can write (> FILE)")
+    raise UserError(f"standard output cannot be written ({error.strerror or error}): {lost}; "
+                    f"{what_to_do}.") from None
 
 
 def configure_logging(stream) -> None:
@@ -249,7 +253,7 @@ def cmd_translate(args) -> int:
     log.warning("warning: %s", warning)
   outputs = translator.translate(params, sources, args.batch_size, decoder=decoder,
                                  split_sentences=args.split_sentences)
-  with _results_on_stdout("the translations were"):
+  with _results_on_stdout("the translations were not all written"):
     for output in outputs:  # one line per input line (an empty one for an empty input)
       sys.stdout.write(output + "\n")
   return 0
@@ -340,7 +344,7 @@ def cmd_evaluate(args) -> int:
   if args.hyps is not None:
     write_atomically(args.hyps, "".join(h + "\n" for h in hypotheses))
   signatures = {} if translator.is_series else sacrebleu_signatures()
-  with _results_on_stdout("the scores were"):
+  with _results_on_stdout("the scores were not all written"):
     if args.json:  # what was scored beside the scores: a sweep of evaluations stays readable
       scored = {"checkpoint": step, "split": args.split, "data": args.data or config.data}
       if not translator.is_series:
@@ -438,7 +442,11 @@ def cmd_benchmark(args) -> int:
                     f"{','.join(PEERS)} or none.")
   if args.output:
     _check_output_file("--output", args.output)
-  say = lambda message: print(f"benchmark: {message}", file=sys.stderr, flush=True)
+
+  def say(message: str) -> None:  # progress: a stderr that fails stops it, not the run
+    with contextlib.suppress(OSError, ValueError):
+      print(f"benchmark: {message}", file=sys.stderr, flush=True)
+
   batches = {name: None if text is None else _int_list(text, flag)
              for name, text, flag in (("big_batches", args.batches, "--batches"),
                                       ("decode_batches", args.decode_batches, "--decode-batches"))}
@@ -448,9 +456,15 @@ def cmd_benchmark(args) -> int:
   report = run_benchmark(rounds=args.rounds, peers=peers, quick=args.quick,
                          allocator=args.allocator, data=args.data, progress=say, **batches)
   text = json.dumps(report, indent=2)
-  print(text if args.json else format_report(report), flush=True)  # kept if --output fails
-  if args.output:
-    write_atomically(args.output, text + "\n")
+  written = False
+  try:  # the file first: a standard output that fails loses nothing then
+    if args.output:
+      write_atomically(args.output, text + "\n")
+      written = True
+  finally:  # printed also where --output failed
+    with _results_on_stdout("the report was not all written" + (
+        f" (--output {args.output} has it)" if written else "")):
+      print(text if args.json else format_report(report))
   return 0
 
 

@@ -476,6 +476,54 @@ def test_a_worker_that_died_between_ops_is_named_not_taken_for_a_closed_stdout(t
     worker.proc.stdin = worker.proc.stdout = None  # their broken pipes are not flushed again
 
 
+def test_a_report_that_standard_output_cannot_take_is_in_its_output_file(tmp_path, capsys,
+                                                                       monkeypatch):
+  """`benchmark --output FILE > /dev/full` printed first and lost the report (an hour's run)
+  with the file system's path hint: FILE is written first, and the message says it has it."""
+  import errno
+  import io
+  import sys
+  from tests.conftest import cli_in_process
+
+  class Full(io.StringIO):
+    def write(self, text):
+      raise OSError(errno.ENOSPC, "No space left on device")
+
+    def fileno(self):
+      raise io.UnsupportedOperation("fileno")
+
+  monkeypatch.setattr(harness, "run_benchmark", lambda **kw: {"measured": 1})
+  monkeypatch.setattr(sys, "stdout", Full())
+  output = tmp_path / "report.json"
+  code, _, err = cli_in_process(capsys, "benchmark", "--json", "--output", str(output))
+  assert code == 2 and err.splitlines() == [
+      "seq2seq-jax benchmark: error: standard output cannot be written (No space left on "
+      f"device): the report was not all written (--output {output} has it); send the output "
+      "where there is room (> FILE)."]
+  assert json.loads(output.read_text()) == {"measured": 1}
+
+
+def test_progress_lines_that_cannot_be_written_stop_and_the_benchmark_goes_on(capsys,
+                                                                             monkeypatch):
+  """A closed standard error (its reader gone) made the first progress line's BrokenPipeError
+  end the command as a closed stdout would: exit 141, the report lost."""
+  import io
+  import sys
+  from tests.conftest import cli_in_process
+
+  class Gone(io.StringIO):
+    def write(self, text):
+      raise BrokenPipeError(32, "Broken pipe")
+
+  def run_benchmark(progress, **kw):
+    progress("starting the keras worker")
+    return {"measured": 1}
+  monkeypatch.setattr(harness, "run_benchmark", run_benchmark)
+  monkeypatch.setattr(sys, "stderr", Gone())
+  code, out, _ = cli_in_process(capsys, "benchmark", "--json")
+  assert code == 0 and json.loads(out) == {"measured": 1}
+
+
 def test_no_decoding_batch_at_all_is_refused_before_anything_is_measured(capsys, monkeypatch):
   """`--decode-batches none` measured everything, then failed in the report (a ValueError
   of an empty max) with nothing printed or written."""

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from seq2seq_jax.checkpoint import MANIFEST, Checkpointer
+from seq2seq_jax.errors import CheckpointError
 from tests.conftest import ROOT, tree_digest
 
 FIXTURE = os.path.join(ROOT, "tests", "fixtures", "workdir_0.1")
@@ -216,7 +217,62 @@ def test_a_step_whose_file_list_is_cut_short_is_said_unverified_when_restored(tm
   assert len(captured_warnings) == 1 and captured_warnings[0].startswith(
       f"warning: checkpoint 2: its file list {MANIFEST} is unreadable (")
   assert captured_warnings[0].endswith("), so its files cannot be verified (Orbax's own "
-                                       "checks only).")
+                                       "checks only) and it cannot be chosen as the best "
+                                       "checkpoint.")
+
+
+def test_the_step_a_run_resumed_from_is_saved_again_without_calling_it_damaged(
+    tmp_path, captured_warnings):
+  """A run stopped after its epoch's last batch resumes at that step and saves it again at
+  the epoch's end, with the epoch's metrics: the intact copy was moved to STEP.damaged with
+  "it was not readable". It is replaced quietly; a step not read back is still set aside."""
+  with Checkpointer(str(tmp_path), keep=3) as checkpointer:
+    checkpointer.save(1, small_state(1), {"n": 1}, {"val/exact_match": 0.1})
+    checkpointer.save(2, small_state(2), {"n": 2, "mid_epoch": True})
+  with Checkpointer(str(tmp_path), keep=3) as checkpointer:
+    _, meta, step = checkpointer.restore()
+    assert step == 2 and meta == {"n": 2, "mid_epoch": True}
+    checkpointer.save(2, small_state(2), {"n": 2}, {"val/exact_match": 0.5})
+    assert checkpointer.best_step() == 2
+    checkpointer.save(1, small_state(1), {"n": 1}, {"val/exact_match": 0.1})  # never read back
+  assert sorted(os.listdir(tmp_path / "checkpoints")) == ["1", "1.damaged", "2"]
+  assert manifest_of(str(tmp_path), 2)["metrics"] == {"val/exact_match": 0.5}
+  assert [m for m in captured_warnings if "already existed" in m] == [
+      f"warning: checkpoint 1 already existed (it was not readable); moved it to "
+      f"{tmp_path / 'checkpoints' / '1.damaged'} before saving step 1 again."]
+  _, meta, _ = Checkpointer(str(tmp_path), read_only=True).restore(step=2)
+  assert meta == {"n": 2}
+
+
+def test_a_failed_or_killed_save_of_a_restored_step_keeps_the_step(tmp_path, monkeypatch):
+  """The restored copy is set aside as STEP.replaced while the step is saved again: a save
+  that fails puts it back, and one killed halfway leaves it, which the next run puts back
+  (or deletes, where the new copy was complete)."""
+  with Checkpointer(str(tmp_path)) as checkpointer:
+    checkpointer.save(1, small_state(1), {"n": 1})
+  with Checkpointer(str(tmp_path)) as checkpointer:
+    checkpointer.restore()
+
+    def full_disk(*args, **kwargs):
+      raise OSError(28, "No space left on device")
+    with monkeypatch.context() as patch:
+      patch.setattr(checkpointer.manager, "save", full_disk)
+      with pytest.raises(CheckpointError, match="could not save checkpoint 1"):
+        checkpointer.save(1, small_state(5), {"n": 5})
+    assert checkpointer.steps() == [1]
+  checkpoints = tmp_path / "checkpoints"
+  assert sorted(os.listdir(checkpoints)) == ["1"]
+  _, meta, _ = Checkpointer(str(tmp_path), read_only=True).restore()
+  assert meta == {"n": 1}
+  os.rename(checkpoints / "1", checkpoints / "1.replaced")  # killed before the new copy
+  Checkpointer(str(tmp_path), read_only=True).close()  # a reader changes nothing
+  assert sorted(os.listdir(checkpoints)) == ["1.replaced"]
+  with Checkpointer(str(tmp_path)) as checkpointer:
+    assert checkpointer.steps() == [1] and checkpointer.restore()[1] == {"n": 1}
+  shutil.copytree(checkpoints / "1", checkpoints / "1.replaced")  # killed after it
+  with Checkpointer(str(tmp_path)) as checkpointer:
+    assert checkpointer.steps() == [1]
+  assert sorted(os.listdir(checkpoints)) == ["1"]
 
 
 def test_a_loss_metric_keeps_the_smallest_and_ties_go_to_the_newest(tmp_path):
@@ -247,8 +303,10 @@ def test_unreadable_metrics_leave_the_step_usable_but_not_best(tmp_path, capture
   assert checkpointer.best_step() == 1
   _, meta, step = checkpointer.restore()
   assert step == 2 and meta == {"n": 2}
-  warned = [m for m in captured_warnings if "metrics of checkpoint 2 are unreadable" in m]
+  warned = [m for m in captured_warnings if "checkpoint 2" in m]  # one warning, not two
   assert len(warned) == 1 and "cannot be chosen as the best checkpoint" in warned[0]
+  assert ("file list" in warned[0] and "cannot be verified" in warned[0]) == (
+      damage == "garbled_manifest")
 
 
 def test_a_step_whose_metric_is_nan_is_never_the_best(tmp_path, captured_warnings):

@@ -647,7 +647,7 @@ def test_a_closed_or_full_standard_output_is_said_once_and_the_command_goes_on(t
                                 text=True, cwd=ROOT, timeout=300)
       assert result.returncode == 2 and result.stderr.splitlines()[-1] == (
           f"seq2seq-jax {command[0]}: error: standard output cannot be written (No space left "
-          f"on device): {what} were not all written; send them where there is room (> FILE)."
+          f"on device): {what} were not all written; send the output where there is room (> FILE)."
       ), result.stderr
       assert "Traceback" not in result.stderr and "Exception ignored" not in result.stderr
   # with standard input closed too, the next file opened took fd 2 (XLA's messages to fd 2
