@@ -181,7 +181,7 @@ class Config:
   lr_schedule: str = "cosine"
   # Linear warmup steps for "cosine"/"linear".
   warmup_steps: int = 200
-  # Final learning rate as a fraction of the peak for decaying schedules.
+  # Final learning rate as a fraction of the peak for decaying schedules (1 = no decay).
   lr_end_fraction: float = 0.02
   # RMSprop decay of the squared-gradient average (Keras rho).
   rmsprop_decay: float = 0.9
@@ -189,7 +189,7 @@ class Config:
   rmsprop_eps: float = 1e-7
   # Epsilon inside the square root (Keras 3) rather than outside.
   rmsprop_eps_in_sqrt: bool = True
-  # RMSprop momentum (0 = none, Keras default).
+  # RMSprop momentum, in [0, 1) (0 = none, Keras default).
   rmsprop_momentum: float = 0.0
   # Centered RMSprop.
   rmsprop_centered: bool = False
@@ -349,10 +349,13 @@ def validate(config: Config, finite: bool = True) -> Config:
   for name in _NON_NEGATIVE:
     if getattr(config, name) < 0:
       raise UserError(f"config key '{name}' must not be negative; got {getattr(config, name)!r}.")
-  for name in ("dropout", "val_fraction", "test_fraction", "lr_end_fraction", "label_smoothing"):
-    if not 0.0 <= getattr(config, name) < 1.0 and not (
-        name == "lr_end_fraction" and getattr(config, name) == 1.0):
+  for name in ("dropout", "val_fraction", "test_fraction", "label_smoothing",
+               "rmsprop_momentum"):  # momentum 1 or more: steps that never decay
+    if not 0.0 <= getattr(config, name) < 1.0:
       raise UserError(f"config key '{name}' must be in [0, 1); got {getattr(config, name)!r}.")
+  if not 0.0 <= config.lr_end_fraction <= 1.0:  # 1: no decay
+    raise UserError("config key 'lr_end_fraction' must be in [0, 1]; got "
+                    f"{config.lr_end_fraction!r}.")
   if not 0.0 < config.rmsprop_decay < 1.0:
     raise UserError(f"config key 'rmsprop_decay' must be in (0, 1); got {config.rmsprop_decay!r}.")
   if config.decoder_input == "repeat" and config.attention != "none":

@@ -243,3 +243,113 @@ def test_the_keras_reproduction_script_checks_both_runs_before_training(tmp_path
   err = capsys.readouterr().err
   assert err.startswith("reproduce_keras_fra: error: ") and err.count("\n") == 1
   assert not os.listdir(tmp_path)
+
+
+@pytest.mark.parametrize("item, message", [
+    ("warmup_steps=-1", "'warmup_steps' must not be negative; got -1"),
+    ("rmsprop_momentum=-0.5", "'rmsprop_momentum' must not be negative; got -0.5"),
+    ("rmsprop_decay=1", r"'rmsprop_decay' must be in \(0, 1\); got 1\.0"),
+    ("rmsprop_decay=0", r"'rmsprop_decay' must be in \(0, 1\); got 0\.0"),
+    ("label_smoothing=1", r"'label_smoothing' must be in \[0, 1\); got 1\.0"),
+    ("rmsprop_momentum=1", r"'rmsprop_momentum' must be in \[0, 1\); got 1\.0"),
+    ("lr_end_fraction=1.5", r"'lr_end_fraction' must be in \[0, 1\]; got 1\.5"),
+])
+def test_optimizer_settings_out_of_range_are_refused(item, message):
+  """rmsprop_decay=1 never updates the squared-gradient average (a step of g / sqrt(eps)),
+  label_smoothing=1 learns nothing, a negative warmup or momentum means nothing, and a
+  momentum of 1 or more never lets a step decay (it was accepted). lr_end_fraction may be
+  1 (no decay), and its message said [0, 1)."""
+  with pytest.raises(UserError, match=message):
+    config_lib.apply_overrides(config_lib.Config(), [item])
+
+
+def test_an_end_fraction_of_one_is_a_schedule_without_decay():
+  """lr_end_fraction=1: warm up, then hold the peak (the one fraction allowed to be 1)."""
+  config = config_lib.apply_overrides(config_lib.Config(), ["lr_end_fraction=1"])
+  assert config.lr_end_fraction == 1.0
+
+
+def test_array_sizes_are_refused_only_beyond_the_largest():
+  """The message says "at most MAX_ARRAY_SIZE": that size itself passes validation."""
+  largest = config_lib.MAX_ARRAY_SIZE
+  config = config_lib.apply_overrides(config_lib.Config(), [f"batch_size={largest}"])
+  assert config.batch_size == largest
+  with pytest.raises(UserError, match=rf"'batch_size' is an array size: at most {largest:,}; "):
+    config_lib.apply_overrides(config_lib.Config(), [f"batch_size={largest + 1}"])
+
+
+@pytest.mark.parametrize("items, message", [
+    (["decoder_input=repeat"], "decoder_input=repeat reads the encoder's final vector only: "
+                               "set attention=none"),
+    (["keras_compat=true"], "keras_compat pads every batch to the longest pair.*bucket_width=0"),
+    (["data=series:s.csv", "input_mode=real", "decoder_input=repeat", "attention=none",
+      "bucket_width=0"], "series:PATH models use decoder_input=repeat and best_metric=val/loss"),
+])
+def test_settings_that_cannot_go_together_are_refused(items, message):
+  with pytest.raises(UserError, match=message):
+    config_lib.apply_overrides(config_lib.Config(), items)
+
+
+def test_a_bool_is_not_taken_for_a_number():
+  """Config(latent_dim=True) in a config file was a model of width 1."""
+  with pytest.raises(UserError, match=r"config key 'latent_dim' must be int, got True \(bool\)"):
+    config_lib.validate(config_lib.Config(latent_dim=True))
+
+
+@pytest.mark.parametrize("text, value", [
+    ("true", True), ("yes", True), ("on", True), ("1", True), (" True ", True),
+    ("false", False), ("no", False), ("off", False), ("0", False),
+])
+def test_booleans_are_read_in_every_usual_spelling(text, value):
+  config = config_lib.apply_overrides(config_lib.Config(), [f"tensorboard={text}"])
+  assert config.tensorboard is value
+
+
+def test_an_override_splits_at_its_first_equals_sign_and_ignores_spaces_around_the_key():
+  """A value may hold '=' (a file name); `--set "latent_dim = 64"` names latent_dim."""
+  config = config_lib.apply_overrides(config_lib.Config(),
+                                      ["data=tsv:runs/a=b.tsv", " latent_dim = 64"])
+  assert (config.data, config.latent_dim) == ("tsv:runs/a=b.tsv", 64)
+
+
+def test_the_decoding_ranges_include_their_bounds():
+  """The messages say "from -10 to 10" and "from 1.2e-38": those values themselves pass."""
+  limit = config_lib.MAX_LENGTH_PENALTY
+  assert (config_lib.check_length_penalty(limit), config_lib.check_length_penalty(-limit)) == (
+      limit, -limit)
+  with pytest.raises(UserError, match="the length penalty must be from -10 to 10"):
+    config_lib.check_length_penalty(10.5)
+  for temperature in (config_lib.MIN_TEMPERATURE, config_lib.MAX_TEMPERATURE, 0.0):
+    assert config_lib.check_temperature(temperature) == temperature
+  with pytest.raises(UserError, match=r"the temperature must be 0 \(greedy\) or from 1\.2e-38"):
+    config_lib.check_temperature(config_lib.MIN_TEMPERATURE / 2)
+
+
+def test_a_resumed_run_lists_its_changes_six_then_the_names_of_the_rest():
+  saved = config_lib.Config().to_dict()
+  six = ["latent_dim=64", "embed_dim=32", "num_layers=2", "batch_size=64", "num_epochs=3",
+         "dropout=0.1"]
+  config = config_lib.apply_overrides(config_lib.Config(), six)
+  text = config_lib.describe_changes(saved, config)
+  assert text == ("embed_dim: 64 -> 32; latent_dim: 128 -> 64; num_layers: 1 -> 2; "
+                  "dropout: 0.0 -> 0.1; batch_size: 128 -> 64; num_epochs: 6 -> 3")
+  config = config_lib.apply_overrides(config, ["seed=5", "learning_rate=0.01"])
+  assert config_lib.describe_changes(saved, config) == (
+      "seed: 0 -> 5; embed_dim: 64 -> 32; latent_dim: 128 -> 64; num_layers: 1 -> 2; "
+      "dropout: 0.0 -> 0.1; batch_size: 128 -> 64; and 2 more: num_epochs, learning_rate")
+  assert config_lib.describe_changes(saved, config_lib.Config()) is None
+
+
+def test_a_run_saved_before_a_setting_existed_resumes_with_its_default(tmp_path):
+  """A config.json without a newer key (here tensorboard, split_sentences) reads that key
+  as its default: the run resumes, and is refused only for a setting really changed."""
+  import json
+  from seq2seq_jax.errors import CheckpointError
+  from seq2seq_jax.workdir import CONFIG_FILE, check_workdir_config
+  saved = config_lib.Config().to_dict()
+  del saved["tensorboard"], saved["split_sentences"]
+  (tmp_path / CONFIG_FILE).write_text(json.dumps(saved))
+  check_workdir_config(str(tmp_path), config_lib.Config())
+  with pytest.raises(CheckpointError, match=r"different configuration \(split_sentences: "
+                     r"False -> True\)"):
+    check_workdir_config(str(tmp_path), config_lib.Config(split_sentences=True))

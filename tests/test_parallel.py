@@ -148,3 +148,103 @@ def test_a_distributed_launch_asked_for_in_words_is_refused(monkeypatch, value):
   monkeypatch.delattr(parallel.maybe_initialize_distributed, "_done", raising=False)
   with pytest.raises(UserError, match=rf"^SEQ2SEQ_JAX_DISTRIBUTED='{value}': set 1 "):
     parallel.maybe_initialize_distributed()
+
+
+TWO_DEVICES_SCRIPT = textwrap.dedent("""
+    import json
+    import numpy as np
+    from seq2seq_jax.errors import UserError
+    from seq2seq_jax.parallel import DataParallel
+    parallel = DataParallel()
+    try:
+      parallel.check_batch_size(5)
+      message = None
+    except UserError as error:
+      message = str(error)
+    batch = parallel.shard_batch({"src": np.arange(8).reshape(4, 2)})["src"]
+    rows = sorted((shard.device.id, shard.data.tolist()) for shard in batch.addressable_shards)
+    print("RESULT", json.dumps({"message": message, "rows": rows, "describe": parallel.describe()}))
+""")
+
+
+def test_two_devices_each_get_half_of_every_batch():
+  """Data parallelism: the batch's rows are split over the devices, not copied to each; a
+  batch size that does not divide is refused with the next multiple; run.json records them."""
+  env = dict(os.environ, XLA_FLAGS=device_flags(2), JAX_PLATFORMS="cpu")
+  result = subprocess.run([sys.executable, "-c", TWO_DEVICES_SCRIPT], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=120)
+  assert result.returncode == 0, result.stderr[-3000:]
+  line = [l for l in result.stdout.splitlines() if l.startswith("RESULT ")][-1]
+  out = json.loads(line[len("RESULT "):])
+  assert out["message"] == ("batch_size=5 does not divide evenly over 2 devices; use a multiple "
+                            "of 2 (e.g. 6).")
+  assert out["rows"] == [[0, [[0, 1], [2, 3]]], [1, [[4, 5], [6, 7]]]]
+  described = out["describe"]
+  assert (described["platform"], described["num_devices"], described["num_processes"],
+          described["mesh"]) == ("cpu", 2, 1, {"data": 2})
+
+
+@pytest.fixture
+def distributed_env(monkeypatch):
+  """maybe_initialize_distributed, not yet run, with jax.distributed.initialize and
+  jax.config.update recorded instead of called; no launch variables set."""
+  from seq2seq_jax import parallel
+  calls = []
+  monkeypatch.setattr(parallel.maybe_initialize_distributed, "_done", False, raising=False)
+  monkeypatch.setattr(parallel.jax.distributed, "initialize",
+                      lambda *args: calls.append(("initialize", *args)))
+  monkeypatch.setattr(parallel.jax.config, "update", lambda *args: calls.append(("update", *args)))
+  for name in ("SEQ2SEQ_JAX_DISTRIBUTED", "JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES",
+               "JAX_PROCESS_ID"):
+    monkeypatch.delenv(name, raising=False)
+  return parallel, calls
+
+
+def test_a_coordinator_address_starts_jax_distributed_once_with_its_process_settings(
+    monkeypatch, distributed_env):
+  """JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID go to
+  jax.distributed.initialize in that order, CPU collectives through gloo; a second call
+  (train, then evaluate in one process) starts nothing again."""
+  parallel, calls = distributed_env
+  monkeypatch.setenv("JAX_COORDINATOR_ADDRESS", "10.0.0.1:1234")
+  monkeypatch.setenv("JAX_NUM_PROCESSES", "4")
+  monkeypatch.setenv("JAX_PROCESS_ID", "2")
+  parallel.maybe_initialize_distributed()
+  parallel.maybe_initialize_distributed()
+  assert calls == [("update", "jax_cpu_collectives_implementation", "gloo"),
+                   ("initialize", "10.0.0.1:1234", 4, 2)]
+
+
+@pytest.mark.parametrize("num_processes, process_id", [("two", "0"), ("2", None)])
+def test_a_coordinator_without_whole_process_numbers_is_one_line(monkeypatch, distributed_env,
+                                                                 num_processes, process_id):
+  from seq2seq_jax.errors import UserError
+  parallel, calls = distributed_env
+  monkeypatch.setenv("JAX_COORDINATOR_ADDRESS", "10.0.0.1:1234")
+  monkeypatch.setenv("JAX_NUM_PROCESSES", num_processes)
+  if process_id is not None:
+    monkeypatch.setenv("JAX_PROCESS_ID", process_id)
+  with pytest.raises(UserError, match="JAX_NUM_PROCESSES and JAX_PROCESS_ID must be set to "
+                     "whole numbers too"):
+    parallel.maybe_initialize_distributed()
+  assert calls == []
+
+
+@pytest.mark.parametrize("value, started", [("1", True), ("0", False), ("", False)])
+def test_only_seq2seq_jax_distributed_1_asks_jax_to_find_the_cluster(monkeypatch, distributed_env,
+                                                                       value, started):
+  parallel, calls = distributed_env
+  monkeypatch.setenv("SEQ2SEQ_JAX_DISTRIBUTED", value)
+  parallel.maybe_initialize_distributed()
+  assert calls == ([("initialize",)] if started else [])
+
+
+def test_one_process_that_stops_stops_every_process(monkeypatch):
+  """any_process: the flags of all processes are gathered, and any one true is true for all."""
+  from jax.experimental import multihost_utils
+  from seq2seq_jax import parallel
+  monkeypatch.setattr(parallel.jax, "process_count", lambda: 3)
+  for flags, expected in (([0, 1, 0], True), ([0, 0, 0], False), ([1, 1, 1], True)):
+    monkeypatch.setattr(multihost_utils, "process_allgather",
+                        lambda value, flags=flags: parallel.np.array(flags, dtype=parallel.np.int32))
+    assert parallel.any_process(False) is expected

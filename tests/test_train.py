@@ -81,6 +81,56 @@ def test_a_warmup_longer_than_the_run_still_reaches_the_peak_and_decays():
   assert float(schedule(50)) == pytest.approx(1e-3)
 
 
+@pytest.mark.parametrize("settings", [dict(rmsprop_decay=0.5), dict(rmsprop_centered=True),
+                                      dict(rmsprop_momentum=0.5), dict(clip_norm=1e-3)],
+                         ids=["decay", "centered", "momentum", "clip_norm"])
+def test_rmsprop_settings_are_keras_rmsprop_settings(settings):
+  """Three steps with rho, centered, momentum or global_clipnorm set equal Keras 3's RMSprop
+  written out: rho weighs the squared-gradient average, centered subtracts the squared mean
+  gradient under the root, momentum accumulates the increments (not Nesterov's), and the
+  gradients are clipped to clip_norm before RMSprop reads them."""
+  config = Config(**{"learning_rate": 1e-3, "lr_schedule": "constant", "clip_norm": 0.0, **settings})
+  tx = build_optimizer(config, total_steps=10)
+  grads = [np.array([0.1, -0.2, 3.0]), np.array([0.3, 0.1, -1.0]), np.array([-0.2, 0.4, 2.0])]
+  params = {"w": jnp.array([0.5, -1.0, 2.0])}
+  state = tx.init(params)
+  for g in grads:
+    updates, state = tx.update({"w": jnp.asarray(g, jnp.float32)}, state, params)
+    params = optax.apply_updates(params, updates)
+  rho, w = config.rmsprop_decay, np.array([0.5, -1.0, 2.0])
+  velocity, average_grad, momentum = np.zeros(3), np.zeros(3), np.zeros(3)
+  for g in grads:
+    if config.clip_norm:
+      g = g * min(1.0, config.clip_norm / np.linalg.norm(g))
+    velocity = rho * velocity + (1 - rho) * g ** 2
+    average_grad = rho * average_grad + (1 - rho) * g
+    squared_mean = average_grad ** 2 if config.rmsprop_centered else 0.0
+    increment = 1e-3 * g / np.sqrt(velocity - squared_mean + 1e-7)
+    momentum = config.rmsprop_momentum * momentum + increment
+    w = w - momentum
+  np.testing.assert_allclose(params["w"], w, rtol=1e-5)
+
+
+def test_a_one_step_run_trains_at_its_peak_learning_rate():
+  """A run of one step has no room for warmup: its step is at the peak, not at 0 (which
+  would leave the model as initialised)."""
+  from seq2seq_jax.optim import learning_rate_schedule
+  for kind in ("cosine", "linear"):
+    config = Config(learning_rate=1e-2, lr_schedule=kind, warmup_steps=200)
+    assert float(learning_rate_schedule(config, total_steps=1)(0)) == pytest.approx(1e-2)
+
+
+@pytest.mark.parametrize("kind, quarter", [("linear", 1e-2 - 9e-3 * 0.25),
+                                           ("cosine", 1e-3 + 9e-3 * 0.5 * (1 + np.cos(np.pi / 4)))])
+def test_the_decay_after_warmup_has_its_shape_over_the_remaining_steps(kind, quarter):
+  """A quarter of the way from the warmup's end to the last step, the linear decay has
+  gone a quarter of the way to its end, the cosine 1 - (1 + cos(pi/4)) / 2 of it."""
+  from seq2seq_jax.optim import learning_rate_schedule
+  config = Config(learning_rate=1e-2, lr_schedule=kind, warmup_steps=10, lr_end_fraction=0.1)
+  schedule = learning_rate_schedule(config, total_steps=110)
+  assert float(schedule(35)) == pytest.approx(quarter, rel=1e-5)
+
+
 def test_each_training_step_draws_its_own_dropout_mask():
   """The step number is folded into the run's key: the same step draws the same mask (a
   resumed run repeats it), the next one another."""
