@@ -174,10 +174,15 @@ def require_tensorboardx(needs: str = "TensorBoard files need") -> None:
                     "written.") from None
 
 
+# tensorboardX's flush() does not wait for its writer thread, which writes to disk every
+# flush_secs (120 by default): a live TensorBoard lagged by two minutes, a kill lost them
+FLUSH_SECONDS = 2
+
+
 def _summary_writer(logdir: str):
   require_tensorboardx()
   from tensorboardX import SummaryWriter
-  return SummaryWriter(logdir)
+  return SummaryWriter(logdir, flush_secs=FLUSH_SECONDS)
 
 
 def tensorboard_scalars(record: dict[str, Any]) -> list[tuple[str, float, int]]:

@@ -509,6 +509,148 @@ def test_plot_tensorboard_exports_numbers_not_flags(tmp_path):
       "final/time_budget_minutes": [(8, 1.0)]}
 
 
+
+def test_curves_draw_each_validation_metric_per_epoch_and_a_series_baseline_beside_it():
+  """Every evaluated epoch's validation metrics, the last-value forecast's errors of a series
+  model too; the final summary is no point of a curve. Where as many steps as epochs were
+  logged, the training loss is the steps'."""
+  from seq2seq_jax.tracking import curves
+  epochs = [{"step": 10 * e, "epoch": e, "train/loss": 1.0 / e, "train/epoch_seconds": 1.0,
+             "val/loss": 2.0 / e, "val/token_accuracy": 0.1 * e, "val/exact_match": 0.05 * e,
+             "val/mse": 3.0 / e, "val/baseline_mse": 4.0} for e in (1, 2)]
+  final = {"step": 20, "final": True, "val/loss": 0.5, "test/loss": 0.5}
+  steps = [{"step": s, "epoch": 1, "train/loss": 3.0 / s, "lr": 0.01} for s in (5, 15)]
+  drawn = curves(epochs + steps[:1] + [final] + steps[1:])
+  assert drawn == {"train/loss": ([5, 15], [0.6, 0.2]), "val/loss": ([10, 20], [2.0, 1.0]),
+                   "val/token_accuracy": ([10, 20], [0.1, 0.2]),
+                   "val/exact_match": ([10, 20], [0.05, 0.1]), "val/mse": ([10, 20], [3.0, 1.5]),
+                   "val/baseline_mse": ([10, 20], [4.0, 4.0])}
+
+
+def test_a_series_run_is_drawn_with_its_errors_and_a_text_run_with_its_accuracies():
+  """Runs of both kinds in one figure (a sweep of either): the text panels."""
+  from seq2seq_jax.tracking import PANELS, SERIES_PANELS, panels_for
+  series = {"train/loss": ([1], [1.0]), "val/loss": ([1], [1.0]), "val/mse": ([1], [1.0])}
+  text = {"train/loss": ([1], [1.0]), "val/loss": ([1], [1.0]), "val/exact_match": ([1], [0.5])}
+  assert panels_for({"a": series}) == SERIES_PANELS
+  assert panels_for({"a": text}) == panels_for({"a": series, "b": text}) == PANELS
+  assert panels_for({}) == PANELS
+
+
+def test_the_curves_figure_has_a_panel_per_metric_and_a_legend_for_a_sweep(tmp_path, monkeypatch):
+  """Losses on a log scale where every value is positive (else linear), accuracies linear,
+  exact match from 0 to 1, points marked on short curves; two runs or more: a line each,
+  named in a legend below, for which the figure grows; one run: no legend."""
+  from matplotlib.figure import Figure
+  from seq2seq_jax.tracking import plot_runs
+  saved, savefig = [], Figure.savefig
+  monkeypatch.setattr(Figure, "savefig", lambda figure, *a, **k: (saved.append(figure),
+                                                                    savefig(figure, *a, **k)))
+  records = lambda loss: [{"step": 10 * e, "epoch": e, "train/loss": loss / e,
+                           "train/epoch_seconds": 1.0, "val/loss": 0.0 if e == 2 else 1.0,
+                           "val/token_accuracy": 0.3 * e, "val/exact_match": 0.2 * e}
+                          for e in (1, 2)]
+  path = plot_runs({"lr=0.1": records(2.0), "lr=0.01": records(1.0)}, str(tmp_path / "a.png"))
+  assert path == str(tmp_path / "a.png") and os.path.getsize(path) > 0
+  plot_runs({"run": records(2.0)}, str(tmp_path / "b.png"))
+  sweep, run = saved
+  axes = {ax.get_title(): ax for ax in sweep.axes}
+  assert list(axes) == ["training loss", "validation loss", "validation token accuracy",
+                        "validation exact match"]
+  assert [axes[t].get_yscale() for t in axes] == ["log", "linear", "linear", "linear"]
+  assert axes["validation exact match"].get_ylim() == (-0.02, 1.02)
+  assert all(line.get_marker() == "o" for ax in sweep.axes for line in ax.get_lines())
+  assert [len(ax.get_lines()) for ax in sweep.axes] == [2, 2, 2, 2]
+  [legend] = sweep.legends
+  assert [text.get_text() for text in legend.get_texts()] == ["lr=0.1", "lr=0.01"]
+  assert not run.legends and run.get_figheight() < sweep.get_figheight()
+
+
+def test_plot_of_a_workdir_that_does_not_exist_says_so(tmp_path, capsys):
+  code, _, err = cli_in_process(capsys, "plot", "--workdir", str(tmp_path / "missing"))
+  assert code == 2 and err.count("\n") == 1
+  assert f"'{tmp_path / 'missing'}' does not exist: give a run's or a sweep's workdir." in err
+
+
+def test_tensorboard_while_training_shows_each_record_within_seconds(tmp_path):
+  """A live TensorBoard saw a run's records up to two minutes late (tensorboardX wrote them
+  every 120 s whatever flush() was called), and a killed run lost them: they are on disk
+  within tracking.FLUSH_SECONDS, the writer still open."""
+  pytest.importorskip("tensorboardX")
+  import time
+  from seq2seq_jax.tracking import FLUSH_SECONDS, LiveWriter
+  writer = LiveWriter(str(tmp_path))
+  want = {"step/train/loss": [(4, 2.5), (8, 2.0)], "step/lr": [(4, 0.25), (8, 0.125)]}
+  try:
+    writer.record({"step": 4, "epoch": 1, "train/loss": 2.5, "lr": 0.25})
+    writer.record({"step": 8, "epoch": 1, "train/loss": 2.0, "lr": 0.125})
+    deadline = time.monotonic() + 15 * FLUSH_SECONDS  # a wide margin for a busy machine
+    while event_scalars(writer.logdir) != want and time.monotonic() < deadline:
+      time.sleep(0.1)
+    assert event_scalars(writer.logdir) == want
+  finally:
+    writer.close()
+  assert FLUSH_SECONDS <= 5
+
+
+def test_tensorboard_while_training_records_the_run_s_settings_beside_its_final_metrics(
+    tmp_path):
+  """tensorboard=true: the records under the tags `plot --tensorboard` gives them; the HParams
+  view takes the settings that are numbers, strings or flags and the metrics that are numbers."""
+  pytest.importorskip("tensorboardX")
+  from seq2seq_jax.tracking import LiveWriter
+  writer = LiveWriter(str(tmp_path))
+  try:
+    writer.record({"step": 4, "epoch": 1, "train/loss": 2.5, "lr": 0.25})
+    writer.hparams({"learning_rate": 0.01, "attention": "general", "tensorboard": True,
+                    "data_files": ["a.tsv"], "keras_import": None},
+                   {"val/loss": 1.5, "stopped_by_time_budget": True})
+  finally:
+    writer.close()
+  assert event_scalars(writer.logdir) == {"step/train/loss": [(4, 2.5)], "step/lr": [(4, 0.25)]}
+  metrics = event_scalars(os.path.join(writer.logdir, "hparams"))
+  assert {tag: v for tag, v in metrics.items() if tag.startswith("hparam/")} == {
+      "hparam/val/loss": [(0, 1.5)]}
+  import struct
+  from tensorboardX.proto import event_pb2
+  from tensorboardX.proto.plugin_hparams_pb2 import HParamsPluginData
+  columns = []
+  for name in os.listdir(os.path.join(writer.logdir, "hparams")):
+    with open(os.path.join(writer.logdir, "hparams", name), "rb") as f:
+      while header := f.read(12):
+        event = event_pb2.Event.FromString(f.read(struct.unpack("<Q", header[:8])[0]))
+        f.read(4)
+        for value in event.summary.value:
+          if value.tag == "_hparams_/experiment":
+            data = HParamsPluginData.FromString(value.metadata.plugin_data.content)
+            columns += [info.name for info in data.experiment.hparam_infos]
+  assert sorted(columns) == ["attention", "learning_rate", "tensorboard"]  # no empty column
+
+
+def test_plot_tensorboard_of_a_sweep_exports_the_trials_that_logged_and_only_what_changed(
+    tmp_path):
+  """A trial not started yet (no metrics.jsonl) is left out; with stale_only (a sweep's end),
+  a trial whose events are newer than its metrics.jsonl is left as it is."""
+  pytest.importorskip("tensorboardX")
+  from seq2seq_jax import tracking
+  sweep = tmp_path / "sweep"
+  for trial in ("a", "b", "c"):
+    (sweep / trial).mkdir(parents=True)
+  (sweep / "sweep.json").write_text(json.dumps({"trials": ["a", "b", "c"]}))
+  for trial in ("a", "b"):
+    (sweep / trial / "metrics.jsonl").write_text(json.dumps(BUDGET_RUN_RECORDS[1]) + "\n")
+  logdirs = tracking.export_tensorboard(str(sweep))
+  assert logdirs == [str(sweep / t / "tensorboard") for t in ("a", "b")]
+  for trial, metrics_time in (("a", 1_000_000_000), ("b", 4_000_000_000)):  # b: trained on
+    events = os.path.join(sweep, trial, "tensorboard", os.listdir(sweep / trial / "tensorboard")[0])
+    os.utime(events, (2_000_000_000, 2_000_000_000))
+    with open(sweep / trial / "metrics.jsonl", "a") as f:
+      f.write(json.dumps({"step": 12, "epoch": 2, "train/loss": 1.25}) + "\n")
+    os.utime(sweep / trial / "metrics.jsonl", (metrics_time, metrics_time))
+  assert tracking.export_tensorboard(str(sweep), stale_only=True) == logdirs
+  assert event_scalars(logdirs[0])["train/loss"] == [(8, 2.0)]  # left as it was
+  assert event_scalars(logdirs[1])["train/loss"] == [(8, 2.0), (12, 1.25)]
+
 def test_evaluate_refuses_a_split_other_than_the_one_the_checkpoint_was_trained_with(tmp_path):
   """A tsv: file edited since training, or its relative path read from another directory:
   the split read now has another fingerprint than the one saved with the checkpoint.

@@ -163,3 +163,114 @@ def test_a_run_whose_device_agrees_logs_the_check_and_trains(tmp_path, lstm_thro
   assert Checkpointer(workdir).latest_step() == 1
   [record] = [r.getMessage() for r in caplog.records if "CPU cross-check" in r.getMessage()]
   assert "computes the host CPU's outputs on 1 batch(es)" in record  # 20 pairs: one batch
+
+
+def _computing(translator, shift):
+  """A copy of translator whose devices compute the model's outputs plus shift(n, outputs) on
+  the n-th batch checked (from 0): a device that computes another function where told."""
+  forward, calls = translator.forward, []
+
+  def other_function(params, src, tgt_in):
+    outputs = np.asarray(forward(params, src, tgt_in))
+    calls.append(None)
+    return outputs + shift(len(calls) - 1, outputs).astype(outputs.dtype)
+
+  device = dataclasses.replace(translator)
+  device.__dict__["forward"] = other_function  # in place of its cached jitted forward pass
+  return device
+
+
+def _largest_difference(error) -> float:
+  return float(re.search(r"largest difference ([\d.e+-]+) of", str(error.value)).group(1))
+
+
+def test_a_difference_over_the_tolerance_on_either_batch_checked_stops_the_run():
+  """A tenth of the largest output at one scored position, on the first batch or on the last
+  alone, is no rounding, and the line names the devices and that difference; a hundredth is
+  taken for rounding, unless a smaller tolerance is given."""
+  translator, params, data = _fresh(tiny_config(numbers_val=50))
+  batches = crosscheck.check_batches(data, 32, 16)
+
+  def at_first_token_of(batch_number, fraction):
+    def shift(n, outputs):
+      delta = np.zeros_like(outputs)
+      if n == batch_number:
+        delta[0, 0, 0] = fraction * np.abs(outputs[batches[n]["tgt_mask"]]).max()
+      return delta
+    return shift
+
+  for batch_number in (0, 1):
+    with pytest.raises(crosscheck.CrosscheckFailed) as error:
+      crosscheck.check_against_cpu(_computing(translator, at_first_token_of(batch_number, 0.1)),
+                                   params, batches)
+    assert re.match(r"CPU cross-check: \d+ x cpu computes other outputs than the host CPU",
+                    str(error.value))
+    assert _largest_difference(error) == pytest.approx(0.1, rel=0.01)
+    assert "at most 0.05 is taken for rounding" in str(error.value)
+  within = lambda: _computing(translator, at_first_token_of(1, 0.01))
+  assert crosscheck.check_against_cpu(within(), params, batches) == pytest.approx(0.01, rel=0.01)
+  with pytest.raises(crosscheck.CrosscheckFailed, match=r"at most 0\.001 is taken") as error:
+    crosscheck.check_against_cpu(within(), params, batches, tolerance=0.001)
+  assert _largest_difference(error) == pytest.approx(0.01, rel=0.01)
+
+
+def test_outputs_where_the_loss_counts_nothing_may_differ():
+  """Steps after a target's END and a last batch's padding rows are not compared."""
+  translator, params, data = _fresh(tiny_config(numbers_val=50))
+  batches = crosscheck.check_batches(data, 32, 16)
+  last = batches[-1]
+  assert (~last["tgt_mask"] & (last["index"] >= 0)[:, None]).any() and (last["index"] < 0).any()
+  unscored = lambda n, outputs: np.where(batches[n]["tgt_mask"][..., None], 0.0, 100.0)
+  assert crosscheck.check_against_cpu(_computing(translator, unscored), params, batches) < 1e-5
+
+
+def test_the_positions_compared_are_a_texts_target_tokens_and_every_step_of_a_real_series_row():
+  batch = {"index": np.array([0, 1, -1]), "tgt_out": np.zeros((3, 2, 1)),
+           "tgt_mask": np.array([[True, False], [True, True], [False, False]])}
+  np.testing.assert_array_equal(crosscheck.scored_positions(batch, series=False), batch["tgt_mask"])
+  np.testing.assert_array_equal(crosscheck.scored_positions(batch, series=True),
+                                [[True, True], [True, True], [False, False]])
+
+
+def test_the_discrepancy_of_small_outputs_is_relative_to_them_too():
+  """Logits near zero (a model at initialisation) that differ by a tenth of the largest differ."""
+  reference = np.array([[[1e-3, -2e-3]]])
+  scored = np.array([[True]])
+  assert crosscheck.discrepancy(reference + 2e-4, reference, scored) == pytest.approx(0.1)
+
+
+def test_a_bfloat16_run_is_checked_against_the_float32_definition():
+  """Its rounding shows, and is taken for rounding."""
+  translator, params, data = _fresh(tiny_config(numbers_val=50, matmul_dtype="bfloat16"))
+  assert 0 < _check(translator, params, data) < crosscheck.TOLERANCE
+
+
+def test_the_batches_checked_are_the_runs_first_and_last_evaluation_batches_of_at_most_256_rows(
+    monkeypatch):
+  """Of the run's batch size and bucket width (the shapes its evaluation compiles), with at most
+  256 rows, whatever the batch size: the host's copy of a batch's outputs stays small."""
+  checked = []
+  monkeypatch.setattr(crosscheck, "check_against_cpu",
+                      lambda translator, params, batches: checked.append(batches) or 0.0)
+  for batch_size, rows in ((32, 32), (1000, 256)):
+    translator, params, data = _fresh(tiny_config(numbers_val=300, batch_size=batch_size,
+                                                  bucket_width=4))
+    _check(translator, params, data)
+    evaluation = list(data_lib.eval_batches(data, rows, 4))
+    batches = checked.pop()
+    assert len(batches) == 2 and all(len(batch["index"]) == rows for batch in batches)
+    for batch, expected in zip(batches, (evaluation[0], evaluation[-1])):
+      assert batch.keys() == expected.keys()
+      for key in batch:
+        np.testing.assert_array_equal(batch[key], expected[key])
+
+
+def test_a_passing_check_logs_how_many_batches_it_compared(caplog):
+  """One where the validation data fit one batch (20 pairs), else the first and the last."""
+  for numbers_val, count in ((20, 1), (50, 2)):
+    translator, params, data = _fresh(tiny_config(numbers_val=numbers_val))
+    with caplog.at_level("INFO", logger="seq2seq_jax"):
+      _check(translator, params, data)
+    [record] = [r.getMessage() for r in caplog.records if "CPU cross-check" in r.getMessage()]
+    assert f"computes the host CPU's outputs on {count} batch(es)" in record
+    caplog.clear()

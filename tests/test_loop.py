@@ -1,6 +1,7 @@
 """The training loop: it never waits on the device between steps, one loop serves runs and
 vectorised groups, and workdirs written by seq2seq_jax 0.1 restore, translate and resume."""
 
+import contextlib
 import json
 import os
 import shutil
@@ -461,3 +462,142 @@ def test_an_atomic_write_treats_links_pipes_devices_and_neighbours_as_a_shell_s_
   with pytest.raises(OSError) as caught:  # a full device: its error, naming the path given
     write_atomically(str(full), "text\n")
   assert caught.value.filename == str(full) and stat.S_ISCHR(os.stat(full).st_mode)
+
+
+def test_an_atomic_write_gives_a_new_file_the_usual_permissions_and_an_old_one_its_own(tmp_path):
+  """As `>` does: a new file is readable and writable as the umask lets it (0o644 under
+  0o022), and a replaced file keeps permissions the umask would take off (0o666 stays)."""
+  import stat
+  from seq2seq_jax.workdir import write_atomically
+  old_umask = os.umask(0o022)
+  try:
+    write_atomically(str(tmp_path / "new.txt"), "new\n")
+    shared = tmp_path / "shared.txt"
+    shared.write_text("old\n")
+    shared.chmod(0o666)
+    write_atomically(str(shared), "new\n")
+  finally:
+    os.umask(old_umask)
+  assert stat.S_IMODE((tmp_path / "new.txt").stat().st_mode) == 0o644
+  assert shared.read_text() == "new\n" and stat.S_IMODE(shared.stat().st_mode) == 0o666
+
+
+def test_an_atomic_write_refuses_a_read_only_file_as_a_shell_s_redirection_does(tmp_path):
+  """The folder being writable, the file could be replaced; `>` says "Permission denied"
+  and leaves it, and so does the write (root, who may write any file, writes as nobody)."""
+  import stat
+  import subprocess
+  import sys
+  import tempfile
+  from seq2seq_jax.workdir import write_atomically
+  with contextlib.ExitStack() as stack:
+    if os.geteuid() == 0:  # a folder that nobody reaches (not under pytest-of-root)
+      if shutil.which("setpriv") is None:
+        pytest.skip("root, and no setpriv to write as another user")
+      folder = stack.enter_context(tempfile.TemporaryDirectory())
+      os.chmod(folder, 0o777)
+    else:
+      folder = str(tmp_path)
+    target = os.path.join(folder, "results.txt")
+    with open(target, "w") as f:
+      f.write("kept\n")
+    os.chmod(target, 0o444)
+    if os.geteuid() != 0:
+      with pytest.raises(PermissionError) as caught:
+        write_atomically(target, "new")
+      refused = caught.value.filename
+    else:
+      script = ("import sys; from seq2seq_jax.workdir import write_atomically\n"
+                "assert open(sys.argv[1]).read() == 'kept\\n'\n"
+                "try:\n  write_atomically(sys.argv[1], 'new')\n"
+                "except PermissionError as error:\n  print(error.filename)\n")
+      as_nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable]
+      probe = subprocess.run([*as_nobody, "-c", "import seq2seq_jax.workdir"], cwd=ROOT,
+                             capture_output=True, text=True)
+      if probe.returncode != 0:  # e.g. the checkout or the venv under /root
+        pytest.skip(f"nobody cannot run this interpreter here: {probe.stderr.strip()[-200:]}")
+      done = subprocess.run([*as_nobody, "-c", script, target], cwd=ROOT,
+                            capture_output=True, text=True)
+      assert done.returncode == 0, done.stderr
+      refused = done.stdout.strip()
+    assert refused == target and open(target).read() == "kept\n"
+    assert stat.S_IMODE(os.stat(target).st_mode) == 0o444 and os.listdir(folder) == ["results.txt"]
+
+
+def test_an_atomic_write_to_a_process_s_descriptor_by_its_pid_writes_where_it_stands(tmp_path):
+  """/proc/PID/fd/N: this process's own descriptor N is written through, where it stands, as
+  /dev/fd/N is; another process's names its open file, written as a file."""
+  import subprocess
+  import sys
+  from seq2seq_jax.workdir import write_atomically
+  if not os.path.isdir(f"/proc/{os.getpid()}/fd"):
+    pytest.skip("no /proc")
+  with open(tmp_path / "own.txt", "wb", buffering=0) as own:
+    own.write(b"written first\n")
+    write_atomically(f"/proc/{os.getpid()}/fd/{own.fileno()}", "then these\n")
+    own.write(b"and after\n")
+  assert (tmp_path / "own.txt").read_text() == "written first\nthen these\nand after\n"
+  with open(tmp_path / "other.txt", "w") as stdout:
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], stdout=stdout)
+  try:
+    write_atomically(f"/proc/{other.pid}/fd/1", "into its file\n")
+  finally:
+    other.kill()
+    other.wait()
+  assert (tmp_path / "other.txt").read_text() == "into its file\n"
+
+
+def test_a_temporary_file_of_the_resuming_process_itself_is_kept(tmp_path):
+  """Its own pid's temporary file is a write under way, not one a killed run left."""
+  from seq2seq_jax import workdir as workdir_lib
+  own = f"metrics.jsonl.{os.getpid()}-0badc0de.tmp"
+  (tmp_path / own).write_text("x")
+  workdir_lib.remove_stale_temporaries(str(tmp_path))
+  assert os.listdir(tmp_path) == [own]
+
+
+def test_run_json_names_the_command_as_the_user_typed_it(tmp_path):
+  """`python -m seq2seq_jax` (as train re-executes itself) is recorded as seq2seq-jax."""
+  from seq2seq_jax import workdir as workdir_lib
+  main = os.path.join(ROOT, "seq2seq_jax", "__main__.py")
+  workdir_lib.write_run_info(str(tmp_path), [main, "train", "--workdir", "run"], {"devices": 1})
+  with open(tmp_path / "run.json") as f:
+    info = json.load(f)
+  assert info["command"] == ["seq2seq-jax", "train", "--workdir", "run"] and info["devices"] == 1
+
+
+def test_a_config_json_that_is_no_json_object_is_not_taken_for_a_run(tmp_path):
+  """A list or a number in config.json: the same one line as another program's settings."""
+  from seq2seq_jax import workdir as workdir_lib
+  for text in ('[{"batch_size": 32}]', "3"):
+    (tmp_path / "config.json").write_text(text)
+    with pytest.raises(loop.CheckpointError) as caught:
+      workdir_lib.check_workdir_config(str(tmp_path), tiny_config())
+    assert str(caught.value) == (f"'{tmp_path / 'config.json'}' is not the configuration of a "
+                                 "seq2seq-jax run (no setting of one): train in a new --workdir, "
+                                 "or a folder without a config.json.")
+
+
+def test_an_empty_metrics_jsonl_without_checkpoints_holds_no_run_to_protect(tmp_path):
+  """(All its records dropped on a resume from step 0.) Training there starts the run."""
+  from seq2seq_jax import workdir as workdir_lib
+  (tmp_path / "metrics.jsonl").write_text("")
+  workdir_lib.check_checkpoints_kept(str(tmp_path))
+
+
+def test_the_best_checkpoint_is_chosen_by_the_run_s_own_metric(tmp_path):
+  """The best_metric in the run's config.json; the default where it is missing or unreadable."""
+  from seq2seq_jax import workdir as workdir_lib
+  assert workdir_lib.saved_best_metric(str(tmp_path)) == "val/exact_match"
+  (tmp_path / "config.json").write_text(json.dumps({"best_metric": "val/loss"}))
+  assert workdir_lib.saved_best_metric(str(tmp_path)) == "val/loss"
+  (tmp_path / "config.json").write_text('{"best_metric": ')
+  assert workdir_lib.saved_best_metric(str(tmp_path)) == "val/exact_match"
+
+
+def test_a_json_file_half_written_reads_as_missing(tmp_path):
+  """A trial's results.json cut short by a kill reads as none, as a missing one does."""
+  from seq2seq_jax import workdir as workdir_lib
+  (tmp_path / "results.json").write_text('{"test/exact_match": 0.')
+  assert workdir_lib.read_json(str(tmp_path / "results.json")) is None
+  assert workdir_lib.read_json(str(tmp_path / "missing.json")) is None

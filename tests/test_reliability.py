@@ -441,6 +441,24 @@ def test_a_second_run_in_a_busy_workdir_is_refused_and_the_lock_dies_with_its_pr
     pass
 
 
+
+def test_a_busy_workdir_whose_holder_has_not_said_who_it_is_names_another_process(tmp_path):
+  """A run between taking the lock and writing its pid in it (or of a version that wrote
+  none): the line still says the workdir is busy, held by "another process"."""
+  import fcntl
+  from seq2seq_jax import workdir as workdir_lib
+  fd = os.open(tmp_path / ".lock", os.O_RDWR | os.O_CREAT)
+  try:
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    with pytest.raises(workdir_lib.WorkdirBusy, match=r"in use by a run training there "
+                       r"\(another process\): wait"):
+      with workdir_lib.exclusive(str(tmp_path)):
+        pass
+    assert workdir_lib.training_there(str(tmp_path)) == "another process"
+  finally:
+    os.close(fd)
+  assert workdir_lib.training_there(str(tmp_path)) is None
+
 def test_a_run_refused_before_it_wrote_anything_leaves_no_workdir(tmp_path, capsys):
   """Data that cannot be read, or no pair that fits: no workdir holding only its log is
   left to be mistaken for a run (nor the folders made above it); an existing one stays."""
@@ -497,6 +515,9 @@ def test_sweeps_runs_and_exports_are_told_apart(tmp_path, capsys):
           f"seq2seq-jax {command[0]}: error: '{inside}' is part of the checkpoints of the run "
           f"in '{run_dir}', not a run: give the run's workdir, --workdir {run_dir}."], err
   assert os.listdir(run_dir / "checkpoints" / "235") == []
+  check_run_directory(str(run_dir / "retry"))  # a new run's workdir inside a run's is a run's
+  (run_dir / "manifest.json").write_text("{}")  # a run exported into its own workdir: a run
+  check_run_directory(str(run_dir))
   (run_dir / "run.json").unlink()
   code, _, err = cli_in_process(capsys, "sweep", "--config", "configs/sweep_tiny.py",
                                 "--workdir", str(run_dir / "config.json"))
@@ -796,6 +817,21 @@ def test_resume_drops_metrics_logged_after_the_checkpoint(tmp_path):
   assert rewind_metrics(str(tmp_path), 20) == 0  # nothing else changes
   assert rewind_metrics(str(tmp_path / "none"), 20) == 0  # no metrics.jsonl yet
 
+
+
+def test_metrics_records_are_appended_and_stay_readable_after_a_resume(tmp_path):
+  """Each record is a line added to metrics.jsonl; a last record a kill left without its
+  line end is kept with one, so the resumed run's next record is a line of its own."""
+  from seq2seq_jax.workdir import append_metrics, read_metrics, rewind_metrics
+  append_metrics(str(tmp_path), {"step": 10, "train/loss": np.float32(0.5)})
+  append_metrics(str(tmp_path), {"step": 20, "train/loss": 0.25})
+  assert read_metrics(str(tmp_path)) == [{"step": 10, "train/loss": 0.5},
+                                         {"step": 20, "train/loss": 0.25}]
+  path = tmp_path / "metrics.jsonl"
+  path.write_text('{"step": 10}\n\xff\n{"step": 20}')  # damaged, then no line end
+  assert rewind_metrics(str(tmp_path), 20) == 1
+  append_metrics(str(tmp_path), {"step": 30})
+  assert [r["step"] for r in read_metrics(str(tmp_path))] == [10, 20, 30]
 
 def test_damaged_metrics_lines_are_skipped_when_read_and_dropped_on_resume(tmp_path, caplog):
   """Bytes that are not UTF-8, a line that is no JSON object: `plot`, sweeps' tables and
