@@ -67,8 +67,9 @@ class _ConsoleHandler(logging.StreamHandler):
 @contextlib.contextmanager
 def _results_on_stdout(lost: str):
   """Around the writing of a command's results (translate's translations, evaluate's
-  scores, benchmark's report): a standard output that cannot take them (`> /dev/full`) is named, in one line,
-  rather than the file system's generic hint; a closed pipe stays quiet (main: 141)."""
+  scores, benchmark's report): a standard output that cannot take them (`> /dev/full`) is
+  named, in one line, rather than the file system's generic hint; a closed pipe stays
+  quiet (main: 141)."""
   try:
     yield
     sys.stdout.flush()
