@@ -364,8 +364,8 @@ class Checkpointer:
     ocp = orbax_checkpoint()
     try:
       if not read_only:
+        self._settle_replaced()  # before _remove_temporary's sync: every host sees the step
         self._remove_temporary()
-        self._settle_replaced()
       with _quiet_orbax():
         options = ocp.CheckpointManagerOptions(
             read_only=read_only, create=not read_only,
@@ -614,6 +614,7 @@ class Checkpointer:
           os.rename(aside, self._step_dir(step))
         _sync(f"put_back_{step}")
         self._forget(step)
+        self._restored.add(step)  # as read back: a later save replaces it again
       kept = [s for s in self.steps() if s != step]
       earlier = (f"the earlier checkpoints ({', '.join(map(str, kept))}) are untouched"
                  if kept else "no earlier checkpoint existed")
@@ -634,7 +635,7 @@ class Checkpointer:
       log.warning("warning: could not write the file list of checkpoint %d (%s); it "
                   "cannot be chosen as the best checkpoint.", step, _short(error))
     if aside is not None and aside.endswith(REPLACED_SUFFIX) and _primary():
-      shutil.rmtree(aside, ignore_errors=True)  # the new copy is saved and listed
+      shutil.rmtree(aside, ignore_errors=True)  # the new copy is saved (and listed, or warned)
     _sync(f"manifest_{step}")
     self._meta_metrics.pop(step, None)
     self._delete_old()

@@ -305,7 +305,8 @@ def validate(config: Config, finite: bool = True) -> Config:
   """Checks types and values; raises UserError naming the bad field.
 
   Floats must be finite (inf may be given for the NO_LIMIT keys); finite=False lets them
-  be nan or inf: a run saved before they were refused still loads."""
+  be nan or inf, and rmsprop_momentum 1 or more: a run saved before they were refused
+  still loads."""
   hints = typing.get_type_hints(Config)
   for name in field_names():
     value = getattr(config, name)
@@ -349,10 +350,13 @@ def validate(config: Config, finite: bool = True) -> Config:
   for name in _NON_NEGATIVE:
     if getattr(config, name) < 0:
       raise UserError(f"config key '{name}' must not be negative; got {getattr(config, name)!r}.")
-  for name in ("dropout", "val_fraction", "test_fraction", "label_smoothing",
-               "rmsprop_momentum"):  # momentum 1 or more: steps that never decay
+  for name in ("dropout", "val_fraction", "test_fraction", "label_smoothing"):
     if not 0.0 <= getattr(config, name) < 1.0:
       raise UserError(f"config key '{name}' must be in [0, 1); got {getattr(config, name)!r}.")
+  if finite and not config.rmsprop_momentum < 1.0:  # steps that never decay; a run saved
+    # before it was refused still loads (finite=False), its model is what it is
+    raise UserError("config key 'rmsprop_momentum' must be in [0, 1); got "
+                    f"{config.rmsprop_momentum!r}.")
   if not 0.0 <= config.lr_end_fraction <= 1.0:  # 1: no decay
     raise UserError("config key 'lr_end_fraction' must be in [0, 1]; got "
                     f"{config.lr_end_fraction!r}.")

@@ -260,6 +260,7 @@ def test_a_failed_or_killed_save_of_a_restored_step_keeps_the_step(tmp_path, mon
       with pytest.raises(CheckpointError, match="could not save checkpoint 1"):
         checkpointer.save(1, small_state(5), {"n": 5})
     assert checkpointer.steps() == [1]
+    checkpointer.save(1, small_state(1), {"n": 1})  # the copy put back is still the one read
   checkpoints = tmp_path / "checkpoints"
   assert sorted(os.listdir(checkpoints)) == ["1"]
   _, meta, _ = Checkpointer(str(tmp_path), read_only=True).restore()

@@ -263,6 +263,15 @@ def test_optimizer_settings_out_of_range_are_refused(item, message):
     config_lib.apply_overrides(config_lib.Config(), [item])
 
 
+def test_a_run_saved_with_a_momentum_of_one_still_loads():
+  """rmsprop_momentum 1 or more is refused for training, but a run saved before it was
+  (its config in the checkpoint) still loads to translate or evaluate."""
+  saved = dict(config_lib.Config().to_dict(), rmsprop_momentum=1.0)
+  assert config_lib.from_dict(saved, "checkpoint 7").rmsprop_momentum == 1.0
+  with pytest.raises(UserError, match=r"'rmsprop_momentum' must be in \[0, 1\)"):
+    config_lib.validate(config_lib.from_dict(saved, "checkpoint 7"))
+
+
 def test_an_end_fraction_of_one_is_a_schedule_without_decay():
   """lr_end_fraction=1: warm up, then hold the peak (the one fraction allowed to be 1)."""
   config = config_lib.apply_overrides(config_lib.Config(), ["lr_end_fraction=1"])
